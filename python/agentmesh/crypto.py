@@ -1,0 +1,126 @@
+"""Low-level cryptography of agentmesh (spec section 6), implemented in Rust.
+
+``AgentKeyPair``, ``CryptoSession`` and ``Envelope`` are the native classes; ``seal`` and
+``unseal`` are the spec's function forms of ``CryptoSession.seal`` / ``CryptoSession.unseal``,
+adding the identity checks their extra arguments call for. The wire protocol is specified in
+docs/protocol.md; the whole API in docs/crypto-api.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agentmesh._native import (
+    MAX_MESSAGE_GAP,
+    MAX_SKIPPED_KEYS,
+    PROTOCOL_VERSION,
+    AgentKeyPair,
+    CryptoSession,
+    Envelope,
+    bundle_from_bytes,
+    bundle_to_bytes,
+    fingerprint_of,
+    fingerprint_of_key,
+    perform_key_exchange,
+    verify_bundle,
+    verify_challenge,
+)
+from agentmesh.errors import (
+    AuthenticationError,
+    CryptoError,
+    FormatError,
+    IdentityChangedError,
+    IdentityError,
+    KeyFileError,
+    MessageGapError,
+    ReplayError,
+    SignatureError,
+    TamperError,
+    VersionError,
+)
+
+__all__ = [
+    "MAX_MESSAGE_GAP",
+    "MAX_SKIPPED_KEYS",
+    "PROTOCOL_VERSION",
+    "AgentKeyPair",
+    "AuthenticationError",
+    "CryptoError",
+    "CryptoSession",
+    "Envelope",
+    "FormatError",
+    "IdentityChangedError",
+    "IdentityError",
+    "KeyFileError",
+    "MessageGapError",
+    "ReplayError",
+    "SignatureError",
+    "TamperError",
+    "VersionError",
+    "bundle_from_bytes",
+    "bundle_to_bytes",
+    "fingerprint_of",
+    "fingerprint_of_key",
+    "open_at_rest",
+    "perform_key_exchange",
+    "seal",
+    "seal_at_rest",
+    "unseal",
+    "verify_bundle",
+    "verify_challenge",
+]
+
+
+def seal(
+    session: CryptoSession,
+    sender_keypair: AgentKeyPair,
+    sender_id: str,
+    recipient_id: str,
+    payload: dict[str, Any],
+) -> Envelope:
+    """Encrypt and sign ``payload`` from ``sender_id`` to ``recipient_id`` on ``session``.
+
+    The keypair and both ids must be the session's own (``IdentityError`` otherwise): a message
+    can never be sealed under one identity and labelled with another.
+    """
+    if sender_id != session.local_id:
+        raise IdentityError(
+            f"sender_id {sender_id!r} is not this session's local agent {session.local_id!r}"
+        )
+    if recipient_id != session.peer_id:
+        raise IdentityError(
+            f"recipient_id {recipient_id!r} is not this session's peer {session.peer_id!r}"
+        )
+    if sender_keypair.identity_key != session.local_identity_key:
+        raise IdentityError("sender_keypair is not the identity this session was created with")
+    return session.seal(payload)
+
+
+def unseal(session: CryptoSession, envelope: Envelope | bytes, sender_bundle: dict[str, Any]) -> dict:
+    """Decrypt and authenticate ``envelope`` from the agent of ``sender_bundle``.
+
+    The bundle must be the one the session was made with (same agent id and identity key):
+    a message checked against the wrong sender's keys is an ``IdentityError``.
+    """
+    if not isinstance(sender_bundle, dict):
+        raise FormatError("sender_bundle must be a bundle dict")
+    if sender_bundle.get("agent_id") != session.peer_id:
+        raise IdentityError(
+            f"sender_bundle is for {sender_bundle.get('agent_id')!r}, "
+            f"but this session's peer is {session.peer_id!r}"
+        )
+    if sender_bundle.get("identity_key") != session.peer_identity_key:
+        raise IdentityError(
+            f"sender_bundle's identity key is not the one pinned for {session.peer_id!r}"
+        )
+    return session.unseal(envelope)
+
+
+def seal_at_rest(keypair: AgentKeyPair, data: bytes) -> bytes:
+    """Encrypt ``data`` for storage under a key derived from ``keypair``'s identity secret."""
+    return keypair.seal_at_rest(data)
+
+
+def open_at_rest(keypair: AgentKeyPair, data: bytes) -> bytes:
+    """Open data sealed by :func:`seal_at_rest` (``KeyFileError`` if corrupt or not ours)."""
+    return keypair.open_at_rest(data)

@@ -1,0 +1,421 @@
+//! Long-term identity: the Ed25519 identity key, the X25519 exchange key, signed and one-time
+//! prekeys, the self-certifying public bundle, and fingerprints.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use rand_core::{CryptoRng, RngCore};
+use sha2::{Digest, Sha256};
+use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
+
+use crate::error::{Error, Result};
+use crate::labels;
+
+/// Longest agent id in bytes (ids travel with a one-byte length prefix).
+pub const MAX_AGENT_ID_LEN: usize = 255;
+/// How many one-time prekeys an identity keeps at most.
+pub const MAX_ONE_TIME_PREKEYS: usize = 10_000;
+
+/// Checks an agent id: 1..=255 UTF-8 bytes, no control characters.
+pub fn check_agent_id(id: &str) -> Result<()> {
+    if id.is_empty() {
+        return Err(Error::InvalidInput("agent id must not be empty"));
+    }
+    if id.len() > MAX_AGENT_ID_LEN {
+        return Err(Error::InvalidInput("agent id is longer than 255 UTF-8 bytes"));
+    }
+    if id.chars().any(char::is_control) {
+        return Err(Error::InvalidInput("agent id contains a control character"));
+    }
+    Ok(())
+}
+
+/// X25519 with the all-zero (non-contributory) output rejected.
+pub fn diffie_hellman(secret: &StaticSecret, public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
+    let shared = secret.diffie_hellman(&PublicKey::from(*public));
+    if !shared.was_contributory() {
+        return Err(Error::NonContributory);
+    }
+    Ok(Zeroizing::new(*shared.as_bytes()))
+}
+
+/// `xxxx:xxxx:...` (8 groups): the first 16 bytes of SHA-256 over the raw identity key.
+pub fn fingerprint(identity_key: &[u8; 32]) -> String {
+    let digest = Sha256::digest(identity_key);
+    let mut out = String::with_capacity(39);
+    for (i, pair) in digest.chunks_exact(2).take(8).enumerate() {
+        if i > 0 {
+            out.push(':');
+        }
+        for b in pair {
+            out.push_str(&format!("{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Parses an Ed25519 public key, refusing small-order ("weak") keys.
+pub fn parse_identity_key(bytes: &[u8; 32]) -> Result<VerifyingKey> {
+    let key = VerifyingKey::from_bytes(bytes)
+        .map_err(|_| Error::Format("identity key is not a valid Ed25519 point"))?;
+    if key.is_weak() {
+        return Err(Error::Identity("identity key has small order"));
+    }
+    Ok(key)
+}
+
+/// Strict Ed25519 verification (canonical S, no small-order R or A) of a labelled message.
+pub fn verify_labelled(
+    key: &VerifyingKey,
+    label: &[u8],
+    message: &[u8],
+    signature: &[u8; 64],
+    what: &'static str,
+) -> Result<()> {
+    let sig = Signature::from_bytes(signature);
+    let mut buf = Vec::with_capacity(label.len() + message.len());
+    buf.extend_from_slice(label);
+    buf.extend_from_slice(message);
+    key.verify_strict(&buf, &sig).map_err(|_| Error::Signature(what))
+}
+
+fn prekey_signature_input(
+    agent_id: &str,
+    identity_key: &[u8; 32],
+    exchange_key: &[u8; 32],
+    prekey_id: u32,
+    prekey: &[u8; 32],
+) -> Vec<u8> {
+    let mut w = crate::wire::Writer::with_capacity(1 + agent_id.len() + 100);
+    w.agent_id(agent_id);
+    w.bytes(identity_key);
+    w.bytes(exchange_key);
+    w.u32(prekey_id);
+    w.bytes(prekey);
+    w.buf
+}
+
+/// A medium-term X25519 prekey signed by the identity key.
+pub struct SignedPrekey {
+    pub(crate) id: u32,
+    pub(crate) secret: StaticSecret,
+    pub(crate) public: [u8; 32],
+    pub(crate) signature: [u8; 64],
+}
+
+impl fmt::Debug for SignedPrekey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SignedPrekey").field("id", &self.id).finish_non_exhaustive()
+    }
+}
+
+/// An agent's private identity. Secrets zeroize on drop; `Debug` prints only public facts.
+pub struct IdentityKeyPair {
+    pub(crate) agent_id: String,
+    pub(crate) signing: Box<SigningKey>,
+    pub(crate) exchange: StaticSecret,
+    pub(crate) exchange_public: [u8; 32],
+    pub(crate) signed_prekey: SignedPrekey,
+    pub(crate) previous_signed_prekey: Option<SignedPrekey>,
+    pub(crate) one_time_prekeys: BTreeMap<u32, StaticSecret>,
+    pub(crate) next_prekey_id: u32,
+}
+
+impl fmt::Debug for IdentityKeyPair {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IdentityKeyPair")
+            .field("agent_id", &self.agent_id)
+            .field("fingerprint", &self.fingerprint())
+            .finish_non_exhaustive()
+    }
+}
+
+impl IdentityKeyPair {
+    pub fn generate<R: RngCore + CryptoRng>(agent_id: &str, rng: &mut R) -> Result<Self> {
+        check_agent_id(agent_id)?;
+        let signing = Box::new(SigningKey::generate(rng));
+        let exchange = StaticSecret::random_from_rng(&mut *rng);
+        let exchange_public = PublicKey::from(&exchange).to_bytes();
+        let mut kp = Self {
+            agent_id: agent_id.to_owned(),
+            signing,
+            exchange,
+            exchange_public,
+            signed_prekey: SignedPrekey {
+                id: 0,
+                secret: StaticSecret::from([0u8; 32]),
+                public: [0u8; 32],
+                signature: [0u8; 64],
+            },
+            previous_signed_prekey: None,
+            one_time_prekeys: BTreeMap::new(),
+            next_prekey_id: 1,
+        };
+        kp.signed_prekey = kp.new_signed_prekey(rng);
+        Ok(kp)
+    }
+
+    fn take_prekey_id(&mut self) -> u32 {
+        let id = self.next_prekey_id;
+        self.next_prekey_id = self.next_prekey_id.wrapping_add(1).max(1);
+        id
+    }
+
+    fn new_signed_prekey<R: RngCore + CryptoRng>(&mut self, rng: &mut R) -> SignedPrekey {
+        let id = self.take_prekey_id();
+        let secret = StaticSecret::random_from_rng(&mut *rng);
+        let public = PublicKey::from(&secret).to_bytes();
+        let signature = self.sign_prekey(id, &public);
+        SignedPrekey { id, secret, public, signature }
+    }
+
+    pub(crate) fn sign_prekey(&self, id: u32, public: &[u8; 32]) -> [u8; 64] {
+        let msg =
+            prekey_signature_input(&self.agent_id, &self.identity_key(), &self.exchange_public, id, public);
+        self.sign_labelled(labels::SIG_PREKEY, &msg)
+    }
+
+    /// Replaces the signed prekey; the previous one stays usable for initiations already in flight.
+    pub fn rotate_signed_prekey<R: RngCore + CryptoRng>(&mut self, rng: &mut R) {
+        let fresh = self.new_signed_prekey(rng);
+        let old = std::mem::replace(&mut self.signed_prekey, fresh);
+        self.previous_signed_prekey = Some(old);
+    }
+
+    /// Creates `n` one-time prekeys and returns their (id, public key) for a hub to hand out.
+    pub fn generate_one_time_prekeys<R: RngCore + CryptoRng>(
+        &mut self,
+        n: usize,
+        rng: &mut R,
+    ) -> Result<Vec<(u32, [u8; 32])>> {
+        if self.one_time_prekeys.len().saturating_add(n) > MAX_ONE_TIME_PREKEYS {
+            return Err(Error::InvalidInput("too many one-time prekeys"));
+        }
+        let mut out = Vec::with_capacity(n);
+        for _ in 0..n {
+            let id = self.take_prekey_id();
+            let secret = StaticSecret::random_from_rng(&mut *rng);
+            out.push((id, PublicKey::from(&secret).to_bytes()));
+            self.one_time_prekeys.insert(id, secret);
+        }
+        Ok(out)
+    }
+
+    /// Forgets a one-time prekey once a session used it (so it can never be used twice).
+    pub fn consume_one_time_prekey(&mut self, id: u32) {
+        self.one_time_prekeys.remove(&id);
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    pub fn identity_key(&self) -> [u8; 32] {
+        self.signing.verifying_key().to_bytes()
+    }
+
+    pub(crate) fn verifying_key(&self) -> VerifyingKey {
+        self.signing.verifying_key()
+    }
+
+    pub fn exchange_public(&self) -> [u8; 32] {
+        self.exchange_public
+    }
+
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.identity_key())
+    }
+
+    pub(crate) fn sign_labelled(&self, label: &[u8], message: &[u8]) -> [u8; 64] {
+        let mut buf = Vec::with_capacity(label.len() + message.len());
+        buf.extend_from_slice(label);
+        buf.extend_from_slice(message);
+        self.signing.sign(&buf).to_bytes()
+    }
+
+    /// Signs a hub's registration challenge (proof of possession of the identity key).
+    pub fn sign_challenge(&self, challenge: &[u8]) -> [u8; 64] {
+        self.sign_labelled(labels::SIG_HUB_CHALLENGE, challenge)
+    }
+
+    pub(crate) fn signed_prekey_secret(&self, id: u32) -> Option<&StaticSecret> {
+        if self.signed_prekey.id == id {
+            return Some(&self.signed_prekey.secret);
+        }
+        self.previous_signed_prekey.as_ref().filter(|p| p.id == id).map(|p| &p.secret)
+    }
+
+    pub(crate) fn one_time_prekey_secret(&self, id: u32) -> Option<&StaticSecret> {
+        self.one_time_prekeys.get(&id)
+    }
+
+    /// The public, self-certifying bundle peers need to start a session with this agent.
+    pub fn public_bundle(&self) -> PublicBundle {
+        PublicBundle {
+            agent_id: self.agent_id.clone(),
+            identity_key: self.verifying_key(),
+            exchange_key: self.exchange_public,
+            signed_prekey_id: self.signed_prekey.id,
+            signed_prekey: self.signed_prekey.public,
+            signed_prekey_signature: self.signed_prekey.signature,
+            one_time_prekey: None,
+        }
+    }
+}
+
+/// What a peer needs to open a session with an agent. Constructing one verifies its signature,
+/// so a `PublicBundle` value is always self-consistent.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PublicBundle {
+    pub(crate) agent_id: String,
+    pub(crate) identity_key: VerifyingKey,
+    pub(crate) exchange_key: [u8; 32],
+    pub(crate) signed_prekey_id: u32,
+    pub(crate) signed_prekey: [u8; 32],
+    pub(crate) signed_prekey_signature: [u8; 64],
+    pub(crate) one_time_prekey: Option<(u32, [u8; 32])>,
+}
+
+impl fmt::Debug for PublicBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PublicBundle")
+            .field("agent_id", &self.agent_id)
+            .field("fingerprint", &self.fingerprint())
+            .field("signed_prekey_id", &self.signed_prekey_id)
+            .finish_non_exhaustive()
+    }
+}
+
+const BUNDLE_MAGIC: &[u8; 4] = b"AMB\x01";
+
+impl PublicBundle {
+    /// Builds and verifies a bundle: the signed-prekey signature must check against the bundle's
+    /// own identity key over (agent id, identity key, exchange key, prekey id, prekey).
+    pub fn new(
+        agent_id: &str,
+        identity_key: &[u8; 32],
+        exchange_key: &[u8; 32],
+        signed_prekey_id: u32,
+        signed_prekey: &[u8; 32],
+        signed_prekey_signature: &[u8; 64],
+        one_time_prekey: Option<(u32, [u8; 32])>,
+    ) -> Result<Self> {
+        check_agent_id(agent_id).map_err(|_| Error::Format("bundle agent id is invalid"))?;
+        let key = parse_identity_key(identity_key)?;
+        let msg =
+            prekey_signature_input(agent_id, identity_key, exchange_key, signed_prekey_id, signed_prekey);
+        verify_labelled(
+            &key,
+            labels::SIG_PREKEY,
+            &msg,
+            signed_prekey_signature,
+            "bundle's signed prekey signature does not match its identity key",
+        )?;
+        Ok(Self {
+            agent_id: agent_id.to_owned(),
+            identity_key: key,
+            exchange_key: *exchange_key,
+            signed_prekey_id,
+            signed_prekey: *signed_prekey,
+            signed_prekey_signature: *signed_prekey_signature,
+            one_time_prekey,
+        })
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+    pub fn identity_key(&self) -> [u8; 32] {
+        self.identity_key.to_bytes()
+    }
+    pub fn exchange_key(&self) -> [u8; 32] {
+        self.exchange_key
+    }
+    pub fn signed_prekey_id(&self) -> u32 {
+        self.signed_prekey_id
+    }
+    pub fn signed_prekey(&self) -> [u8; 32] {
+        self.signed_prekey
+    }
+    pub fn signed_prekey_signature(&self) -> [u8; 64] {
+        self.signed_prekey_signature
+    }
+    pub fn one_time_prekey(&self) -> Option<(u32, [u8; 32])> {
+        self.one_time_prekey
+    }
+    pub fn fingerprint(&self) -> String {
+        fingerprint(&self.identity_key())
+    }
+
+    /// Same bundle with a one-time prekey attached (by a hub) or removed.
+    pub fn with_one_time_prekey(mut self, opk: Option<(u32, [u8; 32])>) -> Self {
+        self.one_time_prekey = opk;
+        self
+    }
+
+    /// Checks a hub registration challenge signature against this bundle's identity key.
+    pub fn verify_challenge(&self, challenge: &[u8], signature: &[u8; 64]) -> Result<()> {
+        verify_labelled(
+            &self.identity_key,
+            labels::SIG_HUB_CHALLENGE,
+            challenge,
+            signature,
+            "challenge signature does not match the identity key",
+        )
+    }
+
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut w = crate::wire::Writer::with_capacity(220 + self.agent_id.len());
+        self.write(&mut w);
+        w.buf
+    }
+
+    pub(crate) fn write(&self, w: &mut crate::wire::Writer) {
+        w.bytes(BUNDLE_MAGIC);
+        w.agent_id(&self.agent_id);
+        w.bytes(&self.identity_key());
+        w.bytes(&self.exchange_key);
+        w.u32(self.signed_prekey_id);
+        w.bytes(&self.signed_prekey);
+        w.bytes(&self.signed_prekey_signature);
+        match self.one_time_prekey {
+            Some((id, key)) => {
+                w.u8(1);
+                w.u32(id);
+                w.bytes(&key);
+            }
+            None => w.u8(0),
+        }
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
+        let mut r = crate::wire::Reader::new(bytes, "truncated or malformed bundle");
+        let bundle = Self::read(&mut r)?;
+        r.finish()?;
+        Ok(bundle)
+    }
+
+    pub(crate) fn read(r: &mut crate::wire::Reader<'_>) -> Result<Self> {
+        let magic: [u8; 4] = r.array()?;
+        if &magic[..3] != b"AMB" {
+            return Err(Error::Format("not a bundle (bad magic)"));
+        }
+        if magic[3] != BUNDLE_MAGIC[3] {
+            return Err(Error::Version("bundle version"));
+        }
+        let agent_id = r.agent_id()?;
+        let ik: [u8; 32] = r.array()?;
+        let ek: [u8; 32] = r.array()?;
+        let spk_id = r.u32()?;
+        let spk: [u8; 32] = r.array()?;
+        let sig: [u8; 64] = r.array()?;
+        let opk = match r.u8()? {
+            0 => None,
+            1 => Some((r.u32()?, r.array()?)),
+            _ => return Err(Error::Format("bundle one-time prekey flag")),
+        };
+        Self::new(&agent_id, &ik, &ek, spk_id, &spk, &sig, opk)
+    }
+}

@@ -1,0 +1,22 @@
+//! Every domain-separation label of the protocol, in one place. Changing any of them changes the
+//! wire protocol: they are part of the version-1 specification in docs/protocol.md.
+
+/// HKDF info prefix of the X3DH-style session set-up.
+pub const KDF_SESSION_SETUP: &[u8] = b"agentmesh/v1/kdf/session-setup";
+/// HKDF info of a root-key ratchet step (DH ratchet).
+pub const KDF_ROOT_STEP: &[u8] = b"agentmesh/v1/kdf/root-step";
+/// HKDF info of a symmetric chain step (one message key and the next chain key).
+pub const KDF_CHAIN_STEP: &[u8] = b"agentmesh/v1/kdf/chain-step";
+/// HKDF info of the key that encrypts exported state at rest.
+pub const KDF_AT_REST: &[u8] = b"agentmesh/v1/kdf/at-rest";
+
+/// Signature purpose: a signed prekey inside a public bundle.
+pub const SIG_PREKEY: &[u8] = b"agentmesh/v1/sig/signed-prekey\0";
+/// Signature purpose: a message (header and content digest).
+pub const SIG_MESSAGE: &[u8] = b"agentmesh/v1/sig/message\0";
+/// Signature purpose: a hub registration challenge.
+pub const SIG_HUB_CHALLENGE: &[u8] = b"agentmesh/v1/sig/hub-challenge\0";
+
+/// The 32 0xFF bytes prepended to the X3DH key material (as in X3DH for curve25519), so that the
+/// input can never be mistaken for a bare DH output.
+pub const SETUP_IKM_PREFIX: [u8; 32] = [0xFF; 32];

@@ -1,0 +1,33 @@
+//! agentmesh-core: the cryptographic protocol of agentmesh in pure Rust.
+//!
+//! Identities ([`IdentityKeyPair`], [`PublicBundle`]), the X3DH-style set-up and Double Ratchet
+//! ([`Session`]), the envelope codec ([`Envelope`]), and batch sealing/unsealing ([`batch`]).
+//! The protocol is specified byte by byte in docs/protocol.md.
+#![forbid(unsafe_code)]
+
+pub mod aead;
+pub mod batch;
+mod envelope;
+mod error;
+mod handshake;
+pub mod kdf;
+mod keyfile;
+mod keys;
+pub mod labels;
+mod ratchet;
+mod session;
+mod state;
+mod wire;
+
+pub use envelope::{
+    Envelope, Header, Initiation, MessageType, FLAG_SIGNED, MAGIC, MAX_CIPHERTEXT_LEN, VERSION,
+};
+pub use error::{Error, Result};
+pub use handshake::Mode;
+pub use keyfile::{ARGON2_LANES, ARGON2_MEMORY_KIB, ARGON2_PASSES};
+pub use keys::{
+    check_agent_id, fingerprint, IdentityKeyPair, PublicBundle, MAX_AGENT_ID_LEN,
+    MAX_ONE_TIME_PREKEYS,
+};
+pub use ratchet::{MAX_MESSAGE_GAP, MAX_RETIRED_RATCHET_KEYS, MAX_SKIPPED_KEYS};
+pub use session::{Opened, Session, MAX_ARCHIVED_SESSIONS, MAX_REMEMBERED_SESSIONS, SIGNATURE_LEN};

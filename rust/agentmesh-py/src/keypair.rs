@@ -1,0 +1,192 @@
+//! `AgentKeyPair`: an agent's private identity, behind a lock shared with its sessions.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use agentmesh_core::IdentityKeyPair;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList};
+use rand_core::OsRng;
+
+use crate::bundle;
+use crate::errors::{to_py, KeyFileError};
+use crate::locks;
+
+#[pyclass(name = "AgentKeyPair", module = "agentmesh.crypto", frozen)]
+#[derive(Debug)]
+pub struct PyAgentKeyPair {
+    pub inner: RwLock<IdentityKeyPair>,
+    agent_id: String,
+    fingerprint: String,
+    identity_key: [u8; 32],
+}
+
+impl PyAgentKeyPair {
+    pub fn wrap(kp: IdentityKeyPair) -> Self {
+        Self {
+            agent_id: kp.agent_id().to_owned(),
+            fingerprint: kp.fingerprint(),
+            identity_key: kp.identity_key(),
+            inner: RwLock::new(kp),
+        }
+    }
+
+    pub fn identity_key_bytes(&self) -> [u8; 32] {
+        self.identity_key
+    }
+}
+
+fn passphrase_bytes(p: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<u8>>> {
+    match p {
+        None => Ok(None),
+        Some(v) if v.is_none() => Ok(None),
+        Some(v) => {
+            if let Ok(s) = v.extract::<String>() {
+                Ok(Some(s.into_bytes()))
+            } else {
+                Ok(Some(v.extract::<Vec<u8>>()?))
+            }
+        }
+    }
+}
+
+/// Writes `data` to `path` atomically with mode 0600: temp file, fsync, rename, fsync directory.
+pub fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let result = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[pymethods]
+impl PyAgentKeyPair {
+    /// A new identity: Ed25519 identity key, X25519 exchange key and a signed prekey.
+    #[staticmethod]
+    fn generate(agent_id: &str) -> PyResult<Self> {
+        IdentityKeyPair::generate(agent_id, &mut OsRng).map(Self::wrap).map_err(to_py)
+    }
+
+    /// Restores an identity from `to_bytes()` output (KeyFileError if corrupt or wrong passphrase).
+    #[staticmethod]
+    #[pyo3(signature = (data, passphrase=None))]
+    fn from_bytes(py: Python<'_>, data: &[u8], passphrase: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let pass = passphrase_bytes(passphrase)?;
+        py.allow_threads(|| IdentityKeyPair::from_secret_bytes(data, pass.as_deref()))
+            .map(Self::wrap)
+            .map_err(to_py)
+    }
+
+    /// Every secret of this identity (SECRET: store owner-only, or pass a passphrase).
+    #[pyo3(signature = (passphrase=None))]
+    fn to_bytes<'py>(&self, py: Python<'py>, passphrase: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyBytes>> {
+        let pass = passphrase_bytes(passphrase)?;
+        let kp = locks::read(py, &self.inner);
+        let kp_ref: &IdentityKeyPair = &kp;
+        let data = py
+            .allow_threads(|| kp_ref.to_secret_bytes(pass.as_deref(), &mut OsRng))
+            .map_err(to_py)?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Writes the identity file: mode 0600, atomically (never a half-written file).
+    #[pyo3(signature = (path, passphrase=None))]
+    fn save(&self, py: Python<'_>, path: PathBuf, passphrase: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+        let data = self.to_bytes(py, passphrase)?;
+        let bytes = data.as_bytes();
+        py.allow_threads(|| write_private_file(&path, bytes)).map_err(|e| {
+            KeyFileError::new_err(format!("cannot write identity file {}: {e}", path.display()))
+        })
+    }
+
+    /// Loads an identity file; a missing, unreadable or corrupt file is a KeyFileError.
+    #[staticmethod]
+    #[pyo3(signature = (path, passphrase=None))]
+    fn load(py: Python<'_>, path: PathBuf, passphrase: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+        let data = std::fs::read(&path).map_err(|e| {
+            KeyFileError::new_err(format!("cannot read identity file {}: {e}", path.display()))
+        })?;
+        Self::from_bytes(py, &data, passphrase).map_err(|e| {
+            KeyFileError::new_err(format!("identity file {}: {}", path.display(), e.value(py)))
+        })
+    }
+
+    #[getter]
+    fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    #[getter]
+    fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
+    #[getter]
+    fn identity_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.identity_key)
+    }
+
+    /// The public, self-certifying bundle (a JSON-safe dict).
+    fn public_bundle<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let b = locks::read(py, &self.inner).public_bundle();
+        bundle::to_dict(py, &b)
+    }
+
+    /// Signs a hub's registration challenge (proof of possession of the identity key).
+    fn sign_challenge<'py>(&self, py: Python<'py>, challenge: &[u8]) -> Bound<'py, PyBytes> {
+        let sig = locks::read(py, &self.inner).sign_challenge(challenge);
+        PyBytes::new(py, &sig)
+    }
+
+    /// A new signed prekey; the previous one keeps working for set-ups already in flight.
+    fn rotate_signed_prekey(&self, py: Python<'_>) {
+        locks::write(py, &self.inner).rotate_signed_prekey(&mut OsRng);
+    }
+
+    /// `n` one-time prekeys for a hub to hand out: `[{"id": int, "key": b64}, ...]`.
+    fn generate_one_time_prekeys<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyList>> {
+        let keys = locks::write(py, &self.inner)
+            .generate_one_time_prekeys(n, &mut OsRng)
+            .map_err(to_py)?;
+        let list = PyList::empty(py);
+        for (id, key) in keys {
+            let d = PyDict::new(py);
+            d.set_item("id", id)?;
+            d.set_item("key", bundle::b64(&key))?;
+            list.append(d)?;
+        }
+        Ok(list)
+    }
+
+    /// Encrypts `data` at rest under a key derived from this identity.
+    fn seal_at_rest<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let out = locks::read(py, &self.inner).seal_at_rest(data, &mut OsRng).map_err(to_py)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    /// Opens data sealed by `seal_at_rest` (KeyFileError if corrupt or another identity's).
+    fn open_at_rest<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
+        let out = locks::read(py, &self.inner).open_at_rest(data).map_err(to_py)?;
+        Ok(PyBytes::new(py, &out))
+    }
+
+    fn __repr__(&self) -> String {
+        format!("AgentKeyPair(agent_id={:?}, fingerprint='{}')", self.agent_id, self.fingerprint)
+    }
+}

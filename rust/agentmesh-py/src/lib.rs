@@ -1,0 +1,74 @@
+//! `agentmesh._native`: PyO3 glue over agentmesh-core. No protocol logic lives here: only
+//! conversions (dicts, JSON payloads, bytes), locking, GIL handling and error mapping.
+
+mod bundle;
+mod envelope;
+mod errors;
+mod json;
+mod keypair;
+mod locks;
+mod session;
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::errors::to_py;
+
+/// Checks a bundle's self-signature; returns its agent id.
+#[pyfunction]
+fn verify_bundle(bundle: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(bundle::from_dict(bundle)?.agent_id().to_owned())
+}
+
+/// True when `signature` is the bundle owner's signature of the hub `challenge`.
+#[pyfunction]
+fn verify_challenge(bundle: &Bound<'_, PyAny>, challenge: &[u8], signature: &[u8]) -> PyResult<bool> {
+    let b = bundle::from_dict(bundle)?;
+    let Ok(sig) = <[u8; 64]>::try_from(signature) else { return Ok(false) };
+    Ok(b.verify_challenge(challenge, &sig).is_ok())
+}
+
+/// The fingerprint of a bundle's identity key (the bundle is verified first).
+#[pyfunction]
+fn fingerprint_of(bundle: &Bound<'_, PyAny>) -> PyResult<String> {
+    Ok(bundle::from_dict(bundle)?.fingerprint())
+}
+
+/// The fingerprint of a raw 32-byte Ed25519 identity key.
+#[pyfunction]
+fn fingerprint_of_key(identity_key: &[u8]) -> PyResult<String> {
+    let key: [u8; 32] = identity_key
+        .try_into()
+        .map_err(|_| pyo3::exceptions::PyValueError::new_err("identity key must be 32 bytes"))?;
+    Ok(agentmesh_core::fingerprint(&key))
+}
+
+/// The canonical binary form of a bundle dict (used by the fuzz corpus and test vectors).
+#[pyfunction]
+fn bundle_to_bytes<'py>(py: Python<'py>, bundle: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+    Ok(PyBytes::new(py, &bundle::from_dict(bundle)?.to_bytes()))
+}
+
+#[pyfunction]
+fn bundle_from_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+    let b = agentmesh_core::PublicBundle::from_bytes(data).map_err(to_py)?;
+    bundle::to_dict(py, &b)
+}
+
+#[pymodule(gil_used = false)]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<keypair::PyAgentKeyPair>()?;
+    m.add_class::<session::PyCryptoSession>()?;
+    m.add_class::<envelope::PyEnvelope>()?;
+    m.add_function(wrap_pyfunction!(session::perform_key_exchange, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_bundle, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_challenge, m)?)?;
+    m.add_function(wrap_pyfunction!(fingerprint_of, m)?)?;
+    m.add_function(wrap_pyfunction!(fingerprint_of_key, m)?)?;
+    m.add_function(wrap_pyfunction!(bundle_to_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(bundle_from_bytes, m)?)?;
+    m.add("PROTOCOL_VERSION", agentmesh_core::VERSION)?;
+    m.add("MAX_MESSAGE_GAP", agentmesh_core::MAX_MESSAGE_GAP)?;
+    m.add("MAX_SKIPPED_KEYS", agentmesh_core::MAX_SKIPPED_KEYS)?;
+    Ok(())
+}

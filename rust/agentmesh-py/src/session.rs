@@ -1,0 +1,263 @@
+//! `CryptoSession`: a core `Session` bound to the local `AgentKeyPair`; payload dicts in,
+//! envelopes out, and back. Large payloads and batches run with the GIL released.
+
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use agentmesh_core::{Mode, Session};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList, PyTuple};
+use rand_core::OsRng;
+
+use crate::bundle;
+use crate::envelope::{envelope_arg, PyEnvelope};
+use crate::errors::to_py;
+use crate::json::{json_to_py, payload_to_json};
+use crate::keypair::PyAgentKeyPair;
+use crate::locks;
+
+/// Work on payloads at least this large runs with the GIL released (as pyca/cryptography does).
+const RELEASE_GIL_AT: usize = 16 * 1024;
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+#[pyclass(name = "CryptoSession", module = "agentmesh.crypto", frozen)]
+#[derive(Debug)]
+pub struct PyCryptoSession {
+    session: Mutex<Session>,
+    keypair: Py<PyAgentKeyPair>,
+    local_id: String,
+    peer_id: String,
+    peer_fingerprint: String,
+    peer_identity_b64: String,
+    deniable: bool,
+}
+
+impl PyCryptoSession {
+    fn wrap(session: Session, keypair: Py<PyAgentKeyPair>) -> Self {
+        let peer = session.peer();
+        Self {
+            local_id: session.local_id().to_owned(),
+            peer_id: peer.agent_id().to_owned(),
+            peer_fingerprint: peer.fingerprint(),
+            peer_identity_b64: bundle::b64(&peer.identity_key()),
+            deniable: session.mode() == Mode::Deniable,
+            session: Mutex::new(session),
+            keypair,
+        }
+    }
+
+    fn opened_to_py<'py>(
+        &self,
+        py: Python<'py>,
+        opened: agentmesh_core::Opened,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(id) = opened.consumed_one_time_prekey {
+            locks::write(py, &self.keypair.get().inner).consume_one_time_prekey(id);
+        }
+        json_to_py(py, opened.payload())
+    }
+
+    fn unseal_inner<'py>(&self, py: Python<'py>, env: &agentmesh_core::Envelope) -> PyResult<Bound<'py, PyAny>> {
+        let kp_obj = self.keypair.get();
+        let opened = {
+            let mut session = locks::lock(py, &self.session);
+            let kp = locks::read(py, &kp_obj.inner);
+            if env.as_bytes().len() >= RELEASE_GIL_AT {
+                let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
+                py.allow_threads(|| s.unseal(k, env, &mut OsRng))
+            } else {
+                session.unseal(&kp, env, &mut OsRng)
+            }
+        }
+        .map_err(to_py)?;
+        self.opened_to_py(py, opened)
+    }
+}
+
+/// `perform_key_exchange(my_keypair, their_bundle, deniable=False)`: a session with the bundle's
+/// agent. Nothing is derived until the first seal (as initiator) or unseal (as responder).
+#[pyfunction]
+#[pyo3(signature = (my_keypair, their_bundle, deniable=false))]
+pub fn perform_key_exchange(
+    py: Python<'_>,
+    my_keypair: Py<PyAgentKeyPair>,
+    their_bundle: &Bound<'_, PyAny>,
+    deniable: bool,
+) -> PyResult<PyCryptoSession> {
+    let peer = bundle::from_dict(their_bundle)?;
+    let mode = if deniable { Mode::Deniable } else { Mode::Signed };
+    let session = {
+        let kp = locks::read(py, &my_keypair.get().inner);
+        Session::new(&kp, peer, mode).map_err(to_py)?
+    };
+    Ok(PyCryptoSession::wrap(session, my_keypair))
+}
+
+#[pymethods]
+impl PyCryptoSession {
+    /// Encrypts (and in signed mode signs) a payload dict for the peer.
+    fn seal(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<PyEnvelope> {
+        let json = payload_to_json(payload)?;
+        let kp_obj = self.keypair.get();
+        let ts = now_ms();
+        let mut session = locks::lock(py, &self.session);
+        let kp = locks::read(py, &kp_obj.inner);
+        let env = if json.len() >= RELEASE_GIL_AT {
+            let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
+            py.allow_threads(|| s.seal(k, &json, ts, &mut OsRng))
+        } else {
+            session.seal(&kp, &json, ts, &mut OsRng)
+        }
+        .map_err(to_py)?;
+        Ok(PyEnvelope { inner: env })
+    }
+
+    /// Decrypts and authenticates an envelope (or its bytes); returns the payload dict.
+    fn unseal<'py>(&self, py: Python<'py>, envelope: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        if let Ok(e) = envelope.downcast::<PyEnvelope>() {
+            return self.unseal_inner(py, &e.get().inner);
+        }
+        let arg = envelope_arg(envelope)?;
+        self.unseal_inner(py, arg.get())
+    }
+
+    /// Like `unseal`, also returning the parsed `Envelope` (for its sender, timestamp and id).
+    fn unseal_envelope<'py>(&self, py: Python<'py>, envelope: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+        let arg = envelope_arg(envelope)?;
+        let payload = self.unseal_inner(py, arg.get())?;
+        let env = arg.into_object(py)?;
+        PyTuple::new(py, [payload, env.into_bound(py).into_any()])
+    }
+
+    /// Seals every payload in order (both cores; the GIL is released).
+    fn seal_many<'py>(&self, py: Python<'py>, payloads: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let jsons = payloads
+            .try_iter()?
+            .map(|p| payload_to_json(&p?))
+            .collect::<PyResult<Vec<_>>>()?;
+        let refs: Vec<&[u8]> = jsons.iter().map(Vec::as_slice).collect();
+        let kp_obj = self.keypair.get();
+        let ts = now_ms();
+        let envs = {
+            let mut session = locks::lock(py, &self.session);
+            let kp = locks::read(py, &kp_obj.inner);
+            let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
+            py.allow_threads(|| s.seal_many(k, &refs, ts, &mut OsRng))
+        }
+        .map_err(to_py)?;
+        let list = PyList::empty(py);
+        for inner in envs {
+            list.append(Py::new(py, PyEnvelope { inner })?)?;
+        }
+        Ok(list)
+    }
+
+    /// Unseals every envelope; each item is the payload dict or the CryptoError instance that
+    /// rejected it (batch Ed25519 verification on both cores; the GIL is released).
+    fn unseal_many<'py>(&self, py: Python<'py>, envelopes: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+        let mut parsed = Vec::new();
+        let mut slots = Vec::new();
+        for item in envelopes.try_iter()? {
+            match envelope_arg(&item?) {
+                Ok(arg) => {
+                    slots.push(Ok(parsed.len()));
+                    parsed.push(arg);
+                }
+                Err(e) => slots.push(Err(e)),
+            }
+        }
+        let envs: Vec<agentmesh_core::Envelope> = parsed.iter().map(|a| a.get().clone()).collect();
+        let kp_obj = self.keypair.get();
+        let mut results = {
+            let mut session = locks::lock(py, &self.session);
+            let kp = locks::read(py, &kp_obj.inner);
+            let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
+            py.allow_threads(|| s.unseal_many(k, &envs, &mut OsRng))
+        }
+        .into_iter()
+        .map(Some)
+        .collect::<Vec<_>>();
+        let list = PyList::empty(py);
+        for slot in slots {
+            let item = match slot {
+                Err(e) => e.into_value(py).into_bound(py).into_any(),
+                Ok(i) => match results.get_mut(i).and_then(Option::take) {
+                    Some(Ok(opened)) => match self.opened_to_py(py, opened) {
+                        Ok(v) => v,
+                        Err(e) => e.into_value(py).into_bound(py).into_any(),
+                    },
+                    Some(Err(e)) => to_py(e).into_value(py).into_bound(py).into_any(),
+                    None => py.None().into_bound(py),
+                },
+            };
+            list.append(item)?;
+        }
+        Ok(list)
+    }
+
+    /// Every secret of the session (SECRET: restore with `CryptoSession.import_state`).
+    fn export_state<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        let data = locks::lock(py, &self.session).export_state();
+        PyBytes::new(py, &data)
+    }
+
+    #[staticmethod]
+    fn import_state(py: Python<'_>, my_keypair: Py<PyAgentKeyPair>, data: &[u8]) -> PyResult<Self> {
+        let session = {
+            let kp = locks::read(py, &my_keypair.get().inner);
+            Session::import_state(&kp, data).map_err(to_py)?
+        };
+        Ok(Self::wrap(session, my_keypair))
+    }
+
+    #[getter]
+    fn local_id(&self) -> &str {
+        &self.local_id
+    }
+    #[getter]
+    fn peer_id(&self) -> &str {
+        &self.peer_id
+    }
+    #[getter]
+    fn peer_fingerprint(&self) -> &str {
+        &self.peer_fingerprint
+    }
+    /// The peer's identity key, base64 (as in its bundle).
+    #[getter]
+    fn peer_identity_key(&self) -> &str {
+        &self.peer_identity_b64
+    }
+    #[getter]
+    fn local_identity_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.keypair.get().identity_key_bytes())
+    }
+    #[getter]
+    fn keypair(&self, py: Python<'_>) -> Py<PyAgentKeyPair> {
+        self.keypair.clone_ref(py)
+    }
+    #[getter]
+    fn deniable(&self) -> bool {
+        self.deniable
+    }
+    /// True once a message from the peer on the active set-up has been accepted.
+    #[getter]
+    fn established(&self, py: Python<'_>) -> bool {
+        locks::lock(py, &self.session).is_established()
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "CryptoSession(local_id={:?}, peer_id={:?}, peer_fingerprint='{}', mode='{}')",
+            self.local_id,
+            self.peer_id,
+            self.peer_fingerprint,
+            if self.deniable { "deniable" } else { "signed" }
+        )
+    }
+}
