@@ -33,11 +33,13 @@ impl Session {
     ) -> Result<Vec<Envelope>> {
         self.check_local(ours)?;
         self.sending_ratchet(ours, rng)?;
-        let ratchet = self.active.as_deref().ok_or(Error::InvalidInput("no active session"))?;
-        let mut chain = ratchet
-            .sending
-            .clone()
-            .ok_or(Error::InvalidInput("this session cannot send before it has received"))?;
+        let ratchet = self
+            .active
+            .as_deref()
+            .ok_or(Error::InvalidInput("no active session"))?;
+        let mut chain = ratchet.sending.clone().ok_or(Error::InvalidInput(
+            "this session cannot send before it has received",
+        ))?;
         let mut counter = ratchet.send_counter;
         let mut jobs = Vec::with_capacity(payloads.len());
         for payload in payloads {
@@ -45,7 +47,11 @@ impl Session {
                 return Err(Error::InvalidInput("sending chain exhausted"));
             }
             let (mk, next) = chain_step(&chain);
-            jobs.push((self.next_header(ratchet, counter, timestamp_ms), mk, *payload));
+            jobs.push((
+                self.next_header(ratchet, counter, timestamp_ms),
+                mk,
+                *payload,
+            ));
             chain = next;
             counter += 1;
         }
@@ -62,25 +68,23 @@ impl Session {
     }
 
     /// Unseals every envelope; each result is what [`Session::unseal`] would have returned.
-    pub fn unseal_many<R: RngCore + CryptoRng>(
+    pub fn unseal_many(
         &mut self,
         ours: &IdentityKeyPair,
         envelopes: &[Envelope],
-        rng: &mut R,
     ) -> Vec<Result<Opened>> {
-        if let Some(opened) = self.try_unseal_batch(ours, envelopes, rng) {
+        if let Some(opened) = self.try_unseal_batch(ours, envelopes) {
             return opened.into_iter().map(Ok).collect();
         }
-        envelopes.iter().map(|env| self.unseal(ours, env, rng)).collect()
+        envelopes.iter().map(|env| self.unseal(ours, env)).collect()
     }
 
     /// The fast path: every envelope is a valid message of the active ratchet. `None` means
     /// "not this case", and nothing was changed.
-    fn try_unseal_batch<R: RngCore + CryptoRng>(
+    fn try_unseal_batch(
         &mut self,
         ours: &IdentityKeyPair,
         envelopes: &[Envelope],
-        rng: &mut R,
     ) -> Option<Vec<Opened>> {
         self.check_local(ours).ok()?;
         let active = self.active.as_deref()?;
@@ -93,11 +97,14 @@ impl Session {
                 return None;
             }
             check_message_type(&staged, h).ok()?;
-            let plan = staged.plan_receive(h, rng).ok()?;
+            let plan = staged.plan_receive(h).ok()?;
             keys.push(plan.message_key.clone());
             staged.commit_receive(h, plan);
             if h.message_type == MessageType::Ratchet
-                && staged.role == (Role::Initiator { acknowledged: false })
+                && staged.role
+                    == (Role::Initiator {
+                        acknowledged: false,
+                    })
             {
                 staged.role = Role::Initiator { acknowledged: true };
             }
@@ -129,7 +136,10 @@ impl Session {
 
 /// Ed25519 batch verification of every message signature, one batch per core.
 fn verify_all(key: &VerifyingKey, envelopes: &[Envelope], plaintexts: &[Vec<u8>]) -> Result<()> {
-    let chunk = envelopes.len().div_ceil(rayon::current_num_threads().max(1)).max(MIN_ITEMS_PER_TASK);
+    let chunk = envelopes
+        .len()
+        .div_ceil(rayon::current_num_threads().max(1))
+        .max(MIN_ITEMS_PER_TASK);
     envelopes
         .par_chunks(chunk)
         .zip(plaintexts.par_chunks(chunk))

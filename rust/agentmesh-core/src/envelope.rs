@@ -53,10 +53,11 @@ impl Header {
         let ct_len = u32::try_from(ciphertext_len)
             .ok()
             .filter(|n| (*n as usize) <= MAX_CIPHERTEXT_LEN)
-            .ok_or(Error::InvalidInput("payload is larger than the 64 MiB envelope limit"))?;
-        let mut w = Writer::with_capacity(
-            120 + self.sender.len() + self.recipient.len() + extra_capacity,
-        );
+            .ok_or(Error::InvalidInput(
+                "payload is larger than the 64 MiB envelope limit",
+            ))?;
+        let mut w =
+            Writer::with_capacity(120 + self.sender.len() + self.recipient.len() + extra_capacity);
         w.bytes(&MAGIC);
         w.u8(VERSION);
         w.u8(self.message_type as u8);
@@ -89,19 +90,31 @@ pub struct Envelope {
 
 impl Envelope {
     pub(crate) fn from_parts(bytes: Vec<u8>, header: Header, body_offset: usize) -> Self {
-        Self { bytes, header, body_offset }
+        Self {
+            bytes,
+            header,
+            body_offset,
+        }
     }
 
     /// Parses wire bytes. Never panics; allocates only a copy of the input.
     pub fn from_bytes(data: &[u8]) -> Result<Self> {
         let (header, body_offset) = Self::parse_header(data)?;
-        Ok(Self { bytes: data.to_vec(), header, body_offset })
+        Ok(Self {
+            bytes: data.to_vec(),
+            header,
+            body_offset,
+        })
     }
 
     /// Takes ownership of wire bytes without copying.
     pub fn from_vec(data: Vec<u8>) -> Result<Self> {
         let (header, body_offset) = Self::parse_header(&data)?;
-        Ok(Self { bytes: data, header, body_offset })
+        Ok(Self {
+            bytes: data,
+            header,
+            body_offset,
+        })
     }
 
     fn parse_header(data: &[u8]) -> Result<(Header, usize)> {
@@ -140,13 +153,19 @@ impl Envelope {
         };
         let ct_len = r.u32()? as usize;
         if ct_len < TAG_LEN {
-            return Err(Error::Format("envelope ciphertext is shorter than the AEAD tag"));
+            return Err(Error::Format(
+                "envelope ciphertext is shorter than the AEAD tag",
+            ));
         }
         if ct_len > MAX_CIPHERTEXT_LEN {
-            return Err(Error::Format("envelope ciphertext exceeds the 64 MiB limit"));
+            return Err(Error::Format(
+                "envelope ciphertext exceeds the 64 MiB limit",
+            ));
         }
         if r.remaining() != ct_len {
-            return Err(Error::Format("envelope length does not match its ciphertext length field"));
+            return Err(Error::Format(
+                "envelope length does not match its ciphertext length field",
+            ));
         }
         let body_offset = data.len() - ct_len;
         let header = Header {

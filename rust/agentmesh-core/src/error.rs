@@ -46,7 +46,10 @@ impl fmt::Display for Error {
             ),
             Error::Identity(what) => write!(f, "identity mismatch: {what}"),
             Error::NonContributory => {
-                write!(f, "key agreement rejected: low-order public key (all-zero shared secret)")
+                write!(
+                    f,
+                    "key agreement rejected: low-order public key (all-zero shared secret)"
+                )
             }
             Error::KeyFile(what) => write!(f, "key file rejected: {what}"),
             Error::InvalidInput(what) => write!(f, "invalid input: {what}"),

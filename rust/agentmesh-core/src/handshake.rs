@@ -80,7 +80,11 @@ pub(crate) fn initiate<R: RngCore + CryptoRng>(
     let dh1 = diffie_hellman(&ours.exchange, &theirs.signed_prekey)?;
     let dh2 = diffie_hellman(&base, &theirs.exchange_key)?;
     let dh3 = diffie_hellman(&base, &theirs.signed_prekey)?;
-    let dh4 = if opk_id != 0 { Some(diffie_hellman(&base, &opk)?) } else { None };
+    let dh4 = if opk_id != 0 {
+        Some(diffie_hellman(&base, &opk)?)
+    } else {
+        None
+    };
     let me = Party {
         agent_id: ours.agent_id(),
         identity_key: ours.identity_key(),
@@ -108,16 +112,23 @@ pub(crate) fn respond(
 ) -> Result<(SetupKeys, StaticSecret)> {
     let spk = ours
         .signed_prekey_secret(initiation.signed_prekey_id)
-        .ok_or(Error::Identity("the message names a signed prekey this agent does not have"))?;
+        .ok_or(Error::Identity(
+            "the message names a signed prekey this agent does not have",
+        ))?;
     let spk_public = PublicKey::from(spk).to_bytes();
     let dh1 = diffie_hellman(spk, &theirs.exchange_key)?;
     let dh2 = diffie_hellman(&ours.exchange, &initiation.base_key)?;
     let dh3 = diffie_hellman(spk, &initiation.base_key)?;
     let (dh4, opk_public) = if initiation.one_time_prekey_id != 0 {
-        let opk = ours.one_time_prekey_secret(initiation.one_time_prekey_id).ok_or(
-            Error::Identity("the message names a one-time prekey that is unknown or already used"),
-        )?;
-        (Some(diffie_hellman(opk, &initiation.base_key)?), PublicKey::from(opk).to_bytes())
+        let opk = ours
+            .one_time_prekey_secret(initiation.one_time_prekey_id)
+            .ok_or(Error::Identity(
+                "the message names a one-time prekey that is unknown or already used",
+            ))?;
+        (
+            Some(diffie_hellman(opk, &initiation.base_key)?),
+            PublicKey::from(opk).to_bytes(),
+        )
     } else {
         (None, [0u8; 32])
     };

@@ -78,7 +78,10 @@ pub fn session_setup(dh_outputs: &[&[u8; 32]], transcript: &[u8]) -> SetupKeys {
     let mut session_id = [0u8; 16];
     session_id.copy_from_slice(&okm[32..]);
     okm.zeroize();
-    SetupKeys { root: RootKey::from_bytes(root), session_id }
+    SetupKeys {
+        root: RootKey::from_bytes(root),
+        session_id,
+    }
 }
 
 /// DH ratchet step: HKDF(salt = root key, ikm = DH output, info = label) -> (root', chain).

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use argon2::{Algorithm, Argon2, Params, Version};
 use ed25519_dalek::SigningKey;
 use rand_core::{CryptoRng, RngCore};
-use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
@@ -15,13 +14,12 @@ use crate::aead::{open_with_key, seal_with_key, NONCE_LEN};
 use crate::error::{Error, Result};
 use crate::kdf::at_rest_key;
 use crate::keys::{IdentityKeyPair, SignedPrekey, MAX_ONE_TIME_PREKEYS};
-use crate::wire::{Reader, Writer};
+use crate::wire::{checksum, split_checksummed, Reader, Writer};
 
 const KEYFILE_MAGIC: &[u8; 4] = b"AMK\x01";
 const AT_REST_MAGIC: &[u8; 4] = b"AMR\x01";
 const FLAG_PLAIN: u8 = 0;
 const FLAG_PASSPHRASE: u8 = 1;
-const CHECKSUM_LEN: usize = 16;
 const SALT_LEN: usize = 16;
 
 /// Argon2id cost for new files (OWASP's recommended minimum: 19 MiB, 2 passes, 1 lane).
@@ -33,8 +31,15 @@ const ARGON2_MAX_MEMORY_KIB: u32 = 1024 * 1024;
 const ARGON2_MAX_PASSES: u32 = 16;
 const ARGON2_MAX_LANES: u32 = 8;
 
-fn passphrase_key(passphrase: &[u8], salt: &[u8], m: u32, t: u32, p: u32) -> Result<Zeroizing<[u8; 32]>> {
-    let params = Params::new(m, t, p, Some(32)).map_err(|_| Error::KeyFile("bad Argon2 parameters"))?;
+fn passphrase_key(
+    passphrase: &[u8],
+    salt: &[u8],
+    m: u32,
+    t: u32,
+    p: u32,
+) -> Result<Zeroizing<[u8; 32]>> {
+    let params =
+        Params::new(m, t, p, Some(32)).map_err(|_| Error::KeyFile("bad Argon2 parameters"))?;
     let mut key = Zeroizing::new([0u8; 32]);
     Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
         .hash_password_into(passphrase, salt, &mut *key)
@@ -52,7 +57,12 @@ fn read_prekey(r: &mut Reader<'_>) -> Result<SignedPrekey> {
     let id = r.u32()?;
     let secret = StaticSecret::from(r.array::<32>()?);
     let public = PublicKey::from(&secret).to_bytes();
-    Ok(SignedPrekey { id, secret, public, signature: r.array()? })
+    Ok(SignedPrekey {
+        id,
+        secret,
+        public,
+        signature: r.array()?,
+    })
 }
 
 impl IdentityKeyPair {
@@ -110,7 +120,9 @@ impl IdentityKeyPair {
         // The stored prekey signatures must still verify: catches a file stitched from two keys.
         for p in std::iter::once(&kp.signed_prekey).chain(kp.previous_signed_prekey.as_ref()) {
             if kp.sign_prekey(p.id, &p.public) != p.signature {
-                return Err(Error::KeyFile("identity file prekey signature does not match its key"));
+                return Err(Error::KeyFile(
+                    "identity file prekey signature does not match its key",
+                ));
             }
         }
         Ok(kp)
@@ -129,8 +141,8 @@ impl IdentityKeyPair {
             None => {
                 w.u8(FLAG_PLAIN);
                 w.bytes(&body);
-                let sum = Sha256::digest(&w.buf);
-                w.bytes(&sum[..CHECKSUM_LEN]);
+                let sum = checksum(&w.buf);
+                w.bytes(&sum);
             }
             Some(pass) => {
                 w.u8(FLAG_PASSPHRASE);
@@ -156,54 +168,74 @@ impl IdentityKeyPair {
     /// Loads an identity file; a wrong passphrase, truncation or any flipped bit is an error.
     pub fn from_secret_bytes(data: &[u8], passphrase: Option<&[u8]>) -> Result<Self> {
         let mut r = Reader::new(data, "identity file is truncated");
-        let magic: [u8; 4] = r.array().map_err(|_| Error::KeyFile("identity file is truncated"))?;
+        let magic: [u8; 4] = r
+            .array()
+            .map_err(|_| Error::KeyFile("identity file is truncated"))?;
         if &magic[..3] != b"AMK" {
             return Err(Error::KeyFile("not an agentmesh identity file (bad magic)"));
         }
         if &magic != KEYFILE_MAGIC {
             return Err(Error::KeyFile("identity file version is not 1"));
         }
-        match r.u8().map_err(|_| Error::KeyFile("identity file is truncated"))? {
+        match r
+            .u8()
+            .map_err(|_| Error::KeyFile("identity file is truncated"))?
+        {
             FLAG_PLAIN => {
                 if passphrase.is_some() {
                     return Err(Error::KeyFile(
                         "a passphrase was given but the identity file is not encrypted",
                     ));
                 }
-                if data.len() < 5 + CHECKSUM_LEN {
-                    return Err(Error::KeyFile("identity file is truncated"));
-                }
-                let (signed, sum) = data.split_at(data.len() - CHECKSUM_LEN);
-                if Sha256::digest(signed)[..CHECKSUM_LEN] != *sum {
-                    return Err(Error::KeyFile("identity file is corrupt (checksum mismatch)"));
-                }
-                Self::from_secret_body(&signed[5..]).map_err(|_| Error::KeyFile("identity file is malformed"))
-            }
-            FLAG_PASSPHRASE => {
-                let pass = passphrase
-                    .ok_or(Error::KeyFile("identity file is encrypted: a passphrase is required"))?;
-                let truncated = |_| Error::KeyFile("identity file is truncated");
-                let salt = r.bytes(SALT_LEN).map_err(truncated)?;
-                let (m, t, p) = (r.u32().map_err(truncated)?, r.u32().map_err(truncated)?, r.u32().map_err(truncated)?);
-                if m > ARGON2_MAX_MEMORY_KIB || t > ARGON2_MAX_PASSES || p > ARGON2_MAX_LANES {
-                    return Err(Error::KeyFile("identity file asks for excessive Argon2 cost"));
-                }
-                let nonce: [u8; NONCE_LEN] = r.array().map_err(truncated)?;
-                let header_len = data.len() - r.remaining();
-                let key = passphrase_key(pass, salt, m, t, p)?;
-                let mut sealed = Zeroizing::new(data[header_len..].to_vec());
-                let len = open_with_key(&key, nonce, &data[..header_len], &mut sealed).map_err(|_| {
-                    Error::KeyFile("wrong passphrase, or the identity file is corrupt")
-                })?;
-                Self::from_secret_body(&sealed[..len])
+                let body = split_checksummed(data)
+                    .and_then(|signed| signed.get(5..))
+                    .ok_or(Error::KeyFile(
+                        "identity file is corrupt or truncated (checksum mismatch)",
+                    ))?;
+                Self::from_secret_body(body)
                     .map_err(|_| Error::KeyFile("identity file is malformed"))
             }
-            _ => Err(Error::KeyFile("identity file has an unknown protection flag")),
+            FLAG_PASSPHRASE => {
+                let pass = passphrase.ok_or(Error::KeyFile(
+                    "identity file is encrypted: a passphrase is required",
+                ))?;
+                let truncated = |_| Error::KeyFile("identity file is truncated");
+                let salt = r.bytes(SALT_LEN).map_err(truncated)?;
+                let (m, t, p) = (
+                    r.u32().map_err(truncated)?,
+                    r.u32().map_err(truncated)?,
+                    r.u32().map_err(truncated)?,
+                );
+                if m > ARGON2_MAX_MEMORY_KIB || t > ARGON2_MAX_PASSES || p > ARGON2_MAX_LANES {
+                    return Err(Error::KeyFile(
+                        "identity file asks for excessive Argon2 cost",
+                    ));
+                }
+                let nonce: [u8; NONCE_LEN] = r.array().map_err(truncated)?;
+                let (header, body) = data
+                    .split_at_checked(data.len() - r.remaining())
+                    .ok_or(Error::KeyFile("identity file is truncated"))?;
+                let key = passphrase_key(pass, salt, m, t, p)?;
+                let mut sealed = Zeroizing::new(body.to_vec());
+                let len = open_with_key(&key, nonce, header, &mut sealed).map_err(|_| {
+                    Error::KeyFile("wrong passphrase, or the identity file is corrupt")
+                })?;
+                sealed.truncate(len);
+                Self::from_secret_body(&sealed)
+                    .map_err(|_| Error::KeyFile("identity file is malformed"))
+            }
+            _ => Err(Error::KeyFile(
+                "identity file has an unknown protection flag",
+            )),
         }
     }
 
     /// Encrypts `data` at rest under a key derived from this identity's secret key.
-    pub fn seal_at_rest<R: RngCore + CryptoRng>(&self, data: &[u8], rng: &mut R) -> Result<Vec<u8>> {
+    pub fn seal_at_rest<R: RngCore + CryptoRng>(
+        &self,
+        data: &[u8],
+        rng: &mut R,
+    ) -> Result<Vec<u8>> {
         let mut salt = [0u8; SALT_LEN];
         rng.fill_bytes(&mut salt);
         let mut nonce = [0u8; NONCE_LEN];
@@ -221,20 +253,21 @@ impl IdentityKeyPair {
 
     /// Opens data sealed by [`IdentityKeyPair::seal_at_rest`] with the same identity.
     pub fn open_at_rest(&self, data: &[u8]) -> Result<Vec<u8>> {
-        let header_len = 4 + SALT_LEN + NONCE_LEN;
-        if data.len() < header_len + 16 {
-            return Err(Error::KeyFile("encrypted state is truncated"));
-        }
-        if &data[..4] != AT_REST_MAGIC {
+        let truncated = |_| Error::KeyFile("encrypted state is truncated");
+        let mut r = Reader::new(data, "encrypted state is truncated");
+        if r.array::<4>().map_err(truncated)? != *AT_REST_MAGIC {
             return Err(Error::KeyFile("not agentmesh encrypted state (bad magic)"));
         }
-        let salt = &data[4..4 + SALT_LEN];
-        let mut nonce = [0u8; NONCE_LEN];
-        nonce.copy_from_slice(&data[4 + SALT_LEN..header_len]);
+        let salt = r.bytes(SALT_LEN).map_err(truncated)?;
+        let nonce: [u8; NONCE_LEN] = r.array().map_err(truncated)?;
+        let (header, body) = data
+            .split_at_checked(data.len() - r.remaining())
+            .ok_or(Error::KeyFile("encrypted state is truncated"))?;
         let key = Zeroizing::new(at_rest_key(self.signing.as_bytes(), salt));
-        let mut plain = data[header_len..].to_vec();
-        let len = open_with_key(&key, nonce, &data[..header_len], &mut plain)
-            .map_err(|_| Error::KeyFile("encrypted state is corrupt or belongs to another identity"))?;
+        let mut plain = body.to_vec();
+        let len = open_with_key(&key, nonce, header, &mut plain).map_err(|_| {
+            Error::KeyFile("encrypted state is corrupt or belongs to another identity")
+        })?;
         plain.truncate(len);
         Ok(plain)
     }

@@ -24,7 +24,9 @@ pub fn check_agent_id(id: &str) -> Result<()> {
         return Err(Error::InvalidInput("agent id must not be empty"));
     }
     if id.len() > MAX_AGENT_ID_LEN {
-        return Err(Error::InvalidInput("agent id is longer than 255 UTF-8 bytes"));
+        return Err(Error::InvalidInput(
+            "agent id is longer than 255 UTF-8 bytes",
+        ));
     }
     if id.chars().any(char::is_control) {
         return Err(Error::InvalidInput("agent id contains a control character"));
@@ -78,7 +80,8 @@ pub fn verify_labelled(
     let mut buf = Vec::with_capacity(label.len() + message.len());
     buf.extend_from_slice(label);
     buf.extend_from_slice(message);
-    key.verify_strict(&buf, &sig).map_err(|_| Error::Signature(what))
+    key.verify_strict(&buf, &sig)
+        .map_err(|_| Error::Signature(what))
 }
 
 fn prekey_signature_input(
@@ -107,7 +110,9 @@ pub struct SignedPrekey {
 
 impl fmt::Debug for SignedPrekey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("SignedPrekey").field("id", &self.id).finish_non_exhaustive()
+        f.debug_struct("SignedPrekey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -168,12 +173,22 @@ impl IdentityKeyPair {
         let secret = StaticSecret::random_from_rng(&mut *rng);
         let public = PublicKey::from(&secret).to_bytes();
         let signature = self.sign_prekey(id, &public);
-        SignedPrekey { id, secret, public, signature }
+        SignedPrekey {
+            id,
+            secret,
+            public,
+            signature,
+        }
     }
 
     pub(crate) fn sign_prekey(&self, id: u32, public: &[u8; 32]) -> [u8; 64] {
-        let msg =
-            prekey_signature_input(&self.agent_id, &self.identity_key(), &self.exchange_public, id, public);
+        let msg = prekey_signature_input(
+            &self.agent_id,
+            &self.identity_key(),
+            &self.exchange_public,
+            id,
+            public,
+        );
         self.sign_labelled(labels::SIG_PREKEY, &msg)
     }
 
@@ -244,7 +259,10 @@ impl IdentityKeyPair {
         if self.signed_prekey.id == id {
             return Some(&self.signed_prekey.secret);
         }
-        self.previous_signed_prekey.as_ref().filter(|p| p.id == id).map(|p| &p.secret)
+        self.previous_signed_prekey
+            .as_ref()
+            .filter(|p| p.id == id)
+            .map(|p| &p.secret)
     }
 
     pub(crate) fn one_time_prekey_secret(&self, id: u32) -> Option<&StaticSecret> {
@@ -304,8 +322,13 @@ impl PublicBundle {
     ) -> Result<Self> {
         check_agent_id(agent_id).map_err(|_| Error::Format("bundle agent id is invalid"))?;
         let key = parse_identity_key(identity_key)?;
-        let msg =
-            prekey_signature_input(agent_id, identity_key, exchange_key, signed_prekey_id, signed_prekey);
+        let msg = prekey_signature_input(
+            agent_id,
+            identity_key,
+            exchange_key,
+            signed_prekey_id,
+            signed_prekey,
+        );
         verify_labelled(
             &key,
             labels::SIG_PREKEY,

@@ -61,7 +61,9 @@ impl SkippedKeys {
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&([u8; 32], u32), &MessageKey)> {
-        self.order.iter().filter_map(|id| self.keys.get(id).map(|k| (id, k)))
+        self.order
+            .iter()
+            .filter_map(|id| self.keys.get(id).map(|k| (id, k)))
     }
 }
 
@@ -121,18 +123,11 @@ enum Step {
         skipped: Vec<(u32, MessageKey)>,
         next_receiving: ChainKey,
         root: RootKey,
-        our_ratchet: StaticSecret,
-        our_ratchet_public: [u8; 32],
-        sending: ChainKey,
     },
 }
 
 /// Derives the keys of messages `from..to` (skipped), of message `to`, and the chain after it.
-fn advance(
-    chain: &ChainKey,
-    from: u32,
-    to: u32,
-) -> (Vec<(u32, MessageKey)>, MessageKey, ChainKey) {
+fn advance(chain: &ChainKey, from: u32, to: u32) -> (Vec<(u32, MessageKey)>, MessageKey, ChainKey) {
     let mut skipped = Vec::with_capacity(to.saturating_sub(from) as usize);
     let mut ck = chain.clone();
     let mut n = from;
@@ -162,7 +157,9 @@ impl Ratchet {
         let (root, sending) = root_step(&root, &dh);
         Ok(Self {
             session_id,
-            role: Role::Initiator { acknowledged: false },
+            role: Role::Initiator {
+                acknowledged: false,
+            },
             initiation,
             root,
             our_ratchet,
@@ -207,15 +204,43 @@ impl Ratchet {
     }
 
     pub(crate) fn awaiting_answer(&self) -> bool {
-        self.role == Role::Initiator { acknowledged: false }
+        self.role
+            == Role::Initiator {
+                acknowledged: false,
+            }
+    }
+
+    /// Starts a new sending chain if the peer's ratchet key changed since we last sent. The new
+    /// ratchet key is made only now, at the first send, not when the peer's key arrived: a copy
+    /// of the state stolen in between therefore learns nothing about our next chain, and the
+    /// session heals after a single round trip.
+    pub(crate) fn ensure_sending_chain<R: RngCore + CryptoRng>(
+        &mut self,
+        rng: &mut R,
+    ) -> Result<()> {
+        if self.sending.is_some() {
+            return Ok(());
+        }
+        let their = self.their_ratchet.ok_or(Error::InvalidInput(
+            "this session cannot send before it has received",
+        ))?;
+        let our_ratchet = StaticSecret::random_from_rng(&mut *rng);
+        let dh = diffie_hellman(&our_ratchet, &their)?;
+        let (root, sending) = root_step(&self.root, &dh);
+        self.our_ratchet_public = PublicKey::from(&our_ratchet).to_bytes();
+        self.our_ratchet = our_ratchet;
+        self.root = root;
+        self.sending = Some(sending);
+        self.previous_send_counter = self.send_counter;
+        self.send_counter = 0;
+        Ok(())
     }
 
     /// The key, counter and chain state of the next message to send (not yet committed).
     pub(crate) fn next_send(&self) -> Result<(MessageKey, ChainKey, u32)> {
-        let chain = self
-            .sending
-            .as_ref()
-            .ok_or(Error::InvalidInput("this session cannot send before it has received"))?;
+        let chain = self.sending.as_ref().ok_or(Error::InvalidInput(
+            "this session cannot send before it has received",
+        ))?;
         if self.send_counter == u32::MAX {
             return Err(Error::InvalidInput("sending chain exhausted"));
         }
@@ -229,14 +254,13 @@ impl Ratchet {
     }
 
     /// Derives the message key for `header` and everything the receive would change.
-    pub(crate) fn plan_receive<R: RngCore + CryptoRng>(
-        &self,
-        header: &Header,
-        rng: &mut R,
-    ) -> Result<ReceivePlan> {
+    pub(crate) fn plan_receive(&self, header: &Header) -> Result<ReceivePlan> {
         let n = header.counter;
         if let Some(mk) = self.skipped.get(&header.ratchet_key, n) {
-            return Ok(ReceivePlan { message_key: mk.clone(), step: Step::FromSkipped });
+            return Ok(ReceivePlan {
+                message_key: mk.clone(),
+                step: Step::FromSkipped,
+            });
         }
         if self.their_ratchet == Some(header.ratchet_key) {
             let chain = self.receiving.as_ref().ok_or(Error::Authentication)?;
@@ -245,22 +269,36 @@ impl Ratchet {
             }
             let gap = n - self.recv_counter;
             if gap > MAX_MESSAGE_GAP {
-                return Err(Error::MessageGap { gap: u64::from(gap), limit: MAX_MESSAGE_GAP });
+                return Err(Error::MessageGap {
+                    gap: u64::from(gap),
+                    limit: MAX_MESSAGE_GAP,
+                });
             }
             let (skipped, mk, next_chain) = advance(chain, self.recv_counter, n);
-            return Ok(ReceivePlan { message_key: mk, step: Step::SameChain { skipped, next_chain } });
+            return Ok(ReceivePlan {
+                message_key: mk,
+                step: Step::SameChain {
+                    skipped,
+                    next_chain,
+                },
+            });
         }
         if self.retired_peer_keys.contains(&header.ratchet_key) {
             return Err(Error::Replay);
         }
         // A new chain: first the rest of the current one (up to the sender's previous length).
         let old_gap = match (&self.receiving, self.their_ratchet) {
-            (Some(_), Some(_)) => header.previous_chain_length.saturating_sub(self.recv_counter),
+            (Some(_), Some(_)) => header
+                .previous_chain_length
+                .saturating_sub(self.recv_counter),
             _ => 0,
         };
         let gap = u64::from(old_gap) + u64::from(n);
         if gap > u64::from(MAX_MESSAGE_GAP) {
-            return Err(Error::MessageGap { gap, limit: MAX_MESSAGE_GAP });
+            return Err(Error::MessageGap {
+                gap,
+                limit: MAX_MESSAGE_GAP,
+            });
         }
         let old_chain_skipped = match &self.receiving {
             Some(chain) if old_gap > 0 => {
@@ -274,10 +312,6 @@ impl Ratchet {
         let dh_in = diffie_hellman(&self.our_ratchet, &header.ratchet_key)?;
         let (root, receiving) = root_step(&self.root, &dh_in);
         let (skipped, mk, next_receiving) = advance(&receiving, 0, n);
-        let our_ratchet = StaticSecret::random_from_rng(&mut *rng);
-        let our_ratchet_public = PublicKey::from(&our_ratchet).to_bytes();
-        let dh_out = diffie_hellman(&our_ratchet, &header.ratchet_key)?;
-        let (root, sending) = root_step(&root, &dh_out);
         Ok(ReceivePlan {
             message_key: mk,
             step: Step::NewChain {
@@ -285,9 +319,6 @@ impl Ratchet {
                 skipped,
                 next_receiving,
                 root,
-                our_ratchet,
-                our_ratchet_public,
-                sending,
             },
         })
     }
@@ -297,7 +328,10 @@ impl Ratchet {
         self.last_peer_timestamp = self.last_peer_timestamp.max(header.timestamp_ms);
         match plan.step {
             Step::FromSkipped => self.skipped.remove(&(header.ratchet_key, header.counter)),
-            Step::SameChain { skipped, next_chain } => {
+            Step::SameChain {
+                skipped,
+                next_chain,
+            } => {
                 for (i, mk) in skipped {
                     self.skipped.insert(header.ratchet_key, i, mk);
                 }
@@ -309,9 +343,6 @@ impl Ratchet {
                 skipped,
                 next_receiving,
                 root,
-                our_ratchet,
-                our_ratchet_public,
-                sending,
             } => {
                 if let Some(old) = self.their_ratchet {
                     for (i, mk) in old_chain_skipped {
@@ -329,11 +360,8 @@ impl Ratchet {
                 self.receiving = Some(next_receiving);
                 self.recv_counter = header.counter + 1;
                 self.root = root;
-                self.our_ratchet = our_ratchet;
-                self.our_ratchet_public = our_ratchet_public;
-                self.previous_send_counter = self.send_counter;
-                self.sending = Some(sending);
-                self.send_counter = 0;
+                // Our next send starts a new chain with a fresh ratchet key.
+                self.sending = None;
             }
         }
     }

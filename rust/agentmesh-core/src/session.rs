@@ -45,18 +45,29 @@ pub struct Opened {
 
 impl Opened {
     pub(crate) fn new(plaintext: Vec<u8>, payload_offset: usize) -> Self {
-        Self { plaintext, payload_offset, consumed_one_time_prekey: None }
+        Self {
+            plaintext,
+            payload_offset,
+            consumed_one_time_prekey: None,
+        }
     }
 
     pub fn payload(&self) -> &[u8] {
-        self.plaintext.get(self.payload_offset..).unwrap_or_default()
+        self.plaintext
+            .get(self.payload_offset..)
+            .unwrap_or_default()
     }
 }
 
 /// Decrypts an envelope with its message key and, in signed mode, checks the signature.
 pub(crate) fn decrypt(mk: &MessageKey, env: &Envelope) -> Result<Vec<u8>> {
     let mut plain = env.ciphertext().to_vec();
-    let len = open_in_place(mk, message_nonce(env.header().counter), env.associated_data(), &mut plain)?;
+    let len = open_in_place(
+        mk,
+        message_nonce(env.header().counter),
+        env.associated_data(),
+        &mut plain,
+    )?;
     plain.truncate(len);
     Ok(plain)
 }
@@ -80,7 +91,9 @@ pub(crate) fn check_signature(
 
 pub(crate) fn split_signature(plain: &[u8]) -> Result<([u8; 64], &[u8])> {
     if plain.len() < SIGNATURE_LEN {
-        return Err(Error::Signature("signed message is shorter than a signature"));
+        return Err(Error::Signature(
+            "signed message is shorter than a signature",
+        ));
     }
     let (sig, payload) = plain.split_at(SIGNATURE_LEN);
     let mut out = [0u8; 64];
@@ -114,7 +127,9 @@ impl Session {
     /// A session with `peer`; nothing is sent or derived until the first seal or unseal.
     pub fn new(ours: &IdentityKeyPair, peer: PublicBundle, mode: Mode) -> Result<Self> {
         if peer.agent_id() == ours.agent_id() || peer.identity_key() == ours.identity_key() {
-            return Err(Error::Identity("an agent cannot open a session with itself"));
+            return Err(Error::Identity(
+                "an agent cannot open a session with itself",
+            ));
         }
         Ok(Self {
             mode,
@@ -138,9 +153,12 @@ impl Session {
     }
     /// True once a message from the peer on the active set-up has been accepted.
     pub fn is_established(&self) -> bool {
-        self.active
-            .as_ref()
-            .is_some_and(|r| r.role != Role::Initiator { acknowledged: false })
+        self.active.as_ref().is_some_and(|r| {
+            r.role
+                != Role::Initiator {
+                    acknowledged: false,
+                }
+        })
     }
 
     fn signer(&self) -> Option<&VerifyingKey> {
@@ -152,7 +170,9 @@ impl Session {
 
     pub(crate) fn check_local(&self, ours: &IdentityKeyPair) -> Result<()> {
         if ours.agent_id() != self.local_id || ours.identity_key() != self.local_identity_key {
-            return Err(Error::Identity("the keypair is not this session's local identity"));
+            return Err(Error::Identity(
+                "the keypair is not this session's local identity",
+            ));
         }
         Ok(())
     }
@@ -160,15 +180,17 @@ impl Session {
     /// Checks what the header claims against the session before any key is derived.
     pub(crate) fn check_header(&self, h: &Header) -> Result<()> {
         if h.sender != self.peer.agent_id() {
-            return Err(Error::Identity("envelope sender is not this session's peer"));
+            return Err(Error::Identity(
+                "envelope sender is not this session's peer",
+            ));
         }
         if h.recipient != self.local_id {
             return Err(Error::Identity("envelope recipient is not this agent"));
         }
         match (self.mode, h.signed) {
-            (Mode::Signed, false) => {
-                Err(Error::Signature("unsigned message in a signed session (downgrade refused)"))
-            }
+            (Mode::Signed, false) => Err(Error::Signature(
+                "unsigned message in a signed session (downgrade refused)",
+            )),
             (Mode::Deniable, true) => Err(Error::Format("signed message in a deniable session")),
             _ => Ok(()),
         }
@@ -209,14 +231,23 @@ impl Session {
             self.remember(setup.session_id);
             self.active = Some(Box::new(ratchet));
         }
-        self.active.as_deref_mut().ok_or(Error::InvalidInput("no active session"))
+        let ratchet = self
+            .active
+            .as_deref_mut()
+            .ok_or(Error::InvalidInput("no active session"))?;
+        ratchet.ensure_sending_chain(rng)?;
+        Ok(ratchet)
     }
 
     /// The header of the next message of `ratchet` (its counter is the chain's next one).
     pub(crate) fn next_header(&self, ratchet: &Ratchet, counter: u32, timestamp_ms: u64) -> Header {
         let awaiting = ratchet.awaiting_answer();
         Header {
-            message_type: if awaiting { MessageType::Prekey } else { MessageType::Ratchet },
+            message_type: if awaiting {
+                MessageType::Prekey
+            } else {
+                MessageType::Ratchet
+            },
             signed: self.mode == Mode::Signed,
             sender: self.local_id.clone(),
             recipient: self.peer.agent_id().to_owned(),
@@ -239,7 +270,10 @@ impl Session {
     ) -> Result<Envelope> {
         self.check_local(ours)?;
         self.sending_ratchet(ours, rng)?;
-        let ratchet = self.active.as_deref().ok_or(Error::InvalidInput("no active session"))?;
+        let ratchet = self
+            .active
+            .as_deref()
+            .ok_or(Error::InvalidInput("no active session"))?;
         let (mk, next_chain, counter) = ratchet.next_send()?;
         let header = self.next_header(ratchet, counter, timestamp_ms);
         let envelope = encrypt_message(ours, header, &mk, payload)?;
@@ -251,10 +285,17 @@ impl Session {
 
     /// Where the ratchet of `session_id` is: 0 is the active one, i + 1 the archived i.
     pub(crate) fn locate(&self, session_id: &[u8; 16]) -> Option<usize> {
-        if self.active.as_ref().is_some_and(|r| &r.session_id == session_id) {
+        if self
+            .active
+            .as_ref()
+            .is_some_and(|r| &r.session_id == session_id)
+        {
             return Some(0);
         }
-        self.archived.iter().position(|r| &r.session_id == session_id).map(|i| i + 1)
+        self.archived
+            .iter()
+            .position(|r| &r.session_id == session_id)
+            .map(|i| i + 1)
     }
 
     pub(crate) fn ratchet_at(&self, slot: usize) -> Option<&Ratchet> {
@@ -273,30 +314,32 @@ impl Session {
 
     /// Decrypts and authenticates an envelope from the peer. On any error the session is
     /// exactly as it was before the call.
-    pub fn unseal<R: RngCore + CryptoRng>(
-        &mut self,
-        ours: &IdentityKeyPair,
-        env: &Envelope,
-        rng: &mut R,
-    ) -> Result<Opened> {
+    pub fn unseal(&mut self, ours: &IdentityKeyPair, env: &Envelope) -> Result<Opened> {
         self.check_local(ours)?;
         let h = env.header();
         self.check_header(h)?;
         if let Some(slot) = self.locate(&h.session_id) {
             let ratchet = self.ratchet_at(slot).ok_or(Error::Authentication)?;
             check_message_type(ratchet, h)?;
-            let plan = ratchet.plan_receive(h, rng)?;
+            let plan = ratchet.plan_receive(h)?;
             let plain = decrypt(&plan.message_key, env)?;
             let offset = check_signature(self.signer(), env, &plain)?;
             if let Some(r) = self.ratchet_at_mut(slot) {
                 r.commit_receive(h, plan);
                 if h.message_type == MessageType::Ratchet
-                    && r.role == (Role::Initiator { acknowledged: false })
+                    && r.role
+                        == (Role::Initiator {
+                            acknowledged: false,
+                        })
                 {
                     r.role = Role::Initiator { acknowledged: true };
                 }
             }
-            return Ok(Opened { plaintext: plain, payload_offset: offset, consumed_one_time_prekey: None });
+            return Ok(Opened {
+                plaintext: plain,
+                payload_offset: offset,
+                consumed_one_time_prekey: None,
+            });
         }
         if self.remembered.contains(&h.session_id) {
             return Err(Error::Replay);
@@ -309,7 +352,7 @@ impl Session {
         }
         let mut ratchet =
             Ratchet::new_responder(setup.session_id, initiation, setup.root, signed_prekey);
-        let plan = ratchet.plan_receive(h, rng)?;
+        let plan = ratchet.plan_receive(h)?;
         let plain = decrypt(&plan.message_key, env)?;
         let offset = check_signature(self.signer(), env, &plain)?;
         ratchet.commit_receive(h, plan);
@@ -349,9 +392,9 @@ impl Session {
 /// A prekey message is only valid from a session's initiator, and must repeat its set-up exactly.
 pub(crate) fn check_message_type(ratchet: &Ratchet, h: &Header) -> Result<()> {
     match (ratchet.role, h.message_type, h.initiation) {
-        (Role::Initiator { .. }, MessageType::Prekey, _) => {
-            Err(Error::Format("prekey message for a session this agent started"))
-        }
+        (Role::Initiator { .. }, MessageType::Prekey, _) => Err(Error::Format(
+            "prekey message for a session this agent started",
+        )),
         (Role::Responder, MessageType::Prekey, Some(init)) if init != ratchet.initiation => {
             Err(Error::Authentication)
         }

@@ -4,7 +4,6 @@
 
 use std::collections::VecDeque;
 
-use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::envelope::Initiation;
@@ -14,16 +13,9 @@ use crate::kdf::{ChainKey, MessageKey, RootKey};
 use crate::keys::{IdentityKeyPair, PublicBundle};
 use crate::ratchet::{Ratchet, Role, SkippedKeys, MAX_RETIRED_RATCHET_KEYS, MAX_SKIPPED_KEYS};
 use crate::session::{Session, MAX_ARCHIVED_SESSIONS, MAX_REMEMBERED_SESSIONS};
-use crate::wire::{Reader, Writer};
+use crate::wire::{checksum, split_checksummed, Reader, Writer, CHECKSUM_LEN};
 
 const STATE_MAGIC: &[u8; 4] = b"AMS\x01";
-const CHECKSUM_LEN: usize = 16;
-
-fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
-    let mut out = [0u8; CHECKSUM_LEN];
-    out.copy_from_slice(&Sha256::digest(data)[..CHECKSUM_LEN]);
-    out
-}
 
 fn write_opt(w: &mut Writer, v: Option<&[u8; 32]>) {
     match v {
@@ -46,7 +38,9 @@ fn read_opt(r: &mut Reader<'_>) -> Result<Option<[u8; 32]>> {
 fn write_ratchet(w: &mut Writer, r: &Ratchet) {
     w.bytes(&r.session_id);
     w.u8(match r.role {
-        Role::Initiator { acknowledged: false } => 1,
+        Role::Initiator {
+            acknowledged: false,
+        } => 1,
         Role::Initiator { acknowledged: true } => 2,
         Role::Responder => 3,
     });
@@ -77,13 +71,18 @@ fn write_ratchet(w: &mut Writer, r: &Ratchet) {
 fn read_ratchet(r: &mut Reader<'_>) -> Result<Ratchet> {
     let session_id = r.array()?;
     let role = match r.u8()? {
-        1 => Role::Initiator { acknowledged: false },
+        1 => Role::Initiator {
+            acknowledged: false,
+        },
         2 => Role::Initiator { acknowledged: true },
         3 => Role::Responder,
         _ => return Err(Error::Format("session state role")),
     };
-    let initiation =
-        Initiation { base_key: r.array()?, signed_prekey_id: r.u32()?, one_time_prekey_id: r.u32()? };
+    let initiation = Initiation {
+        base_key: r.array()?,
+        signed_prekey_id: r.u32()?,
+        one_time_prekey_id: r.u32()?,
+    };
     let root = RootKey::from_bytes(r.array()?);
     let our_ratchet = StaticSecret::from(r.array::<32>()?);
     let our_ratchet_public = PublicKey::from(&our_ratchet).to_bytes();
@@ -157,13 +156,12 @@ impl Session {
         if data.len() < STATE_MAGIC.len() + CHECKSUM_LEN {
             return Err(Error::KeyFile("session state is truncated"));
         }
-        let (body, sum) = data.split_at(data.len() - CHECKSUM_LEN);
-        if &body[..3] != b"AMS" {
+        if !data.starts_with(b"AMS") {
             return Err(Error::KeyFile("not a session state export (bad magic)"));
         }
-        if checksum(body) != sum {
-            return Err(Error::KeyFile("session state is corrupt (checksum mismatch)"));
-        }
+        let body = split_checksummed(data).ok_or(Error::KeyFile(
+            "session state is corrupt (checksum mismatch)",
+        ))?;
         let mut r = Reader::new(body, "session state is malformed");
         let magic: [u8; 4] = r.array()?;
         if &magic != STATE_MAGIC {
@@ -187,8 +185,15 @@ impl Session {
             remembered.push_back(r.array()?);
         }
         r.finish()?;
-        let session =
-            Session { mode, local_id, local_identity_key, peer, active, archived, remembered };
+        let session = Session {
+            mode,
+            local_id,
+            local_identity_key,
+            peer,
+            active,
+            archived,
+            remembered,
+        };
         session.check_local(ours)?;
         Ok(session)
     }

@@ -1,7 +1,28 @@
 //! Bounded big-endian reader and writer shared by every codec (envelope, bundle, key files,
 //! session export). The reader never panics and never allocates more than the input holds.
 
+use sha2::{Digest, Sha256};
+
 use crate::error::{Error, Result};
+
+/// Length of the integrity checksum that closes stored (not transmitted) formats.
+pub(crate) const CHECKSUM_LEN: usize = 16;
+
+/// The first 16 bytes of SHA-256: detects truncation and bit rot in files and exports.
+pub(crate) fn checksum(data: &[u8]) -> [u8; CHECKSUM_LEN] {
+    let digest = Sha256::digest(data);
+    let mut out = [0u8; CHECKSUM_LEN];
+    for (o, d) in out.iter_mut().zip(digest.iter()) {
+        *o = *d;
+    }
+    out
+}
+
+/// Splits `data` into (body, trailing checksum) and verifies it.
+pub(crate) fn split_checksummed(data: &[u8]) -> Option<&[u8]> {
+    let (body, sum) = data.split_at_checked(data.len().checked_sub(CHECKSUM_LEN)?)?;
+    (checksum(body) == sum).then_some(body)
+}
 
 #[derive(Debug)]
 pub(crate) struct Reader<'a> {
@@ -79,7 +100,9 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn with_capacity(n: usize) -> Self {
-        Self { buf: Vec::with_capacity(n) }
+        Self {
+            buf: Vec::with_capacity(n),
+        }
     }
     pub(crate) fn bytes(&mut self, b: &[u8]) {
         self.buf.extend_from_slice(b);

@@ -16,20 +16,23 @@ fn field<'py>(d: &Bound<'py, PyDict>, name: &str) -> PyResult<Bound<'py, PyAny>>
 }
 
 fn key_field<const N: usize>(d: &Bound<'_, PyDict>, name: &str) -> PyResult<[u8; N]> {
-    let text: String = field(d, name)?
-        .extract()
-        .map_err(|_| FormatError::new_err(format!("bundle field {name:?} must be a base64 string")))?;
+    let text: String = field(d, name)?.extract().map_err(|_| {
+        FormatError::new_err(format!("bundle field {name:?} must be a base64 string"))
+    })?;
     let raw = B64
         .decode(text.as_bytes())
         .map_err(|_| FormatError::new_err(format!("bundle field {name:?} is not valid base64")))?;
-    raw.try_into()
-        .map_err(|_| FormatError::new_err(format!("bundle field {name:?} must decode to {N} bytes")))
+    raw.try_into().map_err(|_| {
+        FormatError::new_err(format!("bundle field {name:?} must decode to {N} bytes"))
+    })
 }
 
 fn u32_field(d: &Bound<'_, PyDict>, name: &str) -> PyResult<u32> {
-    field(d, name)?
-        .extract()
-        .map_err(|_| FormatError::new_err(format!("bundle field {name:?} must be an integer in 0..2**32")))
+    field(d, name)?.extract().map_err(|_| {
+        FormatError::new_err(format!(
+            "bundle field {name:?} must be an integer in 0..2**32"
+        ))
+    })
 }
 
 /// Parses and verifies a bundle dict (its signature must check against its own identity key).
@@ -38,9 +41,13 @@ pub fn from_dict(obj: &Bound<'_, PyAny>) -> PyResult<PublicBundle> {
         .downcast::<PyDict>()
         .map_err(|_| FormatError::new_err("a bundle must be a dict"))?;
     if let Some(v) = d.get_item("v")? {
-        let v: u32 = v.extract().map_err(|_| FormatError::new_err("bundle field \"v\" must be an integer"))?;
+        let v: u32 = v
+            .extract()
+            .map_err(|_| FormatError::new_err("bundle field \"v\" must be an integer"))?;
         if v != BUNDLE_VERSION {
-            return Err(crate::errors::VersionError::new_err(format!("bundle version {v} is not supported")));
+            return Err(crate::errors::VersionError::new_err(format!(
+                "bundle version {v} is not supported"
+            )));
         }
     }
     let agent_id: String = field(d, "agent_id")?
@@ -48,9 +55,9 @@ pub fn from_dict(obj: &Bound<'_, PyAny>) -> PyResult<PublicBundle> {
         .map_err(|_| FormatError::new_err("bundle field \"agent_id\" must be a string"))?;
     let opk = match d.get_item("one_time_prekey")? {
         Some(o) if !o.is_none() => {
-            let od = o
-                .downcast::<PyDict>()
-                .map_err(|_| FormatError::new_err("bundle field \"one_time_prekey\" must be a dict"))?;
+            let od = o.downcast::<PyDict>().map_err(|_| {
+                FormatError::new_err("bundle field \"one_time_prekey\" must be a dict")
+            })?;
             Some((u32_field(od, "id")?, key_field::<32>(od, "key")?))
         }
         _ => None,
@@ -75,7 +82,10 @@ pub fn to_dict<'py>(py: Python<'py>, b: &PublicBundle) -> PyResult<Bound<'py, Py
     d.set_item("exchange_key", B64.encode(b.exchange_key()))?;
     d.set_item("signed_prekey_id", b.signed_prekey_id())?;
     d.set_item("signed_prekey", B64.encode(b.signed_prekey()))?;
-    d.set_item("signed_prekey_signature", B64.encode(b.signed_prekey_signature()))?;
+    d.set_item(
+        "signed_prekey_signature",
+        B64.encode(b.signed_prekey_signature()),
+    )?;
     d.set_item("fingerprint", b.fingerprint())?;
     if let Some((id, key)) = b.one_time_prekey() {
         let o = PyDict::new(py);

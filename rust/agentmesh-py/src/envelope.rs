@@ -20,7 +20,9 @@ pub fn envelope_arg(obj: &Bound<'_, PyAny>) -> PyResult<EnvelopeArg> {
     let data: &[u8] = obj
         .extract()
         .map_err(|_| pyo3::exceptions::PyTypeError::new_err("expected an Envelope or bytes"))?;
-    Envelope::from_bytes(data).map(EnvelopeArg::Parsed).map_err(to_py)
+    Envelope::from_bytes(data)
+        .map(EnvelopeArg::Parsed)
+        .map_err(to_py)
 }
 
 pub enum EnvelopeArg {
@@ -49,7 +51,9 @@ impl PyEnvelope {
     /// Parses wire bytes (FormatError / VersionError on anything malformed).
     #[staticmethod]
     fn from_bytes(data: &[u8]) -> PyResult<Self> {
-        Envelope::from_bytes(data).map(|inner| Self { inner }).map_err(to_py)
+        Envelope::from_bytes(data)
+            .map(|inner| Self { inner })
+            .map_err(to_py)
     }
 
     fn to_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {

@@ -26,7 +26,10 @@ fn bad_value(obj: &Bound<'_, PyAny>, path: &[String], why: &str) -> PyErr {
         .name()
         .map(|n| n.to_string())
         .unwrap_or_else(|_| "?".to_owned());
-    let mut shown = obj.repr().map(|r| r.to_string()).unwrap_or_else(|_| "<unrepresentable>".into());
+    let mut shown = obj
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "<unrepresentable>".into());
     if shown.len() > 60 {
         let mut cut = 57;
         while !shown.is_char_boundary(cut) {
@@ -48,7 +51,11 @@ pub fn payload_to_json(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     let dict = payload.downcast::<PyDict>().map_err(|_| {
         PyTypeError::new_err(format!(
             "payload must be a dict, got {}",
-            payload.get_type().name().map(|n| n.to_string()).unwrap_or_default()
+            payload
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default()
         ))
     })?;
     let mut out = Vec::with_capacity(64);
@@ -63,14 +70,19 @@ fn write_str(s: &str, out: &mut Vec<u8>) -> PyResult<()> {
 
 fn write_dict(dict: &Bound<'_, PyDict>, out: &mut Vec<u8>, path: &mut Vec<String>) -> PyResult<()> {
     if path.len() >= MAX_DEPTH {
-        return Err(PyValueError::new_err(format!("{} is nested deeper than {MAX_DEPTH} levels", where_(path))));
+        return Err(PyValueError::new_err(format!(
+            "{} is nested deeper than {MAX_DEPTH} levels",
+            where_(path)
+        )));
     }
     out.push(b'{');
     for (i, (k, v)) in dict.iter().enumerate() {
         if i > 0 {
             out.push(b',');
         }
-        let key = k.downcast::<PyString>().map_err(|_| bad_value(&k, path, "dict keys must be str"))?;
+        let key = k
+            .downcast::<PyString>()
+            .map_err(|_| bad_value(&k, path, "dict keys must be str"))?;
         let key = key.to_str()?;
         write_str(key, out)?;
         out.push(b':');
@@ -88,7 +100,10 @@ fn write_seq<'py>(
     path: &mut Vec<String>,
 ) -> PyResult<()> {
     if path.len() >= MAX_DEPTH {
-        return Err(PyValueError::new_err(format!("{} is nested deeper than {MAX_DEPTH} levels", where_(path))));
+        return Err(PyValueError::new_err(format!(
+            "{} is nested deeper than {MAX_DEPTH} levels",
+            where_(path)
+        )));
     }
     out.push(b'[');
     for (i, item) in items.enumerate() {
@@ -131,7 +146,8 @@ fn write_value(v: &Bound<'_, PyAny>, out: &mut Vec<u8>, path: &mut Vec<String>) 
         if !x.is_finite() {
             return Err(bad_value(v, path, "NaN and infinity are not JSON"));
         }
-        return serde_json::to_writer(&mut *out, &x).map_err(|e| PyValueError::new_err(e.to_string()));
+        return serde_json::to_writer(&mut *out, &x)
+            .map_err(|e| PyValueError::new_err(e.to_string()));
     }
     if let Ok(d) = v.downcast::<PyDict>() {
         return write_dict(d, out, path);
@@ -142,7 +158,11 @@ fn write_value(v: &Bound<'_, PyAny>, out: &mut Vec<u8>, path: &mut Vec<String>) 
     if let Ok(t) = v.downcast::<PyTuple>() {
         return write_seq(t.iter(), out, path);
     }
-    Err(bad_value(v, path, "only dict, list, tuple, str, int, float, bool and None are"))
+    Err(bad_value(
+        v,
+        path,
+        "only dict, list, tuple, str, int, float, bool and None are",
+    ))
 }
 
 struct Utf8Sink<'a>(&'a mut Vec<u8>);
@@ -160,7 +180,8 @@ pub fn json_to_py<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAn
     let value = PySeed(py)
         .deserialize(&mut de)
         .map_err(|e| PyValueError::new_err(format!("payload is not valid JSON: {e}")))?;
-    de.end().map_err(|e| PyValueError::new_err(format!("payload is not valid JSON: {e}")))?;
+    de.end()
+        .map_err(|e| PyValueError::new_err(format!("payload is not valid JSON: {e}")))?;
     Ok(value)
 }
 
@@ -222,7 +243,8 @@ impl<'de, 'py> Visitor<'de> for PySeed<'py> {
         let dict = PyDict::new(self.0);
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
             let value = map.next_value_seed(self)?;
-            dict.set_item(PyString::new(self.0, &key), value).map_err(de_err)?;
+            dict.set_item(PyString::new(self.0, &key), value)
+                .map_err(de_err)?;
         }
         Ok(dict.into_any())
     }

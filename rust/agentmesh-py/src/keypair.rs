@@ -54,8 +54,14 @@ fn passphrase_bytes(p: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<u8>>> {
 
 /// Writes `data` to `path` atomically with mode 0600: temp file, fsync, rename, fsync directory.
 pub fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = std::fs::OpenOptions::new()
@@ -80,13 +86,19 @@ impl PyAgentKeyPair {
     /// A new identity: Ed25519 identity key, X25519 exchange key and a signed prekey.
     #[staticmethod]
     fn generate(agent_id: &str) -> PyResult<Self> {
-        IdentityKeyPair::generate(agent_id, &mut OsRng).map(Self::wrap).map_err(to_py)
+        IdentityKeyPair::generate(agent_id, &mut OsRng)
+            .map(Self::wrap)
+            .map_err(to_py)
     }
 
     /// Restores an identity from `to_bytes()` output (KeyFileError if corrupt or wrong passphrase).
     #[staticmethod]
     #[pyo3(signature = (data, passphrase=None))]
-    fn from_bytes(py: Python<'_>, data: &[u8], passphrase: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn from_bytes(
+        py: Python<'_>,
+        data: &[u8],
+        passphrase: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let pass = passphrase_bytes(passphrase)?;
         py.allow_threads(|| IdentityKeyPair::from_secret_bytes(data, pass.as_deref()))
             .map(Self::wrap)
@@ -95,7 +107,11 @@ impl PyAgentKeyPair {
 
     /// Every secret of this identity (SECRET: store owner-only, or pass a passphrase).
     #[pyo3(signature = (passphrase=None))]
-    fn to_bytes<'py>(&self, py: Python<'py>, passphrase: Option<&Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyBytes>> {
+    fn to_bytes<'py>(
+        &self,
+        py: Python<'py>,
+        passphrase: Option<&Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
         let pass = passphrase_bytes(passphrase)?;
         let kp = locks::read(py, &self.inner);
         let kp_ref: &IdentityKeyPair = &kp;
@@ -107,18 +123,31 @@ impl PyAgentKeyPair {
 
     /// Writes the identity file: mode 0600, atomically (never a half-written file).
     #[pyo3(signature = (path, passphrase=None))]
-    fn save(&self, py: Python<'_>, path: PathBuf, passphrase: Option<&Bound<'_, PyAny>>) -> PyResult<()> {
+    fn save(
+        &self,
+        py: Python<'_>,
+        path: PathBuf,
+        passphrase: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<()> {
         let data = self.to_bytes(py, passphrase)?;
         let bytes = data.as_bytes();
-        py.allow_threads(|| write_private_file(&path, bytes)).map_err(|e| {
-            KeyFileError::new_err(format!("cannot write identity file {}: {e}", path.display()))
-        })
+        py.allow_threads(|| write_private_file(&path, bytes))
+            .map_err(|e| {
+                KeyFileError::new_err(format!(
+                    "cannot write identity file {}: {e}",
+                    path.display()
+                ))
+            })
     }
 
     /// Loads an identity file; a missing, unreadable or corrupt file is a KeyFileError.
     #[staticmethod]
     #[pyo3(signature = (path, passphrase=None))]
-    fn load(py: Python<'_>, path: PathBuf, passphrase: Option<&Bound<'_, PyAny>>) -> PyResult<Self> {
+    fn load(
+        py: Python<'_>,
+        path: PathBuf,
+        passphrase: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Self> {
         let data = std::fs::read(&path).map_err(|e| {
             KeyFileError::new_err(format!("cannot read identity file {}: {e}", path.display()))
         })?;
@@ -160,7 +189,11 @@ impl PyAgentKeyPair {
     }
 
     /// `n` one-time prekeys for a hub to hand out: `[{"id": int, "key": b64}, ...]`.
-    fn generate_one_time_prekeys<'py>(&self, py: Python<'py>, n: usize) -> PyResult<Bound<'py, PyList>> {
+    fn generate_one_time_prekeys<'py>(
+        &self,
+        py: Python<'py>,
+        n: usize,
+    ) -> PyResult<Bound<'py, PyList>> {
         let keys = locks::write(py, &self.inner)
             .generate_one_time_prekeys(n, &mut OsRng)
             .map_err(to_py)?;
@@ -176,17 +209,24 @@ impl PyAgentKeyPair {
 
     /// Encrypts `data` at rest under a key derived from this identity.
     fn seal_at_rest<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let out = locks::read(py, &self.inner).seal_at_rest(data, &mut OsRng).map_err(to_py)?;
+        let out = locks::read(py, &self.inner)
+            .seal_at_rest(data, &mut OsRng)
+            .map_err(to_py)?;
         Ok(PyBytes::new(py, &out))
     }
 
     /// Opens data sealed by `seal_at_rest` (KeyFileError if corrupt or another identity's).
     fn open_at_rest<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
-        let out = locks::read(py, &self.inner).open_at_rest(data).map_err(to_py)?;
+        let out = locks::read(py, &self.inner)
+            .open_at_rest(data)
+            .map_err(to_py)?;
         Ok(PyBytes::new(py, &out))
     }
 
     fn __repr__(&self) -> String {
-        format!("AgentKeyPair(agent_id={:?}, fingerprint='{}')", self.agent_id, self.fingerprint)
+        format!(
+            "AgentKeyPair(agent_id={:?}, fingerprint='{}')",
+            self.agent_id, self.fingerprint
+        )
     }
 }

@@ -22,9 +22,15 @@ fn verify_bundle(bundle: &Bound<'_, PyAny>) -> PyResult<String> {
 
 /// True when `signature` is the bundle owner's signature of the hub `challenge`.
 #[pyfunction]
-fn verify_challenge(bundle: &Bound<'_, PyAny>, challenge: &[u8], signature: &[u8]) -> PyResult<bool> {
+fn verify_challenge(
+    bundle: &Bound<'_, PyAny>,
+    challenge: &[u8],
+    signature: &[u8],
+) -> PyResult<bool> {
     let b = bundle::from_dict(bundle)?;
-    let Ok(sig) = <[u8; 64]>::try_from(signature) else { return Ok(false) };
+    let Ok(sig) = <[u8; 64]>::try_from(signature) else {
+        return Ok(false);
+    };
     Ok(b.verify_challenge(challenge, &sig).is_ok())
 }
 
@@ -45,12 +51,18 @@ fn fingerprint_of_key(identity_key: &[u8]) -> PyResult<String> {
 
 /// The canonical binary form of a bundle dict (used by the fuzz corpus and test vectors).
 #[pyfunction]
-fn bundle_to_bytes<'py>(py: Python<'py>, bundle: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyBytes>> {
+fn bundle_to_bytes<'py>(
+    py: Python<'py>,
+    bundle: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
     Ok(PyBytes::new(py, &bundle::from_dict(bundle)?.to_bytes()))
 }
 
 #[pyfunction]
-fn bundle_from_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
+fn bundle_from_bytes<'py>(
+    py: Python<'py>,
+    data: &[u8],
+) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
     let b = agentmesh_core::PublicBundle::from_bytes(data).map_err(to_py)?;
     bundle::to_dict(py, &b)
 }

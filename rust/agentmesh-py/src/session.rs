@@ -63,16 +63,20 @@ impl PyCryptoSession {
         json_to_py(py, opened.payload())
     }
 
-    fn unseal_inner<'py>(&self, py: Python<'py>, env: &agentmesh_core::Envelope) -> PyResult<Bound<'py, PyAny>> {
+    fn unseal_inner<'py>(
+        &self,
+        py: Python<'py>,
+        env: &agentmesh_core::Envelope,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let kp_obj = self.keypair.get();
         let opened = {
             let mut session = locks::lock(py, &self.session);
             let kp = locks::read(py, &kp_obj.inner);
             if env.as_bytes().len() >= RELEASE_GIL_AT {
                 let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-                py.allow_threads(|| s.unseal(k, env, &mut OsRng))
+                py.allow_threads(|| s.unseal(k, env))
             } else {
-                session.unseal(&kp, env, &mut OsRng)
+                session.unseal(&kp, env)
             }
         }
         .map_err(to_py)?;
@@ -91,7 +95,11 @@ pub fn perform_key_exchange(
     deniable: bool,
 ) -> PyResult<PyCryptoSession> {
     let peer = bundle::from_dict(their_bundle)?;
-    let mode = if deniable { Mode::Deniable } else { Mode::Signed };
+    let mode = if deniable {
+        Mode::Deniable
+    } else {
+        Mode::Signed
+    };
     let session = {
         let kp = locks::read(py, &my_keypair.get().inner);
         Session::new(&kp, peer, mode).map_err(to_py)?
@@ -119,7 +127,11 @@ impl PyCryptoSession {
     }
 
     /// Decrypts and authenticates an envelope (or its bytes); returns the payload dict.
-    fn unseal<'py>(&self, py: Python<'py>, envelope: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    fn unseal<'py>(
+        &self,
+        py: Python<'py>,
+        envelope: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         if let Ok(e) = envelope.downcast::<PyEnvelope>() {
             return self.unseal_inner(py, &e.get().inner);
         }
@@ -128,7 +140,11 @@ impl PyCryptoSession {
     }
 
     /// Like `unseal`, also returning the parsed `Envelope` (for its sender, timestamp and id).
-    fn unseal_envelope<'py>(&self, py: Python<'py>, envelope: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyTuple>> {
+    fn unseal_envelope<'py>(
+        &self,
+        py: Python<'py>,
+        envelope: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyTuple>> {
         let arg = envelope_arg(envelope)?;
         let payload = self.unseal_inner(py, arg.get())?;
         let env = arg.into_object(py)?;
@@ -136,7 +152,11 @@ impl PyCryptoSession {
     }
 
     /// Seals every payload in order (both cores; the GIL is released).
-    fn seal_many<'py>(&self, py: Python<'py>, payloads: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    fn seal_many<'py>(
+        &self,
+        py: Python<'py>,
+        payloads: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let jsons = payloads
             .try_iter()?
             .map(|p| payload_to_json(&p?))
@@ -160,7 +180,11 @@ impl PyCryptoSession {
 
     /// Unseals every envelope; each item is the payload dict or the CryptoError instance that
     /// rejected it (batch Ed25519 verification on both cores; the GIL is released).
-    fn unseal_many<'py>(&self, py: Python<'py>, envelopes: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyList>> {
+    fn unseal_many<'py>(
+        &self,
+        py: Python<'py>,
+        envelopes: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyList>> {
         let mut parsed = Vec::new();
         let mut slots = Vec::new();
         for item in envelopes.try_iter()? {
@@ -178,7 +202,7 @@ impl PyCryptoSession {
             let mut session = locks::lock(py, &self.session);
             let kp = locks::read(py, &kp_obj.inner);
             let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-            py.allow_threads(|| s.unseal_many(k, &envs, &mut OsRng))
+            py.allow_threads(|| s.unseal_many(k, &envs))
         }
         .into_iter()
         .map(Some)
