@@ -96,7 +96,9 @@ def seal(
     return session.seal(payload)
 
 
-def unseal(session: CryptoSession, envelope: Envelope | bytes, sender_bundle: dict[str, Any]) -> dict:
+def unseal(
+    session: CryptoSession, envelope: Envelope | bytes, sender_bundle: dict[str, Any]
+) -> dict:
     """Decrypt and authenticate ``envelope`` from the agent of ``sender_bundle``.
 
     The bundle must be the one the session was made with (same agent id and identity key):

@@ -68,7 +68,7 @@ def test_json_types_are_preserved(kps):
     s_a = perform_key_exchange(alice_kp, bob_bundle)
     s_b = perform_key_exchange(bob_kp, alice_bundle)
     payload = {
-        "text": "é 😀 \u0000 \"quoted\" \\",
+        "text": 'é 😀 \u0000 "quoted" \\',
         "int": -(2**63),
         "big": 2**64 - 1,
         "float": 0.1,
@@ -90,8 +90,8 @@ def test_json_types_are_preserved(kps):
 @pytest.mark.parametrize(
     ("payload", "named"),
     [
-        ({"when": object()}, "payload[\"when\"]"),
-        ({"a": [1, {2, 3}]}, "payload[\"a\"][1]"),
+        ({"when": object()}, 'payload["when"]'),
+        ({"a": [1, {2, 3}]}, 'payload["a"][1]'),
         ({"b": b"bytes"}, "bytes"),
         ({1: "int key"}, "dict keys must be str"),
         ({"nan": float("nan")}, "NaN"),
@@ -260,7 +260,12 @@ def test_key_file_save_load_mode_and_corruption(tmp_path, kps):
     assert loaded.fingerprint == alice_kp.fingerprint
     assert loaded.public_bundle()["identity_key"] == alice_kp.public_bundle()["identity_key"]
     data = path.read_bytes()
-    for corrupt in (data[:-1], data[: len(data) // 2], b"", data[:20] + bytes([data[20] ^ 1]) + data[21:]):
+    for corrupt in (
+        data[:-1],
+        data[: len(data) // 2],
+        b"",
+        data[:20] + bytes([data[20] ^ 1]) + data[21:],
+    ):
         path.write_bytes(corrupt)
         with pytest.raises(KeyFileError):
             AgentKeyPair.load(path)
@@ -272,7 +277,10 @@ def test_passphrase_protected_key_file(tmp_path, kps):
     alice_kp, *_ = kps
     path = tmp_path / "alice.key"
     alice_kp.save(path, passphrase="correct horse battery staple")
-    assert AgentKeyPair.load(path, passphrase="correct horse battery staple").fingerprint == alice_kp.fingerprint
+    assert (
+        AgentKeyPair.load(path, passphrase="correct horse battery staple").fingerprint
+        == alice_kp.fingerprint
+    )
     with pytest.raises(KeyFileError, match="wrong passphrase"):
         AgentKeyPair.load(path, passphrase="wrong")
     with pytest.raises(KeyFileError, match="passphrase is required"):
@@ -296,7 +304,7 @@ def test_session_export_import_continues_the_session(kps):
 
 
 def test_reprs_never_show_secrets(kps):
-    alice_kp, bob_kp, alice_bundle, bob_bundle = kps
+    alice_kp, _bob_kp, _alice_bundle, bob_bundle = kps
     s_a = perform_key_exchange(alice_kp, bob_bundle)
     env = s_a.seal({"text": "secret text"})
     secret_file = alice_kp.to_bytes()
@@ -331,7 +339,9 @@ def test_seal_many_and_unseal_many(kps):
     envs = s_a.seal_many(payloads[:5])
     forged = bytearray(envs[2].to_bytes())
     forged[-3] ^= 0x80
-    results = s_b.unseal_many([envs[0], bytes(forged), envs[1], envs[1], b"garbage", envs[3], envs[4]])
+    results = s_b.unseal_many(
+        [envs[0], bytes(forged), envs[1], envs[1], b"garbage", envs[3], envs[4]]
+    )
     assert results[0] == payloads[0] and results[2] == payloads[1]
     assert isinstance(results[1], AuthenticationError)
     assert isinstance(results[3], ReplayError)

@@ -54,8 +54,6 @@ def test_each_frozen_envelope_decodes_and_opens(mode, message):
     assert env.is_prekey == (message["type"] == "prekey")
     assert env.signed == (mode == "signed")
     receiver = identity(message["recipient"])
-    session = CryptoSession.import_state(
-        receiver, bytes.fromhex(message["receiver_state_before"])
-    )
+    session = CryptoSession.import_state(receiver, bytes.fromhex(message["receiver_state_before"]))
     assert session.unseal(env) == json.loads(message["payload"])
     assert session.export_state().hex() == message["receiver_state_after"]

@@ -15,8 +15,15 @@ def test_stubs_match_the_native_module(tmp_path):
     # __all__ lists three names the stub's does not.
     allow.write_text("agentmesh._native._bench.*\nagentmesh._native.__all__\n")
     result = subprocess.run(
-        [sys.executable, "-m", "mypy.stubtest", "agentmesh._native", "--allowlist", str(allow),
-         "--ignore-unused-allowlist"],
+        [
+            sys.executable,
+            "-m",
+            "mypy.stubtest",
+            "agentmesh._native",
+            "--allowlist",
+            str(allow),
+            "--ignore-unused-allowlist",
+        ],
         capture_output=True,
         text=True,
         timeout=600,

@@ -1,0 +1,1268 @@
+"""Agents: the sync :class:`Agent`, the asyncio :class:`AsyncAgent` and the :class:`Message`.
+
+Both agent classes are thin drivers over one sans-IO core, :class:`_AgentCore`, which holds the
+identity, one ``CryptoSession`` per peer, the pinned peer identity keys (trust on first use), the
+handlers and the counters. The core seals (``seal_for``), unseals (``accept``) and dispatches; it
+never does I/O itself except through the hub it is attached to:
+
+* with a :class:`~agentmesh.hubs.LocalHub` everything runs in the caller's thread: ``send`` seals,
+  the hub hands the envelope to the recipient's core, which unseals it and runs its handlers before
+  ``send`` returns;
+* with a :class:`~agentmesh.hubs.NetworkHub` a per-agent link (see ``hubs.py``) streams sealed
+  envelopes to the hub from a shared background event loop and feeds received ones to a per-agent
+  worker thread, which calls :meth:`_AgentCore.receive` in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import collections
+import contextlib
+import hashlib
+import inspect
+import logging
+import os
+import threading
+import time
+import unicodedata
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from . import crypto as _crypto
+from .errors import (
+    CryptoError,
+    FormatError,
+    IdentityChangedError,
+    IdentityError,
+    ReplayError,
+    UnknownSenderError,
+)
+from .keystore import KeyStore, PersistedState
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .hubs import Hub
+
+__all__ = ["Agent", "AsyncAgent", "Message", "validate_agent_id"]
+
+Envelope = _crypto.Envelope
+AgentKeyPair = _crypto.AgentKeyPair
+CryptoSession = _crypto.CryptoSession
+perform_key_exchange = _crypto.perform_key_exchange
+verify_bundle = _crypto.verify_bundle
+
+H = TypeVar("H", bound=Callable[..., Any])
+
+MAX_AGENT_ID_BYTES = 255
+#: How often (seconds) a persistent agent on a LocalHub writes its state while it is busy.
+AUTOSAVE_INTERVAL = 1.0
+#: Default time ``close()`` waits for the hub to acknowledge what was sent.
+CLOSE_TIMEOUT = 30.0
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+
+
+def validate_agent_id(agent_id: object, what: str = "agent_id") -> str:
+    """Return ``agent_id`` if it is a valid agent id, else raise ``ValueError`` naming the problem.
+
+    Valid: a non-empty ``str`` of at most 255 UTF-8 bytes without control characters.
+    """
+    if not isinstance(agent_id, str):
+        raise ValueError(f"{what} must be a str, not {type(agent_id).__name__}")
+    if not agent_id:
+        raise ValueError(f"{what} must not be empty")
+    try:
+        size = len(agent_id.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ValueError(f"{what} {agent_id!r} is not valid Unicode text ({exc.reason})") from None
+    if size > MAX_AGENT_ID_BYTES:
+        raise ValueError(
+            f"{what} is too long: {size} UTF-8 bytes, at most {MAX_AGENT_ID_BYTES} allowed"
+        )
+    for index, char in enumerate(agent_id):
+        if unicodedata.category(char) == "Cc":
+            raise ValueError(
+                f"{what} {agent_id!r} contains a control character ({char!r} at index {index})"
+            )
+    return agent_id
+
+
+def _fingerprint_of_key(identity_key_b64: str) -> str:
+    """The spec's fingerprint of a base64 Ed25519 public key."""
+    try:
+        raw = base64.b64decode(identity_key_b64, validate=True)
+    except (binascii.Error, ValueError, TypeError):
+        return "?"
+    digest = hashlib.sha256(raw).hexdigest()[:32]
+    return ":".join(digest[i : i + 4] for i in range(0, 32, 4))
+
+
+def _same_key(a: str, b: object) -> bool:
+    if a == b:
+        return True
+    if not isinstance(b, str):
+        return False
+    try:
+        return base64.b64decode(a, validate=True) == base64.b64decode(b, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+
+
+def _normalize_fingerprint(fp: str) -> str:
+    return "".join(ch for ch in str(fp).lower() if ch in "0123456789abcdef")
+
+
+def _public_bundle_copy(bundle: dict[str, Any]) -> dict[str, Any]:
+    """A bundle to remember: without the one-time prekey the hub handed out (used once)."""
+    return {k: v for k, v in bundle.items() if k != "one_time_prekey"}
+
+
+def _core_of(agent: Any) -> _AgentCore:
+    core = getattr(agent, "_core", agent)
+    if not isinstance(core, _AgentCore):
+        raise TypeError(f"expected an Agent or AsyncAgent, got {type(agent).__name__}")
+    return core
+
+
+# --------------------------------------------------------------------------------------------
+# Message
+
+
+class Message:
+    """One decrypted, authenticated message. Immutable.
+
+    ``timestamp`` (ms since the epoch) and ``id`` come from the envelope and are covered by the
+    sender's signature.
+    """
+
+    __slots__ = ("_env", "payload", "recipient", "sender")
+
+    sender: str
+    recipient: str
+    payload: dict[str, Any]
+    _env: Any
+
+    def __init__(self, sender: str, recipient: str, payload: dict[str, Any], envelope: Any):
+        _set = object.__setattr__
+        _set(self, "sender", sender)
+        _set(self, "recipient", recipient)
+        _set(self, "payload", payload)
+        _set(self, "_env", envelope)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Message is immutable")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError("Message is immutable")
+
+    @property
+    def text(self) -> str:
+        """``payload["text"]`` (``""`` when the payload has none)."""
+        return self.payload.get("text", "")  # type: ignore[no-any-return]
+
+    @property
+    def type(self) -> str:
+        """``payload["type"]``, ``"message"`` by default."""
+        return self.payload.get("type", "message")  # type: ignore[no-any-return]
+
+    @property
+    def timestamp(self) -> int:
+        """Milliseconds since the epoch, set by the sender and covered by its signature."""
+        return int(self._env.timestamp)
+
+    @property
+    def id(self) -> str:
+        """Unique per message (hex)."""
+        return str(self._env.id)
+
+    @property
+    def envelope(self) -> Any:
+        """The :class:`~agentmesh.crypto.Envelope` this message came in."""
+        return self._env
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict of every field (what ``agentmesh listen`` prints)."""
+        return {
+            "id": self.id,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "timestamp": self.timestamp,
+            "type": self.type,
+            "text": self.text,
+            "payload": self.payload,
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Message):
+            return NotImplemented
+        return (
+            self.id == other.id
+            and self.sender == other.sender
+            and self.recipient == other.recipient
+            and self.payload == other.payload
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.sender, self.id))
+
+    def __reduce__(self) -> Any:
+        return (
+            _message_from_bytes,
+            (self.sender, self.recipient, self.payload, self._env.to_bytes()),
+        )
+
+    def __repr__(self) -> str:
+        text = self.text
+        if isinstance(text, str) and len(text) > 60:
+            text = text[:57] + "..."
+        return (
+            f"Message(sender={self.sender!r}, recipient={self.recipient!r}, "
+            f"type={self.type!r}, text={text!r}, id={self.id!r})"
+        )
+
+
+def _message_from_bytes(
+    sender: str, recipient: str, payload: dict[str, Any], raw: bytes
+) -> Message:
+    return Message(sender, recipient, payload, Envelope.from_bytes(raw))
+
+
+# --------------------------------------------------------------------------------------------
+# the shared core
+
+
+class _AgentCore:
+    """Identity, sessions, pins, handlers and counters of one agent. No I/O of its own."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        *,
+        keypair_path: str | os.PathLike[str] | None = None,
+        passphrase: str | bytes | None = None,
+        keypair: Any = None,
+        log_level: int = logging.WARNING,
+        owner: Any = None,
+    ) -> None:
+        self.agent_id = validate_agent_id(agent_id)
+        self.log = logging.getLogger(f"agentmesh.agent.{agent_id}")
+        self.log.setLevel(log_level)
+        self.owner = owner
+        self._lock = threading.Lock()  # guards sessions/pins and every seal/unseal
+        self._save_lock = threading.Lock()  # serialises state writes
+        self._sessions: dict[str, Any] = {}
+        self._pins: dict[str, str] = {}
+        self._bundles: dict[str, dict[str, Any]] = {}
+        self._pending_identity: dict[str, dict[str, Any]] = {}
+        self._unverified: set[str] = set()  # restored sessions not yet re-checked on the hub
+        self._handlers: tuple[Callable[[Message], Any], ...] = ()
+        self._error_handlers: tuple[Callable[[BaseException], Any], ...] = ()
+        self._dispatch: Callable[[Message], Any] = self.run_handlers
+        self.consumer_ready = threading.Event()  # a NetworkHub link delivers once this is set
+        self.sent = 0
+        self.received = 0
+        self.rejected = 0
+        self.handler_errors = 0
+        self.closed = False
+        self.hub: Hub | None = None
+        self._transport: Any = None
+        self._transmit: Callable[[Any], Any] | None = None
+        self._autosave = False
+        self._next_save = 0.0
+        self._exports: dict[str, bytes] = {}
+        self._meta_dirty = False
+        self.created_identity = False
+
+        self.store: KeyStore | None = None
+        self._dirty: set[str] | None = None
+        if keypair_path is not None:
+            if keypair is not None:
+                raise ValueError("pass either keypair or keypair_path, not both")
+            self.store = KeyStore(keypair_path, passphrase=passphrase)
+            self.store.acquire()
+            try:
+                keypair, self.created_identity = self.store.load_or_create_identity(self.agent_id)
+            except BaseException:
+                self.store.release()
+                raise
+            self._dirty = set()
+        elif passphrase is not None:
+            raise ValueError("passphrase needs keypair_path (it encrypts the files at rest)")
+        elif keypair is None:
+            keypair = AgentKeyPair.generate(self.agent_id)
+        elif keypair.agent_id != self.agent_id:
+            raise ValueError(
+                f"keypair belongs to agent {keypair.agent_id!r}, not {self.agent_id!r}"
+            )
+        self.keypair = keypair
+        self.fingerprint: str = keypair.fingerprint
+        if self.store is not None:
+            try:
+                self._load_state()
+            except BaseException:
+                self.store.release()
+                raise
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def public_bundle(self) -> dict[str, Any]:
+        return dict(self.keypair.public_bundle())
+
+    @property
+    def identity_key(self) -> bytes:
+        return bytes(self.keypair.identity_key)
+
+    # -- wiring to a hub ------------------------------------------------------------------------
+
+    def attach(self, hub: Hub, transport: Any) -> None:
+        """Called by a hub's ``register``: route sealed envelopes through ``transport.send``."""
+        if self.hub is not None and self.hub is not hub:
+            raise ValueError(f"agent {self.agent_id!r} is already registered on another hub")
+        self.hub = hub
+        self._transport = transport
+        self._transmit = transport.send
+        self._autosave = bool(getattr(transport, "local", False)) and self.store is not None
+
+    def detach(self) -> None:
+        self._transmit = None
+        self._transport = None
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def add_handler(self, handler: H) -> H:
+        if not callable(handler):
+            raise TypeError(f"on_message needs a callable, got {type(handler).__name__}")
+        self._handlers = (*self._handlers, handler)
+        self.consumer_ready.set()
+        return handler
+
+    def add_error_handler(self, handler: H) -> H:
+        if not callable(handler):
+            raise TypeError(f"on_error needs a callable, got {type(handler).__name__}")
+        self._error_handlers = (*self._error_handlers, handler)
+        return handler
+
+    def run_handlers(self, msg: Message) -> None:
+        """Run every handler in registration order; one raising does not stop the others."""
+        for handler in self._handlers:
+            try:
+                handler(msg)
+            except Exception:
+                self.handler_failed(handler, msg)
+
+    def handler_failed(self, handler: Any, msg: Message) -> None:
+        self.handler_errors += 1
+        self.log.exception(
+            "agent %r: message handler %s raised on a message from %r",
+            self.agent_id,
+            getattr(handler, "__qualname__", repr(handler)),
+            msg.sender,
+        )
+
+    # -- sending --------------------------------------------------------------------------------
+
+    def send_payload(self, recipient: str, payload: dict[str, Any]) -> Any:
+        """Seal ``payload`` for ``recipient`` and hand it to the hub; return the Envelope."""
+        env = self.seal_for(recipient, payload)
+        transmit = self._transmit
+        if transmit is not None:
+            transmit(env)
+        elif self.hub is not None:  # closed
+            raise RuntimeError(f"agent {self.agent_id!r} is closed")
+        return env
+
+    def seal_for(self, peer_id: str, payload: dict[str, Any]) -> Any:
+        """Seal ``payload`` for ``peer_id`` (connects on first contact; no I/O on the fast path)."""
+        if self.closed:
+            raise RuntimeError(f"agent {self.agent_id!r} is closed")
+        try:
+            session = self._sessions.get(peer_id)
+        except TypeError:
+            session = None  # unhashable id: validated (and refused) below
+        if session is None:
+            return self._seal_first(peer_id, payload)
+        if self._pending_identity or self._unverified:
+            self._verify_before_send(peer_id)
+        if not isinstance(payload, dict):
+            raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
+        with self._lock:
+            env = session.seal(payload)
+            self.sent += 1
+        dirty = self._dirty
+        if dirty is not None:
+            dirty.add(peer_id)
+            if self._autosave:
+                self._maybe_autosave()
+        return env
+
+    def _verify_before_send(self, peer_id: str) -> None:
+        """Refuse to send while a peer presents an identity not (yet) trusted; check sessions
+        restored from disk against the hub once per process."""
+        pending = self._pending_identity.get(peer_id)
+        if pending is not None:
+            raise IdentityChangedError(
+                peer_id,
+                _fingerprint_of_key(self._pins.get(peer_id, "")),
+                _fingerprint_of_key(str(pending.get("identity_key"))),
+            )
+        if peer_id in self._unverified:
+            hub = self.hub
+            if hub is not None:
+                bundle = hub.get_bundle(peer_id)
+                if bundle is not None:
+                    self._check_bundle(peer_id, bundle)
+            self._unverified.discard(peer_id)
+
+    def _seal_first(self, peer_id: str, payload: dict[str, Any]) -> Any:
+        validate_agent_id(peer_id, "recipient id")
+        if not isinstance(payload, dict):
+            raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
+        session, bundle = self._new_session_for_send(peer_id)
+        with self._lock:
+            existing = self._sessions.get(peer_id)
+            if existing is not None:  # another thread connected meanwhile: use its session
+                env = existing.seal(payload)
+            else:
+                env = session.seal(payload)  # TypeError here leaves no trace: nothing committed
+                self._commit_session(peer_id, session, bundle)
+            self.sent += 1
+        if self._dirty is not None:
+            self._dirty.add(peer_id)
+            self.save_state_quietly()
+        return env
+
+    def _new_session_for_send(self, peer_id: str) -> tuple[Any, dict[str, Any]]:
+        if peer_id == self.agent_id:
+            raise ValueError(f"agent {self.agent_id!r} cannot send to itself")
+        bundle = self._bundles.get(peer_id)
+        hub = self.hub
+        if hub is not None:
+            fresh = hub.get_bundle(peer_id)
+            if fresh is not None:
+                bundle = fresh
+            elif bundle is None:
+                raise ValueError(f"Peer {peer_id!r} not found on hub")
+        elif bundle is None:
+            raise RuntimeError(
+                f"No hub configured: agent {self.agent_id!r} cannot reach peer {peer_id!r}; "
+                "pass hub=... or hand it the peer's bundle with connect_with_bundle(bundle)"
+            )
+        self._check_bundle(peer_id, bundle)
+        return perform_key_exchange(self.keypair, bundle), bundle
+
+    def _commit_session(self, peer_id: str, session: Any, bundle: dict[str, Any]) -> None:
+        """Store a new session and pin the peer (caller holds ``_lock``)."""
+        self._sessions[peer_id] = session
+        key = bundle.get("identity_key")
+        if isinstance(key, str) and peer_id not in self._pins:
+            self._pins[peer_id] = key
+        self._bundles[peer_id] = _public_bundle_copy(bundle)
+        self._pending_identity.pop(peer_id, None)
+        self._meta_dirty = True
+        if self._dirty is not None:
+            self._dirty.add(peer_id)
+
+    def _check_bundle(self, peer_id: str, bundle: Any) -> None:
+        """Verify a bundle's self-signature, its id, and the pinned identity key (TOFU)."""
+        if not isinstance(bundle, dict):
+            raise FormatError(f"bundle for {peer_id!r} must be a dict, not {type(bundle).__name__}")
+        bundle_id = verify_bundle(bundle)
+        if bundle_id != peer_id:
+            raise IdentityError(f"the bundle offered for peer {peer_id!r} belongs to {bundle_id!r}")
+        key = bundle.get("identity_key")
+        pinned = self._pins.get(peer_id)
+        if pinned is not None and not _same_key(pinned, key):
+            self._pending_identity[peer_id] = _public_bundle_copy(bundle)
+            raise IdentityChangedError(
+                peer_id, _fingerprint_of_key(pinned), _fingerprint_of_key(str(key))
+            )
+
+    def _lookup_bundle(self, peer_id: str) -> dict[str, Any] | None:
+        hub = self.hub
+        if hub is not None:
+            bundle = hub.get_bundle(peer_id)
+            if bundle is not None:
+                return bundle
+        return self._bundles.get(peer_id)
+
+    def connect(self, peer_id: str) -> str:
+        """Make sure a session with ``peer_id`` exists; re-check its identity on the hub."""
+        if self.closed:
+            raise RuntimeError(f"agent {self.agent_id!r} is closed")
+        validate_agent_id(peer_id, "peer id")
+        if peer_id in self._sessions:
+            if self.hub is not None:
+                bundle = self.hub.get_bundle(peer_id)
+                if bundle is not None:
+                    self._check_bundle(peer_id, bundle)
+                    self._unverified.discard(peer_id)
+                    return str(_crypto.fingerprint_of(bundle))
+            return _fingerprint_of_key(self._pins.get(peer_id, ""))
+        session, bundle = self._new_session_for_send(peer_id)
+        with self._lock:
+            if peer_id not in self._sessions:
+                self._commit_session(peer_id, session, bundle)
+        self.save_state_quietly()
+        return str(_crypto.fingerprint_of(bundle))
+
+    def connect_with_bundle(self, bundle: dict[str, Any]) -> str:
+        """Set up a session from a bundle handed over out of band; returns its fingerprint."""
+        if self.closed:
+            raise RuntimeError(f"agent {self.agent_id!r} is closed")
+        if not isinstance(bundle, dict):
+            raise TypeError(f"bundle must be a dict, not {type(bundle).__name__}")
+        peer_id = verify_bundle(bundle)
+        if peer_id == self.agent_id:
+            raise ValueError(f"agent {self.agent_id!r} cannot connect to itself")
+        self._check_bundle(peer_id, bundle)
+        with self._lock:
+            if peer_id not in self._sessions:
+                self._commit_session(peer_id, perform_key_exchange(self.keypair, bundle), bundle)
+            else:
+                self._bundles[peer_id] = _public_bundle_copy(bundle)
+                self._meta_dirty = True
+        self.save_state_quietly()
+        return str(_crypto.fingerprint_of(bundle))
+
+    def trust_new_identity(self, peer_id: str, fingerprint: str) -> None:
+        """Accept a changed identity key for ``peer_id`` after its fingerprint was checked."""
+        validate_agent_id(peer_id, "peer id")
+        wanted = _normalize_fingerprint(fingerprint)
+        if len(wanted) != 32:
+            raise ValueError(
+                f"{fingerprint!r} is not a fingerprint (xxxx:xxxx:xxxx:xxxx:xxxx:xxxx:xxxx:xxxx)"
+            )
+        candidates = []
+        pending = self._pending_identity.get(peer_id)
+        if pending is not None:
+            candidates.append(pending)
+        if self.hub is not None:
+            fresh = self.hub.get_bundle(peer_id)
+            if fresh is not None:
+                candidates.append(fresh)
+        bundle = None
+        for candidate in candidates:
+            key = candidate.get("identity_key")
+            if _normalize_fingerprint(_fingerprint_of_key(str(key))) == wanted:
+                bundle = candidate
+                break
+        if bundle is None:
+            presented = ", ".join(
+                sorted({_fingerprint_of_key(str(c.get("identity_key"))) for c in candidates})
+            )
+            raise ValueError(
+                f"peer {peer_id!r} does not present the identity {fingerprint!r}"
+                + (f" (it presents {presented})" if presented else " (no new identity seen)")
+            )
+        if verify_bundle(bundle) != peer_id:
+            raise IdentityError(f"the bundle offered for peer {peer_id!r} belongs to another id")
+        session = perform_key_exchange(self.keypair, bundle)
+        with self._lock:
+            self._pins[peer_id] = str(bundle["identity_key"])
+            self._sessions[peer_id] = session
+            self._bundles[peer_id] = _public_bundle_copy(bundle)
+            self._pending_identity.pop(peer_id, None)
+            self._unverified.discard(peer_id)
+            self._meta_dirty = True
+            if self._dirty is not None:
+                self._dirty.add(peer_id)
+        self.log.warning(
+            "agent %r now trusts the new identity %s of peer %r",
+            self.agent_id,
+            _fingerprint_of_key(str(bundle["identity_key"])),
+            peer_id,
+        )
+        self.save_state()
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    def receive(self, envelope: Any) -> Message | None:
+        """Unseal, then dispatch; a rejection goes to the error handlers. Returns the message."""
+        try:
+            if type(envelope) is not Envelope:
+                envelope = self._parse(envelope)
+            msg = self.accept(envelope)
+        except CryptoError as exc:
+            self.reject(exc, envelope)
+            return None
+        self._dispatch(msg)
+        return msg
+
+    @staticmethod
+    def _parse(data: Any) -> Any:
+        if isinstance(data, Envelope):
+            return data
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            return Envelope.from_bytes(bytes(data))
+        raise FormatError(f"expected an Envelope or bytes, got {type(data).__name__}")
+
+    def accept(self, env: Any) -> Message:
+        """Unseal one envelope addressed to this agent; raises a CryptoError subclass."""
+        sender = env.sender
+        session = self._sessions.get(sender)
+        if session is None:
+            return self._accept_first(env, sender)
+        try:
+            with self._lock:
+                payload = session.unseal(env)
+                self.received += 1
+        except ReplayError:
+            raise
+        except CryptoError as exc:
+            raise self._explain_rejection(env, sender, exc) from None
+        dirty = self._dirty
+        if dirty is not None:
+            dirty.add(sender)
+            if self._autosave:
+                self._maybe_autosave()
+        return Message(sender, self.agent_id, payload, env)
+
+    def _accept_first(self, env: Any, sender: str) -> Message:
+        if self.closed:
+            raise UnknownSenderError(f"agent {self.agent_id!r} is closed")
+        bundle = self._lookup_bundle(sender)
+        if bundle is None:
+            raise UnknownSenderError(
+                f"Unknown sender {sender!r}: no bundle for it on the hub"
+                if self.hub is not None
+                else f"Unknown sender {sender!r}: no hub configured and no bundle for it"
+            )
+        self._check_bundle(sender, bundle)
+        session = perform_key_exchange(self.keypair, bundle)
+        with self._lock:
+            existing = self._sessions.get(sender)
+            if existing is not None:
+                payload = existing.unseal(env)
+            else:
+                payload = session.unseal(env)
+                self._commit_session(sender, session, bundle)
+            self.received += 1
+        self.save_state_quietly()
+        return Message(sender, self.agent_id, payload, env)
+
+    def _explain_rejection(self, env: Any, sender: str, exc: CryptoError) -> CryptoError:
+        """A session-initiating envelope the current session refused may come from a peer that
+        now presents another identity key: say so (IdentityChangedError) rather than a bare
+        signature error. A peer that lost its state and starts over with the same identity is
+        handled inside the session itself, with its replay memory."""
+        if not env.is_prekey:
+            return exc
+        try:
+            bundle = self._lookup_bundle(sender)
+            if bundle is not None:
+                self._check_bundle(sender, bundle)
+        except IdentityChangedError as changed:
+            return changed
+        except Exception:
+            return exc
+        return exc
+
+    def reject(self, exc: BaseException, envelope: Any = None) -> None:
+        """Count a rejected envelope and tell every error handler."""
+        self.rejected += 1
+        sender = None
+        if envelope is not None and not isinstance(envelope, (bytes, bytearray, memoryview)):
+            with contextlib.suppress(Exception):
+                sender = envelope.sender
+        with contextlib.suppress(Exception):
+            exc.sender = sender  # type: ignore[attr-defined]
+            exc.envelope = envelope  # type: ignore[attr-defined]
+        if not self._error_handlers:
+            self.log.warning(
+                "agent %r rejected an envelope from %r: %s: %s",
+                self.agent_id,
+                sender,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        for handler in self._error_handlers:
+            try:
+                handler(exc)
+            except Exception:
+                self.log.exception("agent %r: error handler raised", self.agent_id)
+
+    # -- persistence ----------------------------------------------------------------------------
+
+    @property
+    def persistent(self) -> bool:
+        return self.store is not None
+
+    def _load_state(self) -> None:
+        assert self.store is not None
+        state = self.store.load_state(self.keypair)
+        sessions = {}
+        for peer, data in state.sessions.items():
+            try:
+                sessions[peer] = CryptoSession.import_state(self.keypair, data)
+            except Exception as exc:
+                from .errors import KeyFileError
+
+                raise KeyFileError(
+                    f"state file {str(self.store.state_path)!r}: the session with {peer!r} "
+                    f"cannot be restored ({exc}); the file was left untouched"
+                ) from exc
+        self._sessions = sessions
+        self._unverified = set(sessions)
+        self._exports = dict(state.sessions)
+        self._pins = dict(state.pins)
+        self._bundles = dict(state.bundles)
+
+    def _maybe_autosave(self) -> None:
+        now = time.monotonic()
+        if now >= self._next_save:
+            self._next_save = now + AUTOSAVE_INTERVAL
+            self.save_state_quietly()
+
+    def save_state(self) -> None:
+        """Write sessions and pins (only what changed is re-exported). No-op without a store."""
+        store = self.store
+        if store is None:
+            return
+        dirty = self._dirty
+        assert dirty is not None
+        with self._save_lock:
+            with self._lock:
+                if not dirty and not self._meta_dirty:
+                    return
+                for peer in dirty:
+                    session = self._sessions.get(peer)
+                    if session is None:
+                        self._exports.pop(peer, None)
+                    else:
+                        self._exports[peer] = session.export_state()
+                dirty.clear()
+                self._meta_dirty = False
+                state = PersistedState(
+                    sessions=dict(self._exports),
+                    pins=dict(self._pins),
+                    bundles=dict(self._bundles),
+                )
+            try:
+                store.save_state(self.keypair, state)
+            except BaseException:
+                self._meta_dirty = True  # try again next time
+                raise
+
+    def save_state_quietly(self) -> None:
+        try:
+            self.save_state()
+        except Exception:
+            self.log.exception("agent %r: could not save its state", self.agent_id)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def flush(self, timeout: float | None = None) -> None:
+        transport = self._transport
+        if transport is not None:
+            transport.flush(timeout)
+        self.save_state()
+
+    def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        if self.closed:
+            return
+        error: BaseException | None = None
+        transport = self._transport
+        if transport is not None:
+            try:
+                transport.flush(timeout)
+            except Exception as exc:
+                error = exc
+        self.closed = True
+        self.consumer_ready.set()
+        hub = self.hub
+        try:
+            if hub is not None:
+                hub.unregister(self)
+        except Exception:
+            self.log.exception("agent %r: error while leaving the hub", self.agent_id)
+        self.detach()
+        try:
+            self.save_state()
+        except Exception as exc:
+            error = error or exc
+        finally:
+            if self.store is not None:
+                self.store.release()
+        if error is not None:
+            raise error
+
+    # -- introspection --------------------------------------------------------------------------
+
+    def list_peers(self) -> list[str]:
+        hub = self.hub
+        if hub is None:
+            return [p for p in self._bundles if p != self.agent_id]
+        return [a for a in hub.list_agents() if a != self.agent_id]
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "agent_id": self.agent_id,
+            "fingerprint": self.fingerprint,
+            "hub": type(self.hub).__name__ if self.hub is not None else None,
+            "active_sessions": sorted(self._sessions),
+            "known_peers": sorted(self._pins),
+            "handlers": len(self._handlers),
+            "error_handlers": len(self._error_handlers),
+            "sent": self.sent,
+            "received": self.received,
+            "rejected": self.rejected,
+            "handler_errors": self.handler_errors,
+            "persistent": self.store is not None,
+            "keypair_path": str(self.store.path) if self.store is not None else None,
+            "closed": self.closed,
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# the sync driver
+
+
+class Agent:
+    """An agent with an end-to-end encrypted identity (sync API).
+
+    ``Agent(agent_id, hub=None, keypair_path=None, log_level=logging.WARNING, *,
+    passphrase=None, keypair=None)``. See docs/agents.md.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        hub: Hub | None = None,
+        keypair_path: str | os.PathLike[str] | None = None,
+        log_level: int = logging.WARNING,
+        *,
+        passphrase: str | bytes | None = None,
+        keypair: Any = None,
+    ) -> None:
+        self._core = _AgentCore(
+            agent_id,
+            keypair_path=keypair_path,
+            passphrase=passphrase,
+            keypair=keypair,
+            log_level=log_level,
+            owner=self,
+        )
+        if hub is not None:
+            hub.register(self)
+
+    # identity
+    @property
+    def agent_id(self) -> str:
+        return self._core.agent_id
+
+    @property
+    def fingerprint(self) -> str:
+        """``xxxx:xxxx:xxxx:xxxx:xxxx:xxxx:xxxx:xxxx``: SHA-256 of the identity key, 16 bytes."""
+        return self._core.fingerprint
+
+    @property
+    def public_bundle(self) -> dict[str, Any]:
+        """The JSON-safe, self-certifying public bundle a peer needs to reach this agent."""
+        return self._core.public_bundle
+
+    @property
+    def keypair(self) -> Any:
+        """The agent's :class:`~agentmesh.crypto.AgentKeyPair` (secret: handle with care)."""
+        return self._core.keypair
+
+    @property
+    def hub(self) -> Hub | None:
+        return self._core.hub
+
+    @property
+    def log(self) -> logging.Logger:
+        return self._core.log
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    # sending
+    def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
+        """Send ``{"text": text, **kwargs}``; returns the sealed Envelope."""
+        return self._core.send_payload(recipient_id, {"text": text, **kwargs})
+
+    def send_payload(self, recipient_id: str, payload: dict[str, Any]) -> Any:
+        """Send a payload dict as it is; ``TypeError`` (nothing sent) if it cannot be serialised."""
+        return self._core.send_payload(recipient_id, payload)
+
+    # handlers
+    def on_message(self, handler: H) -> H:
+        """Register a message handler (decorator or call); returns it unchanged."""
+        return self._core.add_handler(handler)
+
+    def on_error(self, handler: H) -> H:
+        """Register a handler called with the exception of every rejected envelope."""
+        return self._core.add_error_handler(handler)
+
+    # sessions
+    def connect(self, peer_id: str) -> str:
+        """Pre-establish (or re-verify) a session; returns the peer's fingerprint."""
+        return self._core.connect(peer_id)
+
+    def connect_with_bundle(self, bundle: dict[str, Any]) -> str:
+        """Set up a session from a bundle handed over out of band; returns its fingerprint."""
+        return self._core.connect_with_bundle(bundle)
+
+    def trust_new_identity(self, peer_id: str, fingerprint: str) -> None:
+        """Accept that ``peer_id`` now has the identity ``fingerprint`` (check it first!)."""
+        self._core.trust_new_identity(peer_id, fingerprint)
+
+    def receive(self, envelope: Any) -> Message | None:
+        """Process an envelope handed over out of band (bytes or Envelope), like a hub would.
+
+        Returns the Message after the handlers ran, or ``None`` if it was rejected (the error
+        handlers got the exception).
+        """
+        return self._core.receive(envelope)
+
+    # introspection
+    def list_peers(self) -> list[str]:
+        """Ids of the other agents on the hub (never this agent)."""
+        return self._core.list_peers()
+
+    def status(self) -> dict[str, Any]:
+        return self._core.status()
+
+    # lifecycle
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the hub acknowledged every envelope sent so far (FlushTimeoutError)."""
+        self._core.flush(timeout)
+
+    def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        """Flush, save state, leave the hub. Idempotent."""
+        self._core.close(timeout)
+
+    def __enter__(self) -> Agent:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            try:
+                self.close()
+            except Exception:
+                self._core.log.exception("agent %r: error while closing", self.agent_id)
+
+    def __repr__(self) -> str:
+        state = " closed" if self._core.closed else ""
+        return f"<Agent {self.agent_id!r} {self.fingerprint}{state}>"
+
+
+# --------------------------------------------------------------------------------------------
+# the asyncio driver
+
+
+def _is_async_callable(handler: Any) -> bool:
+    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+        getattr(handler, "__call__", None)  # noqa: B004
+    )
+
+
+class AsyncAgent:
+    """The asyncio face of an agent: ``await agent.send(...)``, ``async for msg in agent``.
+
+    Same constructor as :class:`Agent`, plus ``inbox_size``. Handlers may be plain functions or
+    ``async def``. Messages reach ``async for`` / :meth:`next_message` when the agent has no
+    message handler or once iteration has started.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        hub: Hub | None = None,
+        keypair_path: str | os.PathLike[str] | None = None,
+        log_level: int = logging.WARNING,
+        *,
+        passphrase: str | bytes | None = None,
+        keypair: Any = None,
+        inbox_size: int = 10_000,
+    ) -> None:
+        core = _AgentCore(
+            agent_id,
+            keypair_path=keypair_path,
+            passphrase=passphrase,
+            keypair=keypair,
+            log_level=log_level,
+            owner=self,
+        )
+        self._core = core
+        core._dispatch = self._dispatch
+        self._inbox: collections.deque[Message] = collections.deque()
+        self._inbox_size = max(1, int(inbox_size))
+        self._inbox_cond = threading.Condition()
+        self._waiter: asyncio.Future[None] | None = None
+        self._iterating = False
+        self._has_async = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._loop_bound = threading.Event()
+        self._chains: collections.deque[Message] = collections.deque()
+        self._chain_task: asyncio.Task[None] | None = None
+        self._dropped = 0
+        with contextlib.suppress(RuntimeError):
+            self._bind(asyncio.get_running_loop())
+        if hub is not None:
+            hub.register(self)
+
+    # -- loop binding ---------------------------------------------------------------------------
+
+    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        if self._loop is None or self._loop.is_closed():
+            self._loop = loop
+            self._loop_thread = threading.get_ident()
+            self._loop_bound.set()
+            if self._chains:
+                loop.call_soon(self._ensure_chain_task)
+
+    def _bind_running(self) -> asyncio.AbstractEventLoop:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop:
+            self._bind(loop)
+        return loop
+
+    def _in_loop_thread(self) -> bool:
+        return self._loop is not None and threading.get_ident() == self._loop_thread
+
+    # -- dispatch (called by the core in whichever thread delivered the message) ----------------
+
+    def _dispatch(self, msg: Message) -> None:
+        core = self._core
+        if not self._has_async:
+            core.run_handlers(msg)
+            self._offer(msg)
+            return
+        loop = self._loop
+        if loop is not None and not self._in_loop_thread() and not loop.is_closed():
+            # a network worker: wait until the handlers ran, so the hub's ack comes after them
+            fut = asyncio.run_coroutine_threadsafe(self._run_chain(msg), loop)
+            try:
+                fut.result()
+            except Exception:
+                core.log.exception("agent %r: async dispatch failed", core.agent_id)
+            return
+        if loop is None and not self._in_loop_thread():
+            with contextlib.suppress(RuntimeError):
+                self._bind(asyncio.get_running_loop())
+        self._chains.append(msg)
+        if self._loop is not None and self._in_loop_thread():
+            self._ensure_chain_task()
+
+    def _ensure_chain_task(self) -> None:
+        if self._chain_task is None or self._chain_task.done():
+            assert self._loop is not None
+            self._chain_task = self._loop.create_task(self._drain_chains())
+
+    async def _drain_chains(self) -> None:
+        while self._chains:
+            await self._run_chain(self._chains.popleft())
+
+    async def _run_chain(self, msg: Message) -> None:
+        core = self._core
+        for handler in core._handlers:
+            try:
+                result = handler(msg)
+                if inspect.isawaitable(result):
+                    await result
+            except Exception:
+                core.handler_failed(handler, msg)
+        self._offer(msg)
+
+    def _offer(self, msg: Message) -> None:
+        if not (self._iterating or not self._core._handlers):
+            return
+        cond = self._inbox_cond
+        with cond:
+            if len(self._inbox) >= self._inbox_size:
+                loop = self._loop
+                if loop is not None and not loop.is_closed() and not self._in_loop_thread():
+                    # backpressure: a producer in another thread (a network worker: the hub
+                    # keeps the rest queued) waits until the consumer makes room
+                    while (
+                        len(self._inbox) >= self._inbox_size
+                        and not self._core.closed
+                        and not loop.is_closed()
+                    ):
+                        cond.wait(0.5)
+                if len(self._inbox) >= self._inbox_size:  # the loop's own thread cannot wait
+                    self._inbox.popleft()
+                    self._dropped += 1
+                    if self._dropped == 1 or self._dropped % 1000 == 0:
+                        self._core.log.warning(
+                            "agent %r: inbox full (%d), dropped %d oldest message(s)",
+                            self._core.agent_id,
+                            self._inbox_size,
+                            self._dropped,
+                        )
+            self._inbox.append(msg)
+            self._wake_locked()
+
+    def _wake_locked(self) -> None:
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        self._waiter = None
+        if self._in_loop_thread():
+            waiter.set_result(None)
+        else:
+            loop = waiter.get_loop()
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(_set_if_pending, waiter)
+
+    # -- iteration ------------------------------------------------------------------------------
+
+    def __aiter__(self) -> AsyncIterator[Message]:
+        self._iterating = True
+        self._core.consumer_ready.set()
+        return self
+
+    async def __anext__(self) -> Message:
+        self._iterating = True
+        self._core.consumer_ready.set()
+        loop = self._bind_running()
+        while True:
+            with self._inbox_cond:
+                if self._inbox:
+                    msg = self._inbox.popleft()
+                    self._inbox_cond.notify_all()
+                    return msg
+                if self._core.closed:
+                    raise StopAsyncIteration
+                fut: asyncio.Future[None] = loop.create_future()
+                self._waiter = fut
+            await fut
+
+    async def next_message(self, timeout: float | None = None) -> Message:
+        """The next message (``asyncio.TimeoutError`` after ``timeout`` seconds)."""
+        try:
+            return await asyncio.wait_for(self.__anext__(), timeout)
+        except StopAsyncIteration:
+            raise RuntimeError(f"agent {self.agent_id!r} is closed") from None
+
+    # -- identity -------------------------------------------------------------------------------
+
+    @property
+    def agent_id(self) -> str:
+        return self._core.agent_id
+
+    @property
+    def fingerprint(self) -> str:
+        return self._core.fingerprint
+
+    @property
+    def public_bundle(self) -> dict[str, Any]:
+        return self._core.public_bundle
+
+    @property
+    def keypair(self) -> Any:
+        return self._core.keypair
+
+    @property
+    def hub(self) -> Hub | None:
+        return self._core.hub
+
+    @property
+    def log(self) -> logging.Logger:
+        return self._core.log
+
+    @property
+    def closed(self) -> bool:
+        return self._core.closed
+
+    # -- handlers -------------------------------------------------------------------------------
+
+    def on_message(self, handler: H) -> H:
+        """Register a handler (sync or ``async def``), as a decorator or a call."""
+        if _is_async_callable(handler):
+            self._has_async = True
+        return self._core.add_handler(handler)
+
+    def on_error(self, handler: H) -> H:
+        return self._core.add_error_handler(handler)
+
+    # -- I/O ------------------------------------------------------------------------------------
+
+    def _needs_thread(self) -> bool:
+        transport = self._core._transport
+        return transport is not None and not getattr(transport, "local", False)
+
+    async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
+        self._bind_running()
+        if self._needs_thread():
+            return await asyncio.to_thread(fn, *args)
+        return fn(*args)
+
+    async def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
+        return await self.send_payload(recipient_id, {"text": text, **kwargs})
+
+    async def send_payload(self, recipient_id: str, payload: dict[str, Any]) -> Any:
+        self._bind_running()
+        core = self._core
+        if (
+            isinstance(recipient_id, str)
+            and recipient_id in core._sessions
+            and recipient_id not in core._unverified
+        ):
+            return core.send_payload(recipient_id, payload)  # no I/O before the envelope exists
+        return await self._run(core.send_payload, recipient_id, payload)
+
+    async def connect(self, peer_id: str) -> str:
+        return await self._run(self._core.connect, peer_id)  # type: ignore[no-any-return]
+
+    def connect_with_bundle(self, bundle: dict[str, Any]) -> str:
+        """No I/O: a plain method."""
+        return self._core.connect_with_bundle(bundle)
+
+    async def trust_new_identity(self, peer_id: str, fingerprint: str) -> None:
+        await self._run(self._core.trust_new_identity, peer_id, fingerprint)
+
+    async def receive(self, envelope: Any) -> Message | None:
+        return await self._run(self._core.receive, envelope)  # type: ignore[no-any-return]
+
+    async def list_peers(self) -> list[str]:
+        return await self._run(self._core.list_peers)  # type: ignore[no-any-return]
+
+    def status(self) -> dict[str, Any]:
+        status = self._core.status()
+        status["inbox"] = len(self._inbox)
+        status["dropped"] = self._dropped
+        return status
+
+    async def flush(self, timeout: float | None = None) -> None:
+        await self._run(self._core.flush, timeout)
+
+    async def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
+        try:
+            await self._run(self._core.close, timeout)
+        finally:
+            with self._inbox_cond:
+                self._inbox_cond.notify_all()
+                self._wake_locked()
+
+    async def __aenter__(self) -> AsyncAgent:
+        self._bind_running()
+        return self
+
+    async def __aexit__(self, exc_type: Any, exc: Any, tb: Any) -> None:
+        if exc_type is None:
+            await self.close()
+        else:
+            try:
+                await self.close()
+            except Exception:
+                self._core.log.exception("agent %r: error while closing", self.agent_id)
+
+    def __repr__(self) -> str:
+        state = " closed" if self._core.closed else ""
+        return f"<AsyncAgent {self.agent_id!r} {self.fingerprint}{state}>"
+
+
+def _set_if_pending(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

@@ -1,0 +1,411 @@
+"""The ``agentmesh`` command.
+
+Exit codes: 0 success, 1 a runtime failure (hub unreachable, peer unknown, bad key file, ...),
+2 a usage error. Results go to stdout (one value or one JSON object per line); logs and error
+messages go to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("agentmesh.cli")
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+_EPILOG = """\
+examples:
+  agentmesh demo
+  agentmesh hub --port 7700 --store ./hub.sqlite3
+  agentmesh keygen --path alice.key --id alice
+  agentmesh fingerprint --path alice.key
+  agentmesh listen --hub 127.0.0.1:7700 --key bob.key
+  agentmesh send --hub 127.0.0.1:7700 --key alice.key --to bob --text "hello"
+  agentmesh peers --hub 127.0.0.1:7700
+
+exit codes: 0 ok, 1 runtime failure, 2 usage error
+"""
+
+
+class _UsageError(Exception):
+    """Bad arguments discovered after parsing (exit 2)."""
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentmesh",
+        description="End-to-end encrypted messaging for AI agents.",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument(
+        "-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)"
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    sub.add_parser(
+        "hub",
+        help="run a network hub (same flags as agentmesh-hub; see 'agentmesh hub --help')",
+        add_help=False,
+        description="Run the network hub; every flag is passed on to agentmesh-hub.",
+    )
+
+    p = sub.add_parser(
+        "keygen",
+        help="create a new identity file and print its fingerprint",
+        description="Create a new identity key file (mode 0600) and print its fingerprint. "
+        "Refuses to overwrite an existing file.",
+    )
+    p.add_argument("--path", required=True, help="where to write the key file")
+    p.add_argument(
+        "--id", dest="agent_id", help="agent id (default: the file name without extension)"
+    )
+    _passphrase_arg(p)
+
+    p = sub.add_parser(
+        "fingerprint",
+        help="print the fingerprint of an identity file",
+        description="Print the fingerprint of an identity key file (compare it out of band).",
+    )
+    p.add_argument("--path", required=True, help="the key file")
+    p.add_argument("--json", action="store_true", help="print agent id and fingerprint as JSON")
+    _passphrase_arg(p)
+
+    p = sub.add_parser(
+        "send",
+        help="send one encrypted message through a network hub",
+        description="Send one end-to-end encrypted message through a network hub, then wait "
+        "until the hub has durably accepted it. Prints the message id.",
+    )
+    _hub_args(p)
+    _key_args(p)
+    p.add_argument("--to", required=True, metavar="ID", help="recipient agent id")
+    p.add_argument("--text", default="", help="message text")
+    p.add_argument(
+        "--payload",
+        metavar="JSON",
+        help='extra payload fields as a JSON object, e.g. \'{"type": "task", "n": 3}\'',
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the hub (default 30)"
+    )
+
+    p = sub.add_parser(
+        "listen",
+        help="print incoming messages as JSON lines until interrupted",
+        description="Receive messages through a network hub and print each as one JSON line "
+        "on stdout, until Ctrl-C / SIGTERM (or --count messages).",
+    )
+    _hub_args(p)
+    _key_args(p)
+    p.add_argument("--count", type=int, default=0, help="exit after N messages (0: never)")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=0.0,
+        help="give up after N seconds (status 1 if --count was not reached)",
+    )
+
+    p = sub.add_parser(
+        "peers",
+        help="list the agents registered on a network hub",
+        description="Print the ids of the agents registered on a network hub, one per line.",
+    )
+    _hub_args(p)
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+
+    sub.add_parser(
+        "demo",
+        help="run the local encrypted demo (no network)",
+        description="Two agents on an in-process hub exchange encrypted messages.",
+    )
+    return parser
+
+
+def _passphrase_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--passphrase-env",
+        metavar="VAR",
+        help="name of an environment variable holding the key file's passphrase",
+    )
+
+
+def _hub_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--hub", required=True, metavar="HOST:PORT", help="network hub address")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system trust store)")
+    p.add_argument(
+        "--cafile",
+        metavar="PEM",
+        help="connect with TLS, trusting this CA / self-signed certificate",
+    )
+
+
+def _key_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--key", required=True, metavar="PATH", help="this agent's key file")
+    _passphrase_arg(p)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+def _passphrase(args: argparse.Namespace) -> str | None:
+    var = getattr(args, "passphrase_env", None)
+    if not var:
+        return None
+    value = os.environ.get(var)
+    if value is None:
+        raise _UsageError(f"environment variable {var!r} (from --passphrase-env) is not set")
+    if not value:
+        raise _UsageError(f"environment variable {var!r} (from --passphrase-env) is empty")
+    return value
+
+
+def _hub(args: argparse.Namespace) -> Any:
+    from .hubs import NetworkHub, parse_hub_address
+
+    try:
+        host, port = parse_hub_address(args.hub)
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    ssl_ctx: Any = None
+    if args.cafile:
+        import ssl
+
+        try:
+            ssl_ctx = ssl.create_default_context(cafile=args.cafile)
+        except (OSError, ssl.SSLError) as exc:
+            raise RuntimeError(f"cannot load --cafile {args.cafile!r}: {exc}") from exc
+    elif args.tls:
+        ssl_ctx = True
+    return NetworkHub(host, port, ssl=ssl_ctx)
+
+
+def _agent_id_of_key(path: str, passphrase: str | None) -> str:
+    from .keystore import KeyStore
+
+    store = KeyStore(path, passphrase=passphrase)
+    if not store.exists():
+        raise FileNotFoundError(
+            f"key file {path!r} does not exist (create it with 'agentmesh keygen --path {path}')"
+        )
+    return str(store.load_identity().agent_id)
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .agent import validate_agent_id
+    from .keystore import KeyStore
+
+    agent_id = args.agent_id or Path(args.path).stem
+    try:
+        validate_agent_id(agent_id, "--id")
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    store = KeyStore(args.path, passphrase=_passphrase(args))
+    kp = store.create_identity(agent_id)
+    log.info("created identity %r in %s (mode 0600)", agent_id, args.path)
+    print(kp.fingerprint)
+    return EXIT_OK
+
+
+def _cmd_fingerprint(args: argparse.Namespace) -> int:
+    from .keystore import KeyStore
+
+    store = KeyStore(args.path, passphrase=_passphrase(args))
+    if not store.exists():
+        raise FileNotFoundError(f"key file {args.path!r} does not exist")
+    kp = store.load_identity()
+    if args.json:
+        print(json.dumps({"agent_id": kp.agent_id, "fingerprint": kp.fingerprint}))
+    else:
+        print(kp.fingerprint)
+    return EXIT_OK
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    from .agent import Agent
+
+    payload: dict[str, Any] = {}
+    if args.payload:
+        try:
+            payload = json.loads(args.payload)
+        except ValueError as exc:
+            raise _UsageError(f"--payload is not valid JSON: {exc}") from None
+        if not isinstance(payload, dict):
+            raise _UsageError("--payload must be a JSON object")
+    payload = {"text": args.text, **payload}
+    passphrase = _passphrase(args)
+    agent_id = _agent_id_of_key(args.key, passphrase)
+    hub = _hub(args)
+    try:
+        agent = Agent(agent_id, hub=hub, keypair_path=args.key, passphrase=passphrase)
+        try:
+            env = agent.send_payload(args.to, payload)
+            agent.flush(timeout=args.timeout)
+        finally:
+            agent.close(timeout=args.timeout)
+    finally:
+        hub.close()
+    print(env.id)
+    log.info("sent %s to %r", env.id, args.to)
+    return EXIT_OK
+
+
+def _cmd_listen(args: argparse.Namespace) -> int:
+    from .agent import Agent
+
+    if args.count < 0:
+        raise _UsageError("--count must be >= 0")
+    passphrase = _passphrase(args)
+    agent_id = _agent_id_of_key(args.key, passphrase)
+    stop = threading.Event()
+    count = 0
+    lock = threading.Lock()
+
+    def on_signal(signum: int, frame: Any) -> None:
+        stop.set()
+
+    old = {}
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread
+            old[sig] = signal.signal(sig, on_signal)
+    hub = _hub(args)
+    try:
+        agent = Agent(agent_id, hub=hub, keypair_path=args.key, passphrase=passphrase)
+
+        @agent.on_error
+        def rejected(exc: BaseException) -> None:
+            log.warning("rejected an envelope from %r: %s", getattr(exc, "sender", None), exc)
+
+        @agent.on_message
+        def show(msg: Any) -> None:
+            nonlocal count
+            with lock:
+                if stop.is_set():
+                    return
+                sys.stdout.write(json.dumps(msg.to_dict(), ensure_ascii=False) + "\n")
+                sys.stdout.flush()
+                count += 1
+                if args.count and count >= args.count:
+                    stop.set()
+
+        log.info("listening as %r (%s) on %s", agent_id, agent.fingerprint, args.hub)
+        deadline = time.monotonic() + args.timeout if args.timeout > 0 else None
+        timed_out = False
+        while not stop.wait(0.25):  # short waits: signals are handled promptly
+            if deadline is not None and time.monotonic() >= deadline:
+                timed_out = True
+                break
+        agent.close()
+    finally:
+        hub.close()
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+    if timed_out and args.count:
+        log.error("timed out after %s s with %d of %d message(s)", args.timeout, count, args.count)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+def _cmd_peers(args: argparse.Namespace) -> int:
+    hub = _hub(args)
+    try:
+        agents = hub.list_agents()
+    finally:
+        hub.close()
+    if args.json:
+        print(json.dumps(agents))
+    else:
+        for agent_id in agents:
+            print(agent_id)
+    return EXIT_OK
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import main as demo_main
+
+    return demo_main([])
+
+
+def _configure_logging(verbose: int, quiet: bool) -> None:
+    level = (
+        logging.ERROR
+        if quiet
+        else logging.INFO
+        if verbose == 1
+        else (logging.DEBUG if verbose >= 2 else logging.WARNING)
+    )
+    root = logging.getLogger("agentmesh")
+    if not any(getattr(h, "_agentmesh_cli", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("agentmesh: %(levelname)s: %(message)s"))
+        handler._agentmesh_cli = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
+    root.setLevel(level)
+    logging.getLogger("agentmesh.cli").setLevel(min(level, logging.INFO) if not quiet else level)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``agentmesh`` command; returns the exit code."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    # 'hub' hands every remaining flag to the hub server's own parser
+    hub_index = next((i for i, a in enumerate(args_list) if not a.startswith("-")), None)
+    if hub_index is not None and args_list[hub_index] == "hub":
+        from .hub_server import main as hub_main
+
+        return int(hub_main(args_list[hub_index + 1 :]) or 0)
+
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(args_list)
+    except SystemExit as exc:
+        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
+    if args.version:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(version("agentmesh"))
+        except PackageNotFoundError:
+            print("unknown")
+        return EXIT_OK
+    if not args.command:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    _configure_logging(args.verbose, args.quiet)
+    handler = {
+        "keygen": _cmd_keygen,
+        "fingerprint": _cmd_fingerprint,
+        "send": _cmd_send,
+        "listen": _cmd_listen,
+        "peers": _cmd_peers,
+        "demo": _cmd_demo,
+    }[args.command]
+    try:
+        return handler(args)
+    except _UsageError as exc:
+        print(f"agentmesh {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        return EXIT_OK if args.command == "listen" else 130
+    except Exception as exc:  # every runtime failure: a clear line, exit 1
+        log.debug("failure", exc_info=True)
+        print(f"agentmesh {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,455 @@
+"""Wire protocol of the agentmesh network hub: framing, frame types and body codecs.
+
+Every frame on the wire (in both directions) is::
+
+    u32 big-endian length | u8 frame type | body (length - 1 bytes)
+
+``length`` counts the type byte plus the body, so it is never 0; a receiver refuses any length
+above its frame limit before reading the body. All integers are big-endian. The full protocol,
+frame by frame, is documented in ``docs/hub.md``; this module is the one place that encodes and
+decodes it (server and client both use it).
+
+The hub never looks inside an envelope beyond routing: the client names the recipient in the
+SEND frame and the envelope bytes travel opaquely (the server may parse the envelope header to
+check that the sender and recipient it carries match the connection and the stated recipient).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from enum import IntEnum
+from typing import Any
+
+from agentmesh.errors import HubError
+
+__all__ = [
+    "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_PORT",
+    "HEADER",
+    "MAGIC",
+    "PROTOCOL_VERSION",
+    "ErrorCode",
+    "FrameDecoder",
+    "FrameType",
+    "HubRequestError",
+    "Op",
+    "PeerNotFoundError",
+    "ProtocolError",
+    "Welcome",
+    "check_agent_id",
+    "decode_deliver",
+    "decode_error",
+    "decode_hello",
+    "decode_register",
+    "decode_request",
+    "decode_response",
+    "decode_send",
+    "decode_send_ack",
+    "decode_send_error",
+    "decode_welcome",
+    "encode_acks",
+    "encode_deliver",
+    "encode_error",
+    "encode_frame",
+    "encode_hello",
+    "encode_register",
+    "encode_request",
+    "encode_response",
+    "encode_send",
+    "encode_send_ack",
+    "encode_send_error",
+    "encode_welcome",
+    "error_for_code",
+    "iter_acks",
+]
+
+#: First bytes of the client's HELLO body: "AgentMesh Hub".
+MAGIC = b"AMHB"
+#: Protocol version spoken by this build (HELLO and WELCOME carry it).
+PROTOCOL_VERSION = 1
+DEFAULT_PORT = 7700
+#: Default largest frame (type byte + body) a peer accepts: 4 MiB of envelope plus headroom.
+DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024 + 64 * 1024
+
+HEADER = struct.Struct(">IB")
+_U64 = struct.Struct(">Q")
+_U32 = struct.Struct(">I")
+_U16 = struct.Struct(">H")
+_SEND_HEAD = struct.Struct(">IBQB")  # frame header + client seq + recipient length
+_DELIVER_HEAD = struct.Struct(">IBQ")  # frame header + delivery id
+_ACK_FRAME = struct.Struct(">IBQ")
+_HELLO = struct.Struct(">4sHH")
+_WELCOME = struct.Struct(">H32s16sIII")
+_REQ_HEAD = struct.Struct(">IB")  # request id + op
+_RESP_HEAD = struct.Struct(">IB")  # request id + status
+_SEND_ERR = struct.Struct(">QH")
+_ERR = struct.Struct(">H")
+
+CHALLENGE_SIZE = 32
+HUB_ID_SIZE = 16
+SESSION_ID_SIZE = 16
+SIGNATURE_SIZE = 64
+MAX_AGENT_ID_BYTES = 255
+
+
+class FrameType(IntEnum):
+    """The one-byte frame type. C = client to hub, S = hub to client."""
+
+    HELLO = 0x01  # C: magic(4) | u16 version | u16 flags (0)
+    # S: u16 version | challenge(32) | hub_id(16) | u32 max frame | u32 ping ms | u32 window
+    WELCOME = 0x02
+    REGISTER = 0x03  # C: signature(64) | client session(16) | bundle JSON (UTF-8)
+    LOOKUP = 0x04  # C: empty; an unauthenticated connection (get_bundle/list_agents/count only)
+    READY = 0x05  # S: JSON object {"mode", "agent_id", "acked_seq", "queued"}
+    SEND = 0x10  # C: u64 client seq | u8 recipient length | recipient (UTF-8) | envelope
+    SEND_ACK = 0x11  # S: u64 client seq: every send of this connection up to it is resolved
+    SEND_ERROR = 0x12  # S: u64 client seq | u16 error code | message (UTF-8)
+    DELIVER = 0x13  # S: u64 delivery id | envelope
+    DELIVERY_ACK = 0x14  # C: n x u64 delivery ids (n >= 1)
+    PING = 0x20  # either: opaque body (<= 64 bytes), answered by PONG with the same body
+    PONG = 0x21  # either: echo of the PING body
+    REQUEST = 0x30  # C: u32 request id | u8 op | argument (UTF-8)
+    RESPONSE = 0x31  # S: u32 request id | u8 status (0 ok, else error code low byte) | JSON
+    ERROR = 0x7F  # S: u16 error code | message (UTF-8); connection-level, usually then closed
+
+
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+
+
+class Op(IntEnum):
+    """REQUEST operations."""
+
+    GET_BUNDLE = 1  # argument: agent id; response: bundle object or null
+    LIST_AGENTS = 2  # no argument; response: list of ids
+    MESSAGE_COUNT = 3  # no argument; response: int
+
+
+class ErrorCode(IntEnum):
+    """Codes carried by ERROR, SEND_ERROR and failed RESPONSE frames."""
+
+    PROTOCOL = 1  # malformed frame or a frame not allowed in this state
+    UNSUPPORTED_VERSION = 2
+    FRAME_TOO_LARGE = 3
+    UNKNOWN_FRAME = 4
+    HANDSHAKE_TIMEOUT = 5
+    IDLE_TIMEOUT = 6
+    TOO_MANY_CONNECTIONS = 7
+    BAD_REGISTRATION = 8  # invalid bundle or challenge signature
+    ID_TAKEN = 9  # the id is bound to another identity key
+    NOT_AUTHENTICATED = 10  # a lookup connection tried to send
+    PEER_NOT_FOUND = 11
+    INBOX_FULL = 12
+    ENVELOPE_MISMATCH = 13  # envelope sender/recipient differ from the connection/stated recipient
+    BAD_ENVELOPE = 14  # the envelope does not parse
+    REPLACED = 15  # a newer connection registered the same agent
+    SHUTTING_DOWN = 16
+    INTERNAL = 17
+    TOO_MANY_AGENTS = 18
+    BAD_REQUEST = 19
+
+
+class ProtocolError(Exception):
+    """Input that breaks the protocol; the connection answers with an ERROR frame and closes."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class HubRequestError(HubError):
+    """The hub refused a request or a send; ``code`` says why (an :class:`ErrorCode`).
+
+    For a refused send, ``recipient`` names the intended recipient and ``client_seq`` the
+    client-side sequence number of the refused envelope.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        recipient: str | None = None,
+        client_seq: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        try:
+            self.code: ErrorCode | int = ErrorCode(code)
+        except ValueError:
+            self.code = code
+        self.recipient = recipient
+        self.client_seq = client_seq
+
+
+class PeerNotFoundError(HubRequestError, ValueError):
+    """``Peer 'xxx' not found on hub``: the recipient never registered. Also a ValueError."""
+
+
+def error_for_code(
+    code: int, message: str, *, recipient: str | None = None, client_seq: int | None = None
+) -> HubRequestError:
+    """The exception a client raises for an error code received from the hub."""
+    cls = PeerNotFoundError if code == ErrorCode.PEER_NOT_FOUND else HubRequestError
+    return cls(code, message, recipient=recipient, client_seq=client_seq)
+
+
+def check_agent_id(agent_id: object) -> str:
+    """Return ``agent_id`` if it is a valid id (non-empty, <= 255 UTF-8 bytes, no control chars)."""
+    if not isinstance(agent_id, str) or not agent_id:
+        raise ValueError("agent id must be a non-empty string")
+    if len(agent_id.encode("utf-8", "surrogatepass")) > MAX_AGENT_ID_BYTES:
+        raise ValueError("agent id is longer than 255 UTF-8 bytes")
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in agent_id):
+        raise ValueError("agent id contains a control character")
+    try:
+        agent_id.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("agent id is not valid Unicode text") from None
+    return agent_id
+
+
+# --------------------------------------------------------------------------------------------
+# Decoder
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes, get back complete ``(type, body)`` frames.
+
+    Refuses (with :class:`ProtocolError`) a length of 0, a length above ``max_frame_size`` (as
+    soon as the 4-byte prefix is in, before buffering the body) and an unknown frame type. The
+    buffer never holds more than one frame plus one read's worth of bytes.
+    """
+
+    __slots__ = ("_buf", "max_frame_size")
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buf = bytearray()
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet part of a complete frame."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+        buf = self._buf
+        buf += data
+        frames: list[tuple[int, bytes]] = []
+        off = 0
+        end = len(buf)
+        limit = self.max_frame_size
+        unpack = HEADER.unpack_from
+        try:
+            while end - off >= 4:
+                length = _U32.unpack_from(buf, off)[0]
+                if length == 0:
+                    raise ProtocolError(ErrorCode.PROTOCOL, "zero-length frame")
+                if length > limit:
+                    raise ProtocolError(
+                        ErrorCode.FRAME_TOO_LARGE,
+                        f"frame of {length} bytes exceeds the limit of {limit} bytes",
+                    )
+                if end - off < 4 + length:
+                    break
+                ftype = unpack(buf, off)[1]
+                if ftype not in _KNOWN_TYPES:
+                    raise ProtocolError(
+                        ErrorCode.UNKNOWN_FRAME, f"unknown frame type 0x{ftype:02x}"
+                    )
+                frames.append((ftype, bytes(buf[off + 5 : off + 4 + length])))
+                off += 4 + length
+        finally:
+            if off:
+                del buf[:off]
+        return frames
+
+
+# --------------------------------------------------------------------------------------------
+# Encoders and decoders of frame bodies
+
+
+def encode_frame(ftype: int, body: bytes = b"") -> bytes:
+    return HEADER.pack(len(body) + 1, ftype) + body
+
+
+def encode_hello(version: int = PROTOCOL_VERSION) -> bytes:
+    return encode_frame(FrameType.HELLO, _HELLO.pack(MAGIC, version, 0))
+
+
+def decode_hello(body: bytes) -> int:
+    """Return the client's protocol version; ProtocolError for anything but a HELLO."""
+    if len(body) < _HELLO.size or body[:4] != MAGIC:
+        raise ProtocolError(ErrorCode.PROTOCOL, "not an agentmesh hub client (bad magic)")
+    _, version, _flags = _HELLO.unpack_from(body)
+    return int(version)
+
+
+class Welcome:
+    """The hub's answer to HELLO."""
+
+    __slots__ = ("challenge", "hub_id", "max_frame_size", "ping_interval", "version", "window")
+
+    def __init__(
+        self,
+        version: int,
+        challenge: bytes,
+        hub_id: bytes,
+        max_frame_size: int,
+        ping_interval: float,
+        window: int,
+    ) -> None:
+        self.version = version
+        self.challenge = challenge
+        self.hub_id = hub_id
+        self.max_frame_size = max_frame_size
+        self.ping_interval = ping_interval
+        self.window = window
+
+
+def encode_welcome(w: Welcome) -> bytes:
+    return encode_frame(
+        FrameType.WELCOME,
+        _WELCOME.pack(
+            w.version,
+            w.challenge,
+            w.hub_id,
+            w.max_frame_size,
+            max(1, round(w.ping_interval * 1000)),
+            w.window,
+        ),
+    )
+
+
+def decode_welcome(body: bytes) -> Welcome:
+    if len(body) < _WELCOME.size:
+        raise ProtocolError(ErrorCode.PROTOCOL, "short WELCOME frame")
+    version, challenge, hub_id, max_frame, ping_ms, window = _WELCOME.unpack_from(body)
+    return Welcome(version, challenge, hub_id, max_frame, ping_ms / 1000.0, window)
+
+
+def encode_register(signature: bytes, session: bytes, bundle: dict[str, Any]) -> bytes:
+    if len(signature) != SIGNATURE_SIZE or len(session) != SESSION_ID_SIZE:
+        raise ValueError("bad signature or session id size")
+    data = json.dumps(bundle, separators=(",", ":"), sort_keys=True).encode()
+    return encode_frame(FrameType.REGISTER, signature + session + data)
+
+
+def decode_register(body: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
+    """Return (signature, client session id, bundle dict)."""
+    head = SIGNATURE_SIZE + SESSION_ID_SIZE
+    if len(body) <= head:
+        raise ProtocolError(ErrorCode.BAD_REGISTRATION, "short REGISTER frame")
+    try:
+        bundle = json.loads(body[head:].decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        raise ProtocolError(ErrorCode.BAD_REGISTRATION, "bundle is not valid JSON") from None
+    if not isinstance(bundle, dict):
+        raise ProtocolError(ErrorCode.BAD_REGISTRATION, "bundle is not a JSON object")
+    return body[:SIGNATURE_SIZE], body[SIGNATURE_SIZE:head], bundle
+
+
+def encode_send(client_seq: int, recipient: bytes, envelope: bytes) -> bytes:
+    """A SEND frame; ``recipient`` is the UTF-8 encoded id (1..255 bytes)."""
+    rlen = len(recipient)
+    return (
+        _SEND_HEAD.pack(1 + 8 + 1 + rlen + len(envelope), FrameType.SEND, client_seq, rlen)
+        + recipient
+        + envelope
+    )
+
+
+def decode_send(body: bytes) -> tuple[int, str, bytes]:
+    """Return (client seq, recipient, envelope)."""
+    if len(body) < 10:
+        raise ProtocolError(ErrorCode.PROTOCOL, "short SEND frame")
+    seq = _U64.unpack_from(body)[0]
+    rlen = body[8]
+    if rlen == 0 or len(body) < 9 + rlen:
+        raise ProtocolError(ErrorCode.PROTOCOL, "bad recipient in SEND frame")
+    try:
+        recipient = body[9 : 9 + rlen].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(ErrorCode.PROTOCOL, "recipient is not UTF-8") from None
+    return seq, recipient, body[9 + rlen :]
+
+
+def encode_send_ack(client_seq: int) -> bytes:
+    return _ACK_FRAME.pack(9, FrameType.SEND_ACK, client_seq)
+
+
+def decode_send_ack(body: bytes) -> int:
+    if len(body) != 8:
+        raise ProtocolError(ErrorCode.PROTOCOL, "bad SEND_ACK frame")
+    return int(_U64.unpack(body)[0])
+
+
+def encode_send_error(client_seq: int, code: int, message: str) -> bytes:
+    return encode_frame(
+        FrameType.SEND_ERROR, _SEND_ERR.pack(client_seq, code) + message.encode("utf-8")
+    )
+
+
+def decode_send_error(body: bytes) -> tuple[int, int, str]:
+    if len(body) < _SEND_ERR.size:
+        raise ProtocolError(ErrorCode.PROTOCOL, "short SEND_ERROR frame")
+    seq, code = _SEND_ERR.unpack_from(body)
+    return int(seq), int(code), body[_SEND_ERR.size :].decode("utf-8", "replace")
+
+
+def encode_deliver(delivery_id: int, envelope: bytes) -> bytes:
+    return _DELIVER_HEAD.pack(9 + len(envelope), FrameType.DELIVER, delivery_id) + envelope
+
+
+def decode_deliver(body: bytes) -> tuple[int, bytes]:
+    if len(body) < 9:
+        raise ProtocolError(ErrorCode.PROTOCOL, "short DELIVER frame")
+    return int(_U64.unpack_from(body)[0]), body[8:]
+
+
+def encode_acks(delivery_ids: list[int]) -> bytes:
+    n = len(delivery_ids)
+    return HEADER.pack(1 + 8 * n, FrameType.DELIVERY_ACK) + struct.pack(f">{n}Q", *delivery_ids)
+
+
+def iter_acks(body: bytes) -> tuple[int, ...]:
+    if not body or len(body) % 8:
+        raise ProtocolError(ErrorCode.PROTOCOL, "bad DELIVERY_ACK frame")
+    return struct.unpack(f">{len(body) // 8}Q", body)
+
+
+def encode_request(request_id: int, op: int, argument: str = "") -> bytes:
+    return encode_frame(FrameType.REQUEST, _REQ_HEAD.pack(request_id, op) + argument.encode())
+
+
+def decode_request(body: bytes) -> tuple[int, int, str]:
+    if len(body) < _REQ_HEAD.size:
+        raise ProtocolError(ErrorCode.PROTOCOL, "short REQUEST frame")
+    rid, op = _REQ_HEAD.unpack_from(body)
+    try:
+        arg = body[_REQ_HEAD.size :].decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError(ErrorCode.PROTOCOL, "request argument is not UTF-8") from None
+    return int(rid), int(op), arg
+
+
+def encode_response(request_id: int, status: int, payload: bytes) -> bytes:
+    """``payload`` is JSON (status 0) or a UTF-8 message (status = error code)."""
+    return encode_frame(FrameType.RESPONSE, _RESP_HEAD.pack(request_id, status) + payload)
+
+
+def decode_response(body: bytes) -> tuple[int, int, bytes]:
+    if len(body) < _RESP_HEAD.size:
+        raise ProtocolError(ErrorCode.PROTOCOL, "short RESPONSE frame")
+    rid, status = _RESP_HEAD.unpack_from(body)
+    return int(rid), int(status), body[_RESP_HEAD.size :]
+
+
+def encode_error(code: int, message: str) -> bytes:
+    return encode_frame(FrameType.ERROR, _ERR.pack(code) + message.encode("utf-8"))
+
+
+def decode_error(body: bytes) -> tuple[int, str]:
+    if len(body) < 2:
+        return int(ErrorCode.PROTOCOL), "malformed ERROR frame"
+    return int(_ERR.unpack_from(body)[0]), body[2:].decode("utf-8", "replace")

@@ -1,0 +1,1358 @@
+"""The agentmesh network hub: directory, durable store-and-forward and routing over TCP (+TLS).
+
+Run it as ``agentmesh-hub --host H --port P --store PATH`` (or ``python -m agentmesh.hub_server``)
+or embed it::
+
+    server = NetworkHubServer(port=0)
+    server.start(block=False)      # returns once it listens
+    print(server.port)
+    ...
+    server.stop()
+
+The hub sees public bundles and routes opaque envelopes; it never holds a key that could open or
+forge one. The design (framing, registration, group commit, delivery before commit, limits) is
+described in ``docs/hub.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import signal
+import socket
+import ssl
+import sys
+import threading
+from collections import deque
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Any, TypeVar
+
+from agentmesh.hub_protocol import (
+    CHALLENGE_SIZE,
+    DEFAULT_MAX_FRAME_SIZE,
+    DEFAULT_PORT,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    FrameDecoder,
+    FrameType,
+    Op,
+    ProtocolError,
+    Welcome,
+    check_agent_id,
+    decode_hello,
+    decode_register,
+    decode_request,
+    decode_send,
+    encode_deliver,
+    encode_error,
+    encode_frame,
+    encode_response,
+    encode_send_ack,
+    encode_send_error,
+    encode_welcome,
+    iter_acks,
+)
+from agentmesh.hub_store import (
+    HubBackend,
+    SQLiteBackend,
+    StoreError,
+    StoreState,
+    default_store_path,
+    ephemeral_store_path,
+)
+
+__all__ = ["HubLimits", "NetworkHubServer", "main"]
+
+log = logging.getLogger("agentmesh.hub")
+
+_T = TypeVar("_T")
+
+MiB = 1024 * 1024
+
+
+@dataclass
+class HubLimits:
+    """Every bound the hub enforces. Defaults suit one hub serving thousands of agents."""
+
+    #: Largest frame (type byte + body) accepted from a client. An envelope can be up to this
+    #: minus 265 bytes (SEND header and recipient id).
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
+    #: Open connections (handshaking, lookup and agent); one more gets an ERROR and is closed.
+    max_connections: int = 1024
+    #: Seconds from TCP accept to a completed HELLO + REGISTER/LOOKUP (TLS handshake included).
+    handshake_timeout: float = 10.0
+    #: A connection that sends no complete frame for this long is closed. Clients answer the
+    #: hub's pings, so a live idle client is never dropped.
+    idle_timeout: float = 60.0
+    #: The hub pings a connection that has been silent for this long (must be < idle_timeout).
+    ping_interval: float = 20.0
+    #: Envelopes queued (not yet acknowledged) for one agent; beyond it sends are refused with
+    #: an "inbox full" SEND_ERROR.
+    max_queued_per_agent: int = 100_000
+    #: Bytes queued for one agent, same treatment.
+    max_queued_bytes_per_agent: int = 1024 * MiB
+    #: Deliveries in flight (sent, not acknowledged) per recipient connection.
+    delivery_window: int = 1024
+    #: Envelopes held in memory for an online recipient beyond the window; past it the hub
+    #: reads them back from the store when the recipient catches up.
+    delivery_buffer: int = 8192
+    #: Outgoing bytes buffered per connection before the hub stops delivering to it and stops
+    #: reading from it (backpressure).
+    max_write_buffer: int = 8 * MiB
+    #: Bytes of envelopes received from one connection and not yet committed; past it the hub
+    #: stops reading from that connection until the store catches up.
+    max_uncommitted_bytes: int = 32 * MiB
+    #: Distinct agent ids the directory accepts.
+    max_agents: int = 1_000_000
+    #: Concurrent lookup requests per connection.
+    max_pending_requests: int = 256
+
+    def validate(self) -> HubLimits:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"HubLimits.{f.name} must be a positive number, got {value!r}")
+        if self.ping_interval >= self.idle_timeout:
+            raise ValueError("HubLimits.ping_interval must be smaller than idle_timeout")
+        if self.max_frame_size < 4096:
+            raise ValueError("HubLimits.max_frame_size must be at least 4096")
+        return self
+
+
+# Connection states
+_AWAIT_HELLO = 0
+_AWAIT_AUTH = 1
+_LOOKUP = 2
+_AGENT = 3
+_CLOSING = 4
+_CLOSED = 5
+
+
+class _AgentState:
+    """Per known agent: its queue size and its current delivery connection."""
+
+    __slots__ = ("bytes", "conn", "count", "puts", "uncommitted")
+
+    def __init__(self, count: int = 0, nbytes: int = 0) -> None:
+        self.count = count  # queued, unacknowledged envelopes
+        self.bytes = nbytes
+        self.uncommitted = 0  # accepted, not yet committed
+        self.puts = 0  # envelopes ever accepted in this run (change detector)
+        self.conn: _Conn | None = None
+
+
+class _Hub:
+    """Routing core; lives in the event loop thread."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        store: HubBackend,
+        state: StoreState,
+        limits: HubLimits,
+        crypto: ModuleType | None,
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self.loop = loop
+        self.store = store
+        self.limits = limits
+        self.crypto = crypto
+        self.hub_id = state.hub_id
+        self.conns: set[_Conn] = set()
+        self.agents: dict[str, _AgentState] = {a: _AgentState() for a in state.agents}
+        for rcpt, (n, b) in state.queues.items():
+            st = self.agents.setdefault(rcpt, _AgentState())
+            st.count, st.bytes = n, b
+        self.progress: dict[str, tuple[bytes, int]] = {}
+        self.closing = False
+        self._on_fatal = on_fatal
+        store.on_commit = self._on_commit
+        store.on_fatal = on_fatal
+        self._housekeeper: asyncio.Task[None] | None = None
+
+    # ---- commits -----------------------------------------------------------------------------
+
+    def _on_commit(self, tokens: list[Any]) -> None:
+        touched: dict[_Conn, int] = {}
+        recipients: set[_AgentState] = set()
+        for conn, cseq, size, ast in tokens:
+            conn.uncommitted.popleft()
+            conn.uncommitted_bytes -= size
+            touched[conn] = cseq
+            ast.uncommitted -= 1
+            recipients.add(ast)
+        for conn, cseq in touched.items():
+            if conn.agent_id is not None:
+                self.progress[conn.agent_id] = (conn.session, cseq)
+            if conn.state != _AGENT:
+                continue
+            ack = conn.uncommitted[0] - 1 if conn.uncommitted else conn.last_seen_seq
+            if ack > conn.last_ack_sent:
+                conn.last_ack_sent = ack
+                conn.write(encode_send_ack(ack))
+            if conn.uncommitted_bytes <= self.limits.max_uncommitted_bytes:
+                conn.resume("commit")
+        for ast in recipients:
+            rc = ast.conn
+            if rc is not None and rc.db_mode:
+                rc.schedule_fetch()
+
+    # ---- housekeeping --------------------------------------------------------------------
+
+    def start_housekeeping(self) -> None:
+        self._housekeeper = self.loop.create_task(self._housekeeping())
+
+    async def _housekeeping(self) -> None:
+        lim = self.limits
+        tick = max(0.05, min(1.0, lim.ping_interval / 4, lim.handshake_timeout / 4))
+        ping = encode_frame(FrameType.PING)
+        while True:
+            await asyncio.sleep(tick)
+            now = self.loop.time()
+            for c in list(self.conns):
+                if c.state < _LOOKUP:
+                    if now - c.opened > lim.handshake_timeout:
+                        c.fail(ErrorCode.HANDSHAKE_TIMEOUT, "handshake timed out")
+                elif c.state <= _AGENT:
+                    idle = now - c.last_rx
+                    if idle > lim.idle_timeout:
+                        c.fail(ErrorCode.IDLE_TIMEOUT, f"idle for more than {lim.idle_timeout:g}s")
+                    elif idle >= lim.ping_interval and now - c.last_ping >= lim.ping_interval:
+                        c.last_ping = now
+                        c.write(ping)
+
+    async def shutdown(self) -> None:
+        self.closing = True
+        if self._housekeeper is not None:
+            self._housekeeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._housekeeper
+        for c in list(self.conns):
+            c.pause("shutdown")
+        # Everything accepted gets committed and acknowledged before the connections close.
+        with contextlib.suppress(Exception):
+            await self.store.barrier()
+        for c in list(self.conns):
+            c.fail(ErrorCode.SHUTTING_DOWN, "hub is shutting down", level=logging.DEBUG)
+        for _ in range(50):
+            if not self.conns:
+                break
+            await asyncio.sleep(0.02)
+        for c in list(self.conns):
+            c.abort()
+
+
+class _Conn(asyncio.Protocol):
+    """One client connection (server side)."""
+
+    def __init__(self, hub: _Hub) -> None:
+        self.hub = hub
+        self.loop = hub.loop
+        self.limits = hub.limits
+        self.transport: asyncio.Transport | None = None
+        self.state = _AWAIT_HELLO
+        self.decoder = FrameDecoder(hub.limits.max_frame_size)
+        self.out: list[bytes] = []
+        self.out_scheduled = False
+        now = self.loop.time()
+        self.opened = now
+        self.last_rx = now
+        self.last_ping = now
+        self.peer = "?"
+        self.challenge: bytes | None = None
+        self.agent_id: str | None = None
+        self.agent: _AgentState | None = None
+        self.session = b""
+        self.blocked = False
+        self.backlog: deque[tuple[int, bytes]] = deque()
+        self.paused_by: set[str] = set()
+        self.write_paused = False
+        self.requests = 0
+        # sending side
+        self.uncommitted: deque[int] = deque()
+        self.uncommitted_bytes = 0
+        self.last_seen_seq = 0
+        self.last_ack_sent = 0
+        self.dedup_floor = 0
+        # delivery side
+        self.inflight: dict[int, int] = {}
+        self.mem: deque[tuple[int, bytes]] = deque()
+        self.cursor = 0
+        self.db_mode = False
+        self.fetching = False
+        self.refetch = False
+
+    def __repr__(self) -> str:
+        who = self.agent_id if self.agent_id is not None else "-"
+        return f"<conn {self.peer} agent={who}>"
+
+    # ---- asyncio callbacks -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        hub = self.hub
+        if hub.closing:
+            self.fail(ErrorCode.SHUTTING_DOWN, "hub is shutting down", level=logging.DEBUG)
+            return
+        if len(hub.conns) >= self.limits.max_connections:
+            log.warning("refusing %s: %d connections open", self.peer, len(hub.conns))
+            self.fail(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections", level=logging.DEBUG)
+            return
+        hub.conns.add(self)
+        high = self.limits.max_write_buffer
+        transport.set_write_buffer_limits(high=high, low=high // 4)
+        log.debug("connection from %s", self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = _CLOSED
+        hub = self.hub
+        hub.conns.discard(self)
+        ast = self.agent
+        if ast is not None and ast.conn is self:
+            ast.conn = None
+        self.inflight.clear()
+        self.mem.clear()
+        self.backlog.clear()
+        self.out.clear()
+        if self.agent_id is not None:
+            log.info("agent %r disconnected (%s)", self.agent_id, self.peer)
+        else:
+            log.debug("connection %s closed", self.peer)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.pause("write")
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.resume("write")
+        if self.state == _AGENT:
+            self.refill()
+
+    def eof_received(self) -> bool:
+        # A half-closed client gets nothing more: close our side too.
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        if self.state >= _CLOSING:
+            return
+        try:
+            frames = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self.fail(exc.code, exc.message)
+            return
+        if not frames:
+            return
+        self.last_rx = self.loop.time()
+        if self.blocked:
+            self.backlog.extend(frames)
+            return
+        self._process(frames)
+
+    # ---- frame processing ------------------------------------------------------------------
+
+    def _process(self, frames: list[tuple[int, bytes]] | deque[tuple[int, bytes]]) -> None:
+        n = len(frames)
+        for i in range(n):
+            if self.state >= _CLOSING:
+                return
+            ftype, body = frames[i]
+            try:
+                if ftype == FrameType.SEND:
+                    self._on_send(body)
+                elif ftype == FrameType.DELIVERY_ACK:
+                    self._on_acks(body)
+                else:
+                    coro = self._on_other(ftype, body)
+                    if coro is not None:
+                        self.blocked = True
+                        self.pause("block")
+                        for j in range(i + 1, n):
+                            self.backlog.append(frames[j])
+                        self.loop.create_task(self._run_blocking(coro))
+                        return
+            except ProtocolError as exc:
+                self.fail(exc.code, exc.message)
+                return
+            except Exception as exc:  # a bug must not take the hub down
+                log.exception("internal error on %r", self)
+                self.fail(ErrorCode.INTERNAL, f"internal hub error: {type(exc).__name__}")
+                return
+
+    async def _run_blocking(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except ProtocolError as exc:
+            self.fail(exc.code, exc.message)
+        except Exception as exc:
+            log.exception("internal error on %r", self)
+            self.fail(ErrorCode.INTERNAL, f"internal hub error: {type(exc).__name__}")
+        self.blocked = False
+        if self.state >= _CLOSING:
+            return
+        self.resume("block")
+        if self.backlog:
+            frames = list(self.backlog)
+            self.backlog.clear()
+            self._process(frames)
+
+    def _on_other(self, ftype: int, body: bytes) -> Coroutine[Any, Any, None] | None:
+        state = self.state
+        if state == _AWAIT_HELLO and ftype != FrameType.HELLO:
+            raise ProtocolError(ErrorCode.PROTOCOL, "expected HELLO")
+        if ftype == FrameType.PING:
+            if len(body) > 64:
+                raise ProtocolError(ErrorCode.PROTOCOL, "PING body longer than 64 bytes")
+            self.write(encode_frame(FrameType.PONG, body))
+            return None
+        if ftype == FrameType.PONG:
+            return None
+        if state == _AWAIT_HELLO:
+            version = decode_hello(body)
+            if version != PROTOCOL_VERSION:
+                raise ProtocolError(
+                    ErrorCode.UNSUPPORTED_VERSION,
+                    f"hub speaks protocol version {PROTOCOL_VERSION}, client sent {version}",
+                )
+            self.challenge = os.urandom(CHALLENGE_SIZE)
+            lim = self.limits
+            self.write(
+                encode_welcome(
+                    Welcome(
+                        PROTOCOL_VERSION,
+                        self.challenge,
+                        self.hub.hub_id,
+                        lim.max_frame_size,
+                        lim.ping_interval,
+                        lim.delivery_window,
+                    )
+                )
+            )
+            self.state = _AWAIT_AUTH
+            return None
+        if ftype == FrameType.REGISTER:
+            if state not in (_AWAIT_AUTH, _LOOKUP):
+                raise ProtocolError(ErrorCode.PROTOCOL, "REGISTER not allowed now")
+            return self._register(body)
+        if ftype == FrameType.LOOKUP:
+            if state != _AWAIT_AUTH:
+                raise ProtocolError(ErrorCode.PROTOCOL, "LOOKUP not allowed now")
+            self.state = _LOOKUP
+            self._ready({"mode": "lookup"})
+            log.debug("lookup connection from %s", self.peer)
+            return None
+        if ftype == FrameType.REQUEST:
+            if state not in (_LOOKUP, _AGENT):
+                raise ProtocolError(ErrorCode.PROTOCOL, "REQUEST before REGISTER/LOOKUP")
+            self._on_request(body)
+            return None
+        if ftype == FrameType.ERROR:
+            self.close()
+            return None
+        if ftype == FrameType.HELLO:
+            raise ProtocolError(ErrorCode.PROTOCOL, "duplicate HELLO")
+        raise ProtocolError(
+            ErrorCode.PROTOCOL, f"frame type 0x{ftype:02x} is not accepted by the hub"
+        )
+
+    def _ready(self, info: dict[str, Any]) -> None:
+        self.write(encode_frame(FrameType.READY, json.dumps(info).encode()))
+
+    # ---- registration ------------------------------------------------------------------------
+
+    async def _register(self, body: bytes) -> None:
+        signature, session, bundle = decode_register(body)
+        challenge = self.challenge
+        self.challenge = None
+        if challenge is None:
+            raise ProtocolError(ErrorCode.PROTOCOL, "challenge already used")
+        crypto = self.hub.crypto
+        if crypto is None:
+            raise ProtocolError(ErrorCode.INTERNAL, "hub has no crypto module")
+        try:
+            agent_id = crypto.verify_bundle(bundle)
+        except Exception as exc:
+            raise ProtocolError(ErrorCode.BAD_REGISTRATION, f"invalid bundle: {exc}") from None
+        try:
+            check_agent_id(agent_id)
+        except ValueError as exc:
+            raise ProtocolError(ErrorCode.BAD_REGISTRATION, f"invalid agent id: {exc}") from None
+        try:
+            ok = bool(crypto.verify_challenge(bundle, challenge, signature))
+        except Exception:
+            ok = False
+        if not ok:
+            log.warning("registration of %r from %s: bad challenge signature", agent_id, self.peer)
+            raise ProtocolError(
+                ErrorCode.BAD_REGISTRATION,
+                "challenge signature does not verify against the bundle's identity key",
+            )
+        identity_key = bundle.get("identity_key")
+        if not isinstance(identity_key, str):
+            raise ProtocolError(ErrorCode.BAD_REGISTRATION, "bundle has no identity_key")
+        hub = self.hub
+        if agent_id not in hub.agents and len(hub.agents) >= self.limits.max_agents:
+            raise ProtocolError(ErrorCode.TOO_MANY_AGENTS, "the hub's directory is full")
+        result = await hub.store.bind_agent(agent_id, identity_key, bundle, session)
+        if self.state >= _CLOSING:
+            return
+        if not result.ok:
+            log.warning(
+                "refused %s: agent id %r is bound to another identity key", self.peer, agent_id
+            )
+            raise ProtocolError(
+                ErrorCode.ID_TAKEN,
+                f"agent id {agent_id!r} is registered with another identity key",
+            )
+        ast = hub.agents.get(agent_id)
+        if ast is None:
+            ast = hub.agents[agent_id] = _AgentState()
+        old = ast.conn
+        if old is not None and old is not self:
+            ast.conn = None
+            old.fail(
+                ErrorCode.REPLACED,
+                f"agent {agent_id!r} registered again on another connection",
+                level=logging.INFO,
+            )
+            # Every send the old connection had accepted is committed after this barrier.
+            await hub.store.barrier()
+            if self.state >= _CLOSING:
+                return
+        prog = hub.progress.get(agent_id)
+        # Progress of this run (in memory) is newer than what the store knew at bind time.
+        acked = result.acked_seq if prog is None else (prog[1] if prog[0] == session else 0)
+        self.agent_id = agent_id
+        self.agent = ast
+        self.session = session
+        self.dedup_floor = acked
+        self.last_seen_seq = acked
+        self.last_ack_sent = acked
+        self.state = _AGENT
+        ast.conn = self
+        self._ready(
+            {"mode": "agent", "agent_id": agent_id, "acked_seq": acked, "queued": ast.count}
+        )
+        log.info(
+            "agent %r registered from %s (%s, %d queued)",
+            agent_id,
+            self.peer,
+            "new" if result.created else "known",
+            ast.count,
+        )
+        # Deliver everything queued, from the store, then switch to live delivery.
+        self.cursor = 0
+        self.db_mode = True
+        self.schedule_fetch()
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    def _on_send(self, body: bytes) -> None:
+        cseq, recipient, envelope = decode_send(body)
+        if self.state != _AGENT:
+            if self.state == _LOOKUP:
+                self.write(
+                    encode_send_error(
+                        cseq,
+                        ErrorCode.NOT_AUTHENTICATED,
+                        "only registered agents may send envelopes",
+                    )
+                )
+                return
+            raise ProtocolError(ErrorCode.PROTOCOL, "SEND before REGISTER")
+        if cseq <= self.last_seen_seq:
+            if cseq <= self.dedup_floor:
+                # Already committed in an earlier connection of this client session.
+                if not self.uncommitted:
+                    self.write(encode_send_ack(self.last_seen_seq))
+                return
+            raise ProtocolError(ErrorCode.PROTOCOL, "send sequence numbers must increase")
+        self.last_seen_seq = cseq
+        hub = self.hub
+        ast = hub.agents.get(recipient)
+        if ast is None:
+            self._reject(cseq, ErrorCode.PEER_NOT_FOUND, f"Peer {recipient!r} not found on hub")
+            return
+        crypto = hub.crypto
+        if crypto is not None:
+            try:
+                env = crypto.Envelope.from_bytes(envelope)
+                sender, stated = env.sender, env.recipient
+            except Exception as exc:
+                self._reject(cseq, ErrorCode.BAD_ENVELOPE, f"malformed envelope: {exc}")
+                return
+            if sender != self.agent_id:
+                self._reject(
+                    cseq,
+                    ErrorCode.ENVELOPE_MISMATCH,
+                    f"envelope sender {sender!r} is not the registered agent {self.agent_id!r}",
+                )
+                return
+            if stated != recipient:
+                self._reject(
+                    cseq,
+                    ErrorCode.ENVELOPE_MISMATCH,
+                    f"envelope is addressed to {stated!r}, not {recipient!r}",
+                )
+                return
+        size = len(envelope)
+        lim = self.limits
+        if (
+            ast.count >= lim.max_queued_per_agent
+            or ast.bytes + size > lim.max_queued_bytes_per_agent
+        ):
+            self._reject(
+                cseq,
+                ErrorCode.INBOX_FULL,
+                f"inbox full: {recipient!r} has {ast.count} envelopes queued",
+            )
+            return
+        store = hub.store
+        hseq, early = store.next_seq()
+        ast.count += 1
+        ast.bytes += size
+        ast.uncommitted += 1
+        ast.puts += 1
+        store.put(recipient, hseq, envelope, (self, cseq, size, ast))
+        store.note_progress(self.agent_id, self.session, cseq)  # type: ignore[arg-type]
+        self.uncommitted.append(cseq)
+        self.uncommitted_bytes += size
+        if self.uncommitted_bytes > lim.max_uncommitted_bytes:
+            self.pause("commit")
+        rc = ast.conn
+        if rc is not None and not rc.db_mode:
+            if early:
+                rc.offer(hseq, envelope)
+            else:
+                rc.enter_db_mode()
+
+    def _reject(self, cseq: int, code: ErrorCode, message: str) -> None:
+        log.debug("send %d from %r refused: %s", cseq, self.agent_id, message)
+        self.write(encode_send_error(cseq, code, message))
+        if not self.uncommitted and cseq > self.last_ack_sent:
+            self.last_ack_sent = cseq
+            self.write(encode_send_ack(cseq))
+
+    # ---- delivering --------------------------------------------------------------------------
+
+    def offer(self, hseq: int, envelope: bytes) -> None:
+        """A new envelope for this (online, live-mode) recipient."""
+        if (
+            not self.mem
+            and not self.write_paused
+            and len(self.inflight) < self.limits.delivery_window
+        ):
+            self.inflight[hseq] = len(envelope)
+            self.cursor = hseq
+            self.write(encode_deliver(hseq, envelope))
+            return
+        self.mem.append((hseq, envelope))
+        if len(self.mem) > self.limits.delivery_buffer:
+            self.enter_db_mode()
+
+    def enter_db_mode(self) -> None:
+        # The envelopes in memory are (or will be) in the store: read them back from there.
+        self.mem.clear()
+        self.db_mode = True
+
+    def refill(self) -> None:
+        window = self.limits.delivery_window
+        inflight = self.inflight
+        mem = self.mem
+        while mem and len(inflight) < window and not self.write_paused:
+            hseq, env = mem.popleft()
+            inflight[hseq] = len(env)
+            self.cursor = hseq
+            self.write(encode_deliver(hseq, env))
+        if self.db_mode and len(inflight) < window and not self.write_paused:
+            self.schedule_fetch()
+
+    def schedule_fetch(self) -> None:
+        if self.state != _AGENT:
+            return
+        if self.fetching:
+            self.refetch = True
+            return
+        self.fetching = True
+        self.loop.create_task(self._fetch())
+
+    async def _fetch(self) -> None:
+        try:
+            while True:
+                self.refetch = False
+                await self._fetch_once()
+                if not self.refetch or self.state != _AGENT:
+                    break
+        except Exception:
+            log.exception("reading the inbox of %r failed", self.agent_id)
+            self.fail(ErrorCode.INTERNAL, "hub store read failed")
+        finally:
+            self.fetching = False
+
+    async def _fetch_once(self) -> None:
+        ast = self.agent
+        assert ast is not None and self.agent_id is not None
+        window = self.limits.delivery_window
+        store = self.hub.store
+        while self.db_mode and self.state == _AGENT and not self.write_paused:
+            room = window - len(self.inflight)
+            if room <= 0:
+                return
+            want = min(room, 512)
+            puts_before = ast.puts
+            rows = await store.fetch(self.agent_id, self.cursor, want)
+            if self.state != _AGENT or ast.conn is not self:
+                return
+            for hseq, env in rows:
+                if hseq > self.cursor:
+                    self.inflight[hseq] = len(env)
+                    self.cursor = hseq
+                    self.write(encode_deliver(hseq, env))
+            if len(rows) < want:
+                # Caught up with the store. Live delivery may resume if nothing accepted for
+                # this recipient is still waiting for its commit (else the commit re-pumps).
+                if ast.uncommitted == 0 and ast.puts == puts_before:
+                    self.db_mode = False
+                return
+
+    def _on_acks(self, body: bytes) -> None:
+        ids = iter_acks(body)
+        if self.state != _AGENT:
+            raise ProtocolError(ErrorCode.PROTOCOL, "DELIVERY_ACK before REGISTER")
+        ast = self.agent
+        assert ast is not None and self.agent_id is not None
+        inflight = self.inflight
+        store = self.hub.store
+        agent_id = self.agent_id
+        for i in ids:
+            size = inflight.pop(i, None)
+            if size is None:
+                continue  # unknown or already acknowledged: ignore
+            ast.count -= 1
+            ast.bytes -= size
+            store.ack(agent_id, i)
+        self.refill()
+
+    # ---- lookups -----------------------------------------------------------------------------
+
+    def _on_request(self, body: bytes) -> None:
+        rid, op, arg = decode_request(body)
+        if self.requests >= self.limits.max_pending_requests:
+            self.write(encode_response(rid, ErrorCode.BAD_REQUEST, b"too many concurrent requests"))
+            return
+        self.requests += 1
+        self.loop.create_task(self._answer(rid, op, arg))
+
+    async def _answer(self, rid: int, op: int, arg: str) -> None:
+        hub = self.hub
+        try:
+            result: Any
+            if op == Op.GET_BUNDLE:
+                result = await hub.store.get_bundle(arg) if arg in hub.agents else None
+            elif op == Op.LIST_AGENTS:
+                result = sorted(hub.agents)
+            elif op == Op.MESSAGE_COUNT:
+                result = hub.store.message_count
+            else:
+                self.write(encode_response(rid, ErrorCode.BAD_REQUEST, f"unknown op {op}".encode()))
+                return
+            payload = json.dumps(result, separators=(",", ":")).encode()
+            limit = self.limits.max_frame_size - 16
+            if len(payload) > limit and isinstance(result, list):
+                log.warning("list_agents answer truncated to fit one frame")
+                while len(payload) > limit:
+                    result = result[: len(result) * 3 // 4]
+                    payload = json.dumps(result, separators=(",", ":")).encode()
+            self.write(encode_response(rid, 0, payload))
+        except Exception as exc:
+            log.exception("request %d failed", op)
+            self.write(encode_response(rid, ErrorCode.INTERNAL, str(exc).encode()))
+        finally:
+            self.requests -= 1
+
+    # ---- output and closing ------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.state >= _CLOSED:
+            return
+        self.out.append(data)
+        if not self.out_scheduled:
+            self.out_scheduled = True
+            self.loop.call_soon(self.flush_out)
+
+    def flush_out(self) -> None:
+        self.out_scheduled = False
+        out = self.out
+        if not out:
+            return
+        t = self.transport
+        if t is None or self.state >= _CLOSED or t.is_closing():
+            out.clear()
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        t.write(data)
+
+    def pause(self, reason: str) -> None:
+        if not self.paused_by and self.transport is not None and self.state < _CLOSING:
+            with contextlib.suppress(Exception):
+                self.transport.pause_reading()
+        self.paused_by.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self.paused_by:
+            return
+        self.paused_by.discard(reason)
+        if not self.paused_by and self.transport is not None and self.state < _CLOSING:
+            with contextlib.suppress(Exception):
+                self.transport.resume_reading()
+
+    def fail(self, code: int, message: str, level: int = logging.INFO) -> None:
+        """Send an ERROR frame and close."""
+        if self.state >= _CLOSING:
+            return
+        log.log(level, "closing %r: %s", self, message)
+        self.write(encode_error(code, message))
+        self.flush_out()
+        self.close()
+
+    def close(self) -> None:
+        if self.state >= _CLOSING:
+            return
+        self.state = _CLOSING
+        t = self.transport
+        if t is None:
+            return
+        t.close()
+        # A peer that never reads would keep the transport (and its buffer) forever.
+        self.loop.call_later(2.0, self.abort)
+
+    def abort(self) -> None:
+        if self.state != _CLOSED and self.transport is not None:
+            self.transport.abort()
+
+
+# --------------------------------------------------------------------------------------------
+# The server object
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return asyncio.new_event_loop()
+    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
+    return loop
+
+
+def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    exc = context.get("exception")
+    if isinstance(exc, (ConnectionError, ssl.SSLError, TimeoutError)):
+        log.debug("connection error: %s", exc)
+        return
+    loop.default_exception_handler(context)
+
+
+class NetworkHubServer:
+    """The network hub.
+
+    ``NetworkHubServer(host="127.0.0.1", port=7700, store_path=None, *, tls_cert=None,
+    tls_key=None, limits=None, synchronous="FULL", backend=None, **limit_overrides)``
+
+    - ``port=0`` picks a free port; read it from :attr:`port` after :meth:`start`.
+    - ``store_path=None``: with a fixed port, a persistent file at
+      :func:`agentmesh.hub_store.default_store_path` (``hub-<host>-<port>.sqlite3`` in the
+      user data directory); with ``port=0``, a private temporary store removed on clean stop.
+    - ``tls_cert``/``tls_key``: PEM files; when given the hub speaks only TLS.
+    - ``limits``: a :class:`HubLimits`; keyword overrides of its fields are accepted directly
+      (``NetworkHubServer(port=0, idle_timeout=2.0, ping_interval=0.5)``).
+    - ``synchronous``: ``"FULL"`` (default: every commit is fsync'ed) or ``"NORMAL"`` (survives a
+      killed hub, not a power cut).
+    - ``backend``: another :class:`agentmesh.hub_store.HubBackend` instead of SQLite.
+    """
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = DEFAULT_PORT,
+        store_path: str | os.PathLike[str] | None = None,
+        *,
+        tls_cert: str | os.PathLike[str] | None = None,
+        tls_key: str | os.PathLike[str] | None = None,
+        limits: HubLimits | None = None,
+        synchronous: str = "FULL",
+        backend: HubBackend | None = None,
+        **limit_overrides: Any,
+    ) -> None:
+        if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
+            raise ValueError(f"port must be an integer in 0..65535, got {port!r}")
+        if (tls_cert is None) != (tls_key is None):
+            raise ValueError("tls_cert and tls_key must be given together")
+        base = limits if limits is not None else HubLimits()
+        names = {f.name for f in dataclasses.fields(HubLimits)}
+        unknown = set(limit_overrides) - names
+        if unknown:
+            raise TypeError(f"unknown hub setting(s): {', '.join(sorted(unknown))}")
+        self.limits = dataclasses.replace(base, **limit_overrides).validate()
+        self.host = host
+        self.port = port
+        self.requested_port = port
+        self.tls_cert = Path(tls_cert) if tls_cert is not None else None
+        self.tls_key = Path(tls_key) if tls_key is not None else None
+        self.synchronous = synchronous.upper()
+        if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
+        self._backend = backend
+        self.store_path: Path | None = Path(store_path) if store_path is not None else None
+        self._ephemeral = False
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._stop_event: asyncio.Event | None = None
+        self._hub: _Hub | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._started = threading.Event()
+        self._stopped = threading.Event()
+        self._start_error: BaseException | None = None
+        self.fatal_error: BaseException | None = None
+        self._running = False
+        self._client_lock = threading.Lock()
+        self._client_hub: Any = None
+
+    # ---- properties ------------------------------------------------------------------------
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    @property
+    def tls(self) -> bool:
+        return self.tls_cert is not None
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def __repr__(self) -> str:
+        return f"NetworkHubServer({self.host!r}, {self.port})"
+
+    # ---- starting and stopping -------------------------------------------------------------
+
+    def start(self, block: bool = True) -> None:
+        """Serve. ``block=True`` runs in this thread until :meth:`stop` (or SIGTERM/SIGINT when
+        this is the main thread); ``block=False`` runs in a background thread and returns once
+        the hub listens (raising what prevented it from starting)."""
+        if self._running or self._thread is not None:
+            raise RuntimeError("this hub server is already started")
+        if block:
+            self._run_blocking()
+            return
+        self._started.clear()
+        self._stopped.clear()
+        self._start_error = None
+        self._thread = threading.Thread(target=self._thread_main, name="agentmesh-hub", daemon=True)
+        self._thread.start()
+        self._started.wait()
+        if self._start_error is not None:
+            self._thread.join()
+            self._thread = None
+            raise self._start_error
+
+    def _run_blocking(self, on_listening: Callable[[NetworkHubServer], None] | None = None) -> None:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "start(block=True) cannot run inside a running event loop; "
+                "use 'await server.serve()' or start(block=False)"
+            )
+        loop = _new_loop()
+        loop.set_exception_handler(_quiet_exception_handler)
+        try:
+            asyncio.set_event_loop(loop)
+            loop.run_until_complete(self.serve(on_listening=on_listening, signals=True))
+        finally:
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            asyncio.set_event_loop(None)
+            loop.close()
+        if self.fatal_error is not None:
+            raise self.fatal_error
+
+    def _thread_main(self) -> None:
+        loop = _new_loop()
+        loop.set_exception_handler(_quiet_exception_handler)
+        asyncio.set_event_loop(loop)
+        try:
+            loop.run_until_complete(self.serve())
+        except BaseException as exc:
+            if not self._started.is_set():
+                self._start_error = exc
+            else:
+                log.error("hub stopped with an error: %s", exc)
+        finally:
+            self._started.set()
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.close()
+            self._stopped.set()
+
+    async def serve(
+        self,
+        *,
+        on_listening: Callable[[NetworkHubServer], None] | None = None,
+        signals: bool = False,
+    ) -> None:
+        """Run the hub in the current event loop until :meth:`stop` (or a fatal store error,
+        which is raised)."""
+        loop = asyncio.get_running_loop()
+        self._loop = loop
+        self._stop_event = asyncio.Event()
+        await self._startup()
+        installed: list[int] = []
+        if signals and threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                try:
+                    loop.add_signal_handler(sig, self._signal_stop, sig)
+                    installed.append(sig)
+                except (NotImplementedError, RuntimeError, ValueError):  # pragma: no cover
+                    pass
+        self._running = True
+        self._started.set()
+        try:
+            if on_listening is not None:
+                on_listening(self)
+            await self._stop_event.wait()
+        finally:
+            for signum in installed:
+                loop.remove_signal_handler(signum)
+            await self._shutdown()
+            self._running = False
+        if self.fatal_error is not None:
+            raise self.fatal_error
+
+    def _signal_stop(self, sig: int) -> None:
+        log.info("received %s, stopping", signal.Signals(sig).name)
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    def _fatal(self, exc: BaseException) -> None:
+        log.critical("fatal hub error: %s", exc)
+        if self.fatal_error is None:
+            self.fatal_error = exc
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    async def _startup(self) -> None:
+        loop = asyncio.get_running_loop()
+        crypto = _load_crypto()
+        ssl_ctx = self._server_ssl_context()
+        backend = self._backend
+        if backend is None:
+            path = self.store_path
+            if path is None:
+                if self.requested_port == 0:
+                    path = ephemeral_store_path()
+                    self._ephemeral = True
+                else:
+                    path = default_store_path(self.host, self.requested_port)
+            self.store_path = path
+            backend = SQLiteBackend(path, synchronous=self.synchronous, ephemeral=self._ephemeral)
+        state = await backend.open()
+        hub = _Hub(loop, backend, state, self.limits, crypto, self._fatal)
+        try:
+            server = await loop.create_server(
+                lambda: _Conn(hub),
+                self.host,
+                self.requested_port,
+                ssl=ssl_ctx,
+                ssl_handshake_timeout=self.limits.handshake_timeout if ssl_ctx else None,
+                backlog=min(4096, max(128, self.limits.max_connections)),
+                reuse_address=True,
+            )
+        except BaseException:
+            await backend.close()
+            raise
+        sockets = server.sockets or ()
+        if sockets:
+            self.port = int(sockets[0].getsockname()[1])
+        self._server = server
+        self._hub = hub
+        hub.start_housekeeping()
+        log.info(
+            "hub listening on %s:%d (%s%s)",
+            self.host,
+            self.port,
+            backend.description,
+            ", tls" if ssl_ctx else "",
+        )
+
+    async def _shutdown(self) -> None:
+        server, hub = self._server, self._hub
+        if server is not None:
+            server.close()
+        if hub is not None:
+            await hub.shutdown()
+            await hub.store.close()
+        if server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2.0)
+        self._server = None
+        self._hub = None
+        log.info("hub stopped")
+
+    def _server_ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None or self.tls_key is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+        return ctx
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Stop serving: commit and acknowledge what was accepted, close every connection and
+        the store. Safe to call from any thread, and more than once."""
+        with self._client_lock:
+            client_hub, self._client_hub = self._client_hub, None
+        if client_hub is not None:
+            try:
+                client_hub.close()
+            except Exception as exc:  # pragma: no cover - best effort
+                log.debug("closing the in-process client hub: %s", exc)
+        loop, ev = self._loop, self._stop_event
+        if loop is not None and ev is not None and not loop.is_closed():
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(ev.set)
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+            self._thread = None
+
+    def __enter__(self) -> NetworkHubServer:
+        if not self._running:
+            self.start(block=False)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- read-only views (any thread but the hub's own) ------------------------------------
+
+    def _call(self, fn: Callable[[_Hub], Coroutine[Any, Any, _T]]) -> _T:
+        loop, hub = self._loop, self._hub
+        if loop is None or hub is None or not self._running:
+            raise RuntimeError("the hub server is not running")
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is loop:
+            raise RuntimeError("call this from another thread than the hub's event loop")
+        return asyncio.run_coroutine_threadsafe(fn(hub), loop).result(30)
+
+    def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        return self._call(lambda hub: hub.store.get_bundle(agent_id))
+
+    # ---- the common hub interface: agents in this process use the server like any hub -----
+
+    def client_hub(self) -> Any:
+        """An :class:`agentmesh.hubs.NetworkHub` connected to this server (made on first use),
+        through which :meth:`register` and :meth:`deliver` work, so ``Agent(..., hub=server)``
+        behaves as with ``NetworkHub(host, server.port)``. For a TLS hub it trusts the server's
+        own certificate file (right for a self-signed one)."""
+        with self._client_lock:
+            if self._client_hub is None:
+                if not self._running:
+                    raise RuntimeError("the hub server is not running: start() it first")
+                from agentmesh.hubs import NetworkHub
+
+                ctx = None
+                if self.tls_cert is not None:
+                    ctx = ssl.create_default_context(cafile=str(self.tls_cert))
+                self._client_hub = NetworkHub(_connect_host(self.host), self.port, ssl=ctx)
+            return self._client_hub
+
+    def register(self, agent: Any) -> None:
+        self.client_hub().register(agent)
+
+    def unregister(self, agent: Any) -> None:
+        if self._client_hub is not None:
+            self._client_hub.unregister(agent)
+
+    def deliver(self, envelope: Any) -> None:
+        self.client_hub().deliver(envelope)
+
+    def list_agents(self) -> list[str]:
+        async def go(hub: _Hub) -> list[str]:
+            return sorted(hub.agents)
+
+        return self._call(go)
+
+    def message_count(self) -> int:
+        async def go(hub: _Hub) -> int:
+            return hub.store.message_count
+
+        return self._call(go)
+
+
+def _connect_host(host: str) -> str:
+    """Where a client on this machine reaches a server listening on ``host``."""
+    if host in ("", "0.0.0.0"):
+        return "127.0.0.1"
+    if host == "::":
+        return "::1"
+    return host
+
+
+def _load_crypto() -> ModuleType:
+    from agentmesh import crypto
+
+    return crypto
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def _positive(kind: type) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        return value
+
+    return parse
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"port out of range 0..65535: {text!r}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    d = HubLimits()
+    p = argparse.ArgumentParser(
+        prog="agentmesh-hub",
+        description="Run an agentmesh network hub (directory + durable store-and-forward).",
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument(
+        "--port", type=_port, default=DEFAULT_PORT, help="TCP port; 0 picks a free one (7700)"
+    )
+    p.add_argument(
+        "--store",
+        metavar="PATH",
+        help="SQLite store file (default: hub-HOST-PORT.sqlite3 in the user data directory; "
+        "a temporary store removed on stop with --port 0)",
+    )
+    p.add_argument("--tls-cert", metavar="FILE", help="PEM certificate (chain); enables TLS")
+    p.add_argument("--tls-key", metavar="FILE", help="PEM private key for --tls-cert")
+    p.add_argument(
+        "--log-level",
+        default="info",
+        type=str.lower,
+        choices=["debug", "info", "warning", "error", "critical"],
+    )
+    p.add_argument(
+        "--synchronous",
+        default="full",
+        type=str.lower,
+        choices=["full", "normal"],
+        help="full: fsync every group commit (default); normal: survives a killed hub, "
+        "not a power cut",
+    )
+    p.add_argument("--max-connections", type=_positive(int), default=d.max_connections)
+    p.add_argument("--max-frame-size", type=_positive(int), default=d.max_frame_size)
+    p.add_argument("--max-queued", type=_positive(int), default=d.max_queued_per_agent)
+    p.add_argument("--handshake-timeout", type=_positive(float), default=d.handshake_timeout)
+    p.add_argument("--idle-timeout", type=_positive(float), default=d.idle_timeout)
+    p.add_argument("--ping-interval", type=_positive(float), default=d.ping_interval)
+    p.add_argument("--delivery-window", type=_positive(int), default=d.delivery_window)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``agentmesh-hub``: 0 after a clean stop (SIGTERM/SIGINT), 2 on a usage error, 1 when
+    the hub cannot start or fails (port in use, store locked or corrupt, bad TLS files)."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse: --help (0) or a usage error (2)
+        return int(exc.code) if isinstance(exc.code, int) else 2
+    if (args.tls_cert is None) != (args.tls_key is None):
+        parser.print_usage(sys.stderr)
+        print("agentmesh-hub: error: --tls-cert and --tls-key go together", file=sys.stderr)
+        return 2
+    logging.basicConfig(
+        level=getattr(logging, args.log_level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        server = NetworkHubServer(
+            args.host,
+            args.port,
+            args.store,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            synchronous=args.synchronous,
+            max_connections=args.max_connections,
+            max_frame_size=args.max_frame_size,
+            max_queued_per_agent=args.max_queued,
+            handshake_timeout=args.handshake_timeout,
+            idle_timeout=args.idle_timeout,
+            ping_interval=args.ping_interval,
+            delivery_window=args.delivery_window,
+        )
+    except (ValueError, TypeError) as exc:
+        parser.print_usage(sys.stderr)
+        print(f"agentmesh-hub: error: {exc}", file=sys.stderr)
+        return 2
+
+    def listening(srv: NetworkHubServer) -> None:
+        host = f"[{srv.host}]" if ":" in srv.host else srv.host
+        extra = ", tls" if srv.tls else ""
+        print(
+            f"agentmesh-hub listening on {host}:{srv.port} (store {srv.store_path}{extra})",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    try:
+        server._run_blocking(on_listening=listening)
+    except (OSError, StoreError, ssl.SSLError, ImportError) as exc:
+        log.critical("agentmesh-hub: %s", exc)
+        return 1
+    except Exception:
+        log.critical("agentmesh-hub failed", exc_info=True)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

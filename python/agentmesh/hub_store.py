@@ -1,0 +1,657 @@
+"""Durable state of the network hub: the directory (agent id -> identity key and bundle) and the
+inboxes (envelopes kept until their recipient acknowledges them).
+
+The server talks to one :class:`HubBackend` (a :class:`Directory` plus an :class:`Inbox`) and
+to nothing else, so another backend (NATS JetStream, say) can replace :class:`SQLiteBackend`
+without touching the server's routing or the agent layer.
+
+SQLite backend in one paragraph: one writer connection lives in one worker thread; everything
+that changes state (new envelopes, acknowledgements, bindings, sender progress, counters) is
+gathered in the event loop into a *batch* while the previous batch commits, then the whole batch
+is written in one transaction (group commit) and reported back with :attr:`HubBackend.on_commit`.
+The database runs in WAL mode with ``synchronous=FULL`` by default: a COMMIT returns only after
+the WAL is fsync'ed, so what was reported committed survives a ``kill -9`` of the hub and a power
+cut. ``synchronous="NORMAL"`` skips that fsync (the WAL is synced at checkpoints): it still
+survives a killed process (the written WAL pages are in the OS page cache) but a power cut may
+lose the last commits. Reads (catching up an inbox, bundles) use a second connection on the
+event loop thread; WAL lets them run while the writer commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import sqlite3
+import sys
+import tempfile
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "SEQ_BLOCK",
+    "BindResult",
+    "Directory",
+    "HubBackend",
+    "Inbox",
+    "SQLiteBackend",
+    "StoreError",
+    "StoreState",
+    "default_store_path",
+]
+
+log = logging.getLogger("agentmesh.hub")
+
+#: Sequence numbers are reserved durably in blocks of this size (see ``next_seq``).
+SEQ_BLOCK = 1 << 20
+
+SCHEMA_VERSION = 1
+
+
+class StoreError(Exception):
+    """The store cannot be opened (locked by another hub, corrupt, unwritable) or a commit
+    failed for good."""
+
+
+@dataclass
+class StoreState:
+    """What the server needs from the store at start-up."""
+
+    hub_id: bytes
+    agents: set[str]
+    #: recipient -> (queued envelopes, queued bytes)
+    queues: dict[str, tuple[int, int]]
+    message_count: int
+
+
+@dataclass
+class BindResult:
+    """Outcome of :meth:`Directory.bind_agent`."""
+
+    ok: bool
+    #: Highest client sequence number committed for this agent's client session (0 when the
+    #: session is new to the hub): the client forgets its unacknowledged sends up to it.
+    acked_seq: int = 0
+    created: bool = False
+
+
+def default_store_path(host: str, port: int) -> Path:
+    """Where ``NetworkHubServer(store_path=None)`` keeps its store for a fixed port.
+
+    ``$AGENTMESH_HUB_DIR`` if set, else the platform's per-user data directory
+    (``$XDG_DATA_HOME`` or ``~/.local/share`` on Linux, ``~/Library/Application Support`` on
+    macOS, ``%LOCALAPPDATA%`` on Windows) under ``agentmesh/``, file
+    ``hub-<host>-<port>.sqlite3``.
+    """
+    env = os.environ.get("AGENTMESH_HUB_DIR")
+    if env:
+        base = Path(env)
+    elif sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local")) / "agentmesh"
+    elif sys.platform == "darwin":
+        base = Path.home() / "Library" / "Application Support" / "agentmesh"
+    else:
+        xdg = os.environ.get("XDG_DATA_HOME")
+        base = (Path(xdg) if xdg else Path.home() / ".local" / "share") / "agentmesh"
+    safe_host = "".join(c if c.isalnum() or c in ".-" else "_" for c in host) or "any"
+    return base / f"hub-{safe_host}-{port}.sqlite3"
+
+
+# --------------------------------------------------------------------------------------------
+# The interface
+
+
+class Directory(ABC):
+    """Agent id -> identity key and public bundle. An id stays bound to its first key."""
+
+    @abstractmethod
+    async def bind_agent(
+        self, agent_id: str, identity_key: str, bundle: dict[str, Any], session: bytes
+    ) -> BindResult:
+        """Bind ``agent_id`` to ``identity_key`` if it is new, or update its bundle if it is
+        bound to the same key; refuse (``ok=False``) when it is bound to another key. Durable
+        when it returns, and ordered after every envelope submitted before it (so
+        ``acked_seq`` covers every send already accepted from this client session)."""
+
+    @abstractmethod
+    async def get_bundle(self, agent_id: str) -> dict[str, Any] | None: ...
+
+    @abstractmethod
+    async def list_agents(self) -> list[str]: ...
+
+
+class Inbox(ABC):
+    """Envelopes per recipient, kept in sequence order until acknowledged.
+
+    ``put``/``ack``/``note_progress`` return at once and take effect in the next commit;
+    :attr:`on_commit` is called in the event loop with the tokens of every ``put`` that the
+    commit made durable (in submission order).
+    """
+
+    #: Called as ``on_commit(tokens)`` after each commit, in the event loop thread.
+    on_commit: Callable[[list[Any]], None]
+    #: Called with the exception when the store fails for good (the hub must stop).
+    on_fatal: Callable[[BaseException], None]
+
+    @abstractmethod
+    def next_seq(self) -> tuple[int, bool]:
+        """Allocate the next hub sequence number (strictly increasing, never reused, also not
+        after a crash). The flag says whether the number is already durably reserved, so the
+        envelope may be delivered before its own commit."""
+
+    @abstractmethod
+    def put(self, recipient: str, seq: int, envelope: bytes, token: Any) -> None: ...
+
+    @abstractmethod
+    def ack(self, recipient: str, seq: int) -> None:
+        """The recipient acknowledged ``seq``: delete it (or never write it, if its insert has
+        not started committing yet)."""
+
+    @abstractmethod
+    def note_progress(self, agent_id: str, session: bytes, client_seq: int) -> None:
+        """Record, with the next commit, the highest client sequence number accepted from this
+        agent's client session (see :attr:`BindResult.acked_seq`)."""
+
+    @abstractmethod
+    async def fetch(self, recipient: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        """Committed, unacknowledged envelopes of ``recipient`` with seq > ``after_seq``."""
+
+    @abstractmethod
+    async def barrier(self) -> None:
+        """Return once everything submitted so far is committed."""
+
+    @property
+    @abstractmethod
+    def message_count(self) -> int:
+        """Envelopes accepted since the store was created (persisted)."""
+
+
+class HubBackend(Directory, Inbox):
+    """Directory + inbox behind one object; the server needs nothing else."""
+
+    @abstractmethod
+    async def open(self) -> StoreState: ...
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Commit what is pending and release the store."""
+
+    @property
+    def description(self) -> str:
+        return type(self).__name__
+
+
+# --------------------------------------------------------------------------------------------
+# SQLite implementation
+
+
+@dataclass
+class _Batch:
+    inserts: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+    deletes: list[int] = field(default_factory=list)
+    progress: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    binds: list[tuple[str, str, str, bytes, asyncio.Future[BindResult]]] = field(
+        default_factory=list
+    )
+    tokens: list[Any] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    ceiling: int | None = None
+    message_count: int | None = None
+
+    def empty(self) -> bool:
+        return not (
+            self.inserts
+            or self.deletes
+            or self.progress
+            or self.binds
+            or self.tokens
+            or self.waiters
+            or self.ceiling is not None
+            or self.message_count is not None
+        )
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS agents (
+    agent_id TEXT PRIMARY KEY,
+    identity_key TEXT NOT NULL,
+    bundle TEXT NOT NULL,
+    registered_at INTEGER NOT NULL,
+    updated_at INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS inbox (
+    seq INTEGER PRIMARY KEY,
+    recipient TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    enqueued_at INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS inbox_by_recipient ON inbox (recipient, seq);
+CREATE TABLE IF NOT EXISTS senders (
+    agent_id TEXT PRIMARY KEY,
+    session BLOB NOT NULL,
+    last_seq INTEGER NOT NULL
+);
+"""
+
+
+class SQLiteBackend(HubBackend):
+    """The embedded store: one SQLite file (plus its ``-wal``/``-shm`` and a ``.lock`` file)."""
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        synchronous: str = "FULL",
+        ephemeral: bool = False,
+    ) -> None:
+        sync = synchronous.upper()
+        if sync not in ("FULL", "NORMAL", "EXTRA"):
+            raise ValueError("synchronous must be 'FULL', 'NORMAL' or 'EXTRA'")
+        self.path = Path(path)
+        self.synchronous = sync
+        #: Delete the files on close (used for the private store of a ``port=0`` hub).
+        self.ephemeral = ephemeral
+        self.on_commit = _ignore
+        self.on_fatal = _ignore
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._writer: sqlite3.Connection | None = None
+        self._reader: sqlite3.Connection | None = None
+        self._lock_fd: int | None = None
+        self._pending = _Batch()
+        self._committing = False
+        self._scheduled = False
+        self._closed = False
+        self._commit_task: asyncio.Task[None] | None = None
+        self._deleting: set[int] = set()
+        self._next_seq = 1
+        self._ceiling = 1  # durable reservation: every seq < ceiling is reserved on disk
+        self._ceiling_requested = 0
+        self._message_count = 0
+
+    @property
+    def description(self) -> str:
+        return f"sqlite:{self.path} (synchronous={self.synchronous})"
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    async def open(self) -> StoreState:
+        self._loop = asyncio.get_running_loop()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._acquire_lock()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmesh-hub-store")
+        try:
+            state = await self._loop.run_in_executor(self._executor, self._open_writer)
+            self._reader = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False
+            )
+            self._reader.execute("PRAGMA query_only = ON")
+        except Exception:
+            await self._shutdown_executor()
+            self._release_lock()
+            raise
+        return state
+
+    def _acquire_lock(self) -> None:
+        lock_path = str(self.path) + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - Windows: no advisory lock
+            self._lock_fd = fd
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StoreError(
+                f"store {self.path} is in use by another hub process (lock {lock_path})"
+            ) from None
+        self._lock_fd = fd
+
+    def _release_lock(self) -> None:
+        if self._lock_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _open_writer(self) -> StoreState:
+        try:
+            db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False)
+            mode = db.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                raise StoreError(f"cannot put {self.path} in WAL mode (got {mode})")
+            db.execute(f"PRAGMA synchronous = {self.synchronous}")
+            db.execute("PRAGMA journal_size_limit = 67108864")
+            db.execute("PRAGMA busy_timeout = 5000")
+            db.executescript(_SCHEMA)
+            db.execute("BEGIN IMMEDIATE")
+            meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
+            version = meta.get("schema_version")
+            if version is not None and int(version) > SCHEMA_VERSION:
+                raise StoreError(
+                    f"store {self.path} has schema version {version}; this build knows "
+                    f"{SCHEMA_VERSION}"
+                )
+            hub_id = meta.get("hub_id")
+            if not isinstance(hub_id, bytes) or len(hub_id) != 16:
+                hub_id = os.urandom(16)
+            max_seq = db.execute("SELECT MAX(seq) FROM inbox").fetchone()[0] or 0
+            floor = max(int(meta.get("seq_ceiling") or 1), max_seq + 1)
+            ceiling = floor + SEQ_BLOCK
+            count = int(meta.get("message_count") or 0)
+            db.executemany(
+                "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                [
+                    ("schema_version", SCHEMA_VERSION),
+                    ("hub_id", hub_id),
+                    ("seq_ceiling", ceiling),
+                    ("message_count", count),
+                ],
+            )
+            db.execute("COMMIT")
+            agents = {row[0] for row in db.execute("SELECT agent_id FROM agents")}
+            queues = {
+                r: (int(n), int(b or 0))
+                for r, n, b in db.execute(
+                    "SELECT recipient, COUNT(*), SUM(LENGTH(envelope)) FROM inbox "
+                    "GROUP BY recipient"
+                )
+            }
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"cannot open hub store {self.path}: {exc}") from exc
+        self._writer = db
+        self._next_seq = floor
+        self._ceiling = ceiling
+        self._ceiling_requested = ceiling
+        self._message_count = count
+        return StoreState(hub_id=hub_id, agents=agents, queues=queues, message_count=count)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._loop is not None:
+            try:
+                await self._drain()
+            except Exception as exc:  # pragma: no cover - reported, then we still close
+                log.error("final commit failed: %s", exc)
+        if self._executor is not None and self._writer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._close_writer)
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+        await self._shutdown_executor()
+        self._release_lock()
+        if self.ephemeral:
+            for suffix in ("", "-wal", "-shm", ".lock"):
+                with contextlib.suppress(OSError):
+                    os.unlink(str(self.path) + suffix)
+            with contextlib.suppress(OSError):
+                self.path.parent.rmdir()
+
+    async def _drain(self) -> None:
+        while True:
+            task = self._commit_task
+            if task is not None and not task.done():
+                await asyncio.shield(task)
+            elif not self._pending.empty():
+                self._start_commit()
+            else:
+                return
+
+    def _close_writer(self) -> None:
+        db = self._writer
+        if db is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        self._writer = None
+
+    async def _shutdown_executor(self) -> None:
+        if self._executor is not None:
+            ex = self._executor
+            self._executor = None
+            await asyncio.get_running_loop().run_in_executor(None, ex.shutdown, True)
+
+    # ---- sequence numbers --------------------------------------------------------------------
+
+    def next_seq(self) -> tuple[int, bool]:
+        seq = self._next_seq
+        self._next_seq = seq + 1
+        # Extend the durable reservation when half of the current block is used.
+        if seq >= self._ceiling_requested - SEQ_BLOCK // 2:
+            self._ceiling_requested += SEQ_BLOCK
+            self._pending.ceiling = self._ceiling_requested
+            self._kick()
+        return seq, seq < self._ceiling
+
+    # ---- inbox -------------------------------------------------------------------------------
+
+    @property
+    def message_count(self) -> int:
+        return self._message_count
+
+    def put(self, recipient: str, seq: int, envelope: bytes, token: Any) -> None:
+        b = self._pending
+        b.inserts[seq] = (recipient, envelope)
+        b.tokens.append(token)
+        self._message_count += 1
+        b.message_count = self._message_count
+        self._kick()
+
+    def ack(self, recipient: str, seq: int) -> None:
+        b = self._pending
+        if b.inserts.pop(seq, None) is not None:
+            return  # never written: its commit has not started yet
+        b.deletes.append(seq)
+        self._deleting.add(seq)
+        self._kick()
+
+    def note_progress(self, agent_id: str, session: bytes, client_seq: int) -> None:
+        self._pending.progress[agent_id] = (session, client_seq)
+
+    async def fetch(self, recipient: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+        if self._reader is None:
+            return []
+        rows = self._reader.execute(
+            "SELECT seq, envelope FROM inbox WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?",
+            (recipient, after_seq, limit + len(self._deleting)),
+        ).fetchall()
+        deleting = self._deleting
+        out = [(int(s), bytes(e)) for s, e in rows if s not in deleting]
+        return out[:limit]
+
+    async def barrier(self) -> None:
+        if self._loop is None:
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self._pending.waiters.append(fut)
+        self._kick()
+        await fut
+
+    # ---- directory ---------------------------------------------------------------------------
+
+    async def bind_agent(
+        self, agent_id: str, identity_key: str, bundle: dict[str, Any], session: bytes
+    ) -> BindResult:
+        assert self._loop is not None
+        fut: asyncio.Future[BindResult] = self._loop.create_future()
+        data = json.dumps(bundle, separators=(",", ":"), sort_keys=True)
+        self._pending.binds.append((agent_id, identity_key, data, session, fut))
+        self._kick()
+        return await fut
+
+    async def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        if self._reader is None:
+            return None
+        row = self._reader.execute(
+            "SELECT bundle FROM agents WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        if row is None:
+            return None
+        bundle: dict[str, Any] = json.loads(row[0])
+        return bundle
+
+    async def list_agents(self) -> list[str]:
+        if self._reader is None:
+            return []
+        return [r[0] for r in self._reader.execute("SELECT agent_id FROM agents ORDER BY agent_id")]
+
+    # ---- group commit ------------------------------------------------------------------------
+
+    def _kick(self) -> None:
+        if self._committing or self._scheduled or self._loop is None:
+            return
+        self._scheduled = True
+        # Two hops: start after everything the current loop iteration still submits, and after
+        # the socket writes it scheduled (live deliveries leave before the commit work starts).
+        self._loop.call_soon(self._loop.call_soon, self._scheduled_start)
+
+    def _scheduled_start(self) -> None:
+        self._scheduled = False
+        if not self._committing:
+            self._start_commit()
+
+    def _start_commit(self) -> None:
+        if self._pending.empty():
+            self._committing = False
+            return
+        self._committing = True
+        batch = self._pending
+        self._pending = _Batch()
+        assert self._loop is not None
+        self._commit_task = self._loop.create_task(self._commit(batch))
+
+    async def _commit(self, batch: _Batch) -> None:
+        assert self._loop is not None and self._executor is not None
+        results: list[BindResult] = []
+        delay = 0.05
+        for attempt in range(4):
+            try:
+                results = await self._loop.run_in_executor(self._executor, self._write, batch)
+                break
+            except Exception as exc:
+                if attempt == 3:
+                    log.critical("hub store commit failed for good: %s", exc)
+                    err = StoreError(f"hub store commit failed: {exc}")
+                    for *_, fut in batch.binds:
+                        if not fut.done():
+                            fut.set_exception(err)
+                    for w in batch.waiters:
+                        if not w.done():
+                            w.set_exception(err)
+                    self._committing = False
+                    self.on_fatal(err)
+                    return
+                log.error("hub store commit failed (attempt %d, retrying): %s", attempt + 1, exc)
+                await asyncio.sleep(delay)
+                delay *= 4
+        if batch.ceiling is not None:
+            self._ceiling = max(self._ceiling, batch.ceiling)
+        self._deleting.difference_update(batch.deletes)
+        for (*_, fut), res in zip(batch.binds, results, strict=True):
+            if not fut.done():
+                fut.set_result(res)
+        try:
+            if batch.tokens:
+                self.on_commit(batch.tokens)
+        except Exception:  # pragma: no cover - a server bug must not stop the commits
+            log.exception("on_commit callback failed")
+        for w in batch.waiters:
+            if not w.done():
+                w.set_result(None)
+        # The next batch (everything that arrived during this commit) starts right away.
+        if self._pending.empty():
+            self._committing = False
+        else:
+            self._start_commit()
+
+    def _write(self, batch: _Batch) -> list[BindResult]:
+        db = self._writer
+        if db is None:
+            raise StoreError("store is closed")
+        now = int(time.time() * 1000)
+        results: list[BindResult] = []
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if batch.inserts:
+                db.executemany(
+                    "INSERT OR REPLACE INTO inbox (seq, recipient, envelope, enqueued_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(s, r, e, now) for s, (r, e) in batch.inserts.items()],
+                )
+            if batch.deletes:
+                db.executemany("DELETE FROM inbox WHERE seq = ?", [(s,) for s in batch.deletes])
+            if batch.progress:
+                db.executemany(
+                    "INSERT OR REPLACE INTO senders (agent_id, session, last_seq) VALUES (?, ?, ?)",
+                    [(a, s, q) for a, (s, q) in batch.progress.items()],
+                )
+            for agent_id, identity_key, data, session, _fut in batch.binds:
+                results.append(self._bind(db, agent_id, identity_key, data, session, now))
+            meta: list[tuple[str, int]] = []
+            if batch.ceiling is not None:
+                meta.append(("seq_ceiling", batch.ceiling))
+            if batch.message_count is not None:
+                meta.append(("message_count", batch.message_count))
+            if meta:
+                db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return results
+
+    @staticmethod
+    def _bind(
+        db: sqlite3.Connection,
+        agent_id: str,
+        identity_key: str,
+        data: str,
+        session: bytes,
+        now: int,
+    ) -> BindResult:
+        row = db.execute(
+            "SELECT identity_key FROM agents WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        if row is None:
+            db.execute(
+                "INSERT INTO agents (agent_id, identity_key, bundle, registered_at, updated_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (agent_id, identity_key, data, now, now),
+            )
+            created = True
+        elif row[0] != identity_key:
+            return BindResult(ok=False)
+        else:
+            db.execute(
+                "UPDATE agents SET bundle = ?, updated_at = ? WHERE agent_id = ?",
+                (data, now, agent_id),
+            )
+            created = False
+        prog = db.execute(
+            "SELECT session, last_seq FROM senders WHERE agent_id = ?", (agent_id,)
+        ).fetchone()
+        acked = int(prog[1]) if prog is not None and bytes(prog[0]) == session else 0
+        return BindResult(ok=True, acked_seq=acked, created=created)
+
+
+def ephemeral_store_path() -> Path:
+    """A fresh private directory and file for a store that is removed on clean stop."""
+    return Path(tempfile.mkdtemp(prefix="agentmesh-hub-")) / "hub.sqlite3"
+
+
+def _ignore(*_args: Any) -> None:
+    return None

@@ -1,0 +1,649 @@
+"""Hubs: where agents find each other's bundles and exchange envelopes.
+
+Every hub has the same interface (:class:`Hub`): ``register(agent)``, ``deliver(envelope)``,
+``get_bundle(agent_id)``, ``list_agents()``, ``message_count()``. A hub only ever sees public
+bundles and sealed envelopes.
+
+* :class:`LocalHub` -- in-process and synchronous: ``deliver`` runs the recipient's unseal and
+  handlers in the caller's thread.
+* :class:`NetworkHub` -- the client side of a network hub (``agentmesh.hub_server``). One
+  background event-loop thread per process (shared by all agents) runs one
+  :class:`~agentmesh.hub_client.HubClient` per registered agent plus one lookup connection.
+  Received envelopes are handed to a per-agent worker thread, so a slow handler never stalls the
+  network; the hub gets its ack after the handler ran (or after the rejection).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import collections
+import concurrent.futures
+import contextlib
+import logging
+import os
+import queue
+import threading
+import weakref
+from typing import Any
+
+from . import crypto as _crypto
+from .agent import _AgentCore, _core_of
+from .errors import FlushTimeoutError, FormatError, HubError
+
+__all__ = ["Hub", "LocalHub", "NetworkHub", "parse_hub_address"]
+
+Envelope = _crypto.Envelope
+log = logging.getLogger("agentmesh.hubs")
+
+DEFAULT_PORT = 7700
+
+
+def _parse_envelope(envelope: Any) -> Any:
+    if isinstance(envelope, Envelope):
+        return envelope
+    if isinstance(envelope, (bytes, bytearray, memoryview)):
+        return Envelope.from_bytes(bytes(envelope))
+    raise FormatError(f"expected an Envelope or bytes, got {type(envelope).__name__}")
+
+
+def parse_hub_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
+    """``"host:port"``, ``"host"`` or ``"[v6]:port"`` -> ``(host, port)``; ValueError if bad."""
+    address = address.strip()
+    if not address:
+        raise ValueError("empty hub address")
+    host, port_text = address, ""
+    if address.startswith("["):
+        end = address.find("]")
+        if end < 0:
+            raise ValueError(f"bad hub address {address!r}: missing ']'")
+        host, rest = address[1:end], address[end + 1 :]
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"bad hub address {address!r}")
+            port_text = rest[1:]
+    elif address.count(":") == 1:
+        host, port_text = address.split(":")
+    if not host:
+        raise ValueError(f"bad hub address {address!r}: no host")
+    if not port_text:
+        return host, default_port
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise ValueError(
+            f"bad hub address {address!r}: port {port_text!r} is not a number"
+        ) from None
+    if not 0 < port < 65536:
+        raise ValueError(f"bad hub address {address!r}: port {port} out of range")
+    return host, port
+
+
+class Hub:
+    """The interface every hub implements."""
+
+    def register(self, agent: Any) -> None:
+        """Make ``agent`` reachable (agents call this themselves when given ``hub=``)."""
+        raise NotImplementedError
+
+    def unregister(self, agent: Any) -> None:
+        """Forget ``agent`` (``close()`` calls this)."""
+        raise NotImplementedError
+
+    def deliver(self, envelope: Any) -> None:
+        """Route one sealed envelope (an Envelope or its bytes) to its recipient."""
+        raise NotImplementedError
+
+    def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        """The public bundle of ``agent_id``, or ``None``."""
+        raise NotImplementedError
+
+    def list_agents(self) -> list[str]:
+        """Ids of the registered agents."""
+        raise NotImplementedError
+
+    def message_count(self) -> int:
+        """Envelopes routed so far."""
+        raise NotImplementedError
+
+
+# --------------------------------------------------------------------------------------------
+# LocalHub
+
+
+class _LocalTransport:
+    local = True
+
+    def __init__(self, hub: LocalHub) -> None:
+        self.send = hub.deliver
+
+    def flush(self, timeout: float | None = None) -> None:
+        return None
+
+
+class LocalHub(Hub):
+    """An in-process hub for scripts, tests and notebooks. Synchronous: ``deliver`` returns after
+    the recipient's handlers ran. It keeps no copy of any envelope."""
+
+    def __init__(self) -> None:
+        self._agents: dict[str, _AgentCore] = {}
+        self._bundles: dict[str, dict[str, Any]] = {}
+        self._count = 0
+        self._lock = threading.Lock()
+
+    def register(self, agent: Any) -> None:
+        core = _core_of(agent)
+        with self._lock:
+            existing = self._agents.get(core.agent_id)
+            if (
+                existing is not None
+                and existing is not core
+                and not existing.closed
+                and existing.identity_key != core.identity_key
+            ):
+                raise ValueError(
+                    f"Agent id {core.agent_id!r} is already registered on this hub with another "
+                    "identity key; close() that agent first"
+                )
+            core.attach(self, _LocalTransport(self))
+            self._agents[core.agent_id] = core
+            self._bundles[core.agent_id] = core.public_bundle
+
+    def unregister(self, agent: Any) -> None:
+        core = _core_of(agent)
+        with self._lock:
+            if self._agents.get(core.agent_id) is core:
+                del self._agents[core.agent_id]
+                self._bundles.pop(core.agent_id, None)
+
+    def deliver(self, envelope: Any) -> None:
+        if type(envelope) is not Envelope:
+            envelope = _parse_envelope(envelope)
+        recipient = envelope.recipient
+        core = self._agents.get(recipient)
+        if core is None:
+            raise ValueError(f"Peer {recipient!r} not found on hub")
+        self._count += 1
+        core.receive(envelope)
+
+    def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        bundle = self._bundles.get(agent_id)
+        return dict(bundle) if bundle is not None else None
+
+    def list_agents(self) -> list[str]:
+        return list(self._agents)
+
+    def message_count(self) -> int:
+        return self._count
+
+    def __repr__(self) -> str:
+        return f"<LocalHub agents={len(self._agents)} routed={self._count}>"
+
+
+# --------------------------------------------------------------------------------------------
+# the shared network thread
+
+
+class _NetLoop:
+    """One asyncio loop in one daemon thread per process, shared by every NetworkHub."""
+
+    _instance: _NetLoop | None = None
+    _guard = threading.Lock()
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+        started = threading.Event()
+        self.thread = threading.Thread(
+            target=self._run, args=(started,), name="agentmesh-network", daemon=True
+        )
+        self.thread.start()
+        started.wait()
+        self.links: weakref.WeakSet[_NetworkLink] = weakref.WeakSet()
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.loop.call_soon(started.set)
+        self.loop.run_forever()
+
+    @classmethod
+    def get(cls) -> _NetLoop:
+        with cls._guard:
+            inst = cls._instance
+            if inst is None or inst.pid != os.getpid() or not inst.thread.is_alive():
+                inst = cls._instance = _NetLoop()
+            return inst
+
+    def in_thread(self) -> bool:
+        return threading.get_ident() == self.thread.ident
+
+    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop)
+
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run ``coro`` on the network loop and wait for its result (from any other thread)."""
+        if self.in_thread():
+            coro.close()
+            raise RuntimeError("blocking agentmesh call made from inside its network thread")
+        fut = self.submit(coro)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise
+
+
+@atexit.register
+def _close_links_at_exit() -> None:
+    inst = _NetLoop._instance
+    if inst is None or inst.pid != os.getpid():
+        return
+    for link in list(inst.links):
+        core = link.core
+        if not core.closed:
+            with contextlib.suppress(Exception):
+                core.close(timeout=5.0)
+
+
+def _hub_error(exc: BaseException, what: str) -> HubError:
+    if isinstance(exc, HubError):
+        return exc
+    return HubError(f"{what}: {type(exc).__name__}: {exc}")
+
+
+# --------------------------------------------------------------------------------------------
+# the per-agent network link
+
+
+class _NetworkLink:
+    """One agent's registered connection to a network hub, plus its receive worker."""
+
+    local = False
+
+    def __init__(self, hub: NetworkHub, core: _AgentCore) -> None:
+        self.hub = hub
+        self.core = core
+        self.net = hub._net
+        self.loop = self.net.loop
+        self.client: Any = None
+        self._outbox: collections.deque[Any] = collections.deque()
+        self._scheduled = False
+        self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._writer: asyncio.Task[None] | None = None
+        self._error: BaseException | None = None
+        self._inq: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._closing = False
+        self._closed = False
+        self._worker = threading.Thread(
+            target=self._work, name=f"agentmesh-agent-{core.agent_id[:40]}", daemon=True
+        )
+
+    # -- start ----------------------------------------------------------------------------------
+
+    async def _start(self) -> None:
+        from .hub_client import HubClient
+
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self.client = HubClient(
+            self.hub.host,
+            self.hub.port,
+            ssl=self.hub.ssl,
+            connect_timeout=self.hub.connect_timeout,
+        )
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        try:
+            await self.client.register(self.core.keypair, self._on_envelope)
+        except BaseException:
+            self._writer.cancel()
+            with contextlib.suppress(Exception):
+                await self.client.close()
+            raise
+
+    def start(self) -> None:
+        self._worker.start()
+        try:
+            self.net.run(self._start(), timeout=self.hub.connect_timeout + 5.0)
+        except BaseException as exc:
+            self._closing = True
+            self._inq.put(None)
+            if isinstance(exc, (concurrent.futures.TimeoutError, TimeoutError)):
+                raise HubError(
+                    f"could not register {self.core.agent_id!r} on the hub at "
+                    f"{self.hub.host}:{self.hub.port}: timed out"
+                ) from exc
+            if isinstance(exc, Exception):
+                raise _hub_error(
+                    exc,
+                    f"could not register {self.core.agent_id!r} on the hub at "
+                    f"{self.hub.host}:{self.hub.port}",
+                ) from exc
+            raise
+        self.net.links.add(self)
+
+    # -- sending (any thread) -------------------------------------------------------------------
+
+    def send(self, envelope: Any) -> None:
+        if self._closing:
+            raise RuntimeError(f"agent {self.core.agent_id!r} is closed")
+        self._outbox.append(envelope)
+        if not self._scheduled:
+            self._scheduled = True
+            self.loop.call_soon_threadsafe(self._kick)
+
+    def _kick(self) -> None:
+        self._scheduled = False
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _write_loop(self) -> None:
+        assert self._wake is not None and self._idle is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._outbox:
+                self._idle.clear()
+                batch = []
+                while self._outbox:
+                    batch.append(self._outbox.popleft())
+                if self.core.persistent:
+                    # Nothing leaves the process before the session state that produced it is on
+                    # disk (one write per batch, not per message): a crash can never make the
+                    # agent reuse a message key.
+                    try:
+                        try:
+                            await loop.run_in_executor(None, self.core.save_state)
+                        except RuntimeError:  # executor shut down (interpreter exit)
+                            self.core.save_state()
+                    except Exception as exc:
+                        self._error = exc
+                        log.exception("agent %r: could not save state", self.core.agent_id)
+                for env in batch:
+                    await self._send_one(env)
+            self._idle.set()
+
+    async def _send_one(self, env: Any) -> None:
+        recipient, data = env.recipient, env.to_bytes()
+        while True:
+            try:
+                await self.client.send(recipient, data)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self._note_error(exc, recipient)
+                if getattr(exc, "client_seq", None) is not None:
+                    continue  # the refusal of an earlier envelope: this one was not queued yet
+                return
+
+    def _note_error(self, exc: BaseException, recipient: str) -> None:
+        if self._error is None:
+            self._error = exc if isinstance(exc, HubError) else _hub_error(exc, "sending failed")
+        log.warning(
+            "agent %r: the hub refused or lost an envelope for %r: %s",
+            self.core.agent_id,
+            getattr(exc, "recipient", None) or recipient,
+            exc,
+        )
+
+    async def _aflush(self, timeout: float | None) -> None:
+        assert self._idle is not None
+
+        async def drained() -> None:
+            assert self._idle is not None
+            while self._outbox or self._scheduled or not self._idle.is_set():
+                if self._outbox or self._scheduled:
+                    await asyncio.sleep(0)
+                else:
+                    await self._idle.wait()
+            await self.client.flush(None)
+
+        try:
+            await asyncio.wait_for(drained(), timeout)
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            if isinstance(exc, FlushTimeoutError):
+                raise
+            raise FlushTimeoutError(
+                f"flush timed out after {timeout} s: the hub has not acknowledged every "
+                f"envelope agent {self.core.agent_id!r} sent"
+            ) from None
+
+    def flush(self, timeout: float | None = None) -> None:
+        if self._closed:
+            return
+        if self.net.in_thread():
+            raise RuntimeError("flush() cannot be called from the network thread")
+        self.net.run(self._aflush(timeout))
+        error, self._error = self._error, None
+        if error is not None:
+            raise error
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def _on_envelope(self, delivery_id: int, data: bytes) -> None:
+        """Called by the HubClient, in order; it acks the delivery when this returns."""
+        fut = self.loop.create_future()
+        self._inq.put((data, fut))
+        await fut
+
+    def _work(self) -> None:
+        core = self.core
+        while not core.consumer_ready.wait(0.5):
+            if self._closing:
+                return
+        while True:
+            item = self._inq.get()
+            if item is None or self._closing:
+                return
+            batch = [item]
+            while True:
+                try:
+                    more = self._inq.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    self._inq.put(None)
+                    break
+                batch.append(more)
+            for data, _fut in batch:
+                self._process(data)
+            if core.persistent:
+                # persisted before the ack: after a crash the hub redelivers instead of the
+                # agent holding an acked message whose session advance was lost
+                core.save_state_quietly()
+            for _data, fut in batch:
+                with contextlib.suppress(RuntimeError):
+                    self.loop.call_soon_threadsafe(_resolve, fut)
+
+    def _process(self, data: bytes) -> None:
+        core = self.core
+        try:
+            env = Envelope.from_bytes(data)
+        except Exception as exc:
+            core.reject(exc, data)
+            return
+        try:
+            envelope_id = env.id
+        except Exception:
+            envelope_id = None
+        if envelope_id is not None and envelope_id in self._recent:
+            log.debug("agent %r: duplicate delivery of %s ignored", core.agent_id, envelope_id)
+            return
+        try:
+            msg = core.receive(env)
+        except Exception as exc:  # a hub lookup failing while fetching a bundle, ...
+            core.reject(exc, env)
+            return
+        if msg is not None and envelope_id is not None:
+            self._recent[envelope_id] = None
+            if len(self._recent) > 4096:
+                self._recent.popitem(last=False)
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def close(self, timeout: float | None = None) -> None:
+        if self._closed:
+            return
+        self._closing = True
+        self._inq.put(None)
+        if self._worker.is_alive() and threading.current_thread() is not self._worker:
+            self._worker.join(timeout if timeout is not None else 30.0)
+        self._closed = True
+        self.net.links.discard(self)
+
+        async def shutdown() -> None:
+            if self._writer is not None:
+                self._writer.cancel()
+            if self.client is not None:
+                # the agent flushed already (core.close); do not wait for the hub again
+                await self.client.close(timeout=0.5)
+
+        try:
+            self.net.run(shutdown(), timeout=10.0)
+        except Exception as exc:
+            log.debug("agent %r: error closing the hub connection: %s", self.core.agent_id, exc)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)
+
+
+# --------------------------------------------------------------------------------------------
+# NetworkHub
+
+
+class NetworkHub(Hub):
+    """The client side of a network hub; same interface as :class:`LocalHub`.
+
+    ``NetworkHub(host, port=7700, *, ssl=None, connect_timeout=10.0, timeout=30.0)``. ``ssl`` is an
+    ``ssl.SSLContext`` (or ``True`` for the default client context) for TLS to the hub.
+    ``timeout`` bounds lookups (``get_bundle``, ``list_agents``, ``message_count``).
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int = DEFAULT_PORT,
+        *,
+        ssl: Any = None,
+        connect_timeout: float = 10.0,
+        timeout: float = 30.0,
+    ) -> None:
+        if not isinstance(host, str) or not host:
+            raise ValueError("host must be a non-empty str")
+        if not isinstance(port, int) or not 0 < port < 65536:
+            raise ValueError(f"port must be an int in 1..65535, not {port!r}")
+        if ssl is True:
+            import ssl as _ssl
+
+            ssl = _ssl.create_default_context()
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self.connect_timeout = float(connect_timeout)
+        self.timeout = float(timeout)
+        self._net = _NetLoop.get()
+        self._links: dict[str, _NetworkLink] = {}
+        self._lookup: Any = None
+        self._lookup_lock: asyncio.Lock | None = None
+        self._guard = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<NetworkHub {self.host}:{self.port} agents={len(self._links)}>"
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    async def _lookup_client(self) -> Any:
+        if self._lookup_lock is None:
+            self._lookup_lock = asyncio.Lock()
+        async with self._lookup_lock:
+            if self._lookup is None:
+                from .hub_client import HubClient
+
+                client = HubClient(
+                    self.host, self.port, ssl=self.ssl, connect_timeout=self.connect_timeout
+                )
+                await client.connect_lookup()
+                self._lookup = client
+            return self._lookup
+
+    def _call(self, what: str, method: str, *args: Any) -> Any:
+        async def run() -> Any:
+            client = await self._lookup_client()
+            return await getattr(client, method)(*args)
+
+        try:
+            return self._net.run(run(), timeout=self.timeout)
+        except (concurrent.futures.TimeoutError, TimeoutError) as exc:
+            raise HubError(f"{what}: the hub at {self.host}:{self.port} did not answer") from exc
+        except HubError:
+            raise
+        except Exception as exc:
+            raise _hub_error(exc, f"{what} at {self.host}:{self.port}") from exc
+
+    def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        result = self._call(f"looking up {agent_id!r}", "get_bundle", agent_id)
+        return dict(result) if result is not None else None
+
+    def list_agents(self) -> list[str]:
+        return list(self._call("listing agents", "list_agents"))
+
+    def message_count(self) -> int:
+        return int(self._call("counting messages", "message_count"))
+
+    # -- agents ---------------------------------------------------------------------------------
+
+    def register(self, agent: Any) -> None:
+        core = _core_of(agent)
+        with self._guard:
+            existing = self._links.get(core.agent_id)
+            if existing is not None and not existing.core.closed:
+                raise ValueError(
+                    f"Agent id {core.agent_id!r} is already registered through this NetworkHub; "
+                    "close() that agent first"
+                )
+        link = _NetworkLink(self, core)
+        link.start()
+        with self._guard:
+            self._links[core.agent_id] = link
+        core.attach(self, link)
+
+    def unregister(self, agent: Any) -> None:
+        core = _core_of(agent)
+        with self._guard:
+            link = self._links.get(core.agent_id)
+            if link is None or link.core is not core:
+                return
+            del self._links[core.agent_id]
+        link.close()
+
+    def deliver(self, envelope: Any) -> None:
+        env = _parse_envelope(envelope)
+        link = self._links.get(env.sender)
+        if link is None:
+            raise HubError(
+                f"agent {env.sender!r} is not registered through this NetworkHub, so it "
+                "cannot send here"
+            )
+        link.send(env)
+
+    def close(self) -> None:
+        """Close every agent registered through this hub and the lookup connection."""
+        for link in list(self._links.values()):
+            with contextlib.suppress(Exception):
+                link.core.close()
+        lookup, self._lookup = self._lookup, None
+        if lookup is not None:
+            with contextlib.suppress(Exception):
+                self._net.run(lookup.close(), timeout=5.0)
+
+    def __enter__(self) -> NetworkHub:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

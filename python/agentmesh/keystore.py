@@ -1,0 +1,327 @@
+"""Persistence of an agent's identity, session state and pinned peer keys.
+
+Layout, for ``keypair_path="alice.key"``:
+
+* ``alice.key`` -- the identity (``AgentKeyPair.save``/``load``: mode 0600, atomic write,
+  optionally encrypted with a passphrase by the Rust core).
+* ``alice.key.state`` -- everything else an agent must remember to continue its sessions after a
+  restart: one ``CryptoSession.export_state()`` per peer, the pinned identity key of every peer
+  (trust on first use) and the last bundle seen for each. Mode 0600, written atomically (temp file
+  in the same directory, fsync, rename, fsync of the directory). The body is sealed at rest with a
+  key derived from the identity (``agentmesh.crypto.seal_at_rest``), so with a passphrase on the
+  identity both files are protected by it.
+
+A corrupt or unreadable file is a :class:`~agentmesh.errors.KeyFileError` and is never replaced:
+the agent refuses to start rather than silently lose an identity or a session.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import json
+import os
+import secrets
+import weakref
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import KeyFileError
+
+STATE_SUFFIX = ".state"
+_MAGIC = b"AGENTMESH-STATE\x01"
+_PLAIN = b"P"
+_SEALED = b"S"
+_STATE_VERSION = 1
+
+__all__ = ["STATE_SUFFIX", "KeyStore", "PersistedState", "atomic_write"]
+
+
+def _crypto() -> Any:
+    from . import crypto
+
+    return crypto
+
+
+def _as_passphrase(passphrase: str | bytes | None) -> str | bytes | None:
+    if passphrase is None:
+        return None
+    if isinstance(passphrase, (str, bytes)):
+        if not passphrase:
+            raise ValueError("passphrase must not be empty (pass None for no passphrase)")
+        return passphrase
+    raise TypeError(f"passphrase must be str or bytes, not {type(passphrase).__name__}")
+
+
+def _close_fd(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
+    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync of the directory.
+
+    The temporary file is created with ``mode`` (owner-only by default) so the secret never
+    exists on disk with wider permissions, not even for a moment.
+    """
+    directory = path.parent
+    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                written = os.write(fd, view)
+                view = view[written:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)  # in case an odd filesystem widened it
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def _fsync_dir(directory: Path) -> None:
+    if not hasattr(os, "O_DIRECTORY"):
+        return
+    try:
+        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        return
+    try:
+        os.fsync(dfd)
+    except OSError:
+        pass
+    finally:
+        os.close(dfd)
+
+
+@dataclass
+class PersistedState:
+    """What survives a restart besides the identity itself."""
+
+    #: peer id -> ``CryptoSession.export_state()`` bytes (SECRET)
+    sessions: dict[str, bytes] = field(default_factory=dict)
+    #: peer id -> base64 Ed25519 identity key pinned on first use
+    pins: dict[str, str] = field(default_factory=dict)
+    #: peer id -> last verified public bundle (lets a session be re-created without the hub)
+    bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+class KeyStore:
+    """The files behind one ``keypair_path``."""
+
+    def __init__(self, path: str | os.PathLike[str], passphrase: str | bytes | None = None):
+        self.path = Path(os.fspath(path)).expanduser()
+        self.state_path = self.path.with_name(self.path.name + STATE_SUFFIX)
+        self._passphrase = _as_passphrase(passphrase)
+        self._lock_fd: int | None = None
+        self._finalizer: weakref.finalize | None = None
+
+    def __repr__(self) -> str:
+        return f"KeyStore({str(self.path)!r})"
+
+    # -- exclusive use --------------------------------------------------------------------------
+
+    def acquire(self) -> None:
+        """Take the exclusive lock on this identity (``<path>.lock``) for the agent's lifetime.
+
+        Two live agents -- in two processes or in one -- using the same identity would fork its
+        session state: the state file would be overwritten by whichever saved last, and a
+        rolled-back ratchet could reuse message keys. So the second one is refused. The lock is
+        advisory (``flock``) and released by :meth:`release`, when the process exits, or when the
+        agent object is garbage collected. Without ``fcntl`` (Windows) this is a no-op.
+        """
+        try:
+            import fcntl
+        except ImportError:  # pragma: no cover - not POSIX
+            return
+        if self._lock_fd is not None:
+            return
+        parent = self.path.parent
+        if not parent.exists():
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        lock_path = self.path.with_name(self.path.name + ".lock")
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise KeyFileError(
+                f"cannot open lock file {str(lock_path)!r}: {exc.strerror or exc}"
+            ) from exc
+        for attempt in range(2):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 0:
+                    import gc
+
+                    gc.collect()  # an unreachable, unclosed agent of this process lets go
+                    continue
+                try:
+                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                except OSError:
+                    holder = ""
+                os.close(fd)
+                who = f"process {holder}" if holder else "another agent"
+                if holder == str(os.getpid()):
+                    who = "another agent in this process (close() it first)"
+                raise RuntimeError(
+                    f"identity {str(self.path)!r} is in use by {who}; one identity's "
+                    "sessions must never be driven by two agents at once"
+                ) from None
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        self._lock_fd = fd
+        self._finalizer = weakref.finalize(self, _close_fd, fd)
+
+    def release(self) -> None:
+        finalizer, self._finalizer = self._finalizer, None
+        self._lock_fd = None
+        if finalizer is not None:
+            finalizer()
+
+    # -- identity -------------------------------------------------------------------------------
+
+    def exists(self) -> bool:
+        return self.path.exists()
+
+    def load_identity(self) -> Any:
+        """Load the identity file; KeyFileError if it is corrupt, unreadable or locked."""
+        crypto = _crypto()
+        if self.path.is_dir():
+            raise KeyFileError(f"identity file {str(self.path)!r} is a directory")
+        try:
+            return crypto.AgentKeyPair.load(str(self.path), passphrase=self._passphrase)
+        except KeyFileError:
+            raise
+        except OSError as exc:
+            raise KeyFileError(
+                f"cannot read identity file {str(self.path)!r}: {exc.strerror or exc}"
+            ) from exc
+        except (ValueError, TypeError) as exc:
+            raise KeyFileError(f"identity file {str(self.path)!r} is not usable: {exc}") from exc
+
+    def create_identity(self, agent_id: str) -> Any:
+        """Generate a new identity and write it; refuses to overwrite an existing file."""
+        crypto = _crypto()
+        if self.path.exists() or self.path.is_symlink():
+            raise FileExistsError(f"refusing to overwrite existing key file {str(self.path)!r}")
+        parent = self.path.parent
+        if not parent.exists():
+            parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        kp = crypto.AgentKeyPair.generate(agent_id)
+        try:
+            kp.save(str(self.path), passphrase=self._passphrase)
+        except OSError as exc:
+            raise KeyFileError(
+                f"cannot write identity file {str(self.path)!r}: {exc.strerror or exc}"
+            ) from exc
+        return kp
+
+    def load_or_create_identity(self, agent_id: str) -> tuple[Any, bool]:
+        """Return ``(keypair, created)``. The identity's agent id must be ``agent_id``."""
+        if self.path.exists() or self.path.is_symlink():
+            kp = self.load_identity()
+            if kp.agent_id != agent_id:
+                raise ValueError(
+                    f"identity file {str(self.path)!r} belongs to agent {kp.agent_id!r}, "
+                    f"not {agent_id!r}"
+                )
+            return kp, False
+        return self.create_identity(agent_id), True
+
+    # -- state ----------------------------------------------------------------------------------
+
+    def load_state(self, keypair: Any) -> PersistedState:
+        """Read the state file (an empty state if there is none yet)."""
+        try:
+            raw = self.state_path.read_bytes()
+        except FileNotFoundError:
+            return PersistedState()
+        except OSError as exc:
+            raise KeyFileError(
+                f"cannot read state file {str(self.state_path)!r}: {exc.strerror or exc}"
+            ) from exc
+        where = f"state file {str(self.state_path)!r}"
+        advice = (
+            "; it was left untouched -- restore it from a backup, or move it away to start "
+            "with fresh sessions (peers will have to set up new ones)"
+        )
+        if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 1:
+            raise KeyFileError(f"{where} is not an agentmesh state file{advice}")
+        kind = raw[len(_MAGIC) : len(_MAGIC) + 1]
+        body = raw[len(_MAGIC) + 1 :]
+        if kind == _SEALED:
+            crypto = _crypto()
+            if not hasattr(crypto, "open_at_rest"):
+                raise KeyFileError(f"{where} is encrypted and this build cannot open it")
+            try:
+                body = crypto.open_at_rest(keypair, body)
+            except Exception as exc:
+                raise KeyFileError(
+                    f"{where} cannot be decrypted with this identity (corrupt, or it belongs "
+                    f"to another key){advice}"
+                ) from exc
+        elif kind != _PLAIN:
+            raise KeyFileError(f"{where} has an unknown encoding{advice}")
+        try:
+            doc = json.loads(body.decode("utf-8"))
+            if not isinstance(doc, dict) or doc.get("v") != _STATE_VERSION:
+                raise ValueError("unsupported version")
+            if doc.get("agent_id") != keypair.agent_id:
+                raise KeyFileError(
+                    f"{where} belongs to agent {doc.get('agent_id')!r}, not "
+                    f"{keypair.agent_id!r}{advice}"
+                )
+            if doc.get("fingerprint") != keypair.fingerprint:
+                raise KeyFileError(f"{where} belongs to another identity key{advice}")
+            state = PersistedState(
+                sessions={
+                    str(p): base64.b64decode(v, validate=True)
+                    for p, v in dict(doc.get("sessions", {})).items()
+                },
+                pins={str(p): str(v) for p, v in dict(doc.get("pins", {})).items()},
+                bundles={str(p): dict(v) for p, v in dict(doc.get("bundles", {})).items()},
+            )
+        except KeyFileError:
+            raise
+        except (ValueError, TypeError, AttributeError, binascii.Error, UnicodeError) as exc:
+            raise KeyFileError(f"{where} is corrupt ({exc}){advice}") from exc
+        return state
+
+    def save_state(self, keypair: Any, state: PersistedState) -> None:
+        """Write the whole state atomically (0600), sealed at rest when the build supports it."""
+        doc = {
+            "v": _STATE_VERSION,
+            "agent_id": keypair.agent_id,
+            "fingerprint": keypair.fingerprint,
+            "sessions": {p: base64.b64encode(v).decode("ascii") for p, v in state.sessions.items()},
+            "pins": state.pins,
+            "bundles": state.bundles,
+        }
+        body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
+        crypto = _crypto()
+        if hasattr(crypto, "seal_at_rest"):
+            data = _MAGIC + _SEALED + crypto.seal_at_rest(keypair, body)
+        elif self._passphrase is not None:
+            raise KeyFileError(
+                "this build cannot encrypt the state file (agentmesh.crypto.seal_at_rest is "
+                "missing); refusing to write session secrets unencrypted next to a "
+                "passphrase-protected identity"
+            )
+        else:
+            data = _MAGIC + _PLAIN + body
+        try:
+            atomic_write(self.state_path, data)
+        except OSError as exc:
+            raise KeyFileError(
+                f"cannot write state file {str(self.state_path)!r}: {exc.strerror or exc}"
+            ) from exc

@@ -1,0 +1,462 @@
+"""Test helpers for the network hub: run a real hub process, and peer processes.
+
+As a module: :class:`HubProcess` starts ``python -m agentmesh.hub_server`` on 127.0.0.1 (port 0
+by default; the port is read from the ``listening on`` line on stderr), stops it with SIGTERM
+or kills it with SIGKILL, and restarts it on the same port and store.
+
+As a script it is a peer process for cross-process tests and measurements::
+
+    python hubutil.py receiver --port P --key bob.key --peer-key alice.key --count N
+    python hubutil.py sender   --port P --key alice.key --peer-key bob.key --count N
+    python hubutil.py echo     --port P --key bob.key --peer-key alice.key --count N
+    python hubutil.py ping     --port P --key alice.key --peer-key bob.key --count N
+
+Each prints one JSON line with its results on stdout and exits 0 on success. Everything here
+talks to 127.0.0.1 only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentmesh.hub_protocol import FrameDecoder
+
+HOST = "127.0.0.1"
+_LISTENING = re.compile(r"agentmesh-hub listening on (\S+):(\d+)")
+_REPO_PYTHON = Path(__file__).resolve().parents[2] / "python"
+
+
+def subprocess_env() -> dict[str, str]:
+    """Environment for child processes: makes the source tree importable when agentmesh is
+    not installed (an installed or ``pip install -e`` build wins: it has the native module)."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    try:
+        import agentmesh
+
+        pkg_dir = Path(agentmesh.__file__ or "").resolve().parent.parent
+    except Exception:
+        pkg_dir = _REPO_PYTHON
+    parts = [str(pkg_dir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    return env
+
+
+class HubProcess:
+    """A hub running as its own process (``python -m agentmesh.hub_server``)."""
+
+    def __init__(self, store: Path, port: int = 0, extra_args: list[str] | None = None) -> None:
+        self.store = Path(store)
+        self.port = port
+        self.extra_args = list(extra_args or [])
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.lines: list[str] = []
+        self._reader: threading.Thread | None = None
+        self._listening = threading.Event()
+        self.returncode: int | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "agentmesh.hub_server",
+            "--host",
+            HOST,
+            "--port",
+            str(self.port),
+            "--store",
+            str(self.store),
+            "--log-level",
+            "info",
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 60.0) -> HubProcess:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self._listening.clear()
+        self.returncode = None
+        deadline = time.monotonic() + timeout
+        while True:
+            self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=subprocess_env(),
+            )
+            self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
+            self._reader.start()
+            while not self._listening.wait(0.05):
+                if self.proc.poll() is not None:
+                    break
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"hub did not start in {timeout}s:\n{self.stderr}")
+            if self._listening.is_set():
+                return self
+            # Exited before listening: a restart on the same port can race the old socket.
+            self._reader.join(5)
+            if time.monotonic() > deadline or "in use" not in self.stderr:
+                raise RuntimeError(
+                    f"hub exited with {self.proc.returncode} before listening:\n{self.stderr}"
+                )
+            time.sleep(0.2)
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
+            m = _LISTENING.search(line)
+            if m and not self._listening.is_set():
+                self.port = int(m.group(2))
+                self._listening.set()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait, return the exit code."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise RuntimeError(f"hub ignored SIGTERM for {timeout}s:\n{self.stderr}") from None
+        self._join_reader()
+        self.returncode = self.proc.returncode
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL (a crash): nothing is flushed or closed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait()
+        self._join_reader()
+        if self.proc is not None:
+            self.returncode = self.proc.returncode
+
+    def restart(self, timeout: float = 60.0) -> HubProcess:
+        """Start again on the same port and store (after stop() or kill())."""
+        return self.start(timeout)
+
+    def _join_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.join(10)
+
+    def __enter__(self) -> HubProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.alive():
+            with contextlib.suppress(Exception):
+                self.stop(10)
+        if self.alive():
+            self.kill()
+
+
+# --------------------------------------------------------------------------------------------
+# Keys and envelopes through the real crypto API
+
+
+def crypto() -> Any:
+    from agentmesh import crypto as c
+
+    return c
+
+
+def new_keypair(agent_id: str, path: Path | None = None) -> Any:
+    kp = crypto().AgentKeyPair.generate(agent_id)
+    if path is not None:
+        kp.save(str(path))
+    return kp
+
+
+def load_keypair(path: Path) -> Any:
+    return crypto().AgentKeyPair.load(str(path))
+
+
+def session(my_kp: Any, peer_kp: Any) -> Any:
+    return crypto().perform_key_exchange(my_kp, peer_kp.public_bundle())
+
+
+def seal_bytes(sess: Any, payload: dict[str, Any]) -> bytes:
+    return bytes(sess.seal(payload).to_bytes())
+
+
+class Collector:
+    """An ``on_envelope`` that unseals and records payloads, with an event per count."""
+
+    def __init__(self, sess: Any | None = None) -> None:
+        self.sess = sess
+        self.payloads: list[dict[str, Any]] = []
+        self.raw: list[bytes] = []
+        self.ids: list[int] = []
+        self.errors: list[BaseException] = []
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
+
+    async def __call__(self, delivery_id: int, envelope: bytes) -> None:
+        self.ids.append(delivery_id)
+        self.raw.append(envelope)
+        if self.sess is not None:
+            try:
+                self.payloads.append(self.sess.unseal(envelope))
+            except Exception as exc:
+                self.errors.append(exc)
+        n = len(self.raw)
+        for target, fut in self._waiters:
+            if n >= target and not fut.done():
+                fut.set_result(None)
+
+    async def wait_for(self, count: int, timeout: float = 60.0) -> None:
+        if len(self.raw) >= count:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((count, fut))
+        try:
+            await asyncio.wait_for(fut, timeout)
+        except (asyncio.TimeoutError, TimeoutError):
+            raise AssertionError(
+                f"received {len(self.raw)} of {count} envelopes within {timeout}s"
+            ) from None
+
+
+# --------------------------------------------------------------------------------------------
+# Raw protocol and TLS helpers
+
+
+async def read_frames(
+    reader: asyncio.StreamReader, *, timeout: float = 30.0, until: int | None = None
+) -> list[tuple[int, bytes]]:
+    """Frames the hub sends until it closes the connection (or ``until`` arrives)."""
+    dec = FrameDecoder(1 << 24)
+    frames: list[tuple[int, bytes]] = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            left = max(0.01, deadline - time.monotonic())
+            data = await asyncio.wait_for(reader.read(65536), left)
+        except (asyncio.TimeoutError, TimeoutError):
+            break
+        except ConnectionError:
+            break
+        if not data:
+            break
+        frames.extend(dec.feed(data))
+        if until is not None and any(t == until for t, _ in frames):
+            break
+    return frames
+
+
+def make_self_signed_cert(directory: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cryptography package, else the openssl CLI)."""
+    cert, key = directory / "hub-cert.pem", directory / "hub-key.pem"
+    try:
+        import datetime
+        import ipaddress
+
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+    except ImportError:
+        import shutil
+        import subprocess
+
+        if shutil.which("openssl") is None:
+            pytest.skip("neither the cryptography package nor the openssl CLI is available")
+        subprocess.run(
+            [
+                "openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "2",
+                "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+            ],
+            check=True,
+            capture_output=True,
+        )  # fmt: skip
+        return cert, key
+    pk = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    certificate = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(pk.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=2))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(pk, hashes.SHA256())
+    )
+    key.write_bytes(
+        pk.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    cert.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
+    return cert, key
+
+
+# --------------------------------------------------------------------------------------------
+# Peer processes
+
+
+def run_peer(role: str, *args: str, timeout: float = 120.0) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, str(Path(__file__).resolve()), role, *args],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+
+
+def peer_result(proc: subprocess.Popen[str], timeout: float = 120.0) -> dict[str, Any]:
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        raise AssertionError(f"peer timed out:\n{err}") from None
+    if proc.returncode != 0:
+        raise AssertionError(f"peer exited with {proc.returncode}:\n{out}\n{err}")
+    lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+    assert lines, f"peer printed no result:\n{out}\n{err}"
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+async def _peer_main(ns: argparse.Namespace) -> dict[str, Any]:
+    from agentmesh.hub_client import HubClient
+
+    me = load_keypair(Path(ns.key))
+    peer = load_keypair(Path(ns.peer_key))
+    sess = session(me, peer)
+    client = HubClient(HOST, ns.port, max_backoff=0.5)
+    count = ns.count
+    if ns.role == "receiver":
+        col = Collector(sess)
+        first: list[float] = []
+
+        async def on_env(did: int, env: bytes) -> None:
+            if not first:
+                first.append(time.perf_counter())
+            await col(did, env)
+
+        await client.register(me, on_env)
+        print("READY", flush=True)
+        await col.wait_for(count, ns.timeout)
+        elapsed = time.perf_counter() - first[0] if first else 0.0
+        await asyncio.sleep(0.2)  # let the last acknowledgements go out
+        await client.close()
+        seqs = [p.get("i") for p in col.payloads]
+        return {
+            "received": len(col.raw),
+            "in_order": seqs == list(range(count)),
+            "errors": [repr(e) for e in col.errors],
+            "first": seqs[:3],
+            "seconds": elapsed,
+            "rate": count / elapsed if elapsed else 0.0,
+        }
+    if ns.role == "sender":
+        await client.register(me, Collector())
+        pad = "x" * max(0, ns.size - 10)
+        t0 = time.perf_counter()
+        for i in range(count):
+            await client.send(peer.agent_id, seal_bytes(sess, {"i": i, "p": pad}))
+        await client.flush(ns.timeout)
+        dt = time.perf_counter() - t0
+        await client.close()
+        return {"sent": count, "seconds": dt, "rate": count / dt if dt else 0.0}
+    if ns.role == "echo":  # answer every envelope with one back (for round trips)
+        back = {"n": 0}
+
+        async def on_env(_did: int, env: bytes) -> None:
+            payload = sess.unseal(env)
+            await client.send(peer.agent_id, seal_bytes(sess, payload))
+            back["n"] += 1
+
+        await client.register(me, on_env)
+        print("READY", flush=True)
+        deadline = time.monotonic() + ns.timeout
+        while back["n"] < count and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await client.close()
+        return {"echoed": back["n"]}
+    if ns.role == "ping":  # round trips through an echo peer
+        replies: asyncio.Queue[float] = asyncio.Queue()
+
+        async def on_reply(_did: int, env: bytes) -> None:
+            sess.unseal(env)
+            replies.put_nowait(time.perf_counter())
+
+        await client.register(me, on_reply)
+        pad = "x" * max(0, ns.size - 10)
+        rtts: list[float] = []
+        for i in range(count + 50):  # the first 50 warm up
+            t0 = time.perf_counter()
+            await client.send(peer.agent_id, seal_bytes(sess, {"i": i, "p": pad}))
+            t1 = await asyncio.wait_for(replies.get(), ns.timeout)
+            if i >= 50:
+                rtts.append(t1 - t0)
+        await client.close()
+        rtts.sort()
+        return {
+            "count": len(rtts),
+            "p50_ms": rtts[len(rtts) // 2] * 1e3,
+            "p99_ms": rtts[min(len(rtts) - 1, len(rtts) * 99 // 100)] * 1e3,
+        }
+    raise SystemExit(f"unknown role {ns.role}")
+
+
+def _main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("role", choices=["receiver", "sender", "echo", "ping"])
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--peer-key", required=True)
+    p.add_argument("--count", type=int, default=100)
+    p.add_argument("--size", type=int, default=64)
+    p.add_argument("--timeout", type=float, default=90.0)
+    ns = p.parse_args()
+    result = asyncio.run(_peer_main(ns))
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,416 @@
+"""Agents in separate processes through a real network hub on 127.0.0.1.
+
+The hub runs as ``python -m agentmesh.hub_server --port 0`` (it prints the port it got) and is
+stopped by its PID. Agents run as subprocesses (the ``agentmesh`` CLI or a small script) or in
+the test process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from agentmesh import Agent
+from agentmesh.errors import IdentityChangedError
+from agentmesh.hubs import NetworkHub
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+
+LISTENING = re.compile(r"listening on \[?([^\]\s]+?)\]?:(\d+)")
+
+
+class HubProcess:
+    def __init__(self, tmp: Path, port: int = 0, store: Path | None = None) -> None:
+        self.store = store or tmp / "hub.sqlite3"
+        self.log = tmp / f"hub-{time.monotonic_ns()}.log"
+        self._log_file = open(self.log, "wb")  # noqa: SIM115
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "agentmesh.hub_server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--store",
+                str(self.store),
+                "--log-level",
+                "warning",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=self._log_file,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            match = LISTENING.search(self.log.read_text(errors="replace"))
+            if match:
+                self.port = int(match.group(2))
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"hub did not start:\n{self.log.read_text()}")
+            time.sleep(0.05)
+        self.address = f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.kill(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log_file.close()
+
+
+@pytest.fixture
+def hub(tmp_path):
+    proc = HubProcess(tmp_path)
+    yield proc
+    proc.stop()
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agentmesh.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+ECHO_AGENT = textwrap.dedent(
+    """
+    import json, sys, threading
+    from agentmesh.agent import Agent
+    from agentmesh.hubs import NetworkHub
+
+    host, port, key, agent_id, count = sys.argv[1:6]
+    port, count = int(port), int(count)
+    done = threading.Event()
+    seen = []
+    hub = NetworkHub(host, port)
+    agent = Agent(agent_id, hub=hub, keypair_path=key)
+
+    @agent.on_error
+    def rejected(exc):
+        print(json.dumps({"error": type(exc).__name__, "detail": str(exc)}), flush=True)
+
+    @agent.on_message
+    def echo(msg):
+        agent.send(msg.sender, text="ack:" + msg.text)
+        seen.append(msg.text)
+        print(json.dumps({"text": msg.text, "sender": msg.sender,
+                          "prekey": bool(msg.envelope.is_prekey)}), flush=True)
+        if len(seen) >= count:
+            done.set()
+
+    print(json.dumps({"ready": agent.fingerprint}), flush=True)
+    ok = done.wait(60)
+    agent.flush(30)
+    print(json.dumps({"status": agent.status()}), flush=True)
+    agent.close()
+    hub.close()
+    sys.exit(0 if ok else 1)
+    """
+)
+
+
+def run_echo(tmp_path: Path, hub: HubProcess, key: Path, agent_id: str, count: int):
+    script = tmp_path / "echo_agent.py"
+    script.write_text(ECHO_AGENT)
+    return subprocess.Popen(
+        [sys.executable, str(script), "127.0.0.1", str(hub.port), str(key), agent_id, str(count)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_registered(hub_addr: int, agent_id: str, timeout: float = 30) -> None:
+    with NetworkHub("127.0.0.1", hub_addr) as lookup:
+        deadline = time.monotonic() + timeout
+        while agent_id not in lookup.list_agents():
+            assert time.monotonic() < deadline, f"{agent_id} never registered"
+            time.sleep(0.05)
+
+
+def collect(agent: Agent, n: int, timeout: float = 30) -> list:
+    got: list = []
+    agent.on_message(got.append)
+    deadline = time.monotonic() + timeout
+    while len(got) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return got
+
+
+def lines_of(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+
+def test_messages_cross_processes_in_order(tmp_path, hub):
+    assert cli("keygen", "--path", str(tmp_path / "bob.key"), "--id", "bob").returncode == 0
+    listener = subprocess.Popen(
+        [
+            sys.executable, "-m", "agentmesh.cli", "listen", "--hub", hub.address,
+            "--key", str(tmp_path / "bob.key"), "--count", "60", "--timeout", "60",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        wait_registered(hub.port, "bob")
+        net = NetworkHub("127.0.0.1", hub.port)
+        with Agent("alice", hub=net) as alice:
+            assert "bob" in alice.list_peers() and "alice" not in alice.list_peers()
+            for i in range(60):
+                alice.send("bob", text=f"m{i:02d}", n=i)
+            alice.flush(timeout=30)
+            assert net.message_count() >= 60
+        net.close()
+        out, err = listener.communicate(timeout=60)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+    assert listener.returncode == 0, err
+    msgs = lines_of(out)
+    assert [m["text"] for m in msgs] == [f"m{i:02d}" for i in range(60)]
+    assert all(m["sender"] == "alice" and m["recipient"] == "bob" for m in msgs)
+    assert [m["payload"]["n"] for m in msgs] == list(range(60))
+
+
+def test_offline_agent_gets_queued_messages_and_restart_continues_sessions(tmp_path, hub):
+    bob_key = tmp_path / "bob.key"
+    net = NetworkHub("127.0.0.1", hub.port)
+    alice = Agent("alice", hub=net, keypair_path=tmp_path / "alice.key")
+    acks: list = []
+    alice.on_message(acks.append)
+
+    # 1. bob online: a round trip establishes the sessions both ways
+    bob = run_echo(tmp_path, hub, bob_key, "bob", 2)
+    bob_fp = json.loads(bob.stdout.readline())["ready"]
+    alice.send("bob", text="r1")
+    alice.send("bob", text="r2")
+    out, err = bob.communicate(timeout=60)
+    assert bob.returncode == 0, err
+    first = lines_of(out)
+    assert [m["text"] for m in first if "text" in m] == ["r1", "r2"]
+    deadline = time.monotonic() + 30
+    while len(acks) < 2 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [m.text for m in acks] == ["ack:r1", "ack:r2"]
+
+    # 2. bob is down: messages are queued on the hub
+    for i in range(5):
+        alice.send("bob", text=f"q{i}")
+    alice.flush(timeout=30)
+
+    # 3. bob restarts from its key file: it continues the session and decrypts the queue
+    bob = run_echo(tmp_path, hub, bob_key, "bob", 5)
+    out, err = bob.communicate(timeout=60)
+    assert bob.returncode == 0, err
+    second = lines_of(out)
+    assert second[0]["ready"] == bob_fp  # same fingerprint
+    texts = [m for m in second if "text" in m]
+    assert [m["text"] for m in texts] == [f"q{i}" for i in range(5)]
+    assert not any(m["prekey"] for m in texts)  # the old session continued
+    assert not [m for m in second if "error" in m]
+    status = second[-1]["status"]
+    assert status["received"] == 5 and status["rejected"] == 0
+    deadline = time.monotonic() + 30
+    while len(acks) < 7 and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [m.text for m in acks[2:]] == [f"ack:q{i}" for i in range(5)]
+    alice.close()
+    net.close()
+
+
+def test_restarted_sender_continues_and_peer_sees_no_errors(tmp_path, hub):
+    bob_key = tmp_path / "bob.key"
+    bob = run_echo(tmp_path, hub, bob_key, "bob", 4)
+    assert json.loads(bob.stdout.readline())["ready"]
+    for round_ in range(2):  # alice restarts between the rounds
+        net = NetworkHub("127.0.0.1", hub.port)
+        alice = Agent("alice", hub=net, keypair_path=tmp_path / "alice.key")
+        got = []
+        alice.on_message(got.append)
+        alice.send("bob", text=f"round{round_}-a")
+        alice.send("bob", text=f"round{round_}-b")
+        deadline = time.monotonic() + 30
+        while len(got) < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert [m.text for m in got] == [f"ack:round{round_}-a", f"ack:round{round_}-b"]
+        alice.close()
+        net.close()
+    out, err = bob.communicate(timeout=60)
+    assert bob.returncode == 0, err
+    assert not [m for m in lines_of(out) if "error" in m]
+
+
+def test_identity_change_is_detected_over_the_network(tmp_path):
+    hub = HubProcess(tmp_path)
+    port = hub.port
+    try:
+        assert cli("keygen", "--path", str(tmp_path / "bob.key"), "--id", "bob").returncode == 0
+        bob_proc = run_echo(tmp_path, hub, tmp_path / "bob.key", "bob", 1)
+        assert json.loads(bob_proc.stdout.readline())["ready"]
+        net = NetworkHub("127.0.0.1", port)
+        alice = Agent("alice", hub=net, keypair_path=tmp_path / "alice.key")
+        alice.send("bob", text="pin bob")
+        alice.flush(30)
+        assert bob_proc.wait(60) == 0
+        alice.close()
+        net.close()
+    finally:
+        hub.stop()
+
+    # the hub's operator wipes its store and an impostor registers as "bob"
+    hub.store.unlink()
+    for extra in hub.store.parent.glob(hub.store.name + "-*"):
+        extra.unlink()
+    hub = HubProcess(tmp_path, port=port)
+    try:
+        assert cli("keygen", "--path", str(tmp_path / "evil.key"), "--id", "bob").returncode == 0
+        net = NetworkHub("127.0.0.1", port)
+        alice = Agent("alice", hub=net, keypair_path=tmp_path / "alice.key")
+        errors: list = []
+        alice.on_error(errors.append)
+        alice.on_message(lambda m: pytest.fail(f"impostor message reached a handler: {m}"))
+        result = cli("send", "--hub", hub.address, "--key", str(tmp_path / "evil.key"),
+                     "--to", "alice", "--text", "I am bob, trust me")  # fmt: skip
+        assert result.returncode == 0, result.stderr
+        deadline = time.monotonic() + 30
+        while not errors and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert errors and isinstance(errors[0], IdentityChangedError)
+        with pytest.raises(IdentityChangedError):
+            alice.send("bob", text="secret for the real bob")
+        alice.close()
+        net.close()
+    finally:
+        hub.stop()
+
+
+def test_network_hub_interface(tmp_path, hub):
+    net = NetworkHub("127.0.0.1", hub.port)
+    assert net.get_bundle("nobody") is None
+    a = Agent("a", hub=net)
+    b = Agent("b", hub=net)
+    assert net.get_bundle("a")["identity_key"] == a.public_bundle["identity_key"]
+    assert {"a", "b"} <= set(net.list_agents())
+    assert a.list_peers() == ["b"]
+    got = []
+    b.on_message(got.append)
+    with pytest.raises(ValueError, match="Peer 'ghost' not found on hub"):
+        a.send("ghost", text="x")
+    before = net.message_count()
+    a.send("b", text="via deliver")
+    a.flush(10)
+    assert net.message_count() == before + 1
+    deadline = time.monotonic() + 10
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [m.text for m in got] == ["via deliver"]
+    a.close()
+    b.close()
+    net.close()
+
+
+def test_slow_handler_does_not_stall_other_agents(tmp_path, hub):
+    net = NetworkHub("127.0.0.1", hub.port)
+    slow = Agent("slow", hub=net)
+    fast = Agent("fast", hub=net)
+    sender = Agent("sender", hub=net)
+    fast_got: list = []
+    slow_got: list = []
+
+    @slow.on_message
+    def crawl(msg):
+        time.sleep(0.5)
+        slow_got.append(msg.text)
+
+    fast.on_message(fast_got.append)
+    for i in range(3):
+        sender.send("slow", text=f"s{i}")
+    t0 = time.monotonic()
+    for i in range(20):
+        sender.send("fast", text=f"f{i}")
+    sender.flush(10)
+    deadline = time.monotonic() + 10
+    while len(fast_got) < 20 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(fast_got) == 20
+    assert time.monotonic() - t0 < 1.0  # not stuck behind the slow handler
+    deadline = time.monotonic() + 10
+    while len(slow_got) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert slow_got == ["s0", "s1", "s2"]
+    for agent in (slow, fast, sender):
+        agent.close()
+    net.close()
+
+
+def test_flush_timeout_when_the_hub_is_gone(tmp_path):
+    from agentmesh.errors import FlushTimeoutError
+
+    proc = HubProcess(tmp_path)
+    net = NetworkHub("127.0.0.1", proc.port)
+    a = Agent("a", hub=net)
+    b = Agent("b", hub=net)
+    a.send("b", text="x")
+    a.flush(10)
+    os.kill(proc.proc.pid, signal.SIGKILL)
+    proc.proc.wait(10)
+    proc.stop()
+    a.send("b", text="into the void")  # streams: returns at once
+    with pytest.raises(FlushTimeoutError):
+        a.flush(timeout=0.5)
+    with pytest.raises(FlushTimeoutError):
+        a.close(timeout=0.5)
+    assert a.closed
+    b.close(timeout=0.5)
+    net.close()
+
+
+def test_async_agent_on_a_network_hub(tmp_path, hub):
+    import asyncio
+
+    from agentmesh.agent import AsyncAgent
+
+    async def main():
+        net = NetworkHub("127.0.0.1", hub.port)
+        bob = AsyncAgent("bob", hub=net, keypair_path=tmp_path / "bob.key")
+        alice = Agent("alice", hub=net)
+        replies: list = []
+        alice.on_message(replies.append)
+        for i in range(10):
+            alice.send("bob", text=f"n{i}")
+        seen = []
+        async for msg in bob:
+            seen.append(msg.text)
+            await bob.send(msg.sender, text="re:" + msg.text)
+            if len(seen) == 10:
+                break
+        await bob.flush(timeout=10)
+        assert seen == [f"n{i}" for i in range(10)]
+        deadline = time.monotonic() + 10
+        while len(replies) < 10 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert [m.text for m in replies] == [f"re:n{i}" for i in range(10)]
+        assert await bob.list_peers() == ["alice"]
+        await bob.close()
+        alice.close()
+        net.close()
+
+    asyncio.run(asyncio.wait_for(main(), 60))

@@ -1,0 +1,723 @@
+"""The network hub in this process (background thread) with real HubClients: registration,
+store and forward, refusals, limits, TLS, the server object's own API."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import ssl
+import struct
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hubutil import (
+    HOST,
+    Collector,
+    make_self_signed_cert,
+    new_keypair,
+    read_frames,
+    seal_bytes,
+    session,
+)
+
+from agentmesh.errors import FlushTimeoutError, HubError
+from agentmesh.hub_client import HubClient
+from agentmesh.hub_protocol import (
+    ErrorCode,
+    FrameType,
+    HubRequestError,
+    PeerNotFoundError,
+    decode_error,
+    encode_frame,
+    encode_hello,
+    encode_send,
+)
+from agentmesh.hub_server import HubLimits, NetworkHubServer
+from agentmesh.hub_store import default_store_path
+
+ServerFactory = Callable[..., NetworkHubServer]
+
+
+def run(coro: Awaitable[Any], timeout: float = 120.0) -> Any:
+    async def main() -> Any:
+        return await asyncio.wait_for(coro, timeout)
+
+    return asyncio.run(main())
+
+
+@pytest.fixture
+def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
+    servers: list[NetworkHubServer] = []
+
+    def factory(**kw: Any) -> NetworkHubServer:
+        kw.setdefault("store_path", tmp_path / f"hub{len(servers)}.db")
+        srv = NetworkHubServer(HOST, 0, **kw)
+        srv.start(block=False)
+        servers.append(srv)
+        return srv
+
+    yield factory
+    for srv in servers:
+        srv.stop()
+
+
+@pytest.fixture
+def server(make_server: ServerFactory) -> NetworkHubServer:
+    return make_server()
+
+
+def client(srv: NetworkHubServer, **kw: Any) -> HubClient:
+    kw.setdefault("max_backoff", 0.5)
+    return HubClient(HOST, srv.port, **kw)
+
+
+# --------------------------------------------------------------------------------------------
+# Basics
+
+
+def test_lookup_answers_before_any_agent_exists(server: NetworkHubServer) -> None:
+    async def go() -> None:
+        look = client(server)
+        await look.connect_lookup()
+        assert await look.list_agents() == []
+        assert await look.get_bundle("bob") is None
+        assert await look.message_count() == 0
+        await look.close()
+
+    run(go())
+    assert server.list_agents() == []
+    assert server.message_count() == 0
+
+
+def test_register_send_receive_in_order(server: NetworkHubServer) -> None:
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+    n = 500
+
+    async def go() -> None:
+        a, b = client(server), client(server)
+        got = Collector(session(bob_kp, alice_kp))
+        await a.register(alice_kp, Collector())
+        await b.register(bob_kp, got)
+        look = client(server)  # lookups need no registration and see the directory
+        assert await look.list_agents() == ["alice", "bob"]
+        bundle = await look.get_bundle("bob")
+        assert bundle is not None and bundle["agent_id"] == "bob"
+        s = session(alice_kp, bob_kp)
+        for i in range(n):
+            await a.send("bob", seal_bytes(s, {"i": i}))
+        await a.flush(60)
+        await got.wait_for(n)
+        assert [p["i"] for p in got.payloads] == list(range(n))
+        assert not got.errors
+        assert got.ids == sorted(got.ids)
+        assert await look.message_count() == n
+        for c in (a, b, look):
+            await c.close()
+
+    run(go())
+    assert server.message_count() == n
+    assert server.list_agents() == ["alice", "bob"]
+    bundle = server.get_bundle("alice")
+    assert bundle is not None and bundle["agent_id"] == "alice"
+
+
+def test_offline_agent_receives_what_was_queued(server: NetworkHubServer) -> None:
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+
+    async def go() -> None:
+        b = client(server)
+        await b.register(bob_kp, Collector())
+        await b.close()  # bob is known to the hub, and offline
+        a = client(server)
+        await a.register(alice_kp, Collector())
+        s = session(alice_kp, bob_kp)
+        for i in range(50):
+            await a.send("bob", seal_bytes(s, {"i": i}))
+        await a.flush(60)
+        got = Collector(session(bob_kp, alice_kp))
+        b = client(server)
+        await b.register(bob_kp, got)
+        await got.wait_for(50)
+        assert [p["i"] for p in got.payloads] == list(range(50))
+        await b.close()
+        # Acknowledged envelopes are gone: a later connection gets only new ones.
+        await a.send("bob", seal_bytes(s, {"i": 50}))
+        await a.flush(60)
+        again = Collector(session(bob_kp, alice_kp))
+        again.sess = got.sess
+        b = client(server)
+        await b.register(bob_kp, again)
+        await again.wait_for(1)
+        await asyncio.sleep(0.3)
+        assert [p["i"] for p in again.payloads] == [50]
+        await b.close()
+        await a.close()
+
+    run(go())
+
+
+def test_slow_recipient_and_connecting_mid_stream_keep_order(make_server: ServerFactory) -> None:
+    # A tiny window and memory buffer force the switch between live delivery and catching up
+    # from the store, many times.
+    srv = make_server(delivery_window=4, delivery_buffer=8)
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+    n = 600
+
+    async def go() -> None:
+        b = client(srv)
+        await b.register(bob_kp, Collector())
+        await b.close()
+        a = client(srv)
+        await a.register(alice_kp, Collector())
+        s = session(alice_kp, bob_kp)
+        got = Collector(session(bob_kp, alice_kp))
+
+        async def slow(did: int, env: bytes) -> None:
+            await got(did, env)
+            if len(got.raw) % 50 == 0:
+                await asyncio.sleep(0.02)
+
+        async def stream() -> None:
+            for i in range(n):
+                await a.send("bob", seal_bytes(s, {"i": i}))
+                if i % 100 == 0:
+                    await asyncio.sleep(0.01)
+
+        sender = asyncio.create_task(stream())
+        await asyncio.sleep(0.02)
+        b = client(srv)
+        await b.register(bob_kp, slow)  # comes online in the middle of the stream
+        await sender
+        await a.flush(60)
+        await got.wait_for(n)
+        assert [p["i"] for p in got.payloads] == list(range(n))
+        assert got.ids == sorted(got.ids)
+        # The inbox is empty once everything is acknowledged.
+        await asyncio.sleep(0.3)
+        await b.close()
+        again = Collector()
+        b = client(srv)
+        await b.register(bob_kp, again)
+        await asyncio.sleep(0.5)
+        assert again.raw == []
+        for c in (a, b):
+            await c.close()
+
+    run(go())
+
+
+def test_batch_consumer(server: NetworkHubServer) -> None:
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+    batches: list[list[tuple[int, bytes]]] = []
+    done = asyncio.Event
+
+    async def go() -> None:
+        finished = done()
+
+        async def on_batch(items: list[tuple[int, bytes]]) -> None:
+            batches.append(items)
+            if sum(len(x) for x in batches) == 300:
+                finished.set()
+
+        a, b = client(server), client(server)
+        await a.register(alice_kp, Collector())
+        with pytest.raises(TypeError):
+            await b.register(bob_kp)
+        await b.register(bob_kp, on_batch=on_batch)
+        s = session(alice_kp, bob_kp)
+        for i in range(300):
+            await a.send("bob", seal_bytes(s, {"i": i}))
+        await a.flush(30)
+        await asyncio.wait_for(finished.wait(), 30)
+        r = session(bob_kp, alice_kp)
+        flat = [r.unseal(env)["i"] for batch in batches for _did, env in batch]
+        assert flat == list(range(300))
+        assert all(len(batch) <= 256 for batch in batches)
+        for c in (a, b):
+            await c.close()
+
+    run(go())
+
+
+def test_impostor_is_refused_and_gets_nothing(server: NetworkHubServer) -> None:
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+    fake_bob = new_keypair("bob")  # same id, other identity key
+
+    async def go() -> None:
+        b = client(server)
+        await b.register(bob_kp, Collector())
+        await b.close()
+        a = client(server)
+        await a.register(alice_kp, Collector())
+        s = session(alice_kp, bob_kp)
+        for i in range(5):
+            await a.send("bob", seal_bytes(s, {"i": i}))
+        await a.flush(60)
+        stolen = Collector()
+        imp = client(server)
+        with pytest.raises(HubRequestError) as info:
+            await imp.register(fake_bob, stolen)
+        assert info.value.code == ErrorCode.ID_TAKEN
+        assert "another identity key" in str(info.value)
+        await asyncio.sleep(0.3)
+        assert stolen.raw == []
+        with pytest.raises(HubError):
+            await imp.send("alice", b"x")
+        await imp.close()
+        # The directory still holds the real bob, and his inbox is intact.
+        look = client(server)
+        bundle = await look.get_bundle("bob")
+        assert bundle is not None
+        assert bundle["identity_key"] == bob_kp.public_bundle()["identity_key"]
+        got = Collector(session(bob_kp, alice_kp))
+        b = client(server)
+        await b.register(bob_kp, got)
+        await got.wait_for(5)
+        assert [p["i"] for p in got.payloads] == list(range(5))
+        for c in (a, b, look):
+            await c.close()
+
+    run(go())
+
+
+def test_cannot_send_in_another_agents_name(server: NetworkHubServer) -> None:
+    alice_kp, bob_kp, carol_kp = new_keypair("alice"), new_keypair("bob"), new_keypair("carol")
+
+    async def go() -> None:
+        a, b, c = client(server), client(server), client(server)
+        got = Collector()
+        await a.register(alice_kp, Collector())
+        await b.register(bob_kp, got)
+        await c.register(carol_kp, Collector())
+        forged = seal_bytes(session(carol_kp, bob_kp), {"from": "carol"})
+        await a.send("bob", forged)  # alice relays an envelope whose sender is carol
+        with pytest.raises(HubRequestError) as info:
+            await a.flush(30)
+        assert info.value.code == ErrorCode.ENVELOPE_MISMATCH
+        assert info.value.recipient == "bob"
+        misrouted = seal_bytes(session(alice_kp, bob_kp), {"x": 1})
+        await a.send("carol", misrouted)  # envelope for bob, stated recipient carol
+        with pytest.raises(HubRequestError) as info:
+            await a.flush(30)
+        assert info.value.code == ErrorCode.ENVELOPE_MISMATCH
+        await a.send("bob", b"\x00garbage that is no envelope")
+        with pytest.raises(HubRequestError) as info:
+            await a.flush(30)
+        assert info.value.code == ErrorCode.BAD_ENVELOPE
+        await asyncio.sleep(0.3)
+        assert got.raw == []
+        for x in (a, b, c):
+            await x.close()
+
+    run(go())
+
+
+def test_unknown_peer_is_a_value_error_naming_it(server: NetworkHubServer) -> None:
+    alice_kp = new_keypair("alice")
+    ghost_kp = new_keypair("ghost")
+
+    async def go() -> None:
+        a = client(server)
+        await a.register(alice_kp, Collector())
+        await a.send("ghost", seal_bytes(session(alice_kp, ghost_kp), {"x": 1}))
+        with pytest.raises(ValueError, match="Peer 'ghost' not found on hub") as info:
+            await a.flush(30)
+        assert isinstance(info.value, PeerNotFoundError)
+        assert isinstance(info.value, HubError)
+        # Known now: the next send to it fails at once, without a round trip.
+        with pytest.raises(PeerNotFoundError, match="ghost"):
+            await a.send("ghost", seal_bytes(session(alice_kp, ghost_kp), {"x": 2}))
+        await a.close()
+
+    run(go())
+
+
+def test_lookup_connection_cannot_send(server: NetworkHubServer) -> None:
+    async def go() -> None:
+        look = client(server)
+        await look.connect_lookup()
+        with pytest.raises(HubError, match="register"):
+            await look.send("bob", b"x")
+        await look.close()
+        # On the wire too: a SEND on a lookup connection is refused.
+        reader, writer = await asyncio.open_connection(HOST, server.port)
+        writer.write(encode_hello() + encode_frame(FrameType.LOOKUP))
+        writer.write(encode_send(1, b"bob", b"envelope"))
+        frames = await read_frames(reader, until=FrameType.SEND_ERROR)
+        err = [b for t, b in frames if t == FrameType.SEND_ERROR]
+        assert err and struct.unpack(">QH", err[0][:10])[1] == ErrorCode.NOT_AUTHENTICATED
+        writer.close()
+
+    run(go())
+
+
+def test_inbox_full_is_refused_not_dropped(make_server: ServerFactory) -> None:
+    srv = make_server(max_queued_per_agent=5)
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+
+    async def go() -> None:
+        b = client(srv)
+        await b.register(bob_kp, Collector())
+        await b.close()
+        a = client(srv)
+        await a.register(alice_kp, Collector())
+        s = session(alice_kp, bob_kp)
+        for i in range(8):
+            await a.send("bob", seal_bytes(s, {"i": i}))
+        errors = []
+        for _ in range(3):
+            with pytest.raises(HubRequestError) as info:
+                await a.flush(30)
+            errors.append(info.value)
+        await a.flush(30)
+        assert [e.code for e in errors] == [ErrorCode.INBOX_FULL] * 3
+        assert "inbox full" in str(errors[0])
+        got = Collector(session(bob_kp, alice_kp))
+        b = client(srv)
+        await b.register(bob_kp, got)
+        await got.wait_for(5)
+        await asyncio.sleep(0.3)
+        assert [p["i"] for p in got.payloads] == [0, 1, 2, 3, 4]
+        # Once acknowledged there is room again.
+        await a.send("bob", seal_bytes(s, {"i": 8}))
+        await a.flush(30)
+        await got.wait_for(6)
+        for c in (a, b):
+            await c.close()
+
+    run(go())
+
+
+def test_reregistering_with_the_same_key_updates_the_bundle(server: NetworkHubServer) -> None:
+    kp = new_keypair("alice")
+    if not hasattr(kp, "rotate_signed_prekey"):
+        pytest.skip("keypair has no rotate_signed_prekey")
+
+    async def go() -> None:
+        c = client(server)
+        await c.register(kp, Collector())
+        await c.close()
+        kp.rotate_signed_prekey()
+        c = client(server)
+        await c.register(kp, Collector())
+        look = client(server)
+        bundle = await look.get_bundle("alice")
+        assert bundle is not None
+        assert bundle["signed_prekey"] == kp.public_bundle()["signed_prekey"]
+        await c.close()
+        await look.close()
+
+    run(go())
+
+
+def test_a_newer_connection_replaces_the_older(server: NetworkHubServer) -> None:
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+
+    async def go() -> None:
+        old, new = Collector(), Collector()
+        b1 = client(server)
+        await b1.register(bob_kp, old)
+        b2 = client(server)
+        await b2.register(bob_kp, new)
+        a = client(server)
+        await a.register(alice_kp, Collector())
+        await a.send("bob", seal_bytes(session(alice_kp, bob_kp), {"i": 0}))
+        await a.flush(30)
+        await new.wait_for(1)
+        assert old.raw == []
+        refusal: HubRequestError | None = None
+        for _ in range(200):  # the old client learns it was replaced and stops
+            try:
+                await b1.send("alice", b"x")
+            except HubRequestError as exc:
+                if exc.code == ErrorCode.REPLACED:
+                    refusal = exc
+                    break
+            await asyncio.sleep(0.05)
+        assert refusal is not None and refusal.code == ErrorCode.REPLACED
+        for c in (a, b2):
+            await c.close()
+        await b1.close()
+
+    run(go())
+
+
+def test_envelope_larger_than_the_frame_limit_is_refused_locally(
+    make_server: ServerFactory,
+) -> None:
+    srv = make_server(max_frame_size=8192)
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+
+    async def go() -> None:
+        a, b = client(srv), client(srv)
+        await a.register(alice_kp, Collector())
+        got = Collector(session(bob_kp, alice_kp))
+        await b.register(bob_kp, got)
+        s = session(alice_kp, bob_kp)
+        with pytest.raises(HubError, match="frame limit"):
+            await a.send("bob", seal_bytes(s, {"blob": "x" * 10_000}))
+        await a.send("bob", seal_bytes(s, {"blob": "x" * 6_000}))
+        await a.flush(30)
+        await got.wait_for(1)
+        assert a.connected
+        for c in (a, b):
+            await c.close()
+
+    run(go())
+
+
+def test_no_reconnect_means_a_lost_connection_is_final(make_server: ServerFactory) -> None:
+    srv = make_server()
+    alice_kp = new_keypair("alice")
+
+    async def go() -> None:
+        a = client(srv, reconnect=False)
+        await a.register(alice_kp, Collector())
+        await asyncio.get_running_loop().run_in_executor(None, srv.stop)
+        for _ in range(200):
+            if not a.connected:
+                break
+            await asyncio.sleep(0.05)
+        with pytest.raises(HubError):
+            for _ in range(200):
+                await a.send("alice", b"x")
+                await asyncio.sleep(0.05)
+        with contextlib.suppress(HubError):  # an "x" queued before the loss is reported here
+            await a.close()
+
+    run(go())
+
+
+def test_flush_times_out_while_the_hub_is_gone(make_server: ServerFactory) -> None:
+    srv = make_server()
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+
+    async def go() -> None:
+        b = client(srv)
+        await b.register(bob_kp, Collector())
+        a = client(srv)
+        await a.register(alice_kp, Collector())
+        await asyncio.get_running_loop().run_in_executor(None, srv.stop)
+        await a.send("bob", seal_bytes(session(alice_kp, bob_kp), {"i": 0}))
+        with pytest.raises(FlushTimeoutError, match="1 envelope"):
+            await a.flush(0.5)
+        assert isinstance(FlushTimeoutError("x"), TimeoutError)
+        with pytest.raises(FlushTimeoutError):
+            await a.close(timeout=0.2)
+        await b.close(timeout=0.2)
+
+    run(go())
+
+
+def test_idle_registered_client_survives_the_idle_timeout(make_server: ServerFactory) -> None:
+    srv = make_server(idle_timeout=1.5, ping_interval=0.3)
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+
+    async def go() -> None:
+        got = Collector(session(bob_kp, alice_kp))
+        a, b = client(srv), client(srv)
+        await a.register(alice_kp, Collector())
+        await b.register(bob_kp, got)
+        await asyncio.sleep(4.0)  # more than twice the idle timeout, doing nothing
+        assert a.connected and b.connected
+        assert a.reconnects == 0 and b.reconnects == 0
+        await a.send("bob", seal_bytes(session(alice_kp, bob_kp), {"i": 1}))
+        await a.flush(30)
+        await got.wait_for(1)
+        for c in (a, b):
+            await c.close()
+
+    run(go())
+
+
+def test_silent_raw_connection_is_dropped_at_the_idle_timeout(make_server: ServerFactory) -> None:
+    srv = make_server(idle_timeout=1.0, ping_interval=0.25, handshake_timeout=1.0)
+
+    async def go() -> None:
+        reader, writer = await asyncio.open_connection(HOST, srv.port)
+        writer.write(encode_hello() + encode_frame(FrameType.LOOKUP))
+        t0 = time.monotonic()
+        frames = await read_frames(reader, timeout=30)  # never answers the pings
+        assert time.monotonic() - t0 < 20
+        types = [t for t, _ in frames]
+        assert FrameType.PING in types
+        assert frames[-1][0] == FrameType.ERROR
+        assert decode_error(frames[-1][1])[0] == ErrorCode.IDLE_TIMEOUT
+        writer.close()
+
+    run(go())
+
+
+def test_max_connections(make_server: ServerFactory) -> None:
+    srv = make_server(max_connections=20)
+
+    async def go() -> None:
+        conns = [await asyncio.open_connection(HOST, srv.port) for _ in range(20)]
+        await asyncio.sleep(0.2)
+        reader, writer = await asyncio.open_connection(HOST, srv.port)
+        frames = await read_frames(reader, timeout=30)
+        assert frames and frames[-1][0] == FrameType.ERROR
+        assert decode_error(frames[-1][1])[0] == ErrorCode.TOO_MANY_CONNECTIONS
+        writer.close()
+        for _r, w in conns:
+            w.close()
+        await asyncio.sleep(0.3)
+        # Slots are free again.
+        look = client(srv)
+        assert await look.list_agents() == []
+        await look.close()
+
+    run(go())
+
+
+def test_tls(make_server: ServerFactory, tmp_path: Path) -> None:
+    cert, key = make_self_signed_cert(tmp_path)
+    srv = make_server(tls_cert=cert, tls_key=key)
+    assert srv.tls
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+    ctx = ssl.create_default_context(cafile=str(cert))
+
+    async def go() -> None:
+        got = Collector(session(bob_kp, alice_kp))
+        a, b = client(srv, ssl=ctx), client(srv, ssl=ctx)
+        await a.register(alice_kp, Collector())
+        await b.register(bob_kp, got)
+        s = session(alice_kp, bob_kp)
+        for i in range(20):
+            await a.send("bob", seal_bytes(s, {"i": i}))
+        await a.flush(30)
+        await got.wait_for(20)
+        assert [p["i"] for p in got.payloads] == list(range(20))
+        # Without TLS, or without trusting the certificate, there is no connection.
+        plain = client(srv, connect_timeout=3.0)
+        with pytest.raises(HubError):
+            await plain.connect_lookup()
+        untrusting = client(srv, ssl=True, connect_timeout=3.0)
+        with pytest.raises(HubError):
+            await untrusting.connect_lookup()
+        for c in (a, b):
+            await c.close()
+
+    run(go())
+
+
+# --------------------------------------------------------------------------------------------
+# The server object
+
+
+def test_agents_can_use_the_server_object_as_their_hub(server: NetworkHubServer) -> None:
+    import threading
+
+    from agentmesh import Agent
+
+    got: list[str] = []
+    arrived = threading.Event()
+    alice = Agent("alice", hub=server)
+    bob = Agent("bob", hub=server)
+    try:
+
+        @bob.on_message
+        def handle(msg: Any) -> None:
+            got.append(f"{msg.sender}:{msg.text}")
+            arrived.set()
+
+        assert sorted(server.list_agents()) == ["alice", "bob"]
+        alice.send("bob", text="over the network hub")
+        alice.flush(30)
+        assert arrived.wait(30)
+        assert got == ["alice:over the network hub"]
+        assert server.message_count() >= 1
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_start_in_background_port_zero_and_ephemeral_store() -> None:
+    srv = NetworkHubServer(port=0)
+    srv.start(block=False)
+    try:
+        assert srv.port != 0 and srv.running
+        assert srv.store_path is not None and srv.store_path.exists()
+        with socket.create_connection((HOST, srv.port), timeout=5):
+            pass
+        with pytest.raises(RuntimeError):
+            srv.start(block=False)
+    finally:
+        srv.stop()
+    assert not srv.running
+    assert not srv.store_path.exists()  # private store of a port-0 hub is removed
+    srv.stop()  # idempotent
+
+
+def test_default_store_location_for_a_fixed_port(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("AGENTMESH_HUB_DIR", str(tmp_path))
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        port = s.getsockname()[1]
+    with NetworkHubServer(HOST, port) as srv:
+        assert srv.port == port
+        assert srv.store_path == default_store_path(HOST, port)
+        assert srv.store_path.exists()
+    assert srv.store_path.exists()  # persistent
+
+
+def test_start_errors_are_raised(tmp_path: Path) -> None:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        s.listen()
+        port = s.getsockname()[1]
+        srv = NetworkHubServer(HOST, port, store_path=tmp_path / "a.db")
+        with pytest.raises(OSError):
+            srv.start(block=False)
+    a = NetworkHubServer(HOST, 0, store_path=tmp_path / "b.db")
+    a.start(block=False)
+    try:
+        from agentmesh.hub_store import StoreError
+
+        with pytest.raises(StoreError, match="in use"):
+            NetworkHubServer(HOST, 0, store_path=tmp_path / "b.db").start(block=False)
+    finally:
+        a.stop()
+
+
+def test_start_block_inside_a_loop_is_refused(tmp_path: Path) -> None:
+    async def go() -> None:
+        with pytest.raises(RuntimeError, match="serve"):
+            NetworkHubServer(HOST, 0, store_path=tmp_path / "x.db").start(block=True)
+
+    run(go())
+
+
+def test_serve_in_an_existing_loop(tmp_path: Path) -> None:
+    async def go() -> None:
+        srv = NetworkHubServer(HOST, 0, store_path=tmp_path / "x.db")
+        listening = asyncio.Event()
+        task = asyncio.create_task(srv.serve(on_listening=lambda _s: listening.set()))
+        await listening.wait()
+        look = client(srv)
+        assert await look.message_count() == 0
+        await look.close()
+        srv.stop()
+        await task
+
+    run(go())
+
+
+def test_limits_are_validated() -> None:
+    with pytest.raises(ValueError):
+        NetworkHubServer(port=0, idle_timeout=1.0, ping_interval=2.0)
+    with pytest.raises(ValueError):
+        NetworkHubServer(port=0, max_connections=0)
+    with pytest.raises(TypeError):
+        NetworkHubServer(port=0, no_such_limit=1)
+    with pytest.raises(ValueError):
+        NetworkHubServer(port=70000)
+    with pytest.raises(ValueError):
+        NetworkHubServer(port=0, tls_cert="x.pem")
+    assert HubLimits().validate().idle_timeout == 60.0
