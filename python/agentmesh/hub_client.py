@@ -371,8 +371,14 @@ class HubClient:
         self._mode = "lookup"
         try:
             await self._establish()
-        except BaseException:
+        except BaseException as exc:
             self._mode = None
+            # Lookups that were waiting for this connection fail with it.
+            for fut, _frame in self._requests.values():
+                if not fut.done():
+                    fut.set_exception(
+                        exc if isinstance(exc, HubError) else HubError("cannot reach the hub")
+                    )
             raise
 
     async def register(
