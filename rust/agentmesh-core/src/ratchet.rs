@@ -250,7 +250,7 @@ impl Ratchet {
 
     pub(crate) fn commit_send(&mut self, next: ChainKey) {
         self.sending = Some(next);
-        self.send_counter += 1;
+        self.send_counter = self.send_counter.saturating_add(1);
     }
 
     /// Derives the message key for `header` and everything the receive would change.
@@ -336,7 +336,7 @@ impl Ratchet {
                     self.skipped.insert(header.ratchet_key, i, mk);
                 }
                 self.receiving = Some(next_chain);
-                self.recv_counter = header.counter + 1;
+                self.recv_counter = header.counter.saturating_add(1);
             }
             Step::NewChain {
                 old_chain_skipped,
@@ -358,7 +358,7 @@ impl Ratchet {
                 }
                 self.their_ratchet = Some(header.ratchet_key);
                 self.receiving = Some(next_receiving);
-                self.recv_counter = header.counter + 1;
+                self.recv_counter = header.counter.saturating_add(1);
                 self.root = root;
                 // Our next send starts a new chain with a fresh ratchet key.
                 self.sending = None;
