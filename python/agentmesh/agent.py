@@ -9,8 +9,8 @@ never does I/O itself except through the hub it is attached to:
   the hub hands the envelope to the recipient's core, which unseals it and runs its handlers before
   ``send`` returns;
 * with a :class:`~agentmesh.hubs.NetworkHub` a per-agent link (see ``hubs.py``) streams sealed
-  envelopes to the hub from a shared background event loop and feeds received ones to a per-agent
-  worker thread, which calls :meth:`_AgentCore.receive` in order.
+  envelopes to the hub from a shared background event loop and feeds received ones, in batches,
+  to a per-agent worker thread, which calls :meth:`_AgentCore.receive_batch`.
 """
 
 from __future__ import annotations
@@ -59,6 +59,12 @@ MAX_AGENT_ID_BYTES = 255
 AUTOSAVE_INTERVAL = 1.0
 #: Default time ``close()`` waits for the hub to acknowledge what was sent.
 CLOSE_TIMEOUT = 30.0
+#: ``receive_batch``: a signed-mode run of at least this many envelopes from one sender is
+#: unsealed with one ``unseal_many`` call (batch signature verification); shorter runs, and
+#: deniable sessions (no signature to batch), one envelope at a time, which is faster there.
+UNSEAL_MANY_MIN = 2
+#: ... and at most this many per call, so the agent's lock is never held for long.
+UNSEAL_MANY_MAX = 64
 
 
 # --------------------------------------------------------------------------------------------
@@ -246,8 +252,13 @@ class _AgentCore:
         keypair: Any = None,
         log_level: int = logging.WARNING,
         owner: Any = None,
+        deniable: bool = False,
     ) -> None:
         self.agent_id = validate_agent_id(agent_id)
+        if not isinstance(deniable, bool):
+            raise TypeError(f"deniable must be a bool, not {type(deniable).__name__}")
+        #: the mode of every session this agent sets up (signed unless deniable=True)
+        self.deniable = deniable
         self.log = logging.getLogger(f"agentmesh.agent.{agent_id}")
         self.log.setLevel(log_level)
         self.owner = owner
@@ -277,6 +288,7 @@ class _AgentCore:
         self.created_identity = False
 
         self.store: KeyStore | None = None
+        self._released = False  # close() gave up the identity lock: no more state writes
         self._dirty: set[str] | None = None
         if keypair_path is not None:
             if keypair is not None:
@@ -452,7 +464,7 @@ class _AgentCore:
                 "pass hub=... or hand it the peer's bundle with connect_with_bundle(bundle)"
             )
         self._check_bundle(peer_id, bundle)
-        return perform_key_exchange(self.keypair, bundle), bundle
+        return perform_key_exchange(self.keypair, bundle, self.deniable), bundle
 
     def _commit_session(self, peer_id: str, session: Any, bundle: dict[str, Any]) -> None:
         """Store a new session and pin the peer (caller holds ``_lock``)."""
@@ -521,7 +533,8 @@ class _AgentCore:
         self._check_bundle(peer_id, bundle)
         with self._lock:
             if peer_id not in self._sessions:
-                self._commit_session(peer_id, perform_key_exchange(self.keypair, bundle), bundle)
+                session = perform_key_exchange(self.keypair, bundle, self.deniable)
+                self._commit_session(peer_id, session, bundle)
             else:
                 self._bundles[peer_id] = _public_bundle_copy(bundle)
                 self._meta_dirty = True
@@ -560,7 +573,7 @@ class _AgentCore:
             )
         if verify_bundle(bundle) != peer_id:
             raise IdentityError(f"the bundle offered for peer {peer_id!r} belongs to another id")
-        session = perform_key_exchange(self.keypair, bundle)
+        session = perform_key_exchange(self.keypair, bundle, self.deniable)
         with self._lock:
             self._pins[peer_id] = str(bundle["identity_key"])
             self._sessions[peer_id] = session
@@ -591,6 +604,109 @@ class _AgentCore:
             return None
         self._dispatch(msg)
         return msg
+
+    def receive_batch(self, envelopes: list[Any]) -> list[Message | None]:
+        """:meth:`receive` for many envelopes (Envelopes or bytes) delivered together.
+
+        Each sender's envelopes are unsealed together, in order (``unseal_many``: one Ed25519
+        batch verification in signed mode); first contact with an unknown sender goes through the
+        same path as :meth:`receive`. Then the handlers (or, for a rejection, the error
+        handlers) run for each envelope in the order given. Returns what :meth:`receive` would
+        have returned for each envelope.
+        """
+        n = len(envelopes)
+        if n == 1:  # the latency path: nothing to group
+            item = envelopes[0]
+            try:
+                if type(item) is not Envelope:
+                    item = self._parse(item)
+                msg = self.accept(item)
+            except Exception as exc:  # a CryptoError, or a hub lookup failing on first contact
+                self.reject(exc, item)
+                return [None]
+            self._dispatch(msg)
+            return [msg]
+        outcomes: list[Any] = [None] * n  # Message or the exception that rejected it
+        items: list[Any] = list(envelopes)
+        runs: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            if type(item) is not Envelope:
+                try:
+                    item = items[index] = self._parse(item)
+                except Exception as exc:
+                    outcomes[index] = exc
+                    continue
+            try:
+                runs.setdefault(item.sender, []).append(index)
+            except TypeError:  # pragma: no cover - the codec guarantees str ids
+                outcomes[index] = FormatError("envelope without a sender id")
+        for sender, indexes in runs.items():
+            results = self._accept_run(sender, [items[i] for i in indexes])
+            for index, result in zip(indexes, results, strict=True):
+                outcomes[index] = result
+        out: list[Message | None] = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, Message):
+                self._dispatch(outcome)
+                out.append(outcome)
+            else:
+                self.reject(outcome, item)
+                out.append(None)
+        return out
+
+    def _accept_run(self, sender: str, envs: list[Any]) -> list[Any]:
+        """Unseal one sender's envelopes in order; each result is a Message or an exception."""
+        results: list[Any] = []
+        start = 0
+        # First contact (or a sender whose first envelopes were rejected): one at a time until
+        # a session exists, exactly like receive().
+        while start < len(envs) and self._sessions.get(sender) is None:
+            results.append(self._accept_or_error(envs[start]))
+            start += 1
+        rest = envs[start:] if start else envs
+        if not rest:
+            return results
+        session = self._sessions.get(sender)
+        if session is None or len(rest) < UNSEAL_MANY_MIN or session.deniable:
+            # nothing to batch-verify: one call per envelope is as fast (and holds the lock
+            # for less time)
+            results.extend(self._accept_or_error(env) for env in rest)
+            return results
+        me = self.agent_id
+        for chunk_start in range(0, len(rest), UNSEAL_MANY_MAX):
+            chunk = rest[chunk_start : chunk_start + UNSEAL_MANY_MAX]
+            with self._lock:
+                # (a handler may have replaced the session meanwhile: trust_new_identity)
+                current = self._sessions.get(sender)
+                opened = current.unseal_many(chunk) if current is not None else None
+                if opened is not None:
+                    self.received += sum(1 for payload in opened if type(payload) is dict)
+            if opened is None:
+                results.extend(self._accept_or_error(env) for env in chunk)
+                continue
+            for env, payload in zip(chunk, opened, strict=True):
+                if type(payload) is dict:
+                    results.append(Message(sender, me, payload, env))
+                elif isinstance(payload, ReplayError):
+                    results.append(payload)
+                elif isinstance(payload, CryptoError):
+                    results.append(self._explain_rejection(env, sender, payload))
+                elif isinstance(payload, BaseException):
+                    results.append(payload)
+                else:  # pragma: no cover - the binding returns a dict or an exception
+                    results.append(FormatError(f"unexpected unseal result {type(payload)}"))
+        dirty = self._dirty
+        if dirty is not None:
+            dirty.add(sender)
+            if self._autosave:
+                self._maybe_autosave()
+        return results
+
+    def _accept_or_error(self, env: Any) -> Any:
+        try:
+            return self.accept(env)
+        except Exception as exc:  # a CryptoError, or a hub lookup failing on first contact
+            return exc
 
     @staticmethod
     def _parse(data: Any) -> Any:
@@ -632,7 +748,7 @@ class _AgentCore:
                 else f"Unknown sender {sender!r}: no hub configured and no bundle for it"
             )
         self._check_bundle(sender, bundle)
-        session = perform_key_exchange(self.keypair, bundle)
+        session = perform_key_exchange(self.keypair, bundle, self.deniable)
         with self._lock:
             existing = self._sessions.get(sender)
             if existing is not None:
@@ -721,7 +837,10 @@ class _AgentCore:
     def save_state(self) -> None:
         """Write sessions and pins (only what changed is re-exported). No-op without a store."""
         store = self.store
-        if store is None:
+        if store is None or self._released:
+            # (after close() released the identity lock, another agent may own the files: a
+            # late write, e.g. by a worker finishing its batch, must not clobber them; close()
+            # wrote everything that was unsealed)
             return
         dirty = self._dirty
         assert dirty is not None
@@ -787,7 +906,9 @@ class _AgentCore:
             error = error or exc
         finally:
             if self.store is not None:
-                self.store.release()
+                with self._save_lock:  # no state write can be under way while the lock goes
+                    self._released = True
+                    self.store.release()
         if error is not None:
             raise error
 
@@ -815,6 +936,7 @@ class _AgentCore:
             "persistent": self.store is not None,
             "keypair_path": str(self.store.path) if self.store is not None else None,
             "closed": self.closed,
+            "deniable": self.deniable,
         }
 
 
@@ -826,7 +948,7 @@ class Agent:
     """An agent with an end-to-end encrypted identity (sync API).
 
     ``Agent(agent_id, hub=None, keypair_path=None, log_level=logging.WARNING, *,
-    passphrase=None, keypair=None)``. See docs/agents.md.
+    passphrase=None, keypair=None, deniable=False)``. See docs/agents.md.
     """
 
     def __init__(
@@ -838,6 +960,7 @@ class Agent:
         *,
         passphrase: str | bytes | None = None,
         keypair: Any = None,
+        deniable: bool = False,
     ) -> None:
         self._core = _AgentCore(
             agent_id,
@@ -846,6 +969,7 @@ class Agent:
             keypair=keypair,
             log_level=log_level,
             owner=self,
+            deniable=deniable,
         )
         if hub is not None:
             hub.register(self)
@@ -881,6 +1005,11 @@ class Agent:
     @property
     def closed(self) -> bool:
         return self._core.closed
+
+    @property
+    def deniable(self) -> bool:
+        """True if this agent sets up deniable sessions (no per-message signature)."""
+        return self._core.deniable
 
     # sending
     def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
@@ -983,6 +1112,7 @@ class AsyncAgent:
         passphrase: str | bytes | None = None,
         keypair: Any = None,
         inbox_size: int = 10_000,
+        deniable: bool = False,
     ) -> None:
         core = _AgentCore(
             agent_id,
@@ -991,6 +1121,7 @@ class AsyncAgent:
             keypair=keypair,
             log_level=log_level,
             owner=self,
+            deniable=deniable,
         )
         self._core = core
         core._dispatch = self._dispatch
@@ -1174,6 +1305,11 @@ class AsyncAgent:
     @property
     def closed(self) -> bool:
         return self._core.closed
+
+    @property
+    def deniable(self) -> bool:
+        """True if this agent sets up deniable sessions (no per-message signature)."""
+        return self._core.deniable
 
     # -- handlers -------------------------------------------------------------------------------
 

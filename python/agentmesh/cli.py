@@ -113,7 +113,15 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _hub_args(p)
     _key_args(p)
-    p.add_argument("--count", type=int, default=0, help="exit after N messages (0: never)")
+    p.add_argument(
+        "--count",
+        type=int,
+        default=0,
+        help=(
+            "exit once N messages were printed (0: never); messages of the same batch "
+            "are printed too, never dropped"
+        ),
+    )
     p.add_argument(
         "--timeout",
         type=float,
@@ -294,9 +302,9 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         @agent.on_message
         def show(msg: Any) -> None:
             nonlocal count
+            # Every message handled is printed, also past --count: it has been acknowledged to
+            # the hub and would otherwise be lost to the next listener.
             with lock:
-                if stop.is_set():
-                    return
                 sys.stdout.write(json.dumps(msg.to_dict(), ensure_ascii=False) + "\n")
                 sys.stdout.flush()
                 count += 1

@@ -9,8 +9,11 @@ bundles and sealed envelopes.
 * :class:`NetworkHub` -- the client side of a network hub (``agentmesh.hub_server``). One
   background event-loop thread per process (shared by all agents) runs one
   :class:`~agentmesh.hub_client.HubClient` per registered agent plus one lookup connection.
-  Received envelopes are handed to a per-agent worker thread, so a slow handler never stalls the
-  network; the hub gets its ack after the handler ran (or after the rejection).
+  Received envelopes are handed to a per-agent worker thread in batches (everything the client
+  has buffered: one thread hand-off per batch, a batch of one at once), so a slow handler never
+  stalls the network. The worker unseals a batch with ``_AgentCore.receive_batch`` (grouped by
+  sender, batch signature verification), runs the handlers in arrival order, writes the state of
+  a persistent agent once, and only then lets the client acknowledge the batch to the hub.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ Envelope = _crypto.Envelope
 log = logging.getLogger("agentmesh.hubs")
 
 DEFAULT_PORT = 7700
+#: How many accepted envelope ids an agent's link remembers to recognise redeliveries.
+RECENT_IDS = 4096
 
 
 def _parse_envelope(envelope: Any) -> Any:
@@ -273,9 +278,11 @@ class _NetworkLink:
         self._writer: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
         self._inq: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        # ids of envelopes accepted lately, to ignore a redelivery silently
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._closing = False
         self._closed = False
+        self._shutdown_pending = False
         self._worker = threading.Thread(
             target=self._work, name=f"agentmesh-agent-{core.agent_id[:40]}", daemon=True
         )
@@ -296,7 +303,7 @@ class _NetworkLink:
         )
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         try:
-            await self.client.register(self.core.keypair, self._on_envelope)
+            await self.client.register(self.core.keypair, on_batch=self._on_batch)
         except BaseException:
             self._writer.cancel()
             with contextlib.suppress(Exception):
@@ -424,64 +431,91 @@ class _NetworkLink:
 
     # -- receiving ------------------------------------------------------------------------------
 
-    async def _on_envelope(self, delivery_id: int, data: bytes) -> None:
-        """Called by the HubClient, in order; it acks the delivery when this returns."""
+    async def _on_batch(self, batch: list[tuple[int, bytes]]) -> None:
+        """Called by the HubClient with every delivery it has buffered (in inbox order, at most
+        256); it acks them all when this returns. One hand-off to the worker per batch: a batch
+        of one goes at once, and while the worker handles it the next batch accumulates."""
         fut = self.loop.create_future()
-        self._inq.put((data, fut))
+        self._inq.put((batch, fut))
         await fut
 
     def _work(self) -> None:
+        try:
+            self._work_loop()
+        finally:
+            if self._shutdown_pending:
+                self._shutdown()
+
+    def _work_loop(self) -> None:
         core = self.core
         while not core.consumer_ready.wait(0.5):
             if self._closing:
                 return
+        inq = self._inq
         while True:
-            item = self._inq.get()
+            item = inq.get()
             if item is None or self._closing:
                 return
-            batch = [item]
-            while True:
+            items = [item]
+            while True:  # (the client hands over one batch at a time; take whatever is here)
                 try:
-                    more = self._inq.get_nowait()
+                    more = inq.get_nowait()
                 except queue.Empty:
                     break
                 if more is None:
-                    self._inq.put(None)
+                    inq.put(None)
                     break
-                batch.append(more)
-            for data, _fut in batch:
-                self._process(data)
+                items.append(more)
+            try:
+                self._process([data for batch, _fut in items for _did, data in batch])
+            except Exception:  # never leave the client waiting for an ack
+                log.exception("agent %r: receiving a batch failed", core.agent_id)
             if core.persistent:
-                # persisted before the ack: after a crash the hub redelivers instead of the
-                # agent holding an acked message whose session advance was lost
+                # persisted once per batch, after the handlers and before the ack: after a
+                # crash the hub redelivers instead of the agent holding acked messages whose
+                # session advance was lost
                 core.save_state_quietly()
-            for _data, fut in batch:
-                with contextlib.suppress(RuntimeError):
+            for _batch, fut in items:
+                with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
                     self.loop.call_soon_threadsafe(_resolve, fut)
 
-    def _process(self, data: bytes) -> None:
+    def _process(self, datas: list[bytes]) -> None:
+        """Unseal and dispatch delivered envelopes, in order, skipping duplicates."""
         core = self.core
-        try:
-            env = Envelope.from_bytes(data)
-        except Exception as exc:
-            core.reject(exc, data)
+        recent = self._recent
+        todo: list[Any] = []
+        ids: list[str | None] = []
+        seen: set[str] = set()
+        for data in datas:
+            try:
+                env = Envelope.from_bytes(data)
+            except Exception:
+                todo.append(data)  # rejected, in its place, by receive_batch
+                ids.append(None)
+                continue
+            try:
+                envelope_id = env.id
+            except Exception:
+                envelope_id = None
+            if envelope_id is not None:
+                if envelope_id in recent or envelope_id in seen:
+                    # the hub delivered it again (e.g. a resend after a hub crash): already
+                    # handled, so acknowledge it silently instead of reporting a replay
+                    log.debug(
+                        "agent %r: duplicate delivery of %s ignored", core.agent_id, envelope_id
+                    )
+                    continue
+                seen.add(envelope_id)
+            todo.append(env)
+            ids.append(envelope_id)
+        if not todo:
             return
-        try:
-            envelope_id = env.id
-        except Exception:
-            envelope_id = None
-        if envelope_id is not None and envelope_id in self._recent:
-            log.debug("agent %r: duplicate delivery of %s ignored", core.agent_id, envelope_id)
-            return
-        try:
-            msg = core.receive(env)
-        except Exception as exc:  # a hub lookup failing while fetching a bundle, ...
-            core.reject(exc, env)
-            return
-        if msg is not None and envelope_id is not None:
-            self._recent[envelope_id] = None
-            if len(self._recent) > 4096:
-                self._recent.popitem(last=False)
+        results = core.receive_batch(todo)
+        for envelope_id, msg in zip(ids, results, strict=True):
+            if msg is not None and envelope_id is not None:
+                recent[envelope_id] = None
+        while len(recent) > RECENT_IDS:
+            recent.popitem(last=False)
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -489,12 +523,21 @@ class _NetworkLink:
         if self._closed:
             return
         self._closing = True
-        self._inq.put(None)
-        if self._worker.is_alive() and threading.current_thread() is not self._worker:
-            self._worker.join(timeout if timeout is not None else 30.0)
         self._closed = True
+        self._inq.put(None)
         self.net.links.discard(self)
+        if threading.current_thread() is self._worker:
+            # A handler closes its own agent: the worker first finishes the batch in progress
+            # (its envelopes are unsealed already: every one reaches the handlers, and the
+            # batch is acknowledged), then closes the connection itself (see _work).
+            self._shutdown_pending = True
+            return
+        if self._worker.is_alive():
+            # the batch in progress (if any) is finished and acknowledged first
+            self._worker.join(timeout if timeout is not None else 30.0)
+        self._shutdown()
 
+    def _shutdown(self) -> None:
         async def shutdown() -> None:
             if self._writer is not None:
                 self._writer.cancel()

@@ -71,7 +71,8 @@ impl<'a> Reader<'a> {
         let len = usize::from(self.u8()?);
         let raw = self.bytes(len)?;
         let id = std::str::from_utf8(raw).map_err(|_| Error::Format("agent id is not UTF-8"))?;
-        crate::keys::check_agent_id(id)?;
+        // An id that breaks the rules is malformed input here, not a caller's mistake.
+        crate::keys::check_agent_id(id).map_err(|_| Error::Format("invalid agent id"))?;
         Ok(id.to_owned())
     }
 

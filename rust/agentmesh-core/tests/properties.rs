@@ -623,3 +623,20 @@ fn agent_ids_are_validated() {
     assert!(IdentityKeyPair::generate("bad\nid", &mut rng).is_err());
     assert!(IdentityKeyPair::generate(&"é".repeat(127), &mut rng).is_ok());
 }
+
+#[test]
+fn invalid_ids_inside_an_envelope_are_format_errors() {
+    let mut p = Pair::signed("bad-id");
+    let env = p.a_seal(b"x");
+    let mut bytes = env.as_bytes().to_vec();
+    bytes[6] = b'\n'; // first byte of the sender id
+    assert!(matches!(
+        Envelope::from_bytes(&bytes),
+        Err(Error::Format(_))
+    ));
+    bytes[5] = 0; // empty sender id
+    assert!(matches!(
+        Envelope::from_bytes(&bytes),
+        Err(Error::Format(_))
+    ));
+}
