@@ -18,10 +18,24 @@ from agentmesh.errors import (
     UnknownSenderError,
     VersionError,
 )
-from agentmesh.hub_server import HubLimits, NetworkHubServer
 from agentmesh.hubs import Hub, LocalHub, NetworkHub
 
 __version__ = "0.1.0"
+
+# The hub server is imported on first use: `python -m agentmesh.hub_server` must not find the
+# module already imported by the package (runpy warns, or fails with -W error).
+_LAZY = {"HubLimits": "agentmesh.hub_server", "NetworkHubServer": "agentmesh.hub_server"}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentmesh' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "Agent",
