@@ -88,6 +88,13 @@ pub struct Envelope {
     body_offset: usize,
 }
 
+/// Lets batch calls take envelopes or references to them.
+impl AsRef<Envelope> for Envelope {
+    fn as_ref(&self) -> &Envelope {
+        self
+    }
+}
+
 impl Envelope {
     pub(crate) fn from_parts(bytes: Vec<u8>, header: Header, body_offset: usize) -> Self {
         Self {

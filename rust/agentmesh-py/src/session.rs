@@ -196,13 +196,13 @@ impl PyCryptoSession {
                 Err(e) => slots.push(Err(e)),
             }
         }
-        let envs: Vec<agentmesh_core::Envelope> = parsed.iter().map(|a| a.get().clone()).collect();
+        let envs: Vec<&agentmesh_core::Envelope> = parsed.iter().map(|a| a.get()).collect();
         let kp_obj = self.keypair.get();
         let mut results = {
             let mut session = locks::lock(py, &self.session);
             let kp = locks::read(py, &kp_obj.inner);
             let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-            py.allow_threads(|| s.unseal_many(k, &envs))
+            py.allow_threads(|| s.unseal_many(k, envs.as_slice()))
         }
         .into_iter()
         .map(Some)
