@@ -1,6 +1,7 @@
 //! `agentmesh._native`: PyO3 glue over agentmesh-core. No protocol logic lives here: only
 //! conversions (dicts, JSON payloads, bytes), locking, GIL handling and error mapping.
 
+mod bench;
 mod bundle;
 mod envelope;
 mod errors;
@@ -79,6 +80,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fingerprint_of_key, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_to_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_from_bytes, m)?)?;
+    bench::register(m)?;
     m.add("PROTOCOL_VERSION", agentmesh_core::VERSION)?;
     m.add("MAX_MESSAGE_GAP", agentmesh_core::MAX_MESSAGE_GAP)?;
     m.add("MAX_SKIPPED_KEYS", agentmesh_core::MAX_SKIPPED_KEYS)?;

@@ -1,0 +1,744 @@
+"""The agent layer's network figures: real ``Agent`` objects, a real hub process, loopback.
+
+Measures, with 64-byte payloads (the compact JSON of the payload dict is 64 bytes):
+
+* **one-way**: messages/second counted in the receiver's ``on_message`` handler; three processes
+  (sender agent, hub, receiver agent). The clock runs from the first timed message to the last
+  one reaching the receiver's handler (after a warm-up), so it is the end-to-end rate: the
+  sender's seal and streaming, the hub's routing and durable store (default ``synchronous=FULL``),
+  the receiver's unseal, handler and acknowledgement.
+* **ping-pong**: Agent A sends, B's handler replies, A's handler records the round-trip time
+  (``perf_counter`` just before ``send`` to the start of A's handler). Three processes again.
+* the same two figures for ``LocalHub`` with both agents in one process.
+
+Each in signed mode (the default: an Ed25519 signature on every message) and deniable mode
+(``Agent(..., deniable=True)``). Optionally (``--persistent``) the one-way figure again with a
+persistent receiver (``keypair_path``: its state is written once per received batch, before the
+acknowledgement), and (``--reference``) the ping-pong through ``HubClient`` directly, with the
+same crypto on the event loop thread and no agent layer: the difference to the agent figure is
+what the agent layer's threads cost; the LocalHub figure is (nearly) the crypto alone.
+
+The hub is ``python -m agentmesh.hub_server --host 127.0.0.1 --port 0`` with a temporary store; it
+and every peer process are stopped by PID (SIGTERM, SIGKILL after a grace period). Usage::
+
+    python benches/network_figures.py                  # table
+    python benches/network_figures.py --json           # one JSON object on stdout
+    python benches/network_figures.py --count 30000 --round-trips 3000 --repeat 3
+
+Peer processes are this script run with ``--peer ROLE`` (internal).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+HOST = "127.0.0.1"
+REPO = Path(__file__).resolve().parents[1]
+PAYLOAD_BYTES = 64
+TARGET_RATE = 10_000.0
+TARGET_P50_MS = 0.5
+TARGET_P99_MS = 1.0
+MODES = ("signed", "deniable")
+
+
+# --------------------------------------------------------------------------------------------
+# payloads
+
+
+def payload(i: int) -> dict[str, Any]:
+    """``{"i": i, "text": "xxx..."}`` whose compact JSON is exactly 64 bytes (for i < 10**20)."""
+    base = len(json.dumps({"i": i, "text": ""}, separators=(",", ":")))
+    return {"i": i, "text": "x" * (PAYLOAD_BYTES - base)}
+
+
+def _percentile(sorted_values: list[float], q: float) -> float:
+    if not sorted_values:
+        return float("nan")
+    k = min(len(sorted_values) - 1, max(0, round(q * (len(sorted_values) - 1))))
+    return sorted_values[k]
+
+
+def _latency_summary(rtts: list[float]) -> dict[str, Any]:
+    ms = sorted(r * 1e3 for r in rtts)
+    return {
+        "round_trips": len(ms),
+        "p50_ms": _percentile(ms, 0.50),
+        "p90_ms": _percentile(ms, 0.90),
+        "p99_ms": _percentile(ms, 0.99),
+        "max_ms": ms[-1] if ms else float("nan"),
+        "mean_ms": statistics.fmean(ms) if ms else float("nan"),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# peer processes (this script with --peer ROLE)
+
+
+def _emit(obj: dict[str, Any]) -> None:
+    print(json.dumps(obj), flush=True)
+
+
+def _network_agent(ns: argparse.Namespace, agent_id: str) -> Any:
+    from agentmesh import Agent
+    from agentmesh.hubs import NetworkHub
+
+    hub = NetworkHub(HOST, ns.port)
+    keypair_path = None
+    if ns.state_dir:
+        keypair_path = os.path.join(ns.state_dir, f"{agent_id}.key")
+    return Agent(agent_id, hub=hub, keypair_path=keypair_path, deniable=ns.mode == "deniable")
+
+
+def _peer_receiver(ns: argparse.Namespace) -> None:
+    agent = _network_agent(ns, ns.id)
+    total = ns.warmup + ns.count
+    marks: dict[str, float] = {}
+    state = {"n": 0, "order_ok": True}
+    done = threading.Event()
+
+    @agent.on_message
+    def count(msg: Any) -> None:
+        n = state["n"]
+        if msg.payload.get("i") != n:
+            state["order_ok"] = False
+        n += 1
+        state["n"] = n
+        if n == ns.warmup + 1:
+            marks["first"] = time.perf_counter()
+        if n == total:
+            marks["last"] = time.perf_counter()
+            done.set()
+
+    @agent.on_error
+    def rejected(exc: BaseException) -> None:
+        state["rejected"] = state.get("rejected", 0) + 1
+
+    _emit({"ready": agent.agent_id})
+    ok = done.wait(ns.timeout)
+    result: dict[str, Any] = {
+        "received": state["n"],
+        "complete": ok,
+        "in_order": state["order_ok"],
+        "rejected": state.get("rejected", 0),
+    }
+    if ok and ns.count > 1:
+        span = marks["last"] - marks["first"]
+        # count - 1 intervals between the first and the last timed message
+        result["seconds"] = span
+        result["rate"] = (ns.count - 1) / span if span > 0 else float("inf")
+    agent.close(10)
+    _emit(result)
+
+
+def _peer_sender(ns: argparse.Namespace) -> None:
+    agent = _network_agent(ns, ns.id)
+    agent.connect(ns.to)
+    send = agent.send_payload
+    to = ns.to
+    payloads = [payload(i) for i in range(ns.warmup + ns.count)]
+    for p in payloads[: ns.warmup]:
+        send(to, p)
+    agent.flush(ns.timeout)
+    time.sleep(0.2)  # let the receiver drain the warm-up
+    t0 = time.perf_counter()
+    for p in payloads[ns.warmup :]:
+        send(to, p)
+    t_sent = time.perf_counter()
+    agent.flush(ns.timeout)
+    t_acked = time.perf_counter()
+    agent.close(10)
+    _emit(
+        {
+            "sent": len(payloads),
+            "send_rate": ns.count / (t_sent - t0),
+            "acked_rate": ns.count / (t_acked - t0),
+        }
+    )
+
+
+def _peer_echo(ns: argparse.Namespace) -> None:
+    agent = _network_agent(ns, ns.id)
+    done = threading.Event()
+    total = ns.warmup + ns.count
+    state = {"n": 0}
+
+    @agent.on_message
+    def echo(msg: Any) -> None:
+        agent.send_payload(msg.sender, msg.payload)
+        state["n"] += 1
+        if state["n"] >= total:
+            done.set()
+
+    _emit({"ready": agent.agent_id})
+    ok = done.wait(ns.timeout)
+    agent.close(10)
+    _emit({"echoed": state["n"], "complete": ok})
+
+
+def _peer_ping(ns: argparse.Namespace) -> None:
+    agent = _network_agent(ns, ns.id)
+    got = threading.Event()
+    box: dict[str, float] = {"t0": 0.0, "rtt": 0.0}
+
+    @agent.on_message
+    def pong(msg: Any) -> None:
+        box["rtt"] = time.perf_counter() - box["t0"]
+        got.set()
+
+    agent.connect(ns.to)
+    rtts: list[float] = []
+    send = agent.send_payload
+    to = ns.to
+    for i in range(ns.warmup + ns.count):
+        p = payload(i)
+        got.clear()
+        box["t0"] = time.perf_counter()
+        send(to, p)
+        if not got.wait(ns.timeout):
+            raise SystemExit(f"no reply to round trip {i} within {ns.timeout} s")
+        if i >= ns.warmup:
+            rtts.append(box["rtt"])
+    agent.close(10)
+    _emit(_latency_summary(rtts))
+
+
+def _peer_local(ns: argparse.Namespace) -> None:
+    """LocalHub, one process: one-way rate and ping-pong round trips."""
+    from agentmesh import Agent, LocalHub
+
+    deniable = ns.mode == "deniable"
+    hub = LocalHub()
+    alice = Agent("alice", hub=hub, deniable=deniable)
+    bob = Agent("bob", hub=hub, deniable=deniable)
+    got = [0]
+    marks: dict[str, float] = {}
+
+    def count(msg: Any) -> None:
+        got[0] += 1
+
+    bob.on_message(count)
+    payloads = [payload(i) for i in range(ns.warmup + ns.count)]
+    send = alice.send_payload
+    for p in payloads[: ns.warmup]:
+        send("bob", p)
+    marks["t0"] = time.perf_counter()
+    for p in payloads[ns.warmup :]:
+        send("bob", p)
+    elapsed = time.perf_counter() - marks["t0"]
+    assert got[0] == len(payloads), got
+    one_way = {"rate": ns.count / elapsed, "seconds": elapsed}
+
+    # ping-pong: bob's handler replies, alice's handler records (all inside alice.send)
+    box: dict[str, float] = {"t0": 0.0, "rtt": 0.0}
+
+    def echo(msg: Any) -> None:
+        bob.send_payload(msg.sender, msg.payload)
+
+    def pong(msg: Any) -> None:
+        box["rtt"] = time.perf_counter() - box["t0"]
+
+    bob.on_message(echo)
+    alice.on_message(pong)
+    rtts = []
+    for i in range(ns.rt_warmup + ns.round_trips):
+        p = payload(i)
+        box["t0"] = time.perf_counter()
+        send("bob", p)
+        if i >= ns.rt_warmup:
+            rtts.append(box["rtt"])
+    alice.close()
+    bob.close()
+    _emit({"one_way": one_way, "ping_pong": _latency_summary(rtts)})
+
+
+def _peer_raw(ns: argparse.Namespace) -> None:
+    """Reference without the agent layer: ``HubClient`` directly, seal and unseal on the event
+    loop thread (no worker thread, no hand-off), same keys, modes and payloads. Role ``rawecho``
+    answers every envelope; ``rawping`` measures round trips like ``ping``."""
+    import asyncio
+
+    from agentmesh.crypto import AgentKeyPair, Envelope, perform_key_exchange, verify_bundle
+    from agentmesh.hub_client import HubClient
+
+    async def main() -> dict[str, Any]:
+        me = AgentKeyPair.generate(ns.id)
+        client = HubClient(HOST, ns.port)
+        deniable = ns.mode == "deniable"
+        sessions: dict[str, Any] = {}
+
+        async def session_with(peer: str) -> Any:
+            sess = sessions.get(peer)
+            if sess is None:
+                bundle = await client.get_bundle(peer)
+                assert bundle is not None and verify_bundle(bundle) == peer
+                sess = sessions[peer] = perform_key_exchange(me, bundle, deniable)
+            return sess
+
+        total = ns.warmup + ns.count
+        if ns.peer == "rawecho":
+            done = asyncio.Event()
+            state = {"n": 0}
+
+            async def echo(batch: list[tuple[int, bytes]]) -> None:
+                for _did, data in batch:
+                    env = Envelope.from_bytes(data)
+                    sess = await session_with(env.sender)
+                    reply = sess.seal(sess.unseal(env))
+                    await client.send(env.sender, reply.to_bytes())
+                    state["n"] += 1
+                if state["n"] >= total:
+                    done.set()
+
+            await client.register(me, on_batch=echo)
+            _emit({"ready": ns.id})
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(done.wait(), ns.timeout)
+            await client.close(10)
+            return {"echoed": state["n"]}
+        got: asyncio.Queue[float] = asyncio.Queue()
+
+        async def pong(batch: list[tuple[int, bytes]]) -> None:
+            for _did, data in batch:
+                sessions[ns.to].unseal(data)
+                got.put_nowait(time.perf_counter())
+
+        await client.register(me, on_batch=pong)
+        sess = await session_with(ns.to)
+        rtts: list[float] = []
+        for i in range(total):
+            p = payload(i)
+            t0 = time.perf_counter()
+            await client.send(ns.to, sess.seal(p).to_bytes())
+            t1 = await asyncio.wait_for(got.get(), ns.timeout)
+            if i >= ns.warmup:
+                rtts.append(t1 - t0)
+        await client.close(10)
+        return _latency_summary(rtts)
+
+    _emit(asyncio.run(main()))
+
+
+PEERS = {
+    "receiver": _peer_receiver,
+    "sender": _peer_sender,
+    "echo": _peer_echo,
+    "ping": _peer_ping,
+    "local": _peer_local,
+    "rawecho": _peer_raw,
+    "rawping": _peer_raw,
+}
+
+
+# --------------------------------------------------------------------------------------------
+# the parent: processes
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    try:
+        import agentmesh
+
+        pkg = str(Path(agentmesh.__file__ or "").resolve().parent.parent)
+    except Exception:
+        pkg = str(REPO / "python")
+    parts = [pkg] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    return env
+
+
+class Proc:
+    """A child process; reader threads collect its stdout and stderr lines."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.cmd = cmd
+        self.p = subprocess.Popen(
+            cmd,
+            cwd=REPO,
+            env=_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.out: list[str] = []
+        self.err: list[str] = []
+        self._cv = threading.Condition()
+        self._readers = [
+            threading.Thread(target=self._read, args=(self.p.stdout, self.out), daemon=True),
+            threading.Thread(target=self._read, args=(self.p.stderr, self.err), daemon=True),
+        ]
+        for t in self._readers:
+            t.start()
+
+    @property
+    def pid(self) -> int:
+        return self.p.pid
+
+    def _read(self, stream: Any, into: list[str]) -> None:
+        for line in stream:
+            with self._cv:
+                into.append(line.rstrip("\n"))
+                self._cv.notify_all()
+        with self._cv:
+            self._cv.notify_all()
+
+    def _describe(self) -> str:
+        tail = " | ".join(self.err[-8:])
+        return f"{' '.join(self.cmd[1:5])} (pid {self.pid}, exit {self.p.poll()}): {tail}"
+
+    def wait_line(self, pattern: str, timeout: float, stderr: bool = False) -> re.Match[str]:
+        rx = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        seen = 0
+        with self._cv:
+            while True:
+                lines = self.err if stderr else self.out
+                for line in lines[seen:]:
+                    m = rx.search(line)
+                    if m:
+                        return m
+                seen = len(lines)
+                left = deadline - time.monotonic()
+                if left <= 0 or self.p.poll() is not None:
+                    raise RuntimeError(f"no line matching {pattern!r}: {self._describe()}")
+                self._cv.wait(min(left, 0.2))
+
+    def result(self, timeout: float) -> dict[str, Any]:
+        try:
+            self.p.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise RuntimeError(
+                f"did not finish within {timeout:.0f} s: {self._describe()}"
+            ) from None
+        for t in self._readers:
+            t.join(5)
+        if self.p.returncode != 0:
+            raise RuntimeError(f"failed: {self._describe()}")
+        for line in reversed(self.out):
+            if line.startswith("{"):
+                result: dict[str, Any] = json.loads(line)
+                return result
+        raise RuntimeError(f"printed no result: {self._describe()}")
+
+    def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM by PID, SIGKILL if it is still running after ``grace`` seconds."""
+        if self.p.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.p.pid, signal.SIGTERM)
+            try:
+                self.p.wait(grace)
+            except subprocess.TimeoutExpired:
+                os.kill(self.p.pid, signal.SIGKILL)
+                self.p.wait(5)
+
+
+def start_hub(store_dir: str) -> tuple[Proc, int]:
+    proc = Proc(
+        [
+            sys.executable,
+            "-m",
+            "agentmesh.hub_server",
+            "--host",
+            HOST,
+            "--port",
+            "0",
+            "--store",
+            os.path.join(store_dir, "hub.sqlite3"),
+            "--log-level",
+            "warning",
+        ]
+    )
+    try:
+        m = proc.wait_line(r"listening on \S+:(\d+)", 60, stderr=True)
+    except BaseException:
+        proc.stop()
+        raise
+    return proc, int(m.group(1))
+
+
+def _peer(role: str, port: int, mode: str, **opts: Any) -> Proc:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--peer", role, "--port", str(port)]
+    cmd += ["--mode", mode]
+    for key, value in opts.items():
+        if value is None:
+            continue
+        cmd += [f"--{key.replace('_', '-')}", str(value)]
+    return Proc(cmd)
+
+
+# --------------------------------------------------------------------------------------------
+# the parent: measurements
+
+
+def one_way(
+    port: int, mode: str, count: int, timeout: float, state_dir: str | None
+) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    rx_id, tx_id = f"rx-{tag}", f"tx-{tag}"
+    warmup = min(2000, max(100, count // 10))
+    common = {"count": count, "warmup": warmup, "timeout": timeout}
+    rx = _peer("receiver", port, mode, id=rx_id, state_dir=state_dir, **common)
+    tx: Proc | None = None
+    try:
+        rx.wait_line(r'"ready"', 60)
+        tx = _peer("sender", port, mode, id=tx_id, to=rx_id, **common)
+        sent = tx.result(timeout + 30)
+        got = rx.result(timeout + 30)
+    finally:
+        if tx is not None:
+            tx.stop()
+        rx.stop()
+    if not got.get("complete") or not got.get("in_order") or got.get("rejected"):
+        raise RuntimeError(f"receiver: {got}")
+    return {
+        "rate": got["rate"],
+        "count": count,
+        "seconds": got["seconds"],
+        "sender_send_rate": sent["send_rate"],
+        "sender_acked_rate": sent["acked_rate"],
+    }
+
+
+def ping_pong(
+    port: int, mode: str, round_trips: int, timeout: float, raw: bool = False
+) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:8]
+    echo_id, ping_id = f"echo-{tag}", f"ping-{tag}"
+    warmup = 200
+    common = {"count": round_trips, "warmup": warmup, "timeout": timeout}
+    prefix = "raw" if raw else ""
+    echo = _peer(prefix + "echo", port, mode, id=echo_id, **common)
+    pinger: Proc | None = None
+    try:
+        echo.wait_line(r'"ready"', 60)
+        pinger = _peer(prefix + "ping", port, mode, id=ping_id, to=echo_id, **common)
+        res = pinger.result(timeout + 30)
+        echo.result(timeout + 30)
+    finally:
+        if pinger is not None:
+            pinger.stop()
+        echo.stop()
+    return res
+
+
+def local(mode: str, count: int, round_trips: int, timeout: float) -> dict[str, Any]:
+    proc = _peer(
+        "local",
+        0,
+        mode,
+        count=count,
+        warmup=min(2000, max(100, count // 10)),
+        round_trips=round_trips,
+        rt_warmup=200,
+        timeout=timeout,
+    )
+    try:
+        return proc.result(timeout + 60)
+    finally:
+        proc.stop()
+
+
+def _median_of(runs: list[dict[str, Any]], key: str) -> float:
+    return statistics.median(r[key] for r in runs)
+
+
+def measure(ns: argparse.Namespace) -> dict[str, Any]:
+    results: dict[str, Any] = {
+        "payload_bytes": PAYLOAD_BYTES,
+        "count": ns.count,
+        "round_trips": ns.round_trips,
+        "repeat": ns.repeat,
+        "cpus": os.cpu_count(),
+        "loadavg_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+        "network": {},
+        "local": {},
+        "notes": [],
+    }
+    timeout = ns.timeout
+    with tempfile.TemporaryDirectory(prefix="agentmesh-figures-") as tmp:
+        hub, port = start_hub(tmp)
+        results["hub_pid"] = hub.pid
+        try:
+            for mode in ns.modes:
+                net: dict[str, Any] = {"one_way": [], "ping_pong": []}
+                for _ in range(ns.repeat):
+                    _log(ns, f"network {mode}: one-way, {ns.count} messages")
+                    net["one_way"].append(one_way(port, mode, ns.count, timeout, None))
+                    _log(ns, f"network {mode}: ping-pong, {ns.round_trips} round trips")
+                    net["ping_pong"].append(ping_pong(port, mode, ns.round_trips, timeout))
+                if ns.persistent:
+                    net["one_way_persistent"] = []
+                    for r in range(ns.repeat):
+                        _log(ns, f"network {mode}: one-way, persistent receiver")
+                        state_dir = os.path.join(tmp, f"state-{mode}-{r}")
+                        os.mkdir(state_dir)
+                        net["one_way_persistent"].append(
+                            one_way(port, mode, ns.count, timeout, state_dir)
+                        )
+                if ns.reference:
+                    net["ping_pong_hubclient"] = []
+                    for _ in range(ns.repeat):
+                        _log(ns, f"HubClient reference {mode}: ping-pong")
+                        net["ping_pong_hubclient"].append(
+                            ping_pong(port, mode, ns.round_trips, timeout, raw=True)
+                        )
+                results["network"][mode] = net
+                loc: list[dict[str, Any]] = []
+                for _ in range(ns.repeat):
+                    _log(ns, f"LocalHub {mode}")
+                    loc.append(local(mode, ns.count, ns.round_trips, timeout))
+                results["local"][mode] = loc
+        finally:
+            hub.stop()
+            if hub.p.returncode not in (0, None):
+                results["notes"].append(f"hub exited with {hub.p.returncode}")
+    results["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    results["summary"] = summarize(results)
+    return results
+
+
+def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per (hub, mode, figure): the median over the repeats, with the target."""
+    rows: list[dict[str, Any]] = []
+    for mode, net in results["network"].items():
+        rows.append(_rate_row("network", mode, "one-way msg/s", net["one_way"]))
+        if net.get("one_way_persistent"):
+            rows.append(
+                _rate_row(
+                    "network", mode, "one-way msg/s, persistent rx", net["one_way_persistent"]
+                )
+            )
+        rows.extend(_latency_rows("network", mode, net["ping_pong"]))
+        if net.get("ping_pong_hubclient"):
+            rows.extend(_latency_rows("hubclient", mode, net["ping_pong_hubclient"]))
+    for mode, loc in results["local"].items():
+        rows.append(_rate_row("local", mode, "one-way msg/s", [r["one_way"] for r in loc]))
+        rows.extend(_latency_rows("local", mode, [r["ping_pong"] for r in loc]))
+    return rows
+
+
+def _rate_row(hub: str, mode: str, figure: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    value = _median_of(runs, "rate")
+    row = {"hub": hub, "mode": mode, "figure": figure, "value": value}
+    row["runs"] = [r["rate"] for r in runs]
+    if hub == "network" and "persistent" not in figure:
+        row["target"] = f">= {TARGET_RATE:,.0f}"
+        row["met"] = value >= TARGET_RATE
+    return row
+
+
+def _latency_rows(hub: str, mode: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for key, label, target in (
+        ("p50_ms", "round trip p50 ms", TARGET_P50_MS),
+        ("p99_ms", "round trip p99 ms", TARGET_P99_MS),
+    ):
+        value = _median_of(runs, key)
+        row: dict[str, Any] = {"hub": hub, "mode": mode, "figure": label, "value": value}
+        row["runs"] = [r[key] for r in runs]
+        if hub == "network":
+            row["target"] = f"< {target}"
+            row["met"] = value < target
+        rows.append(row)
+    return rows
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(
+        f"agentmesh agent layer over loopback: {results['payload_bytes']} B payloads, "
+        f"{results['count']} one-way messages, {results['round_trips']} round trips, "
+        f"{results['cpus']} CPUs, load before {_load(results['loadavg_before'])}, "
+        f"after {_load(results['loadavg_after'])}"
+    )
+    header = f"{'hub':<9} {'mode':<9} {'figure':<30} {'value':>12} {'target':>10}  met"
+    print(header)
+    print("-" * len(header))
+    for row in results["summary"]:
+        value = row["value"]
+        text = f"{value:,.0f}" if "msg/s" in row["figure"] else f"{value:.3f}"
+        met = {True: "yes", False: "NO"}.get(row.get("met"), "")  # type: ignore[call-overload]
+        print(
+            f"{row['hub']:<9} {row['mode']:<9} {row['figure']:<30} {text:>12} "
+            f"{row.get('target', ''):>10}  {met}"
+        )
+    if results["repeat"] > 1:
+        print(f"(medians of {results['repeat']} runs; every run is in --json)")
+    for note in results["notes"]:
+        print(f"note: {note}")
+
+
+def _load(values: list[float] | None) -> str:
+    return "n/a" if not values else "/".join(f"{v:.2f}" for v in values)
+
+
+def _log(ns: argparse.Namespace, text: str) -> None:
+    if not ns.quiet:
+        print(f"... {text}", file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------
+# command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    p.add_argument("--count", type=int, default=20_000, help="timed one-way messages")
+    p.add_argument("--round-trips", type=int, default=3_000, help="timed ping-pong round trips")
+    p.add_argument("--repeat", type=int, default=1, help="runs per figure (median reported)")
+    p.add_argument("--modes", default="signed,deniable", help="comma-separated: signed,deniable")
+    p.add_argument("--persistent", action="store_true", help="also a persistent receiver")
+    p.add_argument(
+        "--reference",
+        action="store_true",
+        help="also ping-pong through HubClient directly (crypto on the event loop, no agent "
+        "layer): what the agent layer's threads add",
+    )
+    p.add_argument("--timeout", type=float, default=120.0)
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
+    # internal: peer processes
+    p.add_argument("--peer", choices=sorted(PEERS), help=argparse.SUPPRESS)
+    p.add_argument("--port", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--mode", choices=MODES, default="signed", help=argparse.SUPPRESS)
+    p.add_argument("--id", help=argparse.SUPPRESS)
+    p.add_argument("--to", help=argparse.SUPPRESS)
+    p.add_argument("--warmup", type=int, default=200, help=argparse.SUPPRESS)
+    p.add_argument("--rt-warmup", type=int, default=200, help=argparse.SUPPRESS)
+    p.add_argument("--state-dir", help=argparse.SUPPRESS)
+    ns = p.parse_args(argv)
+    if ns.peer:
+        PEERS[ns.peer](ns)
+        return 0
+    ns.modes = [m.strip() for m in ns.modes.split(",") if m.strip()]
+    bad = [m for m in ns.modes if m not in MODES]
+    if bad or not ns.modes:
+        p.error(f"--modes: unknown mode(s) {bad}; choose from {', '.join(MODES)}")
+    if ns.count < 2 or ns.round_trips < 1 or ns.repeat < 1:
+        p.error("--count must be >= 2, --round-trips and --repeat >= 1")
+    results = measure(ns)
+    if ns.json:
+        print(json.dumps(results, indent=2))
+    else:
+        print_table(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
