@@ -47,6 +47,14 @@ fn passphrase_key(
     Ok(key)
 }
 
+/// Keeps a specific key-file complaint; anything else in a body is "malformed".
+fn malformed(e: Error) -> Error {
+    match e {
+        Error::KeyFile(_) => e,
+        _ => Error::KeyFile("identity file is malformed"),
+    }
+}
+
 fn write_prekey(w: &mut Writer, p: &SignedPrekey) {
     w.u32(p.id);
     w.bytes(&p.secret.to_bytes());
@@ -101,8 +109,17 @@ impl IdentityKeyPair {
             _ => return Err(Error::KeyFile("identity file previous-prekey flag")),
         };
         let mut one_time_prekeys = BTreeMap::new();
+        let mut previous_id = None;
         for _ in 0..r.count(36, MAX_ONE_TIME_PREKEYS)? {
             let id = r.u32()?;
+            // Strictly increasing ids keep the encoding canonical (one file per identity) and
+            // rule out a repeated id silently shadowing another secret.
+            if previous_id.is_some_and(|p| id <= p) {
+                return Err(Error::KeyFile(
+                    "identity file lists one-time prekeys out of order",
+                ));
+            }
+            previous_id = Some(id);
             one_time_prekeys.insert(id, StaticSecret::from(r.array::<32>()?));
         }
         let next_prekey_id = r.u32()?;
@@ -192,8 +209,7 @@ impl IdentityKeyPair {
                     .ok_or(Error::KeyFile(
                         "identity file is corrupt or truncated (checksum mismatch)",
                     ))?;
-                Self::from_secret_body(body)
-                    .map_err(|_| Error::KeyFile("identity file is malformed"))
+                Self::from_secret_body(body).map_err(malformed)
             }
             FLAG_PASSPHRASE => {
                 let pass = passphrase.ok_or(Error::KeyFile(
@@ -221,8 +237,7 @@ impl IdentityKeyPair {
                     Error::KeyFile("wrong passphrase, or the identity file is corrupt")
                 })?;
                 sealed.truncate(len);
-                Self::from_secret_body(&sealed)
-                    .map_err(|_| Error::KeyFile("identity file is malformed"))
+                Self::from_secret_body(&sealed).map_err(malformed)
             }
             _ => Err(Error::KeyFile(
                 "identity file has an unknown protection flag",

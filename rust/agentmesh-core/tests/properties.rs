@@ -7,6 +7,7 @@ use agentmesh_core::{
     Envelope, Error, IdentityKeyPair, Mode, PublicBundle, Session, MAX_MESSAGE_GAP,
 };
 use common::{Pair, TestRng, T0};
+use sha2::Digest;
 
 fn flip(bytes: &[u8], index: usize, bit: u8) -> Vec<u8> {
     let mut v = bytes.to_vec();
@@ -639,4 +640,29 @@ fn invalid_ids_inside_an_envelope_are_format_errors() {
         Envelope::from_bytes(&bytes),
         Err(Error::Format(_))
     ));
+}
+
+#[test]
+fn identity_files_are_canonical_one_time_prekeys_in_order() {
+    let mut rng = TestRng::new("opk-order");
+    let mut kp = IdentityKeyPair::generate("bob", &mut rng).unwrap();
+    kp.generate_one_time_prekeys(3, &mut rng).unwrap();
+    let file = kp.to_secret_bytes(None, &mut rng).unwrap();
+    let reloaded = IdentityKeyPair::from_secret_bytes(&file, None).unwrap();
+    assert_eq!(reloaded.to_secret_bytes(None, &mut rng).unwrap(), file);
+    // Swap the ids of the first two one-time prekeys and fix the checksum: refused.
+    // Body: magic(4) flag(1) id(1+3) ed(32) x(32) spk(4+32+64) has_prev(1) count(4), then items.
+    let first = 4 + 1 + 4 + 32 + 32 + 100 + 1 + 4;
+    let mut swapped = file[..file.len() - 16].to_vec();
+    let (a, b) = (first, first + 36);
+    let id_a: Vec<u8> = swapped[a..a + 4].to_vec();
+    let id_b: Vec<u8> = swapped[b..b + 4].to_vec();
+    swapped[a..a + 4].copy_from_slice(&id_b);
+    swapped[b..b + 4].copy_from_slice(&id_a);
+    let sum = sha2::Sha256::digest(&swapped);
+    swapped.extend_from_slice(&sum[..16]);
+    assert_eq!(
+        IdentityKeyPair::from_secret_bytes(&swapped, None).unwrap_err(),
+        Error::KeyFile("identity file lists one-time prekeys out of order")
+    );
 }
