@@ -944,37 +944,12 @@ class _AgentCore:
 # the sync driver
 
 
-class Agent:
-    """An agent with an end-to-end encrypted identity (sync API).
+class _AgentFacade:
+    """What Agent and AsyncAgent expose identically: identity facts and the calls that never
+    wait (both delegate to the same :class:`_AgentCore`)."""
 
-    ``Agent(agent_id, hub=None, keypair_path=None, log_level=logging.WARNING, *,
-    passphrase=None, keypair=None, deniable=False)``. See docs/agents.md.
-    """
+    _core: _AgentCore
 
-    def __init__(
-        self,
-        agent_id: str,
-        hub: Hub | None = None,
-        keypair_path: str | os.PathLike[str] | None = None,
-        log_level: int = logging.WARNING,
-        *,
-        passphrase: str | bytes | None = None,
-        keypair: Any = None,
-        deniable: bool = False,
-    ) -> None:
-        self._core = _AgentCore(
-            agent_id,
-            keypair_path=keypair_path,
-            passphrase=passphrase,
-            keypair=keypair,
-            log_level=log_level,
-            owner=self,
-            deniable=deniable,
-        )
-        if hub is not None:
-            hub.register(self)
-
-    # identity
     @property
     def agent_id(self) -> str:
         return self._core.agent_id
@@ -1011,6 +986,45 @@ class Agent:
         """True if this agent sets up deniable sessions (no per-message signature)."""
         return self._core.deniable
 
+    def on_error(self, handler: H) -> H:
+        """Register a handler called with the exception of every rejected envelope."""
+        return self._core.add_error_handler(handler)
+
+    def connect_with_bundle(self, bundle: dict[str, Any]) -> str:
+        """Set up a session from a bundle handed over out of band; returns its fingerprint."""
+        return self._core.connect_with_bundle(bundle)
+
+
+class Agent(_AgentFacade):
+    """An agent with an end-to-end encrypted identity (sync API).
+
+    ``Agent(agent_id, hub=None, keypair_path=None, log_level=logging.WARNING, *,
+    passphrase=None, keypair=None, deniable=False)``. See docs/agents.md.
+    """
+
+    def __init__(
+        self,
+        agent_id: str,
+        hub: Hub | None = None,
+        keypair_path: str | os.PathLike[str] | None = None,
+        log_level: int = logging.WARNING,
+        *,
+        passphrase: str | bytes | None = None,
+        keypair: Any = None,
+        deniable: bool = False,
+    ) -> None:
+        self._core = _AgentCore(
+            agent_id,
+            keypair_path=keypair_path,
+            passphrase=passphrase,
+            keypair=keypair,
+            log_level=log_level,
+            owner=self,
+            deniable=deniable,
+        )
+        if hub is not None:
+            hub.register(self)
+
     # sending
     def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
         """Send ``{"text": text, **kwargs}``; returns the sealed Envelope."""
@@ -1025,18 +1039,10 @@ class Agent:
         """Register a message handler (decorator or call); returns it unchanged."""
         return self._core.add_handler(handler)
 
-    def on_error(self, handler: H) -> H:
-        """Register a handler called with the exception of every rejected envelope."""
-        return self._core.add_error_handler(handler)
-
     # sessions
     def connect(self, peer_id: str) -> str:
         """Pre-establish (or re-verify) a session; returns the peer's fingerprint."""
         return self._core.connect(peer_id)
-
-    def connect_with_bundle(self, bundle: dict[str, Any]) -> str:
-        """Set up a session from a bundle handed over out of band; returns its fingerprint."""
-        return self._core.connect_with_bundle(bundle)
 
     def trust_new_identity(self, peer_id: str, fingerprint: str) -> None:
         """Accept that ``peer_id`` now has the identity ``fingerprint`` (check it first!)."""
@@ -1094,7 +1100,7 @@ def _is_async_callable(handler: Any) -> bool:
     )
 
 
-class AsyncAgent:
+class AsyncAgent(_AgentFacade):
     """The asyncio face of an agent: ``await agent.send(...)``, ``async for msg in agent``.
 
     Same constructor as :class:`Agent`, plus ``inbox_size``. Handlers may be plain functions or
@@ -1276,41 +1282,6 @@ class AsyncAgent:
         except StopAsyncIteration:
             raise RuntimeError(f"agent {self.agent_id!r} is closed") from None
 
-    # -- identity -------------------------------------------------------------------------------
-
-    @property
-    def agent_id(self) -> str:
-        return self._core.agent_id
-
-    @property
-    def fingerprint(self) -> str:
-        return self._core.fingerprint
-
-    @property
-    def public_bundle(self) -> dict[str, Any]:
-        return self._core.public_bundle
-
-    @property
-    def keypair(self) -> Any:
-        return self._core.keypair
-
-    @property
-    def hub(self) -> Hub | None:
-        return self._core.hub
-
-    @property
-    def log(self) -> logging.Logger:
-        return self._core.log
-
-    @property
-    def closed(self) -> bool:
-        return self._core.closed
-
-    @property
-    def deniable(self) -> bool:
-        """True if this agent sets up deniable sessions (no per-message signature)."""
-        return self._core.deniable
-
     # -- handlers -------------------------------------------------------------------------------
 
     def on_message(self, handler: H) -> H:
@@ -1318,9 +1289,6 @@ class AsyncAgent:
         if _is_async_callable(handler):
             self._has_async = True
         return self._core.add_handler(handler)
-
-    def on_error(self, handler: H) -> H:
-        return self._core.add_error_handler(handler)
 
     # -- I/O ------------------------------------------------------------------------------------
 
@@ -1350,10 +1318,6 @@ class AsyncAgent:
 
     async def connect(self, peer_id: str) -> str:
         return await self._run(self._core.connect, peer_id)  # type: ignore[no-any-return]
-
-    def connect_with_bundle(self, bundle: dict[str, Any]) -> str:
-        """No I/O: a plain method."""
-        return self._core.connect_with_bundle(bundle)
 
     async def trust_new_identity(self, peer_id: str, fingerprint: str) -> None:
         await self._run(self._core.trust_new_identity, peer_id, fingerprint)
