@@ -148,7 +148,11 @@ def start_hub(store_dir: str) -> tuple[Proc, int] | str:
             "warning",
         ]
     )
-    m = proc.wait_line(r"listening on \S+:(\d+)", 60, stderr=True)
+    try:
+        m = proc.wait_line(r"listening on \S+:(\d+)", 60, stderr=True)
+    except BaseException:
+        proc.stop()
+        raise
     return proc, int(m.group(1))
 
 

@@ -34,10 +34,7 @@ import argparse
 import contextlib
 import json
 import os
-import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -48,6 +45,11 @@ from typing import Any
 
 HOST = "127.0.0.1"
 REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # run as a script: make the `benches` package importable
+    sys.path.insert(0, str(REPO))
+
+from benches.network import Proc, start_hub  # noqa: E402  (one process runner for all benches)
+
 PAYLOAD_BYTES = 64
 TARGET_RATE = 10_000.0
 TARGET_P50_MS = 0.5
@@ -347,132 +349,6 @@ PEERS = {
 # the parent: processes
 
 
-def _env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    try:
-        import agentmesh
-
-        pkg = str(Path(agentmesh.__file__ or "").resolve().parent.parent)
-    except Exception:
-        pkg = str(REPO / "python")
-    parts = [pkg] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
-    return env
-
-
-class Proc:
-    """A child process; reader threads collect its stdout and stderr lines."""
-
-    def __init__(self, cmd: list[str]) -> None:
-        self.cmd = cmd
-        self.p = subprocess.Popen(
-            cmd,
-            cwd=REPO,
-            env=_env(),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        self.out: list[str] = []
-        self.err: list[str] = []
-        self._cv = threading.Condition()
-        self._readers = [
-            threading.Thread(target=self._read, args=(self.p.stdout, self.out), daemon=True),
-            threading.Thread(target=self._read, args=(self.p.stderr, self.err), daemon=True),
-        ]
-        for t in self._readers:
-            t.start()
-
-    @property
-    def pid(self) -> int:
-        return self.p.pid
-
-    def _read(self, stream: Any, into: list[str]) -> None:
-        for line in stream:
-            with self._cv:
-                into.append(line.rstrip("\n"))
-                self._cv.notify_all()
-        with self._cv:
-            self._cv.notify_all()
-
-    def _describe(self) -> str:
-        tail = " | ".join(self.err[-8:])
-        return f"{' '.join(self.cmd[1:5])} (pid {self.pid}, exit {self.p.poll()}): {tail}"
-
-    def wait_line(self, pattern: str, timeout: float, stderr: bool = False) -> re.Match[str]:
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cv:
-            while True:
-                lines = self.err if stderr else self.out
-                for line in lines[seen:]:
-                    m = rx.search(line)
-                    if m:
-                        return m
-                seen = len(lines)
-                left = deadline - time.monotonic()
-                if left <= 0 or self.p.poll() is not None:
-                    raise RuntimeError(f"no line matching {pattern!r}: {self._describe()}")
-                self._cv.wait(min(left, 0.2))
-
-    def result(self, timeout: float) -> dict[str, Any]:
-        try:
-            self.p.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.stop()
-            raise RuntimeError(
-                f"did not finish within {timeout:.0f} s: {self._describe()}"
-            ) from None
-        for t in self._readers:
-            t.join(5)
-        if self.p.returncode != 0:
-            raise RuntimeError(f"failed: {self._describe()}")
-        for line in reversed(self.out):
-            if line.startswith("{"):
-                result: dict[str, Any] = json.loads(line)
-                return result
-        raise RuntimeError(f"printed no result: {self._describe()}")
-
-    def stop(self, grace: float = 10.0) -> None:
-        """SIGTERM by PID, SIGKILL if it is still running after ``grace`` seconds."""
-        if self.p.poll() is not None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(self.p.pid, signal.SIGTERM)
-            try:
-                self.p.wait(grace)
-            except subprocess.TimeoutExpired:
-                os.kill(self.p.pid, signal.SIGKILL)
-                self.p.wait(5)
-
-
-def start_hub(store_dir: str) -> tuple[Proc, int]:
-    proc = Proc(
-        [
-            sys.executable,
-            "-m",
-            "agentmesh.hub_server",
-            "--host",
-            HOST,
-            "--port",
-            "0",
-            "--store",
-            os.path.join(store_dir, "hub.sqlite3"),
-            "--log-level",
-            "warning",
-        ]
-    )
-    try:
-        m = proc.wait_line(r"listening on \S+:(\d+)", 60, stderr=True)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, int(m.group(1))
-
-
 def _peer(role: str, port: int, mode: str, **opts: Any) -> Proc:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--peer", role, "--port", str(port)]
     cmd += ["--mode", mode]
@@ -573,7 +449,10 @@ def measure(ns: argparse.Namespace) -> dict[str, Any]:
     }
     timeout = ns.timeout
     with tempfile.TemporaryDirectory(prefix="agentmesh-figures-") as tmp:
-        hub, port = start_hub(tmp)
+        started = start_hub(tmp)
+        if isinstance(started, str):
+            raise SystemExit(f"cannot start the hub: {started}")
+        hub, port = started
         results["hub_pid"] = hub.pid
         try:
             for mode in ns.modes:

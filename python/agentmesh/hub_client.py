@@ -246,6 +246,15 @@ class _Proto(asyncio.Protocol):
             self.transport.abort()
 
 
+async def _cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
+    """Cancel a background task (if any) and wait until it has really stopped."""
+    if task is None:
+        return
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
 class HubClient:
     """Client of one agentmesh network hub (asyncio; use it from one event loop).
 
@@ -428,10 +437,7 @@ class HubClient:
 
     async def _drop_connection(self) -> None:
         sup, self._supervisor = self._supervisor, None
-        if sup is not None:
-            sup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sup
+        await _cancel_and_wait(sup)
         p, self._proto = self._proto, None
         if p is not None:
             p.close()
@@ -853,15 +859,9 @@ class HubClient:
         self._closing = True
         self._closed = True
         sup, self._supervisor = self._supervisor, None
-        if sup is not None:
-            sup.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await sup
+        await _cancel_and_wait(sup)
         con, self._consumer = self._consumer, None
-        if con is not None:
-            con.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await con
+        await _cancel_and_wait(con)
         p, self._proto = self._proto, None
         if p is not None:
             p.close()
