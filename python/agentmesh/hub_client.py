@@ -24,7 +24,7 @@ import socket
 import ssl as _ssl
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, cast
 
 from agentmesh.errors import FlushTimeoutError, HubError
 from agentmesh.hub_protocol import (
@@ -101,8 +101,8 @@ class _Proto(asyncio.Protocol):
     # ---- asyncio callbacks -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports implement asyncio.Transport without subclassing it)
+        self.transport = transport = cast(asyncio.Transport, transport)
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
@@ -582,7 +582,20 @@ class HubClient:
         hub (see :meth:`flush`). Raises at once a pending refusal of an earlier send (the
         error's ``recipient`` names its peer; *this* envelope is then not queued) and
         :class:`PeerNotFoundError` (a ValueError) for a recipient the hub reported unknown in
-        the last two seconds."""
+        the last two seconds. Waits while the client has too much unacknowledged."""
+        while not self.send_nowait(recipient, envelope):
+            await self.wait_for_room()
+
+    async def wait_for_room(self) -> None:
+        """Returns once :meth:`send_nowait` can queue another envelope (or the client failed:
+        then the next send raises)."""
+        room = self._room
+        assert room is not None
+        await room.wait()
+
+    def send_nowait(self, recipient: str, envelope: bytes) -> bool:
+        """:meth:`send` without waiting: False (nothing queued) when the client has no room
+        for another unacknowledged envelope; from the client's event loop thread only."""
         self._check_usable()
         if self._errors:
             raise self._errors.popleft()
@@ -613,8 +626,7 @@ class HubClient:
         room = self._room
         assert room is not None
         if not room.is_set():
-            await room.wait()
-            self._check_usable()
+            return False
         self._seq += 1
         seq = self._seq
         frame = encode_send(seq, rb, bytes(envelope))
@@ -625,6 +637,14 @@ class HubClient:
             p.write(frame)
         if len(self._unacked) >= self.max_unacked or (p is not None and p.write_paused):
             room.clear()
+        return True
+
+    def push(self) -> None:
+        """Writes what :meth:`send_nowait` queued now instead of in the next loop iteration
+        (for a caller that has handed over a whole batch)."""
+        p = self._proto
+        if p is not None and p.scheduled:
+            p.flush()
 
     def _update_room(self) -> None:
         room = self._room

@@ -33,8 +33,9 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
+from agentmesh._eventloop import loop_name, new_event_loop
 from agentmesh.hub_protocol import (
     CHALLENGE_SIZE,
     DEFAULT_MAX_FRAME_SIZE,
@@ -172,6 +173,7 @@ class _Hub:
             st = self.agents.setdefault(rcpt, _AgentState())
             st.count, st.bytes = n, b
         self.progress: dict[str, tuple[bytes, int]] = {}
+        self.unflushed: list[_Conn] = []  # connections with frames waiting in their `out`
         self.closing = False
         self._on_fatal = on_fatal
         store.on_commit = self._on_commit
@@ -204,6 +206,13 @@ class _Hub:
             rc = ast.conn
             if rc is not None and rc.db_mode:
                 rc.schedule_fetch()
+
+    def flush_writes(self) -> None:
+        """Writes out every connection's pending frames (coalesced: one write per connection
+        per batch of work)."""
+        conns, self.unflushed = self.unflushed, []
+        for c in conns:
+            c.flush_out()
 
     # ---- housekeeping --------------------------------------------------------------------
 
@@ -297,8 +306,8 @@ class _Conn(asyncio.Protocol):
     # ---- asyncio callbacks -----------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # (uvloop's transports implement asyncio.Transport without subclassing it)
+        self.transport = transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
@@ -364,6 +373,9 @@ class _Conn(asyncio.Protocol):
             self.backlog.extend(frames)
             return
         self._process(frames)
+        # What these frames produced (deliveries to their recipients, acknowledgements) leaves
+        # now rather than one loop iteration later: a round trip crosses the hub twice.
+        self.hub.flush_writes()
 
     # ---- frame processing ------------------------------------------------------------------
 
@@ -794,7 +806,9 @@ class _Conn(asyncio.Protocol):
         self.out.append(data)
         if not self.out_scheduled:
             self.out_scheduled = True
-            self.loop.call_soon(self.flush_out)
+            self.hub.unflushed.append(self)
+            if len(self.hub.unflushed) == 1:
+                self.loop.call_soon(self.hub.flush_writes)
 
     def flush_out(self) -> None:
         self.out_scheduled = False
@@ -850,15 +864,6 @@ class _Conn(asyncio.Protocol):
 
 # --------------------------------------------------------------------------------------------
 # The server object
-
-
-def _new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:
-        return asyncio.new_event_loop()
-    loop: asyncio.AbstractEventLoop = uvloop.new_event_loop()
-    return loop
 
 
 def _quiet_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -983,7 +988,7 @@ class NetworkHubServer:
                 "start(block=True) cannot run inside a running event loop; "
                 "use 'await server.serve()' or start(block=False)"
             )
-        loop = _new_loop()
+        loop = new_event_loop()
         loop.set_exception_handler(_quiet_exception_handler)
         try:
             asyncio.set_event_loop(loop)
@@ -997,7 +1002,7 @@ class NetworkHubServer:
             raise self.fatal_error
 
     def _thread_main(self) -> None:
-        loop = _new_loop()
+        loop = new_event_loop()
         loop.set_exception_handler(_quiet_exception_handler)
         asyncio.set_event_loop(loop)
         try:
@@ -1097,11 +1102,12 @@ class NetworkHubServer:
         self._hub = hub
         hub.start_housekeeping()
         log.info(
-            "hub listening on %s:%d (%s%s)",
+            "hub listening on %s:%d (%s%s, %s loop)",
             self.host,
             self.port,
             backend.description,
             ", tls" if ssl_ctx else "",
+            loop_name(asyncio.get_running_loop()),
         )
 
     async def _shutdown(self) -> None:

@@ -31,6 +31,7 @@ import weakref
 from typing import Any
 
 from . import crypto as _crypto
+from ._eventloop import new_event_loop
 from .agent import _AgentCore, _core_of
 from .errors import FlushTimeoutError, FormatError, HubError
 
@@ -197,7 +198,7 @@ class _NetLoop:
 
     def __init__(self) -> None:
         self.pid = os.getpid()
-        self.loop = asyncio.new_event_loop()
+        self.loop = new_event_loop()
         started = threading.Event()
         self.thread = threading.Thread(
             target=self._run, args=(started,), name="agentmesh-network", daemon=True
@@ -343,7 +344,19 @@ class _NetworkLink:
 
     def _kick(self) -> None:
         self._scheduled = False
-        assert self._wake is not None
+        assert self._wake is not None and self._idle is not None
+        if self._idle.is_set() and not self.core.persistent:
+            # The writer is idle and nothing has to be saved first: hand the envelopes to the
+            # client in this callback and write them now. A send crosses threads once and
+            # costs no extra loop iterations (the round trip's latency is made of these).
+            outbox = self._outbox
+            while outbox:
+                if not self._try_send(outbox[0]):
+                    break  # no room: the writer task waits for it
+                outbox.popleft()
+            self.client.push()
+            if not outbox:
+                return
         self._wake.set()
 
     async def _write_loop(self) -> None:
@@ -374,18 +387,21 @@ class _NetworkLink:
             self._idle.set()
 
     async def _send_one(self, env: Any) -> None:
+        while not self._try_send(env):
+            await self.client.wait_for_room()
+
+    def _try_send(self, env: Any) -> bool:
+        """Hands ``env`` to the client; False if the client has no room for it yet. A refusal
+        is reported (see flush) and ends the envelope's journey."""
         recipient, data = env.recipient, env.to_bytes()
         while True:
             try:
-                await self.client.send(recipient, data)
-                return
-            except asyncio.CancelledError:
-                raise
+                return bool(self.client.send_nowait(recipient, data))
             except Exception as exc:
                 self._note_error(exc, recipient)
                 if getattr(exc, "client_seq", None) is not None:
                     continue  # the refusal of an earlier envelope: this one was not queued yet
-                return
+                return True
 
     def _note_error(self, exc: BaseException, recipient: str) -> None:
         if self._error is None:

@@ -59,8 +59,15 @@ def subprocess_env() -> dict[str, str]:
 class HubProcess:
     """A hub running as its own process (``python -m agentmesh.hub_server``)."""
 
-    def __init__(self, store: Path, port: int = 0, extra_args: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        store: Path,
+        port: int = 0,
+        extra_args: list[str] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.store = Path(store)
+        self.env = env
         self.port = port
         self.extra_args = list(extra_args or [])
         self.proc: subprocess.Popen[bytes] | None = None
@@ -105,7 +112,7 @@ class HubProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
-                env=subprocess_env(),
+                env=self.env if self.env is not None else subprocess_env(),
             )
             self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
             self._reader.start()
