@@ -14,6 +14,7 @@ pub mod kdf;
 mod keyfile;
 mod keys;
 pub mod labels;
+mod prepare;
 mod ratchet;
 mod session;
 mod state;
