@@ -178,17 +178,25 @@ def _peer_echo(ns: argparse.Namespace) -> None:
     total = ns.warmup + ns.count
     state = {"n": 0}
 
+    cpu: dict[str, float] = {}
+
     @agent.on_message
     def echo(msg: Any) -> None:
         agent.send_payload(msg.sender, msg.payload)
-        state["n"] += 1
-        if state["n"] >= total:
+        n = state["n"] = state["n"] + 1
+        if n == ns.warmup:
+            cpu["start"] = time.process_time()
+        if n >= total:
+            cpu["end"] = time.process_time()
             done.set()
 
     _emit({"ready": agent.agent_id})
     ok = done.wait(ns.timeout)
     agent.close(10)
-    _emit({"echoed": state["n"], "complete": ok})
+    result: dict[str, Any] = {"echoed": state["n"], "complete": ok}
+    if ok and "start" in cpu and ns.count > 0:
+        result["cpu_us_per_rt"] = (cpu["end"] - cpu["start"]) / ns.count * 1e6
+    _emit(result)
 
 
 def _peer_ping(ns: argparse.Namespace) -> None:
@@ -205,7 +213,10 @@ def _peer_ping(ns: argparse.Namespace) -> None:
     rtts: list[float] = []
     send = agent.send_payload
     to = ns.to
+    cpu_start = 0.0
     for i in range(ns.warmup + ns.count):
+        if i == ns.warmup:
+            cpu_start = time.process_time()
         p = payload(i)
         got.clear()
         box["t0"] = time.perf_counter()
@@ -214,8 +225,11 @@ def _peer_ping(ns: argparse.Namespace) -> None:
             raise SystemExit(f"no reply to round trip {i} within {ns.timeout} s")
         if i >= ns.warmup:
             rtts.append(box["rtt"])
+    cpu = time.process_time() - cpu_start
     agent.close(10)
-    _emit(_latency_summary(rtts))
+    summary = _latency_summary(rtts)
+    summary["cpu_us_per_rt"] = cpu / max(1, ns.count) * 1e6
+    _emit(summary)
 
 
 def _peer_local(ns: argparse.Namespace) -> None:
@@ -331,7 +345,13 @@ def _peer_raw(ns: argparse.Namespace) -> None:
         await client.close(10)
         return _latency_summary(rtts)
 
-    _emit(asyncio.run(main()))
+    from agentmesh._eventloop import new_event_loop
+
+    loop = new_event_loop()  # the loop the agent layer's network thread runs, for a fair reference
+    try:
+        _emit(loop.run_until_complete(main()))
+    finally:
+        loop.close()
 
 
 PEERS = {
@@ -392,8 +412,23 @@ def one_way(
     }
 
 
+def _cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def ping_pong(
-    port: int, mode: str, round_trips: int, timeout: float, raw: bool = False
+    port: int,
+    mode: str,
+    round_trips: int,
+    timeout: float,
+    raw: bool = False,
+    hub_pid: int | None = None,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     echo_id, ping_id = f"echo-{tag}", f"ping-{tag}"
@@ -404,9 +439,18 @@ def ping_pong(
     pinger: Proc | None = None
     try:
         echo.wait_line(r'"ready"', 60)
+        hub_cpu = _cpu_seconds(hub_pid) if hub_pid else None
         pinger = _peer(prefix + "ping", port, mode, id=ping_id, to=echo_id, **common)
         res = pinger.result(timeout + 30)
-        echo.result(timeout + 30)
+        hub_cpu_end = _cpu_seconds(hub_pid) if hub_pid else None
+        echoed = echo.result(timeout + 30)
+        # CPU spent per round trip by each of the three processes: on 2 cores their sum
+        # is what competes with the round trip's own critical path
+        res["cpu_us_per_rt"] = {"ping": res.pop("cpu_us_per_rt", None)}
+        res["cpu_us_per_rt"]["echo"] = echoed.get("cpu_us_per_rt")
+        if hub_cpu is not None and hub_cpu_end is not None:
+            # (includes the pinger's start-up and warm-up: an upper bound)
+            res["cpu_us_per_rt"]["hub"] = (hub_cpu_end - hub_cpu) / round_trips * 1e6
     finally:
         if pinger is not None:
             pinger.stop()
@@ -461,7 +505,9 @@ def measure(ns: argparse.Namespace) -> dict[str, Any]:
                     _log(ns, f"network {mode}: one-way, {ns.count} messages")
                     net["one_way"].append(one_way(port, mode, ns.count, timeout, None))
                     _log(ns, f"network {mode}: ping-pong, {ns.round_trips} round trips")
-                    net["ping_pong"].append(ping_pong(port, mode, ns.round_trips, timeout))
+                    net["ping_pong"].append(
+                        ping_pong(port, mode, ns.round_trips, timeout, hub_pid=hub.pid)
+                    )
                 if ns.persistent:
                     net["one_way_persistent"] = []
                     for r in range(ns.repeat):
@@ -505,6 +551,7 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
                 )
             )
         rows.extend(_latency_rows("network", mode, net["ping_pong"]))
+        rows.append(_cpu_row(mode, net["ping_pong"]))
         if net.get("ping_pong_hubclient"):
             rows.extend(_latency_rows("hubclient", mode, net["ping_pong_hubclient"]))
     for mode, loc in results["local"].items():
@@ -521,6 +568,19 @@ def _rate_row(hub: str, mode: str, figure: str, runs: list[dict[str, Any]]) -> d
         row["target"] = f">= {TARGET_RATE:,.0f}"
         row["met"] = value >= TARGET_RATE
     return row
+
+
+def _cpu_row(mode: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """CPU time per round trip summed over hub, pinger and echo (µs; the parts in "runs")."""
+    parts = [r.get("cpu_us_per_rt") or {} for r in runs]
+    totals = [sum(v for v in p.values() if v is not None) for p in parts]
+    return {
+        "hub": "network",
+        "mode": mode,
+        "figure": "CPU per round trip us (3 procs)",
+        "value": statistics.median(totals) if totals else float("nan"),
+        "runs": parts,
+    }
 
 
 def _latency_rows(hub: str, mode: str, runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
