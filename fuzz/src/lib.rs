@@ -7,6 +7,8 @@
 #![forbid(unsafe_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod targets;
+
 use std::sync::OnceLock;
 
 use agentmesh_core::{Envelope, IdentityKeyPair, Mode, Session};
