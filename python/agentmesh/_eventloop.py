@@ -1,7 +1,9 @@
 """The event loop every agentmesh network thread runs: uvloop where it is installed.
 
-uvloop (a dependency on CPython outside Windows) roughly halves the cost of each loop iteration
-and socket hop, which is most of a network round trip's time outside the crypto. Setting
+uvloop (a dependency on CPython outside Windows) makes each loop iteration and socket hop much
+cheaper, and those are most of a network round trip's time outside the crypto: a trivial relay
+between three processes answers a 300-byte ping in 68 µs on uvloop against 199 µs on the
+standard loop, on the 2-core development machine. Setting
 ``AGENTMESH_EVENT_LOOP=asyncio`` selects the standard loop instead (to rule the loop out when
 debugging, and so the test suite keeps the fallback honest).
 """
