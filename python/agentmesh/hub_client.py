@@ -73,6 +73,9 @@ FATAL_CODES = frozenset(
 )
 
 _PING = encode_frame(FrameType.PING)
+# Reconnect jitter from a generator of our own: a library must not move the global `random`
+# state that its users (and their seeded tests) rely on.
+_jitter = random.Random()
 _PEER_MISSING_TTL = 2.0
 
 
@@ -546,7 +549,7 @@ class HubClient:
                     self._activate(new, welcome, info)
                     log.info("reconnected to hub %s:%d", self.host, self.port)
                     break
-                await asyncio.sleep(backoff * (0.5 + random.random()))
+                await asyncio.sleep(backoff * (0.5 + _jitter.random()))
                 backoff = min(backoff * 2, self.max_backoff)
 
     def _set_fatal(self, err: HubError) -> None:
