@@ -3,10 +3,11 @@
 Two measures for agentmesh, per session pair (both sides):
 * ``state``: bytes of ``export_state()`` of both sessions: every key, counter, skipped message
   key and replay record the session keeps, serialised (exact, deterministic);
-* ``heap``: the live footprint: bytes the C heap (glibc ``mallinfo2``, all arenas, where the
-  Rust core allocates) gets back when the two sessions are dropped, after the messages and
-  envelopes are gone and the garbage collector ran. Process-wide noise (thread pools, allocator
-  caches) does not enter it.
+* ``heap``: the live footprint: bytes the extension's allocator (where the Rust core allocates:
+  mimalloc, with a live-bytes count the extension keeps for this benchmark) gets back when the
+  two sessions are dropped, after the messages and envelopes are gone and the garbage collector
+  ran. Process-wide noise (thread pools, allocator caches) does not enter it. (An extension
+  built without the count falls back to glibc's ``mallinfo2``.)
 
 Messages go alice -> bob in batches (``seal_many`` / ``unseal_many``), and bob answers once per
 batch, so the DH ratchet turns all the time, as in a conversation. Deniable mode is used for the
@@ -63,8 +64,23 @@ def _libc() -> Any:
 _MALLINFO2 = _libc()
 
 
+def _rust_heap() -> Any:
+    try:
+        from agentmesh import _native
+
+        return getattr(_native, "_bench_rust_heap", None)
+    except Exception:
+        return None
+
+
+_RUST_HEAP = _rust_heap()
+
+
 def heap_in_use() -> int | None:
-    """Bytes allocated through malloc and not freed (glibc only; None elsewhere)."""
+    """Bytes the Rust core holds allocated (the extension's count), else bytes allocated through
+    glibc's malloc and not freed; None when neither is available. Only differences count."""
+    if _RUST_HEAP is not None:
+        return int(_RUST_HEAP())
     if _MALLINFO2 is None:
         return None
     m = _MALLINFO2()
@@ -79,6 +95,7 @@ def _settle() -> None:
 def _warm_up() -> None:
     """One-time allocations of the process (rayon's thread pool, caches) happen here, not in a
     measured session."""
+    heap_in_use()  # starts the extension's count before anything measured is allocated
     pair = am.AmPair(True)
     for _ in range(3):
         pair.b.unseal_many(pair.a.seal_many([{"text": "w"}] * 64))
@@ -179,6 +196,7 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
     progress.describe("memory: agentmesh (deniable)")
     res: dict[str, Any] = {
         "mallinfo2": _MALLINFO2 is not None,
+        "heap_source": "extension count" if _RUST_HEAP is not None else "glibc mallinfo2",
         "agentmesh_deniable": run_agentmesh(long_cp, True, 0.0, progress),
     }
     progress.describe("memory: agentmesh (signed)")

@@ -599,7 +599,8 @@ def markdown(res: dict[str, Any], img_rel: str) -> str:
         w(
             "A session pair driven to N messages (alice -> bob in batches of 500, bob answering "
             "once per batch so the DH ratchet turns). *live heap*: what the two sessions give back "
-            "to the C heap when dropped (glibc `mallinfo2`), halved: per session. *state*: "
+            "to the Rust core's allocator when dropped (the extension counts its live bytes), "
+            "halved: per session. *state*: "
             "`export_state()` bytes per session (every key, counter, skipped key and replay record)."
         )
         w("")
@@ -730,9 +731,10 @@ def findings(res: dict[str, Any]) -> list[str]:
         alloc = one.get("allocator")
         if alloc:
             out.append(
-                f"- **The allocator, measured**: in a fresh process glibc gives freed 1 MiB buffers "
-                f"back to the kernel between messages, and every message faults and zeroes its pages "
-                f"again. The same 1 MiB seal+unseal in child processes, default vs "
+                f"- **The allocator, measured**: the Rust core's own buffers come from mimalloc, which "
+                f"keeps freed memory; Python's `bytes` and `str` come from glibc, which in a fresh "
+                f"process gives freed 1 MiB buffers back to the kernel between messages, so every "
+                f"message faults and zeroes their pages again. The same 1 MiB seal+unseal in child processes, default vs "
                 f"`GLIBC_TUNABLES={ALLOC_TUNABLES}` (keep freed memory): signed "
                 f"{fmt_time(alloc['signed_default'])} -> {fmt_time(alloc['signed_tuned'])}, deniable "
                 f"{fmt_time(alloc['deniable_default'])} -> {fmt_time(alloc['deniable_tuned'])} "

@@ -304,10 +304,18 @@ pub fn _bench_core(
         .ok_or_else(|| runtime("core seal+unseal failed"))
 }
 
+/// `_bench_rust_heap() -> int`: bytes the extension's Rust code holds allocated, counted from
+/// the first call on (the memory benchmark takes differences: what dropping sessions frees).
+#[pyfunction]
+pub fn _bench_rust_heap() -> isize {
+    crate::allocator::live_bytes()
+}
+
 /// Adds the benchmark helpers to `agentmesh._native` (one line in lib.rs calls this).
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(_bench_floor, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_floor_parts, m)?)?;
     m.add_function(wrap_pyfunction!(_bench_core, m)?)?;
+    m.add_function(wrap_pyfunction!(_bench_rust_heap, m)?)?;
     Ok(())
 }

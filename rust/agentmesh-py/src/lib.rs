@@ -1,6 +1,7 @@
 //! `agentmesh._native`: PyO3 glue over agentmesh-core. No protocol logic lives here: only
 //! conversions (dicts, JSON payloads, bytes), locking, GIL handling and error mapping.
 
+mod allocator;
 mod bench;
 mod bundle;
 mod envelope;
