@@ -63,8 +63,21 @@ impl Session {
         env: &Envelope,
         rng: &mut R,
     ) -> Result<Opened> {
-        let their_key = self.reply_key_to_prepare(env.header());
-        self.preparing(their_key, rng, |s| s.unseal(ours, env), Result::is_ok)
+        let Some(their_key) = self.reply_key_to_prepare(env.header()) else {
+            return self.unseal(ours, env);
+        };
+        let job = helper::submit(StaticSecret::random_from_rng(rng), their_key);
+        let opened = match self.unseal(ours, env) {
+            Ok(opened) => opened,
+            Err(e) => {
+                job.cancel();
+                return Err(e);
+            }
+        };
+        if let (Some(step), Some(active)) = (job.finish(), self.active.as_deref_mut()) {
+            active.offer_prepared(step);
+        }
+        Ok(opened)
     }
 
     /// [`Session::unseal_many`] with the reply step prepared (for the ratchet key of the last
@@ -79,29 +92,12 @@ impl Session {
         let their_key = envelopes
             .last()
             .and_then(|e| self.reply_key_to_prepare(e.as_ref().header()));
-        self.preparing(
-            their_key,
-            rng,
-            |s| s.unseal_many(ours, envelopes),
-            |results| results.last().is_some_and(Result::is_ok),
-        )
-    }
-
-    /// Runs `open` while the step for `their_key` (if any) is prepared; keeps the step if
-    /// `authenticated` says the message it answers was accepted.
-    fn preparing<T, R: RngCore + CryptoRng>(
-        &mut self,
-        their_key: Option<[u8; 32]>,
-        rng: &mut R,
-        open: impl FnOnce(&mut Self) -> T,
-        authenticated: impl FnOnce(&T) -> bool,
-    ) -> T {
         let Some(their_key) = their_key else {
-            return open(self);
+            return self.unseal_many(ours, envelopes);
         };
         let job = helper::submit(StaticSecret::random_from_rng(rng), their_key);
-        let opened = open(self);
-        if authenticated(&opened) {
+        let opened = self.unseal_many(ours, envelopes);
+        if opened.last().is_some_and(Result::is_ok) {
             if let (Some(step), Some(active)) = (job.finish(), self.active.as_deref_mut()) {
                 active.offer_prepared(step);
             }
