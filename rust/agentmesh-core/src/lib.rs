@@ -14,7 +14,6 @@ pub mod kdf;
 mod keyfile;
 mod keys;
 pub mod labels;
-mod prepare;
 mod ratchet;
 mod session;
 mod state;

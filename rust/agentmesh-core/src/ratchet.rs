@@ -11,7 +11,6 @@ use crate::envelope::{Header, Initiation};
 use crate::error::{Error, Result};
 use crate::kdf::{chain_step, root_step, ChainKey, MessageKey, RootKey};
 use crate::keys::diffie_hellman;
-use crate::prepare::PreparedStep;
 
 /// Most messages one incoming message may skip over (in its own chain plus the end of the
 /// previous one). A larger jump is refused before any key is derived.
@@ -94,7 +93,6 @@ pub(crate) struct Ratchet {
     pub(crate) skipped: SkippedKeys,
     pub(crate) retired_peer_keys: VecDeque<[u8; 32]>,
     pub(crate) last_peer_timestamp: u64,
-    pub(crate) prepared: Option<Box<PreparedStep>>,
 }
 
 impl fmt::Debug for Ratchet {
@@ -175,7 +173,6 @@ impl Ratchet {
             skipped: SkippedKeys::default(),
             retired_peer_keys: VecDeque::new(),
             last_peer_timestamp: 0,
-            prepared: None,
         })
     }
 
@@ -203,26 +200,6 @@ impl Ratchet {
             skipped: SkippedKeys::default(),
             retired_peer_keys: VecDeque::new(),
             last_peer_timestamp: 0,
-            prepared: None,
-        }
-    }
-
-    /// Whether opening a message with `header` would start a new receiving chain (the peer
-    /// turned its ratchet): then our next send needs a new ratchet step of its own.
-    pub(crate) fn would_turn(&self, header: &Header) -> bool {
-        self.their_ratchet != Some(header.ratchet_key)
-            && !self.retired_peer_keys.contains(&header.ratchet_key)
-            && self
-                .skipped
-                .get(&header.ratchet_key, header.counter)
-                .is_none()
-    }
-
-    /// Keeps `step` for our next send if it still fits: we have not sent since the peer's
-    /// key `step` was made for arrived.
-    pub(crate) fn offer_prepared(&mut self, step: PreparedStep) {
-        if self.sending.is_none() && self.their_ratchet == Some(step.their_key) {
-            self.prepared = Some(Box::new(step));
         }
     }
 
@@ -234,9 +211,9 @@ impl Ratchet {
     }
 
     /// Starts a new sending chain if the peer's ratchet key changed since we last sent. The new
-    /// ratchet key is made only now, at the first send, unless a step was prepared in memory
-    /// while the peer's message was opened: an exported copy of the state taken in between
-    /// therefore never holds our next ratchet key, and such a copy heals at our next send.
+    /// ratchet key is made only now, at the first send, not when the peer's key arrived: a copy
+    /// of the state stolen in between therefore learns nothing about our next chain, and the
+    /// session heals after a single round trip.
     pub(crate) fn ensure_sending_chain<R: RngCore + CryptoRng>(
         &mut self,
         rng: &mut R,
@@ -247,17 +224,10 @@ impl Ratchet {
         let their = self.their_ratchet.ok_or(Error::InvalidInput(
             "this session cannot send before it has received",
         ))?;
-        let (our_ratchet, our_public, dh) = match self.prepared.take() {
-            Some(step) if step.their_key == their => step.into_parts(),
-            _ => {
-                let secret = StaticSecret::random_from_rng(&mut *rng);
-                let dh = diffie_hellman(&secret, &their)?;
-                let public = PublicKey::from(&secret).to_bytes();
-                (secret, public, dh)
-            }
-        };
+        let our_ratchet = StaticSecret::random_from_rng(&mut *rng);
+        let dh = diffie_hellman(&our_ratchet, &their)?;
         let (root, sending) = root_step(&self.root, &dh);
-        self.our_ratchet_public = our_public;
+        self.our_ratchet_public = PublicKey::from(&our_ratchet).to_bytes();
         self.our_ratchet = our_ratchet;
         self.root = root;
         self.sending = Some(sending);
@@ -392,7 +362,6 @@ impl Ratchet {
                 self.root = root;
                 // Our next send starts a new chain with a fresh ratchet key.
                 self.sending = None;
-                self.prepared = None;
             }
         }
     }

@@ -119,13 +119,11 @@ fn read_ratchet(r: &mut Reader<'_>) -> Result<Ratchet> {
         skipped,
         retired_peer_keys,
         last_peer_timestamp,
-        prepared: None,
     })
 }
 
 impl Session {
-    /// Serialises the whole session, secrets included, except a prepared reply step (which
-    /// lives in memory only: an exported state never holds our next ratchet key).
+    /// Serialises the whole session, secrets included.
     pub fn export_state(&self) -> Vec<u8> {
         let mut w = Writer::with_capacity(1024);
         w.bytes(STATE_MAGIC);

@@ -74,9 +74,9 @@ impl PyCryptoSession {
             let kp = locks::read(py, &kp_obj.inner);
             if env.as_bytes().len() >= RELEASE_GIL_AT {
                 let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-                py.allow_threads(|| s.unseal_preparing_reply(k, env, &mut OsRng))
+                py.allow_threads(|| s.unseal(k, env))
             } else {
-                session.unseal_preparing_reply(&kp, env, &mut OsRng)
+                session.unseal(&kp, env)
             }
         }
         .map_err(to_py)?;
@@ -202,7 +202,7 @@ impl PyCryptoSession {
             let mut session = locks::lock(py, &self.session);
             let kp = locks::read(py, &kp_obj.inner);
             let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-            py.allow_threads(|| s.unseal_many_preparing_reply(k, envs.as_slice(), &mut OsRng))
+            py.allow_threads(|| s.unseal_many(k, envs.as_slice()))
         }
         .into_iter()
         .map(Some)
