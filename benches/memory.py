@@ -6,8 +6,7 @@ Two measures for agentmesh, per session pair (both sides):
 * ``heap``: the live footprint: bytes the extension's allocator (where the Rust core allocates:
   mimalloc, with a live-bytes count the extension keeps for this benchmark) gets back when the
   two sessions are dropped, after the messages and envelopes are gone and the garbage collector
-  ran. Process-wide noise (thread pools, allocator caches) does not enter it. (An extension
-  built without the count falls back to glibc's ``mallinfo2``.)
+  ran. Process-wide noise (thread pools, allocator caches) does not enter it.
 
 Messages go alice -> bob in batches (``seal_many`` / ``unseal_many``), and bob answers once per
 batch, so the DH ratchet turns all the time, as in a conversation. Deniable mode is used for the
@@ -22,69 +21,20 @@ set plus its entries) and vodozemac Olm's pickled session size.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import random
 import sys
 from typing import Any
 
+from agentmesh import _native
+
 from .harness import Progress
 from .peers import agentmesh_peer as am
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
-def _libc() -> Any:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallinfo2
-        fn.restype = _MallInfo2
-        return fn
-    except Exception:
-        return None
-
-
-_MALLINFO2 = _libc()
-
-
-def _rust_heap() -> Any:
-    try:
-        from agentmesh import _native
-
-        return getattr(_native, "_bench_rust_heap", None)
-    except Exception:
-        return None
-
-
-_RUST_HEAP = _rust_heap()
-
-
-def heap_in_use() -> int | None:
-    """Bytes the Rust core holds allocated (the extension's count), else bytes allocated through
-    glibc's malloc and not freed; None when neither is available. Only differences count."""
-    if _RUST_HEAP is not None:
-        return int(_RUST_HEAP())
-    if _MALLINFO2 is None:
-        return None
-    m = _MALLINFO2()
-    return int(m.uordblks + m.hblkhd)
+def heap_in_use() -> int:
+    """Bytes the Rust core holds allocated (the extension's count). Only differences count."""
+    return int(_native._bench_rust_heap())
 
 
 def _settle() -> None:
@@ -139,8 +89,7 @@ def run_agentmesh(
         del pair.a, pair.b
         _settle()
         after = heap_in_use()
-        live = None if before is None or after is None else before - after
-        out.append({"messages": count, "state": state, "heap": live})
+        out.append({"messages": count, "state": state, "heap": before - after})
         progress.step()
     return out
 
@@ -195,8 +144,6 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
         )
     progress.describe("memory: agentmesh (deniable)")
     res: dict[str, Any] = {
-        "mallinfo2": _MALLINFO2 is not None,
-        "heap_source": "extension count" if _RUST_HEAP is not None else "glibc mallinfo2",
         "agentmesh_deniable": run_agentmesh(long_cp, True, 0.0, progress),
     }
     progress.describe("memory: agentmesh (signed)")
