@@ -1,12 +1,16 @@
-"""The transport floor under every network figure: what three Python processes on asyncio cost
-for a round trip before agentmesh does anything.
+"""The floors under every network figure: what three Python processes on asyncio cost for a
+round trip before agentmesh does anything, and what one thread hand-off costs (the agent layer
+makes four per round trip: a send from the caller's thread to the network thread, a delivery
+from the network thread to the worker, on each side).
 
 A relay process forwards length-prefixed frames between two client processes; the pinger sends a
 300-byte frame (about an envelope of a 64-byte payload), the echo client sends it back, and the
 pinger times the round trip. Everything is ``asyncio.Protocol`` with TCP_NODELAY, on the loop
 ``agentmesh._eventloop`` picks, once with uvloop and once with the standard loop
 (``AGENTMESH_EVENT_LOOP``). No crypto, no store, no threads: compare with
-``benches/network_figures.py``::
+``benches/network_figures.py``. The hand-offs are timed in this process: a callback handed to a
+uvloop loop running in another thread (``call_soon_threadsafe``), and an item handed to a
+thread blocked in ``queue.SimpleQueue.get``::
 
     python benches/loop_floor.py [--round-trips 3000] [--json]
 """
@@ -142,6 +146,43 @@ def measure(loop_kind: str, round_trips: int) -> dict[str, Any]:
             p.stop()
 
 
+def handoffs(count: int) -> dict[str, float]:
+    """One-way latency (µs, p50) of the agent layer's two kinds of thread hand-off."""
+    import queue
+    import statistics
+    import threading
+
+    from agentmesh._eventloop import new_event_loop
+
+    back: queue.SimpleQueue[float] = queue.SimpleQueue()
+    loop = new_event_loop()
+    threading.Thread(target=loop.run_forever, daemon=True).start()
+    into_loop = []
+    for _ in range(200 + count):
+        t0 = time.perf_counter()
+        loop.call_soon_threadsafe(lambda: back.put(time.perf_counter()))
+        into_loop.append(back.get() - t0)
+    loop.call_soon_threadsafe(loop.stop)
+
+    work: queue.SimpleQueue[float | None] = queue.SimpleQueue()
+
+    def worker() -> None:
+        while work.get() is not None:
+            back.put(time.perf_counter())
+
+    threading.Thread(target=worker, daemon=True).start()
+    to_worker = []
+    for _ in range(200 + count):
+        t0 = time.perf_counter()
+        work.put(t0)
+        to_worker.append(back.get() - t0)
+    work.put(None)
+    return {
+        "into_loop_thread_us": statistics.median(into_loop[200:]) * 1e6,
+        "to_worker_thread_us": statistics.median(to_worker[200:]) * 1e6,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--round-trips", type=int, default=3000)
@@ -152,13 +193,20 @@ def main(argv: list[str] | None = None) -> int:
     if ns.child:
         _child(ns.child, ns.port, ns.round_trips)
         return 0
-    results = {kind: measure(kind, ns.round_trips) for kind in LOOPS}
+    results: dict[str, Any] = {kind: measure(kind, ns.round_trips) for kind in LOOPS}
+    results["handoffs"] = handoffs(ns.round_trips)
     if ns.json:
         print(json.dumps(results))
-    else:
-        print(f"trivial relay, three processes, {ns.round_trips} round trips of 300 bytes")
-        for kind, r in results.items():
-            print(f"{kind:<8} p50 {r['p50_ms'] * 1e3:6.0f} µs   p99 {r['p99_ms'] * 1e3:6.0f} µs")
+        return 0
+    print(f"trivial relay, three processes, {ns.round_trips} round trips of 300 bytes")
+    for kind in LOOPS:
+        r = results[kind]
+        print(f"{kind:<8} p50 {r['p50_ms'] * 1e3:6.0f} µs   p99 {r['p99_ms'] * 1e3:6.0f} µs")
+    h = results["handoffs"]
+    print(
+        f"thread hand-off (one way, p50): into a uvloop thread {h['into_loop_thread_us']:.0f} µs, "
+        f"to a worker blocked on a queue {h['to_worker_thread_us']:.0f} µs"
+    )
     return 0
 
 

@@ -2,7 +2,7 @@
 
 uvloop (a dependency on CPython outside Windows) makes each loop iteration and socket hop much
 cheaper, and those are most of a network round trip's time outside the crypto: a trivial relay
-between three processes answers a 300-byte ping in 90-113 µs p50 on uvloop against 155-177 µs
+between three processes answers a 300-byte ping in 90-150 µs p50 on uvloop against 155-200 µs
 on the standard loop (``benches/loop_floor.py``, 2-core development machine). Setting
 ``AGENTMESH_EVENT_LOOP=asyncio`` selects the standard loop instead (to rule the loop out when
 debugging, and so the test suite keeps the fallback honest).
