@@ -83,6 +83,18 @@ async def ping(ns: argparse.Namespace) -> dict[str, Any]:
     return {"rtts": rtts}
 
 
+def _run(coro: Any) -> Any:
+    """On the event loop agentmesh's own network threads use (uvloop where installed), so that
+    both sides of the comparison pay the same loop."""
+    from agentmesh._eventloop import new_event_loop
+
+    loop = new_event_loop()
+    try:
+        return loop.run_until_complete(coro)
+    finally:
+        loop.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benches.peers.nats_peer")
     p.add_argument("role", choices=["sub", "pub", "echo", "ping"])
@@ -97,11 +109,11 @@ def main(argv: list[str] | None = None) -> int:
     watchdog.daemon = True
     watchdog.start()
     if ns.role in ("sub", "echo"):
-        out = asyncio.run(sub(ns, echo=ns.role == "echo"))
+        out = _run(sub(ns, echo=ns.role == "echo"))
     elif ns.role == "pub":
-        out = asyncio.run(pub(ns))
+        out = _run(pub(ns))
     else:
-        out = asyncio.run(ping(ns))
+        out = _run(ping(ns))
     print(json.dumps(out), flush=True)
     return 0
 
