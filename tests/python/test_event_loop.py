@@ -16,8 +16,10 @@ from agentmesh import _eventloop
 
 _AGENTS = textwrap.dedent(
     """
-    import asyncio, sys
+    import sys
+    import time
     from agentmesh import Agent, NetworkHub
+    from agentmesh._eventloop import loop_name
     from agentmesh.hubs import _NetLoop
     port = int(sys.argv[1])
     got = []
@@ -27,13 +29,11 @@ _AGENTS = textwrap.dedent(
     for i in range(50):
         alice.send("bob", i=i)
     alice.flush(30)
-    import time
     deadline = time.monotonic() + 30
     while len(got) < 50 and time.monotonic() < deadline:
         time.sleep(0.01)
     alice.close(); bob.close()
-    loop = type(_NetLoop.get().loop).__module__.split(".")[0]
-    print(loop, got == list(range(50)))
+    print(loop_name(_NetLoop.get().loop), got == list(range(50)))
     """
 )
 
