@@ -18,6 +18,15 @@ acknowledgement), and (``--reference``) the ping-pong through ``HubClient`` dire
 same crypto on the event loop thread and no agent layer: the difference to the agent figure is
 what the agent layer's threads cost; the LocalHub figure is (nearly) the crypto alone.
 
+``--floor`` adds, from the same run, the two floors no design of this stack can go under: the
+crypto of one round trip alone (two ``CryptoSession`` objects in this process, wire bytes in and
+out; each message turns the DH ratchet, as post-compromise security requires when the direction
+changes), a trivial three-process relay on the agents' event loop (``benches/loop_floor.py``:
+no crypto, no store, no threads), and the four thread hand-offs the agent layer's design makes
+per round trip (timed as in ``loop_floor.py``). Their sum is what a round trip would cost if the
+hub's routing and store, the agent layer's own work and the kernel's scheduling were free; it is
+printed next to the p50 target.
+
 The hub is ``python -m agentmesh.hub_server --host 127.0.0.1 --port 0`` with a temporary store; it
 and every peer process are stopped by PID (SIGTERM, SIGKILL after a grace period). Usage::
 
@@ -48,6 +57,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script: make the `benches` package importable
     sys.path.insert(0, str(REPO))
 
+from benches import loop_floor  # noqa: E402
 from benches.network import Proc, start_hub  # noqa: E402  (one process runner for all benches)
 
 PAYLOAD_BYTES = 64
@@ -475,6 +485,37 @@ def local(mode: str, count: int, round_trips: int, timeout: float) -> dict[str, 
         proc.stop()
 
 
+def crypto_floor(mode: str, round_trips: int) -> dict[str, Any]:
+    """One ping-pong's crypto, in this process: A seals, B unseals and seals the reply, A unseals.
+
+    Wire bytes cross between the sessions (as through a hub), the payload is the benchmark's
+    64-byte dict, and every message starts a new DH ratchet step because the sender changes."""
+    from agentmesh.crypto import AgentKeyPair, perform_key_exchange
+
+    deniable = mode == "deniable"
+    a_kp, b_kp = AgentKeyPair.generate("ping"), AgentKeyPair.generate("echo")
+    a = perform_key_exchange(a_kp, b_kp.public_bundle(), deniable=deniable)
+    b = perform_key_exchange(b_kp, a_kp.public_bundle(), deniable=deniable)
+    rtts = []
+    for i in range(200 + round_trips):
+        t0 = time.perf_counter()
+        got = b.unseal(a.seal(payload(i)).to_bytes())
+        a.unseal(b.seal(got).to_bytes())
+        if i >= 200:
+            rtts.append(time.perf_counter() - t0)
+    return _latency_summary(rtts)
+
+
+def relay_floor(round_trips: int) -> dict[str, Any]:
+    """A trivial relay round trip between three processes on the agents' event loop."""
+    from agentmesh._eventloop import loop_name, new_event_loop
+
+    probe = new_event_loop()
+    kind = loop_name(probe)
+    probe.close()
+    return {"loop": kind, **loop_floor.measure(kind, round_trips)}
+
+
 def _median_of(runs: list[dict[str, Any]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
@@ -489,6 +530,7 @@ def measure(ns: argparse.Namespace) -> dict[str, Any]:
         "loadavg_before": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
         "network": {},
         "local": {},
+        "floor": {},
         "notes": [],
     }
     timeout = ns.timeout
@@ -530,6 +572,13 @@ def measure(ns: argparse.Namespace) -> dict[str, Any]:
                     _log(ns, f"LocalHub {mode}")
                     loc.append(local(mode, ns.count, ns.round_trips, timeout))
                 results["local"][mode] = loc
+                if ns.floor:
+                    _log(ns, f"floors {mode}: crypto round trip, trivial relay")
+                    results["floor"][mode] = {
+                        "crypto": [crypto_floor(mode, ns.round_trips) for _ in range(ns.repeat)],
+                        "relay": [relay_floor(ns.round_trips) for _ in range(ns.repeat)],
+                        "handoffs": [loop_floor.handoffs(ns.round_trips) for _ in range(ns.repeat)],
+                    }
         finally:
             hub.stop()
             if hub.p.returncode not in (0, None):
@@ -557,7 +606,36 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
     for mode, loc in results["local"].items():
         rows.append(_rate_row("local", mode, "one-way msg/s", [r["one_way"] for r in loc]))
         rows.extend(_latency_rows("local", mode, [r["ping_pong"] for r in loc]))
+    for mode, floor in results["floor"].items():
+        rows.extend(_floor_rows(mode, floor))
     return rows
+
+
+def _floor_rows(mode: str, floor: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The floors (p50, median of the repeats) and their sums. The issue's design hands each
+    round trip across threads four times (a send from the caller's thread into the network
+    thread and a delivery from the network thread to the handler worker, on each side), so the
+    last row, compared with the p50 target, is the least that design can cost here."""
+    crypto = _median_of(floor["crypto"], "p50_ms")
+    relay = _median_of(floor["relay"], "p50_ms")
+    handoffs = statistics.median(
+        2 * (h["into_loop_thread_us"] + h["to_worker_thread_us"]) / 1e3 for h in floor["handoffs"]
+    )
+    total = crypto + relay + handoffs
+    return [
+        {"hub": "floor", "mode": mode, "figure": "crypto round trip p50 ms", "value": crypto},
+        {"hub": "floor", "mode": mode, "figure": "trivial relay p50 ms", "value": relay},
+        {"hub": "floor", "mode": mode, "figure": "4 thread hand-offs ms", "value": handoffs},
+        {"hub": "floor", "mode": mode, "figure": "crypto + relay ms", "value": crypto + relay},
+        {
+            "hub": "floor",
+            "mode": mode,
+            "figure": "crypto + relay + hand-offs ms",
+            "value": total,
+            "target": f"< {TARGET_P50_MS}",
+            "met": total < TARGET_P50_MS,
+        },
+    ]
 
 
 def _rate_row(hub: str, mode: str, figure: str, runs: list[dict[str, Any]]) -> dict[str, Any]:
@@ -649,6 +727,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also ping-pong through HubClient directly (crypto on the event loop, no agent "
         "layer): what the agent layer's threads add",
+    )
+    p.add_argument(
+        "--floor",
+        action="store_true",
+        help="also the floors under the round trip: its crypto alone and a trivial relay",
     )
     p.add_argument("--timeout", type=float, default=120.0)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress lines on stderr")
