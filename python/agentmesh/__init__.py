@@ -37,6 +37,7 @@ def __getattr__(name: str) -> object:
     globals()[name] = value
     return value
 
+
 __all__ = [
     "Agent",
     "AgentMeshError",

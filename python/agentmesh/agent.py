@@ -65,6 +65,9 @@ CLOSE_TIMEOUT = 30.0
 UNSEAL_MANY_MIN = 2
 #: ... and at most this many per call, so the agent's lock is never held for long.
 UNSEAL_MANY_MAX = 64
+#: A persistent agent remembers its last handled delivery id for this many hub stores (the
+#: ones it used most recently); see ``note_delivered``.
+MAX_DELIVERED_HUBS = 16
 
 
 # --------------------------------------------------------------------------------------------
@@ -267,6 +270,8 @@ class _AgentCore:
         self._sessions: dict[str, Any] = {}
         self._pins: dict[str, str] = {}
         self._bundles: dict[str, dict[str, Any]] = {}
+        # hub store id -> last delivery id handled from it (persisted: see note_delivered)
+        self._delivered: dict[bytes, int] = {}
         self._pending_identity: dict[str, dict[str, Any]] = {}
         self._unverified: set[str] = set()  # restored sessions not yet re-checked on the hub
         self._handlers: tuple[Callable[[Message], Any], ...] = ()
@@ -827,6 +832,7 @@ class _AgentCore:
         self._exports = dict(state.sessions)
         self._pins = dict(state.pins)
         self._bundles = dict(state.bundles)
+        self._delivered = dict(state.delivered)
 
     def _maybe_autosave(self) -> None:
         now = time.monotonic()
@@ -860,12 +866,30 @@ class _AgentCore:
                     sessions=dict(self._exports),
                     pins=dict(self._pins),
                     bundles=dict(self._bundles),
+                    delivered=dict(self._delivered),
                 )
             try:
                 store.save_state(self.keypair, state)
             except BaseException:
                 self._meta_dirty = True  # try again next time
                 raise
+
+    def note_delivered(self, hub_id: bytes, delivery_id: int) -> None:
+        """Remember, with the next state write, that every delivery up to ``delivery_id`` from
+        the hub store ``hub_id`` was handled. A restarted agent hands this to its hub client, so
+        a redelivery that a hub crash caused (the acknowledgement was not committed yet) is
+        skipped silently rather than reported as a replay."""
+        with self._lock:
+            delivered = self._delivered
+            delivered.pop(hub_id, None)  # most recently used last: the bound drops the oldest
+            delivered[hub_id] = delivery_id
+            while len(delivered) > MAX_DELIVERED_HUBS:
+                del delivered[next(iter(delivered))]
+            self._meta_dirty = True
+
+    def delivered_positions(self) -> dict[bytes, int]:
+        with self._lock:
+            return dict(self._delivered)
 
     def save_state_quietly(self) -> None:
         try:

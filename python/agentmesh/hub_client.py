@@ -23,7 +23,7 @@ import random
 import socket
 import ssl as _ssl
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
 from agentmesh.errors import FlushTimeoutError, HubError
@@ -316,6 +316,9 @@ class HubClient:
         self._inbox_event: asyncio.Event | None = None
         self._seen_hub = b""
         self._seen_id = 0
+        # hub_id -> last delivery id handled before this client existed (restored by the owner)
+        self._handled: dict[bytes, int] = {}
+        self._delivery_hub_id: bytes | None = None
         self._ready_event: asyncio.Event | None = None
         self._fatal: HubError | None = None
         self._closing = False
@@ -339,6 +342,13 @@ class HubClient:
     @property
     def agent_id(self) -> str | None:
         return self._agent_id
+
+    @property
+    def delivery_hub_id(self) -> bytes | None:
+        """The ``hub_id`` of the store the deliveries being handled came from: set while
+        ``on_envelope``/``on_batch`` runs (``None`` otherwise). Delivery ids count per hub
+        store, so an owner that persists what it handled keys the ids by it."""
+        return self._delivery_hub_id
 
     @property
     def hub_id(self) -> bytes | None:
@@ -399,6 +409,7 @@ class HubClient:
         on_envelope: OnEnvelope | None = None,
         *,
         on_batch: OnBatch | None = None,
+        handled: Mapping[bytes, int] | None = None,
     ) -> None:
         """Register as ``keypair.agent_id``, proving possession of its identity key.
 
@@ -409,6 +420,10 @@ class HubClient:
         ``(delivery_id, envelope_bytes)`` in inbox order, at most 256) in one call and all of
         them are acknowledged after it returns: fewer hand-offs for a consumer in another
         thread. Give one of the two.
+        ``handled`` maps a hub store's ``hub_id`` to the last delivery id an earlier client of
+        this agent handled from it (a persistent owner saves :attr:`delivery_hub_id` and the
+        delivery ids it handled): redeliveries at or below it, which a hub that crashed before
+        committing the acknowledgements sends again, are acknowledged without being handed over.
         Raises :class:`HubRequestError` if the hub refuses (``code`` ``ID_TAKEN`` when the id
         belongs to another identity key) and :class:`HubError` if it cannot be reached.
         """
@@ -423,6 +438,7 @@ class HubClient:
         self._keypair = keypair
         self._on_envelope = on_envelope
         self._on_batch = on_batch
+        self._handled = {bytes(h): int(d) for h, d in (handled or {}).items()}
         self._agent_id = str(keypair.agent_id)
         self._mode = "agent"
         try:
@@ -753,28 +769,36 @@ class HubClient:
                 continue
             proto, did, env = inbox.popleft()
             hub_id = proto.hub_id
-            if hub_id == self._seen_hub and did <= self._seen_id:
+            if did <= self._last_handled(hub_id):
                 proto.ack(did)  # a redelivery of something already handled
                 continue
             handler = self._on_envelope
             if handler is not None:
+                self._delivery_hub_id = hub_id
                 try:
                     await handler(did, env)
                 except asyncio.CancelledError:
                     raise
                 except Exception:
                     log.exception("on_envelope failed for delivery %d (acknowledged anyway)", did)
+                finally:
+                    self._delivery_hub_id = None
             self.received += 1
             self._seen_hub = hub_id
             self._seen_id = did
             proto.ack(did)  # on the connection it came from (a no-op if that one is gone)
+
+    def _last_handled(self, hub_id: bytes) -> int:
+        if hub_id == self._seen_hub:
+            return self._seen_id
+        return self._handled.get(hub_id, 0)
 
     async def _consume_batch(self) -> None:
         inbox = self._inbox
         batch: list[tuple[int, bytes]] = []
         protos: list[_Proto] = []
         hub_id = inbox[0][0].hub_id
-        seen = self._seen_id if hub_id == self._seen_hub else 0
+        seen = self._last_handled(hub_id)
         while inbox and len(batch) < 256 and inbox[0][0].hub_id == hub_id:
             proto, did, env = inbox.popleft()
             if did <= seen:
@@ -787,12 +811,15 @@ class HubClient:
             return
         handler = self._on_batch
         assert handler is not None
+        self._delivery_hub_id = hub_id
         try:
             await handler(batch)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("on_batch failed for %d deliveries (acknowledged anyway)", len(batch))
+        finally:
+            self._delivery_hub_id = None
         self.received += len(batch)
         self._seen_hub = hub_id
         self._seen_id = batch[-1][0]

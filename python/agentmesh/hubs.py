@@ -304,7 +304,11 @@ class _NetworkLink:
         )
         self._writer = asyncio.get_running_loop().create_task(self._write_loop())
         try:
-            await self.client.register(self.core.keypair, on_batch=self._on_batch)
+            await self.client.register(
+                self.core.keypair,
+                on_batch=self._on_batch,
+                handled=self.core.delivered_positions(),
+            )
         except BaseException:
             self._writer.cancel()
             with contextlib.suppress(Exception):
@@ -452,7 +456,7 @@ class _NetworkLink:
         256); it acks them all when this returns. One hand-off to the worker per batch: a batch
         of one goes at once, and while the worker handles it the next batch accumulates."""
         fut = self.loop.create_future()
-        self._inq.put((batch, fut))
+        self._inq.put((batch, self.client.delivery_hub_id, fut))
         await fut
 
     def _work(self) -> None:
@@ -483,15 +487,19 @@ class _NetworkLink:
                     break
                 items.append(more)
             try:
-                self._process([data for batch, _fut in items for _did, data in batch])
+                self._process([data for batch, _hub, _fut in items for _did, data in batch])
             except Exception:  # never leave the client waiting for an ack
                 log.exception("agent %r: receiving a batch failed", core.agent_id)
             if core.persistent:
                 # persisted once per batch, after the handlers and before the ack: after a
                 # crash the hub redelivers instead of the agent holding acked messages whose
-                # session advance was lost
+                # session advance was lost. The delivery ids go with it, so that a restarted
+                # agent skips what a crashed hub redelivers instead of reporting replays.
+                for batch, hub_id, _fut in items:
+                    if hub_id is not None and batch:
+                        core.note_delivered(hub_id, batch[-1][0])
                 core.save_state_quietly()
-            for _batch, fut in items:
+            for _batch, _hub, fut in items:
                 with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
                     self.loop.call_soon_threadsafe(_resolve, fut)
 

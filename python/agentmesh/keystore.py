@@ -112,6 +112,19 @@ class PersistedState:
     pins: dict[str, str] = field(default_factory=dict)
     #: peer id -> last verified public bundle (lets a session be re-created without the hub)
     bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: hub store id (``hub_id``) -> last delivery id handled from that store
+    delivered: dict[bytes, int] = field(default_factory=dict)
+
+
+def _delivered_from_doc(value: Any) -> dict[bytes, int]:
+    """The state file's ``delivered`` map (hex hub id -> delivery id), checked: a damaged entry
+    could make the agent skip real deliveries, so it is an error, not a default."""
+    out: dict[bytes, int] = {}
+    for hub_id, delivery_id in dict(value).items():
+        if type(delivery_id) is not int or delivery_id < 0:
+            raise ValueError(f"delivered: bad delivery id {delivery_id!r}")
+        out[bytes.fromhex(hub_id)] = delivery_id
+    return out
 
 
 class KeyStore:
@@ -290,6 +303,7 @@ class KeyStore:
                 },
                 pins={str(p): str(v) for p, v in dict(doc.get("pins", {})).items()},
                 bundles={str(p): dict(v) for p, v in dict(doc.get("bundles", {})).items()},
+                delivered=_delivered_from_doc(doc.get("delivered", {})),
             )
         except KeyFileError:
             raise
@@ -306,6 +320,7 @@ class KeyStore:
             "sessions": {p: base64.b64encode(v).decode("ascii") for p, v in state.sessions.items()},
             "pins": state.pins,
             "bundles": state.bundles,
+            "delivered": {h.hex(): d for h, d in state.delivered.items()},
         }
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
         crypto = _crypto()

@@ -414,3 +414,76 @@ def test_async_agent_on_a_network_hub(tmp_path, hub):
         net.close()
 
     asyncio.run(asyncio.wait_for(main(), 60))
+
+
+def test_restarted_agent_skips_what_a_crashed_hub_redelivers(tmp_path):
+    """A hub that crashed before committing a receiver's acknowledgements delivers those
+    envelopes again. A persistent receiver that was restarted meanwhile skips them silently
+    (it saved the delivery ids it handled with its state): no handler runs twice and nothing
+    lands in ``on_error``. The crash is reproduced exactly by rolling the hub's store back to a
+    copy taken before the acknowledgements."""
+    import shutil
+
+    store = tmp_path / "hub.sqlite3"
+    backup = tmp_path / "before-acks.sqlite3"
+
+    def open_bob(port: int) -> tuple[Agent, list, list]:
+        agent = Agent("bob", hub=NetworkHub("127.0.0.1", port), keypair_path=tmp_path / "b.key")
+        got: list = []
+        errors: list = []
+        agent.on_message(got.append)
+        agent.on_error(errors.append)
+        return agent, got, errors
+
+    def wait_for(items: list, n: int) -> None:
+        deadline = time.monotonic() + 30
+        while len(items) < n and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    hub = HubProcess(tmp_path, store=store)
+    try:
+        bob, _, _ = open_bob(hub.port)
+        bob.close()
+        with (
+            NetworkHub("127.0.0.1", hub.port) as net,
+            Agent("alice", hub=net, keypair_path=tmp_path / "a.key") as alice,
+        ):
+            for i in range(5):
+                alice.send("bob", text=f"m{i}")
+            alice.flush(30)
+    finally:
+        hub.stop()
+    shutil.copy(store, backup)  # a clean stop leaves no WAL: the file is the whole store
+
+    hub = HubProcess(tmp_path, store=store)
+    try:
+        bob, got, errors = open_bob(hub.port)
+        wait_for(got, 5)
+        assert [m.text for m in got] == [f"m{i}" for i in range(5)]
+        bob.close()  # acknowledged: the hub deletes the five
+    finally:
+        hub.stop()
+
+    shutil.copy(backup, store)  # the acknowledgements never reached the disk
+    hub = HubProcess(tmp_path, store=store)
+    try:
+        bob, got, errors = open_bob(hub.port)
+        time.sleep(1.0)  # the hub redelivers at once on registration
+        bob.close()
+        assert got == [] and errors == []
+        bob, got, errors = open_bob(hub.port)  # and they were acknowledged this time
+        time.sleep(0.5)
+        bob.close()
+        assert got == [] and errors == []
+        with (
+            NetworkHub("127.0.0.1", hub.port) as net,
+            Agent("alice", hub=net, keypair_path=tmp_path / "a.key") as alice,
+        ):
+            alice.send("bob", text="after")  # later deliveries still arrive
+            alice.flush(30)
+        bob, got, errors = open_bob(hub.port)
+        wait_for(got, 1)
+        bob.close()
+        assert [m.text for m in got] == ["after"] and errors == []
+    finally:
+        hub.stop()

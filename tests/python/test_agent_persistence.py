@@ -297,3 +297,46 @@ def test_identity_in_use_by_another_process(tmp_path):
     finally:
         holder.communicate("\n", timeout=30)
     Agent("alice", keypair_path=path).close()
+
+
+def test_delivered_positions_round_trip_and_are_checked(tmp_path):
+    """The state file keeps, per hub store, the last delivery id handled (what lets a restarted
+    agent skip a crashed hub's redeliveries); a damaged entry is an error, never a default."""
+    import json
+
+    from agentmesh.keystore import _MAGIC, _PLAIN, PersistedState
+
+    store = KeyStore(tmp_path / "alice.key")
+    keypair, _created = store.load_or_create_identity("alice")
+    positions = {bytes(range(16)): 41, b"\xff" * 16: 0}
+    store.save_state(keypair, PersistedState(delivered=positions))
+    assert store.load_state(keypair).delivered == positions
+
+    def plain(delivered) -> bytes:
+        doc = {"v": 1, "agent_id": "alice", "fingerprint": keypair.fingerprint}
+        if delivered is not None:
+            doc["delivered"] = delivered
+        return _MAGIC + _PLAIN + json.dumps(doc).encode()
+
+    store.state_path.write_bytes(plain(None))  # a file written before the field existed
+    assert store.load_state(keypair).delivered == {}
+    for bad in ({"zz": 1}, {"00" * 16: -1}, {"00" * 16: "7"}, {"00" * 16: 1.5}, [1, 2]):
+        store.state_path.write_bytes(plain(bad))
+        with pytest.raises(KeyFileError, match="corrupt"):
+            store.load_state(keypair)
+
+
+def test_agent_remembers_delivered_positions_across_restarts(tmp_path):
+    alice = Agent("alice", keypair_path=tmp_path / "alice.key")
+    core = alice._core
+    for n in range(20):  # bounded: the 16 most recently used stores are kept
+        core.note_delivered(bytes([n]) * 16, n)
+    core.note_delivered(bytes([4]) * 16, 99)  # the oldest kept, used again: now the newest
+    core.note_delivered(bytes([20]) * 16, 20)  # so this one drops 5 instead
+    alice.close()
+    again = Agent("alice", keypair_path=tmp_path / "alice.key")
+    positions = again._core.delivered_positions()
+    assert len(positions) == 16
+    assert positions[bytes([4]) * 16] == 99 and positions[bytes([20]) * 16] == 20
+    assert bytes([5]) * 16 not in positions and bytes([6]) * 16 in positions
+    again.close()

@@ -243,6 +243,59 @@ def test_batch_consumer(server: NetworkHubServer) -> None:
     run(go())
 
 
+def test_handled_positions_skip_redeliveries(server: NetworkHubServer) -> None:
+    """``register(handled={hub_id: n})``: deliveries up to n from that hub store are
+    acknowledged without reaching the handler (what a restarted persistent agent handled
+    before); later ones, and ids of another store, are handed over. The handler sees the
+    delivering store's id as ``delivery_hub_id``."""
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+
+    async def go() -> None:
+        a = client(server)
+        await a.register(alice_kp, Collector())
+        s = session(alice_kp, bob_kp)
+        seen_ids: list[int] = []
+        stores: list[bytes | None] = []
+        first = client(server)
+
+        async def peek(batch: list[tuple[int, bytes]]) -> None:
+            seen_ids.extend(did for did, _env in batch)
+            stores.append(first.delivery_hub_id)
+
+        # a position for another store does not apply
+        await first.register(bob_kp, on_batch=peek, handled={b"x" * 16: 10**9})
+        hub_id = first.hub_id
+        assert hub_id is not None and first.delivery_hub_id is None
+        for i in range(3):
+            await a.send("bob", seal_bytes(s, {"i": i}))
+        deadline = time.monotonic() + 30
+        while len(seen_ids) < 3 and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert len(seen_ids) == 3 and set(stores) == {hub_id}
+        await first.close()
+
+        # one sender, one recipient, one hub: the next three get consecutive delivery ids
+        for i in range(3, 6):
+            await a.send("bob", seal_bytes(s, {"i": i}))
+        await a.flush(30)
+        got = Collector()
+        again = client(server)
+        await again.register(bob_kp, got, handled={hub_id: seen_ids[-1] + 2})
+        await got.wait_for(1)
+        await asyncio.sleep(0.3)
+        assert got.ids == [seen_ids[-1] + 3]
+        await again.close()
+        empty = Collector()
+        last = client(server)
+        await last.register(bob_kp, empty)  # the two skipped ones were acknowledged too
+        await asyncio.sleep(0.3)
+        assert empty.ids == []
+        for c in (a, last):
+            await c.close()
+
+    run(go())
+
+
 def test_impostor_is_refused_and_gets_nothing(server: NetworkHubServer) -> None:
     alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
     fake_bob = new_keypair("bob")  # same id, other identity key
