@@ -326,6 +326,9 @@ class HubClient:
         self.sent = 0
         self.received = 0
         self.reconnects = 0
+        #: One-time prekeys the hub held for this agent at the last registration (None before
+        #: one, or from a hub that does not keep prekeys).
+        self.prekeys_held: int | None = None
 
     def __repr__(self) -> str:
         who = self._agent_id or self._mode or "unconnected"
@@ -505,6 +508,8 @@ class HubClient:
         self._proto = proto
         self._welcome = welcome
         if self._mode == "agent":
+            prekeys = info.get("prekeys")
+            self.prekeys_held = prekeys if type(prekeys) is int else None
             acked = int(info.get("acked_seq") or 0)
             u = self._unacked
             while u:
@@ -875,6 +880,28 @@ class HubClient:
         if result is not None:
             self._missing.pop(agent_id, None)
         return result
+
+    async def claim_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        """:meth:`get_bundle` for setting up a session (registered agents only): the hub adds
+        one of ``agent_id``'s one-time prekeys (``"one_time_prekey"``), if it holds any, and
+        never hands that one out again. Verify the bundle as for :meth:`get_bundle`."""
+        result = await self._request(Op.CLAIM_BUNDLE, agent_id)
+        if result is not None and not isinstance(result, dict):
+            raise HubError("bad answer from the hub: bundle is not an object")
+        if result is not None:
+            self._missing.pop(agent_id, None)
+        return result
+
+    async def add_prekeys(self, prekeys: list[dict[str, Any]]) -> int:
+        """Give the hub this agent's one-time prekeys (``AgentKeyPair.generate_one_time_prekeys``
+        output, at most ``HubLimits.max_prekeys_per_agent``) to hand out; an empty list only
+        asks. Returns how many the hub holds now (it keeps at most that limit)."""
+        arg = json.dumps(list(prekeys), separators=(",", ":"))
+        count = await self._request(Op.ADD_PREKEYS, arg)
+        if type(count) is not int:
+            raise HubError("bad answer from the hub: prekey count is not an int")
+        self.prekeys_held = count
+        return count
 
     async def list_agents(self) -> list[str]:
         """Ids of every agent that ever registered on the hub, sorted."""

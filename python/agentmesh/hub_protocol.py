@@ -16,6 +16,8 @@ check that the sender and recipient it carries match the connection and the stat
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import struct
 from enum import IntEnum
@@ -62,6 +64,7 @@ __all__ = [
     "encode_welcome",
     "error_for_code",
     "iter_acks",
+    "parse_prekeys",
 ]
 
 #: First bytes of the client's HELLO body: "AgentMesh Hub".
@@ -101,7 +104,7 @@ class FrameType(IntEnum):
     WELCOME = 0x02
     REGISTER = 0x03  # C: signature(64) | client session(16) | bundle JSON (UTF-8)
     LOOKUP = 0x04  # C: empty; an unauthenticated connection (get_bundle/list_agents/count only)
-    READY = 0x05  # S: JSON object {"mode", "agent_id", "acked_seq", "queued"}
+    READY = 0x05  # S: JSON object {"mode", "agent_id", "acked_seq", "queued", "prekeys"}
     SEND = 0x10  # C: u64 client seq | u8 recipient length | recipient (UTF-8) | envelope
     SEND_ACK = 0x11  # S: u64 client seq: every send of this connection up to it is resolved
     SEND_ERROR = 0x12  # S: u64 client seq | u16 error code | message (UTF-8)
@@ -123,6 +126,14 @@ class Op(IntEnum):
     GET_BUNDLE = 1  # argument: agent id; response: bundle object or null
     LIST_AGENTS = 2  # no argument; response: list of ids
     MESSAGE_COUNT = 3  # no argument; response: int
+    # Agent connections only. Argument: agent id; response: the bundle with one of the agent's
+    # one-time prekeys ("one_time_prekey": {"id", "key"}), removed from the hub for good, or
+    # the bundle alone when none is left; null for an unknown id.
+    CLAIM_BUNDLE = 4
+    # Agent connections only. Argument: JSON list of {"id": u32 > 0, "key": base64 of 32 bytes},
+    # the caller's own one-time prekeys (an empty list just asks); response: how many the hub
+    # now holds for the caller.
+    ADD_PREKEYS = 5
 
 
 class ErrorCode(IntEnum):
@@ -207,6 +218,35 @@ def check_agent_id(agent_id: object) -> str:
     except UnicodeEncodeError:
         raise ValueError("agent id is not valid Unicode text") from None
     return agent_id
+
+
+def parse_prekeys(arg: str, limit: int) -> list[tuple[int, str]]:
+    """The ADD_PREKEYS argument: a JSON list of at most ``limit`` ``{"id", "key"}`` objects,
+    ids in 1..2**32-1, keys base64 of 32 bytes (checked: a bad key would only make a set-up
+    fail, but the hub is the place to refuse it). Raises ValueError naming the problem."""
+    try:
+        items = json.loads(arg) if arg else []
+    except ValueError:
+        raise ValueError("prekeys: not JSON") from None
+    if not isinstance(items, list):
+        raise ValueError("prekeys: expected a JSON list")
+    if len(items) > limit:
+        raise ValueError(f"prekeys: at most {limit} per upload")
+    out: list[tuple[int, str]] = []
+    for item in items:
+        if not isinstance(item, dict) or set(item) != {"id", "key"}:
+            raise ValueError('prekeys: each item must be {"id": int, "key": base64}')
+        key_id, key = item["id"], item["key"]
+        if type(key_id) is not int or not 0 < key_id < 2**32:
+            raise ValueError(f"prekeys: bad id {key_id!r}")
+        try:
+            raw = base64.b64decode(key, validate=True) if isinstance(key, str) else b""
+        except (ValueError, binascii.Error):
+            raw = b""
+        if len(raw) != 32:
+            raise ValueError(f"prekeys: key of id {key_id} is not base64 of 32 bytes")
+        out.append((key_id, key))
+    return out
 
 
 # --------------------------------------------------------------------------------------------

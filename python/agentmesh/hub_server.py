@@ -60,6 +60,7 @@ from agentmesh.hub_protocol import (
     encode_send_error,
     encode_welcome,
     iter_acks,
+    parse_prekeys,
 )
 from agentmesh.hub_store import (
     HubBackend,
@@ -115,6 +116,9 @@ class HubLimits:
     max_agents: int = 1_000_000
     #: Concurrent lookup requests per connection.
     max_pending_requests: int = 256
+    #: One-time prekeys held per agent: a larger upload is refused, and beyond it the rest of
+    #: an upload is ignored.
+    max_prekeys_per_agent: int = 100
 
     def validate(self) -> HubLimits:
         for f in dataclasses.fields(self):
@@ -559,7 +563,13 @@ class _Conn(asyncio.Protocol):
         self.state = _AGENT
         ast.conn = self
         self._ready(
-            {"mode": "agent", "agent_id": agent_id, "acked_seq": acked, "queued": ast.count}
+            {
+                "mode": "agent",
+                "agent_id": agent_id,
+                "acked_seq": acked,
+                "queued": ast.count,
+                "prekeys": hub.store.prekey_count(agent_id),
+            }
         )
         log.info(
             "agent %r registered from %s (%s, %d queued)",
@@ -781,6 +791,25 @@ class _Conn(asyncio.Protocol):
                 result = sorted(hub.agents)
             elif op == Op.MESSAGE_COUNT:
                 result = hub.store.message_count
+            elif op in (Op.CLAIM_BUNDLE, Op.ADD_PREKEYS) and self.agent_id is None:
+                self.write(
+                    encode_response(
+                        rid, ErrorCode.NOT_AUTHENTICATED, b"only a registered agent may do this"
+                    )
+                )
+                return
+            elif op == Op.CLAIM_BUNDLE:
+                result = await self._claim_bundle(arg)
+            elif op == Op.ADD_PREKEYS:
+                try:
+                    keys = parse_prekeys(arg, self.limits.max_prekeys_per_agent)
+                except ValueError as exc:
+                    self.write(encode_response(rid, ErrorCode.BAD_REQUEST, str(exc).encode()))
+                    return
+                assert self.agent_id is not None
+                result = await hub.store.add_prekeys(
+                    self.agent_id, keys, self.limits.max_prekeys_per_agent
+                )
             else:
                 self.write(encode_response(rid, ErrorCode.BAD_REQUEST, f"unknown op {op}".encode()))
                 return
@@ -797,6 +826,21 @@ class _Conn(asyncio.Protocol):
             self.write(encode_response(rid, ErrorCode.INTERNAL, str(exc).encode()))
         finally:
             self.requests -= 1
+
+    async def _claim_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        store = self.hub.store
+        if agent_id not in self.hub.agents:
+            return None
+        bundle = await store.get_bundle(agent_id)
+        if bundle is None or agent_id == self.agent_id:
+            return bundle
+        claimed = await store.claim_prekey(agent_id)
+        if claimed is not None:
+            bundle["one_time_prekey"] = {"id": claimed[0], "key": claimed[1]}
+            log.debug(
+                "handed out one-time prekey %d of %r to %r", claimed[0], agent_id, self.agent_id
+            )
+        return bundle
 
     # ---- output and closing ------------------------------------------------------------------
 

@@ -126,6 +126,23 @@ class Directory(ABC):
     @abstractmethod
     async def list_agents(self) -> list[str]: ...
 
+    # One-time prekeys: public X25519 keys an agent uploads, each handed out once.
+
+    @abstractmethod
+    def prekey_count(self, agent_id: str) -> int:
+        """How many one-time prekeys the store holds for ``agent_id``."""
+
+    @abstractmethod
+    async def add_prekeys(self, agent_id: str, keys: list[tuple[int, str]], limit: int) -> int:
+        """Store ``(id, base64 public key)`` pairs for ``agent_id`` (ids already held are
+        ignored, and at most ``limit`` are held); durable when it returns. Returns the count."""
+
+    @abstractmethod
+    async def claim_prekey(self, agent_id: str) -> tuple[int, str] | None:
+        """Remove and return the oldest one-time prekey of ``agent_id`` (``None`` when there is
+        none). The removal is durable before it returns, so no key is ever handed out twice,
+        also across a crash."""
+
 
 class Inbox(ABC):
     """Envelopes per recipient, kept in sequence order until acknowledged.
@@ -239,6 +256,12 @@ CREATE TABLE IF NOT EXISTS senders (
     session BLOB NOT NULL,
     last_seq INTEGER NOT NULL
 );
+CREATE TABLE IF NOT EXISTS prekeys (
+    agent_id TEXT NOT NULL,
+    id INTEGER NOT NULL,
+    key TEXT NOT NULL,
+    PRIMARY KEY (agent_id, id)
+) WITHOUT ROWID;
 """
 
 
@@ -276,6 +299,7 @@ class SQLiteBackend(HubBackend):
         self._ceiling = 1  # durable reservation: every seq < ceiling is reserved on disk
         self._ceiling_requested = 0
         self._message_count = 0
+        self._prekeys: dict[str, int] = {}  # agent id -> one-time prekeys held (a count)
 
     @property
     def description(self) -> str:
@@ -359,6 +383,10 @@ class SQLiteBackend(HubBackend):
             )
             db.execute("COMMIT")
             agents = {row[0] for row in db.execute("SELECT agent_id FROM agents")}
+            prekeys = {
+                a: int(n)
+                for a, n in db.execute("SELECT agent_id, COUNT(*) FROM prekeys GROUP BY agent_id")
+            }
             queues = {
                 r: (int(n), int(b or 0))
                 for r, n, b in db.execute(
@@ -373,6 +401,7 @@ class SQLiteBackend(HubBackend):
         self._ceiling = ceiling
         self._ceiling_requested = ceiling
         self._message_count = count
+        self._prekeys = prekeys
         return StoreState(hub_id=hub_id, agents=agents, queues=queues, message_count=count)
 
     async def close(self) -> None:
@@ -481,6 +510,78 @@ class SQLiteBackend(HubBackend):
         await fut
 
     # ---- directory ---------------------------------------------------------------------------
+
+    def prekey_count(self, agent_id: str) -> int:
+        return self._prekeys.get(agent_id, 0)
+
+    # Prekey changes are transactions of their own on the writer thread: the one executor
+    # thread runs them between group commits, so a claim is exclusive and durable before the
+    # key leaves the hub.
+
+    async def add_prekeys(self, agent_id: str, keys: list[tuple[int, str]], limit: int) -> int:
+        assert self._loop is not None and self._executor is not None
+        count = await self._loop.run_in_executor(
+            self._executor, self._add_prekeys_tx, agent_id, keys, limit
+        )
+        self._prekeys[agent_id] = count
+        return count
+
+    async def claim_prekey(self, agent_id: str) -> tuple[int, str] | None:
+        if not self._prekeys.get(agent_id):
+            return None
+        assert self._loop is not None and self._executor is not None
+        claimed, count = await self._loop.run_in_executor(
+            self._executor, self._claim_prekey_tx, agent_id
+        )
+        self._prekeys[agent_id] = count
+        return claimed
+
+    def _add_prekeys_tx(self, agent_id: str, keys: list[tuple[int, str]], limit: int) -> int:
+        db = self._begin()
+        try:
+            count = self._prekeys_of(db, agent_id)
+            for key_id, key in keys:
+                if count >= limit:
+                    break
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO prekeys (agent_id, id, key) VALUES (?, ?, ?)",
+                    (agent_id, key_id, key),
+                )
+                count += cur.rowcount
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return count
+
+    def _claim_prekey_tx(self, agent_id: str) -> tuple[tuple[int, str] | None, int]:
+        db = self._begin()
+        try:
+            row = db.execute(
+                "SELECT id, key FROM prekeys WHERE agent_id = ? ORDER BY id LIMIT 1", (agent_id,)
+            ).fetchone()
+            if row is not None:
+                db.execute("DELETE FROM prekeys WHERE agent_id = ? AND id = ?", (agent_id, row[0]))
+            count = self._prekeys_of(db, agent_id)
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+        return ((int(row[0]), str(row[1])) if row is not None else None), count
+
+    def _begin(self) -> sqlite3.Connection:
+        db = self._writer
+        if db is None:
+            raise StoreError("store is closed")
+        db.execute("BEGIN IMMEDIATE")
+        return db
+
+    @staticmethod
+    def _prekeys_of(db: sqlite3.Connection, agent_id: str) -> int:
+        row = db.execute("SELECT COUNT(*) FROM prekeys WHERE agent_id = ?", (agent_id,)).fetchone()
+        return int(row[0])
 
     async def bind_agent(
         self, agent_id: str, identity_key: str, bundle: dict[str, Any], session: bytes

@@ -17,6 +17,7 @@ import pytest
 from hubutil import (
     HOST,
     Collector,
+    crypto,
     make_self_signed_cert,
     new_keypair,
     read_frames,
@@ -294,6 +295,66 @@ def test_handled_positions_skip_redeliveries(server: NetworkHubServer) -> None:
             await c.close()
 
     run(go())
+
+
+def test_one_time_prekeys_are_handed_out_once(make_server: ServerFactory, tmp_path: Path) -> None:
+    """An agent uploads one-time prekeys; a registered agent that claims its bundle gets the
+    oldest one, which the hub never hands out again (also after a restart); lookups get the
+    bundle without one and cannot claim; the hub keeps at most its limit."""
+    store = tmp_path / "prekeys.db"
+    server = make_server(store_path=store, limits=HubLimits(max_prekeys_per_agent=4))
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+    bob_prekeys = bob_kp.generate_one_time_prekeys(6)
+
+    async def first() -> None:
+        b = client(server)
+        await b.register(bob_kp, Collector())
+        assert b.prekeys_held == 0
+        assert await b.add_prekeys(bob_prekeys[:3]) == 3
+        assert await b.add_prekeys(bob_prekeys[1:5]) == 4  # repeats ignored, capped at 4
+        assert await b.add_prekeys([]) == 4
+        a = client(server)
+        await a.register(alice_kp, Collector())
+        first_claim = await a.claim_bundle("bob")
+        assert first_claim is not None
+        assert first_claim["one_time_prekey"] == bob_prekeys[0]
+        assert crypto().verify_bundle(first_claim) == "bob"
+        assert await b.add_prekeys([]) == 3
+        plain = await a.get_bundle("bob")
+        assert plain is not None and "one_time_prekey" not in plain
+        assert await a.claim_bundle("nobody") is None
+        own = await b.claim_bundle("bob")  # an agent's own bundle never costs it a key
+        assert own is not None and "one_time_prekey" not in own
+        lookup = client(server)
+        with pytest.raises(HubRequestError) as info:
+            await lookup.claim_bundle("bob")
+        assert info.value.code == ErrorCode.NOT_AUTHENTICATED
+        with pytest.raises(HubRequestError):
+            await lookup.add_prekeys(bob_prekeys[5:])
+        for bad in ([{"id": 0, "key": bob_prekeys[5]["key"]}], [{"id": 9, "key": "AAAA"}], [1]):
+            with pytest.raises(HubRequestError) as info:
+                await b.add_prekeys(bad)
+            assert info.value.code == ErrorCode.BAD_REQUEST and "prekeys" in str(info.value)
+        for c in (a, b, lookup):
+            await c.close()
+
+    run(first())
+    server.stop()
+    server = make_server(store_path=store, limits=HubLimits(max_prekeys_per_agent=4))
+
+    async def after_restart() -> None:
+        b = client(server)
+        await b.register(bob_kp, Collector())
+        assert b.prekeys_held == 3
+        a = client(server)
+        await a.register(alice_kp, Collector())
+        got = [await a.claim_bundle("bob") for _ in range(4)]
+        ids = [g.get("one_time_prekey", {}).get("id") for g in got if g is not None]
+        assert ids == [bob_prekeys[1]["id"], bob_prekeys[2]["id"], bob_prekeys[3]["id"], None]
+        for c in (a, b):
+            await c.close()
+
+    run(after_restart())
 
 
 def test_impostor_is_refused_and_gets_nothing(server: NetworkHubServer) -> None:
