@@ -223,6 +223,11 @@ impl IdentityKeyPair {
         self.one_time_prekeys.remove(&id);
     }
 
+    /// The ids of the one-time prekeys still held, in increasing order.
+    pub fn one_time_prekey_ids(&self) -> Vec<u32> {
+        self.one_time_prekeys.keys().copied().collect()
+    }
+
     pub fn agent_id(&self) -> &str {
         &self.agent_id
     }

@@ -457,7 +457,9 @@ fn one_time_prekeys_are_used_once() {
     );
     let opened = b.unseal(&bob, &env).unwrap();
     assert_eq!(opened.consumed_one_time_prekey, Some(opks[0].0));
+    assert_eq!(bob.one_time_prekey_ids(), vec![opks[0].0, opks[1].0]);
     bob.consume_one_time_prekey(opks[0].0);
+    assert_eq!(bob.one_time_prekey_ids(), vec![opks[1].0]);
     // A fresh session (state lost) cannot be fooled into accepting the set-up again.
     let mut b2 = Session::new(&bob, alice.public_bundle(), Mode::Signed).unwrap();
     assert!(matches!(b2.unseal(&bob, &env), Err(Error::Identity(_))));

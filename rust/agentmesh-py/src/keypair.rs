@@ -207,6 +207,20 @@ impl PyAgentKeyPair {
         Ok(list)
     }
 
+    /// The ids of the one-time prekeys this identity still holds (unused), increasing.
+    fn one_time_prekey_ids(&self, py: Python<'_>) -> Vec<u32> {
+        locks::read(py, &self.inner).one_time_prekey_ids()
+    }
+
+    /// Deletes these one-time prekeys (ids it does not hold are ignored): for keys a hub
+    /// handed out that no session used, so that the set stays bounded.
+    fn forget_one_time_prekeys(&self, py: Python<'_>, ids: Vec<u32>) {
+        let mut kp = locks::write(py, &self.inner);
+        for id in ids {
+            kp.consume_one_time_prekey(id);
+        }
+    }
+
     /// Encrypts `data` at rest under a key derived from this identity.
     fn seal_at_rest<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
         let out = locks::read(py, &self.inner)
