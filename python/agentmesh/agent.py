@@ -68,6 +68,9 @@ UNSEAL_MANY_MAX = 64
 #: A persistent agent remembers its last handled delivery id for this many hub stores (the
 #: ones it used most recently); see ``note_delivered``.
 MAX_DELIVERED_HUBS = 16
+#: One-time prekeys a hub handed out and no set-up used yet that an agent keeps; older ones are
+#: deleted when it makes new ones (see ``new_prekeys``).
+KEEP_HANDED_OUT_PREKEYS = 200
 
 
 # --------------------------------------------------------------------------------------------
@@ -458,7 +461,10 @@ class _AgentCore:
         bundle = self._bundles.get(peer_id)
         hub = self.hub
         if hub is not None:
-            fresh = hub.get_bundle(peer_id)
+            # claimed, not just looked up: the hub may add a one-time prekey for this set-up
+            # (a hub written against the spec's five methods only has get_bundle)
+            claim = getattr(hub, "claim_bundle", None)
+            fresh = claim(self.agent_id, peer_id) if claim else hub.get_bundle(peer_id)
             if fresh is not None:
                 bundle = fresh
             elif bundle is None:
@@ -873,6 +879,41 @@ class _AgentCore:
             except BaseException:
                 self._meta_dirty = True  # try again next time
                 raise
+
+    def new_prekeys(self, hub_holds: int, n: int) -> list[dict[str, Any]]:
+        """``n`` new one-time prekeys for the hub, written to the identity file first (so that a
+        restarted agent can still answer set-ups that use them).
+
+        The hub hands out the lowest ids first, so of the keys held here all but the newest
+        ``hub_holds`` were handed out already; of those, only the newest
+        ``KEEP_HANDED_OUT_PREKEYS`` are kept for set-ups still to arrive (bounded memory and
+        file size: a set-up that arrives later than that fails, and the peer starts anew)."""
+        with self._save_lock:
+            with self._lock:
+                keypair = self.keypair
+                ids = keypair.one_time_prekey_ids()
+                handed_out = ids[: max(0, len(ids) - hub_holds)]
+                stale = handed_out[: max(0, len(handed_out) - KEEP_HANDED_OUT_PREKEYS)]
+                if stale:
+                    keypair.forget_one_time_prekeys(stale)
+                fresh: list[dict[str, Any]] = keypair.generate_one_time_prekeys(n)
+            if self.store is not None and not self._released:
+                self.store.save_identity(keypair)
+        return fresh
+
+    def save_identity_quietly(self) -> None:
+        """Rewrite the identity file after a set-up used one of its one-time prekeys, so that
+        the used key's secret leaves the disk (forward secrecy of that set-up)."""
+        store = self.store
+        if store is None:
+            return
+        with self._save_lock:
+            if self._released:
+                return
+            try:
+                store.save_identity(self.keypair)
+            except Exception:
+                self.log.exception("agent %r: could not rewrite its identity file", self.agent_id)
 
     def note_delivered(self, hub_id: bytes, delivery_id: int) -> None:
         """Remember, with the next state write, that every delivery up to ``delivery_id`` from

@@ -220,18 +220,16 @@ def check_agent_id(agent_id: object) -> str:
     return agent_id
 
 
-def parse_prekeys(arg: str, limit: int) -> list[tuple[int, str]]:
-    """The ADD_PREKEYS argument: a JSON list of at most ``limit`` ``{"id", "key"}`` objects,
-    ids in 1..2**32-1, keys base64 of 32 bytes (checked: a bad key would only make a set-up
-    fail, but the hub is the place to refuse it). Raises ValueError naming the problem."""
+def parse_prekeys(arg: str) -> list[tuple[int, str]]:
+    """The ADD_PREKEYS argument: a JSON list of ``{"id", "key"}`` objects, ids in
+    1..2**32-1, keys base64 of 32 bytes (checked: a bad key would only make a set-up fail, but
+    the hub is the place to refuse it). Raises ValueError naming the problem."""
     try:
         items = json.loads(arg) if arg else []
     except ValueError:
         raise ValueError("prekeys: not JSON") from None
     if not isinstance(items, list):
         raise ValueError("prekeys: expected a JSON list")
-    if len(items) > limit:
-        raise ValueError(f"prekeys: at most {limit} per upload")
     out: list[tuple[int, str]] = []
     for item in items:
         if not isinstance(item, dict) or set(item) != {"id", "key"}:

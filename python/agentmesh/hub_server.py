@@ -116,8 +116,8 @@ class HubLimits:
     max_agents: int = 1_000_000
     #: Concurrent lookup requests per connection.
     max_pending_requests: int = 256
-    #: One-time prekeys held per agent: a larger upload is refused, and beyond it the rest of
-    #: an upload is ignored.
+    #: One-time prekeys held per agent; the rest of an upload beyond it is ignored (the answer
+    #: tells the agent how many are held).
     max_prekeys_per_agent: int = 100
 
     def validate(self) -> HubLimits:
@@ -802,7 +802,7 @@ class _Conn(asyncio.Protocol):
                 result = await self._claim_bundle(arg)
             elif op == Op.ADD_PREKEYS:
                 try:
-                    keys = parse_prekeys(arg, self.limits.max_prekeys_per_agent)
+                    keys = parse_prekeys(arg)
                 except ValueError as exc:
                     self.write(encode_response(rid, ErrorCode.BAD_REQUEST, str(exc).encode()))
                     return

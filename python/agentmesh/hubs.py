@@ -43,6 +43,12 @@ log = logging.getLogger("agentmesh.hubs")
 DEFAULT_PORT = 7700
 #: How many accepted envelope ids an agent's link remembers to recognise redeliveries.
 RECENT_IDS = 4096
+#: One-time prekeys: an agent on a network hub tops the hub's stock up to PREKEY_TARGET when
+#: fewer than PREKEY_LOW are left. It checks after registering, when a set-up used one of its
+#: keys, and every PREKEY_CHECK_INTERVAL seconds (peers may claim keys and never use them).
+PREKEY_TARGET = 50
+PREKEY_LOW = 20
+PREKEY_CHECK_INTERVAL = 60.0
 
 
 def _parse_envelope(envelope: Any) -> Any:
@@ -103,6 +109,12 @@ class Hub:
     def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
         """The public bundle of ``agent_id``, or ``None``."""
         raise NotImplementedError
+
+    def claim_bundle(self, requester_id: str, agent_id: str) -> dict[str, Any] | None:
+        """The bundle ``requester_id`` sets up a new session with: ``get_bundle`` plus, where
+        the hub keeps them, one of ``agent_id``'s one-time prekeys, handed out only this once.
+        (LocalHub has none: its envelopes never leave the process.)"""
+        return self.get_bundle(agent_id)
 
     def list_agents(self) -> list[str]:
         """Ids of the registered agents."""
@@ -277,6 +289,8 @@ class _NetworkLink:
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
+        self._prekeys: asyncio.Task[None] | None = None
+        self._prekey_check: asyncio.Event | None = None
         self._error: BaseException | None = None
         self._inq: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # ids of envelopes accepted lately, to ignore a redelivery silently
@@ -314,6 +328,47 @@ class _NetworkLink:
             with contextlib.suppress(Exception):
                 await self.client.close()
             raise
+        self._prekey_check = asyncio.Event()
+        self._prekeys = asyncio.get_running_loop().create_task(self._keep_prekeys())
+
+    async def _keep_prekeys(self) -> None:
+        """Keeps the hub stocked with this agent's one-time prekeys (see PREKEY_TARGET)."""
+        from .hub_protocol import ErrorCode, HubRequestError
+
+        check = self._prekey_check
+        assert check is not None
+        while True:
+            try:
+                await self._top_up_prekeys()
+            except asyncio.CancelledError:
+                raise
+            except HubRequestError as exc:
+                if exc.code == ErrorCode.BAD_REQUEST:  # an older hub: it keeps no prekeys
+                    log.info(
+                        "agent %r: the hub keeps no one-time prekeys (%s)", self.core.agent_id, exc
+                    )
+                    return
+                log.warning(
+                    "agent %r: could not top up its one-time prekeys: %s", self.core.agent_id, exc
+                )
+            except Exception as exc:
+                log.warning(
+                    "agent %r: could not top up its one-time prekeys: %s", self.core.agent_id, exc
+                )
+            check.clear()
+            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
+                await asyncio.wait_for(check.wait(), PREKEY_CHECK_INTERVAL)
+
+    async def _top_up_prekeys(self) -> None:
+        client = self.client
+        held = await client.add_prekeys([])
+        if held >= PREKEY_LOW:
+            return
+        loop = asyncio.get_running_loop()
+        # (generating and writing the identity file can take an Argon2 run: not on this loop)
+        fresh = await loop.run_in_executor(None, self.core.new_prekeys, held, PREKEY_TARGET - held)
+        held = await client.add_prekeys(fresh)
+        log.debug("agent %r: the hub holds %d of its one-time prekeys", self.core.agent_id, held)
 
     def start(self) -> None:
         self._worker.start()
@@ -472,6 +527,7 @@ class _NetworkLink:
             if self._closing:
                 return
         inq = self._inq
+        keypair = core.keypair
         while True:
             item = inq.get()
             if item is None or self._closing:
@@ -486,10 +542,12 @@ class _NetworkLink:
                     inq.put(None)
                     break
                 items.append(more)
+            prekeys = len(keypair.one_time_prekey_ids())
             try:
                 self._process([data for batch, _hub, _fut in items for _did, data in batch])
             except Exception:  # never leave the client waiting for an ack
                 log.exception("agent %r: receiving a batch failed", core.agent_id)
+            prekeys_used = len(keypair.one_time_prekey_ids()) != prekeys
             if core.persistent:
                 # persisted once per batch, after the handlers and before the ack: after a
                 # crash the hub redelivers instead of the agent holding acked messages whose
@@ -499,6 +557,13 @@ class _NetworkLink:
                     if hub_id is not None and batch:
                         core.note_delivered(hub_id, batch[-1][0])
                 core.save_state_quietly()
+                if prekeys_used:
+                    # after the state (which holds the new session): a crash in between
+                    # leaves the used key on disk a while longer, but loses no message
+                    core.save_identity_quietly()
+            if prekeys_used and self._prekey_check is not None:
+                with contextlib.suppress(RuntimeError):
+                    self.loop.call_soon_threadsafe(self._prekey_check.set)
             for _batch, _hub, fut in items:
                 with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
                     self.loop.call_soon_threadsafe(_resolve, fut)
@@ -565,6 +630,8 @@ class _NetworkLink:
         async def shutdown() -> None:
             if self._writer is not None:
                 self._writer.cancel()
+            if self._prekeys is not None:
+                self._prekeys.cancel()
             if self.client is not None:
                 # the agent flushed already (core.close); do not wait for the hub again
                 await self.client.close(timeout=0.5)
@@ -640,12 +707,17 @@ class NetworkHub(Hub):
             return self._lookup
 
     def _call(self, what: str, method: str, *args: Any) -> Any:
+        """A request on this hub's lookup connection."""
+
         async def run() -> Any:
             client = await self._lookup_client()
             return await getattr(client, method)(*args)
 
+        return self._run_request(what, run())
+
+    def _run_request(self, what: str, request: Any) -> Any:
         try:
-            return self._net.run(run(), timeout=self.timeout)
+            return self._net.run(request, timeout=self.timeout)
         except (concurrent.futures.TimeoutError, TimeoutError) as exc:
             raise HubError(f"{what}: the hub at {self.host}:{self.port} did not answer") from exc
         except HubError:
@@ -655,6 +727,14 @@ class NetworkHub(Hub):
 
     def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
         result = self._call(f"looking up {agent_id!r}", "get_bundle", agent_id)
+        return dict(result) if result is not None else None
+
+    def claim_bundle(self, requester_id: str, agent_id: str) -> dict[str, Any] | None:
+        link = self._links.get(requester_id)
+        if link is None or link.client is None:
+            return self.get_bundle(agent_id)
+        # on the requester's own registered connection: only those may claim a one-time prekey
+        result = self._run_request(f"looking up {agent_id!r}", link.client.claim_bundle(agent_id))
         return dict(result) if result is not None else None
 
     def list_agents(self) -> list[str]:

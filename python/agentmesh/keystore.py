@@ -239,6 +239,16 @@ class KeyStore:
             ) from exc
         return kp
 
+    def save_identity(self, keypair: Any) -> None:
+        """Rewrite the identity file atomically (same identity; its one-time prekeys changed:
+        new ones must survive a restart, used ones must leave the disk)."""
+        try:
+            atomic_write(self.path, keypair.to_bytes(passphrase=self._passphrase))
+        except OSError as exc:
+            raise KeyFileError(
+                f"cannot write identity file {str(self.path)!r}: {exc.strerror or exc}"
+            ) from exc
+
     def load_or_create_identity(self, agent_id: str) -> tuple[Any, bool]:
         """Return ``(keypair, created)``. The identity's agent id must be ``agent_id``."""
         if self.path.exists() or self.path.is_symlink():

@@ -487,3 +487,65 @@ def test_restarted_agent_skips_what_a_crashed_hub_redelivers(tmp_path):
         assert [m.text for m in got] == ["after"] and errors == []
     finally:
         hub.stop()
+
+
+def test_first_messages_are_forward_secret_with_one_time_prekeys(tmp_path, hub):
+    """A persistent agent keeps the hub stocked with one-time prekeys; a peer's set-up claims
+    one, and once the agent has handled the first message the key's secret is gone from its
+    identity file. Someone who recorded that message and later steals the identity file and the
+    session state cannot read it; the identity file from before the set-up could."""
+    from agentmesh.crypto import AgentKeyPair, CryptoError, CryptoSession, perform_key_exchange
+    from agentmesh.hubs import PREKEY_LOW
+
+    key = tmp_path / "bob.key"
+    net = NetworkHub("127.0.0.1", hub.port)
+    bob = Agent("bob", hub=net, keypair_path=key)
+    got: list = []
+    bob.on_message(got.append)
+    link = net._links["bob"]
+    deadline = time.monotonic() + 30
+    while (link.client.prekeys_held or 0) < PREKEY_LOW and time.monotonic() < deadline:
+        time.sleep(0.02)
+    held = link.client.prekeys_held
+    assert held >= PREKEY_LOW
+    key_file_before = key.read_bytes()
+
+    alice = Agent("alice", hub=net)
+    alice.send("bob", text="the first message")
+    deadline = time.monotonic() + 30
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [m.text for m in got] == ["the first message"]
+    recorded = got[0].envelope.to_bytes()  # what an eavesdropper on the wire kept
+    assert got[0].envelope.is_prekey
+    while key.read_bytes() == key_file_before and time.monotonic() < deadline:
+        time.sleep(0.02)  # the used key leaves the disk right after the first batch
+
+    alice_bundle = alice.public_bundle
+    then = AgentKeyPair.from_bytes(key_file_before)
+    assert perform_key_exchange(then, alice_bundle).unseal(recorded) == {
+        "text": "the first message"
+    }  # (so the check below can fail)
+    stolen = AgentKeyPair.from_bytes(key.read_bytes())
+    with pytest.raises(CryptoError):
+        perform_key_exchange(stolen, alice_bundle).unseal(recorded)
+    state = bob._core._sessions["alice"].export_state()
+    with pytest.raises(CryptoError):
+        CryptoSession.import_state(stolen, state).unseal(recorded)
+    # the hub was topped up again meanwhile, and a restart keeps the unused keys usable
+    bob.close()
+    bob = Agent("bob", hub=net, keypair_path=key)
+    carol = Agent("carol", hub=net)
+    got = []
+    bob.on_message(got.append)
+    unused = len(bob._core.keypair.one_time_prekey_ids())
+    carol.send("bob", text="after the restart")
+    deadline = time.monotonic() + 30
+    while not got and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert [m.text for m in got] == ["after the restart"]
+    assert len(bob._core.keypair.one_time_prekey_ids()) == unused - 1
+    assert bob.status()["rejected"] == 0
+    for a in (alice, bob, carol):
+        a.close()
+    net.close()
