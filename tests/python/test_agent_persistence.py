@@ -340,3 +340,25 @@ def test_agent_remembers_delivered_positions_across_restarts(tmp_path):
     assert positions[bytes([4]) * 16] == 99 and positions[bytes([20]) * 16] == 20
     assert bytes([5]) * 16 not in positions and bytes([6]) * 16 in positions
     again.close()
+
+
+def test_new_prekeys_are_written_first_and_handed_out_ones_are_bounded(tmp_path, monkeypatch):
+    """``new_prekeys``: the fresh keys are in the identity file before anyone can upload them;
+    of the keys the hub handed out already (all but the newest ``hub_holds``), only the newest
+    ``KEEP_HANDED_OUT_PREKEYS`` are kept."""
+    from agentmesh import agent as agent_module
+    from agentmesh.crypto import AgentKeyPair
+
+    monkeypatch.setattr(agent_module, "KEEP_HANDED_OUT_PREKEYS", 5)
+    path = tmp_path / "bob.key"
+    bob = Agent("bob", keypair_path=path)
+    core = bob._core
+    first = core.new_prekeys(0, 50)
+    ids = [k["id"] for k in first]
+    assert AgentKeyPair.load(path).one_time_prekey_ids() == ids
+    # the hub still holds the newest 10: 40 were handed out, the newest 5 of them are kept
+    second = core.new_prekeys(10, 40)
+    kept = ids[35:] + [k["id"] for k in second]
+    assert core.keypair.one_time_prekey_ids() == kept
+    assert AgentKeyPair.load(path).one_time_prekey_ids() == kept
+    bob.close()
