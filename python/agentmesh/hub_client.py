@@ -326,9 +326,10 @@ class HubClient:
         self.sent = 0
         self.received = 0
         self.reconnects = 0
-        #: One-time prekeys the hub held for this agent at the last registration (None before
-        #: one, or from a hub that does not keep prekeys).
+        #: One-time prekeys the hub held for this agent at the last registration or upload, and
+        #: how many it keeps (None before one, or from a hub that keeps none).
         self.prekeys_held: int | None = None
+        self.prekey_limit: int | None = None
 
     def __repr__(self) -> str:
         who = self._agent_id or self._mode or "unconnected"
@@ -508,8 +509,10 @@ class HubClient:
         self._proto = proto
         self._welcome = welcome
         if self._mode == "agent":
-            prekeys = info.get("prekeys")
+            prekeys, limit = info.get("prekeys"), info.get("prekey_limit")
             self.prekeys_held = prekeys if type(prekeys) is int else None
+            self.prekey_limit = limit if type(limit) is int else None
+            self._clamp_positions(welcome.hub_id, info.get("next_seq"))
             acked = int(info.get("acked_seq") or 0)
             u = self._unacked
             while u:
@@ -793,6 +796,21 @@ class HubClient:
             self._seen_id = did
             proto.ack(did)  # on the connection it came from (a no-op if that one is gone)
 
+    def _clamp_positions(self, hub_id: bytes, next_seq: Any) -> None:
+        """Every delivery id this store handed out is below its ``next_seq``. A remembered
+        position at or above it came from a store since rolled back (restored from a backup),
+        whose new deliveries reuse those ids, or from a forged frame: skipping by it would drop
+        real messages, so it is lowered to what the store can have delivered."""
+        if type(next_seq) is not int or next_seq < 1:
+            return
+        ceiling = next_seq - 1
+        if self._handled.get(hub_id, 0) > ceiling:
+            log.warning("hub store rolled back: handled position lowered to %d", ceiling)
+            self._handled[hub_id] = ceiling
+        if self._seen_hub == hub_id and self._seen_id > ceiling:
+            log.warning("hub store rolled back: handled position lowered to %d", ceiling)
+            self._seen_id = ceiling
+
     def _last_handled(self, hub_id: bytes) -> int:
         if hub_id == self._seen_hub:
             return self._seen_id
@@ -894,14 +912,16 @@ class HubClient:
 
     async def add_prekeys(self, prekeys: list[dict[str, Any]]) -> int:
         """Give the hub this agent's one-time prekeys (``AgentKeyPair.generate_one_time_prekeys``
-        output, at most ``HubLimits.max_prekeys_per_agent``) to hand out; an empty list only
-        asks. Returns how many the hub holds now (it keeps at most that limit)."""
+        output) to hand out; an empty list only asks. Returns how many the hub holds now; it
+        keeps at most :attr:`prekey_limit` (the rest of an upload is ignored)."""
         arg = json.dumps(list(prekeys), separators=(",", ":"))
-        count = await self._request(Op.ADD_PREKEYS, arg)
-        if type(count) is not int:
-            raise HubError("bad answer from the hub: prekey count is not an int")
-        self.prekeys_held = count
-        return count
+        answer = await self._request(Op.ADD_PREKEYS, arg)
+        held = answer.get("held") if isinstance(answer, dict) else None
+        limit = answer.get("limit") if isinstance(answer, dict) else None
+        if type(held) is not int or type(limit) is not int:
+            raise HubError("bad answer from the hub: expected {'held': int, 'limit': int}")
+        self.prekeys_held, self.prekey_limit = held, limit
+        return held
 
     async def list_agents(self) -> list[str]:
         """Ids of every agent that ever registered on the hub, sorted."""

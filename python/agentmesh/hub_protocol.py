@@ -104,7 +104,9 @@ class FrameType(IntEnum):
     WELCOME = 0x02
     REGISTER = 0x03  # C: signature(64) | client session(16) | bundle JSON (UTF-8)
     LOOKUP = 0x04  # C: empty; an unauthenticated connection (get_bundle/list_agents/count only)
-    READY = 0x05  # S: JSON object {"mode", "agent_id", "acked_seq", "queued", "prekeys"}
+    # S: JSON object {"mode", "agent_id", "acked_seq", "queued", "next_seq", "prekeys",
+    # "prekey_limit"}
+    READY = 0x05
     SEND = 0x10  # C: u64 client seq | u8 recipient length | recipient (UTF-8) | envelope
     SEND_ACK = 0x11  # S: u64 client seq: every send of this connection up to it is resolved
     SEND_ERROR = 0x12  # S: u64 client seq | u16 error code | message (UTF-8)
@@ -131,8 +133,8 @@ class Op(IntEnum):
     # the bundle alone when none is left; null for an unknown id.
     CLAIM_BUNDLE = 4
     # Agent connections only. Argument: JSON list of {"id": u32 > 0, "key": base64 of 32 bytes},
-    # the caller's own one-time prekeys (an empty list just asks); response: how many the hub
-    # now holds for the caller.
+    # the caller's own one-time prekeys (an empty list just asks; at most MAX_PREKEY_UPLOAD);
+    # response: {"held": how many the hub now holds for the caller, "limit": how many it keeps}.
     ADD_PREKEYS = 5
 
 
@@ -220,6 +222,10 @@ def check_agent_id(agent_id: object) -> str:
     return agent_id
 
 
+#: Most one-time prekeys one ADD_PREKEYS may carry (checked before any key is decoded).
+MAX_PREKEY_UPLOAD = 1000
+
+
 def parse_prekeys(arg: str) -> list[tuple[int, str]]:
     """The ADD_PREKEYS argument: a JSON list of ``{"id", "key"}`` objects, ids in
     1..2**32-1, keys base64 of 32 bytes (checked: a bad key would only make a set-up fail, but
@@ -230,6 +236,8 @@ def parse_prekeys(arg: str) -> list[tuple[int, str]]:
         raise ValueError("prekeys: not JSON") from None
     if not isinstance(items, list):
         raise ValueError("prekeys: expected a JSON list")
+    if len(items) > MAX_PREKEY_UPLOAD:
+        raise ValueError(f"prekeys: at most {MAX_PREKEY_UPLOAD} per upload")
     out: list[tuple[int, str]] = []
     for item in items:
         if not isinstance(item, dict) or set(item) != {"id", "key"}:

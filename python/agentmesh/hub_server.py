@@ -117,8 +117,11 @@ class HubLimits:
     #: Concurrent lookup requests per connection.
     max_pending_requests: int = 256
     #: One-time prekeys held per agent; the rest of an upload beyond it is ignored (the answer
-    #: tells the agent how many are held).
+    #: tells the agent how many are held, and READY the limit).
     max_prekeys_per_agent: int = 100
+    #: One-time prekeys one agent connection may claim per minute; beyond it (and for a second
+    #: claim of the same peer on one connection) the bundle comes without one.
+    max_prekey_claims_per_minute: int = 60
 
     def validate(self) -> HubLimits:
         for f in dataclasses.fields(self):
@@ -289,6 +292,8 @@ class _Conn(asyncio.Protocol):
         self.paused_by: set[str] = set()
         self.write_paused = False
         self.requests = 0
+        self.claimed: set[str] = set()  # peers whose one-time prekey this connection claimed
+        self.claim_times: deque[float] = deque()  # when, over the last minute
         # sending side
         self.uncommitted: deque[int] = deque()
         self.uncommitted_bytes = 0
@@ -568,7 +573,9 @@ class _Conn(asyncio.Protocol):
                 "agent_id": agent_id,
                 "acked_seq": acked,
                 "queued": ast.count,
+                "next_seq": hub.store.peek_next_seq(),
                 "prekeys": hub.store.prekey_count(agent_id),
+                "prekey_limit": self.limits.max_prekeys_per_agent,
             }
         )
         log.info(
@@ -807,9 +814,9 @@ class _Conn(asyncio.Protocol):
                     self.write(encode_response(rid, ErrorCode.BAD_REQUEST, str(exc).encode()))
                     return
                 assert self.agent_id is not None
-                result = await hub.store.add_prekeys(
-                    self.agent_id, keys, self.limits.max_prekeys_per_agent
-                )
+                limit = self.limits.max_prekeys_per_agent
+                held = await hub.store.add_prekeys(self.agent_id, keys, limit)
+                result = {"held": held, "limit": limit}
             else:
                 self.write(encode_response(rid, ErrorCode.BAD_REQUEST, f"unknown op {op}".encode()))
                 return
@@ -827,12 +834,28 @@ class _Conn(asyncio.Protocol):
         finally:
             self.requests -= 1
 
+    def _may_claim(self, agent_id: str) -> bool:
+        """One key per peer per connection, and at most ``max_prekey_claims_per_minute``: a
+        registered client cannot empty another agent's stock quickly (registration is open, so
+        this slows a determined drain rather than preventing it; see docs/hub.md)."""
+        if agent_id in self.claimed:
+            return False
+        now = self.loop.time()
+        times = self.claim_times
+        while times and now - times[0] >= 60.0:
+            times.popleft()
+        if len(times) >= self.limits.max_prekey_claims_per_minute:
+            return False
+        times.append(now)
+        self.claimed.add(agent_id)
+        return True
+
     async def _claim_bundle(self, agent_id: str) -> dict[str, Any] | None:
         store = self.hub.store
         if agent_id not in self.hub.agents:
             return None
         bundle = await store.get_bundle(agent_id)
-        if bundle is None or agent_id == self.agent_id:
+        if bundle is None or agent_id == self.agent_id or not self._may_claim(agent_id):
             return bundle
         claimed = await store.claim_prekey(agent_id)
         if claimed is not None:

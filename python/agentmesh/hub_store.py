@@ -158,6 +158,12 @@ class Inbox(ABC):
     on_fatal: Callable[[BaseException], None]
 
     @abstractmethod
+    def peek_next_seq(self) -> int:
+        """The number ``next_seq`` would allocate now: every delivery id handed out so far is
+        below it (a client that remembers a higher one from this store was given it by a store
+        that has since been rolled back, or by someone else)."""
+
+    @abstractmethod
     def next_seq(self) -> tuple[int, bool]:
         """Allocate the next hub sequence number (strictly increasing, never reused, also not
         after a crash). The flag says whether the number is already durably reserved, so the
@@ -455,6 +461,9 @@ class SQLiteBackend(HubBackend):
 
     # ---- sequence numbers --------------------------------------------------------------------
 
+    def peek_next_seq(self) -> int:
+        return self._next_seq
+
     def next_seq(self) -> tuple[int, bool]:
         seq = self._next_seq
         self._next_seq = seq + 1
@@ -519,6 +528,8 @@ class SQLiteBackend(HubBackend):
     # key leaves the hub.
 
     async def add_prekeys(self, agent_id: str, keys: list[tuple[int, str]], limit: int) -> int:
+        if not keys:
+            return self._prekeys.get(agent_id, 0)
         assert self._loop is not None and self._executor is not None
         count = await self._loop.run_in_executor(
             self._executor, self._add_prekeys_tx, agent_id, keys, limit

@@ -291,6 +291,10 @@ class _NetworkLink:
         self._writer: asyncio.Task[None] | None = None
         self._prekeys: asyncio.Task[None] | None = None
         self._prekey_check: asyncio.Event | None = None
+        # held by the worker from a batch's first unseal to its state (and identity) write:
+        # new prekeys are made and written only between batches, so an identity file never
+        # lacks a key whose session is not on disk yet
+        self._receiving = threading.Lock()
         self._error: BaseException | None = None
         self._inq: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # ids of envelopes accepted lately, to ignore a redelivery silently
@@ -362,13 +366,18 @@ class _NetworkLink:
     async def _top_up_prekeys(self) -> None:
         client = self.client
         held = await client.add_prekeys([])
-        if held >= PREKEY_LOW:
+        target = min(PREKEY_TARGET, client.prekey_limit or PREKEY_TARGET)
+        if held >= min(PREKEY_LOW, max(1, target // 2)) or held >= target:
             return
         loop = asyncio.get_running_loop()
-        # (generating and writing the identity file can take an Argon2 run: not on this loop)
-        fresh = await loop.run_in_executor(None, self.core.new_prekeys, held, PREKEY_TARGET - held)
+        # (writing the identity file can take an Argon2 run: not on this loop)
+        fresh = await loop.run_in_executor(None, self._new_prekeys, held, target - held)
         held = await client.add_prekeys(fresh)
         log.debug("agent %r: the hub holds %d of its one-time prekeys", self.core.agent_id, held)
+
+    def _new_prekeys(self, held: int, n: int) -> list[dict[str, Any]]:
+        with self._receiving:
+            return self.core.new_prekeys(held, n)
 
     def start(self) -> None:
         self._worker.start()
@@ -542,25 +551,26 @@ class _NetworkLink:
                     inq.put(None)
                     break
                 items.append(more)
-            prekeys = len(keypair.one_time_prekey_ids())
-            try:
-                self._process([data for batch, _hub, _fut in items for _did, data in batch])
-            except Exception:  # never leave the client waiting for an ack
-                log.exception("agent %r: receiving a batch failed", core.agent_id)
-            prekeys_used = len(keypair.one_time_prekey_ids()) != prekeys
-            if core.persistent:
-                # persisted once per batch, after the handlers and before the ack: after a
-                # crash the hub redelivers instead of the agent holding acked messages whose
-                # session advance was lost. The delivery ids go with it, so that a restarted
-                # agent skips what a crashed hub redelivers instead of reporting replays.
-                for batch, hub_id, _fut in items:
-                    if hub_id is not None and batch:
-                        core.note_delivered(hub_id, batch[-1][0])
-                core.save_state_quietly()
-                if prekeys_used:
-                    # after the state (which holds the new session): a crash in between
-                    # leaves the used key on disk a while longer, but loses no message
-                    core.save_identity_quietly()
+            datas = [data for batch, _hub, _fut in items for _did, data in batch]
+            with self._receiving:
+                prekeys = len(keypair.one_time_prekey_ids())
+                try:
+                    handled = self._process(datas)
+                except Exception:  # never leave the client waiting for an ack
+                    log.exception("agent %r: receiving a batch failed", core.agent_id)
+                    handled = [False] * len(datas)
+                prekeys_used = len(keypair.one_time_prekey_ids()) != prekeys
+                if core.persistent:
+                    # persisted once per batch, after the handlers and before the ack: after a
+                    # crash the hub redelivers instead of the agent holding acked messages whose
+                    # session advance was lost. The delivery ids go with it, so that a restarted
+                    # agent skips what a crashed hub redelivers instead of reporting replays.
+                    self._note_delivered(items, handled)
+                    core.save_state_quietly()
+                    if prekeys_used:
+                        # after the state (which holds the new session): a crash in between
+                        # leaves the used key on disk a while longer, but loses no message
+                        core.save_identity_quietly()
             if prekeys_used and self._prekey_check is not None:
                 with contextlib.suppress(RuntimeError):
                     self.loop.call_soon_threadsafe(self._prekey_check.set)
@@ -568,19 +578,36 @@ class _NetworkLink:
                 with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
                     self.loop.call_soon_threadsafe(_resolve, fut)
 
-    def _process(self, datas: list[bytes]) -> None:
-        """Unseal and dispatch delivered envelopes, in order, skipping duplicates."""
+    def _note_delivered(self, items: list[Any], handled: list[bool]) -> None:
+        """Per hub store, the highest delivery id that was handled (or skipped as a duplicate
+        of a handled one): never one that was rejected, so a forged delivery cannot push the
+        saved position past real ones."""
+        flags = iter(handled)
+        for batch, hub_id, _fut in items:
+            top = 0
+            for did, _data in batch:
+                if next(flags, False):
+                    top = did
+            if hub_id is not None and top:
+                self.core.note_delivered(hub_id, top)
+
+    def _process(self, datas: list[bytes]) -> list[bool]:
+        """Unseal and dispatch delivered envelopes, in order, skipping duplicates. Returns, per
+        envelope, whether it was handled now or before (False: rejected)."""
         core = self.core
         recent = self._recent
         todo: list[Any] = []
         ids: list[str | None] = []
+        where: list[int] = []  # index in datas of each todo item
+        handled = [True] * len(datas)
         seen: set[str] = set()
-        for data in datas:
+        for index, data in enumerate(datas):
             try:
                 env = Envelope.from_bytes(data)
             except Exception:
                 todo.append(data)  # rejected, in its place, by receive_batch
                 ids.append(None)
+                where.append(index)
                 continue
             try:
                 envelope_id = env.id
@@ -597,14 +624,18 @@ class _NetworkLink:
                 seen.add(envelope_id)
             todo.append(env)
             ids.append(envelope_id)
+            where.append(index)
         if not todo:
-            return
+            return handled
         results = core.receive_batch(todo)
-        for envelope_id, msg in zip(ids, results, strict=True):
-            if msg is not None and envelope_id is not None:
+        for envelope_id, msg, index in zip(ids, results, where, strict=True):
+            if msg is None:
+                handled[index] = False
+            elif envelope_id is not None:
                 recent[envelope_id] = None
         while len(recent) > RECENT_IDS:
             recent.popitem(last=False)
+        return handled
 
     # -- closing --------------------------------------------------------------------------------
 
@@ -686,6 +717,7 @@ class NetworkHub(Hub):
         self._lookup: Any = None
         self._lookup_lock: asyncio.Lock | None = None
         self._guard = threading.Lock()
+        self._claims_unsupported = False
 
     def __repr__(self) -> str:
         return f"<NetworkHub {self.host}:{self.port} agents={len(self._links)}>"
@@ -730,11 +762,22 @@ class NetworkHub(Hub):
         return dict(result) if result is not None else None
 
     def claim_bundle(self, requester_id: str, agent_id: str) -> dict[str, Any] | None:
+        from .hub_protocol import ErrorCode, HubRequestError
+
         link = self._links.get(requester_id)
-        if link is None or link.client is None:
+        if link is None or link.client is None or self._claims_unsupported:
             return self.get_bundle(agent_id)
         # on the requester's own registered connection: only those may claim a one-time prekey
-        result = self._run_request(f"looking up {agent_id!r}", link.client.claim_bundle(agent_id))
+        try:
+            result = self._run_request(
+                f"looking up {agent_id!r}", link.client.claim_bundle(agent_id)
+            )
+        except HubRequestError as exc:
+            if exc.code != ErrorCode.BAD_REQUEST:
+                raise
+            log.info("the hub at %s:%d hands out no one-time prekeys", self.host, self.port)
+            self._claims_unsupported = True  # an older hub: look bundles up instead
+            return self.get_bundle(agent_id)
         return dict(result) if result is not None else None
 
     def list_agents(self) -> list[str]:

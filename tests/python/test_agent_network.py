@@ -158,6 +158,13 @@ def lines_of(out: str) -> list[dict]:
     return [json.loads(line) for line in out.splitlines() if line.strip()]
 
 
+def wait_for_items(items: list, n: int, timeout: float = 30) -> None:
+    """Poll until ``items`` (filled by a handler in another thread) holds ``n`` entries."""
+    deadline = time.monotonic() + timeout
+    while len(items) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+
+
 def test_messages_cross_processes_in_order(tmp_path, hub):
     assert cli("keygen", "--path", str(tmp_path / "bob.key"), "--id", "bob").returncode == 0
     listener = subprocess.Popen(
@@ -435,11 +442,6 @@ def test_restarted_agent_skips_what_a_crashed_hub_redelivers(tmp_path):
         agent.on_error(errors.append)
         return agent, got, errors
 
-    def wait_for(items: list, n: int) -> None:
-        deadline = time.monotonic() + 30
-        while len(items) < n and time.monotonic() < deadline:
-            time.sleep(0.02)
-
     hub = HubProcess(tmp_path, store=store)
     try:
         bob, _, _ = open_bob(hub.port)
@@ -458,7 +460,7 @@ def test_restarted_agent_skips_what_a_crashed_hub_redelivers(tmp_path):
     hub = HubProcess(tmp_path, store=store)
     try:
         bob, got, errors = open_bob(hub.port)
-        wait_for(got, 5)
+        wait_for_items(got, 5)
         assert [m.text for m in got] == [f"m{i}" for i in range(5)]
         bob.close()  # acknowledged: the hub deletes the five
     finally:
@@ -482,7 +484,7 @@ def test_restarted_agent_skips_what_a_crashed_hub_redelivers(tmp_path):
             alice.send("bob", text="after")  # later deliveries still arrive
             alice.flush(30)
         bob, got, errors = open_bob(hub.port)
-        wait_for(got, 1)
+        wait_for_items(got, 1)
         bob.close()
         assert [m.text for m in got] == ["after"] and errors == []
     finally:
@@ -512,9 +514,8 @@ def test_first_messages_are_forward_secret_with_one_time_prekeys(tmp_path, hub):
 
     alice = Agent("alice", hub=net)
     alice.send("bob", text="the first message")
+    wait_for_items(got, 1)
     deadline = time.monotonic() + 30
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.02)
     assert [m.text for m in got] == ["the first message"]
     recorded = got[0].envelope.to_bytes()  # what an eavesdropper on the wire kept
     assert got[0].envelope.is_prekey
@@ -540,12 +541,40 @@ def test_first_messages_are_forward_secret_with_one_time_prekeys(tmp_path, hub):
     bob.on_message(got.append)
     unused = len(bob._core.keypair.one_time_prekey_ids())
     carol.send("bob", text="after the restart")
-    deadline = time.monotonic() + 30
-    while not got and time.monotonic() < deadline:
-        time.sleep(0.02)
+    wait_for_items(got, 1)
     assert [m.text for m in got] == ["after the restart"]
     assert len(bob._core.keypair.one_time_prekey_ids()) == unused - 1
     assert bob.status()["rejected"] == 0
     for a in (alice, bob, carol):
         a.close()
     net.close()
+
+
+def test_sends_work_through_a_hub_without_one_time_prekeys(tmp_path, monkeypatch):
+    """A hub of an earlier version answers the claim with "unknown op": the agent falls back
+    to looking bundles up (once), and messages flow as before."""
+    from agentmesh.hub_client import HubClient
+    from agentmesh.hub_protocol import Op
+    from agentmesh.hub_server import NetworkHubServer
+
+    async def claim_unknown_op(self, agent_id):
+        return await self._request(99, agent_id)  # what an older hub sees: an op it lacks
+
+    monkeypatch.setattr(HubClient, "claim_bundle", claim_unknown_op)
+    assert 99 not in {int(op) for op in Op}
+    server = NetworkHubServer("127.0.0.1", 0, store_path=tmp_path / "hub.db")
+    server.start(block=False)
+    try:
+        with NetworkHub("127.0.0.1", server.port) as net:
+            bob = Agent("bob", hub=net)
+            got: list = []
+            bob.on_message(got.append)
+            alice = Agent("alice", hub=net)
+            alice.send("bob", text="hello")
+            wait_for_items(got, 1)
+            assert [m.text for m in got] == ["hello"]
+            assert net._claims_unsupported
+            alice.close()
+            bob.close()
+    finally:
+        server.stop()

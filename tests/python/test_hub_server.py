@@ -291,7 +291,16 @@ def test_handled_positions_skip_redeliveries(server: NetworkHubServer) -> None:
         await last.register(bob_kp, empty)  # the two skipped ones were acknowledged too
         await asyncio.sleep(0.3)
         assert empty.ids == []
-        for c in (a, last):
+        await last.close()
+        # A position beyond anything this store handed out (a store since rolled back, or a
+        # forged delivery) is lowered on registration: it never hides new deliveries.
+        fresh = Collector()
+        late = client(server)
+        await late.register(bob_kp, fresh, handled={hub_id: 2**62})
+        await a.send("bob", seal_bytes(s, {"i": 6}))
+        await fresh.wait_for(1)
+        assert fresh.ids[0] > seen_ids[-1] + 3
+        for c in (a, late):
             await c.close()
 
     run(go())
@@ -300,7 +309,8 @@ def test_handled_positions_skip_redeliveries(server: NetworkHubServer) -> None:
 def test_one_time_prekeys_are_handed_out_once(make_server: ServerFactory, tmp_path: Path) -> None:
     """An agent uploads one-time prekeys; a registered agent that claims its bundle gets the
     oldest one, which the hub never hands out again (also after a restart); lookups get the
-    bundle without one and cannot claim; the hub keeps at most its limit."""
+    bundle without one and cannot claim; the hub keeps at most its limit; a connection gets
+    one key per peer, and at most ``max_prekey_claims_per_minute``."""
     store = tmp_path / "prekeys.db"
     server = make_server(store_path=store, limits=HubLimits(max_prekeys_per_agent=4))
     alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
@@ -325,6 +335,7 @@ def test_one_time_prekeys_are_handed_out_once(make_server: ServerFactory, tmp_pa
         assert await a.claim_bundle("nobody") is None
         own = await b.claim_bundle("bob")  # an agent's own bundle never costs it a key
         assert own is not None and "one_time_prekey" not in own
+        assert b.prekey_limit == 4
         lookup = client(server)
         with pytest.raises(HubRequestError) as info:
             await lookup.claim_bundle("bob")
@@ -345,16 +356,47 @@ def test_one_time_prekeys_are_handed_out_once(make_server: ServerFactory, tmp_pa
     async def after_restart() -> None:
         b = client(server)
         await b.register(bob_kp, Collector())
-        assert b.prekeys_held == 3
+        assert b.prekeys_held == 3 and b.prekey_limit == 4
         a = client(server)
         await a.register(alice_kp, Collector())
-        got = [await a.claim_bundle("bob") for _ in range(4)]
-        ids = [g.get("one_time_prekey", {}).get("id") for g in got if g is not None]
-        assert ids == [bob_prekeys[1]["id"], bob_prekeys[2]["id"], bob_prekeys[3]["id"], None]
+        got = [await a.claim_bundle("bob") for _ in range(2)]
+        # one key per peer per connection: the second claim gets the bundle alone
+        assert [g.get("one_time_prekey", {}).get("id") for g in got if g is not None] == [
+            bob_prekeys[1]["id"],
+            None,
+        ]
+        others = []
+        for name in ("carol", "dave", "erin"):
+            c = client(server)
+            await c.register(new_keypair(name), Collector())
+            others.append(await c.claim_bundle("bob"))
+            await c.close()
+        ids = [g.get("one_time_prekey", {}).get("id") for g in others if g is not None]
+        assert ids == [bob_prekeys[2]["id"], bob_prekeys[3]["id"], None]
         for c in (a, b):
             await c.close()
 
     run(after_restart())
+    server.stop()
+    server = make_server(store_path=store, limits=HubLimits(max_prekey_claims_per_minute=2))
+
+    async def rate_limited() -> None:
+        peers = []
+        for name in ("bob", "frank", "grace"):
+            kp = bob_kp if name == "bob" else new_keypair(name)
+            p = client(server)
+            await p.register(kp, Collector())
+            await p.add_prekeys(kp.generate_one_time_prekeys(5))
+            peers.append(p)
+        a = client(server)
+        await a.register(alice_kp, Collector())
+        claims = [await a.claim_bundle(peer) for peer in ("bob", "frank", "grace")]
+        has_key = ["one_time_prekey" in c for c in claims if c is not None]
+        assert has_key == [True, True, False]  # two claims a minute on this server
+        for c in (a, *peers):
+            await c.close()
+
+    run(rate_limited())
 
 
 def test_impostor_is_refused_and_gets_nothing(server: NetworkHubServer) -> None:
