@@ -536,7 +536,6 @@ class _NetworkLink:
             if self._closing:
                 return
         inq = self._inq
-        keypair = core.keypair
         while True:
             item = inq.get()
             if item is None or self._closing:
@@ -553,13 +552,11 @@ class _NetworkLink:
                 items.append(more)
             datas = [data for batch, _hub, _fut in items for _did, data in batch]
             with self._receiving:
-                prekeys = len(keypair.one_time_prekey_ids())
                 try:
-                    handled = self._process(datas)
+                    handled, prekeys_used = self._process(datas)
                 except Exception:  # never leave the client waiting for an ack
                     log.exception("agent %r: receiving a batch failed", core.agent_id)
-                    handled = [False] * len(datas)
-                prekeys_used = len(keypair.one_time_prekey_ids()) != prekeys
+                    handled, prekeys_used = [False] * len(datas), True
                 if core.persistent:
                     # persisted once per batch, after the handlers and before the ack: after a
                     # crash the hub redelivers instead of the agent holding acked messages whose
@@ -591,9 +588,10 @@ class _NetworkLink:
             if hub_id is not None and top:
                 self.core.note_delivered(hub_id, top)
 
-    def _process(self, datas: list[bytes]) -> list[bool]:
+    def _process(self, datas: list[bytes]) -> tuple[list[bool], bool]:
         """Unseal and dispatch delivered envelopes, in order, skipping duplicates. Returns, per
-        envelope, whether it was handled now or before (False: rejected)."""
+        envelope, whether it was handled now or before (False: rejected), and whether a set-up
+        used one of this agent's one-time prekeys."""
         core = self.core
         recent = self._recent
         todo: list[Any] = []
@@ -626,8 +624,12 @@ class _NetworkLink:
             ids.append(envelope_id)
             where.append(index)
         if not todo:
-            return handled
+            return handled, False
+        # a set-up (prekey message) may use one of this agent's one-time prekeys: look only then
+        setups = any(type(e) is Envelope and e.is_prekey for e in todo)
+        keys_before = len(core.keypair.one_time_prekey_ids()) if setups else 0
         results = core.receive_batch(todo)
+        prekeys_used = setups and len(core.keypair.one_time_prekey_ids()) != keys_before
         for envelope_id, msg, index in zip(ids, results, where, strict=True):
             if msg is None:
                 handled[index] = False
@@ -635,7 +637,7 @@ class _NetworkLink:
                 recent[envelope_id] = None
         while len(recent) > RECENT_IDS:
             recent.popitem(last=False)
-        return handled
+        return handled, prekeys_used
 
     # -- closing --------------------------------------------------------------------------------
 
