@@ -346,16 +346,12 @@ class _NetworkLink:
                 await self._top_up_prekeys()
             except asyncio.CancelledError:
                 raise
-            except HubRequestError as exc:
-                if exc.code == ErrorCode.BAD_REQUEST:  # an older hub: it keeps no prekeys
-                    log.info(
+            except Exception as exc:
+                if isinstance(exc, HubRequestError) and exc.code == ErrorCode.BAD_REQUEST:
+                    log.info(  # an older hub: it keeps no prekeys
                         "agent %r: the hub keeps no one-time prekeys (%s)", self.core.agent_id, exc
                     )
                     return
-                log.warning(
-                    "agent %r: could not top up its one-time prekeys: %s", self.core.agent_id, exc
-                )
-            except Exception as exc:
                 log.warning(
                     "agent %r: could not top up its one-time prekeys: %s", self.core.agent_id, exc
                 )
@@ -367,7 +363,7 @@ class _NetworkLink:
         client = self.client
         held = await client.add_prekeys([])
         target = min(PREKEY_TARGET, client.prekey_limit or PREKEY_TARGET)
-        if held >= min(PREKEY_LOW, max(1, target // 2)) or held >= target:
+        if held >= min(PREKEY_LOW, max(1, target // 2)):  # (a low limit lowers both)
             return
         loop = asyncio.get_running_loop()
         # (writing the identity file can take an Argon2 run: not on this loop)
