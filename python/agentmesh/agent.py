@@ -73,6 +73,10 @@ MAX_DELIVERED_HUBS = 16
 KEEP_HANDED_OUT_PREKEYS = 200
 
 
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
 # --------------------------------------------------------------------------------------------
 # helpers
 
@@ -275,6 +279,8 @@ class _AgentCore:
         self._bundles: dict[str, dict[str, Any]] = {}
         # hub store id -> last delivery id handled from it (persisted: see note_delivered)
         self._delivered: dict[bytes, int] = {}
+        # when the current signed prekey was made, ms (persisted; see rotate_signed_prekey)
+        self._signed_prekey_since = _now_ms()
         self._pending_identity: dict[str, dict[str, Any]] = {}
         self._unverified: set[str] = set()  # restored sessions not yet re-checked on the hub
         self._handlers: tuple[Callable[[Message], Any], ...] = ()
@@ -839,6 +845,10 @@ class _AgentCore:
         self._pins = dict(state.pins)
         self._bundles = dict(state.bundles)
         self._delivered = dict(state.delivered)
+        if state.signed_prekey_since is not None:
+            self._signed_prekey_since = state.signed_prekey_since
+        else:  # an identity older than the record: count from now
+            self._meta_dirty = True
 
     def _maybe_autosave(self) -> None:
         now = time.monotonic()
@@ -873,6 +883,7 @@ class _AgentCore:
                     pins=dict(self._pins),
                     bundles=dict(self._bundles),
                     delivered=dict(self._delivered),
+                    signed_prekey_since=self._signed_prekey_since,
                 )
             try:
                 store.save_state(self.keypair, state)
@@ -900,6 +911,24 @@ class _AgentCore:
             if self.store is not None and not self._released:
                 self.store.save_identity(keypair)
         return fresh
+
+    def signed_prekey_due(self, max_age: float) -> bool:
+        """Whether the signed prekey is older than ``max_age`` seconds."""
+        return _now_ms() - self._signed_prekey_since > max_age * 1000
+
+    def rotate_signed_prekey(self) -> None:
+        """Make a new signed prekey (the previous one keeps serving set-ups already in flight;
+        the one before it is deleted, from memory and from the identity file). The identity
+        file is written before the state and before anyone can see the new bundle, so a
+        restarted agent can answer every set-up made with it."""
+        with self._save_lock:
+            with self._lock:
+                self.keypair.rotate_signed_prekey()
+                self._signed_prekey_since = _now_ms()
+                self._meta_dirty = True
+            if self.store is not None and not self._released:
+                self.store.save_identity(self.keypair)
+        self.save_state_quietly()
 
     def save_identity_quietly(self) -> None:
         """Rewrite the identity file after a set-up used one of its one-time prekeys, so that

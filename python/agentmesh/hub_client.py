@@ -923,6 +923,12 @@ class HubClient:
         self.prekeys_held, self.prekey_limit = held, limit
         return held
 
+    async def update_bundle(self, bundle: dict[str, Any]) -> None:
+        """Publish this agent's new bundle (same id and identity key; for example after
+        ``AgentKeyPair.rotate_signed_prekey``). A reconnect registers with the keypair's
+        current bundle anyway."""
+        await self._request(Op.UPDATE_BUNDLE, json.dumps(bundle, separators=(",", ":")))
+
     async def list_agents(self) -> list[str]:
         """Ids of every agent that ever registered on the hub, sorted."""
         result = await self._request(Op.LIST_AGENTS)

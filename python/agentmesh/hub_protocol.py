@@ -136,6 +136,9 @@ class Op(IntEnum):
     # the caller's own one-time prekeys (an empty list just asks; at most MAX_PREKEY_UPLOAD);
     # response: {"held": how many the hub now holds for the caller, "limit": how many it keeps}.
     ADD_PREKEYS = 5
+    # Agent connections only. Argument: the caller's new bundle (JSON; same id and identity
+    # key, e.g. a rotated signed prekey); response: true. Later lookups and claims serve it.
+    UPDATE_BUNDLE = 6
 
 
 class ErrorCode(IntEnum):

@@ -266,6 +266,10 @@ class _Hub:
             c.abort()
 
 
+#: Requests only a registered agent connection may make.
+_AGENT_OPS = frozenset((Op.CLAIM_BUNDLE, Op.ADD_PREKEYS, Op.UPDATE_BUNDLE))
+
+
 class _Conn(asyncio.Protocol):
     """One client connection (server side)."""
 
@@ -798,7 +802,9 @@ class _Conn(asyncio.Protocol):
                 result = sorted(hub.agents)
             elif op == Op.MESSAGE_COUNT:
                 result = hub.store.message_count
-            elif op in (Op.CLAIM_BUNDLE, Op.ADD_PREKEYS) and self.agent_id is None:
+            elif (
+                op in (Op.CLAIM_BUNDLE, Op.ADD_PREKEYS, Op.UPDATE_BUNDLE) and self.agent_id is None
+            ):
                 self.write(
                     encode_response(
                         rid, ErrorCode.NOT_AUTHENTICATED, b"only a registered agent may do this"
@@ -807,6 +813,12 @@ class _Conn(asyncio.Protocol):
                 return
             elif op == Op.CLAIM_BUNDLE:
                 result = await self._claim_bundle(arg)
+            elif op == Op.UPDATE_BUNDLE:
+                problem = await self._update_bundle(arg)
+                if problem is not None:
+                    self.write(encode_response(rid, ErrorCode.BAD_REQUEST, problem.encode()))
+                    return
+                result = True
             elif op == Op.ADD_PREKEYS:
                 try:
                     keys = parse_prekeys(arg)
@@ -849,6 +861,27 @@ class _Conn(asyncio.Protocol):
         times.append(now)
         self.claimed.add(agent_id)
         return True
+
+    async def _update_bundle(self, arg: str) -> str | None:
+        """Store the caller's new bundle; returns what is wrong with it, if anything."""
+        crypto = self.hub.crypto
+        try:
+            bundle = json.loads(arg)
+            if not isinstance(bundle, dict) or crypto is None:
+                raise ValueError("not a bundle object")
+            agent_id = crypto.verify_bundle(bundle)
+        except Exception as exc:
+            return f"invalid bundle: {exc}"
+        identity_key = bundle.get("identity_key")
+        if agent_id != self.agent_id or not isinstance(identity_key, str):
+            return "the bundle is not this agent's"
+        bundle.pop("one_time_prekey", None)
+        assert self.agent_id is not None
+        result = await self.hub.store.bind_agent(self.agent_id, identity_key, bundle, self.session)
+        if not result.ok:
+            return "the bundle has another identity key than the one this id is bound to"
+        log.info("agent %r published a new bundle", self.agent_id)
+        return None
 
     async def _claim_bundle(self, agent_id: str) -> dict[str, Any] | None:
         store = self.hub.store

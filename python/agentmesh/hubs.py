@@ -49,6 +49,10 @@ RECENT_IDS = 4096
 PREKEY_TARGET = 50
 PREKEY_LOW = 20
 PREKEY_CHECK_INTERVAL = 60.0
+#: ... and at the same checks, it replaces its signed prekey once it is older than this many
+#: seconds and publishes the new bundle: a set-up made without a one-time prekey is then
+#: readable with a stolen identity file for at most two such periods.
+SIGNED_PREKEY_ROTATION = 7 * 24 * 3600.0
 
 
 def _parse_envelope(envelope: Any) -> Any:
@@ -295,6 +299,7 @@ class _NetworkLink:
         # new prekeys are made and written only between batches, so an identity file never
         # lacks a key whose session is not on disk yet
         self._receiving = threading.Lock()
+        self._bundle_unpublished = False  # a rotated signed prekey the hub has not got yet
         self._error: BaseException | None = None
         self._inq: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # ids of envelopes accepted lately, to ignore a redelivery silently
@@ -336,7 +341,8 @@ class _NetworkLink:
         self._prekeys = asyncio.get_running_loop().create_task(self._keep_prekeys())
 
     async def _keep_prekeys(self) -> None:
-        """Keeps the hub stocked with this agent's one-time prekeys (see PREKEY_TARGET)."""
+        """Keeps the hub stocked with this agent's one-time prekeys (see PREKEY_TARGET) and its
+        signed prekey fresh (SIGNED_PREKEY_ROTATION)."""
         from .hub_protocol import ErrorCode, HubRequestError
 
         check = self._prekey_check
@@ -344,6 +350,7 @@ class _NetworkLink:
         while True:
             try:
                 await self._top_up_prekeys()
+                await self._rotate_signed_prekey_if_due()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
@@ -374,6 +381,20 @@ class _NetworkLink:
     def _new_prekeys(self, held: int, n: int) -> list[dict[str, Any]]:
         with self._receiving:
             return self.core.new_prekeys(held, n)
+
+    async def _rotate_signed_prekey_if_due(self) -> None:
+        if self.core.signed_prekey_due(SIGNED_PREKEY_ROTATION):
+            loop = asyncio.get_running_loop()
+            await loop.run_in_executor(None, self._rotate_signed_prekey)
+            self._bundle_unpublished = True
+        if self._bundle_unpublished:  # (until the hub has it: retried at every check)
+            await self.client.update_bundle(self.core.public_bundle)
+            self._bundle_unpublished = False
+            log.info("agent %r: new signed prekey published", self.core.agent_id)
+
+    def _rotate_signed_prekey(self) -> None:
+        with self._receiving:  # (between batches, as for new one-time prekeys)
+            self.core.rotate_signed_prekey()
 
     def start(self) -> None:
         self._worker.start()

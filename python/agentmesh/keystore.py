@@ -114,6 +114,8 @@ class PersistedState:
     bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: hub store id (``hub_id``) -> last delivery id handled from that store
     delivered: dict[bytes, int] = field(default_factory=dict)
+    #: when the current signed prekey was made (ms since the epoch; None: not recorded yet)
+    signed_prekey_since: int | None = None
 
 
 def _delivered_from_doc(value: Any) -> dict[bytes, int]:
@@ -125,6 +127,14 @@ def _delivered_from_doc(value: Any) -> dict[bytes, int]:
             raise ValueError(f"delivered: bad delivery id {delivery_id!r}")
         out[bytes.fromhex(hub_id)] = delivery_id
     return out
+
+
+def _timestamp_from_doc(value: Any) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or value < 0:
+        raise ValueError(f"signed_prekey_since: bad timestamp {value!r}")
+    return value
 
 
 class KeyStore:
@@ -314,6 +324,7 @@ class KeyStore:
                 pins={str(p): str(v) for p, v in dict(doc.get("pins", {})).items()},
                 bundles={str(p): dict(v) for p, v in dict(doc.get("bundles", {})).items()},
                 delivered=_delivered_from_doc(doc.get("delivered", {})),
+                signed_prekey_since=_timestamp_from_doc(doc.get("signed_prekey_since")),
             )
         except KeyFileError:
             raise
@@ -332,6 +343,8 @@ class KeyStore:
             "bundles": state.bundles,
             "delivered": {h.hex(): d for h, d in state.delivered.items()},
         }
+        if state.signed_prekey_since is not None:
+            doc["signed_prekey_since"] = state.signed_prekey_since
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
         crypto = _crypto()
         if hasattr(crypto, "seal_at_rest"):

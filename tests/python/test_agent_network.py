@@ -578,3 +578,53 @@ def test_sends_work_through_a_hub_without_one_time_prekeys(tmp_path, monkeypatch
             bob.close()
     finally:
         server.stop()
+
+
+def test_signed_prekey_rotation_ends_what_a_stolen_key_file_can_read(tmp_path, hub, monkeypatch):
+    """A set-up without a one-time prekey (here from a bundle handed over directly) rests on
+    the signed prekey. After two rotations the identity file no longer holds it, so a stolen
+    file cannot read a recorded first message; the hub serves the new bundle, the session in
+    use goes on, and new set-ups work."""
+    from agentmesh import hubs as hubs_module
+    from agentmesh.crypto import AgentKeyPair, CryptoError, perform_key_exchange
+
+    monkeypatch.setattr(hubs_module, "PREKEY_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr(hubs_module, "SIGNED_PREKEY_ROTATION", 1e9)
+    key = tmp_path / "bob.key"
+    net = NetworkHub("127.0.0.1", hub.port)
+    bob = Agent("bob", hub=net, keypair_path=key)
+    got: list = []
+    bob.on_message(got.append)
+    alice = Agent("alice", hub=net)
+    alice.connect_with_bundle(bob.public_bundle)  # no one-time prekey in this bundle
+    alice.send("bob", text="first")
+    wait_for_items(got, 1)
+    recorded = got[0].envelope.to_bytes()
+    alice_bundle = alice.public_bundle
+    then = AgentKeyPair.from_bytes(key.read_bytes())
+    assert perform_key_exchange(then, alice_bundle).unseal(recorded) == {"text": "first"}
+
+    spk_ids = {bob.public_bundle["signed_prekey_id"]}
+    monkeypatch.setattr(hubs_module, "SIGNED_PREKEY_ROTATION", 0.0)  # due at every check
+    deadline = time.monotonic() + 30
+    while len(spk_ids) < 3 and time.monotonic() < deadline:
+        published = net.get_bundle("bob")
+        assert published is not None
+        spk_ids.add(published["signed_prekey_id"])
+        time.sleep(0.02)
+    monkeypatch.setattr(hubs_module, "SIGNED_PREKEY_ROTATION", 1e9)
+    assert len(spk_ids) >= 3  # two rotations, each published
+    time.sleep(0.3)  # (a rotation in progress finishes its identity write)
+
+    stolen = AgentKeyPair.from_bytes(key.read_bytes())
+    with pytest.raises(CryptoError):
+        perform_key_exchange(stolen, alice_bundle).unseal(recorded)
+    alice.send("bob", text="same session")
+    carol = Agent("carol", hub=net)
+    carol.send("bob", text="new set-up")
+    wait_for_items(got, 3)
+    assert sorted(m.text for m in got[1:]) == ["new set-up", "same session"]
+    assert bob.status()["rejected"] == 0
+    for a in (alice, bob, carol):
+        a.close()
+    net.close()

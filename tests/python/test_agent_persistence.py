@@ -318,10 +318,20 @@ def test_delivered_positions_round_trip_and_are_checked(tmp_path):
             doc["delivered"] = delivered
         return _MAGIC + _PLAIN + json.dumps(doc).encode()
 
-    store.state_path.write_bytes(plain(None))  # a file written before the field existed
+    store.state_path.write_bytes(plain(None))  # a file written before the fields existed
     assert store.load_state(keypair).delivered == {}
+    assert store.load_state(keypair).signed_prekey_since is None
+    store.save_state(keypair, PersistedState(signed_prekey_since=1_700_000_000_000))
+    assert store.load_state(keypair).signed_prekey_since == 1_700_000_000_000
     for bad in ({"zz": 1}, {"00" * 16: -1}, {"00" * 16: "7"}, {"00" * 16: 1.5}, [1, 2]):
         store.state_path.write_bytes(plain(bad))
+        with pytest.raises(KeyFileError, match="corrupt"):
+            store.load_state(keypair)
+    for since in (-1, "1", 1.5):
+        doc = json.loads(plain({})[len(_MAGIC) + 1 :])
+        store.state_path.write_bytes(
+            _MAGIC + _PLAIN + json.dumps({**doc, "signed_prekey_since": since}).encode()
+        )
         with pytest.raises(KeyFileError, match="corrupt"):
             store.load_state(keypair)
 

@@ -399,6 +399,37 @@ def test_one_time_prekeys_are_handed_out_once(make_server: ServerFactory, tmp_pa
     run(rate_limited())
 
 
+def test_update_bundle_publishes_a_rotated_signed_prekey(server: NetworkHubServer) -> None:
+    """A registered agent publishes its new bundle; lookups serve it. Another agent's bundle, a
+    damaged one, and a lookup connection are refused."""
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+
+    async def go() -> None:
+        b = client(server)
+        await b.register(bob_kp, Collector())
+        old = await b.get_bundle("bob")
+        assert old is not None
+        bob_kp.rotate_signed_prekey()
+        await b.update_bundle(bob_kp.public_bundle())
+        new = await b.get_bundle("bob")
+        assert new is not None and new["signed_prekey_id"] != old["signed_prekey_id"]
+        assert new == bob_kp.public_bundle()
+        damaged = dict(bob_kp.public_bundle(), signed_prekey_id=old["signed_prekey_id"])
+        for bad in (alice_kp.public_bundle(), damaged):
+            with pytest.raises(HubRequestError) as info:
+                await b.update_bundle(bad)
+            assert info.value.code == ErrorCode.BAD_REQUEST
+        lookup = client(server)
+        with pytest.raises(HubRequestError) as info:
+            await lookup.update_bundle(bob_kp.public_bundle())
+        assert info.value.code == ErrorCode.NOT_AUTHENTICATED
+        assert await lookup.get_bundle("bob") == new
+        for c in (b, lookup):
+            await c.close()
+
+    run(go())
+
+
 def test_impostor_is_refused_and_gets_nothing(server: NetworkHubServer) -> None:
     alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
     fake_bob = new_keypair("bob")  # same id, other identity key
