@@ -330,6 +330,9 @@ class HubClient:
         #: how many it keeps (None before one, or from a hub that keeps none).
         self.prekeys_held: int | None = None
         self.prekey_limit: int | None = None
+        #: Called (in the event loop) after every registration, also after a reconnect: the
+        #: hub may be a different one now (a recreated store keeps no prekeys, for example).
+        self.on_registered: Callable[[], None] | None = None
 
     def __repr__(self) -> str:
         who = self._agent_id or self._mode or "unconnected"
@@ -536,6 +539,11 @@ class HubClient:
         self._update_room()
         if self._ready_event is not None:
             self._ready_event.set()
+        if self._mode == "agent" and self.on_registered is not None:
+            try:
+                self.on_registered()
+            except Exception:
+                log.exception("on_registered failed")
 
     async def _supervise(self) -> None:
         while True:

@@ -44,8 +44,9 @@ DEFAULT_PORT = 7700
 #: How many accepted envelope ids an agent's link remembers to recognise redeliveries.
 RECENT_IDS = 4096
 #: One-time prekeys: an agent on a network hub tops the hub's stock up to PREKEY_TARGET when
-#: fewer than PREKEY_LOW are left. It checks after registering, when a set-up used one of its
-#: keys, and every PREKEY_CHECK_INTERVAL seconds (peers may claim keys and never use them).
+#: fewer than PREKEY_LOW are left. It checks after registering (also after a reconnect), when
+#: a set-up used one of its keys, and every PREKEY_CHECK_INTERVAL seconds (peers may claim
+#: keys and never use them).
 PREKEY_TARGET = 50
 PREKEY_LOW = 20
 PREKEY_CHECK_INTERVAL = 60.0
@@ -338,6 +339,7 @@ class _NetworkLink:
                 await self.client.close()
             raise
         self._prekey_check = asyncio.Event()
+        self.client.on_registered = self._prekey_check.set  # a reconnect checks at once
         self._prekeys = asyncio.get_running_loop().create_task(self._keep_prekeys())
 
     async def _keep_prekeys(self) -> None:

@@ -628,3 +628,41 @@ def test_signed_prekey_rotation_ends_what_a_stolen_key_file_can_read(tmp_path, h
     for a in (alice, bob, carol):
         a.close()
     net.close()
+
+
+def test_prekeys_are_restocked_right_after_reconnecting_to_a_new_store(tmp_path):
+    """The hub comes back on the same port with a new, empty store (no prekeys): the agent's
+    reconnect re-registers it and tops the stock up at once, not a minute later."""
+    from agentmesh.hubs import PREKEY_CHECK_INTERVAL, PREKEY_LOW
+
+    def held_by_hub(link, at_least: int, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while (link.client.prekeys_held or 0) < at_least and time.monotonic() < deadline:
+            time.sleep(0.02)
+        return link.client.prekeys_held or 0
+
+    first = HubProcess(tmp_path, store=tmp_path / "one.db")
+    port = first.port
+    net = NetworkHub("127.0.0.1", port)
+    bob = Agent("bob", hub=net)
+    link = net._links["bob"]
+    try:
+        assert held_by_hub(link, PREKEY_LOW, 30) >= PREKEY_LOW
+        first_store = link.client.hub_id
+    finally:
+        first.stop()
+    second = HubProcess(tmp_path, port=port, store=tmp_path / "two.db")
+    try:
+        deadline = time.monotonic() + 30
+        while link.client.hub_id == first_store and time.monotonic() < deadline:
+            time.sleep(0.01)
+        reconnected = time.monotonic()
+        assert link.client.hub_id != first_store
+        assert held_by_hub(link, PREKEY_LOW, 20) >= PREKEY_LOW
+        assert time.monotonic() - reconnected < PREKEY_CHECK_INTERVAL / 2
+        with NetworkHub("127.0.0.1", port) as lookup:
+            assert lookup.list_agents() == ["bob"]
+        bob.close()
+        net.close()
+    finally:
+        second.stop()
