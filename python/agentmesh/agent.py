@@ -279,8 +279,10 @@ class _AgentCore:
         self._bundles: dict[str, dict[str, Any]] = {}
         # hub store id -> last delivery id handled from it (persisted: see note_delivered)
         self._delivered: dict[bytes, int] = {}
-        # when the current signed prekey was made, ms (persisted; see rotate_signed_prekey)
+        # when the current signed prekey was made, ms, and its id (persisted together; see
+        # rotate_signed_prekey)
         self._signed_prekey_since = _now_ms()
+        self._signed_prekey_id: int | None = None
         self._pending_identity: dict[str, dict[str, Any]] = {}
         self._unverified: set[str] = set()  # restored sessions not yet re-checked on the hub
         self._handlers: tuple[Callable[[Message], Any], ...] = ()
@@ -845,9 +847,17 @@ class _AgentCore:
         self._pins = dict(state.pins)
         self._bundles = dict(state.bundles)
         self._delivered = dict(state.delivered)
-        if state.signed_prekey_since is not None:
-            self._signed_prekey_since = state.signed_prekey_since
-        else:  # an identity older than the record: count from now
+        self._signed_prekey_id = int(self.keypair.public_bundle()["signed_prekey_id"])
+        if (
+            state.signed_prekey_since is not None
+            and state.signed_prekey_id == self._signed_prekey_id
+        ):
+            # (never in the future: a clock set back must not stop rotation)
+            self._signed_prekey_since = min(state.signed_prekey_since, _now_ms())
+        else:
+            # no record (an older state file), or the identity file was rotated and the state
+            # not written after it (a crash in between): count from now rather than rotate at
+            # once past a key the hub may still be serving
             self._meta_dirty = True
 
     def _maybe_autosave(self) -> None:
@@ -884,6 +894,7 @@ class _AgentCore:
                     bundles=dict(self._bundles),
                     delivered=dict(self._delivered),
                     signed_prekey_since=self._signed_prekey_since,
+                    signed_prekey_id=self._signed_prekey_id,
                 )
             try:
                 store.save_state(self.keypair, state)
@@ -925,24 +936,28 @@ class _AgentCore:
             with self._lock:
                 self.keypair.rotate_signed_prekey()
                 self._signed_prekey_since = _now_ms()
+                self._signed_prekey_id = int(self.keypair.public_bundle()["signed_prekey_id"])
                 self._meta_dirty = True
             if self.store is not None and not self._released:
                 self.store.save_identity(self.keypair)
         self.save_state_quietly()
 
-    def save_identity_quietly(self) -> None:
-        """Rewrite the identity file after a set-up used one of its one-time prekeys, so that
-        the used key's secret leaves the disk (forward secrecy of that set-up)."""
+    def save_identity(self) -> None:
+        """Rewrite the identity file (its prekeys changed). No-op without a store."""
         store = self.store
         if store is None:
             return
         with self._save_lock:
-            if self._released:
-                return
-            try:
+            if not self._released:
                 store.save_identity(self.keypair)
-            except Exception:
-                self.log.exception("agent %r: could not rewrite its identity file", self.agent_id)
+
+    def save_identity_quietly(self) -> None:
+        """Rewrite the identity file after a set-up used one of its one-time prekeys, so that
+        the used key's secret leaves the disk (forward secrecy of that set-up)."""
+        try:
+            self.save_identity()
+        except Exception:
+            self.log.exception("agent %r: could not rewrite its identity file", self.agent_id)
 
     def note_delivered(self, hub_id: bytes, delivery_id: int) -> None:
         """Remember, with the next state write, that every delivery up to ``delivery_id`` from

@@ -877,6 +877,13 @@ class _Conn(asyncio.Protocol):
             return "the bundle is not this agent's"
         bundle.pop("one_time_prekey", None)
         assert self.agent_id is not None
+        current = await self.hub.store.get_bundle(self.agent_id)
+        if current is not None and current != bundle:
+            # signed prekey ids only grow: an older bundle replayed into this connection would
+            # make the hub serve a key the agent has deleted
+            new_id, old_id = bundle.get("signed_prekey_id"), current.get("signed_prekey_id")
+            if not (isinstance(new_id, int) and isinstance(old_id, int) and new_id > old_id):
+                return "the bundle's signed prekey is not newer than the one the hub serves"
         result = await self.hub.store.bind_agent(self.agent_id, identity_key, bundle, self.session)
         if not result.ok:
             return "the bundle has another identity key than the one this id is bound to"

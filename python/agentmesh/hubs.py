@@ -28,6 +28,7 @@ import os
 import queue
 import threading
 import weakref
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import crypto as _crypto
@@ -51,8 +52,9 @@ PREKEY_TARGET = 50
 PREKEY_LOW = 20
 PREKEY_CHECK_INTERVAL = 60.0
 #: ... and at the same checks, it replaces its signed prekey once it is older than this many
-#: seconds and publishes the new bundle: a set-up made without a one-time prekey is then
-#: readable with a stolen identity file for at most two such periods.
+#: seconds and publishes the new bundle. The one before the previous is deleted: a set-up made
+#: without a one-time prekey that the agent has answered since cannot be read with files
+#: stolen two periods later (docs/security.md: a session never answered keeps the key).
 SIGNED_PREKEY_ROTATION = 7 * 24 * 3600.0
 
 
@@ -301,6 +303,7 @@ class _NetworkLink:
         # lacks a key whose session is not on disk yet
         self._receiving = threading.Lock()
         self._bundle_unpublished = False  # a rotated signed prekey the hub has not got yet
+        self._identity_unsaved = False  # a rotation whose identity file write failed
         self._error: BaseException | None = None
         self._inq: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # ids of envelopes accepted lately, to ignore a redelivery silently
@@ -339,34 +342,44 @@ class _NetworkLink:
                 await self.client.close()
             raise
         self._prekey_check = asyncio.Event()
-        self.client.on_registered = self._prekey_check.set  # a reconnect checks at once
+        self.client.on_registered = self._on_registered
         self._prekeys = asyncio.get_running_loop().create_task(self._keep_prekeys())
 
     async def _keep_prekeys(self) -> None:
         """Keeps the hub stocked with this agent's one-time prekeys (see PREKEY_TARGET) and its
-        signed prekey fresh (SIGNED_PREKEY_ROTATION)."""
-        from .hub_protocol import ErrorCode, HubRequestError
-
+        signed prekey fresh (SIGNED_PREKEY_ROTATION). Each part fails on its own: a hub that
+        lacks one request still gets the other."""
         check = self._prekey_check
         assert check is not None
-        while True:
-            try:
-                await self._top_up_prekeys()
-                await self._rotate_signed_prekey_if_due()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                if isinstance(exc, HubRequestError) and exc.code == ErrorCode.BAD_REQUEST:
-                    log.info(  # an older hub: it keeps no prekeys
-                        "agent %r: the hub keeps no one-time prekeys (%s)", self.core.agent_id, exc
-                    )
-                    return
-                log.warning(
-                    "agent %r: could not top up its one-time prekeys: %s", self.core.agent_id, exc
+        stock = rotate = True
+        while stock or rotate:
+            if stock:
+                stock = await self._attempt("top up its one-time prekeys", self._top_up_prekeys)
+            if rotate:
+                rotate = await self._attempt(
+                    "publish a new signed prekey", self._rotate_signed_prekey_if_due
                 )
             check.clear()
             with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
                 await asyncio.wait_for(check.wait(), PREKEY_CHECK_INTERVAL)
+
+    async def _attempt(self, what: str, step: Callable[[], Awaitable[None]]) -> bool:
+        """Run one maintenance step; False when the hub does not know the request (an older
+        hub: no use asking again), True otherwise (a failure is logged and retried later)."""
+        from .hub_protocol import ErrorCode, HubRequestError
+
+        try:
+            await step()
+        except asyncio.CancelledError:
+            raise
+        except HubRequestError as exc:
+            if exc.code == ErrorCode.BAD_REQUEST and "unknown op" in str(exc):
+                log.info("agent %r: the hub cannot %s (%s)", self.core.agent_id, what, exc)
+                return False
+            log.warning("agent %r: could not %s: %s", self.core.agent_id, what, exc)
+        except Exception as exc:
+            log.warning("agent %r: could not %s: %s", self.core.agent_id, what, exc)
+        return True
 
     async def _top_up_prekeys(self) -> None:
         client = self.client
@@ -385,18 +398,38 @@ class _NetworkLink:
             return self.core.new_prekeys(held, n)
 
     async def _rotate_signed_prekey_if_due(self) -> None:
-        if self.core.signed_prekey_due(SIGNED_PREKEY_ROTATION):
-            loop = asyncio.get_running_loop()
-            await loop.run_in_executor(None, self._rotate_signed_prekey)
+        loop = asyncio.get_running_loop()
+        if self._identity_unsaved:  # a rotation whose identity write failed: write it first
+            await loop.run_in_executor(None, self._save_identity)
+            self._identity_unsaved = False
+            self._bundle_unpublished = True
+        # Never rotate past what the hub serves: the core keeps one previous signed prekey, so
+        # a second rotation before the first was published would delete the served one.
+        elif not self._bundle_unpublished and self.core.signed_prekey_due(SIGNED_PREKEY_ROTATION):
+            try:
+                await loop.run_in_executor(None, self._rotate_signed_prekey)
+            except Exception:
+                self._identity_unsaved = True
+                raise
             self._bundle_unpublished = True
         if self._bundle_unpublished:  # (until the hub has it: retried at every check)
             await self.client.update_bundle(self.core.public_bundle)
             self._bundle_unpublished = False
             log.info("agent %r: new signed prekey published", self.core.agent_id)
 
+    def _on_registered(self) -> None:
+        """After every (re)registration: the hub got the keypair's current bundle with it."""
+        self._bundle_unpublished = False
+        if self._prekey_check is not None:
+            self._prekey_check.set()  # a reconnect checks the stock at once
+
     def _rotate_signed_prekey(self) -> None:
         with self._receiving:  # (between batches, as for new one-time prekeys)
             self.core.rotate_signed_prekey()
+
+    def _save_identity(self) -> None:
+        with self._receiving:
+            self.core.save_identity()
 
     def start(self) -> None:
         self._worker.start()

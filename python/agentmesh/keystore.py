@@ -114,8 +114,10 @@ class PersistedState:
     bundles: dict[str, dict[str, Any]] = field(default_factory=dict)
     #: hub store id (``hub_id``) -> last delivery id handled from that store
     delivered: dict[bytes, int] = field(default_factory=dict)
-    #: when the current signed prekey was made (ms since the epoch; None: not recorded yet)
+    #: when the signed prekey ``signed_prekey_id`` was made (ms since the epoch; None: not
+    #: recorded yet)
     signed_prekey_since: int | None = None
+    signed_prekey_id: int | None = None
 
 
 def _delivered_from_doc(value: Any) -> dict[bytes, int]:
@@ -130,10 +132,11 @@ def _delivered_from_doc(value: Any) -> dict[bytes, int]:
 
 
 def _timestamp_from_doc(value: Any) -> int | None:
+    """An optional non-negative integer field (a time in ms, or a key id)."""
     if value is None:
         return None
     if type(value) is not int or value < 0:
-        raise ValueError(f"signed_prekey_since: bad timestamp {value!r}")
+        raise ValueError(f"signed prekey record: bad value {value!r}")
     return value
 
 
@@ -325,6 +328,7 @@ class KeyStore:
                 bundles={str(p): dict(v) for p, v in dict(doc.get("bundles", {})).items()},
                 delivered=_delivered_from_doc(doc.get("delivered", {})),
                 signed_prekey_since=_timestamp_from_doc(doc.get("signed_prekey_since")),
+                signed_prekey_id=_timestamp_from_doc(doc.get("signed_prekey_id")),
             )
         except KeyFileError:
             raise
@@ -345,6 +349,7 @@ class KeyStore:
         }
         if state.signed_prekey_since is not None:
             doc["signed_prekey_since"] = state.signed_prekey_since
+            doc["signed_prekey_id"] = state.signed_prekey_id
         body = json.dumps(doc, separators=(",", ":"), sort_keys=True).encode("utf-8")
         crypto = _crypto()
         if hasattr(crypto, "seal_at_rest"):

@@ -372,3 +372,28 @@ def test_new_prekeys_are_written_first_and_handed_out_ones_are_bounded(tmp_path,
     assert core.keypair.one_time_prekey_ids() == kept
     assert AgentKeyPair.load(path).one_time_prekey_ids() == kept
     bob.close()
+
+
+def test_signed_prekey_age_survives_restarts_and_a_crash_mid_rotation(tmp_path):
+    """The signed prekey's age is kept with its id in the state file. After a rotation whose
+    state write never happened (a crash between the identity and the state write), the age
+    counts from the restart instead of making the agent rotate again at once."""
+    path = tmp_path / "bob.key"
+    bob = Agent("bob", keypair_path=path)
+    core = bob._core
+    core._signed_prekey_since -= 3_600_000  # an hour old
+    core._meta_dirty = True
+    since = core._signed_prekey_since
+    bob.close()
+    bob = Agent("bob", keypair_path=path)
+    assert bob._core._signed_prekey_since == since
+    assert not bob._core.signed_prekey_due(7200) and bob._core.signed_prekey_due(1800)
+    # the crash: the identity file gets the new key, the state file does not
+    bob._core.keypair.rotate_signed_prekey()
+    bob._core.save_identity()
+    bob._core._released = True  # (as if the process died here)
+    bob.close()
+    bob = Agent("bob", keypair_path=path)
+    assert bob._core._signed_prekey_since > since + 3_000_000
+    assert not bob._core.signed_prekey_due(1800)
+    bob.close()

@@ -401,7 +401,7 @@ def test_one_time_prekeys_are_handed_out_once(make_server: ServerFactory, tmp_pa
 
 def test_update_bundle_publishes_a_rotated_signed_prekey(server: NetworkHubServer) -> None:
     """A registered agent publishes its new bundle; lookups serve it. Another agent's bundle, a
-    damaged one, and a lookup connection are refused."""
+    damaged one, an older one of its own (a replay), and a lookup connection are refused."""
     alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
 
     async def go() -> None:
@@ -414,8 +414,9 @@ def test_update_bundle_publishes_a_rotated_signed_prekey(server: NetworkHubServe
         new = await b.get_bundle("bob")
         assert new is not None and new["signed_prekey_id"] != old["signed_prekey_id"]
         assert new == bob_kp.public_bundle()
+        await b.update_bundle(bob_kp.public_bundle())  # the same again: fine (a retry)
         damaged = dict(bob_kp.public_bundle(), signed_prekey_id=old["signed_prekey_id"])
-        for bad in (alice_kp.public_bundle(), damaged):
+        for bad in (alice_kp.public_bundle(), damaged, old):  # old: a replayed older bundle
             with pytest.raises(HubRequestError) as info:
                 await b.update_bundle(bad)
             assert info.value.code == ErrorCode.BAD_REQUEST
