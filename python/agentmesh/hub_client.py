@@ -900,18 +900,16 @@ class HubClient:
 
         The hub is not trusted with it: check it with ``agentmesh.crypto.verify_bundle`` (and
         pin its identity key) before use."""
-        result = await self._request(Op.GET_BUNDLE, agent_id)
-        if result is not None and not isinstance(result, dict):
-            raise HubError("bad answer from the hub: bundle is not an object")
-        if result is not None:
-            self._missing.pop(agent_id, None)
-        return result
+        return await self._bundle_request(Op.GET_BUNDLE, agent_id)
 
     async def claim_bundle(self, agent_id: str) -> dict[str, Any] | None:
         """:meth:`get_bundle` for setting up a session (registered agents only): the hub adds
         one of ``agent_id``'s one-time prekeys (``"one_time_prekey"``), if it holds any, and
         never hands that one out again. Verify the bundle as for :meth:`get_bundle`."""
-        result = await self._request(Op.CLAIM_BUNDLE, agent_id)
+        return await self._bundle_request(Op.CLAIM_BUNDLE, agent_id)
+
+    async def _bundle_request(self, op: Op, agent_id: str) -> dict[str, Any] | None:
+        result = await self._request(op, agent_id)
         if result is not None and not isinstance(result, dict):
             raise HubError("bad answer from the hub: bundle is not an object")
         if result is not None:

@@ -29,7 +29,7 @@ import sys
 import tempfile
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -548,8 +548,7 @@ class SQLiteBackend(HubBackend):
         return claimed
 
     def _add_prekeys_tx(self, agent_id: str, keys: list[tuple[int, str]], limit: int) -> int:
-        db = self._begin()
-        try:
+        with self._transaction() as db:
             count = self._prekeys_of(db, agent_id)
             for key_id, key in keys:
                 if count >= limit:
@@ -559,35 +558,33 @@ class SQLiteBackend(HubBackend):
                     (agent_id, key_id, key),
                 )
                 count += cur.rowcount
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         return count
 
     def _claim_prekey_tx(self, agent_id: str) -> tuple[tuple[int, str] | None, int]:
-        db = self._begin()
-        try:
+        with self._transaction() as db:
             row = db.execute(
                 "SELECT id, key FROM prekeys WHERE agent_id = ? ORDER BY id LIMIT 1", (agent_id,)
             ).fetchone()
             if row is not None:
                 db.execute("DELETE FROM prekeys WHERE agent_id = ? AND id = ?", (agent_id, row[0]))
             count = self._prekeys_of(db, agent_id)
+        return ((int(row[0]), str(row[1])) if row is not None else None), count
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the writer connection (writer thread only): committed when
+        the block ends, rolled back if it raises."""
+        db = self._writer
+        if db is None:
+            raise StoreError("store is closed")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
                 db.execute("ROLLBACK")
             raise
-        return ((int(row[0]), str(row[1])) if row is not None else None), count
-
-    def _begin(self) -> sqlite3.Connection:
-        db = self._writer
-        if db is None:
-            raise StoreError("store is closed")
-        db.execute("BEGIN IMMEDIATE")
-        return db
 
     @staticmethod
     def _prekeys_of(db: sqlite3.Connection, agent_id: str) -> int:
@@ -690,13 +687,9 @@ class SQLiteBackend(HubBackend):
             self._start_commit()
 
     def _write(self, batch: _Batch) -> list[BindResult]:
-        db = self._writer
-        if db is None:
-            raise StoreError("store is closed")
         now = int(time.time() * 1000)
         results: list[BindResult] = []
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with self._transaction() as db:
             if batch.inserts:
                 db.executemany(
                     "INSERT OR REPLACE INTO inbox (seq, recipient, envelope, enqueued_at) "
@@ -719,11 +712,6 @@ class SQLiteBackend(HubBackend):
                 meta.append(("message_count", batch.message_count))
             if meta:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
-            db.execute("COMMIT")
-        except BaseException:
-            with contextlib.suppress(sqlite3.Error):
-                db.execute("ROLLBACK")
-            raise
         return results
 
     @staticmethod
