@@ -919,8 +919,7 @@ class _AgentCore:
                 if stale:
                     keypair.forget_one_time_prekeys(stale)
                 fresh: list[dict[str, Any]] = keypair.generate_one_time_prekeys(n)
-            if self.store is not None and not self._released:
-                self.store.save_identity(keypair)
+            self._write_identity()
         return fresh
 
     def signed_prekey_due(self, max_age: float) -> bool:
@@ -938,18 +937,19 @@ class _AgentCore:
                 self._signed_prekey_since = _now_ms()
                 self._signed_prekey_id = int(self.keypair.public_bundle()["signed_prekey_id"])
                 self._meta_dirty = True
-            if self.store is not None and not self._released:
-                self.store.save_identity(self.keypair)
+            self._write_identity()
         self.save_state_quietly()
 
     def save_identity(self) -> None:
         """Rewrite the identity file (its prekeys changed). No-op without a store."""
-        store = self.store
-        if store is None:
-            return
         with self._save_lock:
-            if not self._released:
-                store.save_identity(self.keypair)
+            self._write_identity()
+
+    def _write_identity(self) -> None:
+        # (the caller holds _save_lock; after close() released the identity lock, another
+        # agent may own the file)
+        if self.store is not None and not self._released:
+            self.store.save_identity(self.keypair)
 
     def save_identity_quietly(self) -> None:
         """Rewrite the identity file after a set-up used one of its one-time prekeys, so that

@@ -812,12 +812,13 @@ class HubClient:
         if type(next_seq) is not int or next_seq < 1:
             return
         ceiling = next_seq - 1
-        if self._handled.get(hub_id, 0) > ceiling:
-            log.warning("hub store rolled back: handled position lowered to %d", ceiling)
+        lowered = self._handled.get(hub_id, 0) > ceiling
+        if lowered:
             self._handled[hub_id] = ceiling
         if self._seen_hub == hub_id and self._seen_id > ceiling:
+            lowered, self._seen_id = True, ceiling
+        if lowered:
             log.warning("hub store rolled back: handled position lowered to %d", ceiling)
-            self._seen_id = ceiling
 
     def _last_handled(self, hub_id: bytes) -> int:
         if hub_id == self._seen_hub:

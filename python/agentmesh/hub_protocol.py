@@ -31,6 +31,7 @@ __all__ = [
     "HEADER",
     "MAGIC",
     "PROTOCOL_VERSION",
+    "UNKNOWN_OP",
     "ErrorCode",
     "FrameDecoder",
     "FrameType",
@@ -174,6 +175,10 @@ class ProtocolError(Exception):
         self.message = message
 
 
+#: How a hub's answer to a REQUEST op it does not know begins (followed by the op number).
+UNKNOWN_OP = "unknown op"
+
+
 class HubRequestError(HubError):
     """The hub refused a request or a send; ``code`` says why (an :class:`ErrorCode`).
 
@@ -196,6 +201,12 @@ class HubRequestError(HubError):
             self.code = code
         self.recipient = recipient
         self.client_seq = client_seq
+
+    @property
+    def unknown_request(self) -> bool:
+        """The hub does not know the request (a hub of an earlier version): asking again is
+        no use. Every hub answers an op it lacks with BAD_REQUEST ``unknown op N``."""
+        return self.code == ErrorCode.BAD_REQUEST and str(self).startswith(UNKNOWN_OP)
 
 
 class PeerNotFoundError(HubRequestError, ValueError):

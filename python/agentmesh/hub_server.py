@@ -41,6 +41,7 @@ from agentmesh.hub_protocol import (
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_PORT,
     PROTOCOL_VERSION,
+    UNKNOWN_OP,
     ErrorCode,
     FrameDecoder,
     FrameType,
@@ -802,9 +803,7 @@ class _Conn(asyncio.Protocol):
                 result = sorted(hub.agents)
             elif op == Op.MESSAGE_COUNT:
                 result = hub.store.message_count
-            elif (
-                op in (Op.CLAIM_BUNDLE, Op.ADD_PREKEYS, Op.UPDATE_BUNDLE) and self.agent_id is None
-            ):
+            elif op in _AGENT_OPS and self.agent_id is None:
                 self.write(
                     encode_response(
                         rid, ErrorCode.NOT_AUTHENTICATED, b"only a registered agent may do this"
@@ -830,7 +829,9 @@ class _Conn(asyncio.Protocol):
                 held = await hub.store.add_prekeys(self.agent_id, keys, limit)
                 result = {"held": held, "limit": limit}
             else:
-                self.write(encode_response(rid, ErrorCode.BAD_REQUEST, f"unknown op {op}".encode()))
+                self.write(
+                    encode_response(rid, ErrorCode.BAD_REQUEST, f"{UNKNOWN_OP} {op}".encode())
+                )
                 return
             payload = json.dumps(result, separators=(",", ":")).encode()
             limit = self.limits.max_frame_size - 16

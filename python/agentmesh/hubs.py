@@ -366,18 +366,14 @@ class _NetworkLink:
     async def _attempt(self, what: str, step: Callable[[], Awaitable[None]]) -> bool:
         """Run one maintenance step; False when the hub does not know the request (an older
         hub: no use asking again), True otherwise (a failure is logged and retried later)."""
-        from .hub_protocol import ErrorCode, HubRequestError
-
         try:
             await step()
         except asyncio.CancelledError:
             raise
-        except HubRequestError as exc:
-            if exc.code == ErrorCode.BAD_REQUEST and "unknown op" in str(exc):
+        except Exception as exc:
+            if getattr(exc, "unknown_request", False):
                 log.info("agent %r: the hub cannot %s (%s)", self.core.agent_id, what, exc)
                 return False
-            log.warning("agent %r: could not %s: %s", self.core.agent_id, what, exc)
-        except Exception as exc:
             log.warning("agent %r: could not %s: %s", self.core.agent_id, what, exc)
         return True
 
@@ -389,25 +385,31 @@ class _NetworkLink:
             return
         loop = asyncio.get_running_loop()
         # (writing the identity file can take an Argon2 run: not on this loop)
-        fresh = await loop.run_in_executor(None, self._new_prekeys, held, target - held)
+        fresh = await loop.run_in_executor(
+            None, self._between_batches, self.core.new_prekeys, held, target - held
+        )
         held = await client.add_prekeys(fresh)
         log.debug("agent %r: the hub holds %d of its one-time prekeys", self.core.agent_id, held)
 
-    def _new_prekeys(self, held: int, n: int) -> list[dict[str, Any]]:
+    def _between_batches(self, work: Callable[..., Any], *args: Any) -> Any:
+        """Run ``work`` while no received batch is between its first unseal and its writes
+        (for anything that changes the identity's keys)."""
         with self._receiving:
-            return self.core.new_prekeys(held, n)
+            return work(*args)
 
     async def _rotate_signed_prekey_if_due(self) -> None:
         loop = asyncio.get_running_loop()
         if self._identity_unsaved:  # a rotation whose identity write failed: write it first
-            await loop.run_in_executor(None, self._save_identity)
+            await loop.run_in_executor(None, self._between_batches, self.core.save_identity)
             self._identity_unsaved = False
             self._bundle_unpublished = True
         # Never rotate past what the hub serves: the core keeps one previous signed prekey, so
         # a second rotation before the first was published would delete the served one.
         elif not self._bundle_unpublished and self.core.signed_prekey_due(SIGNED_PREKEY_ROTATION):
             try:
-                await loop.run_in_executor(None, self._rotate_signed_prekey)
+                await loop.run_in_executor(
+                    None, self._between_batches, self.core.rotate_signed_prekey
+                )
             except Exception:
                 self._identity_unsaved = True
                 raise
@@ -422,14 +424,6 @@ class _NetworkLink:
         self._bundle_unpublished = False
         if self._prekey_check is not None:
             self._prekey_check.set()  # a reconnect checks the stock at once
-
-    def _rotate_signed_prekey(self) -> None:
-        with self._receiving:  # (between batches, as for new one-time prekeys)
-            self.core.rotate_signed_prekey()
-
-    def _save_identity(self) -> None:
-        with self._receiving:
-            self.core.save_identity()
 
     def start(self) -> None:
         self._worker.start()
@@ -816,7 +810,7 @@ class NetworkHub(Hub):
         return dict(result) if result is not None else None
 
     def claim_bundle(self, requester_id: str, agent_id: str) -> dict[str, Any] | None:
-        from .hub_protocol import ErrorCode, HubRequestError
+        from .hub_protocol import HubRequestError
 
         link = self._links.get(requester_id)
         if link is None or link.client is None or self._claims_unsupported:
@@ -827,7 +821,7 @@ class NetworkHub(Hub):
                 f"looking up {agent_id!r}", link.client.claim_bundle(agent_id)
             )
         except HubRequestError as exc:
-            if exc.code != ErrorCode.BAD_REQUEST:
+            if not exc.unknown_request:
                 raise
             log.info("the hub at %s:%d hands out no one-time prekeys", self.host, self.port)
             self._claims_unsupported = True  # an older hub: look bundles up instead

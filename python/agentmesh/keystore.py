@@ -131,7 +131,7 @@ def _delivered_from_doc(value: Any) -> dict[bytes, int]:
     return out
 
 
-def _timestamp_from_doc(value: Any) -> int | None:
+def _optional_uint_from_doc(value: Any) -> int | None:
     """An optional non-negative integer field (a time in ms, or a key id)."""
     if value is None:
         return None
@@ -253,14 +253,10 @@ class KeyStore:
         return kp
 
     def save_identity(self, keypair: Any) -> None:
-        """Rewrite the identity file atomically (same identity; its one-time prekeys changed:
-        new ones must survive a restart, used ones must leave the disk)."""
-        try:
-            atomic_write(self.path, keypair.to_bytes(passphrase=self._passphrase))
-        except OSError as exc:
-            raise KeyFileError(
-                f"cannot write identity file {str(self.path)!r}: {exc.strerror or exc}"
-            ) from exc
+        """Rewrite the identity file atomically (same identity; its prekeys changed: new ones
+        must survive a restart, used and rotated-out ones must leave the disk). Raises
+        KeyFileError."""
+        keypair.save(str(self.path), passphrase=self._passphrase)
 
     def load_or_create_identity(self, agent_id: str) -> tuple[Any, bool]:
         """Return ``(keypair, created)``. The identity's agent id must be ``agent_id``."""
@@ -327,8 +323,8 @@ class KeyStore:
                 pins={str(p): str(v) for p, v in dict(doc.get("pins", {})).items()},
                 bundles={str(p): dict(v) for p, v in dict(doc.get("bundles", {})).items()},
                 delivered=_delivered_from_doc(doc.get("delivered", {})),
-                signed_prekey_since=_timestamp_from_doc(doc.get("signed_prekey_since")),
-                signed_prekey_id=_timestamp_from_doc(doc.get("signed_prekey_id")),
+                signed_prekey_since=_optional_uint_from_doc(doc.get("signed_prekey_since")),
+                signed_prekey_id=_optional_uint_from_doc(doc.get("signed_prekey_id")),
             )
         except KeyFileError:
             raise

@@ -7,6 +7,7 @@ the test process.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -430,9 +431,15 @@ def test_restarted_agent_skips_what_a_crashed_hub_redelivers(tmp_path):
     lands in ``on_error``. The crash is reproduced exactly by rolling the hub's store back to a
     copy taken before the acknowledgements."""
     import shutil
+    import sqlite3
 
     store = tmp_path / "hub.sqlite3"
     backup = tmp_path / "before-acks.sqlite3"
+
+    def queued_for_bob() -> int:
+        with contextlib.closing(sqlite3.connect(f"file:{store}?mode=ro", uri=True)) as db:
+            row = db.execute("SELECT COUNT(*) FROM inbox WHERE recipient = 'bob'").fetchone()
+            return int(row[0])
 
     def open_bob(port: int) -> tuple[Agent, list, list]:
         agent = Agent("bob", hub=NetworkHub("127.0.0.1", port), keypair_path=tmp_path / "b.key")
@@ -469,12 +476,13 @@ def test_restarted_agent_skips_what_a_crashed_hub_redelivers(tmp_path):
     shutil.copy(backup, store)  # the acknowledgements never reached the disk
     hub = HubProcess(tmp_path, store=store)
     try:
+        assert queued_for_bob() == 5
         bob, got, errors = open_bob(hub.port)
-        time.sleep(1.0)  # the hub redelivers at once on registration
-        bob.close()
-        assert got == [] and errors == []
-        bob, got, errors = open_bob(hub.port)  # and they were acknowledged this time
-        time.sleep(0.5)
+        # the hub redelivers the five at once; bob acknowledges them without handling them
+        deadline = time.monotonic() + 30
+        while queued_for_bob() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert queued_for_bob() == 0
         bob.close()
         assert got == [] and errors == []
         with (
