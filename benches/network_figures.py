@@ -12,11 +12,13 @@ Measures, with 64-byte payloads (the compact JSON of the payload dict is 64 byte
 * the same two figures for ``LocalHub`` with both agents in one process.
 
 Each in signed mode (the default: an Ed25519 signature on every message) and deniable mode
-(``Agent(..., deniable=True)``). Optionally (``--persistent``) the one-way figure again with a
-persistent receiver (``keypair_path``: its state is written once per received batch, before the
-acknowledgement), and (``--reference``) the ping-pong through ``HubClient`` directly, with the
-same crypto on the event loop thread and no agent layer: the difference to the agent figure is
-what the agent layer's threads cost; the LocalHub figure is (nearly) the crypto alone.
+(``Agent(..., deniable=True)``). Optionally (``--persistent``) the one-way and ping-pong figures
+again with both agents persistent (``keypair_path``: a receiver writes its state once per
+received batch, before the acknowledgement; a send never waits for a write), interleaved with
+the plain runs and given as ratios against them, and (``--reference``) the ping-pong through
+``HubClient`` directly, with the same crypto on the event loop thread and no agent layer: the
+difference to the agent figure is what the agent layer's threads cost; the LocalHub figure is
+(nearly) the crypto alone.
 
 ``--floor`` adds, from the same run, the two floors no design of this stack can go under: the
 crypto of one round trip alone (two ``CryptoSession`` objects in this process, wire bytes in and
@@ -64,6 +66,10 @@ PAYLOAD_BYTES = 64
 TARGET_RATE = 10_000.0
 TARGET_P50_MS = 0.5
 TARGET_P99_MS = 1.0
+#: A persistent agent (keypair_path) against one without: its one-way rate at least this share,
+#: its round trip p50 at most this multiple (the state write is off the send path).
+PERSISTENT_RATE_RATIO = 0.8
+PERSISTENT_P50_RATIO = 1.3
 MODES = ("signed", "deniable")
 
 
@@ -404,7 +410,7 @@ def one_way(
     tx: Proc | None = None
     try:
         rx.wait_line(r'"ready"', 60)
-        tx = _peer("sender", port, mode, id=tx_id, to=rx_id, **common)
+        tx = _peer("sender", port, mode, id=tx_id, to=rx_id, state_dir=state_dir, **common)
         sent = tx.result(timeout + 30)
         got = rx.result(timeout + 30)
     finally:
@@ -439,11 +445,14 @@ def ping_pong(
     timeout: float,
     raw: bool = False,
     hub_pid: int | None = None,
+    state_dir: str | None = None,
 ) -> dict[str, Any]:
     tag = uuid.uuid4().hex[:8]
     echo_id, ping_id = f"echo-{tag}", f"ping-{tag}"
     warmup = 200
     common = {"count": round_trips, "warmup": warmup, "timeout": timeout}
+    if state_dir is not None:
+        common["state_dir"] = state_dir
     prefix = "raw" if raw else ""
     echo = _peer(prefix + "echo", port, mode, id=echo_id, **common)
     pinger: Proc | None = None
@@ -543,21 +552,27 @@ def measure(ns: argparse.Namespace) -> dict[str, Any]:
         try:
             for mode in ns.modes:
                 net: dict[str, Any] = {"one_way": [], "ping_pong": []}
-                for _ in range(ns.repeat):
+                if ns.persistent:
+                    net["one_way_persistent"] = []
+                    net["ping_pong_persistent"] = []
+                for r in range(ns.repeat):
                     _log(ns, f"network {mode}: one-way, {ns.count} messages")
                     net["one_way"].append(one_way(port, mode, ns.count, timeout, None))
                     _log(ns, f"network {mode}: ping-pong, {ns.round_trips} round trips")
                     net["ping_pong"].append(
                         ping_pong(port, mode, ns.round_trips, timeout, hub_pid=hub.pid)
                     )
-                if ns.persistent:
-                    net["one_way_persistent"] = []
-                    for r in range(ns.repeat):
-                        _log(ns, f"network {mode}: one-way, persistent receiver")
+                    if ns.persistent:
+                        # (interleaved with the runs above: same machine state, ratio by ratio)
                         state_dir = os.path.join(tmp, f"state-{mode}-{r}")
                         os.mkdir(state_dir)
+                        _log(ns, f"network {mode}: one-way, both agents persistent")
                         net["one_way_persistent"].append(
                             one_way(port, mode, ns.count, timeout, state_dir)
+                        )
+                        _log(ns, f"network {mode}: ping-pong, both agents persistent")
+                        net["ping_pong_persistent"].append(
+                            ping_pong(port, mode, ns.round_trips, timeout, state_dir=state_dir)
                         )
                 if ns.reference:
                     net["ping_pong_hubclient"] = []
@@ -593,13 +608,9 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for mode, net in results["network"].items():
         rows.append(_rate_row("network", mode, "one-way msg/s", net["one_way"]))
-        if net.get("one_way_persistent"):
-            rows.append(
-                _rate_row(
-                    "network", mode, "one-way msg/s, persistent rx", net["one_way_persistent"]
-                )
-            )
         rows.extend(_latency_rows("network", mode, net["ping_pong"]))
+        if net.get("one_way_persistent"):
+            rows.extend(_persistent_rows(mode, net))
         rows.append(_cpu_row(mode, net["ping_pong"]))
         if net.get("ping_pong_hubclient"):
             rows.extend(_latency_rows("hubclient", mode, net["ping_pong_hubclient"]))
@@ -634,6 +645,41 @@ def _floor_rows(mode: str, floor: dict[str, list[dict[str, Any]]]) -> list[dict[
             "value": total,
             "target": f"< {TARGET_P50_MS}",
             "met": total < TARGET_P50_MS,
+        },
+    ]
+
+
+def _persistent_rows(mode: str, net: dict[str, Any]) -> list[dict[str, Any]]:
+    """Both agents with ``keypair_path`` against neither, as ratios of the medians: a
+    persistent agent's sends must not wait for its state writes (PERSISTENT_* targets)."""
+    rate = _median_of(net["one_way_persistent"], "rate")
+    p50 = _median_of(net["ping_pong_persistent"], "p50_ms")
+    rate_ratio = rate / _median_of(net["one_way"], "rate")
+    p50_ratio = p50 / _median_of(net["ping_pong"], "p50_ms")
+    return [
+        _rate_row("network", mode, "one-way msg/s, persistent", net["one_way_persistent"]),
+        {
+            "hub": "network",
+            "mode": mode,
+            "figure": "round trip p50 ms, persistent",
+            "value": p50,
+            "runs": [r["p50_ms"] for r in net["ping_pong_persistent"]],
+        },
+        {
+            "hub": "network",
+            "mode": mode,
+            "figure": "persistent/plain one-way rate",
+            "value": rate_ratio,
+            "target": f">= {PERSISTENT_RATE_RATIO}",
+            "met": rate_ratio >= PERSISTENT_RATE_RATIO,
+        },
+        {
+            "hub": "network",
+            "mode": mode,
+            "figure": "persistent/plain round trip p50",
+            "value": p50_ratio,
+            "target": f"<= {PERSISTENT_P50_RATIO}",
+            "met": p50_ratio <= PERSISTENT_P50_RATIO,
         },
     ]
 
@@ -721,7 +767,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--round-trips", type=int, default=3_000, help="timed ping-pong round trips")
     p.add_argument("--repeat", type=int, default=1, help="runs per figure (median reported)")
     p.add_argument("--modes", default="signed,deniable", help="comma-separated: signed,deniable")
-    p.add_argument("--persistent", action="store_true", help="also a persistent receiver")
+    p.add_argument(
+        "--persistent", action="store_true", help="also both agents persistent (keypair_path)"
+    )
     p.add_argument(
         "--reference",
         action="store_true",

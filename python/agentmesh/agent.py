@@ -68,6 +68,9 @@ UNSEAL_MANY_MAX = 64
 #: A persistent agent remembers its last handled delivery id for this many hub stores (the
 #: ones it used most recently); see ``note_delivered``.
 MAX_DELIVERED_HUBS = 16
+#: Most sessions an agent keeps that other agents opened and it never answered (any agent on
+#: the hub can open one); past it the oldest is forgotten.
+MAX_INBOUND_ONLY_SESSIONS = 1000
 #: One-time prekeys a hub handed out and no set-up used yet that an agent keeps; older ones are
 #: deleted when it makes new ones (see ``new_prekeys``).
 KEEP_HANDED_OUT_PREKEYS = 200
@@ -299,7 +302,12 @@ class _AgentCore:
         self._transmit: Callable[[Any], Any] | None = None
         self._autosave = False
         self._next_save = 0.0
+        # peer id -> its session's export, sealed at rest under the identity (Rust seals it: no
+        # session secret is ever held in Python bytes)
         self._exports: dict[str, bytes] = {}
+        # sessions opened by others and never answered, oldest first (bounded: see
+        # _note_inbound_only)
+        self._inbound_only: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._meta_dirty = False
         self.created_identity = False
 
@@ -327,6 +335,7 @@ class _AgentCore:
             )
         self.keypair = keypair
         self.fingerprint: str = keypair.fingerprint
+        self._identity_revision = keypair.revision  # what the identity file holds
         if self.store is not None:
             try:
                 self._load_state()
@@ -417,14 +426,17 @@ class _AgentCore:
             self._verify_before_send(peer_id)
         if not isinstance(payload, dict):
             raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
+        dirty = self._dirty
         with self._lock:
             env = session.seal(payload)
             self.sent += 1
-        dirty = self._dirty
-        if dirty is not None:
-            dirty.add(peer_id)
-            if self._autosave:
-                self._maybe_autosave()
+            if dirty is not None:
+                # (under the lock save_state holds while it exports and clears the marks)
+                dirty.add(peer_id)
+            if self._inbound_only and peer_id in self._inbound_only:
+                del self._inbound_only[peer_id]  # answered: no longer an unknown sender's
+        if dirty is not None and self._autosave:
+            self._maybe_autosave()
         return env
 
     def _verify_before_send(self, peer_id: str) -> None:
@@ -438,11 +450,16 @@ class _AgentCore:
                 _fingerprint_of_key(str(pending.get("identity_key"))),
             )
         if peer_id in self._unverified:
-            hub = self.hub
-            if hub is not None:
-                bundle = hub.get_bundle(peer_id)
-                if bundle is not None:
-                    self._check_bundle(peer_id, bundle)
+            session = self._sessions.get(peer_id)
+            renews = session is not None and session.renews_on_send
+            # a loaded session starts a new set-up at its first send: claimed, not just looked
+            # up, so that the hub may add a one-time prekey, and with the peer's current
+            # signed prekey (it may have rotated while this agent was down)
+            bundle = self._fetch_bundle(peer_id, claim=renews)
+            if bundle is not None:
+                self._check_bundle(peer_id, bundle)
+                if renews and session is not None:
+                    session.refresh_peer(bundle)
             self._unverified.discard(peer_id)
 
     def _seal_first(self, peer_id: str, payload: dict[str, Any]) -> Any:
@@ -458,9 +475,9 @@ class _AgentCore:
                 env = session.seal(payload)  # TypeError here leaves no trace: nothing committed
                 self._commit_session(peer_id, session, bundle)
             self.sent += 1
-        if self._dirty is not None:
-            self._dirty.add(peer_id)
-            self.save_state_quietly()
+            if self._dirty is not None:
+                self._dirty.add(peer_id)
+        self.save_state_quietly()
         return env
 
     def _new_session_for_send(self, peer_id: str) -> tuple[Any, dict[str, Any]]:
@@ -469,10 +486,7 @@ class _AgentCore:
         bundle = self._bundles.get(peer_id)
         hub = self.hub
         if hub is not None:
-            # claimed, not just looked up: the hub may add a one-time prekey for this set-up
-            # (a hub written against the spec's five methods only has get_bundle)
-            claim = getattr(hub, "claim_bundle", None)
-            fresh = claim(self.agent_id, peer_id) if claim else hub.get_bundle(peer_id)
+            fresh = self._fetch_bundle(peer_id, claim=True)
             if fresh is not None:
                 bundle = fresh
             elif bundle is None:
@@ -484,6 +498,18 @@ class _AgentCore:
             )
         self._check_bundle(peer_id, bundle)
         return perform_key_exchange(self.keypair, bundle, self.deniable), bundle
+
+    def _fetch_bundle(self, peer_id: str, *, claim: bool) -> dict[str, Any] | None:
+        """The peer's bundle from the hub (None without a hub or if it does not know the peer).
+        ``claim``: for a set-up, so the hub may add a one-time prekey (a hub written against the
+        spec's five methods only has get_bundle)."""
+        hub = self.hub
+        if hub is None:
+            return None
+        claim_bundle = getattr(hub, "claim_bundle", None) if claim else None
+        if claim_bundle is not None:
+            return claim_bundle(self.agent_id, peer_id)  # type: ignore[no-any-return]
+        return hub.get_bundle(peer_id)
 
     def _commit_session(self, peer_id: str, session: Any, bundle: dict[str, Any]) -> None:
         """Store a new session and pin the peer (caller holds ``_lock``)."""
@@ -692,6 +718,7 @@ class _AgentCore:
             results.extend(self._accept_or_error(env) for env in rest)
             return results
         me = self.agent_id
+        dirty = self._dirty
         for chunk_start in range(0, len(rest), UNSEAL_MANY_MAX):
             chunk = rest[chunk_start : chunk_start + UNSEAL_MANY_MAX]
             with self._lock:
@@ -700,6 +727,8 @@ class _AgentCore:
                 opened = current.unseal_many(chunk) if current is not None else None
                 if opened is not None:
                     self.received += sum(1 for payload in opened if type(payload) is dict)
+                    if dirty is not None:
+                        dirty.add(sender)
             if opened is None:
                 results.extend(self._accept_or_error(env) for env in chunk)
                 continue
@@ -714,11 +743,8 @@ class _AgentCore:
                     results.append(payload)
                 else:  # pragma: no cover - the binding returns a dict or an exception
                     results.append(FormatError(f"unexpected unseal result {type(payload)}"))
-        dirty = self._dirty
-        if dirty is not None:
-            dirty.add(sender)
-            if self._autosave:
-                self._maybe_autosave()
+        if dirty is not None and self._autosave:
+            self._maybe_autosave()
         return results
 
     def _accept_or_error(self, env: Any) -> Any:
@@ -741,19 +767,19 @@ class _AgentCore:
         session = self._sessions.get(sender)
         if session is None:
             return self._accept_first(env, sender)
+        dirty = self._dirty
         try:
             with self._lock:
                 payload = session.unseal(env)
                 self.received += 1
+                if dirty is not None:
+                    dirty.add(sender)
         except ReplayError:
             raise
         except CryptoError as exc:
             raise self._explain_rejection(env, sender, exc) from None
-        dirty = self._dirty
-        if dirty is not None:
-            dirty.add(sender)
-            if self._autosave:
-                self._maybe_autosave()
+        if dirty is not None and self._autosave:
+            self._maybe_autosave()
         return Message(sender, self.agent_id, payload, env)
 
     def _accept_first(self, env: Any, sender: str) -> Message:
@@ -775,9 +801,32 @@ class _AgentCore:
             else:
                 payload = session.unseal(env)
                 self._commit_session(sender, session, bundle)
+                self._note_inbound_only(sender)
             self.received += 1
         self.save_state_quietly()
         return Message(sender, self.agent_id, payload, env)
+
+    def _note_inbound_only(self, sender: str) -> None:
+        """Bound the sessions that other agents opened and this one never answered: any agent
+        on the hub can open one, so the oldest is forgotten past MAX_INBOUND_ONLY_SESSIONS (a
+        replay of its set-up stays refused: the identity remembers accepted set-ups). The
+        caller holds ``_lock``."""
+        inbound = self._inbound_only
+        inbound[sender] = None
+        while len(inbound) > MAX_INBOUND_ONLY_SESSIONS:
+            evicted = next(iter(inbound))
+            del inbound[evicted]
+            self._sessions.pop(evicted, None)
+            self._unverified.discard(evicted)
+            self._meta_dirty = True
+            if self._dirty is not None:
+                self._dirty.add(evicted)  # (save_state drops the export of a missing session)
+            self.log.info(
+                "agent %r forgot the unanswered session %r opened (over %d such sessions)",
+                self.agent_id,
+                evicted,
+                MAX_INBOUND_ONLY_SESSIONS,
+            )
 
     def _explain_rejection(self, env: Any, sender: str, exc: CryptoError) -> CryptoError:
         """A session-initiating envelope the current session refused may come from a peer that
@@ -843,7 +892,11 @@ class _AgentCore:
                 ) from exc
         self._sessions = sessions
         self._unverified = set(sessions)
-        self._exports = dict(state.sessions)
+        # (re-sealed: a state file written before exports were sealed holds them in the clear)
+        self._exports = {peer: session.export_sealed() for peer, session in sessions.items()}
+        self._inbound_only = collections.OrderedDict(
+            (peer, None) for peer in state.inbound_only if peer in sessions
+        )
         self._pins = dict(state.pins)
         self._bundles = dict(state.bundles)
         self._delivered = dict(state.delivered)
@@ -867,7 +920,8 @@ class _AgentCore:
             self.save_state_quietly()
 
     def save_state(self) -> None:
-        """Write sessions and pins (only what changed is re-exported). No-op without a store."""
+        """Write sessions and pins (only what changed is re-exported), then the identity file
+        if accepted set-ups changed it. No-op without a store. Raises StateWriteError."""
         store = self.store
         if store is None or self._released:
             # (after close() released the identity lock, another agent may own the files: a
@@ -878,29 +932,48 @@ class _AgentCore:
         assert dirty is not None
         with self._save_lock:
             with self._lock:
-                if not dirty and not self._meta_dirty:
-                    return
-                for peer in dirty:
-                    session = self._sessions.get(peer)
-                    if session is None:
-                        self._exports.pop(peer, None)
-                    else:
-                        self._exports[peer] = session.export_state()
-                dirty.clear()
-                self._meta_dirty = False
-                state = PersistedState(
-                    sessions=dict(self._exports),
-                    pins=dict(self._pins),
-                    bundles=dict(self._bundles),
-                    delivered=dict(self._delivered),
-                    signed_prekey_since=self._signed_prekey_since,
-                    signed_prekey_id=self._signed_prekey_id,
-                )
-            try:
-                store.save_state(self.keypair, state)
-            except BaseException:
-                self._meta_dirty = True  # try again next time
-                raise
+                # every set-up counted in this revision has its session in this export: both
+                # change under _lock (the binding settles a set-up inside unseal)
+                revision = self.keypair.revision
+                state = None
+                if dirty or self._meta_dirty:
+                    for peer in dirty:
+                        session = self._sessions.get(peer)
+                        if session is None:
+                            self._exports.pop(peer, None)
+                        else:
+                            self._exports[peer] = session.export_sealed()
+                    dirty.clear()
+                    self._meta_dirty = False
+                    state = PersistedState(
+                        sessions=dict(self._exports),
+                        pins=dict(self._pins),
+                        bundles=dict(self._bundles),
+                        delivered=dict(self._delivered),
+                        signed_prekey_since=self._signed_prekey_since,
+                        signed_prekey_id=self._signed_prekey_id,
+                        inbound_only=list(self._inbound_only),
+                    )
+            if state is not None:
+                try:
+                    store.save_state(self.keypair, state)
+                except BaseException:
+                    self._meta_dirty = True  # try again next time
+                    raise
+            # The identity file forgets used one-time prekeys and remembers accepted set-ups
+            # (replays stay refused). Written only after a state file that holds their
+            # sessions: the other way round, a crash in between would turn the redelivered
+            # set-up into a "replay" and lose it. A set-up accepted since the export waits
+            # for the next save (its own caller makes it).
+            if revision != self._identity_revision and self.keypair.revision == revision:
+                self._write_identity()
+
+    @property
+    def identity_unsaved(self) -> bool:
+        """Whether the identity file lags behind the keypair (see save_state)."""
+        if self.store is None or self._released:
+            return False
+        return bool(self.keypair.revision != self._identity_revision)
 
     def new_prekeys(self, hub_holds: int, n: int) -> list[dict[str, Any]]:
         """``n`` new one-time prekeys for the hub, written to the identity file first (so that a
@@ -923,7 +996,10 @@ class _AgentCore:
         return fresh
 
     def signed_prekey_due(self, max_age: float) -> bool:
-        """Whether the signed prekey is older than ``max_age`` seconds."""
+        """Whether the signed prekey is older than ``max_age`` seconds, or has remembered so
+        many set-ups that it would soon refuse new ones (MAX_SETUPS_PER_SIGNED_PREKEY)."""
+        if self.keypair.setups_remembered >= _crypto.MAX_SETUPS_PER_SIGNED_PREKEY * 4 // 5:
+            return True
         return _now_ms() - self._signed_prekey_since > max_age * 1000
 
     def rotate_signed_prekey(self) -> None:
@@ -949,15 +1025,9 @@ class _AgentCore:
         # (the caller holds _save_lock; after close() released the identity lock, another
         # agent may own the file)
         if self.store is not None and not self._released:
+            revision = self.keypair.revision  # (read first: a later change is written again)
             self.store.save_identity(self.keypair)
-
-    def save_identity_quietly(self) -> None:
-        """Rewrite the identity file after a set-up used one of its one-time prekeys, so that
-        the used key's secret leaves the disk (forward secrecy of that set-up)."""
-        try:
-            self.save_identity()
-        except Exception:
-            self.log.exception("agent %r: could not rewrite its identity file", self.agent_id)
+            self._identity_revision = revision
 
     def note_delivered(self, hub_id: bytes, delivery_id: int) -> None:
         """Remember, with the next state write, that every delivery up to ``delivery_id`` from

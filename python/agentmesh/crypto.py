@@ -12,6 +12,7 @@ from typing import Any
 
 from agentmesh._native import (
     MAX_MESSAGE_GAP,
+    MAX_SETUPS_PER_SIGNED_PREKEY,
     MAX_SKIPPED_KEYS,
     PROTOCOL_VERSION,
     AgentKeyPair,
@@ -41,6 +42,7 @@ from agentmesh.errors import (
 
 __all__ = [
     "MAX_MESSAGE_GAP",
+    "MAX_SETUPS_PER_SIGNED_PREKEY",
     "MAX_SKIPPED_KEYS",
     "PROTOCOL_VERSION",
     "AgentKeyPair",

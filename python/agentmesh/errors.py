@@ -65,6 +65,12 @@ class KeyFileError(CryptoError):
     """An identity or state file is corrupt, truncated, unreadable or the passphrase is wrong."""
 
 
+class StateWriteError(KeyFileError, OSError):
+    """The agent could not write its state or identity file (disk full, I/O error). Nothing
+    that depends on the write happens until it succeeds: received envelopes stay
+    unacknowledged at the hub (they come again), and ``flush()``/``close()`` raise this."""
+
+
 class UnknownSenderError(IdentityError):
     """An envelope arrived from an agent whose bundle cannot be found."""
 

@@ -848,8 +848,11 @@ class HubClient:
             await handler(batch)
         except asyncio.CancelledError:
             raise
-        except Exception:
-            log.exception("on_batch failed for %d deliveries (acknowledged anyway)", len(batch))
+        except Exception as exc:
+            # the handler could not make its work durable: no acknowledgement, so the hub keeps
+            # the envelopes and delivers them again (on the next connection)
+            log.error("%d deliveries left unacknowledged: %s", len(batch), exc)
+            return
         finally:
             self._delivery_hub_id = None
         self.received += len(batch)

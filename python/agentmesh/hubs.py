@@ -27,6 +27,7 @@ import logging
 import os
 import queue
 import threading
+import time
 import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -56,6 +57,10 @@ PREKEY_CHECK_INTERVAL = 60.0
 #: without a one-time prekey that the agent has answered since cannot be read with files
 #: stolen two periods later (docs/security.md: a session never answered keeps the key).
 SIGNED_PREKEY_ROTATION = 7 * 24 * 3600.0
+#: A state write that failed before an acknowledgement is retried after this many seconds,
+#: doubling up to SAVE_RETRY_MAX.
+SAVE_RETRY_FIRST = 0.05
+SAVE_RETRY_MAX = 5.0
 
 
 def _parse_envelope(envelope: Any) -> Any:
@@ -459,10 +464,12 @@ class _NetworkLink:
     def _kick(self) -> None:
         self._scheduled = False
         assert self._wake is not None and self._idle is not None
-        if self._idle.is_set() and not self.core.persistent:
-            # The writer is idle and nothing has to be saved first: hand the envelopes to the
-            # client in this callback and write them now. A send crosses threads once and
-            # costs no extra loop iterations (the round trip's latency is made of these).
+        if self._idle.is_set():
+            # The writer is idle: hand the envelopes to the client in this callback and write
+            # them now. A send crosses threads once and costs no extra loop iterations (the
+            # round trip's latency is made of these). Nothing waits for a state write: a
+            # session loaded from disk never seals under its old sending chain (it starts a
+            # new set-up), so a state file that lags behind what was sent reuses no key.
             outbox = self._outbox
             while outbox:
                 if not self._try_send(outbox[0]):
@@ -475,7 +482,6 @@ class _NetworkLink:
 
     async def _write_loop(self) -> None:
         assert self._wake is not None and self._idle is not None
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -484,18 +490,6 @@ class _NetworkLink:
                 batch = []
                 while self._outbox:
                     batch.append(self._outbox.popleft())
-                if self.core.persistent:
-                    # Nothing leaves the process before the session state that produced it is on
-                    # disk (one write per batch, not per message): a crash can never make the
-                    # agent reuse a message key.
-                    try:
-                        try:
-                            await loop.run_in_executor(None, self.core.save_state)
-                        except RuntimeError:  # executor shut down (interpreter exit)
-                            self.core.save_state()
-                    except Exception as exc:
-                        self._error = exc
-                        log.exception("agent %r: could not save state", self.core.agent_id)
                 for env in batch:
                     await self._send_one(env)
             self._idle.set()
@@ -597,6 +591,7 @@ class _NetworkLink:
                     break
                 items.append(more)
             datas = [data for batch, _hub, _fut in items for _did, data in batch]
+            saved: BaseException | None = None
             with self._receiving:
                 try:
                     handled, prekeys_used = self._process(datas)
@@ -609,17 +604,43 @@ class _NetworkLink:
                     # session advance was lost. The delivery ids go with it, so that a restarted
                     # agent skips what a crashed hub redelivers instead of reporting replays.
                     self._note_delivered(items, handled)
-                    core.save_state_quietly()
-                    if prekeys_used:
-                        # after the state (which holds the new session): a crash in between
-                        # leaves the used key on disk a while longer, but loses no message
-                        core.save_identity_quietly()
+                    saved = self._save_before_ack()
             if prekeys_used and self._prekey_check is not None:
                 with contextlib.suppress(RuntimeError):
                     self.loop.call_soon_threadsafe(self._prekey_check.set)
             for _batch, _hub, fut in items:
                 with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
-                    self.loop.call_soon_threadsafe(_resolve, fut)
+                    self.loop.call_soon_threadsafe(_resolve, fut, saved)
+
+    def _save_before_ack(self) -> BaseException | None:
+        """Write the state (then, if a set-up changed it, the identity file) until it succeeds:
+        an envelope is acknowledged only once what accepting it changed is on disk, or a
+        restarted agent would open it again, or refuse the messages after it. A failing disk
+        is retried with backoff while the agent runs (deliveries wait; flush() reports the
+        error); an agent that closes first returns the error, and the batch stays
+        unacknowledged at the hub, which delivers it again."""
+        core = self.core
+        delay = SAVE_RETRY_FIRST
+        while True:
+            try:
+                core.save_state()
+            except Exception as exc:
+                if self._error is None:
+                    self._error = exc
+                log.error(
+                    "agent %r: received envelopes stay unacknowledged until this write "
+                    "succeeds: %s",
+                    core.agent_id,
+                    exc,
+                )
+                if self._closing:
+                    return exc
+                time.sleep(delay)
+                delay = min(delay * 2, SAVE_RETRY_MAX)
+                continue
+            if not core.identity_unsaved:
+                return None
+            # (another thread accepted a set-up during the write: the next round holds it)
 
     def _note_delivered(self, items: list[Any], handled: list[bool]) -> None:
         """Per hub store, the highest delivery id that was handled (or skipped as a duplicate
@@ -721,9 +742,13 @@ class _NetworkLink:
             log.debug("agent %r: error closing the hub connection: %s", self.core.agent_id, exc)
 
 
-def _resolve(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
+def _resolve(fut: asyncio.Future[None], error: BaseException | None = None) -> None:
+    if fut.done():
+        return
+    if error is None:
         fut.set_result(None)
+    else:
+        fut.set_exception(error)
 
 
 # --------------------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import KeyFileError
+from .errors import KeyFileError, StateWriteError
 
 STATE_SUFFIX = ".state"
 _MAGIC = b"AGENTMESH-STATE\x01"
@@ -118,6 +118,8 @@ class PersistedState:
     #: recorded yet)
     signed_prekey_since: int | None = None
     signed_prekey_id: int | None = None
+    #: peers whose session they opened and this agent never answered, oldest first
+    inbound_only: list[str] = field(default_factory=list)
 
 
 def _delivered_from_doc(value: Any) -> dict[bytes, int]:
@@ -254,9 +256,14 @@ class KeyStore:
 
     def save_identity(self, keypair: Any) -> None:
         """Rewrite the identity file atomically (same identity; its prekeys changed: new ones
-        must survive a restart, used and rotated-out ones must leave the disk). Raises
-        KeyFileError."""
-        keypair.save(str(self.path), passphrase=self._passphrase)
+        must survive a restart, used and rotated-out ones must leave the disk; or it remembers
+        a new set-up). Raises StateWriteError."""
+        try:
+            keypair.save(str(self.path), passphrase=self._passphrase)
+        except OSError as exc:
+            raise StateWriteError(
+                f"cannot write identity file {str(self.path)!r}: {exc.strerror or exc}"
+            ) from exc
 
     def load_or_create_identity(self, agent_id: str) -> tuple[Any, bool]:
         """Return ``(keypair, created)``. The identity's agent id must be ``agent_id``."""
@@ -284,8 +291,8 @@ class KeyStore:
             ) from exc
         where = f"state file {str(self.state_path)!r}"
         advice = (
-            "; it was left untouched -- restore it from a backup, or move it away to start "
-            "with fresh sessions (peers will have to set up new ones)"
+            "; it was left untouched -- move it away to start with fresh sessions (peers set up "
+            "new ones on their own)"
         )
         if not raw.startswith(_MAGIC) or len(raw) < len(_MAGIC) + 1:
             raise KeyFileError(f"{where} is not an agentmesh state file{advice}")
@@ -325,6 +332,7 @@ class KeyStore:
                 delivered=_delivered_from_doc(doc.get("delivered", {})),
                 signed_prekey_since=_optional_uint_from_doc(doc.get("signed_prekey_since")),
                 signed_prekey_id=_optional_uint_from_doc(doc.get("signed_prekey_id")),
+                inbound_only=[str(p) for p in list(doc.get("inbound_only", []))],
             )
         except KeyFileError:
             raise
@@ -342,6 +350,7 @@ class KeyStore:
             "pins": state.pins,
             "bundles": state.bundles,
             "delivered": {h.hex(): d for h, d in state.delivered.items()},
+            "inbound_only": state.inbound_only,
         }
         if state.signed_prekey_since is not None:
             doc["signed_prekey_since"] = state.signed_prekey_since
@@ -361,6 +370,6 @@ class KeyStore:
         try:
             atomic_write(self.state_path, data)
         except OSError as exc:
-            raise KeyFileError(
+            raise StateWriteError(
                 f"cannot write state file {str(self.state_path)!r}: {exc.strerror or exc}"
             ) from exc

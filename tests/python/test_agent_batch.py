@@ -332,20 +332,20 @@ def test_network_persistent_receiver_saves_once_per_batch_before_the_ack(
     events: list[str] = []
     real_resolve = hubs_module._resolve
 
-    def resolve(fut):
-        events.append("ack")
-        real_resolve(fut)
+    def resolve(fut, error=None):
+        events.append("ack" if error is None else "no ack")
+        real_resolve(fut, error)
 
     monkeypatch.setattr(hubs_module, "_resolve", resolve)
     net = NetworkHub("127.0.0.1", server.port)
     bob = Agent("bob", hub=net, keypair_path=tmp_path / "bob.key")
-    real_save = bob._core.save_state_quietly
+    real_save = bob._core.save_state
 
     def save():
         events.append("save")
         real_save()
 
-    monkeypatch.setattr(bob._core, "save_state_quietly", save)
+    monkeypatch.setattr(bob._core, "save_state", save)
     alice = Agent("alice", hub=net)
     got: list = []
     gate = threading.Event()

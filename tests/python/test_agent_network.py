@@ -532,10 +532,15 @@ def test_first_messages_are_forward_secret_with_one_time_prekeys(tmp_path, hub):
 
     alice_bundle = alice.public_bundle
     then = AgentKeyPair.from_bytes(key_file_before)
+    held_before = set(then.one_time_prekey_ids())
     assert perform_key_exchange(then, alice_bundle).unseal(recorded) == {
         "text": "the first message"
     }  # (so the check below can fail)
     stolen = AgentKeyPair.from_bytes(key.read_bytes())
+    used = held_before - set(stolen.one_time_prekey_ids())
+    assert used, "the set-up's one-time prekey is still in the identity file"
+    # (the file also remembers the set-up and refuses it as a replay; a thief holding the
+    # secrets could skip that check, but not bring the deleted key back)
     with pytest.raises(CryptoError):
         perform_key_exchange(stolen, alice_bundle).unseal(recorded)
     state = bob._core._sessions["alice"].export_state()
@@ -595,7 +600,7 @@ def test_signed_prekey_rotation_ends_what_a_stolen_key_file_can_read(tmp_path, h
     the session in use goes on, and new set-ups work. (Bob never answered alice, so his
     session state still holds that key as its ratchet key: see docs/security.md.)"""
     from agentmesh import hubs as hubs_module
-    from agentmesh.crypto import AgentKeyPair, CryptoError, perform_key_exchange
+    from agentmesh.crypto import AgentKeyPair, IdentityError, perform_key_exchange
 
     monkeypatch.setattr(hubs_module, "PREKEY_CHECK_INTERVAL", 0.05)
     monkeypatch.setattr(hubs_module, "SIGNED_PREKEY_ROTATION", 1e9)
@@ -606,11 +611,13 @@ def test_signed_prekey_rotation_ends_what_a_stolen_key_file_can_read(tmp_path, h
     bob.on_message(got.append)
     alice = Agent("alice", hub=net)
     alice.connect_with_bundle(bob.public_bundle)  # no one-time prekey in this bundle
+    # (stolen before the set-up arrives: afterwards the file also remembers the set-up and
+    # refuses it as a replay, which a thief holding the secrets could simply skip)
+    then = AgentKeyPair.from_bytes(key.read_bytes())
     alice.send("bob", text="first")
     wait_for_items(got, 1)
     recorded = got[0].envelope.to_bytes()
     alice_bundle = alice.public_bundle
-    then = AgentKeyPair.from_bytes(key.read_bytes())
     assert perform_key_exchange(then, alice_bundle).unseal(recorded) == {"text": "first"}
 
     spk_ids = {bob.public_bundle["signed_prekey_id"]}
@@ -625,7 +632,7 @@ def test_signed_prekey_rotation_ends_what_a_stolen_key_file_can_read(tmp_path, h
     assert len(spk_ids) >= 3  # two rotations, each published after its identity file write
 
     stolen = AgentKeyPair.from_bytes(key.read_bytes())
-    with pytest.raises(CryptoError):
+    with pytest.raises(IdentityError, match="signed prekey this agent does not have"):
         perform_key_exchange(stolen, alice_bundle).unseal(recorded)
     alice.send("bob", text="same session")
     carol = Agent("carol", hub=net)

@@ -129,6 +129,7 @@ impl Session {
         if let Some(active) = self.active.as_deref_mut() {
             *active = staged;
         }
+        self.trim_skipped_keys();
         Some(
             plaintexts
                 .into_iter()

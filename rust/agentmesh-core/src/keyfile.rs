@@ -2,7 +2,7 @@
 //! (the file is then protected by its 0600 mode only) or encrypted under a passphrase with
 //! Argon2id and AES-256-GCM. Also the at-rest encryption of other state under the identity.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use argon2::{Algorithm, Argon2, Params, Version};
 use ed25519_dalek::SigningKey;
@@ -13,7 +13,9 @@ use zeroize::Zeroizing;
 use crate::aead::{open_with_key, seal_with_key, NONCE_LEN};
 use crate::error::{Error, Result};
 use crate::kdf::at_rest_key;
-use crate::keys::{IdentityKeyPair, SignedPrekey, MAX_ONE_TIME_PREKEYS};
+use crate::keys::{
+    IdentityKeyPair, SignedPrekey, MAX_ONE_TIME_PREKEYS, MAX_SETUPS_PER_SIGNED_PREKEY,
+};
 use crate::wire::{checksum, split_checksummed, Reader, Writer};
 
 const KEYFILE_MAGIC: &[u8; 4] = b"AMK\x01";
@@ -70,7 +72,31 @@ fn read_prekey(r: &mut Reader<'_>) -> Result<SignedPrekey> {
         secret,
         public,
         signature: r.array()?,
+        accepted_setups: BTreeSet::new(),
     })
+}
+
+fn write_accepted_setups(w: &mut Writer, p: &SignedPrekey) {
+    w.u32(u32::try_from(p.accepted_setups.len()).unwrap_or(u32::MAX));
+    for base_key in &p.accepted_setups {
+        w.bytes(base_key);
+    }
+}
+
+fn read_accepted_setups(r: &mut Reader<'_>, p: &mut SignedPrekey) -> Result<()> {
+    let mut previous: Option<[u8; 32]> = None;
+    for _ in 0..r.count(32, MAX_SETUPS_PER_SIGNED_PREKEY)? {
+        let base_key: [u8; 32] = r.array()?;
+        // sorted and unique, as written: one encoding per identity
+        if previous.is_some_and(|prev| base_key <= prev) {
+            return Err(Error::KeyFile(
+                "identity file lists accepted set-ups out of order",
+            ));
+        }
+        previous = Some(base_key);
+        p.accepted_setups.insert(base_key);
+    }
+    Ok(())
 }
 
 impl IdentityKeyPair {
@@ -93,6 +119,14 @@ impl IdentityKeyPair {
             w.bytes(&secret.to_bytes());
         }
         w.u32(self.next_prekey_id);
+        // A trailer, present only when some set-up is remembered: files written before it
+        // existed end here and still load, and every identity keeps exactly one encoding.
+        let prekeys = std::iter::once(&self.signed_prekey).chain(&self.previous_signed_prekey);
+        if prekeys.clone().any(|p| !p.accepted_setups.is_empty()) {
+            for p in prekeys {
+                write_accepted_setups(&mut w, p);
+            }
+        }
         Zeroizing::new(w.buf)
     }
 
@@ -102,8 +136,8 @@ impl IdentityKeyPair {
         let signing = Box::new(SigningKey::from_bytes(&r.array()?));
         let exchange = StaticSecret::from(r.array::<32>()?);
         let exchange_public = PublicKey::from(&exchange).to_bytes();
-        let signed_prekey = read_prekey(&mut r)?;
-        let previous_signed_prekey = match r.u8()? {
+        let mut signed_prekey = read_prekey(&mut r)?;
+        let mut previous_signed_prekey = match r.u8()? {
             0 => None,
             1 => Some(read_prekey(&mut r)?),
             _ => return Err(Error::KeyFile("identity file previous-prekey flag")),
@@ -123,6 +157,18 @@ impl IdentityKeyPair {
             one_time_prekeys.insert(id, StaticSecret::from(r.array::<32>()?));
         }
         let next_prekey_id = r.u32()?;
+        if r.remaining() > 0 {
+            read_accepted_setups(&mut r, &mut signed_prekey)?;
+            if let Some(p) = previous_signed_prekey.as_mut() {
+                read_accepted_setups(&mut r, p)?;
+            }
+            let remembered = std::iter::once(&signed_prekey).chain(&previous_signed_prekey);
+            if remembered.clone().all(|p| p.accepted_setups.is_empty()) {
+                return Err(Error::KeyFile(
+                    "identity file has an empty set-up memory (not its canonical form)",
+                ));
+            }
+        }
         r.finish()?;
         let kp = Self {
             agent_id,
@@ -133,6 +179,7 @@ impl IdentityKeyPair {
             previous_signed_prekey,
             one_time_prekeys,
             next_prekey_id,
+            revision: 0,
         };
         // The stored prekey signatures must still verify: catches a file stitched from two keys.
         for p in std::iter::once(&kp.signed_prekey).chain(kp.previous_signed_prekey.as_ref()) {

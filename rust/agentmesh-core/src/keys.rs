@@ -1,7 +1,7 @@
 //! Long-term identity: the Ed25519 identity key, the X25519 exchange key, signed and one-time
 //! prekeys, the self-certifying public bundle, and fingerprints.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
@@ -10,13 +10,19 @@ use sha2::{Digest, Sha256};
 use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
+use crate::envelope::Initiation;
 use crate::error::{Error, Result};
 use crate::labels;
+use crate::session::Opened;
 
 /// Longest agent id in bytes (ids travel with a one-byte length prefix).
 pub const MAX_AGENT_ID_LEN: usize = 255;
 /// How many one-time prekeys an identity keeps at most.
 pub const MAX_ONE_TIME_PREKEYS: usize = 10_000;
+/// How many accepted set-ups a signed prekey remembers (their base keys, 32 bytes each), so that
+/// a replayed set-up is refused even after its session was forgotten. At the limit the prekey
+/// takes no new set-ups until it is rotated (agents rotate well before: `setups_remembered`).
+pub const MAX_SETUPS_PER_SIGNED_PREKEY: usize = 20_000;
 
 /// Checks an agent id: 1..=255 UTF-8 bytes, no control characters.
 pub fn check_agent_id(id: &str) -> Result<()> {
@@ -106,12 +112,16 @@ pub struct SignedPrekey {
     pub(crate) secret: StaticSecret,
     pub(crate) public: [u8; 32],
     pub(crate) signature: [u8; 64],
+    /// Base keys of the set-ups accepted with this prekey: forgotten only with the prekey itself,
+    /// since a set-up can be recomputed (and so replayed) exactly as long as the prekey exists.
+    pub(crate) accepted_setups: BTreeSet<[u8; 32]>,
 }
 
 impl fmt::Debug for SignedPrekey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SignedPrekey")
             .field("id", &self.id)
+            .field("accepted_setups", &self.accepted_setups.len())
             .finish_non_exhaustive()
     }
 }
@@ -126,6 +136,8 @@ pub struct IdentityKeyPair {
     pub(crate) previous_signed_prekey: Option<SignedPrekey>,
     pub(crate) one_time_prekeys: BTreeMap<u32, StaticSecret>,
     pub(crate) next_prekey_id: u32,
+    /// Counts changes that the identity file must receive (not stored).
+    pub(crate) revision: u64,
 }
 
 impl fmt::Debug for IdentityKeyPair {
@@ -153,10 +165,12 @@ impl IdentityKeyPair {
                 secret: StaticSecret::from([0u8; 32]),
                 public: [0u8; 32],
                 signature: [0u8; 64],
+                accepted_setups: BTreeSet::new(),
             },
             previous_signed_prekey: None,
             one_time_prekeys: BTreeMap::new(),
             next_prekey_id: 1,
+            revision: 0,
         };
         kp.signed_prekey = kp.new_signed_prekey(rng);
         Ok(kp)
@@ -178,6 +192,7 @@ impl IdentityKeyPair {
             secret,
             public,
             signature,
+            accepted_setups: BTreeSet::new(),
         }
     }
 
@@ -197,6 +212,7 @@ impl IdentityKeyPair {
         let fresh = self.new_signed_prekey(rng);
         let old = std::mem::replace(&mut self.signed_prekey, fresh);
         self.previous_signed_prekey = Some(old);
+        self.revision += 1;
     }
 
     /// Creates `n` one-time prekeys and returns their (id, public key) for a hub to hand out.
@@ -215,12 +231,60 @@ impl IdentityKeyPair {
             out.push((id, PublicKey::from(&secret).to_bytes()));
             self.one_time_prekeys.insert(id, secret);
         }
+        self.revision += 1;
         Ok(out)
     }
 
     /// Forgets a one-time prekey once a session used it (so it can never be used twice).
     pub fn consume_one_time_prekey(&mut self, id: u32) {
-        self.one_time_prekeys.remove(&id);
+        if self.one_time_prekeys.remove(&id).is_some() {
+            self.revision += 1;
+        }
+    }
+
+    /// Records what an accepted message changed in this identity: a set-up's one-time prekey is
+    /// deleted and its base key remembered with its signed prekey (so the set-up can never be
+    /// accepted again). Call it for every [`Opened`] before the identity is saved.
+    pub fn settle(&mut self, opened: &Opened) {
+        let Some(init) = opened.accepted_setup() else {
+            return;
+        };
+        if init.one_time_prekey_id != 0 {
+            self.one_time_prekeys.remove(&init.one_time_prekey_id);
+        }
+        if let Some(spk) = self.signed_prekey_mut(init.signed_prekey_id) {
+            spk.accepted_setups.insert(init.base_key);
+        }
+        self.revision += 1;
+    }
+
+    /// Refuses a set-up this identity accepted before (a replay, even if its session is gone),
+    /// and any set-up on a signed prekey whose memory is full.
+    pub(crate) fn check_new_setup(&self, init: &Initiation) -> Result<()> {
+        let Some(spk) = self.signed_prekey(init.signed_prekey_id) else {
+            return Ok(()); // the set-up itself fails with a clear error
+        };
+        if spk.accepted_setups.contains(&init.base_key) {
+            return Err(Error::Replay);
+        }
+        if spk.accepted_setups.len() >= MAX_SETUPS_PER_SIGNED_PREKEY {
+            return Err(Error::Identity(
+                "this signed prekey has taken all the set-ups it can remember; it must be rotated",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many set-ups the current signed prekey remembers (rotate well before
+    /// [`MAX_SETUPS_PER_SIGNED_PREKEY`]).
+    pub fn setups_remembered(&self) -> usize {
+        self.signed_prekey.accepted_setups.len()
+    }
+
+    /// Increases whenever something the identity file holds changed (prekeys made, used or
+    /// rotated, a set-up remembered): the caller's cue to save the file.
+    pub fn revision(&self) -> u64 {
+        self.revision
     }
 
     /// The ids of the one-time prekeys still held, in increasing order.
@@ -260,14 +324,20 @@ impl IdentityKeyPair {
         self.sign_labelled(labels::SIG_HUB_CHALLENGE, challenge)
     }
 
+    fn signed_prekey(&self, id: u32) -> Option<&SignedPrekey> {
+        std::iter::once(&self.signed_prekey)
+            .chain(self.previous_signed_prekey.as_ref())
+            .find(|p| p.id == id)
+    }
+
+    fn signed_prekey_mut(&mut self, id: u32) -> Option<&mut SignedPrekey> {
+        std::iter::once(&mut self.signed_prekey)
+            .chain(self.previous_signed_prekey.as_mut())
+            .find(|p| p.id == id)
+    }
+
     pub(crate) fn signed_prekey_secret(&self, id: u32) -> Option<&StaticSecret> {
-        if self.signed_prekey.id == id {
-            return Some(&self.signed_prekey.secret);
-        }
-        self.previous_signed_prekey
-            .as_ref()
-            .filter(|p| p.id == id)
-            .map(|p| &p.secret)
+        self.signed_prekey(id).map(|p| &p.secret)
     }
 
     pub(crate) fn one_time_prekey_secret(&self, id: u32) -> Option<&StaticSecret> {

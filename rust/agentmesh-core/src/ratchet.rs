@@ -15,7 +15,8 @@ use crate::keys::diffie_hellman;
 /// Most messages one incoming message may skip over (in its own chain plus the end of the
 /// previous one). A larger jump is refused before any key is derived.
 pub const MAX_MESSAGE_GAP: u32 = 1000;
-/// Most skipped message keys a session stores; the oldest are forgotten first.
+/// Most skipped message keys a session stores, over all its ratchets (the active one and the
+/// archived set-ups); the oldest are forgotten first.
 pub const MAX_SKIPPED_KEYS: usize = 2000;
 /// How many of the peer's past ratchet keys are remembered to recognise replays of old chains.
 pub const MAX_RETIRED_RATCHET_KEYS: usize = 64;
@@ -50,6 +51,20 @@ impl SkippedKeys {
         if self.keys.insert((ratchet_key, counter), key).is_none() {
             self.order.push_back((ratchet_key, counter));
         }
+    }
+
+    /// Forgets up to `n` of the oldest keys; returns how many were forgotten.
+    pub(crate) fn drop_oldest(&mut self, n: usize) -> usize {
+        let mut dropped = 0;
+        while dropped < n {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            if self.keys.remove(&oldest).is_some() {
+                dropped += 1;
+            }
+        }
+        dropped
     }
 
     pub(crate) fn insert_restored(&mut self, ratchet_key: [u8; 32], counter: u32, key: MessageKey) {

@@ -9,13 +9,13 @@ use ed25519_dalek::VerifyingKey;
 use rand_core::{CryptoRng, RngCore};
 
 use crate::aead::{message_nonce, open_in_place, seal_separate_tag, TAG_LEN};
-use crate::envelope::{Envelope, Header, MessageType};
+use crate::envelope::{Envelope, Header, Initiation, MessageType};
 use crate::error::{Error, Result};
 use crate::handshake::{initiate, respond, Mode};
 use crate::kdf::MessageKey;
 use crate::keys::{verify_labelled, IdentityKeyPair, PublicBundle};
 use crate::labels;
-use crate::ratchet::{Ratchet, Role};
+use crate::ratchet::{Ratchet, Role, MAX_SKIPPED_KEYS};
 
 /// Ratchets of superseded set-ups kept to decrypt their late messages.
 pub const MAX_ARCHIVED_SESSIONS: usize = 4;
@@ -40,8 +40,7 @@ pub(crate) fn message_signing_input(associated_data: &[u8], payload: &[u8]) -> V
 pub struct Opened {
     plaintext: Vec<u8>,
     payload_offset: usize,
-    /// The one-time prekey this message's set-up used; the caller must forget it.
-    pub consumed_one_time_prekey: Option<u32>,
+    accepted_setup: Option<Initiation>,
 }
 
 impl Opened {
@@ -49,7 +48,7 @@ impl Opened {
         Self {
             plaintext,
             payload_offset,
-            consumed_one_time_prekey: None,
+            accepted_setup: None,
         }
     }
 
@@ -57,6 +56,20 @@ impl Opened {
         self.plaintext
             .get(self.payload_offset..)
             .unwrap_or_default()
+    }
+
+    /// The set-up this message started, if it started one: the caller must pass the message to
+    /// [`IdentityKeyPair::settle`] (which forgets its one-time prekey and remembers its base key).
+    pub fn accepted_setup(&self) -> Option<&Initiation> {
+        self.accepted_setup.as_ref()
+    }
+
+    /// The one-time prekey this message's set-up used, if any.
+    pub fn consumed_one_time_prekey(&self) -> Option<u32> {
+        self.accepted_setup
+            .as_ref()
+            .map(|i| i.one_time_prekey_id)
+            .filter(|id| *id != 0)
     }
 }
 
@@ -111,6 +124,13 @@ pub struct Session {
     pub(crate) active: Option<Box<Ratchet>>,
     pub(crate) archived: VecDeque<Box<Ratchet>>,
     pub(crate) remembered: VecDeque<[u8; 16]>,
+    /// Set when the session was loaded from an export: the state may be older than what was
+    /// already sent (a snapshot or backup restored, a lost write), so its sending chain may
+    /// hold message keys used before. The next send starts a new set-up instead (not stored).
+    pub(crate) new_setup_before_send: bool,
+    /// Whether the peer's bundle came from [`Session::refresh_peer`] since the session was
+    /// made or loaded (not stored).
+    pub(crate) peer_refreshed: bool,
 }
 
 impl fmt::Debug for Session {
@@ -140,7 +160,29 @@ impl Session {
             active: None,
             archived: VecDeque::new(),
             remembered: VecDeque::new(),
+            new_setup_before_send: false,
+            peer_refreshed: false,
         })
+    }
+
+    /// Replaces the peer's bundle kept for the next set-up (a newer signed prekey, a one-time
+    /// prekey a hub handed out). It must be the same agent with the same identity key.
+    pub fn refresh_peer(&mut self, bundle: PublicBundle) -> Result<()> {
+        if bundle.agent_id() != self.peer.agent_id()
+            || bundle.identity_key() != self.peer.identity_key()
+        {
+            return Err(Error::Identity(
+                "the new bundle is not this session's peer (other id or identity key)",
+            ));
+        }
+        self.peer = bundle;
+        self.peer_refreshed = true;
+        Ok(())
+    }
+
+    /// True when the next seal starts a new set-up because the state was loaded from an export.
+    pub fn renews_on_send(&self) -> bool {
+        self.new_setup_before_send
     }
 
     pub fn mode(&self) -> Mode {
@@ -220,8 +262,24 @@ impl Session {
         ours: &IdentityKeyPair,
         rng: &mut R,
     ) -> Result<&mut Ratchet> {
+        if self.new_setup_before_send {
+            // A rolled-back state must never seal under a key it used before: a new set-up has
+            // fresh keys whatever happened since the export, and the peer adopts it (its
+            // messages on the old set-up still open, from the archive).
+            if let Some(previous) = self.active.take() {
+                self.archive(previous);
+            }
+            if !self.peer_refreshed {
+                // (an export made before used one-time prekeys were dropped from the kept
+                // bundle may still name one; it served its set-up)
+                self.peer.one_time_prekey = None;
+            }
+            self.new_setup_before_send = false;
+        }
         if self.active.is_none() {
             let (setup, initiation) = initiate(self.mode, ours, &self.peer, rng)?;
+            // a one-time prekey serves one set-up only
+            self.peer.one_time_prekey = None;
             let ratchet = Ratchet::new_initiator(
                 setup.session_id,
                 initiation,
@@ -336,17 +394,15 @@ impl Session {
                     r.role = Role::Initiator { acknowledged: true };
                 }
             }
-            return Ok(Opened {
-                plaintext: plain,
-                payload_offset: offset,
-                consumed_one_time_prekey: None,
-            });
+            self.trim_skipped_keys();
+            return Ok(Opened::new(plain, offset));
         }
         if self.remembered.contains(&h.session_id) {
             return Err(Error::Replay);
         }
         // Not a session we know: only a prekey message can start one.
         let initiation = h.initiation.ok_or(Error::Authentication)?;
+        ours.check_new_setup(&initiation)?;
         let (setup, signed_prekey) = respond(self.mode, ours, &self.peer, &initiation)?;
         if setup.session_id != h.session_id {
             return Err(Error::Authentication);
@@ -357,36 +413,67 @@ impl Session {
         let plain = decrypt(&plan.message_key, env)?;
         let offset = check_signature(self.signer(), env, &plain)?;
         ratchet.commit_receive(h, plan);
-        self.adopt(Box::new(ratchet), h.timestamp_ms);
+        self.adopt(Box::new(ratchet), h.timestamp_ms)?;
+        self.trim_skipped_keys();
         Ok(Opened {
             plaintext: plain,
             payload_offset: offset,
-            consumed_one_time_prekey: (initiation.one_time_prekey_id != 0)
-                .then_some(initiation.one_time_prekey_id),
+            accepted_setup: Some(initiation),
         })
+    }
+
+    /// Keeps the skipped keys of all the session's ratchets together within
+    /// [`MAX_SKIPPED_KEYS`]: the archived set-ups (oldest first) give theirs up before the
+    /// active one, so a peer that starts set-up after set-up cannot multiply the bound.
+    pub(crate) fn trim_skipped_keys(&mut self) {
+        let mut total: usize = self
+            .archived
+            .iter()
+            .map(|r| r.skipped.len())
+            .chain(self.active.as_ref().map(|r| r.skipped.len()))
+            .sum();
+        let ratchets = self
+            .archived
+            .iter_mut()
+            .chain(self.active.as_mut())
+            .map(|r| &mut r.skipped);
+        for skipped in ratchets {
+            if total <= MAX_SKIPPED_KEYS {
+                break;
+            }
+            total -= skipped.drop_oldest(total - MAX_SKIPPED_KEYS);
+        }
     }
 
     /// Decides whether an authenticated set-up from the peer becomes the active session.
     /// - no active session: it does;
     /// - our own set-up is still unanswered (both sides started at once): the set-up with the
     ///   smaller session id wins, on both sides, so they converge;
-    /// - an established session: the peer re-keyed (for example after losing its state), unless
-    ///   the set-up is older than the newest message it sent us on the current one (a late
-    ///   message of a set-up it abandoned).
-    fn adopt(&mut self, incoming: Box<Ratchet>, timestamp_ms: u64) {
-        self.remember(incoming.session_id);
+    /// - an established session: the peer re-keyed (for example after losing its state, or
+    ///   after a restart: see `new_setup_before_send`), unless the set-up is older than the
+    ///   newest message it sent us on the current one. Such a set-up is refused as a replay
+    ///   (nothing changes): a hostile hub must not bring back an old set-up, and a late message
+    ///   of a set-up the peer abandoned has a newer one to go to.
+    fn adopt(&mut self, incoming: Box<Ratchet>, timestamp_ms: u64) -> Result<()> {
         let wins = match &self.active {
             None => true,
             Some(current) if current.awaiting_answer() => incoming.session_id < current.session_id,
-            Some(current) => timestamp_ms >= current.last_peer_timestamp,
+            Some(current) if timestamp_ms < current.last_peer_timestamp => {
+                return Err(Error::Replay);
+            }
+            Some(_) => true,
         };
+        self.remember(incoming.session_id);
         if wins {
             if let Some(previous) = self.active.replace(incoming) {
                 self.archive(previous);
             }
+            // the active set-up is new, not loaded: sending on it reuses nothing
+            self.new_setup_before_send = false;
         } else {
             self.archive(incoming);
         }
+        Ok(())
     }
 }
 

@@ -456,7 +456,7 @@ fn one_time_prekeys_are_used_once() {
         opks[0].0
     );
     let opened = b.unseal(&bob, &env).unwrap();
-    assert_eq!(opened.consumed_one_time_prekey, Some(opks[0].0));
+    assert_eq!(opened.consumed_one_time_prekey(), Some(opks[0].0));
     assert_eq!(bob.one_time_prekey_ids(), vec![opks[0].0, opks[1].0]);
     bob.consume_one_time_prekey(opks[0].0);
     assert_eq!(bob.one_time_prekey_ids(), vec![opks[1].0]);

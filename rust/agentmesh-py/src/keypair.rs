@@ -221,6 +221,20 @@ impl PyAgentKeyPair {
         }
     }
 
+    /// Increases whenever something the identity file holds changed (prekeys made, used or
+    /// rotated, a set-up remembered): compare before and after to know whether to save.
+    #[getter]
+    fn revision(&self, py: Python<'_>) -> u64 {
+        locks::read(py, &self.inner).revision()
+    }
+
+    /// How many set-ups the current signed prekey remembers (it takes at most
+    /// `MAX_SETUPS_PER_SIGNED_PREKEY`; rotate it before).
+    #[getter]
+    fn setups_remembered(&self, py: Python<'_>) -> usize {
+        locks::read(py, &self.inner).setups_remembered()
+    }
+
     /// Encrypts `data` at rest under a key derived from this identity.
     fn seal_at_rest<'py>(&self, py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
         let out = locks::read(py, &self.inner)

@@ -85,5 +85,9 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("PROTOCOL_VERSION", agentmesh_core::VERSION)?;
     m.add("MAX_MESSAGE_GAP", agentmesh_core::MAX_MESSAGE_GAP)?;
     m.add("MAX_SKIPPED_KEYS", agentmesh_core::MAX_SKIPPED_KEYS)?;
+    m.add(
+        "MAX_SETUPS_PER_SIGNED_PREKEY",
+        agentmesh_core::MAX_SETUPS_PER_SIGNED_PREKEY,
+    )?;
     Ok(())
 }

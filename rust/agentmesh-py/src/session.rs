@@ -57,8 +57,8 @@ impl PyCryptoSession {
         py: Python<'py>,
         opened: agentmesh_core::Opened,
     ) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(id) = opened.consumed_one_time_prekey {
-            locks::write(py, &self.keypair.get().inner).consume_one_time_prekey(id);
+        if opened.accepted_setup().is_some() {
+            locks::write(py, &self.keypair.get().inner).settle(&opened);
         }
         json_to_py(py, opened.payload())
     }
@@ -225,17 +225,44 @@ impl PyCryptoSession {
         Ok(list)
     }
 
+    /// Replaces the peer bundle kept for the next set-up (a newer signed prekey, a one-time
+    /// prekey); it must be the same agent with the same identity key (`IdentityError`).
+    fn refresh_peer(&self, py: Python<'_>, bundle: &Bound<'_, PyAny>) -> PyResult<()> {
+        let peer = bundle::from_dict(bundle)?;
+        locks::lock(py, &self.session)
+            .refresh_peer(peer)
+            .map_err(to_py)
+    }
+
+    /// True when the next seal starts a new set-up: the session was loaded from an export,
+    /// which may be older than what it sent since, so its old sending chain is never used.
+    #[getter]
+    fn renews_on_send(&self, py: Python<'_>) -> bool {
+        locks::lock(py, &self.session).renews_on_send()
+    }
+
     /// Every secret of the session (SECRET: restore with `CryptoSession.import_state`).
     fn export_state<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
         let data = locks::lock(py, &self.session).export_state();
         PyBytes::new(py, &data)
     }
 
+    /// The export sealed at rest under the session's identity: safe to hold in Python.
+    fn export_sealed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
+        let kp = locks::read(py, &self.keypair.get().inner);
+        let data = locks::lock(py, &self.session)
+            .export_sealed(&kp, &mut OsRng)
+            .map_err(to_py)?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// Restores an export, sealed (`export_sealed`) or not (`export_state`). Its first seal
+    /// starts a new set-up: the export may be older than what the session sent since.
     #[staticmethod]
     fn import_state(py: Python<'_>, my_keypair: Py<PyAgentKeyPair>, data: &[u8]) -> PyResult<Self> {
         let session = {
             let kp = locks::read(py, &my_keypair.get().inner);
-            Session::import_state(&kp, data).map_err(to_py)?
+            Session::import_any(&kp, data).map_err(to_py)?
         };
         Ok(Self::wrap(session, my_keypair))
     }
