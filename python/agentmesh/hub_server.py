@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -169,12 +170,16 @@ class _Hub:
         limits: HubLimits,
         crypto: ModuleType | None,
         on_fatal: Callable[[BaseException], None],
+        tls_cert_sha256: bytes | None = None,
     ) -> None:
         self.loop = loop
         self.store = store
         self.limits = limits
         self.crypto = crypto
         self.hub_id = state.hub_id
+        #: SHA-256 of the certificate clients see (None without TLS): registration proofs are
+        #: bound to it.
+        self.tls_cert_sha256 = tls_cert_sha256
         self.conns: set[_Conn] = set()
         self.agents: dict[str, _AgentState] = {a: _AgentState() for a in state.agents}
         for rcpt, (n, b) in state.queues.items():
@@ -265,6 +270,27 @@ class _Hub:
             await asyncio.sleep(0.02)
         for c in list(self.conns):
             c.abort()
+
+
+_SIGNED_FIELDS = ("identity_key", "exchange_key", "signed_prekey_id", "signed_prekey")
+
+
+def _older_bundle(current: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
+    """What is wrong with replacing ``current`` (served now) by ``new`` (both verified), if
+    anything. Signed prekey ids only grow: an older bundle replayed into a registration or an
+    update would make the hub serve a key the agent has deleted. A bundle of another identity
+    key is left to the binding check (ID_TAKEN)."""
+    if current is None or current.get("identity_key") != new.get("identity_key"):
+        return None
+    if all(current.get(f) == new.get(f) for f in _SIGNED_FIELDS):
+        return None
+    new_id, old_id = new.get("signed_prekey_id"), current.get("signed_prekey_id")
+    if isinstance(new_id, int) and isinstance(old_id, int) and new_id > old_id:
+        return None
+    return (
+        f"the bundle's signed prekey (id {new_id}) is not newer than the one the hub serves "
+        f"(id {old_id})"
+    )
 
 
 #: Requests only a registered agent connection may make.
@@ -503,7 +529,7 @@ class _Conn(asyncio.Protocol):
     # ---- registration ------------------------------------------------------------------------
 
     async def _register(self, body: bytes) -> None:
-        signature, session, bundle = decode_register(body)
+        signature, session, client_nonce, bundle = decode_register(body)
         challenge = self.challenge
         self.challenge = None
         if challenge is None:
@@ -519,20 +545,31 @@ class _Conn(asyncio.Protocol):
             check_agent_id(agent_id)
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_REGISTRATION, f"invalid agent id: {exc}") from None
+        hub = self.hub
         try:
-            ok = bool(crypto.verify_challenge(bundle, challenge, signature))
+            ok = bool(
+                crypto.verify_registration(
+                    bundle, signature, hub.hub_id, challenge, client_nonce, hub.tls_cert_sha256
+                )
+            )
         except Exception:
             ok = False
         if not ok:
-            log.warning("registration of %r from %s: bad challenge signature", agent_id, self.peer)
+            log.warning("registration of %r from %s: bad registration proof", agent_id, self.peer)
             raise ProtocolError(
                 ErrorCode.BAD_REGISTRATION,
-                "challenge signature does not verify against the bundle's identity key",
+                "registration signature does not verify for this bundle, hub, challenge, nonce "
+                "and TLS certificate",
             )
         identity_key = bundle.get("identity_key")
         if not isinstance(identity_key, str):
             raise ProtocolError(ErrorCode.BAD_REGISTRATION, "bundle has no identity_key")
-        hub = self.hub
+        bundle.pop("one_time_prekey", None)
+        problem = _older_bundle(await hub.store.get_bundle(agent_id), bundle)
+        if self.state >= _CLOSING:
+            return
+        if problem is not None:
+            raise ProtocolError(ErrorCode.BAD_REGISTRATION, problem)
         if agent_id not in hub.agents and len(hub.agents) >= self.limits.max_agents:
             raise ProtocolError(ErrorCode.TOO_MANY_AGENTS, "the hub's directory is full")
         result = await hub.store.bind_agent(agent_id, identity_key, bundle, session)
@@ -878,13 +915,9 @@ class _Conn(asyncio.Protocol):
             return "the bundle is not this agent's"
         bundle.pop("one_time_prekey", None)
         assert self.agent_id is not None
-        current = await self.hub.store.get_bundle(self.agent_id)
-        if current is not None and current != bundle:
-            # signed prekey ids only grow: an older bundle replayed into this connection would
-            # make the hub serve a key the agent has deleted
-            new_id, old_id = bundle.get("signed_prekey_id"), current.get("signed_prekey_id")
-            if not (isinstance(new_id, int) and isinstance(old_id, int) and new_id > old_id):
-                return "the bundle's signed prekey is not newer than the one the hub serves"
+        problem = _older_bundle(await self.hub.store.get_bundle(self.agent_id), bundle)
+        if problem is not None:
+            return problem
         result = await self.hub.store.bind_agent(self.agent_id, identity_key, bundle, self.session)
         if not result.ok:
             return "the bundle has another identity key than the one this id is bound to"
@@ -1189,7 +1222,7 @@ class NetworkHubServer:
             self.store_path = path
             backend = SQLiteBackend(path, synchronous=self.synchronous, ephemeral=self._ephemeral)
         state = await backend.open()
-        hub = _Hub(loop, backend, state, self.limits, crypto, self._fatal)
+        hub = _Hub(loop, backend, state, self.limits, crypto, self._fatal, self._tls_cert_sha256())
         try:
             server = await loop.create_server(
                 lambda: _Conn(hub),
@@ -1239,6 +1272,20 @@ class NetworkHubServer:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(self.tls_cert), str(self.tls_key))
         return ctx
+
+    def _tls_cert_sha256(self) -> bytes | None:
+        """SHA-256 of the first (leaf) certificate of ``tls_cert``, in DER: what a client's
+        ``getpeercert(binary_form=True)`` returns for this hub."""
+        if self.tls_cert is None:
+            return None
+        text = self.tls_cert.read_text("ascii", "replace")
+        start = text.find("-----BEGIN CERTIFICATE-----")
+        end_marker = "-----END CERTIFICATE-----"
+        end = text.find(end_marker, start)
+        if start < 0 or end < 0:
+            raise ssl.SSLError(f"no PEM certificate in {self.tls_cert}")
+        der = ssl.PEM_cert_to_DER_cert(text[start : end + len(end_marker)] + "\n")
+        return hashlib.sha256(der).digest()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop serving: commit and acknowledge what was accepted, close every connection and

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import ssl
 import struct
@@ -29,6 +30,7 @@ from agentmesh.errors import FlushTimeoutError, HubError
 from agentmesh.hub_client import HubClient
 from agentmesh.hub_protocol import (
     ErrorCode,
+    FrameDecoder,
     FrameType,
     HubRequestError,
     PeerNotFoundError,
@@ -909,3 +911,203 @@ def test_limits_are_validated() -> None:
     with pytest.raises(ValueError):
         NetworkHubServer(port=0, tls_cert="x.pem")
     assert HubLimits().validate().idle_timeout == 60.0
+
+
+# --------------------------------------------------------------------------------------------
+# Registration proofs are bound to their context (a hostile hub in the middle)
+
+FrameHook = Callable[[int, bytes], Awaitable[bytes | None]]
+
+
+class _Relay:
+    """A hostile hub in front of a real one: accepts agents (over TLS with ``server_ctx``),
+    relays their frames to ``port`` (over TLS with ``upstream_ctx``) and back, and lets the
+    test rewrite or divert frames. Loopback only."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        server_ctx: ssl.SSLContext | None = None,
+        upstream_ctx: ssl.SSLContext | None = None,
+        from_agent: FrameHook | None = None,
+        from_hub: FrameHook | None = None,
+    ) -> None:
+        self.upstream = port
+        self.server_ctx, self.upstream_ctx = server_ctx, upstream_ctx
+        self.from_agent, self.from_hub = from_agent, from_hub
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> _Relay:
+        self._server = await asyncio.start_server(self._serve, HOST, 0, ssl=self.server_ctx)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def _serve(self, ar: asyncio.StreamReader, aw: asyncio.StreamWriter) -> None:
+        hr, hw = await asyncio.open_connection(
+            HOST, self.upstream, ssl=self.upstream_ctx, server_hostname=None
+        )
+        for coro in (self._pipe(ar, hw, self.from_agent), self._pipe(hr, aw, self.from_hub)):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hook: FrameHook | None
+    ) -> None:
+        dec = FrameDecoder(1 << 24)
+        try:
+            while data := await reader.read(65536):
+                for ftype, body in dec.feed(data):
+                    frame = encode_frame(ftype, body) if hook is None else await hook(ftype, body)
+                    if frame is not None:
+                        writer.write(frame)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _welcome_of(port: int) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Opens a raw connection to a hub and returns its WELCOME body (challenge and hub id)."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(encode_hello(_hub_version()))
+    frames = await read_frames(reader, timeout=10, until=FrameType.WELCOME)
+    assert frames and frames[-1][0] == FrameType.WELCOME, frames
+    return frames[-1][1], reader, writer
+
+
+def _hub_version() -> int:
+    from agentmesh import hub_protocol
+
+    return hub_protocol.PROTOCOL_VERSION
+
+
+def test_a_relayed_challenge_is_refused_by_the_other_hub(make_server: ServerFactory) -> None:
+    """Hub A is hostile: it hands the agent the challenge of hub B (under its own hub id) and
+    presents the agent's answer to B, to register there as the agent. B refuses: the proof
+    names hub A."""
+    hub_a, hub_b = make_server(), make_server()
+    bob_kp = new_keypair("bob")
+
+    async def go() -> None:
+        welcome_b, br, bw = await _welcome_of(hub_b.port)
+        challenge_b = welcome_b[2:34]
+
+        async def swap_challenge(ftype: int, body: bytes) -> bytes:
+            if ftype == FrameType.WELCOME:  # A's own id, B's challenge
+                body = body[:2] + challenge_b + body[34:]
+            return encode_frame(ftype, body)
+
+        async def divert_register(ftype: int, body: bytes) -> bytes | None:
+            if ftype == FrameType.REGISTER:
+                bw.write(encode_frame(ftype, body))
+                return None
+            return encode_frame(ftype, body)
+
+        async with _Relay(hub_a.port, from_hub=swap_challenge, from_agent=divert_register) as a:
+            agent = client(hub_a, reconnect=False, connect_timeout=3.0)
+            agent.port = a.port
+            with pytest.raises(HubError):
+                await agent.register(bob_kp, Collector())
+            frames = await read_frames(br, timeout=10)
+            bw.close()
+        assert frames, "hub B did not answer the relayed REGISTER"
+        assert frames[-1][0] == FrameType.ERROR, frames  # not READY: no registration at B
+        code, message = decode_error(frames[-1][1])
+        assert code == ErrorCode.BAD_REGISTRATION
+        assert "registration signature" in message
+
+    run(go())
+    assert hub_b.list_agents() == []
+
+
+def test_a_tls_relay_cannot_register_at_the_hub_behind_it(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A relay that the agent trusts over TLS (its own certificate) passes everything on to hub
+    B unchanged, hub id and challenge included. B refuses: the proof binds the certificate
+    the agent saw, and the relay does not hold B's key."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cert_a, key_a = make_self_signed_cert(tmp_path / "a")
+    cert_b, key_b = make_self_signed_cert(tmp_path / "b")
+    hub_b = make_server(tls_cert=cert_b, tls_key=key_b)
+    bob_kp = new_keypair("bob")
+    relay_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    relay_ctx.load_cert_chain(str(cert_a), str(key_a))
+    to_b = ssl.create_default_context(cafile=str(cert_b))
+
+    async def go() -> None:
+        async with _Relay(hub_b.port, server_ctx=relay_ctx, upstream_ctx=to_b) as relay:
+            trusts_a = ssl.create_default_context(cafile=str(cert_a))
+            agent = client(hub_b, ssl=trusts_a, reconnect=False, connect_timeout=5.0)
+            agent.port = relay.port
+            with pytest.raises(HubRequestError) as info:
+                await agent.register(bob_kp, Collector())
+            assert info.value.code == ErrorCode.BAD_REGISTRATION
+            # the agent straight to B registers fine
+            direct = client(hub_b, ssl=to_b)
+            await direct.register(bob_kp, Collector())
+            await direct.close()
+
+    run(go())
+
+
+def test_registration_of_another_bundle_is_refused(server: NetworkHubServer) -> None:
+    """Someone in the middle swaps the bundle in the agent's REGISTER for another bundle of the
+    same identity (an older one, whose signed prekey the agent is about to delete). The proof
+    covers the bundle: refused, and the hub serves nothing for the id."""
+    bob_kp = new_keypair("bob")
+    older = bob_kp.public_bundle()
+    bob_kp.rotate_signed_prekey()
+    older_json = json.dumps(older, separators=(",", ":"), sort_keys=True).encode()
+
+    async def swap_bundle(ftype: int, body: bytes) -> bytes:
+        if ftype == FrameType.REGISTER:
+            body = body[: body.index(b'{"agent_id"')] + older_json
+        return encode_frame(ftype, body)
+
+    async def go() -> None:
+        async with _Relay(server.port, from_agent=swap_bundle) as relay:
+            agent = client(server, reconnect=False)
+            agent.port = relay.port
+            with pytest.raises(HubRequestError) as info:
+                await agent.register(bob_kp, Collector())
+            assert info.value.code == ErrorCode.BAD_REGISTRATION
+
+    run(go())
+    assert server.get_bundle("bob") is None
+
+
+def test_registering_an_older_signed_prekey_is_refused(server: NetworkHubServer) -> None:
+    """REGISTER, like UPDATE_BUNDLE, never replaces the served bundle by one with an older
+    signed prekey (a restored key-file backup, or a replay): the error says why."""
+    bob_kp = new_keypair("bob")
+    backup = crypto().AgentKeyPair.from_bytes(bob_kp.to_bytes())
+    bob_kp.rotate_signed_prekey()
+
+    async def go() -> None:
+        current = client(server)
+        await current.register(bob_kp, Collector())
+        await current.close()
+        stale = client(server, reconnect=False)
+        with pytest.raises(HubRequestError) as info:
+            await stale.register(backup, Collector())
+        assert info.value.code == ErrorCode.BAD_REGISTRATION
+        assert "not newer" in str(info.value)
+        again = client(server)  # the current bundle registers again as before
+        await again.register(bob_kp, Collector())
+        await again.close()
+
+    run(go())
+    assert server.get_bundle("bob") == bob_kp.public_bundle()
