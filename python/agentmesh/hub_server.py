@@ -121,9 +121,13 @@ class HubLimits:
     #: One-time prekeys held per agent; the rest of an upload beyond it is ignored (the answer
     #: tells the agent how many are held, and READY the limit).
     max_prekeys_per_agent: int = 100
-    #: One-time prekeys one agent connection may claim per minute; beyond it (and for a second
-    #: claim of the same peer on one connection) the bundle comes without one.
+    #: One-time prekeys one agent id may claim per minute, across all its connections (a
+    #: reconnect does not reset it); beyond it, and for a second claim of the same peer within
+    #: the minute, the bundle comes without one.
     max_prekey_claims_per_minute: int = 60
+    #: One-time prekeys handed out of one agent's stock per minute, whoever asks: many fresh
+    #: ids cannot empty a stock faster than this. Beyond it bundles come without one.
+    max_prekey_claims_per_target_per_minute: int = 30
 
     def validate(self) -> HubLimits:
         for f in dataclasses.fields(self):
@@ -186,6 +190,10 @@ class _Hub:
             st = self.agents.setdefault(rcpt, _AgentState())
             st.count, st.bytes = n, b
         self.progress: dict[str, tuple[bytes, int]] = {}
+        # one-time prekey claims of the last minute, by requesting id (time, target) and by
+        # target (time, requester): budgets that outlive connections
+        self.claims_by_requester: dict[str, deque[tuple[float, str]]] = {}
+        self.claims_by_target: dict[str, deque[tuple[float, str]]] = {}
         self.unflushed: list[_Conn] = []  # connections with frames waiting in their `out`
         self.closing = False
         self._on_fatal = on_fatal
@@ -227,6 +235,32 @@ class _Hub:
         for c in conns:
             c.flush_out()
 
+    # ---- one-time prekey claims ----------------------------------------------------------
+
+    def may_claim(self, requester: str, target: str) -> bool:
+        """Whether ``requester`` gets one of ``target``'s one-time prekeys now: one per peer and
+        at most ``max_prekey_claims_per_minute`` per requesting id, at most
+        ``max_prekey_claims_per_target_per_minute`` out of one target's stock. Registration is
+        open, so this slows a determined drain rather than preventing it (docs/hub.md)."""
+        now = self.loop.time()
+        mine = _last_minute(self.claims_by_requester, requester, now)
+        theirs = _last_minute(self.claims_by_target, target, now)
+        lim = self.limits
+        if (
+            len(mine) >= lim.max_prekey_claims_per_minute
+            or len(theirs) >= lim.max_prekey_claims_per_target_per_minute
+            or any(peer == target for _t, peer in mine)
+        ):
+            return False
+        mine.append((now, target))
+        theirs.append((now, requester))
+        return True
+
+    def _forget_old_claims(self, now: float) -> None:
+        for claims in (self.claims_by_requester, self.claims_by_target):
+            for key in [k for k, q in claims.items() if not q or now - q[-1][0] >= 60.0]:
+                del claims[key]
+
     # ---- housekeeping --------------------------------------------------------------------
 
     def start_housekeeping(self) -> None:
@@ -236,9 +270,13 @@ class _Hub:
         lim = self.limits
         tick = max(0.05, min(1.0, lim.ping_interval / 4, lim.handshake_timeout / 4))
         ping = encode_frame(FrameType.PING)
+        swept = self.loop.time()
         while True:
             await asyncio.sleep(tick)
             now = self.loop.time()
+            if now - swept >= 60.0:
+                swept = now
+                self._forget_old_claims(now)
             for c in list(self.conns):
                 if c.state < _LOOKUP:
                     if now - c.opened > lim.handshake_timeout:
@@ -293,6 +331,17 @@ def _older_bundle(current: dict[str, Any] | None, new: dict[str, Any]) -> str | 
     )
 
 
+def _last_minute(
+    claims: dict[str, deque[tuple[float, str]]], key: str, now: float
+) -> deque[tuple[float, str]]:
+    q = claims.get(key)
+    if q is None:
+        q = claims[key] = deque()
+    while q and now - q[0][0] >= 60.0:
+        q.popleft()
+    return q
+
+
 #: Requests only a registered agent connection may make.
 _AGENT_OPS = frozenset((Op.CLAIM_BUNDLE, Op.ADD_PREKEYS, Op.UPDATE_BUNDLE))
 
@@ -323,8 +372,6 @@ class _Conn(asyncio.Protocol):
         self.paused_by: set[str] = set()
         self.write_paused = False
         self.requests = 0
-        self.claimed: set[str] = set()  # peers whose one-time prekey this connection claimed
-        self.claim_times: deque[float] = deque()  # when, over the last minute
         # sending side
         self.uncommitted: deque[int] = deque()
         self.uncommitted_bytes = 0
@@ -884,22 +931,6 @@ class _Conn(asyncio.Protocol):
         finally:
             self.requests -= 1
 
-    def _may_claim(self, agent_id: str) -> bool:
-        """One key per peer per connection, and at most ``max_prekey_claims_per_minute``: a
-        registered client cannot empty another agent's stock quickly (registration is open, so
-        this slows a determined drain rather than preventing it; see docs/hub.md)."""
-        if agent_id in self.claimed:
-            return False
-        now = self.loop.time()
-        times = self.claim_times
-        while times and now - times[0] >= 60.0:
-            times.popleft()
-        if len(times) >= self.limits.max_prekey_claims_per_minute:
-            return False
-        times.append(now)
-        self.claimed.add(agent_id)
-        return True
-
     async def _update_bundle(self, arg: str) -> str | None:
         """Store the caller's new bundle; returns what is wrong with it, if anything."""
         crypto = self.hub.crypto
@@ -929,7 +960,12 @@ class _Conn(asyncio.Protocol):
         if agent_id not in self.hub.agents:
             return None
         bundle = await store.get_bundle(agent_id)
-        if bundle is None or agent_id == self.agent_id or not self._may_claim(agent_id):
+        if (
+            bundle is None
+            or self.agent_id is None
+            or agent_id == self.agent_id
+            or not self.hub.may_claim(self.agent_id, agent_id)
+        ):
             return bundle
         claimed = await store.claim_prekey(agent_id)
         if claimed is not None:

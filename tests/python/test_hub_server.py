@@ -1111,3 +1111,66 @@ def test_registering_an_older_signed_prekey_is_refused(server: NetworkHubServer)
 
     run(go())
     assert server.get_bundle("bob") == bob_kp.public_bundle()
+
+
+# --------------------------------------------------------------------------------------------
+# One-time prekey claim budgets belong to ids, not connections
+
+
+def test_prekey_claim_budget_survives_reconnects(make_server: ServerFactory) -> None:
+    """The per-minute claim budget is the requesting id's: a new connection (a reconnect, or
+    a second client of the same agent) does not start a fresh one, and the one-key-per-peer
+    rule holds across connections too."""
+    srv = make_server(limits=HubLimits(max_prekey_claims_per_minute=2))
+    alice_kp = new_keypair("alice")
+
+    async def go() -> None:
+        peers = []
+        for name in ("bob", "frank", "grace"):
+            kp = new_keypair(name)
+            p = client(srv)
+            await p.register(kp, Collector())
+            await p.add_prekeys(kp.generate_one_time_prekeys(5))
+            peers.append(p)
+        got = []
+        for target in ("bob", "bob", "frank", "grace"):  # a fresh connection for every claim
+            a = client(srv)
+            await a.register(alice_kp, Collector())
+            bundle = await a.claim_bundle(target)
+            assert bundle is not None
+            got.append("one_time_prekey" in bundle)
+            await a.close()
+        assert got == [True, False, True, False]
+        # the peers' stocks show it: bob and frank lost one key each, grace none
+        assert [await p.add_prekeys([]) for p in peers] == [4, 4, 5]
+        for p in peers:
+            await p.close()
+
+    run(go())
+
+
+def test_prekey_claims_against_one_target_are_capped(make_server: ServerFactory) -> None:
+    """Many fresh ids claiming one agent's bundle get at most the per-target cap of its one-time
+    prekeys per minute (default 30), the rest get the bundle alone; its stock keeps the rest."""
+    cap = 30
+    srv = make_server()
+    bob_kp = new_keypair("bob")
+
+    async def go() -> None:
+        b = client(srv)
+        await b.register(bob_kp, Collector())
+        await b.add_prekeys(bob_kp.generate_one_time_prekeys(cap + 10))
+        got = []
+        for i in range(cap + 3):
+            c = client(srv)
+            await c.register(new_keypair(f"drain{i}"), Collector())
+            bundle = await c.claim_bundle("bob")
+            assert bundle is not None and crypto().verify_bundle(bundle) == "bob"
+            got.append("one_time_prekey" in bundle)
+            await c.close()
+        assert got == [True] * cap + [False] * 3
+        assert await b.add_prekeys([]) == 10
+        await b.close()
+
+    run(go())
+    assert HubLimits().max_prekey_claims_per_target_per_minute == cap
