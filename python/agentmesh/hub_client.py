@@ -967,12 +967,26 @@ class HubClient:
         current bundle anyway."""
         await self._request(Op.UPDATE_BUNDLE, json.dumps(bundle, separators=(",", ":")))
 
-    async def list_agents(self) -> list[str]:
-        """Ids of every agent that ever registered on the hub, sorted."""
-        result = await self._request(Op.LIST_AGENTS)
-        if not isinstance(result, list):
-            raise HubError("bad answer from the hub: agent list is not a list")
-        return [str(a) for a in result]
+    async def list_agents(self, limit: int = 1_000_000) -> list[str]:
+        """Ids of every agent that ever registered on the hub, sorted, page by page (the hub
+        answers at most ``max_list_agents`` per request). Raises :class:`HubError` past
+        ``limit`` ids or for an answer that does not move on (a hostile or broken hub)."""
+        agents: list[str] = []
+        after = ""
+        while True:
+            page = await self._request(Op.LIST_AGENTS, after)
+            ids = page.get("agents") if isinstance(page, dict) else None
+            nxt = page.get("next") if isinstance(page, dict) else None
+            if not isinstance(ids, list) or not (nxt is None or isinstance(nxt, str)):
+                raise HubError("bad answer from the hub: expected {'agents': [...], 'next': ...}")
+            agents.extend(str(a) for a in ids)
+            if len(agents) > limit:
+                raise HubError(f"the hub lists more than {limit} agents")
+            if nxt is None:
+                return agents
+            if nxt <= after:
+                raise HubError("bad answer from the hub: the agent list does not advance")
+            after = nxt
 
     async def message_count(self) -> int:
         """Envelopes the hub has accepted for delivery since its store was created."""

@@ -133,7 +133,9 @@ class Op(IntEnum):
     """REQUEST operations."""
 
     GET_BUNDLE = 1  # argument: agent id; response: bundle object or null
-    LIST_AGENTS = 2  # no argument; response: list of ids
+    # Argument: "" or the "next" of the previous answer; response: {"agents": [ids, sorted],
+    # "next": where the following page starts, or null after the last page}
+    LIST_AGENTS = 2
     MESSAGE_COUNT = 3  # no argument; response: int
     # Agent connections only. Argument: agent id; response: the bundle with one of the agent's
     # one-time prekeys ("one_time_prekey": {"id", "key"}), removed from the hub for good, or

@@ -18,9 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import dataclasses
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -91,6 +93,18 @@ class HubLimits:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     #: Open connections (handshaking, lookup and agent); one more gets an ERROR and is closed.
     max_connections: int = 1024
+    #: Connections still in their handshake (before READY). They need no proof, so a small
+    #: share of ``max_connections``: a flood of them cannot keep agents out.
+    max_handshaking: int = 128
+    #: Lookup-only connections (unauthenticated, kept alive by answering pings).
+    max_lookup_connections: int = 128
+    #: Handshaking plus lookup connections from one IP address.
+    max_unauthenticated_per_address: int = 32
+    #: Outgoing bytes buffered for a handshaking or lookup connection before the hub stops
+    #: reading and answering it (agents get ``max_write_buffer`` once registered).
+    max_lookup_write_buffer: int = 256 * 1024
+    #: Agent ids in one LIST_AGENTS answer (a page; the answer names where the next begins).
+    max_list_agents: int = 1000
     #: Seconds from TCP accept to a completed HELLO + REGISTER/LOOKUP (TLS handshake included).
     handshake_timeout: float = 10.0
     #: A connection that sends no complete frame for this long is closed. Clients answer the
@@ -189,6 +203,14 @@ class _Hub:
         for rcpt, (n, b) in state.queues.items():
             st = self.agents.setdefault(rcpt, _AgentState())
             st.count, st.bytes = n, b
+        # LIST_AGENTS: ids in order, and encoded pages (by the cursor they start after) reused
+        # until the directory changes; a flood of requests costs one copy per answer
+        self.sorted_ids = sorted(self.agents)
+        self.list_pages: dict[str, bytes] = {}
+        self.list_cursors: set[str] = set()
+        # unauthenticated connections: "handshake" and "lookup" counts, and per address
+        self.unauth = {"handshake": 0, "lookup": 0}
+        self.unauth_by_addr: dict[str, int] = {}
         self.progress: dict[str, tuple[bytes, int]] = {}
         # one-time prekey claims of the last minute, by requesting id (time, target) and by
         # target (time, requester): budgets that outlive connections
@@ -234,6 +256,44 @@ class _Hub:
         conns, self.unflushed = self.unflushed, []
         for c in conns:
             c.flush_out()
+
+    # ---- the directory listing -------------------------------------------------------------
+
+    def add_agent(self, agent_id: str) -> _AgentState:
+        ast = self.agents.get(agent_id)
+        if ast is None:
+            ast = self.agents[agent_id] = _AgentState()
+            bisect.insort(self.sorted_ids, agent_id)
+            self.list_pages.clear()
+            self.list_cursors.clear()
+        return ast
+
+    def list_page(self, after: str) -> bytes:
+        """The LIST_AGENTS answer for the ids after ``after`` ("" = from the start): JSON
+        ``{"agents": [...], "next": cursor or null}``, at most ``max_list_agents`` ids and
+        well inside one frame. Pages that start where an earlier page ended are cached."""
+        page = self.list_pages.get(after)
+        if page is not None:
+            return page
+        ids = self.sorted_ids
+        start = bisect.bisect_right(ids, after) if after else 0
+        budget = self.limits.max_frame_size - 4096  # room for the header and "next"
+        chosen: list[str] = []
+        size = 0
+        for agent_id in itertools.islice(ids, start, start + self.limits.max_list_agents):
+            size += len(json.dumps(agent_id)) + 1
+            if size > budget and chosen:
+                break
+            chosen.append(agent_id)
+        nxt = chosen[-1] if chosen and start + len(chosen) < len(ids) else None
+        page = json.dumps({"agents": chosen, "next": nxt}, separators=(",", ":")).encode()
+        # only cursors this hub handed out are cached: any other string costs one page build
+        # (bounded) and no memory
+        if not after or after in self.list_cursors:
+            self.list_pages[after] = page
+        if nxt is not None:
+            self.list_cursors.add(nxt)
+        return page
 
     # ---- one-time prekey claims ----------------------------------------------------------
 
@@ -371,7 +431,11 @@ class _Conn(asyncio.Protocol):
         self.backlog: deque[tuple[int, bytes]] = deque()
         self.paused_by: set[str] = set()
         self.write_paused = False
+        self.out_bytes = 0  # in `out`, not yet handed to the transport
+        self.high_water = hub.limits.max_lookup_write_buffer
         self.requests = 0
+        self.addr = "?"
+        self.unauth: str | None = None  # "handshake" or "lookup" while counted as such
         # sending side
         self.uncommitted: deque[int] = deque()
         self.uncommitted_bytes = 0
@@ -398,6 +462,7 @@ class _Conn(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.addr = str(peer[0])
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
@@ -406,19 +471,28 @@ class _Conn(asyncio.Protocol):
         if hub.closing:
             self.fail(ErrorCode.SHUTTING_DOWN, "hub is shutting down", level=logging.DEBUG)
             return
-        if len(hub.conns) >= self.limits.max_connections:
-            log.warning("refusing %s: %d connections open", self.peer, len(hub.conns))
-            self.fail(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections", level=logging.DEBUG)
+        lim = self.limits
+        refusal = None
+        if len(hub.conns) >= lim.max_connections:
+            refusal = f"too many connections ({len(hub.conns)} open)"
+        elif hub.unauth["handshake"] >= lim.max_handshaking:
+            refusal = "too many connections in their handshake"
+        elif hub.unauth_by_addr.get(self.addr, 0) >= lim.max_unauthenticated_per_address:
+            refusal = "too many unauthenticated connections from this address"
+        if refusal is not None:
+            log.debug("refusing %s: %s", self.peer, refusal)
+            self.fail(ErrorCode.TOO_MANY_CONNECTIONS, refusal, level=logging.DEBUG)
             return
         hub.conns.add(self)
-        high = self.limits.max_write_buffer
-        transport.set_write_buffer_limits(high=high, low=high // 4)
+        self._count_as("handshake")
+        transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 4)
         log.debug("connection from %s", self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
         hub = self.hub
         hub.conns.discard(self)
+        self._count_as(None)
         ast = self.agent
         if ast is not None and ast.conn is self:
             ast.conn = None
@@ -431,6 +505,25 @@ class _Conn(asyncio.Protocol):
         else:
             log.debug("connection %s closed", self.peer)
 
+    def _count_as(self, kind: str | None) -> None:
+        """Moves this connection between the unauthenticated counts (``None``: an agent, or
+        gone)."""
+        hub, old = self.hub, self.unauth
+        if old == kind:
+            return
+        by_addr = hub.unauth_by_addr
+        if old is not None:
+            hub.unauth[old] -= 1
+            left = by_addr.get(self.addr, 1) - 1
+            if left > 0:
+                by_addr[self.addr] = left
+            else:
+                by_addr.pop(self.addr, None)
+        if kind is not None:
+            hub.unauth[kind] += 1
+            by_addr[self.addr] = by_addr.get(self.addr, 0) + 1
+        self.unauth = kind
+
     def pause_writing(self) -> None:
         self.write_paused = True
         self.pause("write")
@@ -440,6 +533,7 @@ class _Conn(asyncio.Protocol):
         self.resume("write")
         if self.state == _AGENT:
             self.refill()
+        self._drain_backlog()
 
     def eof_received(self) -> bool:
         # A half-closed client gets nothing more: close our side too.
@@ -456,7 +550,7 @@ class _Conn(asyncio.Protocol):
         if not frames:
             return
         self.last_rx = self.loop.time()
-        if self.blocked:
+        if self.blocked or self.backlog or self.write_paused:
             self.backlog.extend(frames)
             return
         self._process(frames)
@@ -470,6 +564,13 @@ class _Conn(asyncio.Protocol):
         n = len(frames)
         for i in range(n):
             if self.state >= _CLOSING:
+                return
+            if self.write_paused or self.out_bytes >= self.high_water:
+                # Answers pile up unread: take no more requests until they drain.
+                self.backlog.extend(itertools.islice(frames, i, n))
+                self.pause("output")
+                if not self.write_paused:
+                    self.loop.call_soon(self._drain_backlog)  # after this batch's flush
                 return
             ftype, body = frames[i]
             try:
@@ -506,10 +607,19 @@ class _Conn(asyncio.Protocol):
         if self.state >= _CLOSING:
             return
         self.resume("block")
+        self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """Processes frames held back (while a request blocked or writes were paused)."""
+        if self.state >= _CLOSING or self.blocked or self.write_paused:
+            return
         if self.backlog:
             frames = list(self.backlog)
             self.backlog.clear()
             self._process(frames)
+        if not self.backlog:
+            self.resume("output")
+        self.hub.flush_writes()
 
     def _on_other(self, ftype: int, body: bytes) -> Coroutine[Any, Any, None] | None:
         state = self.state
@@ -552,7 +662,10 @@ class _Conn(asyncio.Protocol):
         if ftype == FrameType.LOOKUP:
             if state != _AWAIT_AUTH:
                 raise ProtocolError(ErrorCode.PROTOCOL, "LOOKUP not allowed now")
+            if self.hub.unauth["lookup"] >= self.limits.max_lookup_connections:
+                raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many lookup connections")
             self.state = _LOOKUP
+            self._count_as("lookup")
             self._ready({"mode": "lookup"})
             log.debug("lookup connection from %s", self.peer)
             return None
@@ -630,9 +743,7 @@ class _Conn(asyncio.Protocol):
                 ErrorCode.ID_TAKEN,
                 f"agent id {agent_id!r} is registered with another identity key",
             )
-        ast = hub.agents.get(agent_id)
-        if ast is None:
-            ast = hub.agents[agent_id] = _AgentState()
+        ast = hub.add_agent(agent_id)
         old = ast.conn
         if old is not None and old is not self:
             ast.conn = None
@@ -655,6 +766,10 @@ class _Conn(asyncio.Protocol):
         self.last_seen_seq = acked
         self.last_ack_sent = acked
         self.state = _AGENT
+        self._count_as(None)
+        self.high_water = self.limits.max_write_buffer
+        if self.transport is not None:
+            self.transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 4)
         ast.conn = self
         self._ready(
             {
@@ -871,6 +986,13 @@ class _Conn(asyncio.Protocol):
 
     def _on_request(self, body: bytes) -> None:
         rid, op, arg = decode_request(body)
+        # Answered from memory at once: no task, no store read, no per-request encoding.
+        if op == Op.LIST_AGENTS:
+            self.write(encode_response(rid, 0, self.hub.list_page(arg)))
+            return
+        if op == Op.MESSAGE_COUNT:
+            self.write(encode_response(rid, 0, b"%d" % self.hub.store.message_count))
+            return
         if self.requests >= self.limits.max_pending_requests:
             self.write(encode_response(rid, ErrorCode.BAD_REQUEST, b"too many concurrent requests"))
             return
@@ -883,10 +1005,6 @@ class _Conn(asyncio.Protocol):
             result: Any
             if op == Op.GET_BUNDLE:
                 result = await hub.store.get_bundle(arg) if arg in hub.agents else None
-            elif op == Op.LIST_AGENTS:
-                result = sorted(hub.agents)
-            elif op == Op.MESSAGE_COUNT:
-                result = hub.store.message_count
             elif op in _AGENT_OPS and self.agent_id is None:
                 self.write(
                     encode_response(
@@ -917,14 +1035,7 @@ class _Conn(asyncio.Protocol):
                     encode_response(rid, ErrorCode.BAD_REQUEST, f"{UNKNOWN_OP} {op}".encode())
                 )
                 return
-            payload = json.dumps(result, separators=(",", ":")).encode()
-            limit = self.limits.max_frame_size - 16
-            if len(payload) > limit and isinstance(result, list):
-                log.warning("list_agents answer truncated to fit one frame")
-                while len(payload) > limit:
-                    result = result[: len(result) * 3 // 4]
-                    payload = json.dumps(result, separators=(",", ":")).encode()
-            self.write(encode_response(rid, 0, payload))
+            self.write(encode_response(rid, 0, json.dumps(result, separators=(",", ":")).encode()))
         except Exception as exc:
             log.exception("request %d failed", op)
             self.write(encode_response(rid, ErrorCode.INTERNAL, str(exc).encode()))
@@ -981,6 +1092,7 @@ class _Conn(asyncio.Protocol):
         if self.state >= _CLOSED:
             return
         self.out.append(data)
+        self.out_bytes += len(data)
         if not self.out_scheduled:
             self.out_scheduled = True
             self.hub.unflushed.append(self)
@@ -989,6 +1101,7 @@ class _Conn(asyncio.Protocol):
 
     def flush_out(self) -> None:
         self.out_scheduled = False
+        self.out_bytes = 0
         out = self.out
         if not out:
             return
@@ -1405,6 +1518,22 @@ class NetworkHubServer:
     def message_count(self) -> int:
         async def go(hub: _Hub) -> int:
             return hub.store.message_count
+
+        return self._call(go)
+
+    def connection_stats(self) -> dict[str, Any]:
+        """Open connections: ``total``, ``handshaking``, ``lookup``, ``agents`` and
+        ``unauthenticated_addresses`` (addresses holding handshaking or lookup connections)."""
+
+        async def go(hub: _Hub) -> dict[str, Any]:
+            unauth = sum(hub.unauth.values())
+            return {
+                "total": len(hub.conns),
+                "handshaking": hub.unauth["handshake"],
+                "lookup": hub.unauth["lookup"],
+                "agents": len(hub.conns) - unauth,
+                "unauthenticated_addresses": len(hub.unauth_by_addr),
+            }
 
         return self._call(go)
 

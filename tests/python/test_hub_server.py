@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import resource
 import socket
 import ssl
 import struct
@@ -21,7 +22,9 @@ from hubutil import (
     crypto,
     make_self_signed_cert,
     new_keypair,
+    peer_result,
     read_frames,
+    run_peer,
     seal_bytes,
     session,
 )
@@ -33,6 +36,7 @@ from agentmesh.hub_protocol import (
     FrameDecoder,
     FrameType,
     HubRequestError,
+    Op,
     PeerNotFoundError,
     decode_error,
     encode_frame,
@@ -1174,3 +1178,142 @@ def test_prekey_claims_against_one_target_are_capped(make_server: ServerFactory)
 
     run(go())
     assert HubLimits().max_prekey_claims_per_target_per_minute == cap
+
+
+# --------------------------------------------------------------------------------------------
+# Unauthenticated connections cannot starve the hub
+
+
+def _raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(hard, need)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        pytest.skip(f"needs {need} open files, RLIMIT_NOFILE allows {soft} (hard {hard})")
+
+
+def test_lookup_flood_does_not_starve_agents(make_server: ServerFactory) -> None:
+    """Two thousand lookup connections from one address, each pipelining hundreds of
+    LIST_AGENTS and never reading, while two agents ping-pong: their round trip stays within
+    5x its quiet value (p50), they are never disconnected, and once the flood is gone the hub
+    holds only the agents' connections."""
+    flood_conns = 2000
+    # the flooder's sockets and, with the hub in this process, as many accepted ones here
+    _raise_fd_limit(2 * flood_conns + 256)
+    srv = make_server()
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+    to_bob, to_alice = session(alice_kp, bob_kp), session(bob_kp, alice_kp)
+
+    async def go() -> None:
+        replies: asyncio.Queue[None] = asyncio.Queue()
+        a, b = client(srv), client(srv)
+
+        async def echo(_did: int, _env: bytes) -> None:
+            await b.send("alice", seal_bytes(to_alice, {"pong": 1}))
+
+        async def on_reply(_did: int, _env: bytes) -> None:
+            replies.put_nowait(None)
+
+        await a.register(alice_kp, on_reply)
+        await b.register(bob_kp, echo)
+
+        async def round_trip() -> float:
+            t0 = time.perf_counter()
+            await a.send("bob", seal_bytes(to_bob, {"ping": 1}))
+            await asyncio.wait_for(replies.get(), 10.0)
+            return time.perf_counter() - t0
+
+        for _ in range(50):  # warm up
+            await round_trip()
+        quiet = sorted([await round_trip() for _ in range(300)])
+        flood = run_peer(
+            "lookup-flood", "--port", str(srv.port), "--count", str(flood_conns),
+            "--requests", "500", "--seconds", "4",
+        )  # fmt: skip
+        loaded: list[float] = []
+        while flood.poll() is None:
+            loaded.append(await round_trip())
+        result = await asyncio.to_thread(peer_result, flood, 60.0)
+        assert result["opened"] + result["failed"] == flood_conns
+        loaded.sort()
+        q50, l50 = quiet[len(quiet) // 2], loaded[len(loaded) // 2]
+        assert len(loaded) >= 100, f"only {len(loaded)} round trips during the flood"
+        assert l50 <= 5 * q50, f"p50 {l50 * 1e3:.2f} ms under the flood, {q50 * 1e3:.2f} quiet"
+        assert a.reconnects == 0 and b.reconnects == 0
+        assert a.connected and b.connected
+        await round_trip()
+        for c in (a, b):
+            await c.close()
+
+    run(go())
+    # every flood connection is gone from the hub's books
+    deadline = time.monotonic() + 15
+    while srv.connection_stats()["total"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert srv.connection_stats() == {
+        "total": 0, "handshaking": 0, "lookup": 0, "agents": 0, "unauthenticated_addresses": 0,
+    }  # fmt: skip
+
+
+def test_unauthenticated_connections_are_capped_per_kind_and_address(
+    make_server: ServerFactory,
+) -> None:
+    """Lookup connections beyond ``max_lookup_connections``, and handshaking plus lookup ones
+    from one address beyond ``max_unauthenticated_per_address``, get ERROR
+    TOO_MANY_CONNECTIONS naming the cap; a registered agent no longer counts."""
+    srv = make_server(max_lookup_connections=2, max_unauthenticated_per_address=3)
+
+    async def refusal() -> str:
+        reader, writer = await asyncio.open_connection(HOST, srv.port)
+        writer.write(encode_hello() + encode_frame(FrameType.LOOKUP))
+        frames = await read_frames(reader, timeout=10)
+        writer.close()
+        assert frames and frames[-1][0] == FrameType.ERROR, frames
+        code, message = decode_error(frames[-1][1])
+        assert code == ErrorCode.TOO_MANY_CONNECTIONS
+        return message
+
+    async def go() -> None:
+        looks = [client(srv), client(srv)]
+        for look in looks:
+            await look.connect_lookup()
+        assert "lookup connections" in await refusal()
+        _r, silent = await asyncio.open_connection(HOST, srv.port)  # still in its handshake
+        await asyncio.sleep(0.1)
+        assert "from this address" in await refusal()
+        assert srv.connection_stats()["handshaking"] == 1
+        silent.close()
+        await looks[0].close()
+        agent = client(srv)
+        await agent.register(new_keypair("alice"), Collector())
+        assert srv.connection_stats()["agents"] == 1
+        for c in (agent, looks[1]):
+            await c.close()
+
+    run(go())
+
+
+def test_list_agents_comes_in_bounded_pages(make_server: ServerFactory) -> None:
+    """LIST_AGENTS answers at most ``max_list_agents`` ids and says where the next page
+    starts; the client pages through all of them."""
+    srv = make_server(max_list_agents=3)
+    names = [f"agent{i}" for i in range(8)]
+
+    async def go() -> None:
+        for name in names:
+            c = client(srv)
+            await c.register(new_keypair(name), Collector())
+            await c.close()
+        look = client(srv)
+        assert await look.list_agents() == names
+        first = await look._request(Op.LIST_AGENTS, "")
+        assert first == {"agents": names[:3], "next": names[2]}
+        last = await look._request(Op.LIST_AGENTS, names[5])
+        assert last == {"agents": names[6:], "next": None}
+        assert await look._request(Op.LIST_AGENTS, "zzz") == {"agents": [], "next": None}
+        await look.close()
+
+    run(go())
