@@ -24,7 +24,7 @@ from agentmesh._native import (
     fingerprint_of_key,
     perform_key_exchange,
     verify_bundle,
-    verify_challenge,
+    verify_registration,
 )
 from agentmesh.errors import (
     AuthenticationError,
@@ -69,7 +69,7 @@ __all__ = [
     "seal_at_rest",
     "unseal",
     "verify_bundle",
-    "verify_challenge",
+    "verify_registration",
 ]
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -28,8 +29,10 @@ from typing import Any, cast
 
 from agentmesh.errors import FlushTimeoutError, HubError
 from agentmesh.hub_protocol import (
+    CLIENT_NONCE_SIZE,
     DEFAULT_MAX_FRAME_SIZE,
     DEFAULT_PORT,
+    PROTOCOL_VERSION,
     SESSION_ID_SIZE,
     ErrorCode,
     FrameDecoder,
@@ -111,6 +114,17 @@ class _Proto(asyncio.Protocol):
             with contextlib.suppress(OSError, AttributeError):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         transport.set_write_buffer_limits(high=4 * 1024 * 1024)
+
+    def tls_certificate_sha256(self) -> bytes | None:
+        """SHA-256 of the hub's certificate (DER) on a TLS connection, None on plain TCP.
+
+        Python's ssl module has no keying-material exporter (RFC 5705) before 3.13, so the
+        registration proof binds the certificate the client verified instead: a hub without
+        that certificate's private key cannot present this proof elsewhere."""
+        # (a TLS hub refuses a proof without the binding, so a missing ssl_object fails closed)
+        obj = self.transport.get_extra_info("ssl_object") if self.transport is not None else None
+        der = obj.getpeercert(binary_form=True) if obj is not None else None
+        return hashlib.sha256(der).digest() if der else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.is_closed = True
@@ -487,10 +501,16 @@ class HubClient:
             )
             proto.write(encode_hello())
             welcome = await asyncio.wait_for(asyncio.shield(proto.welcome), self.connect_timeout)
+            if welcome.version != PROTOCOL_VERSION:
+                # An earlier version's proof covers the challenge alone: a hub could relay it
+                # to another hub and register there as this agent.
+                raise HubRequestError(
+                    ErrorCode.UNSUPPORTED_VERSION,
+                    f"hub {self.host}:{self.port} speaks protocol version {welcome.version}; "
+                    f"this client speaks only version {PROTOCOL_VERSION}",
+                )
             if self._mode == "agent":
-                kp = self._keypair
-                signature = bytes(kp.sign_challenge(welcome.challenge))
-                proto.write(encode_register(signature, self._session, kp.public_bundle()))
+                proto.write(self._register_frame(proto, welcome))
             else:
                 proto.write(encode_frame(FrameType.LOOKUP))
             info = await asyncio.wait_for(asyncio.shield(proto.ready), self.connect_timeout)
@@ -507,6 +527,17 @@ class HubClient:
             proto.abort()
             raise
         return proto, welcome, info
+
+    def _register_frame(self, proto: _Proto, welcome: Welcome) -> bytes:
+        """REGISTER with a proof bound to this hub (its id and, over TLS, the certificate this
+        connection was made with), this challenge, a nonce of ours, and the bundle sent."""
+        kp = self._keypair
+        bundle = kp.public_bundle()
+        nonce = os.urandom(CLIENT_NONCE_SIZE)
+        signature = kp.sign_registration(
+            bundle, welcome.hub_id, welcome.challenge, nonce, proto.tls_certificate_sha256()
+        )
+        return encode_register(bytes(signature), self._session, nonce, bundle)
 
     def _activate(self, proto: _Proto, welcome: Welcome, info: dict[str, Any]) -> None:
         self._proto = proto
@@ -939,12 +970,26 @@ class HubClient:
         current bundle anyway."""
         await self._request(Op.UPDATE_BUNDLE, json.dumps(bundle, separators=(",", ":")))
 
-    async def list_agents(self) -> list[str]:
-        """Ids of every agent that ever registered on the hub, sorted."""
-        result = await self._request(Op.LIST_AGENTS)
-        if not isinstance(result, list):
-            raise HubError("bad answer from the hub: agent list is not a list")
-        return [str(a) for a in result]
+    async def list_agents(self, limit: int = 1_000_000) -> list[str]:
+        """Ids of every agent that ever registered on the hub, sorted, page by page (the hub
+        answers at most ``max_list_agents`` per request). Raises :class:`HubError` past
+        ``limit`` ids or for an answer that does not move on (a hostile or broken hub)."""
+        agents: list[str] = []
+        after = ""
+        while True:
+            page = await self._request(Op.LIST_AGENTS, after)
+            ids = page.get("agents") if isinstance(page, dict) else None
+            nxt = page.get("next") if isinstance(page, dict) else None
+            if not isinstance(ids, list) or not (nxt is None or isinstance(nxt, str)):
+                raise HubError("bad answer from the hub: expected {'agents': [...], 'next': ...}")
+            agents.extend(str(a) for a in ids)
+            if len(agents) > limit:
+                raise HubError(f"the hub lists more than {limit} agents")
+            if nxt is None:
+                return agents
+            if nxt <= after:
+                raise HubError("bad answer from the hub: the agent list does not advance")
+            after = nxt
 
     async def message_count(self) -> int:
         """Envelopes the hub has accepted for delivery since its store was created."""

@@ -26,6 +26,7 @@ from typing import Any
 from agentmesh.errors import HubError
 
 __all__ = [
+    "CLIENT_NONCE_SIZE",
     "DEFAULT_MAX_FRAME_SIZE",
     "DEFAULT_PORT",
     "HEADER",
@@ -70,8 +71,11 @@ __all__ = [
 
 #: First bytes of the client's HELLO body: "AgentMesh Hub".
 MAGIC = b"AMHB"
-#: Protocol version spoken by this build (HELLO and WELCOME carry it).
-PROTOCOL_VERSION = 1
+#: Protocol version spoken by this build (HELLO and WELCOME carry it). Version 2 binds the
+#: registration proof to the hub, a client nonce, the bundle and the TLS certificate; a client
+#: of this build refuses to register with a hub of version 1 (whose proof a hostile hub could
+#: relay), and a hub of this build refuses clients of version 1.
+PROTOCOL_VERSION = 2
 DEFAULT_PORT = 7700
 #: Default largest frame (type byte + body) a peer accepts: 4 MiB of envelope plus headroom.
 DEFAULT_MAX_FRAME_SIZE = 4 * 1024 * 1024 + 64 * 1024
@@ -93,6 +97,7 @@ _ERR = struct.Struct(">H")
 CHALLENGE_SIZE = 32
 HUB_ID_SIZE = 16
 SESSION_ID_SIZE = 16
+CLIENT_NONCE_SIZE = 32
 SIGNATURE_SIZE = 64
 MAX_AGENT_ID_BYTES = 255
 
@@ -103,7 +108,8 @@ class FrameType(IntEnum):
     HELLO = 0x01  # C: magic(4) | u16 version | u16 flags (0)
     # S: u16 version | challenge(32) | hub_id(16) | u32 max frame | u32 ping ms | u32 window
     WELCOME = 0x02
-    REGISTER = 0x03  # C: signature(64) | client session(16) | bundle JSON (UTF-8)
+    # C: signature(64) | client session(16) | client nonce(32) | bundle JSON (UTF-8)
+    REGISTER = 0x03
     LOOKUP = 0x04  # C: empty; an unauthenticated connection (get_bundle/list_agents/count only)
     # S: JSON object {"mode", "agent_id", "acked_seq", "queued", "next_seq", "prekeys",
     # "prekey_limit"}
@@ -127,7 +133,9 @@ class Op(IntEnum):
     """REQUEST operations."""
 
     GET_BUNDLE = 1  # argument: agent id; response: bundle object or null
-    LIST_AGENTS = 2  # no argument; response: list of ids
+    # Argument: "" or the "next" of the previous answer; response: {"agents": [ids, sorted],
+    # "next": where the following page starts, or null after the last page}
+    LIST_AGENTS = 2
     MESSAGE_COUNT = 3  # no argument; response: int
     # Agent connections only. Argument: agent id; response: the bundle with one of the agent's
     # one-time prekeys ("one_time_prekey": {"id", "key"}), removed from the hub for good, or
@@ -388,16 +396,24 @@ def decode_welcome(body: bytes) -> Welcome:
     return Welcome(version, challenge, hub_id, max_frame, ping_ms / 1000.0, window)
 
 
-def encode_register(signature: bytes, session: bytes, bundle: dict[str, Any]) -> bytes:
-    if len(signature) != SIGNATURE_SIZE or len(session) != SESSION_ID_SIZE:
-        raise ValueError("bad signature or session id size")
+def encode_register(
+    signature: bytes, session: bytes, client_nonce: bytes, bundle: dict[str, Any]
+) -> bytes:
+    if (
+        len(signature) != SIGNATURE_SIZE
+        or len(session) != SESSION_ID_SIZE
+        or len(client_nonce) != CLIENT_NONCE_SIZE
+    ):
+        raise ValueError("bad signature, session id or client nonce size")
     data = json.dumps(bundle, separators=(",", ":"), sort_keys=True).encode()
-    return encode_frame(FrameType.REGISTER, signature + session + data)
+    return encode_frame(FrameType.REGISTER, signature + session + client_nonce + data)
 
 
-def decode_register(body: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
-    """Return (signature, client session id, bundle dict)."""
-    head = SIGNATURE_SIZE + SESSION_ID_SIZE
+def decode_register(body: bytes) -> tuple[bytes, bytes, bytes, dict[str, Any]]:
+    """Return (signature, client session id, client nonce, bundle dict)."""
+    sig_end = SIGNATURE_SIZE
+    session_end = sig_end + SESSION_ID_SIZE
+    head = session_end + CLIENT_NONCE_SIZE
     if len(body) <= head:
         raise ProtocolError(ErrorCode.BAD_REGISTRATION, "short REGISTER frame")
     try:
@@ -406,7 +422,7 @@ def decode_register(body: bytes) -> tuple[bytes, bytes, dict[str, Any]]:
         raise ProtocolError(ErrorCode.BAD_REGISTRATION, "bundle is not valid JSON") from None
     if not isinstance(bundle, dict):
         raise ProtocolError(ErrorCode.BAD_REGISTRATION, "bundle is not a JSON object")
-    return body[:SIGNATURE_SIZE], body[SIGNATURE_SIZE:head], bundle
+    return body[:sig_end], body[sig_end:session_end], body[session_end:head], bundle
 
 
 def encode_send(client_seq: int, recipient: bytes, envelope: bytes) -> bytes:

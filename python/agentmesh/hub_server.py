@@ -18,8 +18,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import bisect
 import contextlib
 import dataclasses
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -90,6 +93,18 @@ class HubLimits:
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     #: Open connections (handshaking, lookup and agent); one more gets an ERROR and is closed.
     max_connections: int = 1024
+    #: Connections still in their handshake (before READY). They need no proof, so a small
+    #: share of ``max_connections``: a flood of them cannot keep agents out.
+    max_handshaking: int = 128
+    #: Lookup-only connections (unauthenticated, kept alive by answering pings).
+    max_lookup_connections: int = 128
+    #: Handshaking plus lookup connections from one IP address.
+    max_unauthenticated_per_address: int = 32
+    #: Outgoing bytes buffered for a handshaking or lookup connection before the hub stops
+    #: reading and answering it (agents get ``max_write_buffer`` once registered).
+    max_lookup_write_buffer: int = 256 * 1024
+    #: Agent ids in one LIST_AGENTS answer (a page; the answer names where the next begins).
+    max_list_agents: int = 1000
     #: Seconds from TCP accept to a completed HELLO + REGISTER/LOOKUP (TLS handshake included).
     handshake_timeout: float = 10.0
     #: A connection that sends no complete frame for this long is closed. Clients answer the
@@ -120,9 +135,13 @@ class HubLimits:
     #: One-time prekeys held per agent; the rest of an upload beyond it is ignored (the answer
     #: tells the agent how many are held, and READY the limit).
     max_prekeys_per_agent: int = 100
-    #: One-time prekeys one agent connection may claim per minute; beyond it (and for a second
-    #: claim of the same peer on one connection) the bundle comes without one.
+    #: One-time prekeys one agent id may claim per minute, across all its connections (a
+    #: reconnect does not reset it); beyond it, and for a second claim of the same peer within
+    #: the minute, the bundle comes without one.
     max_prekey_claims_per_minute: int = 60
+    #: One-time prekeys handed out of one agent's stock per minute, whoever asks: many fresh
+    #: ids cannot empty a stock faster than this. Beyond it bundles come without one.
+    max_prekey_claims_per_target_per_minute: int = 30
 
     def validate(self) -> HubLimits:
         for f in dataclasses.fields(self):
@@ -169,18 +188,34 @@ class _Hub:
         limits: HubLimits,
         crypto: ModuleType | None,
         on_fatal: Callable[[BaseException], None],
+        tls_cert_sha256: bytes | None = None,
     ) -> None:
         self.loop = loop
         self.store = store
         self.limits = limits
         self.crypto = crypto
         self.hub_id = state.hub_id
+        #: SHA-256 of the certificate clients see (None without TLS): registration proofs are
+        #: bound to it.
+        self.tls_cert_sha256 = tls_cert_sha256
         self.conns: set[_Conn] = set()
         self.agents: dict[str, _AgentState] = {a: _AgentState() for a in state.agents}
         for rcpt, (n, b) in state.queues.items():
             st = self.agents.setdefault(rcpt, _AgentState())
             st.count, st.bytes = n, b
+        # LIST_AGENTS: ids in order, and encoded pages (by the cursor they start after) reused
+        # until the directory changes; a flood of requests costs one copy per answer
+        self.sorted_ids = sorted(self.agents)
+        self.list_pages: dict[str, bytes] = {}
+        self.list_cursors: set[str] = set()
+        # unauthenticated connections: "handshake" and "lookup" counts, and per address
+        self.unauth = {"handshake": 0, "lookup": 0}
+        self.unauth_by_addr: dict[str, int] = {}
         self.progress: dict[str, tuple[bytes, int]] = {}
+        # one-time prekey claims of the last minute, by requesting id (time, target) and by
+        # target (time, requester): budgets that outlive connections
+        self.claims_by_requester: dict[str, deque[tuple[float, str]]] = {}
+        self.claims_by_target: dict[str, deque[tuple[float, str]]] = {}
         self.unflushed: list[_Conn] = []  # connections with frames waiting in their `out`
         self.closing = False
         self._on_fatal = on_fatal
@@ -222,6 +257,70 @@ class _Hub:
         for c in conns:
             c.flush_out()
 
+    # ---- the directory listing -------------------------------------------------------------
+
+    def add_agent(self, agent_id: str) -> _AgentState:
+        ast = self.agents.get(agent_id)
+        if ast is None:
+            ast = self.agents[agent_id] = _AgentState()
+            bisect.insort(self.sorted_ids, agent_id)
+            self.list_pages.clear()
+            self.list_cursors.clear()
+        return ast
+
+    def list_page(self, after: str) -> bytes:
+        """The LIST_AGENTS answer for the ids after ``after`` ("" = from the start): JSON
+        ``{"agents": [...], "next": cursor or null}``, at most ``max_list_agents`` ids and
+        well inside one frame. Pages that start where an earlier page ended are cached."""
+        page = self.list_pages.get(after)
+        if page is not None:
+            return page
+        ids = self.sorted_ids
+        start = bisect.bisect_right(ids, after) if after else 0
+        budget = self.limits.max_frame_size - 4096  # room for the header and "next"
+        chosen: list[str] = []
+        size = 0
+        for agent_id in itertools.islice(ids, start, start + self.limits.max_list_agents):
+            size += len(json.dumps(agent_id)) + 1
+            if size > budget and chosen:
+                break
+            chosen.append(agent_id)
+        nxt = chosen[-1] if chosen and start + len(chosen) < len(ids) else None
+        page = json.dumps({"agents": chosen, "next": nxt}, separators=(",", ":")).encode()
+        # only cursors this hub handed out are cached: any other string costs one page build
+        # (bounded) and no memory
+        if not after or after in self.list_cursors:
+            self.list_pages[after] = page
+        if nxt is not None:
+            self.list_cursors.add(nxt)
+        return page
+
+    # ---- one-time prekey claims ----------------------------------------------------------
+
+    def may_claim(self, requester: str, target: str) -> bool:
+        """Whether ``requester`` gets one of ``target``'s one-time prekeys now: one per peer and
+        at most ``max_prekey_claims_per_minute`` per requesting id, at most
+        ``max_prekey_claims_per_target_per_minute`` out of one target's stock. Registration is
+        open, so this slows a determined drain rather than preventing it (docs/hub.md)."""
+        now = self.loop.time()
+        mine = _last_minute(self.claims_by_requester, requester, now)
+        theirs = _last_minute(self.claims_by_target, target, now)
+        lim = self.limits
+        if (
+            len(mine) >= lim.max_prekey_claims_per_minute
+            or len(theirs) >= lim.max_prekey_claims_per_target_per_minute
+            or any(peer == target for _t, peer in mine)
+        ):
+            return False
+        mine.append((now, target))
+        theirs.append((now, requester))
+        return True
+
+    def _forget_old_claims(self, now: float) -> None:
+        for claims in (self.claims_by_requester, self.claims_by_target):
+            for key in [k for k, q in claims.items() if not q or now - q[-1][0] >= 60.0]:
+                del claims[key]
+
     # ---- housekeeping --------------------------------------------------------------------
 
     def start_housekeeping(self) -> None:
@@ -231,9 +330,13 @@ class _Hub:
         lim = self.limits
         tick = max(0.05, min(1.0, lim.ping_interval / 4, lim.handshake_timeout / 4))
         ping = encode_frame(FrameType.PING)
+        swept = self.loop.time()
         while True:
             await asyncio.sleep(tick)
             now = self.loop.time()
+            if now - swept >= 60.0:
+                swept = now
+                self._forget_old_claims(now)
             for c in list(self.conns):
                 if c.state < _LOOKUP:
                     if now - c.opened > lim.handshake_timeout:
@@ -267,6 +370,38 @@ class _Hub:
             c.abort()
 
 
+_SIGNED_FIELDS = ("identity_key", "exchange_key", "signed_prekey_id", "signed_prekey")
+
+
+def _older_bundle(current: dict[str, Any] | None, new: dict[str, Any]) -> str | None:
+    """What is wrong with replacing ``current`` (served now) by ``new`` (both verified), if
+    anything. Signed prekey ids only grow: an older bundle replayed into a registration or an
+    update would make the hub serve a key the agent has deleted. A bundle of another identity
+    key is left to the binding check (ID_TAKEN)."""
+    if current is None or current.get("identity_key") != new.get("identity_key"):
+        return None
+    if all(current.get(f) == new.get(f) for f in _SIGNED_FIELDS):
+        return None
+    new_id, old_id = new.get("signed_prekey_id"), current.get("signed_prekey_id")
+    if isinstance(new_id, int) and isinstance(old_id, int) and new_id > old_id:
+        return None
+    return (
+        f"the bundle's signed prekey (id {new_id}) is not newer than the one the hub serves "
+        f"(id {old_id})"
+    )
+
+
+def _last_minute(
+    claims: dict[str, deque[tuple[float, str]]], key: str, now: float
+) -> deque[tuple[float, str]]:
+    q = claims.get(key)
+    if q is None:
+        q = claims[key] = deque()
+    while q and now - q[0][0] >= 60.0:
+        q.popleft()
+    return q
+
+
 #: Requests only a registered agent connection may make.
 _AGENT_OPS = frozenset((Op.CLAIM_BUNDLE, Op.ADD_PREKEYS, Op.UPDATE_BUNDLE))
 
@@ -296,9 +431,11 @@ class _Conn(asyncio.Protocol):
         self.backlog: deque[tuple[int, bytes]] = deque()
         self.paused_by: set[str] = set()
         self.write_paused = False
+        self.out_bytes = 0  # in `out`, not yet handed to the transport
+        self.high_water = hub.limits.max_lookup_write_buffer
         self.requests = 0
-        self.claimed: set[str] = set()  # peers whose one-time prekey this connection claimed
-        self.claim_times: deque[float] = deque()  # when, over the last minute
+        self.addr = "?"
+        self.unauth: str | None = None  # "handshake" or "lookup" while counted as such
         # sending side
         self.uncommitted: deque[int] = deque()
         self.uncommitted_bytes = 0
@@ -325,6 +462,7 @@ class _Conn(asyncio.Protocol):
         peer = transport.get_extra_info("peername")
         if isinstance(peer, tuple) and len(peer) >= 2:
             self.peer = f"{peer[0]}:{peer[1]}"
+            self.addr = str(peer[0])
         sock = transport.get_extra_info("socket")
         if sock is not None:
             with contextlib.suppress(OSError, AttributeError):
@@ -333,19 +471,28 @@ class _Conn(asyncio.Protocol):
         if hub.closing:
             self.fail(ErrorCode.SHUTTING_DOWN, "hub is shutting down", level=logging.DEBUG)
             return
-        if len(hub.conns) >= self.limits.max_connections:
-            log.warning("refusing %s: %d connections open", self.peer, len(hub.conns))
-            self.fail(ErrorCode.TOO_MANY_CONNECTIONS, "too many connections", level=logging.DEBUG)
+        lim = self.limits
+        refusal = None
+        if len(hub.conns) >= lim.max_connections:
+            refusal = f"too many connections ({len(hub.conns)} open)"
+        elif hub.unauth["handshake"] >= lim.max_handshaking:
+            refusal = "too many connections in their handshake"
+        elif hub.unauth_by_addr.get(self.addr, 0) >= lim.max_unauthenticated_per_address:
+            refusal = "too many unauthenticated connections from this address"
+        if refusal is not None:
+            log.debug("refusing %s: %s", self.peer, refusal)
+            self.fail(ErrorCode.TOO_MANY_CONNECTIONS, refusal, level=logging.DEBUG)
             return
         hub.conns.add(self)
-        high = self.limits.max_write_buffer
-        transport.set_write_buffer_limits(high=high, low=high // 4)
+        self._count_as("handshake")
+        transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 4)
         log.debug("connection from %s", self.peer)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.state = _CLOSED
         hub = self.hub
         hub.conns.discard(self)
+        self._count_as(None)
         ast = self.agent
         if ast is not None and ast.conn is self:
             ast.conn = None
@@ -358,6 +505,25 @@ class _Conn(asyncio.Protocol):
         else:
             log.debug("connection %s closed", self.peer)
 
+    def _count_as(self, kind: str | None) -> None:
+        """Moves this connection between the unauthenticated counts (``None``: an agent, or
+        gone)."""
+        hub, old = self.hub, self.unauth
+        if old == kind:
+            return
+        by_addr = hub.unauth_by_addr
+        if old is not None:
+            hub.unauth[old] -= 1
+            left = by_addr.get(self.addr, 1) - 1
+            if left > 0:
+                by_addr[self.addr] = left
+            else:
+                by_addr.pop(self.addr, None)
+        if kind is not None:
+            hub.unauth[kind] += 1
+            by_addr[self.addr] = by_addr.get(self.addr, 0) + 1
+        self.unauth = kind
+
     def pause_writing(self) -> None:
         self.write_paused = True
         self.pause("write")
@@ -367,6 +533,7 @@ class _Conn(asyncio.Protocol):
         self.resume("write")
         if self.state == _AGENT:
             self.refill()
+        self._drain_backlog()
 
     def eof_received(self) -> bool:
         # A half-closed client gets nothing more: close our side too.
@@ -383,7 +550,7 @@ class _Conn(asyncio.Protocol):
         if not frames:
             return
         self.last_rx = self.loop.time()
-        if self.blocked:
+        if self.blocked or self.backlog or self.write_paused:
             self.backlog.extend(frames)
             return
         self._process(frames)
@@ -397,6 +564,13 @@ class _Conn(asyncio.Protocol):
         n = len(frames)
         for i in range(n):
             if self.state >= _CLOSING:
+                return
+            if self.write_paused or self.out_bytes >= self.high_water:
+                # Answers pile up unread: take no more requests until they drain.
+                self.backlog.extend(itertools.islice(frames, i, n))
+                self.pause("output")
+                if not self.write_paused:
+                    self.loop.call_soon(self._drain_backlog)  # after this batch's flush
                 return
             ftype, body = frames[i]
             try:
@@ -433,10 +607,19 @@ class _Conn(asyncio.Protocol):
         if self.state >= _CLOSING:
             return
         self.resume("block")
+        self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """Processes frames held back (while a request blocked or writes were paused)."""
+        if self.state >= _CLOSING or self.blocked or self.write_paused:
+            return
         if self.backlog:
             frames = list(self.backlog)
             self.backlog.clear()
             self._process(frames)
+        if not self.backlog:
+            self.resume("output")
+        self.hub.flush_writes()
 
     def _on_other(self, ftype: int, body: bytes) -> Coroutine[Any, Any, None] | None:
         state = self.state
@@ -479,7 +662,10 @@ class _Conn(asyncio.Protocol):
         if ftype == FrameType.LOOKUP:
             if state != _AWAIT_AUTH:
                 raise ProtocolError(ErrorCode.PROTOCOL, "LOOKUP not allowed now")
+            if self.hub.unauth["lookup"] >= self.limits.max_lookup_connections:
+                raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many lookup connections")
             self.state = _LOOKUP
+            self._count_as("lookup")
             self._ready({"mode": "lookup"})
             log.debug("lookup connection from %s", self.peer)
             return None
@@ -503,7 +689,7 @@ class _Conn(asyncio.Protocol):
     # ---- registration ------------------------------------------------------------------------
 
     async def _register(self, body: bytes) -> None:
-        signature, session, bundle = decode_register(body)
+        signature, session, client_nonce, bundle = decode_register(body)
         challenge = self.challenge
         self.challenge = None
         if challenge is None:
@@ -519,20 +705,31 @@ class _Conn(asyncio.Protocol):
             check_agent_id(agent_id)
         except ValueError as exc:
             raise ProtocolError(ErrorCode.BAD_REGISTRATION, f"invalid agent id: {exc}") from None
+        hub = self.hub
         try:
-            ok = bool(crypto.verify_challenge(bundle, challenge, signature))
+            ok = bool(
+                crypto.verify_registration(
+                    bundle, signature, hub.hub_id, challenge, client_nonce, hub.tls_cert_sha256
+                )
+            )
         except Exception:
             ok = False
         if not ok:
-            log.warning("registration of %r from %s: bad challenge signature", agent_id, self.peer)
+            log.warning("registration of %r from %s: bad registration proof", agent_id, self.peer)
             raise ProtocolError(
                 ErrorCode.BAD_REGISTRATION,
-                "challenge signature does not verify against the bundle's identity key",
+                "registration signature does not verify for this bundle, hub, challenge, nonce "
+                "and TLS certificate",
             )
         identity_key = bundle.get("identity_key")
         if not isinstance(identity_key, str):
             raise ProtocolError(ErrorCode.BAD_REGISTRATION, "bundle has no identity_key")
-        hub = self.hub
+        bundle.pop("one_time_prekey", None)
+        problem = _older_bundle(await hub.store.get_bundle(agent_id), bundle)
+        if self.state >= _CLOSING:
+            return
+        if problem is not None:
+            raise ProtocolError(ErrorCode.BAD_REGISTRATION, problem)
         if agent_id not in hub.agents and len(hub.agents) >= self.limits.max_agents:
             raise ProtocolError(ErrorCode.TOO_MANY_AGENTS, "the hub's directory is full")
         result = await hub.store.bind_agent(agent_id, identity_key, bundle, session)
@@ -546,9 +743,7 @@ class _Conn(asyncio.Protocol):
                 ErrorCode.ID_TAKEN,
                 f"agent id {agent_id!r} is registered with another identity key",
             )
-        ast = hub.agents.get(agent_id)
-        if ast is None:
-            ast = hub.agents[agent_id] = _AgentState()
+        ast = hub.add_agent(agent_id)
         old = ast.conn
         if old is not None and old is not self:
             ast.conn = None
@@ -571,6 +766,10 @@ class _Conn(asyncio.Protocol):
         self.last_seen_seq = acked
         self.last_ack_sent = acked
         self.state = _AGENT
+        self._count_as(None)
+        self.high_water = self.limits.max_write_buffer
+        if self.transport is not None:
+            self.transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 4)
         ast.conn = self
         self._ready(
             {
@@ -787,6 +986,13 @@ class _Conn(asyncio.Protocol):
 
     def _on_request(self, body: bytes) -> None:
         rid, op, arg = decode_request(body)
+        # Answered from memory at once: no task, no store read, no per-request encoding.
+        if op == Op.LIST_AGENTS:
+            self.write(encode_response(rid, 0, self.hub.list_page(arg)))
+            return
+        if op == Op.MESSAGE_COUNT:
+            self.write(encode_response(rid, 0, b"%d" % self.hub.store.message_count))
+            return
         if self.requests >= self.limits.max_pending_requests:
             self.write(encode_response(rid, ErrorCode.BAD_REQUEST, b"too many concurrent requests"))
             return
@@ -799,10 +1005,6 @@ class _Conn(asyncio.Protocol):
             result: Any
             if op == Op.GET_BUNDLE:
                 result = await hub.store.get_bundle(arg) if arg in hub.agents else None
-            elif op == Op.LIST_AGENTS:
-                result = sorted(hub.agents)
-            elif op == Op.MESSAGE_COUNT:
-                result = hub.store.message_count
             elif op in _AGENT_OPS and self.agent_id is None:
                 self.write(
                     encode_response(
@@ -833,35 +1035,12 @@ class _Conn(asyncio.Protocol):
                     encode_response(rid, ErrorCode.BAD_REQUEST, f"{UNKNOWN_OP} {op}".encode())
                 )
                 return
-            payload = json.dumps(result, separators=(",", ":")).encode()
-            limit = self.limits.max_frame_size - 16
-            if len(payload) > limit and isinstance(result, list):
-                log.warning("list_agents answer truncated to fit one frame")
-                while len(payload) > limit:
-                    result = result[: len(result) * 3 // 4]
-                    payload = json.dumps(result, separators=(",", ":")).encode()
-            self.write(encode_response(rid, 0, payload))
+            self.write(encode_response(rid, 0, json.dumps(result, separators=(",", ":")).encode()))
         except Exception as exc:
             log.exception("request %d failed", op)
             self.write(encode_response(rid, ErrorCode.INTERNAL, str(exc).encode()))
         finally:
             self.requests -= 1
-
-    def _may_claim(self, agent_id: str) -> bool:
-        """One key per peer per connection, and at most ``max_prekey_claims_per_minute``: a
-        registered client cannot empty another agent's stock quickly (registration is open, so
-        this slows a determined drain rather than preventing it; see docs/hub.md)."""
-        if agent_id in self.claimed:
-            return False
-        now = self.loop.time()
-        times = self.claim_times
-        while times and now - times[0] >= 60.0:
-            times.popleft()
-        if len(times) >= self.limits.max_prekey_claims_per_minute:
-            return False
-        times.append(now)
-        self.claimed.add(agent_id)
-        return True
 
     async def _update_bundle(self, arg: str) -> str | None:
         """Store the caller's new bundle; returns what is wrong with it, if anything."""
@@ -878,13 +1057,9 @@ class _Conn(asyncio.Protocol):
             return "the bundle is not this agent's"
         bundle.pop("one_time_prekey", None)
         assert self.agent_id is not None
-        current = await self.hub.store.get_bundle(self.agent_id)
-        if current is not None and current != bundle:
-            # signed prekey ids only grow: an older bundle replayed into this connection would
-            # make the hub serve a key the agent has deleted
-            new_id, old_id = bundle.get("signed_prekey_id"), current.get("signed_prekey_id")
-            if not (isinstance(new_id, int) and isinstance(old_id, int) and new_id > old_id):
-                return "the bundle's signed prekey is not newer than the one the hub serves"
+        problem = _older_bundle(await self.hub.store.get_bundle(self.agent_id), bundle)
+        if problem is not None:
+            return problem
         result = await self.hub.store.bind_agent(self.agent_id, identity_key, bundle, self.session)
         if not result.ok:
             return "the bundle has another identity key than the one this id is bound to"
@@ -896,7 +1071,12 @@ class _Conn(asyncio.Protocol):
         if agent_id not in self.hub.agents:
             return None
         bundle = await store.get_bundle(agent_id)
-        if bundle is None or agent_id == self.agent_id or not self._may_claim(agent_id):
+        if (
+            bundle is None
+            or self.agent_id is None
+            or agent_id == self.agent_id
+            or not self.hub.may_claim(self.agent_id, agent_id)
+        ):
             return bundle
         claimed = await store.claim_prekey(agent_id)
         if claimed is not None:
@@ -912,6 +1092,7 @@ class _Conn(asyncio.Protocol):
         if self.state >= _CLOSED:
             return
         self.out.append(data)
+        self.out_bytes += len(data)
         if not self.out_scheduled:
             self.out_scheduled = True
             self.hub.unflushed.append(self)
@@ -920,6 +1101,7 @@ class _Conn(asyncio.Protocol):
 
     def flush_out(self) -> None:
         self.out_scheduled = False
+        self.out_bytes = 0
         out = self.out
         if not out:
             return
@@ -1189,7 +1371,7 @@ class NetworkHubServer:
             self.store_path = path
             backend = SQLiteBackend(path, synchronous=self.synchronous, ephemeral=self._ephemeral)
         state = await backend.open()
-        hub = _Hub(loop, backend, state, self.limits, crypto, self._fatal)
+        hub = _Hub(loop, backend, state, self.limits, crypto, self._fatal, self._tls_cert_sha256())
         try:
             server = await loop.create_server(
                 lambda: _Conn(hub),
@@ -1239,6 +1421,20 @@ class NetworkHubServer:
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
         ctx.load_cert_chain(str(self.tls_cert), str(self.tls_key))
         return ctx
+
+    def _tls_cert_sha256(self) -> bytes | None:
+        """SHA-256 of the first (leaf) certificate of ``tls_cert``, in DER: what a client's
+        ``getpeercert(binary_form=True)`` returns for this hub."""
+        if self.tls_cert is None:
+            return None
+        text = self.tls_cert.read_text("ascii", "replace")
+        start = text.find("-----BEGIN CERTIFICATE-----")
+        end_marker = "-----END CERTIFICATE-----"
+        end = text.find(end_marker, start)
+        if start < 0 or end < 0:
+            raise ssl.SSLError(f"no PEM certificate in {self.tls_cert}")
+        der = ssl.PEM_cert_to_DER_cert(text[start : end + len(end_marker)] + "\n")
+        return hashlib.sha256(der).digest()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop serving: commit and acknowledge what was accepted, close every connection and
@@ -1322,6 +1518,22 @@ class NetworkHubServer:
     def message_count(self) -> int:
         async def go(hub: _Hub) -> int:
             return hub.store.message_count
+
+        return self._call(go)
+
+    def connection_stats(self) -> dict[str, Any]:
+        """Open connections: ``total``, ``handshaking``, ``lookup``, ``agents`` and
+        ``unauthenticated_addresses`` (addresses holding handshaking or lookup connections)."""
+
+        async def go(hub: _Hub) -> dict[str, Any]:
+            unauth = sum(hub.unauth.values())
+            return {
+                "total": len(hub.conns),
+                "handshaking": hub.unauth["handshake"],
+                "lookup": hub.unauth["lookup"],
+                "agents": len(hub.conns) - unauth,
+                "unauthenticated_addresses": len(hub.unauth_by_addr),
+            }
 
         return self._call(go)
 

@@ -10,6 +10,7 @@ As a script it is a peer process for cross-process tests and measurements::
     python hubutil.py sender   --port P --key alice.key --peer-key bob.key --count N
     python hubutil.py echo     --port P --key bob.key --peer-key alice.key --count N
     python hubutil.py ping     --port P --key alice.key --peer-key bob.key --count N
+    python hubutil.py lookup-flood --port P --count N --requests R --seconds S
 
 Each prints one JSON line with its results on stdout and exits 0 on success. Everything here
 talks to 127.0.0.1 only.
@@ -367,9 +368,46 @@ def peer_result(proc: subprocess.Popen[str], timeout: float = 120.0) -> dict[str
     return result
 
 
+async def _lookup_flood(ns: argparse.Namespace) -> dict[str, Any]:
+    """``--count`` unauthenticated lookup connections, each pipelining ``--requests``
+    LIST_AGENTS at once and 100 more every 50 ms for ``--seconds``, never reading an answer."""
+    from agentmesh.hub_protocol import FrameType, Op, encode_frame, encode_hello, encode_request
+
+    burst = encode_hello() + encode_frame(FrameType.LOOKUP)
+    burst += b"".join(encode_request(i, Op.LIST_AGENTS) for i in range(ns.requests))
+    more = b"".join(encode_request(i, Op.LIST_AGENTS) for i in range(100))
+    writers: list[asyncio.StreamWriter] = []
+    failed = 0
+
+    async def one() -> None:
+        nonlocal failed
+        try:
+            _r, w = await asyncio.open_connection(HOST, ns.port)
+        except OSError:
+            failed += 1
+            return
+        w.write(burst)
+        writers.append(w)
+
+    for start in range(0, ns.count, 250):
+        await asyncio.gather(*(one() for _ in range(min(250, ns.count - start))))
+    print("FLOODING", flush=True)
+    deadline = time.monotonic() + ns.seconds
+    while time.monotonic() < deadline:
+        for w in writers:
+            if not w.is_closing() and w.transport.get_write_buffer_size() < 1 << 20:
+                w.write(more)
+        await asyncio.sleep(0.05)
+    for w in writers:
+        w.close()
+    return {"opened": len(writers), "failed": failed}
+
+
 async def _peer_main(ns: argparse.Namespace) -> dict[str, Any]:
     from agentmesh.hub_client import HubClient
 
+    if ns.role == "lookup-flood":
+        return await _lookup_flood(ns)
     me = load_keypair(Path(ns.key))
     peer = load_keypair(Path(ns.peer_key))
     sess = session(me, peer)
@@ -452,14 +490,18 @@ async def _peer_main(ns: argparse.Namespace) -> dict[str, Any]:
 
 def _main() -> int:
     p = argparse.ArgumentParser()
-    p.add_argument("role", choices=["receiver", "sender", "echo", "ping"])
+    p.add_argument("role", choices=["receiver", "sender", "echo", "ping", "lookup-flood"])
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--key", required=True)
-    p.add_argument("--peer-key", required=True)
+    p.add_argument("--key")
+    p.add_argument("--peer-key")
+    p.add_argument("--requests", type=int, default=500)
+    p.add_argument("--seconds", type=float, default=5.0)
     p.add_argument("--count", type=int, default=100)
     p.add_argument("--size", type=int, default=64)
     p.add_argument("--timeout", type=float, default=90.0)
     ns = p.parse_args()
+    if ns.role != "lookup-flood" and (ns.key is None or ns.peer_key is None):
+        p.error(f"{ns.role} needs --key and --peer-key")
     result = asyncio.run(_peer_main(ns))
     print(json.dumps(result), flush=True)
     return 0

@@ -24,7 +24,7 @@ from agentmesh.crypto import (
     seal,
     unseal,
     verify_bundle,
-    verify_challenge,
+    verify_registration,
 )
 
 
@@ -239,16 +239,24 @@ def test_fingerprint_format(kps):
     assert alice_kp.fingerprint.replace(":", "") == digest
 
 
-def test_challenge_signatures_are_purpose_bound(kps):
+def test_registration_signatures_are_bound_and_purpose_bound(kps):
     alice_kp, _, alice_bundle, bob_bundle = kps
-    sig = alice_kp.sign_challenge(b"nonce-123")
-    assert verify_challenge(alice_bundle, b"nonce-123", sig)
-    assert not verify_challenge(alice_bundle, b"nonce-124", sig)
-    assert not verify_challenge(bob_bundle, b"nonce-123", sig)
-    # A prekey signature never passes as a challenge signature (labelled by purpose).
+    ctx = (b"h" * 16, b"c" * 32, b"n" * 32, b"t" * 32)
+    sig = alice_kp.sign_registration(alice_bundle, *ctx)
+    assert verify_registration(alice_bundle, sig, *ctx)
+    for i in range(4):  # another hub id, challenge, client nonce, TLS certificate
+        other = list(ctx)
+        other[i] = b"x" * len(ctx[i])
+        assert not verify_registration(alice_bundle, sig, *other)
+    assert not verify_registration(alice_bundle, sig, *ctx[:3])  # TLS binding dropped
+    assert not verify_registration(bob_bundle, sig, *ctx)
+    with pytest.raises(ValueError, match="not this identity's bundle"):
+        alice_kp.sign_registration(bob_bundle, *ctx)
+    with pytest.raises(ValueError, match="client_nonce must be 32 bytes"):
+        alice_kp.sign_registration(alice_bundle, b"h" * 16, b"c" * 32, b"short")
+    # A prekey signature never passes as a registration signature (labelled by purpose).
     prekey_sig = __import__("base64").b64decode(alice_bundle["signed_prekey_signature"])
-    prekey = __import__("base64").b64decode(alice_bundle["signed_prekey"])
-    assert not verify_challenge(alice_bundle, prekey, prekey_sig)
+    assert not verify_registration(alice_bundle, prekey_sig, *ctx)
 
 
 def test_key_file_save_load_mode_and_corruption(tmp_path, kps):

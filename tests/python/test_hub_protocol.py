@@ -113,13 +113,13 @@ def test_hello_and_welcome() -> None:
 
 def test_register_roundtrip_and_bad_json() -> None:
     bundle = {"agent_id": "alice", "identity_key": "AAAA"}
-    _, body = one(encode_register(b"s" * 64, b"k" * 16, bundle))
-    assert decode_register(body) == (b"s" * 64, b"k" * 16, bundle)
+    _, body = one(encode_register(b"s" * 64, b"k" * 16, b"n" * 32, bundle))
+    assert decode_register(body) == (b"s" * 64, b"k" * 16, b"n" * 32, bundle)
     with pytest.raises(ProtocolError) as info:
-        decode_register(b"s" * 80 + b"{not json")
+        decode_register(b"s" * 112 + b"{not json")
     assert info.value.code == ErrorCode.BAD_REGISTRATION
     with pytest.raises(ProtocolError):
-        decode_register(b"s" * 80 + b"[1, 2]")
+        decode_register(b"s" * 112 + b"[1, 2]")
     with pytest.raises(ProtocolError):
         decode_register(b"short")
 

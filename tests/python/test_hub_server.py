@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
+import resource
 import socket
 import ssl
 import struct
@@ -20,7 +22,9 @@ from hubutil import (
     crypto,
     make_self_signed_cert,
     new_keypair,
+    peer_result,
     read_frames,
+    run_peer,
     seal_bytes,
     session,
 )
@@ -29,8 +33,10 @@ from agentmesh.errors import FlushTimeoutError, HubError
 from agentmesh.hub_client import HubClient
 from agentmesh.hub_protocol import (
     ErrorCode,
+    FrameDecoder,
     FrameType,
     HubRequestError,
+    Op,
     PeerNotFoundError,
     decode_error,
     encode_frame,
@@ -909,3 +915,405 @@ def test_limits_are_validated() -> None:
     with pytest.raises(ValueError):
         NetworkHubServer(port=0, tls_cert="x.pem")
     assert HubLimits().validate().idle_timeout == 60.0
+
+
+# --------------------------------------------------------------------------------------------
+# Registration proofs are bound to their context (a hostile hub in the middle)
+
+FrameHook = Callable[[int, bytes], Awaitable[bytes | None]]
+
+
+class _Relay:
+    """A hostile hub in front of a real one: accepts agents (over TLS with ``server_ctx``),
+    relays their frames to ``port`` (over TLS with ``upstream_ctx``) and back, and lets the
+    test rewrite or divert frames. Loopback only."""
+
+    def __init__(
+        self,
+        port: int,
+        *,
+        server_ctx: ssl.SSLContext | None = None,
+        upstream_ctx: ssl.SSLContext | None = None,
+        from_agent: FrameHook | None = None,
+        from_hub: FrameHook | None = None,
+    ) -> None:
+        self.upstream = port
+        self.server_ctx, self.upstream_ctx = server_ctx, upstream_ctx
+        self.from_agent, self.from_hub = from_agent, from_hub
+        self.port = 0
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def __aenter__(self) -> _Relay:
+        self._server = await asyncio.start_server(self._serve, HOST, 0, ssl=self.server_ctx)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for t in list(self._tasks):
+            t.cancel()
+
+    async def _serve(self, ar: asyncio.StreamReader, aw: asyncio.StreamWriter) -> None:
+        hr, hw = await asyncio.open_connection(
+            HOST, self.upstream, ssl=self.upstream_ctx, server_hostname=None
+        )
+        for coro in (self._pipe(ar, hw, self.from_agent), self._pipe(hr, aw, self.from_hub)):
+            task = asyncio.create_task(coro)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _pipe(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, hook: FrameHook | None
+    ) -> None:
+        dec = FrameDecoder(1 << 24)
+        try:
+            while data := await reader.read(65536):
+                for ftype, body in dec.feed(data):
+                    frame = encode_frame(ftype, body) if hook is None else await hook(ftype, body)
+                    if frame is not None:
+                        writer.write(frame)
+                await writer.drain()
+        except (ConnectionError, ssl.SSLError):
+            pass
+        finally:
+            writer.close()
+
+
+async def _welcome_of(port: int) -> tuple[bytes, asyncio.StreamReader, asyncio.StreamWriter]:
+    """Opens a raw connection to a hub and returns its WELCOME body (challenge and hub id)."""
+    reader, writer = await asyncio.open_connection(HOST, port)
+    writer.write(encode_hello(_hub_version()))
+    frames = await read_frames(reader, timeout=10, until=FrameType.WELCOME)
+    assert frames and frames[-1][0] == FrameType.WELCOME, frames
+    return frames[-1][1], reader, writer
+
+
+def _hub_version() -> int:
+    from agentmesh import hub_protocol
+
+    return hub_protocol.PROTOCOL_VERSION
+
+
+def test_a_relayed_challenge_is_refused_by_the_other_hub(make_server: ServerFactory) -> None:
+    """Hub A is hostile: it hands the agent the challenge of hub B (under its own hub id) and
+    presents the agent's answer to B, to register there as the agent. B refuses: the proof
+    names hub A."""
+    hub_a, hub_b = make_server(), make_server()
+    bob_kp = new_keypair("bob")
+
+    async def go() -> None:
+        welcome_b, br, bw = await _welcome_of(hub_b.port)
+        challenge_b = welcome_b[2:34]
+
+        async def swap_challenge(ftype: int, body: bytes) -> bytes:
+            if ftype == FrameType.WELCOME:  # A's own id, B's challenge
+                body = body[:2] + challenge_b + body[34:]
+            return encode_frame(ftype, body)
+
+        async def divert_register(ftype: int, body: bytes) -> bytes | None:
+            if ftype == FrameType.REGISTER:
+                bw.write(encode_frame(ftype, body))
+                return None
+            return encode_frame(ftype, body)
+
+        async with _Relay(hub_a.port, from_hub=swap_challenge, from_agent=divert_register) as a:
+            agent = client(hub_a, reconnect=False, connect_timeout=3.0)
+            agent.port = a.port
+            with pytest.raises(HubError):
+                await agent.register(bob_kp, Collector())
+            frames = await read_frames(br, timeout=10)
+            bw.close()
+        assert frames, "hub B did not answer the relayed REGISTER"
+        assert frames[-1][0] == FrameType.ERROR, frames  # not READY: no registration at B
+        code, message = decode_error(frames[-1][1])
+        assert code == ErrorCode.BAD_REGISTRATION
+        assert "registration signature" in message
+
+    run(go())
+    assert hub_b.list_agents() == []
+
+
+def test_a_tls_relay_cannot_register_at_the_hub_behind_it(
+    make_server: ServerFactory, tmp_path: Path
+) -> None:
+    """A relay that the agent trusts over TLS (its own certificate) passes everything on to hub
+    B unchanged, hub id and challenge included. B refuses: the proof binds the certificate
+    the agent saw, and the relay does not hold B's key."""
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    cert_a, key_a = make_self_signed_cert(tmp_path / "a")
+    cert_b, key_b = make_self_signed_cert(tmp_path / "b")
+    hub_b = make_server(tls_cert=cert_b, tls_key=key_b)
+    bob_kp = new_keypair("bob")
+    relay_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    relay_ctx.load_cert_chain(str(cert_a), str(key_a))
+    to_b = ssl.create_default_context(cafile=str(cert_b))
+
+    async def go() -> None:
+        async with _Relay(hub_b.port, server_ctx=relay_ctx, upstream_ctx=to_b) as relay:
+            trusts_a = ssl.create_default_context(cafile=str(cert_a))
+            agent = client(hub_b, ssl=trusts_a, reconnect=False, connect_timeout=5.0)
+            agent.port = relay.port
+            with pytest.raises(HubRequestError) as info:
+                await agent.register(bob_kp, Collector())
+            assert info.value.code == ErrorCode.BAD_REGISTRATION
+            # the agent straight to B registers fine
+            direct = client(hub_b, ssl=to_b)
+            await direct.register(bob_kp, Collector())
+            await direct.close()
+
+    run(go())
+
+
+def test_registration_of_another_bundle_is_refused(server: NetworkHubServer) -> None:
+    """Someone in the middle swaps the bundle in the agent's REGISTER for another bundle of the
+    same identity (an older one, whose signed prekey the agent is about to delete). The proof
+    covers the bundle: refused, and the hub serves nothing for the id."""
+    bob_kp = new_keypair("bob")
+    older = bob_kp.public_bundle()
+    bob_kp.rotate_signed_prekey()
+    older_json = json.dumps(older, separators=(",", ":"), sort_keys=True).encode()
+
+    async def swap_bundle(ftype: int, body: bytes) -> bytes:
+        if ftype == FrameType.REGISTER:
+            body = body[: body.index(b'{"agent_id"')] + older_json
+        return encode_frame(ftype, body)
+
+    async def go() -> None:
+        async with _Relay(server.port, from_agent=swap_bundle) as relay:
+            agent = client(server, reconnect=False)
+            agent.port = relay.port
+            with pytest.raises(HubRequestError) as info:
+                await agent.register(bob_kp, Collector())
+            assert info.value.code == ErrorCode.BAD_REGISTRATION
+
+    run(go())
+    assert server.get_bundle("bob") is None
+
+
+def test_registering_an_older_signed_prekey_is_refused(server: NetworkHubServer) -> None:
+    """REGISTER, like UPDATE_BUNDLE, never replaces the served bundle by one with an older
+    signed prekey (a restored key-file backup, or a replay): the error says why."""
+    bob_kp = new_keypair("bob")
+    backup = crypto().AgentKeyPair.from_bytes(bob_kp.to_bytes())
+    bob_kp.rotate_signed_prekey()
+
+    async def go() -> None:
+        current = client(server)
+        await current.register(bob_kp, Collector())
+        await current.close()
+        stale = client(server, reconnect=False)
+        with pytest.raises(HubRequestError) as info:
+            await stale.register(backup, Collector())
+        assert info.value.code == ErrorCode.BAD_REGISTRATION
+        assert "not newer" in str(info.value)
+        again = client(server)  # the current bundle registers again as before
+        await again.register(bob_kp, Collector())
+        await again.close()
+
+    run(go())
+    assert server.get_bundle("bob") == bob_kp.public_bundle()
+
+
+# --------------------------------------------------------------------------------------------
+# One-time prekey claim budgets belong to ids, not connections
+
+
+def test_prekey_claim_budget_survives_reconnects(make_server: ServerFactory) -> None:
+    """The per-minute claim budget is the requesting id's: a new connection (a reconnect, or
+    a second client of the same agent) does not start a fresh one, and the one-key-per-peer
+    rule holds across connections too."""
+    srv = make_server(limits=HubLimits(max_prekey_claims_per_minute=2))
+    alice_kp = new_keypair("alice")
+
+    async def go() -> None:
+        peers = []
+        for name in ("bob", "frank", "grace"):
+            kp = new_keypair(name)
+            p = client(srv)
+            await p.register(kp, Collector())
+            await p.add_prekeys(kp.generate_one_time_prekeys(5))
+            peers.append(p)
+        got = []
+        for target in ("bob", "bob", "frank", "grace"):  # a fresh connection for every claim
+            a = client(srv)
+            await a.register(alice_kp, Collector())
+            bundle = await a.claim_bundle(target)
+            assert bundle is not None
+            got.append("one_time_prekey" in bundle)
+            await a.close()
+        assert got == [True, False, True, False]
+        # the peers' stocks show it: bob and frank lost one key each, grace none
+        assert [await p.add_prekeys([]) for p in peers] == [4, 4, 5]
+        for p in peers:
+            await p.close()
+
+    run(go())
+
+
+def test_prekey_claims_against_one_target_are_capped(make_server: ServerFactory) -> None:
+    """Many fresh ids claiming one agent's bundle get at most the per-target cap of its one-time
+    prekeys per minute (default 30), the rest get the bundle alone; its stock keeps the rest."""
+    cap = 30
+    srv = make_server()
+    bob_kp = new_keypair("bob")
+
+    async def go() -> None:
+        b = client(srv)
+        await b.register(bob_kp, Collector())
+        await b.add_prekeys(bob_kp.generate_one_time_prekeys(cap + 10))
+        got = []
+        for i in range(cap + 3):
+            c = client(srv)
+            await c.register(new_keypair(f"drain{i}"), Collector())
+            bundle = await c.claim_bundle("bob")
+            assert bundle is not None and crypto().verify_bundle(bundle) == "bob"
+            got.append("one_time_prekey" in bundle)
+            await c.close()
+        assert got == [True] * cap + [False] * 3
+        assert await b.add_prekeys([]) == 10
+        await b.close()
+
+    run(go())
+    assert HubLimits().max_prekey_claims_per_target_per_minute == cap
+
+
+# --------------------------------------------------------------------------------------------
+# Unauthenticated connections cannot starve the hub
+
+
+def _raise_fd_limit(need: int) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        target = need if hard == resource.RLIM_INFINITY else min(hard, need)
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < need:
+        pytest.skip(f"needs {need} open files, RLIMIT_NOFILE allows {soft} (hard {hard})")
+
+
+def test_lookup_flood_does_not_starve_agents(make_server: ServerFactory) -> None:
+    """Two thousand lookup connections from one address, each pipelining hundreds of
+    LIST_AGENTS and never reading, while two agents ping-pong: their round trip stays within
+    5x its quiet value (p50), they are never disconnected, and once the flood is gone the hub
+    holds only the agents' connections."""
+    flood_conns = 2000
+    # the flooder's sockets and, with the hub in this process, as many accepted ones here
+    _raise_fd_limit(2 * flood_conns + 256)
+    srv = make_server()
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+    to_bob, to_alice = session(alice_kp, bob_kp), session(bob_kp, alice_kp)
+
+    async def go() -> None:
+        replies: asyncio.Queue[None] = asyncio.Queue()
+        a, b = client(srv), client(srv)
+
+        async def echo(_did: int, _env: bytes) -> None:
+            await b.send("alice", seal_bytes(to_alice, {"pong": 1}))
+
+        async def on_reply(_did: int, _env: bytes) -> None:
+            replies.put_nowait(None)
+
+        await a.register(alice_kp, on_reply)
+        await b.register(bob_kp, echo)
+
+        async def round_trip() -> float:
+            t0 = time.perf_counter()
+            await a.send("bob", seal_bytes(to_bob, {"ping": 1}))
+            await asyncio.wait_for(replies.get(), 10.0)
+            return time.perf_counter() - t0
+
+        for _ in range(50):  # warm up
+            await round_trip()
+        quiet = sorted([await round_trip() for _ in range(300)])
+        flood = run_peer(
+            "lookup-flood", "--port", str(srv.port), "--count", str(flood_conns),
+            "--requests", "500", "--seconds", "4",
+        )  # fmt: skip
+        loaded: list[float] = []
+        while flood.poll() is None:
+            loaded.append(await round_trip())
+        result = await asyncio.to_thread(peer_result, flood, 60.0)
+        assert result["opened"] + result["failed"] == flood_conns
+        loaded.sort()
+        q50, l50 = quiet[len(quiet) // 2], loaded[len(loaded) // 2]
+        assert len(loaded) >= 100, f"only {len(loaded)} round trips during the flood"
+        assert l50 <= 5 * q50, f"p50 {l50 * 1e3:.2f} ms under the flood, {q50 * 1e3:.2f} quiet"
+        assert a.reconnects == 0 and b.reconnects == 0
+        assert a.connected and b.connected
+        await round_trip()
+        for c in (a, b):
+            await c.close()
+
+    run(go())
+    # every flood connection is gone from the hub's books
+    deadline = time.monotonic() + 15
+    while srv.connection_stats()["total"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert srv.connection_stats() == {
+        "total": 0, "handshaking": 0, "lookup": 0, "agents": 0, "unauthenticated_addresses": 0,
+    }  # fmt: skip
+
+
+def test_unauthenticated_connections_are_capped_per_kind_and_address(
+    make_server: ServerFactory,
+) -> None:
+    """Lookup connections beyond ``max_lookup_connections``, and handshaking plus lookup ones
+    from one address beyond ``max_unauthenticated_per_address``, get ERROR
+    TOO_MANY_CONNECTIONS naming the cap; a registered agent no longer counts."""
+    srv = make_server(max_lookup_connections=2, max_unauthenticated_per_address=3)
+
+    async def refusal() -> str:
+        reader, writer = await asyncio.open_connection(HOST, srv.port)
+        writer.write(encode_hello() + encode_frame(FrameType.LOOKUP))
+        frames = await read_frames(reader, timeout=10)
+        writer.close()
+        assert frames and frames[-1][0] == FrameType.ERROR, frames
+        code, message = decode_error(frames[-1][1])
+        assert code == ErrorCode.TOO_MANY_CONNECTIONS
+        return message
+
+    async def go() -> None:
+        looks = [client(srv), client(srv)]
+        for look in looks:
+            await look.connect_lookup()
+        assert "lookup connections" in await refusal()
+        _r, silent = await asyncio.open_connection(HOST, srv.port)  # still in its handshake
+        await asyncio.sleep(0.1)
+        assert "from this address" in await refusal()
+        assert srv.connection_stats()["handshaking"] == 1
+        silent.close()
+        await looks[0].close()
+        agent = client(srv)
+        await agent.register(new_keypair("alice"), Collector())
+        assert srv.connection_stats()["agents"] == 1
+        for c in (agent, looks[1]):
+            await c.close()
+
+    run(go())
+
+
+def test_list_agents_comes_in_bounded_pages(make_server: ServerFactory) -> None:
+    """LIST_AGENTS answers at most ``max_list_agents`` ids and says where the next page
+    starts; the client pages through all of them."""
+    srv = make_server(max_list_agents=3)
+    names = [f"agent{i}" for i in range(8)]
+
+    async def go() -> None:
+        for name in names:
+            c = client(srv)
+            await c.register(new_keypair(name), Collector())
+            await c.close()
+        look = client(srv)
+        assert await look.list_agents() == names
+        first = await look._request(Op.LIST_AGENTS, "")
+        assert first == {"agents": names[:3], "next": names[2]}
+        last = await look._request(Op.LIST_AGENTS, names[5])
+        assert last == {"agents": names[6:], "next": None}
+        assert await look._request(Op.LIST_AGENTS, "zzz") == {"agents": [], "next": None}
+        await look.close()
+
+    run(go())

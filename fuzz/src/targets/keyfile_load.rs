@@ -78,8 +78,16 @@ fn load(data: &[u8]) {
         agentmesh_core::PublicBundle::from_bytes(&bundle.to_bytes()).is_ok(),
         "a loaded identity publishes a bundle that does not parse"
     );
-    let sig = kp.sign_challenge(b"fuzz challenge");
-    assert!(bundle.verify_challenge(b"fuzz challenge", &sig).is_ok());
+    let registration = agentmesh_core::Registration {
+        hub_id: [1; 16],
+        challenge: [2; 32],
+        client_nonce: [3; 32],
+        tls_certificate_sha256: None,
+    };
+    let sig = kp
+        .sign_registration(&bundle, &registration)
+        .expect("an identity signs its own bundle");
+    assert!(bundle.verify_registration(&registration, &sig).is_ok());
 }
 
 fn open_at_rest(data: &[u8]) {

@@ -106,6 +106,51 @@ fn prekey_signature_input(
     w.buf
 }
 
+/// Size of a hub id (the random id of a hub's store, sent in WELCOME).
+pub const HUB_ID_LEN: usize = 16;
+/// Size of a hub's registration challenge and of the client's nonce.
+pub const REGISTRATION_NONCE_LEN: usize = 32;
+
+/// Everything a registration proof is bound to besides the bundle.
+///
+/// Signed input (after the label `agentmesh/v1/sig/hub-registration\0`):
+/// `id(agent_id) || hub_id(16) || challenge(32) || client_nonce(32) ||
+/// SHA-256(bundle bytes without a one-time prekey)(32) || u8 channel kind || channel binding`,
+/// channel kind 0 with no binding bytes (plain TCP) or 1 followed by the 32-byte SHA-256 of
+/// the hub's TLS certificate (DER). A hub that relays another hub's challenge cannot use the
+/// answer there: the other hub's id or certificate differs. The bundle digest stops a hub (or
+/// anyone in the middle) from registering another bundle, even one of the same identity.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    pub hub_id: [u8; HUB_ID_LEN],
+    pub challenge: [u8; REGISTRATION_NONCE_LEN],
+    pub client_nonce: [u8; REGISTRATION_NONCE_LEN],
+    /// SHA-256 of the hub's TLS certificate as the client saw it (`None` without TLS).
+    pub tls_certificate_sha256: Option<[u8; 32]>,
+}
+
+impl Registration {
+    fn signature_input(&self, bundle: &PublicBundle) -> Vec<u8> {
+        // The one-time prekey is not the registrant's statement (a hub attaches it), so the
+        // digest covers the signed part only.
+        let signed_part = bundle.clone().with_one_time_prekey(None).to_bytes();
+        let mut w = crate::wire::Writer::with_capacity(1 + bundle.agent_id.len() + 150);
+        w.agent_id(&bundle.agent_id);
+        w.bytes(&self.hub_id);
+        w.bytes(&self.challenge);
+        w.bytes(&self.client_nonce);
+        w.bytes(&Sha256::digest(&signed_part));
+        match &self.tls_certificate_sha256 {
+            None => w.u8(0),
+            Some(cert) => {
+                w.u8(1);
+                w.bytes(cert);
+            }
+        }
+        w.buf
+    }
+}
+
 /// A medium-term X25519 prekey signed by the identity key.
 pub struct SignedPrekey {
     pub(crate) id: u32,
@@ -319,9 +364,23 @@ impl IdentityKeyPair {
         self.signing.sign(&buf).to_bytes()
     }
 
-    /// Signs a hub's registration challenge (proof of possession of the identity key).
-    pub fn sign_challenge(&self, challenge: &[u8]) -> [u8; 64] {
-        self.sign_labelled(labels::SIG_HUB_CHALLENGE, challenge)
+    /// Proves possession of the identity key to one hub, for one connection, for one bundle
+    /// (see [`Registration`]). Refuses a bundle of another identity: the proof says "register
+    /// *this* bundle", so it must be one this key certified.
+    pub fn sign_registration(
+        &self,
+        bundle: &PublicBundle,
+        registration: &Registration,
+    ) -> Result<[u8; 64]> {
+        if bundle.identity_key() != self.identity_key() || bundle.agent_id() != self.agent_id {
+            return Err(Error::InvalidInput(
+                "registration bundle is not this identity's bundle",
+            ));
+        }
+        Ok(self.sign_labelled(
+            labels::SIG_HUB_REGISTRATION,
+            &registration.signature_input(bundle),
+        ))
     }
 
     fn signed_prekey(&self, id: u32) -> Option<&SignedPrekey> {
@@ -453,14 +512,20 @@ impl PublicBundle {
         self
     }
 
-    /// Checks a hub registration challenge signature against this bundle's identity key.
-    pub fn verify_challenge(&self, challenge: &[u8], signature: &[u8; 64]) -> Result<()> {
+    /// Checks a registration proof for this bundle, in the context the hub knows (its own id,
+    /// the challenge it sent, the client's nonce, its TLS certificate).
+    pub fn verify_registration(
+        &self,
+        registration: &Registration,
+        signature: &[u8; 64],
+    ) -> Result<()> {
         verify_labelled(
             &self.identity_key,
-            labels::SIG_HUB_CHALLENGE,
-            challenge,
+            labels::SIG_HUB_REGISTRATION,
+            &registration.signature_input(self),
             signature,
-            "challenge signature does not match the identity key",
+            "registration signature does not match the identity key, hub, challenge, nonce, \
+             bundle or TLS channel",
         )
     }
 

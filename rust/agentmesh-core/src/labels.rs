@@ -14,8 +14,11 @@ pub const KDF_AT_REST: &[u8] = b"agentmesh/v1/kdf/at-rest";
 pub const SIG_PREKEY: &[u8] = b"agentmesh/v1/sig/signed-prekey\0";
 /// Signature purpose: a message (header and content digest).
 pub const SIG_MESSAGE: &[u8] = b"agentmesh/v1/sig/message\0";
-/// Signature purpose: a hub registration challenge.
-pub const SIG_HUB_CHALLENGE: &[u8] = b"agentmesh/v1/sig/hub-challenge\0";
+/// Signature purpose: registering with a hub (its challenge, bound to the hub, the client's
+/// nonce, the bundle and the TLS channel; layout in docs/protocol.md). It replaced
+/// `agentmesh/v1/sig/hub-challenge`, which covered the challenge alone: nothing produces or
+/// accepts that form any more.
+pub const SIG_HUB_REGISTRATION: &[u8] = b"agentmesh/v1/sig/hub-registration\0";
 
 /// The 32 0xFF bytes prepended to the X3DH key material (as in X3DH for curve25519), so that the
 /// input can never be mistaken for a bare DH output.

@@ -668,3 +668,110 @@ fn identity_files_are_canonical_one_time_prekeys_in_order() {
         Error::KeyFile("identity file lists one-time prekeys out of order")
     );
 }
+
+/// A registration proof holds for exactly one hub, challenge, client nonce, bundle and TLS
+/// channel: a hub that relays another hub's challenge, or presents another bundle (even one of
+/// the same identity), gets nothing the other hub accepts.
+#[test]
+fn registration_proof_is_bound_to_hub_challenge_nonce_bundle_and_channel() {
+    use agentmesh_core::Registration;
+    let mut rng = TestRng::new("registration");
+    let mut alice = IdentityKeyPair::generate("alice", &mut rng).unwrap();
+    let bundle = alice.public_bundle();
+    let reg = Registration {
+        hub_id: [1; 16],
+        challenge: [2; 32],
+        client_nonce: [3; 32],
+        tls_certificate_sha256: Some([4; 32]),
+    };
+    let sig = alice.sign_registration(&bundle, &reg).unwrap();
+    bundle.verify_registration(&reg, &sig).unwrap();
+    // a hub attaching a one-time prekey does not change what was registered
+    let with_opk = bundle.clone().with_one_time_prekey(Some((9, [5; 32])));
+    with_opk.verify_registration(&reg, &sig).unwrap();
+
+    let variants = [
+        Registration {
+            hub_id: [9; 16],
+            ..reg.clone()
+        },
+        Registration {
+            challenge: [9; 32],
+            ..reg.clone()
+        },
+        Registration {
+            client_nonce: [9; 32],
+            ..reg.clone()
+        },
+        Registration {
+            tls_certificate_sha256: Some([9; 32]),
+            ..reg.clone()
+        },
+        Registration {
+            tls_certificate_sha256: None,
+            ..reg.clone()
+        },
+    ];
+    for other in &variants {
+        assert!(
+            matches!(
+                bundle.verify_registration(other, &sig),
+                Err(Error::Signature(_))
+            ),
+            "{other:?} accepted"
+        );
+    }
+    alice.rotate_signed_prekey(&mut rng);
+    let rotated = alice.public_bundle();
+    assert!(
+        rotated.verify_registration(&reg, &sig).is_err(),
+        "another bundle accepted"
+    );
+    let bob = IdentityKeyPair::generate("bob", &mut rng).unwrap();
+    assert!(bob.public_bundle().verify_registration(&reg, &sig).is_err());
+    // nobody signs a proof for a bundle of another identity
+    assert!(matches!(
+        alice.sign_registration(&bob.public_bundle(), &reg),
+        Err(Error::InvalidInput(_))
+    ));
+    // a signature made for another purpose never verifies as a registration
+    assert!(bundle
+        .verify_registration(&reg, &bundle.signed_prekey_signature())
+        .is_err());
+}
+
+/// The registration signing input, byte for byte as docs/protocol.md gives it.
+#[test]
+fn registration_signature_input_layout() {
+    use agentmesh_core::Registration;
+    use ed25519_dalek::{Signature as EdSignature, Verifier, VerifyingKey};
+    let mut rng = TestRng::new("registration-layout");
+    let alice = IdentityKeyPair::generate("alice", &mut rng).unwrap();
+    let bundle = alice.public_bundle();
+    for cert in [None, Some([4u8; 32])] {
+        let reg = Registration {
+            hub_id: [1; 16],
+            challenge: [2; 32],
+            client_nonce: [3; 32],
+            tls_certificate_sha256: cert,
+        };
+        let sig = alice.sign_registration(&bundle, &reg).unwrap();
+        let mut expected = b"agentmesh/v1/sig/hub-registration\0".to_vec();
+        expected.push(5);
+        expected.extend_from_slice(b"alice");
+        expected.extend_from_slice(&[1; 16]);
+        expected.extend_from_slice(&[2; 32]);
+        expected.extend_from_slice(&[3; 32]);
+        expected.extend_from_slice(&sha2::Sha256::digest(bundle.to_bytes()));
+        match cert {
+            None => expected.push(0),
+            Some(c) => {
+                expected.push(1);
+                expected.extend_from_slice(&c);
+            }
+        }
+        let key = VerifyingKey::from_bytes(&bundle.identity_key()).unwrap();
+        key.verify(&expected, &EdSignature::from_bytes(&sig))
+            .unwrap();
+    }
+}

@@ -99,3 +99,29 @@ pub fn to_dict<'py>(py: Python<'py>, b: &PublicBundle) -> PyResult<Bound<'py, Py
 pub fn b64(bytes: &[u8]) -> String {
     B64.encode(bytes)
 }
+
+fn fixed<const N: usize>(value: &[u8], name: &str) -> PyResult<[u8; N]> {
+    value.try_into().map_err(|_| {
+        pyo3::exceptions::PyValueError::new_err(format!(
+            "{name} must be {N} bytes, got {}",
+            value.len()
+        ))
+    })
+}
+
+/// The registration context from Python bytes (sizes checked, nothing else).
+pub fn registration(
+    hub_id: &[u8],
+    challenge: &[u8],
+    client_nonce: &[u8],
+    tls_certificate_sha256: Option<&[u8]>,
+) -> PyResult<agentmesh_core::Registration> {
+    Ok(agentmesh_core::Registration {
+        hub_id: fixed(hub_id, "hub_id")?,
+        challenge: fixed(challenge, "challenge")?,
+        client_nonce: fixed(client_nonce, "client_nonce")?,
+        tls_certificate_sha256: tls_certificate_sha256
+            .map(|c| fixed(c, "tls_certificate_sha256"))
+            .transpose()?,
+    })
+}

@@ -177,10 +177,24 @@ impl PyAgentKeyPair {
         bundle::to_dict(py, &b)
     }
 
-    /// Signs a hub's registration challenge (proof of possession of the identity key).
-    fn sign_challenge<'py>(&self, py: Python<'py>, challenge: &[u8]) -> Bound<'py, PyBytes> {
-        let sig = locks::read(py, &self.inner).sign_challenge(challenge);
-        PyBytes::new(py, &sig)
+    /// Proves possession of the identity key to one hub for one connection and one bundle
+    /// (the signed layout is in docs/protocol.md).
+    #[pyo3(signature = (bundle, hub_id, challenge, client_nonce, tls_certificate_sha256=None))]
+    fn sign_registration<'py>(
+        &self,
+        py: Python<'py>,
+        bundle: &Bound<'py, PyAny>,
+        hub_id: &[u8],
+        challenge: &[u8],
+        client_nonce: &[u8],
+        tls_certificate_sha256: Option<&[u8]>,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let b = bundle::from_dict(bundle)?;
+        let reg = bundle::registration(hub_id, challenge, client_nonce, tls_certificate_sha256)?;
+        let sig = locks::read(py, &self.inner)
+            .sign_registration(&b, &reg)
+            .map_err(to_py)?;
+        Ok(PyBytes::new(py, &sig))
     }
 
     /// A new signed prekey; the previous one keeps working for set-ups already in flight.

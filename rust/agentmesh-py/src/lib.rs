@@ -22,18 +22,24 @@ fn verify_bundle(bundle: &Bound<'_, PyAny>) -> PyResult<String> {
     Ok(bundle::from_dict(bundle)?.agent_id().to_owned())
 }
 
-/// True when `signature` is the bundle owner's signature of the hub `challenge`.
+/// True when `signature` is the bundle owner's registration proof for this hub, challenge,
+/// client nonce and TLS certificate.
 #[pyfunction]
-fn verify_challenge(
+#[pyo3(signature = (bundle, signature, hub_id, challenge, client_nonce, tls_certificate_sha256=None))]
+fn verify_registration(
     bundle: &Bound<'_, PyAny>,
-    challenge: &[u8],
     signature: &[u8],
+    hub_id: &[u8],
+    challenge: &[u8],
+    client_nonce: &[u8],
+    tls_certificate_sha256: Option<&[u8]>,
 ) -> PyResult<bool> {
     let b = bundle::from_dict(bundle)?;
+    let reg = bundle::registration(hub_id, challenge, client_nonce, tls_certificate_sha256)?;
     let Ok(sig) = <[u8; 64]>::try_from(signature) else {
         return Ok(false);
     };
-    Ok(b.verify_challenge(challenge, &sig).is_ok())
+    Ok(b.verify_registration(&reg, &sig).is_ok())
 }
 
 /// The fingerprint of a bundle's identity key (the bundle is verified first).
@@ -76,7 +82,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<envelope::PyEnvelope>()?;
     m.add_function(wrap_pyfunction!(session::perform_key_exchange, m)?)?;
     m.add_function(wrap_pyfunction!(verify_bundle, m)?)?;
-    m.add_function(wrap_pyfunction!(verify_challenge, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_registration, m)?)?;
     m.add_function(wrap_pyfunction!(fingerprint_of, m)?)?;
     m.add_function(wrap_pyfunction!(fingerprint_of_key, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_to_bytes, m)?)?;
