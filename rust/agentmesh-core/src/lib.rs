@@ -14,6 +14,7 @@ pub mod kdf;
 mod keyfile;
 mod keys;
 pub mod labels;
+pub mod private_file;
 mod ratchet;
 mod session;
 mod state;

@@ -1,17 +1,16 @@
 //! `AgentKeyPair`: an agent's private identity, behind a lock shared with its sessions.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::RwLock;
 
+use agentmesh_core::private_file::write_private_file;
 use agentmesh_core::IdentityKeyPair;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use rand_core::OsRng;
 
 use crate::bundle;
-use crate::errors::{to_py, KeyFileError};
+use crate::errors::{to_py, write_error_to_py, KeyFileError};
 use crate::locks;
 
 #[pyclass(name = "AgentKeyPair", module = "agentmesh.crypto", frozen)]
@@ -50,35 +49,6 @@ fn passphrase_bytes(p: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<u8>>> {
             }
         }
     }
-}
-
-/// Writes `data` to `path` atomically with mode 0600: temp file, fsync, rename, fsync directory.
-pub fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
 }
 
 #[pymethods]
@@ -121,7 +91,7 @@ impl PyAgentKeyPair {
         Ok(PyBytes::new(py, &data))
     }
 
-    /// Writes the identity file: mode 0600, atomically (never a half-written file).
+    /// Writes the identity file with the private-file writer (0600, atomic, no symlinks).
     #[pyo3(signature = (path, passphrase=None))]
     fn save(
         &self,
@@ -132,12 +102,7 @@ impl PyAgentKeyPair {
         let data = self.to_bytes(py, passphrase)?;
         let bytes = data.as_bytes();
         py.allow_threads(|| write_private_file(&path, bytes))
-            .map_err(|e| {
-                KeyFileError::new_err(format!(
-                    "cannot write identity file {}: {e}",
-                    path.display()
-                ))
-            })
+            .map_err(|e| write_error_to_py(py, &e))
     }
 
     /// Loads an identity file; a missing, unreadable or corrupt file is a KeyFileError.

@@ -69,6 +69,14 @@ fn bundle_from_bytes<'py>(
     bundle::to_dict(py, &b)
 }
 
+/// Replaces `path` with `data`: owner-only (0600), atomic and durable; refuses a symlink there.
+/// The one writer for files that hold secrets (docs/security.md); KeyFileError on failure.
+#[pyfunction]
+fn write_private_file(py: Python<'_>, path: std::path::PathBuf, data: &[u8]) -> PyResult<()> {
+    py.allow_threads(|| agentmesh_core::private_file::write_private_file(&path, data))
+        .map_err(|e| errors::write_error_to_py(py, &e))
+}
+
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<keypair::PyAgentKeyPair>()?;
@@ -81,6 +89,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fingerprint_of_key, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_to_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_from_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(write_private_file, m)?)?;
     bench::register(m)?;
     m.add("PROTOCOL_VERSION", agentmesh_core::VERSION)?;
     m.add("MAX_MESSAGE_GAP", agentmesh_core::MAX_MESSAGE_GAP)?;
