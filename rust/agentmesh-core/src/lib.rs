@@ -7,6 +7,7 @@
 
 pub mod aead;
 pub mod batch;
+mod binding;
 mod envelope;
 mod error;
 mod handshake;

@@ -17,7 +17,7 @@ use crate::locks;
 #[derive(Debug)]
 pub struct PyAgentKeyPair {
     pub inner: RwLock<IdentityKeyPair>,
-    agent_id: String,
+    agent_id: Option<String>,
     fingerprint: String,
     identity_key: [u8; 32],
 }
@@ -25,7 +25,7 @@ pub struct PyAgentKeyPair {
 impl PyAgentKeyPair {
     pub fn wrap(kp: IdentityKeyPair) -> Self {
         Self {
-            agent_id: kp.agent_id().to_owned(),
+            agent_id: (!kp.is_unbound()).then(|| kp.agent_id().to_owned()),
             fingerprint: kp.fingerprint(),
             identity_key: kp.identity_key(),
             inner: RwLock::new(kp),
@@ -53,6 +53,13 @@ fn passphrase_bytes(p: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<u8>>> {
 
 #[pymethods]
 impl PyAgentKeyPair {
+    /// A new identity without an agent id, as `AgentKeyPair()` made in the original AgentMesh:
+    /// each session fixes the ids it is used under (docs/crypto-api.md).
+    #[new]
+    fn new() -> Self {
+        Self::wrap(IdentityKeyPair::generate_unbound(&mut OsRng))
+    }
+
     /// A new identity: Ed25519 identity key, X25519 exchange key and a signed prekey.
     #[staticmethod]
     fn generate(agent_id: &str) -> PyResult<Self> {
@@ -121,9 +128,10 @@ impl PyAgentKeyPair {
         })
     }
 
+    /// The agent id; None for an identity made with `AgentKeyPair()`.
     #[getter]
-    fn agent_id(&self) -> &str {
-        &self.agent_id
+    fn agent_id(&self) -> Option<&str> {
+        self.agent_id.as_deref()
     }
 
     #[getter]
@@ -204,8 +212,11 @@ impl PyAgentKeyPair {
 
     fn __repr__(&self) -> String {
         format!(
-            "AgentKeyPair(agent_id={:?}, fingerprint='{}')",
-            self.agent_id, self.fingerprint
+            "AgentKeyPair(agent_id={}, fingerprint='{}')",
+            self.agent_id
+                .as_deref()
+                .map_or_else(|| "None".to_owned(), |id| format!("{id:?}")),
+            self.fingerprint
         )
     }
 }

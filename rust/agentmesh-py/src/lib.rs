@@ -16,10 +16,12 @@ use pyo3::types::PyBytes;
 
 use crate::errors::to_py;
 
-/// Checks a bundle's self-signature; returns its agent id.
+/// Checks a bundle's self-signature; returns its agent id (IdentityError for the bundle of an
+/// identity without one).
 #[pyfunction]
 fn verify_bundle(bundle: &Bound<'_, PyAny>) -> PyResult<String> {
-    Ok(bundle::from_dict(bundle)?.agent_id().to_owned())
+    let b = bundle::from_dict(bundle)?;
+    Ok(b.require_agent_id().map_err(to_py)?.to_owned())
 }
 
 /// True when `signature` is the bundle owner's signature of the hub `challenge`.
