@@ -83,19 +83,10 @@ def seal(
     """Encrypt and sign ``payload`` from ``sender_id`` to ``recipient_id`` on ``session``.
 
     The keypair and both ids must be the session's own (``IdentityError`` otherwise): a message
-    can never be sealed under one identity and labelled with another.
+    can never be sealed under one identity and labelled with another. On a session of an
+    identity made with ``AgentKeyPair()``, the first seal fixes the ids it is given for good.
     """
-    if sender_id != session.local_id:
-        raise IdentityError(
-            f"sender_id {sender_id!r} is not this session's local agent {session.local_id!r}"
-        )
-    if recipient_id != session.peer_id:
-        raise IdentityError(
-            f"recipient_id {recipient_id!r} is not this session's peer {session.peer_id!r}"
-        )
-    if sender_keypair.identity_key != session.local_identity_key:
-        raise IdentityError("sender_keypair is not the identity this session was created with")
-    return session.seal(payload)
+    return session.seal_as(sender_keypair, sender_id, recipient_id, payload)
 
 
 def unseal(
@@ -103,21 +94,10 @@ def unseal(
 ) -> dict:
     """Decrypt and authenticate ``envelope`` from the agent of ``sender_bundle``.
 
-    The bundle must be the one the session was made with (same agent id and identity key):
-    a message checked against the wrong sender's keys is an ``IdentityError``.
+    The bundle must be the session peer's (same signed agent id and identity key): a message
+    checked against the wrong sender's keys is an ``IdentityError``.
     """
-    if not isinstance(sender_bundle, dict):
-        raise FormatError("sender_bundle must be a bundle dict")
-    if sender_bundle.get("agent_id") != session.peer_id:
-        raise IdentityError(
-            f"sender_bundle is for {sender_bundle.get('agent_id')!r}, "
-            f"but this session's peer is {session.peer_id!r}"
-        )
-    if sender_bundle.get("identity_key") != session.peer_identity_key:
-        raise IdentityError(
-            f"sender_bundle's identity key is not the one pinned for {session.peer_id!r}"
-        )
-    return session.unseal(envelope)
+    return session.unseal_from(envelope, sender_bundle)
 
 
 def seal_at_rest(keypair: AgentKeyPair, data: bytes) -> bytes:

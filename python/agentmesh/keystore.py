@@ -2,14 +2,18 @@
 
 Layout, for ``keypair_path="alice.key"``:
 
-* ``alice.key`` -- the identity (``AgentKeyPair.save``/``load``: mode 0600, atomic write,
-  optionally encrypted with a passphrase by the Rust core).
+* ``alice.key`` -- the identity (``AgentKeyPair.save``/``load``, optionally encrypted with a
+  passphrase by the Rust core).
 * ``alice.key.state`` -- everything else an agent must remember to continue its sessions after a
   restart: one ``CryptoSession.export_state()`` per peer, the pinned identity key of every peer
-  (trust on first use) and the last bundle seen for each. Mode 0600, written atomically (temp file
-  in the same directory, fsync, rename, fsync of the directory). The body is sealed at rest with a
+  (trust on first use) and the last bundle seen for each. The body is sealed at rest with a
   key derived from the identity (``agentmesh.crypto.seal_at_rest``), so with a passphrase on the
   identity both files are protected by it.
+
+Both files are written by one writer, ``agentmesh._native.write_private_file`` (the Rust core's
+``private_file``): mode 0600 whatever was there before, a randomly named temp file created
+exclusively in the same directory, no symlink followed or replaced, fsync, rename, fsync of the
+directory, and no temp file left behind when anything fails.
 
 A corrupt or unreadable file is a :class:`~agentmesh.errors.KeyFileError` and is never replaced:
 the agent refuses to start rather than silently lose an identity or a session.
@@ -22,13 +26,13 @@ import binascii
 import contextlib
 import json
 import os
-import secrets
 import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import KeyFileError, StateWriteError
+from ._native import write_private_file
+from .errors import KeyFileError
 
 STATE_SUFFIX = ".state"
 _MAGIC = b"AGENTMESH-STATE\x01"
@@ -36,7 +40,7 @@ _PLAIN = b"P"
 _SEALED = b"S"
 _STATE_VERSION = 1
 
-__all__ = ["STATE_SUFFIX", "KeyStore", "PersistedState", "atomic_write"]
+__all__ = ["STATE_SUFFIX", "KeyStore", "PersistedState"]
 
 
 def _crypto() -> Any:
@@ -58,48 +62,6 @@ def _as_passphrase(passphrase: str | bytes | None) -> str | bytes | None:
 def _close_fd(fd: int) -> None:
     with contextlib.suppress(OSError):
         os.close(fd)
-
-
-def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
-    """Write ``data`` to ``path`` atomically: temp file, fsync, rename, fsync of the directory.
-
-    The temporary file is created with ``mode`` (owner-only by default) so the secret never
-    exists on disk with wider permissions, not even for a moment.
-    """
-    directory = path.parent
-    tmp = directory / f".{path.name}.tmp-{os.getpid()}-{secrets.token_hex(4)}"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), mode)
-    try:
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, mode)  # in case an odd filesystem widened it
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-def _fsync_dir(directory: Path) -> None:
-    if not hasattr(os, "O_DIRECTORY"):
-        return
-    try:
-        dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    except OSError:
-        return
-    try:
-        os.fsync(dfd)
-    except OSError:
-        pass
-    finally:
-        os.close(dfd)
 
 
 @dataclass
@@ -246,24 +208,14 @@ class KeyStore:
         if not parent.exists():
             parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         kp = crypto.AgentKeyPair.generate(agent_id)
-        try:
-            kp.save(str(self.path), passphrase=self._passphrase)
-        except OSError as exc:
-            raise KeyFileError(
-                f"cannot write identity file {str(self.path)!r}: {exc.strerror or exc}"
-            ) from exc
+        kp.save(str(self.path), passphrase=self._passphrase)
         return kp
 
     def save_identity(self, keypair: Any) -> None:
         """Rewrite the identity file atomically (same identity; its prekeys changed: new ones
         must survive a restart, used and rotated-out ones must leave the disk; or it remembers
-        a new set-up). Raises StateWriteError."""
-        try:
-            keypair.save(str(self.path), passphrase=self._passphrase)
-        except OSError as exc:
-            raise StateWriteError(
-                f"cannot write identity file {str(self.path)!r}: {exc.strerror or exc}"
-            ) from exc
+        a new set-up). Raises StateWriteError naming the file and the OS error."""
+        keypair.save(str(self.path), passphrase=self._passphrase)
 
     def load_or_create_identity(self, agent_id: str) -> tuple[Any, bool]:
         """Return ``(keypair, created)``. The identity's agent id must be ``agent_id``."""
@@ -367,9 +319,4 @@ class KeyStore:
             )
         else:
             data = _MAGIC + _PLAIN + body
-        try:
-            atomic_write(self.state_path, data)
-        except OSError as exc:
-            raise StateWriteError(
-                f"cannot write state file {str(self.state_path)!r}: {exc.strerror or exc}"
-            ) from exc
+        write_private_file(self.state_path, data)

@@ -10,7 +10,7 @@ import pytest
 
 from agentmesh import Agent, LocalHub
 from agentmesh.errors import IdentityChangedError, KeyFileError
-from agentmesh.keystore import KeyStore, atomic_write
+from agentmesh.keystore import KeyStore
 
 posix_only = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 
@@ -247,16 +247,6 @@ def test_keystore_refuses_to_overwrite(tmp_path):
     store.create_identity("k")
     with pytest.raises(FileExistsError):
         store.create_identity("k")
-
-
-@posix_only
-def test_atomic_write_mode_and_content(tmp_path):
-    target = tmp_path / "f"
-    atomic_write(target, b"one")
-    atomic_write(target, b"two")
-    assert target.read_bytes() == b"two"
-    assert _mode(target) == 0o600
-    assert [p.name for p in tmp_path.iterdir()] == ["f"]
 
 
 def test_key_file_in_a_new_directory(tmp_path):

@@ -23,16 +23,18 @@ from agentmesh.testing import HostileHub
 
 @pytest.fixture
 def disk_full(monkeypatch):
-    """While ``full.set()``, every private-file write fails as on a full disk."""
+    """While ``full.set()``, the state file's writer fails as on a full disk (with the error
+    the real writer raises then)."""
     full = threading.Event()
-    real_write = keystore.atomic_write
+    real_write = keystore.write_private_file
 
-    def write(path, data, *args, **kwargs):
+    def write(path, data):
         if full.is_set():
-            raise OSError(errno.ENOSPC, "No space left on device", str(path))
-        return real_write(path, data, *args, **kwargs)
+            cause = OSError(errno.ENOSPC, "No space left on device", str(path))
+            raise StateWriteError(f"cannot write {path}: write: {cause.strerror}") from cause
+        return real_write(path, data)
 
-    monkeypatch.setattr(keystore, "atomic_write", write)
+    monkeypatch.setattr(keystore, "write_private_file", write)
     return full
 
 

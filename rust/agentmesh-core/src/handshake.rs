@@ -60,13 +60,42 @@ fn transcript(
     w.buf
 }
 
+/// Both parties of a set-up under the ids the session fixed (`local_id` may differ from an
+/// unbound identity's empty id). No set-up is derived before both ids are known: the transcript
+/// binds them for the life of the session.
+fn parties<'a>(
+    ours: &IdentityKeyPair,
+    local_id: &'a str,
+    theirs: &'a PublicBundle,
+) -> Result<(Party<'a>, Party<'a>)> {
+    if local_id.is_empty() || theirs.agent_id().is_empty() {
+        return Err(Error::Identity(
+            "the session's agent ids are not fixed yet: seal once with \
+             seal(session, keypair, sender_id, recipient_id, payload)",
+        ));
+    }
+    let me = Party {
+        agent_id: local_id,
+        identity_key: ours.identity_key(),
+        exchange_key: ours.exchange_public,
+    };
+    let peer = Party {
+        agent_id: theirs.agent_id(),
+        identity_key: theirs.identity_key(),
+        exchange_key: theirs.exchange_key,
+    };
+    Ok((me, peer))
+}
+
 /// The initiator's side: a fresh base key, four (or three) DH outputs, the set-up keys.
 pub(crate) fn initiate<R: RngCore + CryptoRng>(
     mode: Mode,
     ours: &IdentityKeyPair,
+    local_id: &str,
     theirs: &PublicBundle,
     rng: &mut R,
 ) -> Result<(SetupKeys, Initiation)> {
+    let (me, peer) = parties(ours, local_id, theirs)?;
     let base = StaticSecret::random_from_rng(&mut *rng);
     let (opk_id, opk) = theirs.one_time_prekey.unwrap_or((0, [0u8; 32]));
     if theirs.one_time_prekey.is_some() && opk_id == 0 {
@@ -85,16 +114,6 @@ pub(crate) fn initiate<R: RngCore + CryptoRng>(
     } else {
         None
     };
-    let me = Party {
-        agent_id: ours.agent_id(),
-        identity_key: ours.identity_key(),
-        exchange_key: ours.exchange_public,
-    };
-    let peer = Party {
-        agent_id: theirs.agent_id(),
-        identity_key: theirs.identity_key(),
-        exchange_key: theirs.exchange_key,
-    };
     let t = transcript(mode, &me, &peer, &theirs.signed_prekey, &initiation, &opk);
     let keys = match &dh4 {
         Some(d4) => session_setup(&[&dh1, &dh2, &dh3, d4], &t),
@@ -107,9 +126,11 @@ pub(crate) fn initiate<R: RngCore + CryptoRng>(
 pub(crate) fn respond(
     mode: Mode,
     ours: &IdentityKeyPair,
+    local_id: &str,
     theirs: &PublicBundle,
     initiation: &Initiation,
 ) -> Result<(SetupKeys, StaticSecret)> {
+    let (me, peer) = parties(ours, local_id, theirs)?;
     let spk = ours
         .signed_prekey_secret(initiation.signed_prekey_id)
         .ok_or(Error::Identity(
@@ -131,16 +152,6 @@ pub(crate) fn respond(
         )
     } else {
         (None, [0u8; 32])
-    };
-    let peer = Party {
-        agent_id: theirs.agent_id(),
-        identity_key: theirs.identity_key(),
-        exchange_key: theirs.exchange_key,
-    };
-    let me = Party {
-        agent_id: ours.agent_id(),
-        identity_key: ours.identity_key(),
-        exchange_key: ours.exchange_public,
     };
     let t = transcript(mode, &peer, &me, &spk_public, initiation, &opk_public);
     let keys = match &dh4 {

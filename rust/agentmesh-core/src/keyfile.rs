@@ -132,7 +132,7 @@ impl IdentityKeyPair {
 
     fn from_secret_body(body: &[u8]) -> Result<Self> {
         let mut r = Reader::new(body, "identity file is malformed");
-        let agent_id = r.agent_id()?;
+        let agent_id = r.optional_agent_id()?;
         let signing = Box::new(SigningKey::from_bytes(&r.array()?));
         let exchange = StaticSecret::from(r.array::<32>()?);
         let exchange_public = PublicKey::from(&exchange).to_bytes();

@@ -195,8 +195,20 @@ impl fmt::Debug for IdentityKeyPair {
 }
 
 impl IdentityKeyPair {
+    /// A new identity bound to `agent_id`: its bundle's signature covers the id.
     pub fn generate<R: RngCore + CryptoRng>(agent_id: &str, rng: &mut R) -> Result<Self> {
         check_agent_id(agent_id)?;
+        Ok(Self::generate_with_id(agent_id, rng))
+    }
+
+    /// A new identity with no agent id (`AgentKeyPair()` of the original AgentMesh): its bundle's
+    /// signature covers the empty id, and each session fixes the ids it is used under
+    /// (docs/protocol.md, section 2).
+    pub fn generate_unbound<R: RngCore + CryptoRng>(rng: &mut R) -> Self {
+        Self::generate_with_id("", rng)
+    }
+
+    fn generate_with_id<R: RngCore + CryptoRng>(agent_id: &str, rng: &mut R) -> Self {
         let signing = Box::new(SigningKey::generate(rng));
         let exchange = StaticSecret::random_from_rng(&mut *rng);
         let exchange_public = PublicKey::from(&exchange).to_bytes();
@@ -218,7 +230,7 @@ impl IdentityKeyPair {
             revision: 0,
         };
         kp.signed_prekey = kp.new_signed_prekey(rng);
-        Ok(kp)
+        kp
     }
 
     fn take_prekey_id(&mut self) -> u32 {
@@ -337,8 +349,26 @@ impl IdentityKeyPair {
         self.one_time_prekeys.keys().copied().collect()
     }
 
+    /// The agent id; empty for an identity made without one.
     pub fn agent_id(&self) -> &str {
         &self.agent_id
+    }
+
+    /// True for an identity made without an agent id ([`IdentityKeyPair::generate_unbound`]).
+    pub fn is_unbound(&self) -> bool {
+        self.agent_id.is_empty()
+    }
+
+    /// Whether this identity may act as `id` in a session: a bound identity only as its own id,
+    /// an unbound one as whatever id the session fixed (or none yet).
+    pub fn may_act_as(&self, id: &str) -> bool {
+        self.is_unbound() || self.agent_id == id
+    }
+
+    /// Whether `peer` is this very agent: the same identity key, or the same (non-empty) id.
+    pub fn is_self(&self, peer: &PublicBundle) -> bool {
+        peer.identity_key() == self.identity_key()
+            || (!self.is_unbound() && peer.published_id() == Some(self.agent_id.as_str()))
     }
 
     pub fn identity_key(&self) -> [u8; 32] {
@@ -407,6 +437,7 @@ impl IdentityKeyPair {
     pub fn public_bundle(&self) -> PublicBundle {
         PublicBundle {
             agent_id: self.agent_id.clone(),
+            unbound: self.is_unbound(),
             identity_key: self.verifying_key(),
             exchange_key: self.exchange_public,
             signed_prekey_id: self.signed_prekey.id,
@@ -419,9 +450,14 @@ impl IdentityKeyPair {
 
 /// What a peer needs to open a session with an agent. Constructing one verifies its signature,
 /// so a `PublicBundle` value is always self-consistent.
+///
+/// The bundle of an unbound identity is signed over the empty id. `agent_id` is then the id a
+/// session has fixed for that peer (from the first seal or accepted unseal), empty until then;
+/// the signature is checked against the empty id all the same.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PublicBundle {
     pub(crate) agent_id: String,
+    pub(crate) unbound: bool,
     pub(crate) identity_key: VerifyingKey,
     pub(crate) exchange_key: [u8; 32],
     pub(crate) signed_prekey_id: u32,
@@ -444,7 +480,8 @@ const BUNDLE_MAGIC: &[u8; 4] = b"AMB\x01";
 
 impl PublicBundle {
     /// Builds and verifies a bundle: the signed-prekey signature must check against the bundle's
-    /// own identity key over (agent id, identity key, exchange key, prekey id, prekey).
+    /// own identity key over (agent id, identity key, exchange key, prekey id, prekey). An empty
+    /// `agent_id` is the bundle of an unbound identity, signed over the empty id.
     pub fn new(
         agent_id: &str,
         identity_key: &[u8; 32],
@@ -454,7 +491,10 @@ impl PublicBundle {
         signed_prekey_signature: &[u8; 64],
         one_time_prekey: Option<(u32, [u8; 32])>,
     ) -> Result<Self> {
-        check_agent_id(agent_id).map_err(|_| Error::Format("bundle agent id is invalid"))?;
+        let unbound = agent_id.is_empty();
+        if !unbound {
+            check_agent_id(agent_id).map_err(|_| Error::Format("bundle agent id is invalid"))?;
+        }
         let key = parse_identity_key(identity_key)?;
         let msg = prekey_signature_input(
             agent_id,
@@ -472,6 +512,7 @@ impl PublicBundle {
         )?;
         Ok(Self {
             agent_id: agent_id.to_owned(),
+            unbound,
             identity_key: key,
             exchange_key: *exchange_key,
             signed_prekey_id,
@@ -481,8 +522,30 @@ impl PublicBundle {
         })
     }
 
+    /// The id this bundle is used under: its signed id, or for an unbound bundle the id a
+    /// session fixed for it (empty until then).
     pub fn agent_id(&self) -> &str {
         &self.agent_id
+    }
+    /// The id the signature covers: `None` for the bundle of an unbound identity.
+    pub fn published_id(&self) -> Option<&str> {
+        (!self.unbound).then_some(self.agent_id.as_str())
+    }
+    /// The id this bundle's owner is, for whoever needs one (an agent, a hub): an unbound
+    /// bundle names nobody, and standing for any id would let anyone claim it.
+    pub fn require_agent_id(&self) -> Result<&str> {
+        self.published_id().ok_or(Error::Identity(
+            "the bundle belongs to an identity with no agent id (AgentKeyPair()); \
+             use AgentKeyPair.generate(agent_id) for an agent",
+        ))
+    }
+    pub fn is_unbound(&self) -> bool {
+        self.unbound
+    }
+    /// Whether `other` is a bundle of the same agent: same identity key and same signed id
+    /// (prekeys may differ: the agent rotates them).
+    pub fn same_agent(&self, other: &PublicBundle) -> bool {
+        self.identity_key == other.identity_key && self.published_id() == other.published_id()
     }
     pub fn identity_key(&self) -> [u8; 32] {
         self.identity_key.to_bytes()
@@ -529,14 +592,24 @@ impl PublicBundle {
         )
     }
 
+    /// The published binary form; an unbound bundle carries no session-fixed id here.
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut w = crate::wire::Writer::with_capacity(220 + self.agent_id.len());
-        self.write(&mut w);
+        let mut published = self.clone();
+        if published.unbound {
+            published.agent_id.clear();
+        }
+        published.write(&mut w);
         w.buf
     }
 
+    /// The binary form, also inside session exports: `id(agent_id)` for a bound bundle;
+    /// `0x00 || u8 len || the id a session fixed (len 0 while none)` for an unbound one.
     pub(crate) fn write(&self, w: &mut crate::wire::Writer) {
         w.bytes(BUNDLE_MAGIC);
+        if self.unbound {
+            w.u8(0);
+        }
         w.agent_id(&self.agent_id);
         w.bytes(&self.identity_key());
         w.bytes(&self.exchange_key);
@@ -553,10 +626,15 @@ impl PublicBundle {
         }
     }
 
+    /// Parses the published binary form (an unbound bundle with a session-fixed id is refused:
+    /// one encoding per bundle).
     pub fn from_bytes(bytes: &[u8]) -> Result<Self> {
         let mut r = crate::wire::Reader::new(bytes, "truncated or malformed bundle");
         let bundle = Self::read(&mut r)?;
         r.finish()?;
+        if bundle.unbound && !bundle.agent_id.is_empty() {
+            return Err(Error::Format("a published unbound bundle carries an id"));
+        }
         Ok(bundle)
     }
 
@@ -568,7 +646,12 @@ impl PublicBundle {
         if magic[3] != BUNDLE_MAGIC[3] {
             return Err(Error::Version("bundle version"));
         }
-        let agent_id = r.agent_id()?;
+        let signed_id = r.optional_agent_id()?;
+        let fixed_id = if signed_id.is_empty() {
+            Some(r.optional_agent_id()?)
+        } else {
+            None
+        };
         let ik: [u8; 32] = r.array()?;
         let ek: [u8; 32] = r.array()?;
         let spk_id = r.u32()?;
@@ -579,6 +662,10 @@ impl PublicBundle {
             1 => Some((r.u32()?, r.array()?)),
             _ => return Err(Error::Format("bundle one-time prekey flag")),
         };
-        Self::new(&agent_id, &ik, &ek, spk_id, &spk, &sig, opk)
+        let mut bundle = Self::new(&signed_id, &ik, &ek, spk_id, &spk, &sig, opk)?;
+        if let Some(id) = fixed_id {
+            bundle.agent_id = id;
+        }
+        Ok(bundle)
     }
 }

@@ -7,6 +7,7 @@
 
 pub mod aead;
 pub mod batch;
+mod binding;
 mod envelope;
 mod error;
 mod handshake;
@@ -14,6 +15,7 @@ pub mod kdf;
 mod keyfile;
 mod keys;
 pub mod labels;
+pub mod private_file;
 mod ratchet;
 mod session;
 mod state;

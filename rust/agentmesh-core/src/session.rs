@@ -147,7 +147,7 @@ impl fmt::Debug for Session {
 impl Session {
     /// A session with `peer`; nothing is sent or derived until the first seal or unseal.
     pub fn new(ours: &IdentityKeyPair, peer: PublicBundle, mode: Mode) -> Result<Self> {
-        if peer.agent_id() == ours.agent_id() || peer.identity_key() == ours.identity_key() {
+        if ours.is_self(&peer) {
             return Err(Error::Identity(
                 "an agent cannot open a session with itself",
             ));
@@ -212,7 +212,7 @@ impl Session {
     }
 
     pub(crate) fn check_local(&self, ours: &IdentityKeyPair) -> Result<()> {
-        if ours.agent_id() != self.local_id || ours.identity_key() != self.local_identity_key {
+        if !ours.may_act_as(&self.local_id) || ours.identity_key() != self.local_identity_key {
             return Err(Error::Identity(
                 "the keypair is not this session's local identity",
             ));
@@ -277,7 +277,7 @@ impl Session {
             self.new_setup_before_send = false;
         }
         if self.active.is_none() {
-            let (setup, initiation) = initiate(self.mode, ours, &self.peer, rng)?;
+            let (setup, initiation) = initiate(self.mode, ours, &self.local_id, &self.peer, rng)?;
             // a one-time prekey serves one set-up only
             self.peer.one_time_prekey = None;
             let ratchet = Ratchet::new_initiator(
@@ -374,6 +374,9 @@ impl Session {
     /// Decrypts and authenticates an envelope from the peer. On any error the session is
     /// exactly as it was before the call.
     pub fn unseal(&mut self, ours: &IdentityKeyPair, env: &Envelope) -> Result<Opened> {
+        if self.has_open_ids() {
+            return self.unseal_fixing_ids(ours, env);
+        }
         self.check_local(ours)?;
         let h = env.header();
         self.check_header(h)?;
@@ -403,7 +406,8 @@ impl Session {
         // Not a session we know: only a prekey message can start one.
         let initiation = h.initiation.ok_or(Error::Authentication)?;
         ours.check_new_setup(&initiation)?;
-        let (setup, signed_prekey) = respond(self.mode, ours, &self.peer, &initiation)?;
+        let (setup, signed_prekey) =
+            respond(self.mode, ours, &self.local_id, &self.peer, &initiation)?;
         if setup.session_id != h.session_id {
             return Err(Error::Authentication);
         }

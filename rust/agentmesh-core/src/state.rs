@@ -191,7 +191,7 @@ impl Session {
             return Err(Error::Version("session state version is not 1"));
         }
         let mode = Mode::from_byte(r.u8()?)?;
-        let local_id = r.agent_id()?;
+        let local_id = r.optional_agent_id()?;
         let local_identity_key: [u8; 32] = r.array()?;
         let peer = PublicBundle::read(&mut r)?;
         let active = match r.u8()? {

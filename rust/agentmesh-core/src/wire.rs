@@ -76,6 +76,17 @@ impl<'a> Reader<'a> {
         Ok(id.to_owned())
     }
 
+    /// Like [`Reader::agent_id`], but a zero length is the empty id (an identity without one).
+    pub(crate) fn optional_agent_id(&mut self) -> Result<String> {
+        match self.input.first() {
+            Some(0) => {
+                self.u8()?;
+                Ok(String::new())
+            }
+            _ => self.agent_id(),
+        }
+    }
+
     /// A u32 count of items of at least `min_item_len` bytes each, checked against the input.
     pub(crate) fn count(&mut self, min_item_len: usize, max: usize) -> Result<usize> {
         let n = self.u32()? as usize;
@@ -117,7 +128,7 @@ impl Writer {
     pub(crate) fn u64(&mut self, v: u64) {
         self.buf.extend_from_slice(&v.to_be_bytes());
     }
-    /// Caller guarantees the id was validated (<= 255 bytes).
+    /// Caller guarantees the id was validated (<= 255 bytes); "" is written as length 0.
     pub(crate) fn agent_id(&mut self, id: &str) {
         self.buf.push(u8::try_from(id.len()).unwrap_or(u8::MAX));
         self.buf.extend_from_slice(id.as_bytes());

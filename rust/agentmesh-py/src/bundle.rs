@@ -50,9 +50,20 @@ pub fn from_dict(obj: &Bound<'_, PyAny>) -> PyResult<PublicBundle> {
             )));
         }
     }
-    let agent_id: String = field(d, "agent_id")?
-        .extract()
-        .map_err(|_| FormatError::new_err("bundle field \"agent_id\" must be a string"))?;
+    // null is the bundle of an identity without an id (its signature covers the empty id); an
+    // empty string is not a second spelling of it.
+    let agent_id: String = match field(d, "agent_id")? {
+        v if v.is_none() => String::new(),
+        v => match v.extract::<String>() {
+            Ok(id) if !id.is_empty() => id,
+            _ => {
+                return Err(FormatError::new_err(
+                    "bundle field \"agent_id\" must be a non-empty string, or null for an \
+                     identity without an id",
+                ))
+            }
+        },
+    };
     let opk = match d.get_item("one_time_prekey")? {
         Some(o) if !o.is_none() => {
             let od = o.downcast::<PyDict>().map_err(|_| {
@@ -77,7 +88,7 @@ pub fn from_dict(obj: &Bound<'_, PyAny>) -> PyResult<PublicBundle> {
 pub fn to_dict<'py>(py: Python<'py>, b: &PublicBundle) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
     d.set_item("v", BUNDLE_VERSION)?;
-    d.set_item("agent_id", b.agent_id())?;
+    d.set_item("agent_id", b.published_id())?;
     d.set_item("identity_key", B64.encode(b.identity_key()))?;
     d.set_item("exchange_key", B64.encode(b.exchange_key()))?;
     d.set_item("signed_prekey_id", b.signed_prekey_id())?;

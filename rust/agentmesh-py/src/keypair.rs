@@ -1,24 +1,23 @@
 //! `AgentKeyPair`: an agent's private identity, behind a lock shared with its sessions.
 
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::RwLock;
 
+use agentmesh_core::private_file::write_private_file;
 use agentmesh_core::IdentityKeyPair;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use rand_core::OsRng;
 
 use crate::bundle;
-use crate::errors::{to_py, KeyFileError};
+use crate::errors::{to_py, write_error_to_py, KeyFileError};
 use crate::locks;
 
 #[pyclass(name = "AgentKeyPair", module = "agentmesh.crypto", frozen)]
 #[derive(Debug)]
 pub struct PyAgentKeyPair {
     pub inner: RwLock<IdentityKeyPair>,
-    agent_id: String,
+    agent_id: Option<String>,
     fingerprint: String,
     identity_key: [u8; 32],
 }
@@ -26,7 +25,7 @@ pub struct PyAgentKeyPair {
 impl PyAgentKeyPair {
     pub fn wrap(kp: IdentityKeyPair) -> Self {
         Self {
-            agent_id: kp.agent_id().to_owned(),
+            agent_id: (!kp.is_unbound()).then(|| kp.agent_id().to_owned()),
             fingerprint: kp.fingerprint(),
             identity_key: kp.identity_key(),
             inner: RwLock::new(kp),
@@ -52,37 +51,15 @@ fn passphrase_bytes(p: Option<&Bound<'_, PyAny>>) -> PyResult<Option<Vec<u8>>> {
     }
 }
 
-/// Writes `data` to `path` atomically with mode 0600: temp file, fsync, rename, fsync directory.
-pub fn write_private_file(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp: PathBuf = dir.join(format!(".{name}.tmp-{}", std::process::id()));
-    let result = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
-}
-
 #[pymethods]
 impl PyAgentKeyPair {
+    /// A new identity without an agent id, as `AgentKeyPair()` made in the original AgentMesh:
+    /// each session fixes the ids it is used under (docs/crypto-api.md).
+    #[new]
+    fn new() -> Self {
+        Self::wrap(IdentityKeyPair::generate_unbound(&mut OsRng))
+    }
+
     /// A new identity: Ed25519 identity key, X25519 exchange key and a signed prekey.
     #[staticmethod]
     fn generate(agent_id: &str) -> PyResult<Self> {
@@ -121,7 +98,7 @@ impl PyAgentKeyPair {
         Ok(PyBytes::new(py, &data))
     }
 
-    /// Writes the identity file: mode 0600, atomically (never a half-written file).
+    /// Writes the identity file with the private-file writer (0600, atomic, no symlinks).
     #[pyo3(signature = (path, passphrase=None))]
     fn save(
         &self,
@@ -132,12 +109,7 @@ impl PyAgentKeyPair {
         let data = self.to_bytes(py, passphrase)?;
         let bytes = data.as_bytes();
         py.allow_threads(|| write_private_file(&path, bytes))
-            .map_err(|e| {
-                KeyFileError::new_err(format!(
-                    "cannot write identity file {}: {e}",
-                    path.display()
-                ))
-            })
+            .map_err(|e| write_error_to_py(py, &e))
     }
 
     /// Loads an identity file; a missing, unreadable or corrupt file is a KeyFileError.
@@ -156,9 +128,10 @@ impl PyAgentKeyPair {
         })
     }
 
+    /// The agent id; None for an identity made with `AgentKeyPair()`.
     #[getter]
-    fn agent_id(&self) -> &str {
-        &self.agent_id
+    fn agent_id(&self) -> Option<&str> {
+        self.agent_id.as_deref()
     }
 
     #[getter]
@@ -267,8 +240,11 @@ impl PyAgentKeyPair {
 
     fn __repr__(&self) -> String {
         format!(
-            "AgentKeyPair(agent_id={:?}, fingerprint='{}')",
-            self.agent_id, self.fingerprint
+            "AgentKeyPair(agent_id={}, fingerprint='{}')",
+            self.agent_id
+                .as_deref()
+                .map_or_else(|| "None".to_owned(), |id| format!("{id:?}")),
+            self.fingerprint
         )
     }
 }

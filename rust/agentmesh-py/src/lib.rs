@@ -16,10 +16,12 @@ use pyo3::types::PyBytes;
 
 use crate::errors::to_py;
 
-/// Checks a bundle's self-signature; returns its agent id.
+/// Checks a bundle's self-signature; returns its agent id (IdentityError for the bundle of an
+/// identity without one).
 #[pyfunction]
 fn verify_bundle(bundle: &Bound<'_, PyAny>) -> PyResult<String> {
-    Ok(bundle::from_dict(bundle)?.agent_id().to_owned())
+    let b = bundle::from_dict(bundle)?;
+    Ok(b.require_agent_id().map_err(to_py)?.to_owned())
 }
 
 /// True when `signature` is the bundle owner's registration proof for this hub, challenge,
@@ -75,6 +77,14 @@ fn bundle_from_bytes<'py>(
     bundle::to_dict(py, &b)
 }
 
+/// Replaces `path` with `data`: owner-only (0600), atomic and durable; refuses a symlink there.
+/// The one writer for files that hold secrets (docs/security.md); KeyFileError on failure.
+#[pyfunction]
+fn write_private_file(py: Python<'_>, path: std::path::PathBuf, data: &[u8]) -> PyResult<()> {
+    py.allow_threads(|| agentmesh_core::private_file::write_private_file(&path, data))
+        .map_err(|e| errors::write_error_to_py(py, &e))
+}
+
 #[pymodule(gil_used = false)]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<keypair::PyAgentKeyPair>()?;
@@ -87,6 +97,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fingerprint_of_key, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_to_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_from_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(write_private_file, m)?)?;
     bench::register(m)?;
     m.add("PROTOCOL_VERSION", agentmesh_core::VERSION)?;
     m.add("MAX_MESSAGE_GAP", agentmesh_core::MAX_MESSAGE_GAP)?;

@@ -11,7 +11,7 @@ use rand_core::OsRng;
 
 use crate::bundle;
 use crate::envelope::{envelope_arg, PyEnvelope};
-use crate::errors::to_py;
+use crate::errors::{to_py, IdentityError};
 use crate::json::{json_to_py, payload_to_json};
 use crate::keypair::PyAgentKeyPair;
 use crate::locks;
@@ -31,8 +31,6 @@ fn now_ms() -> u64 {
 pub struct PyCryptoSession {
     session: Mutex<Session>,
     keypair: Py<PyAgentKeyPair>,
-    local_id: String,
-    peer_id: String,
     peer_fingerprint: String,
     peer_identity_b64: String,
     deniable: bool,
@@ -42,8 +40,6 @@ impl PyCryptoSession {
     fn wrap(session: Session, keypair: Py<PyAgentKeyPair>) -> Self {
         let peer = session.peer();
         Self {
-            local_id: session.local_id().to_owned(),
-            peer_id: peer.agent_id().to_owned(),
             peer_fingerprint: peer.fingerprint(),
             peer_identity_b64: bundle::b64(&peer.identity_key()),
             deniable: session.mode() == Mode::Deniable,
@@ -61,6 +57,13 @@ impl PyCryptoSession {
             locks::write(py, &self.keypair.get().inner).settle(&opened);
         }
         json_to_py(py, opened.payload())
+    }
+
+    /// The (local, peer) ids; None while one is not fixed yet.
+    fn ids(&self, py: Python<'_>) -> (Option<String>, Option<String>) {
+        let session = locks::lock(py, &self.session);
+        let known = |id: &str| (!id.is_empty()).then(|| id.to_owned());
+        (known(session.local_id()), known(session.peer().agent_id()))
     }
 
     fn unseal_inner<'py>(
@@ -124,6 +127,60 @@ impl PyCryptoSession {
         }
         .map_err(to_py)?;
         Ok(PyEnvelope { inner: env })
+    }
+
+    /// `seal(session, sender_keypair, sender_id, recipient_id, payload)`: the keypair and ids
+    /// must be the session's; an id still open is fixed here for good (docs/crypto-api.md).
+    fn seal_as(
+        &self,
+        py: Python<'_>,
+        sender_keypair: &Bound<'_, PyAgentKeyPair>,
+        sender_id: &str,
+        recipient_id: &str,
+        payload: &Bound<'_, PyAny>,
+    ) -> PyResult<PyEnvelope> {
+        let json = payload_to_json(payload)?;
+        let ts = now_ms();
+        let sealed = {
+            let mut session = locks::lock(py, &self.session);
+            let kp = locks::read(py, &sender_keypair.get().inner);
+            let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
+            let big = json.len() >= RELEASE_GIL_AT;
+            let json = json.as_slice();
+            let mut seal = move || s.seal_as(k, sender_id, recipient_id, json, ts, &mut OsRng);
+            if big {
+                py.allow_threads(seal)
+            } else {
+                seal()
+            }
+        };
+        match sealed {
+            Ok(inner) => Ok(PyEnvelope { inner }),
+            Err(e @ agentmesh_core::Error::Identity(_)) => {
+                let (local, peer) = self.ids(py);
+                Err(IdentityError::new_err(format!(
+                    "{e} (sender_id {sender_id:?}, recipient_id {recipient_id:?}; this session: \
+                     {} -> {})",
+                    py_repr(local.as_deref()),
+                    py_repr(peer.as_deref())
+                )))
+            }
+            Err(e) => Err(to_py(e)),
+        }
+    }
+
+    /// `unseal(session, envelope, sender_bundle)`: the bundle must be the session's peer's.
+    fn unseal_from<'py>(
+        &self,
+        py: Python<'py>,
+        envelope: &Bound<'py, PyAny>,
+        sender_bundle: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let bundle = bundle::from_dict(sender_bundle)?;
+        locks::lock(py, &self.session)
+            .check_sender_bundle(&bundle)
+            .map_err(to_py)?;
+        self.unseal(py, envelope)
     }
 
     /// Decrypts and authenticates an envelope (or its bytes); returns the payload dict.
@@ -267,13 +324,15 @@ impl PyCryptoSession {
         Ok(Self::wrap(session, my_keypair))
     }
 
+    /// The local agent id; None until the first seal or unseal fixes it.
     #[getter]
-    fn local_id(&self) -> &str {
-        &self.local_id
+    fn local_id(&self, py: Python<'_>) -> Option<String> {
+        self.ids(py).0
     }
+    /// The peer's agent id; None until the first seal or unseal fixes it.
     #[getter]
-    fn peer_id(&self) -> &str {
-        &self.peer_id
+    fn peer_id(&self, py: Python<'_>) -> Option<String> {
+        self.ids(py).1
     }
     #[getter]
     fn peer_fingerprint(&self) -> &str {
@@ -302,13 +361,19 @@ impl PyCryptoSession {
         locks::lock(py, &self.session).is_established()
     }
 
-    fn __repr__(&self) -> String {
+    fn __repr__(&self, py: Python<'_>) -> String {
+        let (local, peer) = self.ids(py);
         format!(
-            "CryptoSession(local_id={:?}, peer_id={:?}, peer_fingerprint='{}', mode='{}')",
-            self.local_id,
-            self.peer_id,
+            "CryptoSession(local_id={}, peer_id={}, peer_fingerprint='{}', mode='{}')",
+            py_repr(local.as_deref()),
+            py_repr(peer.as_deref()),
             self.peer_fingerprint,
             if self.deniable { "deniable" } else { "signed" }
         )
     }
+}
+
+/// An optional id as Python would show it: `'alice'` or `None`.
+fn py_repr(id: Option<&str>) -> String {
+    id.map_or_else(|| "None".to_owned(), |id| format!("{id:?}"))
 }
