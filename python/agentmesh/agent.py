@@ -552,6 +552,11 @@ class _AgentCore:
             raise RuntimeError(f"agent {self.agent_id!r} is closed")
         validate_agent_id(peer_id, "peer id")
         if peer_id in self._sessions:
+            if peer_id in self._unverified:
+                # a session loaded from disk: checked on the hub, and its bundle refreshed for
+                # the new set-up its first send makes (as before a send)
+                self._verify_before_send(peer_id)
+                return _fingerprint_of_key(self._pins.get(peer_id, ""))
             if self.hub is not None:
                 bundle = self.hub.get_bundle(peer_id)
                 if bundle is not None:
@@ -729,6 +734,8 @@ class _AgentCore:
                     self.received += sum(1 for payload in opened if type(payload) is dict)
                     if dirty is not None:
                         dirty.add(sender)
+                    if self._inbound_only and sender in self._inbound_only:
+                        self._inbound_only.move_to_end(sender)
             if opened is None:
                 results.extend(self._accept_or_error(env) for env in chunk)
                 continue
@@ -774,6 +781,8 @@ class _AgentCore:
                 self.received += 1
                 if dirty is not None:
                     dirty.add(sender)
+                if self._inbound_only and sender in self._inbound_only:
+                    self._inbound_only.move_to_end(sender)  # (least recently heard goes first)
         except ReplayError:
             raise
         except CryptoError as exc:
@@ -808,9 +817,10 @@ class _AgentCore:
 
     def _note_inbound_only(self, sender: str) -> None:
         """Bound the sessions that other agents opened and this one never answered: any agent
-        on the hub can open one, so the oldest is forgotten past MAX_INBOUND_ONLY_SESSIONS (a
-        replay of its set-up stays refused: the identity remembers accepted set-ups). The
-        caller holds ``_lock``."""
+        on the hub can open one, so the one heard from least recently is forgotten past
+        MAX_INBOUND_ONLY_SESSIONS (a replay of its set-up stays refused: the identity
+        remembers accepted set-ups; so are that peer's further messages on it, until its agent
+        starts a new set-up). The caller holds ``_lock``."""
         inbound = self._inbound_only
         inbound[sender] = None
         while len(inbound) > MAX_INBOUND_ONLY_SESSIONS:
@@ -922,6 +932,10 @@ class _AgentCore:
     def save_state(self) -> None:
         """Write sessions and pins (only what changed is re-exported), then the identity file
         if accepted set-ups changed it. No-op without a store. Raises StateWriteError."""
+        with self._save_lock:
+            self._save_state_locked()
+
+    def _save_state_locked(self) -> None:
         store = self.store
         if store is None or self._released:
             # (after close() released the identity lock, another agent may own the files: a
@@ -930,43 +944,42 @@ class _AgentCore:
             return
         dirty = self._dirty
         assert dirty is not None
-        with self._save_lock:
-            with self._lock:
-                # every set-up counted in this revision has its session in this export: both
-                # change under _lock (the binding settles a set-up inside unseal)
-                revision = self.keypair.revision
-                state = None
-                if dirty or self._meta_dirty:
-                    for peer in dirty:
-                        session = self._sessions.get(peer)
-                        if session is None:
-                            self._exports.pop(peer, None)
-                        else:
-                            self._exports[peer] = session.export_sealed()
-                    dirty.clear()
-                    self._meta_dirty = False
-                    state = PersistedState(
-                        sessions=dict(self._exports),
-                        pins=dict(self._pins),
-                        bundles=dict(self._bundles),
-                        delivered=dict(self._delivered),
-                        signed_prekey_since=self._signed_prekey_since,
-                        signed_prekey_id=self._signed_prekey_id,
-                        inbound_only=list(self._inbound_only),
-                    )
-            if state is not None:
-                try:
-                    store.save_state(self.keypair, state)
-                except BaseException:
-                    self._meta_dirty = True  # try again next time
-                    raise
-            # The identity file forgets used one-time prekeys and remembers accepted set-ups
-            # (replays stay refused). Written only after a state file that holds their
-            # sessions: the other way round, a crash in between would turn the redelivered
-            # set-up into a "replay" and lose it. A set-up accepted since the export waits
-            # for the next save (its own caller makes it).
-            if revision != self._identity_revision and self.keypair.revision == revision:
-                self._write_identity()
+        with self._lock:
+            # every set-up counted in this revision has its session in this export: both
+            # change under _lock (the binding settles a set-up inside unseal)
+            revision = self.keypair.revision
+            state = None
+            if dirty or self._meta_dirty:
+                for peer in dirty:
+                    session = self._sessions.get(peer)
+                    if session is None:
+                        self._exports.pop(peer, None)
+                    else:
+                        self._exports[peer] = session.export_sealed()
+                dirty.clear()
+                self._meta_dirty = False
+                state = PersistedState(
+                    sessions=dict(self._exports),
+                    pins=dict(self._pins),
+                    bundles=dict(self._bundles),
+                    delivered=dict(self._delivered),
+                    signed_prekey_since=self._signed_prekey_since,
+                    signed_prekey_id=self._signed_prekey_id,
+                    inbound_only=list(self._inbound_only),
+                )
+        if state is not None:
+            try:
+                store.save_state(self.keypair, state)
+            except BaseException:
+                self._meta_dirty = True  # try again next time
+                raise
+        # The identity file forgets used one-time prekeys and remembers accepted set-ups
+        # (replays stay refused). It is written only as of a revision whose sessions are all in
+        # a state file on disk: the other way round, a crash in between would turn the
+        # redelivered set-up into a "replay" and lose it. A set-up settled after the export
+        # waits for the next save (the keypair refuses to write another revision).
+        if revision != self._identity_revision and store.save_identity(self.keypair, revision):
+            self._identity_revision = revision
 
     @property
     def identity_unsaved(self) -> bool:
@@ -984,6 +997,9 @@ class _AgentCore:
         ``KEEP_HANDED_OUT_PREKEYS`` are kept for set-ups still to arrive (bounded memory and
         file size: a set-up that arrives later than that fails, and the peer starts anew)."""
         with self._save_lock:
+            # first the sessions of every set-up settled so far: the identity file written
+            # below no longer holds their one-time prekeys, and remembers their base keys
+            self._save_state_locked()
             with self._lock:
                 keypair = self.keypair
                 ids = keypair.one_time_prekey_ids()
@@ -1008,6 +1024,7 @@ class _AgentCore:
         file is written before the state and before anyone can see the new bundle, so a
         restarted agent can answer every set-up made with it."""
         with self._save_lock:
+            self._save_state_locked()  # (as in new_prekeys)
             with self._lock:
                 self.keypair.rotate_signed_prekey()
                 self._signed_prekey_since = _now_ms()
@@ -1019,11 +1036,12 @@ class _AgentCore:
     def save_identity(self) -> None:
         """Rewrite the identity file (its prekeys changed). No-op without a store."""
         with self._save_lock:
+            self._save_state_locked()
             self._write_identity()
 
     def _write_identity(self) -> None:
-        # (the caller holds _save_lock; after close() released the identity lock, another
-        # agent may own the file)
+        # (the caller holds _save_lock and has saved the state; after close() released the
+        # identity lock, another agent may own the file)
         if self.store is not None and not self._released:
             revision = self.keypair.revision  # (read first: a later change is written again)
             self.store.save_identity(self.keypair)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -62,7 +63,10 @@ __all__ = ["HubClient", "HubRequestError", "PeerNotFoundError"]
 log = logging.getLogger("agentmesh.hub_client")
 
 OnEnvelope = Callable[[int, bytes], Awaitable[None]]
-OnBatch = Callable[[list[tuple[int, bytes]]], Awaitable[None]]
+#: Called with a batch of deliveries; returns once they are handled. It may return an
+#: ``asyncio.Future`` that completes once their effects are durable: the client acknowledges
+#: them then (not at all if it fails) and goes on delivering meanwhile.
+OnBatch = Callable[[list[tuple[int, bytes]]], Awaitable["asyncio.Future[None] | None"]]
 
 #: Errors after which reconnecting cannot help: the client stops and reports them.
 FATAL_CODES = frozenset(
@@ -261,6 +265,19 @@ class _Proto(asyncio.Protocol):
     def abort(self) -> None:
         if self.transport is not None:
             self.transport.abort()
+
+
+def _ack_all(acks: list[tuple[_Proto, int]]) -> None:
+    for proto, did in acks:
+        proto.ack(did)  # on the connection it came from (a no-op if that one is gone)
+
+
+def _ack_when_durable(acks: list[tuple[_Proto, int]], durable: asyncio.Future[None]) -> None:
+    if durable.cancelled() or durable.exception() is not None:
+        # never made durable: the hub keeps them and delivers them again (next connection)
+        log.error("%d deliveries left unacknowledged: %s", len(acks), durable.exception())
+        return
+    _ack_all(acks)
 
 
 async def _cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
@@ -876,7 +893,7 @@ class HubClient:
         assert handler is not None
         self._delivery_hub_id = hub_id
         try:
-            await handler(batch)
+            durable = await handler(batch)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -889,8 +906,11 @@ class HubClient:
         self.received += len(batch)
         self._seen_hub = hub_id
         self._seen_id = batch[-1][0]
-        for proto, (did, _env) in zip(protos, batch, strict=True):
-            proto.ack(did)
+        acks = [(proto, did) for proto, (did, _env) in zip(protos, batch, strict=True)]
+        if durable is None:
+            _ack_all(acks)
+        else:
+            durable.add_done_callback(functools.partial(_ack_when_durable, acks))
 
     # ---- lookups -----------------------------------------------------------------------------
 

@@ -319,6 +319,22 @@ class _NetworkLink:
         self._worker = threading.Thread(
             target=self._work, name=f"agentmesh-agent-{core.agent_id[:40]}", daemon=True
         )
+        # A persistent agent's state writes run on their own thread (see _persist_loop): the
+        # worker goes on with the next batch while the last one is written, and a send never
+        # waits for the disk.
+        self._persist_wake = threading.Event()
+        self._persist_lock = threading.Lock()
+        self._persist_waiting: list[asyncio.Future[None]] = []
+        self._persist_stop = False
+        self._persister = (
+            threading.Thread(
+                target=self._persist_loop,
+                name=f"agentmesh-state-{core.agent_id[:40]}",
+                daemon=True,
+            )
+            if core.persistent
+            else None
+        )
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -432,6 +448,8 @@ class _NetworkLink:
 
     def start(self) -> None:
         self._worker.start()
+        if self._persister is not None:
+            self._persister.start()
         try:
             self.net.run(self._start(), timeout=self.hub.connect_timeout + 5.0)
         except BaseException as exc:
@@ -457,6 +475,10 @@ class _NetworkLink:
         if self._closing:
             raise RuntimeError(f"agent {self.core.agent_id!r} is closed")
         self._outbox.append(envelope)
+        if self._persister is not None and envelope.counter == 0:
+            # a new sending chain (a DH step or a set-up): its keys reach the disk right after
+            # it leaves, so that the peer's answers to it stay readable after a crash
+            self._persist_wake.set()
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon_threadsafe(self._kick)
@@ -555,19 +577,24 @@ class _NetworkLink:
 
     # -- receiving ------------------------------------------------------------------------------
 
-    async def _on_batch(self, batch: list[tuple[int, bytes]]) -> None:
+    async def _on_batch(self, batch: list[tuple[int, bytes]]) -> asyncio.Future[None] | None:
         """Called by the HubClient with every delivery it has buffered (in inbox order, at most
-        256); it acks them all when this returns. One hand-off to the worker per batch: a batch
-        of one goes at once, and while the worker handles it the next batch accumulates."""
-        fut = self.loop.create_future()
-        self._inq.put((batch, self.client.delivery_hub_id, fut))
-        await fut
+        256); returns once the handlers ran. One hand-off to the worker per batch: a batch of
+        one goes at once, and while the worker handles it the next batch accumulates. The
+        client acknowledges the batch at once, or, for a persistent agent, once the future
+        returned completes: when the state that accepting it changed is on disk."""
+        handled = self.loop.create_future()
+        durable = self.loop.create_future() if self._persister is not None else None
+        self._inq.put((batch, self.client.delivery_hub_id, handled, durable))
+        await handled
+        return durable
 
     def _work(self) -> None:
         try:
             self._work_loop()
         finally:
             if self._shutdown_pending:
+                self._stop_persister(None)
                 self._shutdown()
 
     def _work_loop(self) -> None:
@@ -590,27 +617,45 @@ class _NetworkLink:
                     inq.put(None)
                     break
                 items.append(more)
-            datas = [data for batch, _hub, _fut in items for _did, data in batch]
-            saved: BaseException | None = None
+            datas = [data for batch, _hub, _handled, _durable in items for _did, data in batch]
             with self._receiving:
                 try:
                     handled, prekeys_used = self._process(datas)
                 except Exception:  # never leave the client waiting for an ack
                     log.exception("agent %r: receiving a batch failed", core.agent_id)
                     handled, prekeys_used = [False] * len(datas), True
-                if core.persistent:
-                    # persisted once per batch, after the handlers and before the ack: after a
-                    # crash the hub redelivers instead of the agent holding acked messages whose
-                    # session advance was lost. The delivery ids go with it, so that a restarted
-                    # agent skips what a crashed hub redelivers instead of reporting replays.
+                if self._persister is not None:
+                    # persisted after the handlers and before the ack, by the persister (one
+                    # write for every batch handled meanwhile): after a crash the hub
+                    # redelivers instead of the agent holding acked messages whose session
+                    # advance was lost. The delivery ids go with it, so that a restarted agent
+                    # skips what a crashed hub redelivers instead of reporting replays.
                     self._note_delivered(items, handled)
-                    saved = self._save_before_ack()
+                    with self._persist_lock:
+                        self._persist_waiting.extend(d for *_, d in items if d is not None)
+                    self._persist_wake.set()
             if prekeys_used and self._prekey_check is not None:
                 with contextlib.suppress(RuntimeError):
                     self.loop.call_soon_threadsafe(self._prekey_check.set)
-            for _batch, _hub, fut in items:
+            for _batch, _hub, fut, _durable in items:
                 with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
-                    self.loop.call_soon_threadsafe(_resolve, fut, saved)
+                    self.loop.call_soon_threadsafe(_resolve, fut)
+
+    def _persist_loop(self) -> None:
+        """Writes the state whenever handled batches wait for it (then they are acknowledged)
+        or a send started a new chain; one write covers everything that happened before it."""
+        while True:
+            self._persist_wake.wait()
+            self._persist_wake.clear()
+            with self._persist_lock:
+                waiting, self._persist_waiting = self._persist_waiting, []
+                stop = self._persist_stop
+            error = self._save_before_ack()
+            for fut in waiting:
+                with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
+                    self.loop.call_soon_threadsafe(_resolve, fut, error)
+            if stop:
+                return
 
     def _save_before_ack(self) -> BaseException | None:
         """Write the state (then, if a set-up changed it, the identity file) until it succeeds:
@@ -647,7 +692,7 @@ class _NetworkLink:
         of a handled one): never one that was rejected, so a forged delivery cannot push the
         saved position past real ones."""
         flags = iter(handled)
-        for batch, hub_id, _fut in items:
+        for batch, hub_id, _handled, _durable in items:
             top = 0
             for did, _data in batch:
                 if next(flags, False):
@@ -724,7 +769,20 @@ class _NetworkLink:
         if self._worker.is_alive():
             # the batch in progress (if any) is finished and acknowledged first
             self._worker.join(timeout if timeout is not None else 30.0)
+        self._stop_persister(timeout)
         self._shutdown()
+
+    def _stop_persister(self, timeout: float | None) -> None:
+        """One last write for the batches handled so far (so their acknowledgements go out
+        before the connection closes), then the persister ends."""
+        persister = self._persister
+        if persister is None or not persister.is_alive():
+            return
+        with self._persist_lock:
+            self._persist_stop = True
+        self._persist_wake.set()
+        if threading.current_thread() is not persister:
+            persister.join(timeout if timeout is not None else 30.0)
 
     def _shutdown(self) -> None:
         async def shutdown() -> None:

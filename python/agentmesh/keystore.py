@@ -211,11 +211,14 @@ class KeyStore:
         kp.save(str(self.path), passphrase=self._passphrase)
         return kp
 
-    def save_identity(self, keypair: Any) -> None:
+    def save_identity(self, keypair: Any, if_revision: int | None = None) -> bool:
         """Rewrite the identity file atomically (same identity; its prekeys changed: new ones
         must survive a restart, used and rotated-out ones must leave the disk; or it remembers
-        a new set-up). Raises StateWriteError naming the file and the OS error."""
-        keypair.save(str(self.path), passphrase=self._passphrase)
+        a new set-up). With ``if_revision``, only if the keypair is still at that revision;
+        returns whether it wrote. Raises StateWriteError naming the file and the OS error."""
+        return bool(
+            keypair.save(str(self.path), passphrase=self._passphrase, if_revision=if_revision)
+        )
 
     def load_or_create_identity(self, agent_id: str) -> tuple[Any, bool]:
         """Return ``(keypair, created)``. The identity's agent id must be ``agent_id``."""

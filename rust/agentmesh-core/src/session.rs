@@ -417,7 +417,7 @@ impl Session {
         let plain = decrypt(&plan.message_key, env)?;
         let offset = check_signature(self.signer(), env, &plain)?;
         ratchet.commit_receive(h, plan);
-        self.adopt(Box::new(ratchet), h.timestamp_ms)?;
+        self.adopt(Box::new(ratchet), h.timestamp_ms);
         self.trim_skipped_keys();
         Ok(Opened {
             plaintext: plain,
@@ -455,17 +455,19 @@ impl Session {
     ///   smaller session id wins, on both sides, so they converge;
     /// - an established session: the peer re-keyed (for example after losing its state, or
     ///   after a restart: see `new_setup_before_send`), unless the set-up is older than the
-    ///   newest message it sent us on the current one. Such a set-up is refused as a replay
-    ///   (nothing changes): a hostile hub must not bring back an old set-up, and a late message
-    ///   of a set-up the peer abandoned has a newer one to go to.
-    fn adopt(&mut self, incoming: Box<Ratchet>, timestamp_ms: u64) -> Result<()> {
+    ///   newest message it sent us on the current one: then it never replaces the current
+    ///   one, and is archived (a late message of a set-up the peer abandoned, for example the
+    ///   loser of a simultaneous start that a hub delayed, still opens). A *replay* of a set-up
+    ///   never gets here: the identity's set-up memory refuses it first.
+    fn adopt(&mut self, incoming: Box<Ratchet>, timestamp_ms: u64) {
         let wins = match &self.active {
             None => true,
-            Some(current) if current.awaiting_answer() => incoming.session_id < current.session_id,
-            Some(current) if timestamp_ms < current.last_peer_timestamp => {
-                return Err(Error::Replay);
+            // (a loaded set-up is given up at our next send anyway: the peer's fresh one wins,
+            // or two restarted sides could each keep waiting for an answer to their own)
+            Some(current) if current.awaiting_answer() && !self.new_setup_before_send => {
+                incoming.session_id < current.session_id
             }
-            Some(_) => true,
+            Some(current) => timestamp_ms >= current.last_peer_timestamp,
         };
         self.remember(incoming.session_id);
         if wins {
@@ -477,7 +479,6 @@ impl Session {
         } else {
             self.archive(incoming);
         }
-        Ok(())
     }
 }
 

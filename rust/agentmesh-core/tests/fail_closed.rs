@@ -123,20 +123,22 @@ fn settle_counts_as_a_change_to_save() {
 }
 
 #[test]
-fn a_setup_older_than_the_established_session_is_refused() {
+fn a_setup_older_than_the_established_session_never_replaces_it() {
     let mut p = Pair::signed("old set-up");
-    // Alice's first set-up, never delivered (a hostile hub keeps it)
+    // Alice's first set-up, delayed by the hub
     let old = p.a_seal(b"{\"old\":1}");
     // Alice starts over (lost state): a newer set-up, answered
     p.a = Session::new(&p.alice, p.bob.public_bundle(), Mode::Signed).unwrap();
     p.establish();
-    let before = p.b.export_state();
-    assert_eq!(p.b_open(&old).unwrap_err(), Error::Replay);
-    assert_eq!(
-        p.b.export_state(),
-        before,
-        "a refused set-up changes nothing"
-    );
+    // the late message still opens (it is a real one), archived: the session goes on as it was
+    let opened = p.b.unseal(&p.bob, &old).unwrap();
+    assert_eq!(opened.payload(), b"{\"old\":1}");
+    p.bob.settle(&opened);
+    let e = p.a_seal(b"{\"current\":1}");
+    p.b_open(&e).unwrap();
+    // and once settled, a replay of it is refused even by a session that forgot it
+    let mut fresh = Session::new(&p.bob, p.alice.public_bundle(), Mode::Signed).unwrap();
+    assert_eq!(fresh.unseal(&p.bob, &old).unwrap_err(), Error::Replay);
 }
 
 #[test]
@@ -182,4 +184,31 @@ fn a_restored_side_that_adopts_the_peers_new_setup_answers_on_it() {
         "an answer, not another set-up"
     );
     p.a_open(&e).unwrap();
+}
+
+#[test]
+fn two_restored_sides_that_were_both_awaiting_an_answer_converge() {
+    // both sides had started a set-up nobody answered, and both restart from their files:
+    // the first new set-up to arrive wins over a loaded one, whatever the session ids
+    for label in ["converge 1", "converge 2", "converge 3", "converge 4"] {
+        let mut p = Pair::signed(label);
+        let _ = p.a_seal(b"{}");
+        let _ = p.b_seal(b"{}");
+        p.a = Session::import_state(&p.alice, &p.a.export_state()).unwrap();
+        p.b = Session::import_state(&p.bob, &p.b.export_state()).unwrap();
+        let e = p.a_seal(b"{}");
+        p.b_open(&e).unwrap();
+        let e = p.b_seal(b"{}");
+        assert!(
+            e.header().initiation.is_none(),
+            "{label}: bob answers alice's set-up"
+        );
+        p.a_open(&e).unwrap();
+        let e = p.a_seal(b"{}");
+        assert!(
+            e.header().initiation.is_none(),
+            "{label}: the DH ratchet turns"
+        );
+        p.b_open(&e).unwrap();
+    }
 }

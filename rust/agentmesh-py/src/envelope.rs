@@ -92,6 +92,13 @@ impl PyEnvelope {
         self.inner.header().signed
     }
 
+    /// The message's number in its sending chain (header field, public): 0 is the first
+    /// message under a new ratchet key or set-up.
+    #[getter]
+    fn counter(&self) -> u32 {
+        self.inner.header().counter
+    }
+
     fn __len__(&self) -> usize {
         self.inner.as_bytes().len()
     }

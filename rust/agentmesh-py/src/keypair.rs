@@ -8,6 +8,7 @@ use agentmesh_core::IdentityKeyPair;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
 use rand_core::OsRng;
+use zeroize::Zeroizing;
 
 use crate::bundle;
 use crate::errors::{to_py, write_error_to_py, KeyFileError};
@@ -98,18 +99,33 @@ impl PyAgentKeyPair {
         Ok(PyBytes::new(py, &data))
     }
 
-    /// Writes the identity file with the private-file writer (0600, atomic, no symlinks).
-    #[pyo3(signature = (path, passphrase=None))]
+    /// Writes the identity file with the private-file writer (0600, atomic, no symlinks); with
+    /// `if_revision`, only if the identity is still at that revision (returns whether it wrote).
+    /// The file's bytes never become a Python object.
+    #[pyo3(signature = (path, passphrase=None, if_revision=None))]
     fn save(
         &self,
         py: Python<'_>,
         path: PathBuf,
         passphrase: Option<&Bound<'_, PyAny>>,
-    ) -> PyResult<()> {
-        let data = self.to_bytes(py, passphrase)?;
-        let bytes = data.as_bytes();
-        py.allow_threads(|| write_private_file(&path, bytes))
-            .map_err(|e| write_error_to_py(py, &e))
+        if_revision: Option<u64>,
+    ) -> PyResult<bool> {
+        let pass = passphrase_bytes(passphrase)?;
+        let data = {
+            // serialised under the same lock as the revision check, so the file holds exactly
+            // that revision (a set-up settled meanwhile waits for the next save)
+            let kp = locks::read(py, &self.inner);
+            if if_revision.is_some_and(|r| r != kp.revision()) {
+                return Ok(false);
+            }
+            let kp_ref: &IdentityKeyPair = &kp;
+            py.allow_threads(|| kp_ref.to_secret_bytes(pass.as_deref(), &mut OsRng))
+                .map(Zeroizing::new)
+                .map_err(to_py)?
+        };
+        py.allow_threads(|| write_private_file(&path, &data))
+            .map_err(|e| write_error_to_py(py, &e))?;
+        Ok(true)
     }
 
     /// Loads an identity file; a missing, unreadable or corrupt file is a KeyFileError.
