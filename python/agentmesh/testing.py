@@ -12,9 +12,13 @@ handlers and error handlers received, with assertions for the properties agentme
     hub = HostileHub(seed=7, drop=0.1, duplicate=0.2, reorder=0.3, replay=0.1, corrupt=0.1)
     alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
     inbox = Inbox(bob)
-    sent = [alice.send("bob", text=f"m{i}", seq=i) and i for i in range(100)]
+    sent = [{"text": f"m{i}", "seq": i} for i in range(100)]
+    for payload in sent:
+        alice.send("bob", **payload)
     hub.release_all()
-    inbox.assert_exactly_once_or_lost(hub, sender="alice")   # nothing twice, nothing altered
+    inbox.assert_subset_of(sent, sender="alice")   # nothing twice, nothing altered
+    # every envelope that reached bob unaltered ran his handler exactly once
+    assert len(inbox.messages) == len(hub.intact_deliveries("bob"))
 
 Everything here is in-process and deterministic for a given seed.
 """
