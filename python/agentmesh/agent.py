@@ -26,7 +26,6 @@ import logging
 import os
 import threading
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -89,23 +88,10 @@ def validate_agent_id(agent_id: object, what: str = "agent_id") -> str:
 
     Valid: a non-empty ``str`` of at most 255 UTF-8 bytes without control characters.
     """
-    if not isinstance(agent_id, str):
-        raise ValueError(f"{what} must be a str, not {type(agent_id).__name__}")
-    if not agent_id:
-        raise ValueError(f"{what} must not be empty")
-    try:
-        size = len(agent_id.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} {agent_id!r} is not valid Unicode text ({exc.reason})") from None
-    if size > MAX_AGENT_ID_BYTES:
-        raise ValueError(
-            f"{what} is too long: {size} UTF-8 bytes, at most {MAX_AGENT_ID_BYTES} allowed"
-        )
-    for index, char in enumerate(agent_id):
-        if unicodedata.category(char) == "Cc":
-            raise ValueError(
-                f"{what} {agent_id!r} contains a control character ({char!r} at index {index})"
-            )
+    # The rule lives in the Rust core (keys.rs, agent_id_problem); the hub and the envelope
+    # codec apply the same one.
+    _crypto.check_agent_id(agent_id, what)
+    assert isinstance(agent_id, str)  # for the type checker: anything else was refused
     return agent_id
 
 

@@ -23,6 +23,7 @@ import struct
 from enum import IntEnum
 from typing import Any
 
+from agentmesh.crypto import check_agent_id as _check_agent_id
 from agentmesh.errors import HubError
 
 __all__ = [
@@ -229,18 +230,11 @@ def error_for_code(
     return cls(code, message, recipient=recipient, client_seq=client_seq)
 
 
-def check_agent_id(agent_id: object) -> str:
-    """Return ``agent_id`` if it is a valid id (non-empty, <= 255 UTF-8 bytes, no control chars)."""
-    if not isinstance(agent_id, str) or not agent_id:
-        raise ValueError("agent id must be a non-empty string")
-    if len(agent_id.encode("utf-8", "surrogatepass")) > MAX_AGENT_ID_BYTES:
-        raise ValueError("agent id is longer than 255 UTF-8 bytes")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in agent_id):
-        raise ValueError("agent id contains a control character")
-    try:
-        agent_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("agent id is not valid Unicode text") from None
+def check_agent_id(agent_id: object, what: str = "agent id") -> str:
+    """Return ``agent_id`` if it is a valid id (non-empty, <= 255 UTF-8 bytes, no control
+    characters: the core's rule, ``agentmesh.crypto.check_agent_id``), else ValueError."""
+    _check_agent_id(agent_id, what)
+    assert isinstance(agent_id, str)  # for the type checker: anything else was refused
     return agent_id
 
 
