@@ -628,7 +628,7 @@ class _AgentCore:
         """Unseal, then dispatch; a rejection goes to the error handlers. Returns the message."""
         try:
             if type(envelope) is not Envelope:
-                envelope = self._parse(envelope)
+                envelope = _crypto.as_envelope(envelope)
             msg = self.accept(envelope)
         except CryptoError as exc:
             self.reject(exc, envelope)
@@ -650,7 +650,7 @@ class _AgentCore:
             item = envelopes[0]
             try:
                 if type(item) is not Envelope:
-                    item = self._parse(item)
+                    item = _crypto.as_envelope(item)
                 msg = self.accept(item)
             except Exception as exc:  # a CryptoError, or a hub lookup failing on first contact
                 self.reject(exc, item)
@@ -663,7 +663,7 @@ class _AgentCore:
         for index, item in enumerate(items):
             if type(item) is not Envelope:
                 try:
-                    item = items[index] = self._parse(item)
+                    item = items[index] = _crypto.as_envelope(item)
                 except Exception as exc:
                     outcomes[index] = exc
                     continue
@@ -738,14 +738,6 @@ class _AgentCore:
             return self.accept(env)
         except Exception as exc:  # a CryptoError, or a hub lookup failing on first contact
             return exc
-
-    @staticmethod
-    def _parse(data: Any) -> Any:
-        if isinstance(data, Envelope):
-            return data
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            return Envelope.from_bytes(bytes(data))
-        raise FormatError(f"expected an Envelope or bytes, got {type(data).__name__}")
 
     def accept(self, env: Any) -> Message:
         """Unseal one envelope addressed to this agent; raises a CryptoError subclass."""

@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .crypto import AgentKeyPair, Envelope
+from .crypto import AgentKeyPair, Envelope, as_envelope
 from .errors import CryptoError
 from .hubs import LocalHub
 
@@ -141,7 +141,7 @@ class HostileHub(LocalHub):
         return "pass"
 
     def deliver(self, envelope: Any) -> None:
-        env = envelope if isinstance(envelope, Envelope) else Envelope.from_bytes(bytes(envelope))
+        env = as_envelope(envelope)
         if self._agents.get(env.recipient) is None:
             raise ValueError(f"Peer {env.recipient!r} not found on hub")
         with self._hostile_lock:
