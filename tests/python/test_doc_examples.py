@@ -17,18 +17,20 @@ import agentmesh.testing
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
-def literal_block(doc: str) -> str:
-    """The first reStructuredText literal block (after a line ending in ``::``) of ``doc``."""
+def literal_blocks(doc: str) -> list[str]:
+    """The reStructuredText literal blocks (each after a line ending in ``::``) of ``doc``."""
     lines = doc.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.rstrip().endswith("::")) + 1
-    block: list[str] = []
-    for line in lines[start:]:
-        if line.strip() and not line.startswith(" "):
-            break
-        block.append(line)
-    code = textwrap.dedent("\n".join(block)).strip()
-    assert code, "no literal block found"
-    return code
+    blocks = []
+    for start, intro in enumerate(lines):
+        if not intro.rstrip().endswith("::"):
+            continue
+        block: list[str] = []
+        for line in lines[start + 1 :]:
+            if line.strip() and not line.startswith(" "):
+                break
+            block.append(line)
+        blocks.append(textwrap.dedent("\n".join(block)).strip())
+    return blocks
 
 
 def readme_python_block(containing: str) -> str:
@@ -45,15 +47,19 @@ def run(code: str, name: str) -> str:
     return out.getvalue()
 
 
-def test_the_literal_block_is_found_whole():
-    code = literal_block("Intro::\n\n    a = 1\n\n    b = a\n\nAfter.\n")
-    assert code == "a = 1\n\nb = a"
+def test_literal_blocks_are_found_whole():
+    doc = "Intro::\n\n    a = 1\n\n    b = a\n\nAfter::\n\n    c = 2\nEnd.\n"
+    assert literal_blocks(doc) == ["a = 1\n\nb = a", "c = 2"]
 
 
-def test_testing_module_docstring_example_runs():
-    code = literal_block(agentmesh.testing.__doc__ or "")
-    assert "HostileHub(" in code and "Inbox(" in code
-    run(code, "agentmesh.testing docstring")
+def test_testing_module_docstring_examples_run(tmp_path, monkeypatch):
+    blocks = literal_blocks(agentmesh.testing.__doc__ or "")
+    assert len(blocks) == 2
+    assert "HostileHub(" in blocks[0] and "Inbox(" in blocks[0]
+    assert "HubProcess(" in blocks[1]
+    monkeypatch.chdir(tmp_path)  # the hub's store is created in the working directory
+    for i, code in enumerate(blocks):
+        run(code, f"agentmesh.testing docstring, example {i + 1}")
 
 
 def test_readme_hostile_hub_example_runs():
