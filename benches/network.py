@@ -22,9 +22,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import harness as h
+
+if TYPE_CHECKING:
+    from agentmesh.testing import HubProcess
 from .harness import Progress
 
 HOST = "127.0.0.1"
@@ -127,33 +130,16 @@ class Proc:
             pass
 
 
-def start_hub(store_dir: str) -> tuple[Proc, int] | str:
+def start_hub(store_dir: str) -> tuple[HubProcess, int] | str:
+    """The agentmesh hub on 127.0.0.1 with the one launcher the tests and the crash campaign
+    use (``agentmesh.testing.HubProcess``), or why it cannot run."""
     try:
-        import agentmesh.hub_server
-        import agentmesh.hubs  # noqa: F401
+        from agentmesh.testing import HubProcess
     except Exception as e:
         return f"agentmesh.hub_server / hubs not importable ({type(e).__name__}: {e})"
-    proc = Proc(
-        [
-            sys.executable,
-            "-m",
-            "agentmesh.hub_server",
-            "--host",
-            HOST,
-            "--port",
-            "0",
-            "--store",
-            os.path.join(store_dir, "hub.sqlite3"),
-            "--log-level",
-            "warning",
-        ]
-    )
-    try:
-        m = proc.wait_line(r"listening on \S+:(\d+)", 60, stderr=True)
-    except BaseException:
-        proc.stop()
-        raise
-    return proc, int(m.group(1))
+    hub = HubProcess(os.path.join(store_dir, "hub.sqlite3"), log_level="warning")
+    hub.start()
+    return hub, hub.port
 
 
 def start_nats(conf_dir: str) -> tuple[Proc, int] | str:
@@ -257,7 +243,7 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
     timeout = 60.0 if quick else 180.0
     res: dict[str, Any] = {"notes": [], "hub": {}, "nats": {}}
     with tempfile.TemporaryDirectory(prefix="agentmesh-bench-") as tmp:
-        servers: dict[str, tuple[Proc, int]] = {}
+        servers: dict[str, tuple[Proc | HubProcess, int]] = {}
         for kind, start in (("hub", start_hub), ("nats", start_nats)):
             try:
                 s = start(tmp)

@@ -60,7 +60,7 @@ if str(REPO) not in sys.path:  # run as a script: make the `benches` package imp
     sys.path.insert(0, str(REPO))
 
 from benches import loop_floor  # noqa: E402
-from benches.network import Proc, start_hub  # noqa: E402  (one process runner for all benches)
+from benches.network import Proc, start_hub  # noqa: E402  (one process runner and hub launcher)
 
 PAYLOAD_BYTES = 64
 TARGET_RATE = 10_000.0
@@ -595,9 +595,9 @@ def measure(ns: argparse.Namespace) -> dict[str, Any]:
                         "handoffs": [loop_floor.handoffs(ns.round_trips) for _ in range(ns.repeat)],
                     }
         finally:
-            hub.stop()
-            if hub.p.returncode not in (0, None):
-                results["notes"].append(f"hub exited with {hub.p.returncode}")
+            code = hub.stop()
+            if code not in (0, None):
+                results["notes"].append(f"hub exited with {code}")
     results["loadavg_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
     results["summary"] = summarize(results)
     return results

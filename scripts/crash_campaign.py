@@ -69,7 +69,6 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
-_LISTENING = re.compile(r"agentmesh-hub listening on (\S+):(\d+)")
 
 
 # ============================================================================================
@@ -311,102 +310,6 @@ class CampaignError(Exception):
     """The campaign could not run as planned (not a finding about the hub)."""
 
 
-class Hub:
-    """The hub process: started, SIGKILLed and restarted on one port and one store."""
-
-    def __init__(self, store: Path, port: int, log_path: Path, extra: list[str]) -> None:
-        self.store = store
-        self.port = port
-        self.log = open(log_path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
-        self.extra = extra
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.starts = 0
-        self.start_times: list[float] = []
-        self._reader: threading.Thread | None = None
-        self._listening = threading.Event()
-        self._lines: collections.deque[str] = collections.deque(maxlen=50)
-
-    def start(self, timeout: float = 60.0) -> float:
-        t0 = time.monotonic()
-        deadline = t0 + timeout
-        while True:
-            self._listening.clear()
-            self._lines.clear()
-            self.log.write(f"===== start {self.starts + 1} at {time.time():.6f}\n")
-            self.log.flush()
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable, "-m", "agentmesh.hub_server",
-                    "--host", HOST, "--port", str(self.port), "--store", str(self.store),
-                    *self.extra,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=_child_env(),
-                start_new_session=True,  # Ctrl-C goes to the campaign, which stops it by PID
-            )  # fmt: skip
-            self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
-            self._reader.start()
-            while not self._listening.wait(0.02):
-                if self.proc.poll() is not None:
-                    break
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise CampaignError(f"hub did not start within {timeout}s")
-            if self._listening.is_set():
-                self.starts += 1
-                took = time.monotonic() - t0
-                self.start_times.append(took)
-                return took
-            self._reader.join(5)
-            text = "\n".join(self._lines)
-            if time.monotonic() > deadline or "in use" not in text:
-                raise CampaignError(f"hub exited with {self.proc.returncode}:\n{text}")
-            time.sleep(0.1)  # the old socket may linger for a moment: try again
-
-    def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode("utf-8", "replace")
-            self.log.write(line)
-            self._lines.append(line.rstrip("\n"))
-            if not self._listening.is_set() and _LISTENING.search(line):
-                self.log.flush()
-                self._listening.set()
-        self.log.flush()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        if self._reader is not None:
-            self._reader.join(10)
-        self.log.write(f"===== SIGKILL at {time.time():.6f}\n")
-        self.log.flush()
-
-    def stop(self, timeout: float = 30.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-        if self._reader is not None:
-            self._reader.join(10)
-        return self.proc.returncode
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.log.close()
-
-
 class Peer:
     """A sender or receiver process; its stdout is read for READY and the result line."""
 
@@ -457,16 +360,20 @@ class Peer:
         return self.proc.returncode
 
 
-def _child_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    src = str(Path(__file__).resolve().parents[1] / "python")
-    parts = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    with contextlib.suppress(ImportError):  # an installed (or editable) agentmesh wins
-        import agentmesh
+def _launcher() -> Any:
+    """``agentmesh.testing``: the hub launcher the tests and benchmarks use, and the child
+    environment that imports the same agentmesh. Imported when a campaign starts, so that
+    ``--help`` works anywhere."""
+    try:
+        from agentmesh import testing
+    except ImportError:  # not installed: this checkout's python/ (with a built extension)
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "python"))
+        from agentmesh import testing
+    return testing
 
-        src = str(Path(agentmesh.__file__ or src).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys([src, *parts]))
+
+def _child_env() -> dict[str, str]:
+    env: dict[str, str] = _launcher().subprocess_env()
     return env
 
 
@@ -503,16 +410,32 @@ class Campaign:
         self.port = ns.port or free_port()
         self.senders = [f"sender{i}" for i in range(ns.senders)]
         self.receivers = [f"receiver{i}" for i in range(ns.receivers)]
-        self.hub = Hub(
+        # In its own session: a Ctrl-C reaches the campaign, which stops the hub by its pid.
+        self.hub = _launcher().HubProcess(
             self.dir / "hub.db",
             self.port,
-            self.dir / "hub.log",
-            ["--log-level", ns.hub_log_level, "--synchronous", ns.synchronous],
+            extra_args=["--synchronous", ns.synchronous],
+            log_level=ns.hub_log_level,
+            log_file=self.dir / "hub.log",
+            keep_lines=50,
+            new_session=True,
         )
+        self.hub_start_times: list[float] = []
         self.peers: dict[str, Peer] = {}
         self.stopping: set[str] = set()  # peers told to stop (their exit is expected)
         self.kills: list[dict[str, float]] = []
         self.t0 = 0.0
+
+    def start_hub(self) -> float:
+        """Start the hub (again, on the same port and store); returns how long it took."""
+        t0 = time.monotonic()
+        try:
+            self.hub.start()
+        except RuntimeError as exc:
+            raise CampaignError(str(exc)) from None
+        took = time.monotonic() - t0
+        self.hub_start_times.append(took)
+        return took
 
     # ---- files -------------------------------------------------------------------------------
 
@@ -577,7 +500,7 @@ class Campaign:
     def run(self) -> dict[str, Any]:
         ns = self.ns
         self.t0 = time.monotonic()
-        self.hub.start()
+        self.start_hub()
         port = str(self.port)
         for i, r in enumerate(self.receivers):
             self.start_peer(r, [
@@ -610,7 +533,7 @@ class Campaign:
             killed_at = time.monotonic()
             self.hub.kill()
             self.sleep_watching(self.rng.uniform(0.0, ns.max_down))
-            took = self.hub.start()
+            took = self.start_hub()
             self.kills.append(
                 {"kill": k, "at_s": round(killed_at - self.t0, 3), "restart_s": round(took, 3)}
             )
@@ -738,8 +661,8 @@ class Campaign:
             "client_resent_after_reconnect": client["resent"],
             "client_redeliveries_skipped": client["redeliveries_skipped"],
             "hub_restart_s": {
-                "mean": round(sum(self.hub.start_times) / max(1, len(self.hub.start_times)), 3),
-                "max": round(max(self.hub.start_times, default=0.0), 3),
+                "mean": round(sum(self.hub_start_times) / max(1, len(self.hub_start_times)), 3),
+                "max": round(max(self.hub_start_times, default=0.0), 3),
             },
             "hub_clean_exit_code": hub_exit,
             "senders_detail": sender_results,

@@ -26,7 +26,6 @@ import logging
 import os
 import threading
 import time
-import unicodedata
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -89,23 +88,10 @@ def validate_agent_id(agent_id: object, what: str = "agent_id") -> str:
 
     Valid: a non-empty ``str`` of at most 255 UTF-8 bytes without control characters.
     """
-    if not isinstance(agent_id, str):
-        raise ValueError(f"{what} must be a str, not {type(agent_id).__name__}")
-    if not agent_id:
-        raise ValueError(f"{what} must not be empty")
-    try:
-        size = len(agent_id.encode("utf-8"))
-    except UnicodeEncodeError as exc:
-        raise ValueError(f"{what} {agent_id!r} is not valid Unicode text ({exc.reason})") from None
-    if size > MAX_AGENT_ID_BYTES:
-        raise ValueError(
-            f"{what} is too long: {size} UTF-8 bytes, at most {MAX_AGENT_ID_BYTES} allowed"
-        )
-    for index, char in enumerate(agent_id):
-        if unicodedata.category(char) == "Cc":
-            raise ValueError(
-                f"{what} {agent_id!r} contains a control character ({char!r} at index {index})"
-            )
+    # The rule lives in the Rust core (keys.rs, agent_id_problem); the hub and the envelope
+    # codec apply the same one.
+    _crypto.check_agent_id(agent_id, what)
+    assert isinstance(agent_id, str)  # for the type checker: anything else was refused
     return agent_id
 
 
@@ -647,7 +633,7 @@ class _AgentCore:
         """Unseal, then dispatch; a rejection goes to the error handlers. Returns the message."""
         try:
             if type(envelope) is not Envelope:
-                envelope = self._parse(envelope)
+                envelope = _crypto.as_envelope(envelope)
             msg = self.accept(envelope)
         except CryptoError as exc:
             self.reject(exc, envelope)
@@ -669,7 +655,7 @@ class _AgentCore:
             item = envelopes[0]
             try:
                 if type(item) is not Envelope:
-                    item = self._parse(item)
+                    item = _crypto.as_envelope(item)
                 msg = self.accept(item)
             except Exception as exc:  # a CryptoError, or a hub lookup failing on first contact
                 self.reject(exc, item)
@@ -682,7 +668,7 @@ class _AgentCore:
         for index, item in enumerate(items):
             if type(item) is not Envelope:
                 try:
-                    item = items[index] = self._parse(item)
+                    item = items[index] = _crypto.as_envelope(item)
                 except Exception as exc:
                     outcomes[index] = exc
                     continue
@@ -759,14 +745,6 @@ class _AgentCore:
             return self.accept(env)
         except Exception as exc:  # a CryptoError, or a hub lookup failing on first contact
             return exc
-
-    @staticmethod
-    def _parse(data: Any) -> Any:
-        if isinstance(data, Envelope):
-            return data
-        if isinstance(data, (bytes, bytearray, memoryview)):
-            return Envelope.from_bytes(bytes(data))
-        raise FormatError(f"expected an Envelope or bytes, got {type(data).__name__}")
 
     def accept(self, env: Any) -> Message:
         """Unseal one envelope addressed to this agent; raises a CryptoError subclass."""

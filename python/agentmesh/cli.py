@@ -20,6 +20,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .errors import AgentMeshError
+
 log = logging.getLogger("agentmesh.cli")
 
 EXIT_OK = 0
@@ -40,7 +42,7 @@ exit codes: 0 ok, 1 runtime failure, 2 usage error
 """
 
 
-class _UsageError(Exception):
+class _UsageError(AgentMeshError):
     """Bad arguments discovered after parsing (exit 2)."""
 
 

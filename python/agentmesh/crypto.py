@@ -20,6 +20,7 @@ from agentmesh._native import (
     Envelope,
     bundle_from_bytes,
     bundle_to_bytes,
+    check_agent_id,
     fingerprint_of,
     fingerprint_of_key,
     perform_key_exchange,
@@ -59,8 +60,10 @@ __all__ = [
     "SignatureError",
     "TamperError",
     "VersionError",
+    "as_envelope",
     "bundle_from_bytes",
     "bundle_to_bytes",
+    "check_agent_id",
     "fingerprint_of",
     "fingerprint_of_key",
     "open_at_rest",
@@ -71,6 +74,17 @@ __all__ = [
     "verify_bundle",
     "verify_registration",
 ]
+
+
+def as_envelope(data: Envelope | bytes | bytearray | memoryview) -> Envelope:
+    """``data`` as an :class:`Envelope`: an Envelope as it is, bytes parsed
+    (``Envelope.from_bytes``). Anything else, like bytes that are no envelope, is a
+    ``FormatError``."""
+    if isinstance(data, Envelope):
+        return data
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return Envelope.from_bytes(bytes(data))
+    raise FormatError(f"expected an Envelope or bytes, got {type(data).__name__}")
 
 
 def seal(

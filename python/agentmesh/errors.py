@@ -7,6 +7,12 @@ Messages name the problem and never carry key material.
 
 from __future__ import annotations
 
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # pragma: no cover
+    from agentmesh.hub_protocol import ErrorCode
+
 
 class AgentMeshError(Exception):
     """Base class of every agentmesh error."""
@@ -81,3 +87,64 @@ class HubError(AgentMeshError):
 
 class FlushTimeoutError(HubError, TimeoutError):
     """flush() timed out before the hub acknowledged every envelope sent so far."""
+
+
+class HubRequestError(HubError):
+    """The hub refused a request or a send; ``code`` says why (an
+    :class:`~agentmesh.hub_protocol.ErrorCode`).
+
+    For a refused send, ``recipient`` names the intended recipient and ``client_seq`` the
+    client-side sequence number of the refused envelope.
+    """
+
+    def __init__(
+        self,
+        code: int,
+        message: str,
+        *,
+        recipient: str | None = None,
+        client_seq: int | None = None,
+    ) -> None:
+        super().__init__(message)
+        try:
+            self.code: ErrorCode | int = _hub_protocol().ErrorCode(code)
+        except ValueError:  # a code of a newer hub
+            self.code = code
+        self.recipient = recipient
+        self.client_seq = client_seq
+
+    @property
+    def unknown_request(self) -> bool:
+        """The hub does not know the request (a hub of an earlier version): asking again is
+        no use. Every hub answers an op it lacks with BAD_REQUEST ``unknown op N``."""
+        protocol = _hub_protocol()
+        return self.code == protocol.ErrorCode.BAD_REQUEST and str(self).startswith(
+            protocol.UNKNOWN_OP
+        )
+
+
+class PeerNotFoundError(HubRequestError, ValueError):
+    """``Peer 'xxx' not found on hub``: the recipient never registered. Also a ValueError."""
+
+
+class ProtocolError(AgentMeshError):
+    """Input that breaks the hub protocol; the connection answers with an ERROR frame (``code``,
+    an :class:`~agentmesh.hub_protocol.ErrorCode`) and closes."""
+
+    def __init__(self, code: ErrorCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+class StoreError(AgentMeshError):
+    """The hub's store cannot be opened (locked by another hub, corrupt, unwritable) or a commit
+    failed for good."""
+
+
+def _hub_protocol() -> ModuleType:
+    # The error codes live with the wire protocol, and hub_protocol imports this module: so it
+    # is looked up when a hub error is made, not when this module is imported.
+    from agentmesh import hub_protocol
+
+    return hub_protocol

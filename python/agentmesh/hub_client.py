@@ -28,6 +28,7 @@ from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, cast
 
+from agentmesh.crypto import check_agent_id
 from agentmesh.errors import FlushTimeoutError, HubError
 from agentmesh.hub_protocol import (
     CLIENT_NONCE_SIZE,
@@ -694,9 +695,8 @@ class HubClient:
                     recipient=recipient,
                 )
             del self._missing[recipient]
+        check_agent_id(recipient, "recipient id")
         rb = recipient.encode("utf-8")
-        if not 0 < len(rb) <= 255:
-            raise ValueError("recipient id must be 1 to 255 UTF-8 bytes")
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             raise TypeError("envelope must be bytes")
         w = self._welcome

@@ -23,7 +23,10 @@ import struct
 from enum import IntEnum
 from typing import Any
 
-from agentmesh.errors import HubError
+from agentmesh.crypto import check_agent_id as _check_agent_id
+
+# Defined with every other agentmesh exception; imported from here as well, as always.
+from agentmesh.errors import HubRequestError, PeerNotFoundError, ProtocolError
 
 __all__ = [
     "CLIENT_NONCE_SIZE",
@@ -174,51 +177,8 @@ class ErrorCode(IntEnum):
     BAD_REQUEST = 19
 
 
-class ProtocolError(Exception):
-    """Input that breaks the protocol; the connection answers with an ERROR frame and closes."""
-
-    def __init__(self, code: ErrorCode, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
 #: How a hub's answer to a REQUEST op it does not know begins (followed by the op number).
 UNKNOWN_OP = "unknown op"
-
-
-class HubRequestError(HubError):
-    """The hub refused a request or a send; ``code`` says why (an :class:`ErrorCode`).
-
-    For a refused send, ``recipient`` names the intended recipient and ``client_seq`` the
-    client-side sequence number of the refused envelope.
-    """
-
-    def __init__(
-        self,
-        code: int,
-        message: str,
-        *,
-        recipient: str | None = None,
-        client_seq: int | None = None,
-    ) -> None:
-        super().__init__(message)
-        try:
-            self.code: ErrorCode | int = ErrorCode(code)
-        except ValueError:
-            self.code = code
-        self.recipient = recipient
-        self.client_seq = client_seq
-
-    @property
-    def unknown_request(self) -> bool:
-        """The hub does not know the request (a hub of an earlier version): asking again is
-        no use. Every hub answers an op it lacks with BAD_REQUEST ``unknown op N``."""
-        return self.code == ErrorCode.BAD_REQUEST and str(self).startswith(UNKNOWN_OP)
-
-
-class PeerNotFoundError(HubRequestError, ValueError):
-    """``Peer 'xxx' not found on hub``: the recipient never registered. Also a ValueError."""
 
 
 def error_for_code(
@@ -229,18 +189,11 @@ def error_for_code(
     return cls(code, message, recipient=recipient, client_seq=client_seq)
 
 
-def check_agent_id(agent_id: object) -> str:
-    """Return ``agent_id`` if it is a valid id (non-empty, <= 255 UTF-8 bytes, no control chars)."""
-    if not isinstance(agent_id, str) or not agent_id:
-        raise ValueError("agent id must be a non-empty string")
-    if len(agent_id.encode("utf-8", "surrogatepass")) > MAX_AGENT_ID_BYTES:
-        raise ValueError("agent id is longer than 255 UTF-8 bytes")
-    if any(ord(c) < 0x20 or 0x7F <= ord(c) < 0xA0 for c in agent_id):
-        raise ValueError("agent id contains a control character")
-    try:
-        agent_id.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("agent id is not valid Unicode text") from None
+def check_agent_id(agent_id: object, what: str = "agent id") -> str:
+    """Return ``agent_id`` if it is a valid id (non-empty, <= 255 UTF-8 bytes, no control
+    characters: the core's rule, ``agentmesh.crypto.check_agent_id``), else ValueError."""
+    _check_agent_id(agent_id, what)
+    assert isinstance(agent_id, str)  # for the type checker: anything else was refused
     return agent_id
 
 

@@ -35,6 +35,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+# Defined with every other agentmesh exception; imported from here as well, as always.
+from agentmesh.errors import StoreError
+
 __all__ = [
     "SEQ_BLOCK",
     "BindResult",
@@ -53,11 +56,6 @@ log = logging.getLogger("agentmesh.hub")
 SEQ_BLOCK = 1 << 20
 
 SCHEMA_VERSION = 1
-
-
-class StoreError(Exception):
-    """The store cannot be opened (locked by another hub, corrupt, unwritable) or a commit
-    failed for good."""
 
 
 @dataclass

@@ -35,7 +35,7 @@ from typing import Any
 from . import crypto as _crypto
 from ._eventloop import new_event_loop
 from .agent import _AgentCore, _core_of
-from .errors import FlushTimeoutError, FormatError, HubError
+from .errors import FlushTimeoutError, HubError
 
 __all__ = ["Hub", "LocalHub", "NetworkHub", "parse_hub_address"]
 
@@ -61,14 +61,6 @@ SIGNED_PREKEY_ROTATION = 7 * 24 * 3600.0
 #: doubling up to SAVE_RETRY_MAX.
 SAVE_RETRY_FIRST = 0.05
 SAVE_RETRY_MAX = 5.0
-
-
-def _parse_envelope(envelope: Any) -> Any:
-    if isinstance(envelope, Envelope):
-        return envelope
-    if isinstance(envelope, (bytes, bytearray, memoryview)):
-        return Envelope.from_bytes(bytes(envelope))
-    raise FormatError(f"expected an Envelope or bytes, got {type(envelope).__name__}")
 
 
 def parse_hub_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
@@ -188,7 +180,7 @@ class LocalHub(Hub):
 
     def deliver(self, envelope: Any) -> None:
         if type(envelope) is not Envelope:
-            envelope = _parse_envelope(envelope)
+            envelope = _crypto.as_envelope(envelope)
         recipient = envelope.recipient
         core = self._agents.get(recipient)
         if core is None:
@@ -944,7 +936,7 @@ class NetworkHub(Hub):
         link.close()
 
     def deliver(self, envelope: Any) -> None:
-        env = _parse_envelope(envelope)
+        env = _crypto.as_envelope(envelope)
         link = self._links.get(env.sender)
         if link is None:
             raise HubError(

@@ -12,26 +12,56 @@ handlers and error handlers received, with assertions for the properties agentme
     hub = HostileHub(seed=7, drop=0.1, duplicate=0.2, reorder=0.3, replay=0.1, corrupt=0.1)
     alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
     inbox = Inbox(bob)
-    sent = [alice.send("bob", text=f"m{i}", seq=i) and i for i in range(100)]
+    sent = [{"text": f"m{i}", "seq": i} for i in range(100)]
+    for payload in sent:
+        alice.send("bob", **payload)
     hub.release_all()
-    inbox.assert_exactly_once_or_lost(hub, sender="alice")   # nothing twice, nothing altered
+    inbox.assert_subset_of(sent, sender="alice")   # nothing twice, nothing altered
+    # every envelope that reached bob unaltered ran his handler exactly once
+    assert len(inbox.messages) == len(hub.intact_deliveries("bob"))
 
-Everything here is in-process and deterministic for a given seed.
+Everything above is in-process and deterministic for a given seed. :class:`HubProcess` runs the
+real network hub in its own process on 127.0.0.1, for tests against a hub that can be stopped,
+SIGKILLed and restarted (this project's own tests, benchmarks and crash campaign use it)::
+
+    import queue
+    from agentmesh import Agent, NetworkHub
+    from agentmesh.testing import HubProcess
+
+    with HubProcess("hub.sqlite3") as hub:              # port 0: the hub picks a free one
+        net = NetworkHub("127.0.0.1", hub.port)
+        alice, bob = Agent("alice", hub=net), Agent("bob", hub=net)
+        got = queue.Queue()
+        bob.on_message(got.put)
+        hub.kill()                                      # a crash: SIGKILL
+        hub.restart()                                   # same port, same store
+        alice.send("bob", text="after the crash")      # the clients reconnect by themselves
+        assert got.get(timeout=30).text == "after the crash"
+        alice.close(), bob.close(), net.close()
+    assert hub.returncode == 0                          # stopped cleanly (SIGTERM) on exit
 """
 
 from __future__ import annotations
 
+import collections
+import os
 import random
+import re
+import signal
+import subprocess
+import sys
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
-from .crypto import AgentKeyPair, Envelope
+from .crypto import AgentKeyPair, Envelope, as_envelope
 from .errors import CryptoError
 from .hubs import LocalHub
 
-__all__ = ["ACTIONS", "HostileHub", "Inbox", "Rule", "Seen"]
+__all__ = ["ACTIONS", "HostileHub", "HubProcess", "Inbox", "Rule", "Seen", "subprocess_env"]
 
 #: What the hostile hub can do to one envelope.
 ACTIONS = ("pass", "drop", "duplicate", "delay", "replay", "corrupt")
@@ -137,7 +167,7 @@ class HostileHub(LocalHub):
         return "pass"
 
     def deliver(self, envelope: Any) -> None:
-        env = envelope if isinstance(envelope, Envelope) else Envelope.from_bytes(bytes(envelope))
+        env = as_envelope(envelope)
         if self._agents.get(env.recipient) is None:
             raise ValueError(f"Peer {env.recipient!r} not found on hub")
         with self._hostile_lock:
@@ -290,3 +320,208 @@ def _canonical(payload: dict[str, Any]) -> str:
     import json
 
     return json.dumps(payload, sort_keys=True)
+
+
+# --------------------------------------------------------------------------------------------
+# A real hub in its own process
+
+#: The line the hub prints to stderr once it listens (docs/hub.md, "Running a hub").
+_LISTENING = re.compile(r"agentmesh-hub listening on (\S+):(\d+)")
+
+
+def subprocess_env() -> dict[str, str]:
+    """The environment for a child Python process that should import this same agentmesh
+    (``PYTHONPATH`` starts with the directory it was imported from), unbuffered."""
+    env = dict(os.environ)
+    env["PYTHONUNBUFFERED"] = "1"
+    here = str(Path(__file__).resolve().parent.parent)
+    parts = [here] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
+    return env
+
+
+class HubProcess:
+    """``python -m agentmesh.hub_server --host 127.0.0.1 --port PORT --store STORE`` in its own
+    process, started, stopped (SIGTERM), killed (SIGKILL) and restarted by its pid.
+
+    ``port=0`` lets the hub pick a free port; :attr:`port` is read from the hub's listening
+    line and kept, so :meth:`restart` comes back on the same port and store. ``extra_args``
+    go to the hub's command line (``["--idle-timeout", "5"]``). Every stderr line is kept in
+    :attr:`lines` (the last ``keep_lines`` of them if given) and appended to ``log_file`` if
+    given, with a marker line at each start and kill. ``new_session=True`` puts the hub in
+    its own session, so that a Ctrl-C of the controlling terminal does not reach it (it is
+    stopped by pid instead). The host is always 127.0.0.1.
+    """
+
+    HOST = "127.0.0.1"
+
+    def __init__(
+        self,
+        store: str | os.PathLike[str],
+        port: int = 0,
+        *,
+        extra_args: Sequence[str] = (),
+        log_level: str = "info",
+        env: dict[str, str] | None = None,
+        log_file: str | os.PathLike[str] | None = None,
+        keep_lines: int | None = None,
+        new_session: bool = False,
+    ) -> None:
+        self.store = Path(store)
+        self.port = port
+        self.extra_args = list(extra_args)
+        self.log_level = log_level
+        self.env = env
+        self.log_file = Path(log_file) if log_file is not None else None
+        self.new_session = new_session
+        self.lines: collections.deque[str] = collections.deque(maxlen=keep_lines)
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.returncode: int | None = None
+        #: Successful starts so far.
+        self.starts = 0
+        self._log: IO[str] | None = None
+        self._reader: threading.Thread | None = None
+        self._listening = threading.Event()
+
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RuntimeError("the hub was never started")
+        return self.proc.pid
+
+    @property
+    def address(self) -> str:
+        return f"{self.HOST}:{self.port}"
+
+    @property
+    def stderr(self) -> str:
+        return "\n".join(self.lines)
+
+    def command(self) -> list[str]:
+        return [
+            sys.executable, "-m", "agentmesh.hub_server",
+            "--host", self.HOST, "--port", str(self.port), "--store", str(self.store),
+            "--log-level", self.log_level, *self.extra_args,
+        ]  # fmt: skip
+
+    def start(self, timeout: float = 60.0) -> HubProcess:
+        """Start the hub and return once it listens; RuntimeError (with its stderr) if it does
+        not within ``timeout`` seconds or exits first."""
+        if self.alive():
+            raise RuntimeError(f"the hub is already running (pid {self.pid})")
+        if self.log_file is not None and self._log is None:
+            self._log = open(self.log_file, "a", encoding="utf-8")  # noqa: SIM115 (close())
+        deadline = time.monotonic() + timeout
+        while True:
+            self._listening.clear()
+            self.returncode = None
+            self._mark(f"start {self.starts + 1}")
+            proc = self.proc = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+                env=self.env if self.env is not None else subprocess_env(),
+                start_new_session=self.new_session,
+            )
+            self._reader = threading.Thread(target=self._read, args=(proc,), daemon=True)
+            self._reader.start()
+            while not self._listening.wait(0.02):
+                if proc.poll() is not None:
+                    break
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError(f"hub did not start within {timeout}s:\n{self.stderr}")
+            if self._listening.is_set():
+                self.starts += 1
+                return self
+            self._join_reader()
+            self.returncode = proc.returncode
+            # A restart on the same port can race the old socket for a moment: try again.
+            if time.monotonic() > deadline or "in use" not in self.stderr:
+                raise RuntimeError(
+                    f"hub exited with {proc.returncode} before listening:\n{self.stderr}"
+                )
+            time.sleep(0.1)
+
+    def restart(self, timeout: float = 60.0) -> HubProcess:
+        """Start again on the same port and store (after :meth:`stop` or :meth:`kill`)."""
+        return self.start(timeout)
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def stop(self, grace: float = 30.0) -> int | None:
+        """SIGTERM (a clean stop), SIGKILL if the hub is still there after ``grace`` seconds;
+        returns the exit code (0 after a clean stop, -9 if it had to be killed; ``None`` if it
+        was never started)."""
+        proc = self.proc
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)  # (by pid; nothing if it exited meanwhile)
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                self._mark(f"SIGKILL after {grace:g}s of SIGTERM")
+                proc.send_signal(signal.SIGKILL)
+                proc.wait()
+        self._join_reader()
+        self.returncode = proc.returncode
+        return self.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing is flushed or closed."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            self._mark("SIGKILL")
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+        self._join_reader()
+        if proc is not None:
+            self.returncode = proc.returncode
+
+    def close(self) -> None:
+        """Stop the hub if it runs (SIGTERM, SIGKILL after 10 s) and close the log file."""
+        if self.alive():
+            self.stop(10.0)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    def __enter__(self) -> HubProcess:
+        return self if self.alive() else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        log = self._log
+        for raw in proc.stderr:
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            self.lines.append(line)
+            if log is not None:
+                log.write(line + "\n")
+            if not self._listening.is_set():
+                m = _LISTENING.search(line)
+                if m:
+                    self.port = int(m.group(2))
+                    if log is not None:
+                        log.flush()
+                    self._listening.set()
+        if log is not None:
+            log.flush()
+
+    def _join_reader(self) -> None:
+        if self._reader is not None:
+            self._reader.join(10)
+
+    def _mark(self, what: str) -> None:
+        if self._log is not None:
+            self._log.write(f"===== {what} at {time.time():.6f}\n")
+            self._log.flush()
+
+    def __repr__(self) -> str:
+        state = "running" if self.alive() else f"exit {self.returncode}"
+        return f"<HubProcess {self.address} store={str(self.store)!r} {state}>"

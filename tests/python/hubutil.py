@@ -1,8 +1,9 @@
 """Test helpers for the network hub: run a real hub process, and peer processes.
 
-As a module: :class:`HubProcess` starts ``python -m agentmesh.hub_server`` on 127.0.0.1 (port 0
-by default; the port is read from the ``listening on`` line on stderr), stops it with SIGTERM
-or kills it with SIGKILL, and restarts it on the same port and store.
+As a module: :class:`HubProcess` (``agentmesh.testing.HubProcess``) starts ``python -m
+agentmesh.hub_server`` on 127.0.0.1 (port 0 by default; the port is read from the ``listening
+on`` line on stderr), stops it with SIGTERM or kills it with SIGKILL, and restarts it on the same
+port and store.
 
 As a script it is a peer process for cross-process tests and measurements::
 
@@ -20,14 +21,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -36,157 +32,10 @@ import pytest
 
 from agentmesh.hub_protocol import FrameDecoder
 
+# The one hub launcher (tests, benchmarks, crash campaign), imported by the tests from here.
+from agentmesh.testing import HubProcess, subprocess_env  # noqa: F401
+
 HOST = "127.0.0.1"
-_LISTENING = re.compile(r"agentmesh-hub listening on (\S+):(\d+)")
-_REPO_PYTHON = Path(__file__).resolve().parents[2] / "python"
-
-
-def subprocess_env() -> dict[str, str]:
-    """Environment for child processes: makes the source tree importable when agentmesh is
-    not installed (an installed or ``pip install -e`` build wins: it has the native module)."""
-    env = dict(os.environ)
-    env["PYTHONUNBUFFERED"] = "1"
-    try:
-        import agentmesh
-
-        pkg_dir = Path(agentmesh.__file__ or "").resolve().parent.parent
-    except Exception:
-        pkg_dir = _REPO_PYTHON
-    parts = [str(pkg_dir)] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
-    env["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(parts))
-    return env
-
-
-class HubProcess:
-    """A hub running as its own process (``python -m agentmesh.hub_server``)."""
-
-    def __init__(
-        self,
-        store: Path,
-        port: int = 0,
-        extra_args: list[str] | None = None,
-        env: dict[str, str] | None = None,
-    ) -> None:
-        self.store = Path(store)
-        self.env = env
-        self.port = port
-        self.extra_args = list(extra_args or [])
-        self.proc: subprocess.Popen[bytes] | None = None
-        self.lines: list[str] = []
-        self._reader: threading.Thread | None = None
-        self._listening = threading.Event()
-        self.returncode: int | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    @property
-    def stderr(self) -> str:
-        return "\n".join(self.lines)
-
-    def command(self) -> list[str]:
-        return [
-            sys.executable,
-            "-m",
-            "agentmesh.hub_server",
-            "--host",
-            HOST,
-            "--port",
-            str(self.port),
-            "--store",
-            str(self.store),
-            "--log-level",
-            "info",
-            *self.extra_args,
-        ]
-
-    def start(self, timeout: float = 60.0) -> HubProcess:
-        assert self.proc is None or self.proc.poll() is not None, "already running"
-        self._listening.clear()
-        self.returncode = None
-        deadline = time.monotonic() + timeout
-        while True:
-            self.proc = subprocess.Popen(
-                self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                env=self.env if self.env is not None else subprocess_env(),
-            )
-            self._reader = threading.Thread(target=self._read, args=(self.proc,), daemon=True)
-            self._reader.start()
-            while not self._listening.wait(0.05):
-                if self.proc.poll() is not None:
-                    break
-                if time.monotonic() > deadline:
-                    self.kill()
-                    raise RuntimeError(f"hub did not start in {timeout}s:\n{self.stderr}")
-            if self._listening.is_set():
-                return self
-            # Exited before listening: a restart on the same port can race the old socket.
-            self._reader.join(5)
-            if time.monotonic() > deadline or "in use" not in self.stderr:
-                raise RuntimeError(
-                    f"hub exited with {self.proc.returncode} before listening:\n{self.stderr}"
-                )
-            time.sleep(0.2)
-
-    def _read(self, proc: subprocess.Popen[bytes]) -> None:
-        assert proc.stderr is not None
-        for raw in proc.stderr:
-            line = raw.decode("utf-8", "replace").rstrip("\n")
-            self.lines.append(line)
-            m = _LISTENING.search(line)
-            if m and not self._listening.is_set():
-                self.port = int(m.group(2))
-                self._listening.set()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 30.0) -> int:
-        """SIGTERM, wait, return the exit code."""
-        assert self.proc is not None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-                raise RuntimeError(f"hub ignored SIGTERM for {timeout}s:\n{self.stderr}") from None
-        self._join_reader()
-        self.returncode = self.proc.returncode
-        return self.returncode
-
-    def kill(self) -> None:
-        """SIGKILL (a crash): nothing is flushed or closed."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait()
-        self._join_reader()
-        if self.proc is not None:
-            self.returncode = self.proc.returncode
-
-    def restart(self, timeout: float = 60.0) -> HubProcess:
-        """Start again on the same port and store (after stop() or kill())."""
-        return self.start(timeout)
-
-    def _join_reader(self) -> None:
-        if self._reader is not None:
-            self._reader.join(10)
-
-    def __enter__(self) -> HubProcess:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        if self.alive():
-            with contextlib.suppress(Exception):
-                self.stop(10)
-        if self.alive():
-            self.kill()
 
 
 # --------------------------------------------------------------------------------------------

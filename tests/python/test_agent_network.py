@@ -1,17 +1,14 @@
 """Agents in separate processes through a real network hub on 127.0.0.1.
 
-The hub runs as ``python -m agentmesh.hub_server --port 0`` (it prints the port it got) and is
-stopped by its PID. Agents run as subprocesses (the ``agentmesh`` CLI or a small script) or in
-the test process.
+The hub runs as ``python -m agentmesh.hub_server --port 0`` (``agentmesh.testing.HubProcess``:
+it reads the port from the listening line) and is stopped by its PID. Agents run as
+subprocesses (the ``agentmesh`` CLI or a small script) or in the test process.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
-import os
-import re
-import signal
 import subprocess
 import sys
 import textwrap
@@ -23,62 +20,19 @@ import pytest
 from agentmesh import Agent
 from agentmesh.errors import IdentityChangedError
 from agentmesh.hubs import NetworkHub
+from agentmesh.testing import HubProcess
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
-LISTENING = re.compile(r"listening on \[?([^\]\s]+?)\]?:(\d+)")
 
-
-class HubProcess:
-    def __init__(self, tmp: Path, port: int = 0, store: Path | None = None) -> None:
-        self.store = store or tmp / "hub.sqlite3"
-        self.log = tmp / f"hub-{time.monotonic_ns()}.log"
-        self._log_file = open(self.log, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "agentmesh.hub_server",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--store",
-                str(self.store),
-                "--log-level",
-                "warning",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=self._log_file,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            match = LISTENING.search(self.log.read_text(errors="replace"))
-            if match:
-                self.port = int(match.group(2))
-                break
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"hub did not start:\n{self.log.read_text()}")
-            time.sleep(0.05)
-        self.address = f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.kill(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
-        self._log_file.close()
+def start_hub(tmp: Path, port: int = 0, store: Path | None = None) -> HubProcess:
+    return HubProcess(store or tmp / "hub.sqlite3", port, log_level="warning").start()
 
 
 @pytest.fixture
 def hub(tmp_path):
-    proc = HubProcess(tmp_path)
-    yield proc
-    proc.stop()
+    with start_hub(tmp_path) as proc:
+        yield proc
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -267,7 +221,7 @@ def test_restarted_sender_continues_and_peer_sees_no_errors(tmp_path, hub):
 
 
 def test_identity_change_is_detected_over_the_network(tmp_path):
-    hub = HubProcess(tmp_path)
+    hub = start_hub(tmp_path)
     port = hub.port
     try:
         assert cli("keygen", "--path", str(tmp_path / "bob.key"), "--id", "bob").returncode == 0
@@ -287,7 +241,7 @@ def test_identity_change_is_detected_over_the_network(tmp_path):
     hub.store.unlink()
     for extra in hub.store.parent.glob(hub.store.name + "-*"):
         extra.unlink()
-    hub = HubProcess(tmp_path, port=port)
+    hub = start_hub(tmp_path, port=port)
     try:
         assert cli("keygen", "--path", str(tmp_path / "evil.key"), "--id", "bob").returncode == 0
         net = NetworkHub("127.0.0.1", port)
@@ -372,15 +326,13 @@ def test_slow_handler_does_not_stall_other_agents(tmp_path, hub):
 def test_flush_timeout_when_the_hub_is_gone(tmp_path):
     from agentmesh.errors import FlushTimeoutError
 
-    proc = HubProcess(tmp_path)
+    proc = start_hub(tmp_path)
     net = NetworkHub("127.0.0.1", proc.port)
     a = Agent("a", hub=net)
     b = Agent("b", hub=net)
     a.send("b", text="x")
     a.flush(10)
-    os.kill(proc.proc.pid, signal.SIGKILL)
-    proc.proc.wait(10)
-    proc.stop()
+    proc.kill()
     a.send("b", text="into the void")  # streams: returns at once
     with pytest.raises(FlushTimeoutError):
         a.flush(timeout=0.5)
@@ -449,7 +401,7 @@ def test_restarted_agent_skips_what_a_crashed_hub_redelivers(tmp_path):
         agent.on_error(errors.append)
         return agent, got, errors
 
-    hub = HubProcess(tmp_path, store=store)
+    hub = start_hub(tmp_path, store=store)
     try:
         bob, _, _ = open_bob(hub.port)
         bob.close()
@@ -464,7 +416,7 @@ def test_restarted_agent_skips_what_a_crashed_hub_redelivers(tmp_path):
         hub.stop()
     shutil.copy(store, backup)  # a clean stop leaves no WAL: the file is the whole store
 
-    hub = HubProcess(tmp_path, store=store)
+    hub = start_hub(tmp_path, store=store)
     try:
         bob, got, errors = open_bob(hub.port)
         wait_for_items(got, 5)
@@ -474,7 +426,7 @@ def test_restarted_agent_skips_what_a_crashed_hub_redelivers(tmp_path):
         hub.stop()
 
     shutil.copy(backup, store)  # the acknowledgements never reached the disk
-    hub = HubProcess(tmp_path, store=store)
+    hub = start_hub(tmp_path, store=store)
     try:
         assert queued_for_bob() == 5
         bob, got, errors = open_bob(hub.port)
@@ -656,7 +608,7 @@ def test_prekeys_are_restocked_right_after_reconnecting_to_a_new_store(tmp_path)
             time.sleep(0.02)
         return link.client.prekeys_held or 0
 
-    first = HubProcess(tmp_path, store=tmp_path / "one.db")
+    first = start_hub(tmp_path, store=tmp_path / "one.db")
     port = first.port
     net = NetworkHub("127.0.0.1", port)
     bob = Agent("bob", hub=net)
@@ -666,7 +618,7 @@ def test_prekeys_are_restocked_right_after_reconnecting_to_a_new_store(tmp_path)
         first_store = link.client.hub_id
     finally:
         first.stop()
-    second = HubProcess(tmp_path, port=port, store=tmp_path / "two.db")
+    second = start_hub(tmp_path, port=port, store=tmp_path / "two.db")
     try:
         deadline = time.monotonic() + 30
         while link.client.hub_id == first_store and time.monotonic() < deadline:
@@ -700,7 +652,7 @@ def test_rotation_stops_while_the_hub_cannot_take_the_bundle(tmp_path, monkeypat
     monkeypatch.setattr(HubClient, "update_bundle", update_fails)
     monkeypatch.setattr(hubs_module, "PREKEY_CHECK_INTERVAL", 0.05)
     monkeypatch.setattr(hubs_module, "SIGNED_PREKEY_ROTATION", 0.0)
-    hub = HubProcess(tmp_path)
+    hub = start_hub(tmp_path)
     try:
         net = NetworkHub("127.0.0.1", hub.port)
         bob = Agent("bob", hub=net)

@@ -56,8 +56,9 @@ def test_hub_and_agents_work_on_either_loop(tmp_path: Path, choice: str) -> None
             check=True,
         ).stdout.split()
     finally:
-        hub.stop()
+        code = hub.stop()
     assert out == [choice, "True"]
+    assert code == 0, hub.stderr  # a clean stop on SIGTERM
 
 
 def test_default_is_uvloop_when_installed(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -68,7 +68,8 @@ def _persistent_bob(tmp_path: Path):
             bob.on_message(got.append)
             yield store, net, bob, got
     finally:
-        hub.stop()
+        code = hub.stop()
+    assert code == 0, hub.stderr  # a clean stop on SIGTERM
 
 
 def test_nothing_is_acknowledged_before_its_state_write_succeeded(tmp_path, disk_full):

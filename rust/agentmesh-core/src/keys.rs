@@ -24,20 +24,54 @@ pub const MAX_ONE_TIME_PREKEYS: usize = 10_000;
 /// takes no new set-ups until it is rotated (agents rotate well before: `setups_remembered`).
 pub const MAX_SETUPS_PER_SIGNED_PREKEY: usize = 20_000;
 
-/// Checks an agent id: 1..=255 UTF-8 bytes, no control characters.
-pub fn check_agent_id(id: &str) -> Result<()> {
+/// Why an agent id is refused (see [`agent_id_problem`]). The details let a binding say exactly
+/// what is wrong without checking the id again itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AgentIdProblem {
+    Empty,
+    /// `bytes`: the id's length in UTF-8.
+    TooLong {
+        bytes: usize,
+    },
+    /// The first control character (Unicode category Cc) and its index in characters.
+    ControlCharacter {
+        index: usize,
+        character: char,
+    },
+}
+
+impl AgentIdProblem {
+    /// The problem in a few words, without the id (ids may be chosen by an attacker).
+    pub fn summary(self) -> &'static str {
+        match self {
+            AgentIdProblem::Empty => "agent id must not be empty",
+            AgentIdProblem::TooLong { .. } => "agent id is longer than 255 UTF-8 bytes",
+            AgentIdProblem::ControlCharacter { .. } => "agent id contains a control character",
+        }
+    }
+}
+
+/// The agent id rule, the one every layer applies: 1..=255 UTF-8 bytes (ids travel with a
+/// one-byte length prefix), no control characters. `None` when `id` is valid.
+pub fn agent_id_problem(id: &str) -> Option<AgentIdProblem> {
     if id.is_empty() {
-        return Err(Error::InvalidInput("agent id must not be empty"));
+        return Some(AgentIdProblem::Empty);
     }
     if id.len() > MAX_AGENT_ID_LEN {
-        return Err(Error::InvalidInput(
-            "agent id is longer than 255 UTF-8 bytes",
-        ));
+        return Some(AgentIdProblem::TooLong { bytes: id.len() });
     }
-    if id.chars().any(char::is_control) {
-        return Err(Error::InvalidInput("agent id contains a control character"));
+    id.chars()
+        .enumerate()
+        .find(|(_, c)| c.is_control())
+        .map(|(index, character)| AgentIdProblem::ControlCharacter { index, character })
+}
+
+/// Checks an agent id against [`agent_id_problem`].
+pub fn check_agent_id(id: &str) -> Result<()> {
+    match agent_id_problem(id) {
+        None => Ok(()),
+        Some(problem) => Err(Error::InvalidInput(problem.summary())),
     }
-    Ok(())
 }
 
 /// X25519 with the all-zero (non-contributory) output rejected.

@@ -628,6 +628,40 @@ fn agent_ids_are_validated() {
 }
 
 #[test]
+fn agent_id_problems_name_the_first_problem() {
+    use agentmesh_core::{agent_id_problem, check_agent_id, AgentIdProblem};
+    assert_eq!(agent_id_problem(""), Some(AgentIdProblem::Empty));
+    assert_eq!(
+        agent_id_problem(&"é".repeat(128)),
+        Some(AgentIdProblem::TooLong { bytes: 256 })
+    );
+    // The index counts characters, not bytes; U+0085 (NEL) and DEL are control characters.
+    assert_eq!(
+        agent_id_problem("éa\u{85}b\n"),
+        Some(AgentIdProblem::ControlCharacter {
+            index: 2,
+            character: '\u{85}'
+        })
+    );
+    assert_eq!(
+        agent_id_problem("del\u{7f}"),
+        Some(AgentIdProblem::ControlCharacter {
+            index: 3,
+            character: '\u{7f}'
+        })
+    );
+    for good in ["a", "agent with spaces", "ü-42.x/y", "\u{200b}zero-width"] {
+        assert_eq!(agent_id_problem(good), None, "{good:?}");
+        assert!(check_agent_id(good).is_ok());
+    }
+    assert_eq!(agent_id_problem(&"x".repeat(255)), None);
+    assert!(matches!(
+        check_agent_id("a\tb"),
+        Err(Error::InvalidInput("agent id contains a control character"))
+    ));
+}
+
+#[test]
 fn invalid_ids_inside_an_envelope_are_format_errors() {
     let mut p = Pair::signed("bad-id");
     let env = p.a_seal(b"x");

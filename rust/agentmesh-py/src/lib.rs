@@ -11,8 +11,10 @@ mod keypair;
 mod locks;
 mod session;
 
+use agentmesh_core::AgentIdProblem;
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyString};
 
 use crate::errors::to_py;
 
@@ -55,7 +57,7 @@ fn fingerprint_of(bundle: &Bound<'_, PyAny>) -> PyResult<String> {
 fn fingerprint_of_key(identity_key: &[u8]) -> PyResult<String> {
     let key: [u8; 32] = identity_key
         .try_into()
-        .map_err(|_| pyo3::exceptions::PyValueError::new_err("identity key must be 32 bytes"))?;
+        .map_err(|_| PyValueError::new_err("identity key must be 32 bytes"))?;
     Ok(agentmesh_core::fingerprint(&key))
 }
 
@@ -75,6 +77,45 @@ fn bundle_from_bytes<'py>(
 ) -> PyResult<Bound<'py, pyo3::types::PyDict>> {
     let b = agentmesh_core::PublicBundle::from_bytes(data).map_err(to_py)?;
     bundle::to_dict(py, &b)
+}
+
+/// Checks an agent id against the core's rule (agentmesh_core::agent_id_problem); a ValueError
+/// naming the problem, with `what` naming the value ("recipient id", "--id", ...). Anything but
+/// a str is a ValueError too, as for any other invalid id.
+#[pyfunction]
+#[pyo3(signature = (agent_id, what="agent_id"))]
+fn check_agent_id(agent_id: &Bound<'_, PyAny>, what: &str) -> PyResult<()> {
+    let Ok(text) = agent_id.downcast::<PyString>() else {
+        let type_name = agent_id.get_type().name()?;
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a str, not {type_name}"
+        )));
+    };
+    let Ok(id) = text.to_str() else {
+        // Lone surrogates: a Python str that is not Unicode text, so it has no UTF-8 form.
+        return Err(PyValueError::new_err(format!(
+            "{what} {} is not valid Unicode text (it contains a lone surrogate)",
+            text.repr()?
+        )));
+    };
+    match agentmesh_core::agent_id_problem(id) {
+        None => Ok(()),
+        Some(AgentIdProblem::Empty) => {
+            Err(PyValueError::new_err(format!("{what} must not be empty")))
+        }
+        Some(AgentIdProblem::TooLong { bytes }) => Err(PyValueError::new_err(format!(
+            "{what} is too long: {bytes} UTF-8 bytes, at most {} allowed",
+            agentmesh_core::MAX_AGENT_ID_LEN
+        ))),
+        Some(AgentIdProblem::ControlCharacter { index, character }) => {
+            let character = PyString::new(agent_id.py(), character.encode_utf8(&mut [0; 4]));
+            Err(PyValueError::new_err(format!(
+                "{what} {} contains a control character ({} at index {index})",
+                text.repr()?,
+                character.repr()?
+            )))
+        }
+    }
 }
 
 /// Replaces `path` with `data`: owner-only (0600), atomic and durable; refuses a symlink there.
@@ -98,6 +139,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bundle_to_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_from_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(write_private_file, m)?)?;
+    m.add_function(wrap_pyfunction!(check_agent_id, m)?)?;
     bench::register(m)?;
     m.add("PROTOCOL_VERSION", agentmesh_core::VERSION)?;
     m.add("MAX_MESSAGE_GAP", agentmesh_core::MAX_MESSAGE_GAP)?;
