@@ -59,6 +59,9 @@ PREKEY_CHECK_INTERVAL = 60.0
 SIGNED_PREKEY_ROTATION = 7 * 24 * 3600.0
 #: A state write that failed before an acknowledgement is retried after this many seconds,
 #: doubling up to SAVE_RETRY_MAX.
+#: A persistent agent's state writer writes at most once per this many seconds (a write
+#: covers everything before it; acknowledgements wait for it).
+STATE_WRITE_INTERVAL = 0.005
 SAVE_RETRY_FIRST = 0.05
 SAVE_RETRY_MAX = 5.0
 
@@ -636,12 +639,19 @@ class _NetworkLink:
     def _persist_loop(self) -> None:
         """Writes the state whenever handled batches wait for it (then they are acknowledged)
         or a send started a new chain; one write covers everything that happened before it."""
+        last = 0.0
         while True:
             self._persist_wake.wait()
+            # at most one write per STATE_WRITE_INTERVAL: in a conversation every message
+            # wakes this thread, and the writes' CPU is taken from the round trip's
+            pause = last + STATE_WRITE_INTERVAL - time.monotonic()
+            if pause > 0 and not self._persist_stop:
+                time.sleep(pause)
             self._persist_wake.clear()
             with self._persist_lock:
                 waiting, self._persist_waiting = self._persist_waiting, []
                 stop = self._persist_stop
+            last = time.monotonic()
             error = self._save_before_ack()
             for fut in waiting:
                 with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
