@@ -341,6 +341,19 @@ class _AgentCore:
 
     # -- wiring to a hub ------------------------------------------------------------------------
 
+    def register_on(self, hub: Hub, agent: Any) -> None:
+        """Register ``agent`` (this core's face) on ``hub``; if that fails, the identity is
+        given up at once (its lock released), so that a retry can open it again."""
+        try:
+            hub.register(agent)
+        except BaseException:
+            self.closed = True
+            if self.store is not None:
+                with self._save_lock:
+                    self._released = True
+                    self.store.release()
+            raise
+
     def attach(self, hub: Hub, transport: Any) -> None:
         """Called by a hub's ``register``: route sealed envelopes through ``transport.send``."""
         if self.hub is not None and self.hub is not hub:
@@ -1198,7 +1211,7 @@ class Agent(_AgentFacade):
             deniable=deniable,
         )
         if hub is not None:
-            hub.register(self)
+            self._core.register_on(hub, self)
 
     # sending
     def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
@@ -1321,7 +1334,7 @@ class AsyncAgent(_AgentFacade):
         with contextlib.suppress(RuntimeError):
             self._bind(asyncio.get_running_loop())
         if hub is not None:
-            hub.register(self)
+            core.register_on(hub, self)
 
     # -- loop binding ---------------------------------------------------------------------------
 

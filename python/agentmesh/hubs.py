@@ -443,8 +443,6 @@ class _NetworkLink:
 
     def start(self) -> None:
         self._worker.start()
-        if self._persister is not None:
-            self._persister.start()
         try:
             self.net.run(self._start(), timeout=self.hub.connect_timeout + 5.0)
         except BaseException as exc:
@@ -462,6 +460,8 @@ class _NetworkLink:
                     f"{self.hub.host}:{self.hub.port}",
                 ) from exc
             raise
+        if self._persister is not None:  # (only now: a failed start leaves no thread behind)
+            self._persister.start()
         self.net.links.add(self)
 
     # -- sending (any thread) -------------------------------------------------------------------

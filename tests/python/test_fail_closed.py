@@ -307,3 +307,20 @@ def test_a_signed_prekey_near_its_setup_limit_is_due_for_rotation(tmp_path):
     finally:
         core.keypair = real
     alice.close()
+
+
+def test_a_failed_registration_gives_the_identity_up_at_once(tmp_path):
+    """A hub that cannot be reached: the Agent raises, and a retry on the same keypair_path
+    (here at once, with another hub) opens the identity instead of finding it in use."""
+    import socket
+
+    from agentmesh import HubError
+
+    with socket.socket() as probe:  # a port with nothing listening
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    net = NetworkHub("127.0.0.1", port, connect_timeout=0.5)
+    with pytest.raises(HubError):
+        Agent("bob", hub=net, keypair_path=tmp_path / "bob.key")
+    Agent("bob", hub=LocalHub(), keypair_path=tmp_path / "bob.key").close()
+    net.close()
