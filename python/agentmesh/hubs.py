@@ -6,36 +6,26 @@ bundles and sealed envelopes.
 
 * :class:`LocalHub` -- in-process and synchronous: ``deliver`` runs the recipient's unseal and
   handlers in the caller's thread.
-* :class:`NetworkHub` -- the client side of a network hub (``agentmesh.hub_server``). One
-  background event-loop thread per process (shared by all agents) runs one
-  :class:`~agentmesh.hub_client.HubClient` per registered agent plus one lookup connection.
-  Received envelopes are handed to a per-agent worker thread in batches (everything the client
-  has buffered: one thread hand-off per batch, a batch of one at once), so a slow handler never
-  stalls the network. The worker unseals a batch with ``_AgentCore.receive_batch`` (grouped by
-  sender, batch signature verification), runs the handlers in arrival order, writes the state of
-  a persistent agent once, and only then lets the client acknowledge the batch to the hub.
+* :class:`NetworkHub` -- the client side of a network hub (``agentmesh.hub_server``): a thin
+  face over its backend, :class:`~agentmesh.hub_client.HubClient` (one per registered agent,
+  driven by an :class:`~agentmesh.link.AgentLink`, which holds every agent-side rule), plus one
+  lookup connection.
 """
 
 from __future__ import annotations
 
 import asyncio
-import atexit
-import collections
 import concurrent.futures
 import contextlib
 import logging
-import os
-import queue
 import threading
-import time
-import weakref
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from . import crypto as _crypto
-from ._eventloop import new_event_loop
 from .agent import _AgentCore, _core_of
-from .errors import FlushTimeoutError, HubError
+from .backend import Backend
+from .errors import HubError
+from .link import AgentLink, NetLoop, hub_error
 
 __all__ = ["Hub", "LocalHub", "NetworkHub", "parse_hub_address"]
 
@@ -43,29 +33,6 @@ Envelope = _crypto.Envelope
 log = logging.getLogger("agentmesh.hubs")
 
 DEFAULT_PORT = 7700
-#: How many accepted envelope ids an agent's link remembers to recognise redeliveries.
-RECENT_IDS = 4096
-#: One-time prekeys: an agent on a network hub tops the hub's stock up to PREKEY_TARGET when
-#: fewer than PREKEY_LOW are left. It checks after registering (also after a reconnect), when
-#: a set-up used one of its keys, and every PREKEY_CHECK_INTERVAL seconds (peers may claim
-#: keys and never use them).
-PREKEY_TARGET = 50
-PREKEY_LOW = 20
-PREKEY_CHECK_INTERVAL = 60.0
-#: ... and at the same checks, it replaces its signed prekey once it is older than this many
-#: seconds and publishes the new bundle. The one before the previous is deleted: a set-up made
-#: without a one-time prekey that the agent has answered since cannot be read with files
-#: stolen two periods later (docs/security.md: a session never answered keeps the key).
-SIGNED_PREKEY_ROTATION = 7 * 24 * 3600.0
-#: A state write that failed before an acknowledgement is retried after this many seconds,
-#: doubling up to SAVE_RETRY_MAX.
-#: A persistent agent's state writer writes at most once per this many seconds (a write
-#: covers everything before it; acknowledgements wait for it).
-STATE_WRITE_INTERVAL = 0.005
-SAVE_RETRY_FIRST = 0.05
-SAVE_RETRY_MAX = 5.0
-
-
 def parse_hub_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``"host:port"``, ``"host"`` or ``"[v6]:port"`` -> ``(host, port)``; ValueError if bad."""
     address = address.strip()
@@ -206,612 +173,6 @@ class LocalHub(Hub):
 
 
 # --------------------------------------------------------------------------------------------
-# the shared network thread
-
-
-class _NetLoop:
-    """One asyncio loop in one daemon thread per process, shared by every NetworkHub."""
-
-    _instance: _NetLoop | None = None
-    _guard = threading.Lock()
-
-    def __init__(self) -> None:
-        self.pid = os.getpid()
-        self.loop = new_event_loop()
-        started = threading.Event()
-        self.thread = threading.Thread(
-            target=self._run, args=(started,), name="agentmesh-network", daemon=True
-        )
-        self.thread.start()
-        started.wait()
-        self.links: weakref.WeakSet[_NetworkLink] = weakref.WeakSet()
-
-    def _run(self, started: threading.Event) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.call_soon(started.set)
-        self.loop.run_forever()
-
-    @classmethod
-    def get(cls) -> _NetLoop:
-        with cls._guard:
-            inst = cls._instance
-            if inst is None or inst.pid != os.getpid() or not inst.thread.is_alive():
-                inst = cls._instance = _NetLoop()
-            return inst
-
-    def in_thread(self) -> bool:
-        return threading.get_ident() == self.thread.ident
-
-    def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop)
-
-    def run(self, coro: Any, timeout: float | None = None) -> Any:
-        """Run ``coro`` on the network loop and wait for its result (from any other thread)."""
-        if self.in_thread():
-            coro.close()
-            raise RuntimeError("blocking agentmesh call made from inside its network thread")
-        fut = self.submit(coro)
-        try:
-            return fut.result(timeout)
-        except concurrent.futures.TimeoutError:
-            fut.cancel()
-            raise
-
-
-@atexit.register
-def _close_links_at_exit() -> None:
-    inst = _NetLoop._instance
-    if inst is None or inst.pid != os.getpid():
-        return
-    for link in list(inst.links):
-        core = link.core
-        if not core.closed:
-            with contextlib.suppress(Exception):
-                core.close(timeout=5.0)
-
-
-def _hub_error(exc: BaseException, what: str) -> HubError:
-    if isinstance(exc, HubError):
-        return exc
-    return HubError(f"{what}: {type(exc).__name__}: {exc}")
-
-
-# --------------------------------------------------------------------------------------------
-# the per-agent network link
-
-
-class _NetworkLink:
-    """One agent's registered connection to a network hub, plus its receive worker."""
-
-    local = False
-
-    def __init__(self, hub: NetworkHub, core: _AgentCore) -> None:
-        self.hub = hub
-        self.core = core
-        self.net = hub._net
-        self.loop = self.net.loop
-        self.client: Any = None
-        self._outbox: collections.deque[Any] = collections.deque()
-        self._scheduled = False
-        self._wake: asyncio.Event | None = None
-        self._idle: asyncio.Event | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._prekeys: asyncio.Task[None] | None = None
-        self._prekey_check: asyncio.Event | None = None
-        # held by the worker from a batch's first unseal to its state (and identity) write:
-        # new prekeys are made and written only between batches, so an identity file never
-        # lacks a key whose session is not on disk yet
-        self._receiving = threading.Lock()
-        self._bundle_unpublished = False  # a rotated signed prekey the hub has not got yet
-        self._identity_unsaved = False  # a rotation whose identity file write failed
-        self._error: BaseException | None = None
-        self._inq: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # ids of envelopes accepted lately, to ignore a redelivery silently
-        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
-        self._closing = False
-        self._closed = False
-        self._shutdown_pending = False
-        self._worker = threading.Thread(
-            target=self._work, name=f"agentmesh-agent-{core.agent_id[:40]}", daemon=True
-        )
-        # A persistent agent's state writes run on their own thread (see _persist_loop): the
-        # worker goes on with the next batch while the last one is written, and a send never
-        # waits for the disk.
-        self._persist_wake = threading.Event()
-        self._persist_lock = threading.Lock()
-        self._persist_waiting: list[asyncio.Future[None]] = []
-        self._persist_stop = False
-        self._persister = (
-            threading.Thread(
-                target=self._persist_loop,
-                name=f"agentmesh-state-{core.agent_id[:40]}",
-                daemon=True,
-            )
-            if core.persistent
-            else None
-        )
-
-    # -- start ----------------------------------------------------------------------------------
-
-    async def _start(self) -> None:
-        from .hub_client import HubClient
-
-        self._wake = asyncio.Event()
-        self._idle = asyncio.Event()
-        self._idle.set()
-        self.client = HubClient(
-            self.hub.host,
-            self.hub.port,
-            ssl=self.hub.ssl,
-            connect_timeout=self.hub.connect_timeout,
-        )
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
-        try:
-            await self.client.register(
-                self.core.keypair,
-                on_batch=self._on_batch,
-                handled=self.core.delivered_positions(),
-            )
-        except BaseException:
-            self._writer.cancel()
-            with contextlib.suppress(Exception):
-                await self.client.close()
-            raise
-        self._prekey_check = asyncio.Event()
-        self.client.on_registered = self._on_registered
-        self._prekeys = asyncio.get_running_loop().create_task(self._keep_prekeys())
-
-    async def _keep_prekeys(self) -> None:
-        """Keeps the hub stocked with this agent's one-time prekeys (see PREKEY_TARGET) and its
-        signed prekey fresh (SIGNED_PREKEY_ROTATION). Each part fails on its own: a hub that
-        lacks one request still gets the other."""
-        check = self._prekey_check
-        assert check is not None
-        stock = rotate = True
-        while stock or rotate:
-            if stock:
-                stock = await self._attempt("top up its one-time prekeys", self._top_up_prekeys)
-            if rotate:
-                rotate = await self._attempt(
-                    "publish a new signed prekey", self._rotate_signed_prekey_if_due
-                )
-            check.clear()
-            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(check.wait(), PREKEY_CHECK_INTERVAL)
-
-    async def _attempt(self, what: str, step: Callable[[], Awaitable[None]]) -> bool:
-        """Run one maintenance step; False when the hub does not know the request (an older
-        hub: no use asking again), True otherwise (a failure is logged and retried later)."""
-        try:
-            await step()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if getattr(exc, "unknown_request", False):
-                log.info("agent %r: the hub cannot %s (%s)", self.core.agent_id, what, exc)
-                return False
-            log.warning("agent %r: could not %s: %s", self.core.agent_id, what, exc)
-        return True
-
-    async def _top_up_prekeys(self) -> None:
-        client = self.client
-        held = await client.add_prekeys([])
-        target = min(PREKEY_TARGET, client.prekey_limit or PREKEY_TARGET)
-        if held >= min(PREKEY_LOW, max(1, target // 2)):  # (a low limit lowers both)
-            return
-        loop = asyncio.get_running_loop()
-        # (writing the identity file can take an Argon2 run: not on this loop)
-        fresh = await loop.run_in_executor(
-            None, self._between_batches, self.core.new_prekeys, held, target - held
-        )
-        held = await client.add_prekeys(fresh)
-        log.debug("agent %r: the hub holds %d of its one-time prekeys", self.core.agent_id, held)
-
-    def _between_batches(self, work: Callable[..., Any], *args: Any) -> Any:
-        """Run ``work`` while no received batch is between its first unseal and its writes
-        (for anything that changes the identity's keys)."""
-        with self._receiving:
-            return work(*args)
-
-    async def _rotate_signed_prekey_if_due(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._identity_unsaved:  # a rotation whose identity write failed: write it first
-            await loop.run_in_executor(None, self._between_batches, self.core.save_identity)
-            self._identity_unsaved = False
-            self._bundle_unpublished = True
-        # Never rotate past what the hub serves: the core keeps one previous signed prekey, so
-        # a second rotation before the first was published would delete the served one.
-        elif not self._bundle_unpublished and self.core.signed_prekey_due(SIGNED_PREKEY_ROTATION):
-            try:
-                await loop.run_in_executor(
-                    None, self._between_batches, self.core.rotate_signed_prekey
-                )
-            except Exception:
-                self._identity_unsaved = True
-                raise
-            self._bundle_unpublished = True
-        if self._bundle_unpublished:  # (until the hub has it: retried at every check)
-            await self.client.update_bundle(self.core.public_bundle)
-            self._bundle_unpublished = False
-            log.info("agent %r: new signed prekey published", self.core.agent_id)
-
-    def _on_registered(self) -> None:
-        """After every (re)registration: the hub got the keypair's current bundle with it."""
-        self._bundle_unpublished = False
-        if self._prekey_check is not None:
-            self._prekey_check.set()  # a reconnect checks the stock at once
-
-    def start(self) -> None:
-        self._worker.start()
-        try:
-            self.net.run(self._start(), timeout=self.hub.connect_timeout + 5.0)
-        except BaseException as exc:
-            self._closing = True
-            self._inq.put(None)
-            if isinstance(exc, (concurrent.futures.TimeoutError, TimeoutError)):
-                raise HubError(
-                    f"could not register {self.core.agent_id!r} on the hub at "
-                    f"{self.hub.host}:{self.hub.port}: timed out"
-                ) from exc
-            if isinstance(exc, Exception):
-                raise _hub_error(
-                    exc,
-                    f"could not register {self.core.agent_id!r} on the hub at "
-                    f"{self.hub.host}:{self.hub.port}",
-                ) from exc
-            raise
-        if self._persister is not None:  # (only now: a failed start leaves no thread behind)
-            self._persister.start()
-        self.net.links.add(self)
-
-    # -- sending (any thread) -------------------------------------------------------------------
-
-    def send(self, envelope: Any) -> None:
-        if self._closing:
-            raise RuntimeError(f"agent {self.core.agent_id!r} is closed")
-        self._outbox.append(envelope)
-        if self._persister is not None and envelope.counter == 0:
-            # a new sending chain (a DH step or a set-up): its keys reach the disk right after
-            # it leaves, so that the peer's answers to it stay readable after a crash
-            self._persist_wake.set()
-        if not self._scheduled:
-            self._scheduled = True
-            self.loop.call_soon_threadsafe(self._kick)
-
-    def _kick(self) -> None:
-        self._scheduled = False
-        assert self._wake is not None and self._idle is not None
-        if self._idle.is_set():
-            # The writer is idle: hand the envelopes to the client in this callback and write
-            # them now. A send crosses threads once and costs no extra loop iterations (the
-            # round trip's latency is made of these). Nothing waits for a state write: a
-            # session loaded from disk never seals under its old sending chain (it starts a
-            # new set-up), so a state file that lags behind what was sent reuses no key.
-            outbox = self._outbox
-            while outbox:
-                if not self._try_send(outbox[0]):
-                    break  # no room: the writer task waits for it
-                outbox.popleft()
-            self.client.push()
-            if not outbox:
-                return
-        self._wake.set()
-
-    async def _write_loop(self) -> None:
-        assert self._wake is not None and self._idle is not None
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._outbox:
-                self._idle.clear()
-                batch = []
-                while self._outbox:
-                    batch.append(self._outbox.popleft())
-                for env in batch:
-                    await self._send_one(env)
-            self._idle.set()
-
-    async def _send_one(self, env: Any) -> None:
-        while not self._try_send(env):
-            await self.client.wait_for_room()
-
-    def _try_send(self, env: Any) -> bool:
-        """Hands ``env`` to the client; False if the client has no room for it yet. A refusal
-        is reported (see flush) and ends the envelope's journey."""
-        recipient, data = env.recipient, env.to_bytes()
-        while True:
-            try:
-                return bool(self.client.send_nowait(recipient, data))
-            except Exception as exc:
-                self._note_error(exc, recipient)
-                if getattr(exc, "client_seq", None) is not None:
-                    continue  # the refusal of an earlier envelope: this one was not queued yet
-                return True
-
-    def _note_error(self, exc: BaseException, recipient: str) -> None:
-        if self._error is None:
-            self._error = exc if isinstance(exc, HubError) else _hub_error(exc, "sending failed")
-        log.warning(
-            "agent %r: the hub refused or lost an envelope for %r: %s",
-            self.core.agent_id,
-            getattr(exc, "recipient", None) or recipient,
-            exc,
-        )
-
-    async def _aflush(self, timeout: float | None) -> None:
-        assert self._idle is not None
-
-        async def drained() -> None:
-            assert self._idle is not None
-            while self._outbox or self._scheduled or not self._idle.is_set():
-                if self._outbox or self._scheduled:
-                    await asyncio.sleep(0)
-                else:
-                    await self._idle.wait()
-            await self.client.flush(None)
-
-        try:
-            await asyncio.wait_for(drained(), timeout)
-        except (asyncio.TimeoutError, TimeoutError) as exc:
-            if isinstance(exc, FlushTimeoutError):
-                raise
-            raise FlushTimeoutError(
-                f"flush timed out after {timeout} s: the hub has not acknowledged every "
-                f"envelope agent {self.core.agent_id!r} sent"
-            ) from None
-
-    def flush(self, timeout: float | None = None) -> None:
-        if self._closed:
-            return
-        if self.net.in_thread():
-            raise RuntimeError("flush() cannot be called from the network thread")
-        self.net.run(self._aflush(timeout))
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    # -- receiving ------------------------------------------------------------------------------
-
-    async def _on_batch(self, batch: list[tuple[int, bytes]]) -> asyncio.Future[None] | None:
-        """Called by the HubClient with every delivery it has buffered (in inbox order, at most
-        256); returns once the handlers ran. One hand-off to the worker per batch: a batch of
-        one goes at once, and while the worker handles it the next batch accumulates. The
-        client acknowledges the batch at once, or, for a persistent agent, once the future
-        returned completes: when the state that accepting it changed is on disk."""
-        handled = self.loop.create_future()
-        durable = self.loop.create_future() if self._persister is not None else None
-        self._inq.put((batch, self.client.delivery_hub_id, handled, durable))
-        await handled
-        return durable
-
-    def _work(self) -> None:
-        try:
-            self._work_loop()
-        finally:
-            if self._shutdown_pending:
-                self._stop_persister(None)
-                self._shutdown()
-
-    def _work_loop(self) -> None:
-        core = self.core
-        while not core.consumer_ready.wait(0.5):
-            if self._closing:
-                return
-        inq = self._inq
-        while True:
-            item = inq.get()
-            if item is None or self._closing:
-                return
-            items = [item]
-            while True:  # (the client hands over one batch at a time; take whatever is here)
-                try:
-                    more = inq.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    inq.put(None)
-                    break
-                items.append(more)
-            datas = [data for batch, _hub, _handled, _durable in items for _did, data in batch]
-            with self._receiving:
-                try:
-                    handled, prekeys_used = self._process(datas)
-                except Exception:  # never leave the client waiting for an ack
-                    log.exception("agent %r: receiving a batch failed", core.agent_id)
-                    handled, prekeys_used = [False] * len(datas), True
-                if self._persister is not None:
-                    # persisted after the handlers and before the ack, by the persister (one
-                    # write for every batch handled meanwhile): after a crash the hub
-                    # redelivers instead of the agent holding acked messages whose session
-                    # advance was lost. The delivery ids go with it, so that a restarted agent
-                    # skips what a crashed hub redelivers instead of reporting replays.
-                    self._note_delivered(items, handled)
-                    with self._persist_lock:
-                        self._persist_waiting.extend(d for *_, d in items if d is not None)
-                    self._persist_wake.set()
-            if prekeys_used and self._prekey_check is not None:
-                with contextlib.suppress(RuntimeError):
-                    self.loop.call_soon_threadsafe(self._prekey_check.set)
-            for _batch, _hub, fut, _durable in items:
-                with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
-                    self.loop.call_soon_threadsafe(_resolve, fut)
-
-    def _persist_loop(self) -> None:
-        """Writes the state whenever handled batches wait for it (then they are acknowledged)
-        or a send started a new chain; one write covers everything that happened before it."""
-        last = 0.0
-        while True:
-            self._persist_wake.wait()
-            # at most one write per STATE_WRITE_INTERVAL: in a conversation every message
-            # wakes this thread, and the writes' CPU is taken from the round trip's
-            pause = last + STATE_WRITE_INTERVAL - time.monotonic()
-            if pause > 0 and not self._persist_stop:
-                time.sleep(pause)
-            self._persist_wake.clear()
-            with self._persist_lock:
-                waiting, self._persist_waiting = self._persist_waiting, []
-                stop = self._persist_stop
-            last = time.monotonic()
-            error = self._save_before_ack()
-            for fut in waiting:
-                with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
-                    self.loop.call_soon_threadsafe(_resolve, fut, error)
-            if stop:
-                return
-
-    def _save_before_ack(self) -> BaseException | None:
-        """Write the state (then, if a set-up changed it, the identity file) until it succeeds:
-        an envelope is acknowledged only once what accepting it changed is on disk, or a
-        restarted agent would open it again, or refuse the messages after it. A failing disk
-        is retried with backoff while the agent runs (deliveries wait; flush() reports the
-        error); an agent that closes first returns the error, and the batch stays
-        unacknowledged at the hub, which delivers it again."""
-        core = self.core
-        delay = SAVE_RETRY_FIRST
-        while True:
-            try:
-                core.save_state()
-            except Exception as exc:
-                if self._error is None:
-                    self._error = exc
-                log.error(
-                    "agent %r: received envelopes stay unacknowledged until this write "
-                    "succeeds: %s",
-                    core.agent_id,
-                    exc,
-                )
-                if self._closing:
-                    return exc
-                time.sleep(delay)
-                delay = min(delay * 2, SAVE_RETRY_MAX)
-                continue
-            if not core.identity_unsaved:
-                return None
-            # (another thread accepted a set-up during the write: the next round holds it)
-
-    def _note_delivered(self, items: list[Any], handled: list[bool]) -> None:
-        """Per hub store, the highest delivery id that was handled (or skipped as a duplicate
-        of a handled one): never one that was rejected, so a forged delivery cannot push the
-        saved position past real ones."""
-        flags = iter(handled)
-        for batch, hub_id, _handled, _durable in items:
-            top = 0
-            for did, _data in batch:
-                if next(flags, False):
-                    top = did
-            if hub_id is not None and top:
-                self.core.note_delivered(hub_id, top)
-
-    def _process(self, datas: list[bytes]) -> tuple[list[bool], bool]:
-        """Unseal and dispatch delivered envelopes, in order, skipping duplicates. Returns, per
-        envelope, whether it was handled now or before (False: rejected), and whether a set-up
-        used one of this agent's one-time prekeys."""
-        core = self.core
-        recent = self._recent
-        todo: list[Any] = []
-        ids: list[str | None] = []
-        where: list[int] = []  # index in datas of each todo item
-        handled = [True] * len(datas)
-        seen: set[str] = set()
-        for index, data in enumerate(datas):
-            try:
-                env = Envelope.from_bytes(data)
-            except Exception:
-                todo.append(data)  # rejected, in its place, by receive_batch
-                ids.append(None)
-                where.append(index)
-                continue
-            try:
-                envelope_id = env.id
-            except Exception:
-                envelope_id = None
-            if envelope_id is not None:
-                if envelope_id in recent or envelope_id in seen:
-                    # the hub delivered it again (e.g. a resend after a hub crash): already
-                    # handled, so acknowledge it silently instead of reporting a replay
-                    log.debug(
-                        "agent %r: duplicate delivery of %s ignored", core.agent_id, envelope_id
-                    )
-                    continue
-                seen.add(envelope_id)
-            todo.append(env)
-            ids.append(envelope_id)
-            where.append(index)
-        if not todo:
-            return handled, False
-        # a set-up (prekey message) may use one of this agent's one-time prekeys: look only then
-        setups = any(type(e) is Envelope and e.is_prekey for e in todo)
-        keys_before = len(core.keypair.one_time_prekey_ids()) if setups else 0
-        results = core.receive_batch(todo)
-        prekeys_used = setups and len(core.keypair.one_time_prekey_ids()) != keys_before
-        for envelope_id, msg, index in zip(ids, results, where, strict=True):
-            if msg is None:
-                handled[index] = False
-            elif envelope_id is not None:
-                recent[envelope_id] = None
-        while len(recent) > RECENT_IDS:
-            recent.popitem(last=False)
-        return handled, prekeys_used
-
-    # -- closing --------------------------------------------------------------------------------
-
-    def close(self, timeout: float | None = None) -> None:
-        if self._closed:
-            return
-        self._closing = True
-        self._closed = True
-        self._inq.put(None)
-        self.net.links.discard(self)
-        if threading.current_thread() is self._worker:
-            # A handler closes its own agent: the worker first finishes the batch in progress
-            # (its envelopes are unsealed already: every one reaches the handlers, and the
-            # batch is acknowledged), then closes the connection itself (see _work).
-            self._shutdown_pending = True
-            return
-        if self._worker.is_alive():
-            # the batch in progress (if any) is finished and acknowledged first
-            self._worker.join(timeout if timeout is not None else 30.0)
-        self._stop_persister(timeout)
-        self._shutdown()
-
-    def _stop_persister(self, timeout: float | None) -> None:
-        """One last write for the batches handled so far (so their acknowledgements go out
-        before the connection closes), then the persister ends."""
-        persister = self._persister
-        if persister is None or not persister.is_alive():
-            return
-        with self._persist_lock:
-            self._persist_stop = True
-        self._persist_wake.set()
-        if threading.current_thread() is not persister:
-            persister.join(timeout if timeout is not None else 30.0)
-
-    def _shutdown(self) -> None:
-        async def shutdown() -> None:
-            if self._writer is not None:
-                self._writer.cancel()
-            if self._prekeys is not None:
-                self._prekeys.cancel()
-            if self.client is not None:
-                # the agent flushed already (core.close); do not wait for the hub again
-                await self.client.close(timeout=0.5)
-
-        try:
-            self.net.run(shutdown(), timeout=10.0)
-        except Exception as exc:
-            log.debug("agent %r: error closing the hub connection: %s", self.core.agent_id, exc)
-
-
-def _resolve(fut: asyncio.Future[None], error: BaseException | None = None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)
-
-
-# --------------------------------------------------------------------------------------------
 # NetworkHub
 
 
@@ -845,8 +206,8 @@ class NetworkHub(Hub):
         self.ssl = ssl
         self.connect_timeout = float(connect_timeout)
         self.timeout = float(timeout)
-        self._net = _NetLoop.get()
-        self._links: dict[str, _NetworkLink] = {}
+        self._net = NetLoop.get()
+        self._links: dict[str, AgentLink] = {}
         self._lookup: Any = None
         self._lookup_lock: asyncio.Lock | None = None
         self._guard = threading.Lock()
@@ -888,7 +249,7 @@ class NetworkHub(Hub):
         except HubError:
             raise
         except Exception as exc:
-            raise _hub_error(exc, f"{what} at {self.host}:{self.port}") from exc
+            raise hub_error(exc, f"{what} at {self.host}:{self.port}") from exc
 
     def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
         result = self._call(f"looking up {agent_id!r}", "get_bundle", agent_id)
@@ -898,12 +259,12 @@ class NetworkHub(Hub):
         from .hub_protocol import HubRequestError
 
         link = self._links.get(requester_id)
-        if link is None or link.client is None or self._claims_unsupported:
+        if link is None or self._claims_unsupported:
             return self.get_bundle(agent_id)
         # on the requester's own registered connection: only those may claim a one-time prekey
         try:
             result = self._run_request(
-                f"looking up {agent_id!r}", link.client.claim_bundle(agent_id)
+                f"looking up {agent_id!r}", link.backend.claim_bundle(agent_id)
             )
         except HubRequestError as exc:
             if not exc.unknown_request:
@@ -921,6 +282,11 @@ class NetworkHub(Hub):
 
     # -- agents ---------------------------------------------------------------------------------
 
+    def _new_backend(self) -> Backend:
+        from .hub_client import HubClient
+
+        return HubClient(self.host, self.port, ssl=self.ssl, connect_timeout=self.connect_timeout)
+
     def register(self, agent: Any) -> None:
         core = _core_of(agent)
         with self._guard:
@@ -930,7 +296,13 @@ class NetworkHub(Hub):
                     f"Agent id {core.agent_id!r} is already registered through this NetworkHub; "
                     "close() that agent first"
                 )
-        link = _NetworkLink(self, core)
+        link = AgentLink(
+            core,
+            self._net,
+            self._new_backend,
+            where=f"the hub at {self.host}:{self.port}",
+            connect_timeout=self.connect_timeout,
+        )
         link.start()
         with self._guard:
             self._links[core.agent_id] = link

@@ -51,7 +51,7 @@ def test_idle_agents_stay_connected_past_the_idle_timeout_with_the_default_ratio
         assert got.wait(30), "the idle agent did not receive after the silence"
         # Neither connection was dropped and re-established in between.
         for agent in (alice, bob):
-            assert agent._core._transport.client.reconnects == 0
+            assert agent._core._transport.backend.reconnects == 0
         assert "idle for more than" not in hub_proc.stderr
         alice.close()
         bob.close()

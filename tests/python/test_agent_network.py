@@ -457,7 +457,7 @@ def test_first_messages_are_forward_secret_with_one_time_prekeys(tmp_path, hub):
     identity file. Someone who recorded that message and later steals the identity file and the
     session state cannot read it; the identity file from before the set-up could."""
     from agentmesh.crypto import AgentKeyPair, CryptoError, CryptoSession, perform_key_exchange
-    from agentmesh.hubs import PREKEY_LOW
+    from agentmesh.link import PREKEY_LOW
 
     key = tmp_path / "bob.key"
     net = NetworkHub("127.0.0.1", hub.port)
@@ -466,9 +466,9 @@ def test_first_messages_are_forward_secret_with_one_time_prekeys(tmp_path, hub):
     bob.on_message(got.append)
     link = net._links["bob"]
     deadline = time.monotonic() + 30
-    while (link.client.prekeys_held or 0) < PREKEY_LOW and time.monotonic() < deadline:
+    while (link.backend.prekeys_held or 0) < PREKEY_LOW and time.monotonic() < deadline:
         time.sleep(0.02)
-    held = link.client.prekeys_held
+    held = link.backend.prekeys_held
     assert held >= PREKEY_LOW
     key_file_before = key.read_bytes()
 
@@ -551,11 +551,11 @@ def test_signed_prekey_rotation_ends_what_a_stolen_key_file_can_read(tmp_path, h
     identity file alone cannot read a recorded first message; the hub serves the new bundle,
     the session in use goes on, and new set-ups work. (Bob never answered alice, so his
     session state still holds that key as its ratchet key: see docs/security.md.)"""
-    from agentmesh import hubs as hubs_module
+    from agentmesh import link as link_module
     from agentmesh.crypto import AgentKeyPair, IdentityError, perform_key_exchange
 
-    monkeypatch.setattr(hubs_module, "PREKEY_CHECK_INTERVAL", 0.05)
-    monkeypatch.setattr(hubs_module, "SIGNED_PREKEY_ROTATION", 1e9)
+    monkeypatch.setattr(link_module, "PREKEY_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr(link_module, "SIGNED_PREKEY_ROTATION", 1e9)
     key = tmp_path / "bob.key"
     net = NetworkHub("127.0.0.1", hub.port)
     bob = Agent("bob", hub=net, keypair_path=key)
@@ -573,14 +573,14 @@ def test_signed_prekey_rotation_ends_what_a_stolen_key_file_can_read(tmp_path, h
     assert perform_key_exchange(then, alice_bundle).unseal(recorded) == {"text": "first"}
 
     spk_ids = {bob.public_bundle["signed_prekey_id"]}
-    monkeypatch.setattr(hubs_module, "SIGNED_PREKEY_ROTATION", 0.0)  # due at every check
+    monkeypatch.setattr(link_module, "SIGNED_PREKEY_ROTATION", 0.0)  # due at every check
     deadline = time.monotonic() + 30
     while len(spk_ids) < 3 and time.monotonic() < deadline:
         published = net.get_bundle("bob")
         assert published is not None
         spk_ids.add(published["signed_prekey_id"])
         time.sleep(0.02)
-    monkeypatch.setattr(hubs_module, "SIGNED_PREKEY_ROTATION", 1e9)
+    monkeypatch.setattr(link_module, "SIGNED_PREKEY_ROTATION", 1e9)
     assert len(spk_ids) >= 3  # two rotations, each published after its identity file write
 
     stolen = AgentKeyPair.from_bytes(key.read_bytes())
@@ -600,13 +600,13 @@ def test_signed_prekey_rotation_ends_what_a_stolen_key_file_can_read(tmp_path, h
 def test_prekeys_are_restocked_right_after_reconnecting_to_a_new_store(tmp_path):
     """The hub comes back on the same port with a new, empty store (no prekeys): the agent's
     reconnect re-registers it and tops the stock up at once, not a minute later."""
-    from agentmesh.hubs import PREKEY_CHECK_INTERVAL, PREKEY_LOW
+    from agentmesh.link import PREKEY_CHECK_INTERVAL, PREKEY_LOW
 
     def held_by_hub(link, at_least: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
-        while (link.client.prekeys_held or 0) < at_least and time.monotonic() < deadline:
+        while (link.backend.prekeys_held or 0) < at_least and time.monotonic() < deadline:
             time.sleep(0.02)
-        return link.client.prekeys_held or 0
+        return link.backend.prekeys_held or 0
 
     first = start_hub(tmp_path, store=tmp_path / "one.db")
     port = first.port
@@ -615,15 +615,15 @@ def test_prekeys_are_restocked_right_after_reconnecting_to_a_new_store(tmp_path)
     link = net._links["bob"]
     try:
         assert held_by_hub(link, PREKEY_LOW, 30) >= PREKEY_LOW
-        first_store = link.client.hub_id
+        first_store = link.backend.hub_id
     finally:
         first.stop()
     second = start_hub(tmp_path, port=port, store=tmp_path / "two.db")
     try:
         deadline = time.monotonic() + 30
-        while link.client.hub_id == first_store and time.monotonic() < deadline:
+        while link.backend.hub_id == first_store and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert link.client.hub_id != first_store
+        assert link.backend.hub_id != first_store
         # (20 s is well inside the minute the periodic check would have taken)
         assert held_by_hub(link, PREKEY_LOW, min(20.0, PREKEY_CHECK_INTERVAL / 3)) >= PREKEY_LOW
         with NetworkHub("127.0.0.1", port) as lookup:
@@ -638,10 +638,10 @@ def test_rotation_stops_while_the_hub_cannot_take_the_bundle(tmp_path, monkeypat
     """Publishing the new bundle keeps failing: the agent rotates once, then no more (a second
     rotation would delete the signed prekey the hub still serves), retries the publication,
     and keeps topping up its one-time prekeys."""
-    from agentmesh import hubs as hubs_module
+    from agentmesh import link as link_module
     from agentmesh.errors import HubError
     from agentmesh.hub_client import HubClient
-    from agentmesh.hubs import PREKEY_LOW
+    from agentmesh.link import PREKEY_LOW
 
     attempts: list = []
 
@@ -650,8 +650,8 @@ def test_rotation_stops_while_the_hub_cannot_take_the_bundle(tmp_path, monkeypat
         raise HubError("the hub did not answer")
 
     monkeypatch.setattr(HubClient, "update_bundle", update_fails)
-    monkeypatch.setattr(hubs_module, "PREKEY_CHECK_INTERVAL", 0.05)
-    monkeypatch.setattr(hubs_module, "SIGNED_PREKEY_ROTATION", 0.0)
+    monkeypatch.setattr(link_module, "PREKEY_CHECK_INTERVAL", 0.05)
+    monkeypatch.setattr(link_module, "SIGNED_PREKEY_ROTATION", 0.0)
     hub = start_hub(tmp_path)
     try:
         net = NetworkHub("127.0.0.1", hub.port)
@@ -668,7 +668,7 @@ def test_rotation_stops_while_the_hub_cannot_take_the_bundle(tmp_path, monkeypat
         with NetworkHub("127.0.0.1", hub.port) as lookup:
             served = lookup.get_bundle("bob")
         assert served is not None and served["signed_prekey_id"] == first
-        assert (link.client.prekeys_held or 0) >= PREKEY_LOW
+        assert (link.backend.prekeys_held or 0) >= PREKEY_LOW
         bob.close()
         net.close()
     finally:

@@ -20,7 +20,7 @@ _AGENTS = textwrap.dedent(
     import time
     from agentmesh import Agent, NetworkHub
     from agentmesh._eventloop import loop_name
-    from agentmesh.hubs import _NetLoop
+    from agentmesh.link import NetLoop
     port = int(sys.argv[1])
     got = []
     alice = Agent("alice", hub=NetworkHub("127.0.0.1", port))
@@ -33,7 +33,7 @@ _AGENTS = textwrap.dedent(
     while len(got) < 50 and time.monotonic() < deadline:
         time.sleep(0.01)
     alice.close(); bob.close()
-    print(loop_name(_NetLoop.get().loop), got == list(range(50)))
+    print(loop_name(NetLoop.get().loop), got == list(range(50)))
     """
 )
 

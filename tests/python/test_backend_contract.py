@@ -1,0 +1,327 @@
+"""The backend contract (agentmesh.backend), written once and run against every backend.
+
+A new backend proves itself by adding a ``Deployment`` to ``DEPLOYMENTS``: something that
+runs the real servers on 127.0.0.1, makes unregistered backends for them, and can kill and
+restart them keeping their durable state. Every test talks to the backend only through the
+``Backend`` protocol.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agentmesh.backend import Backend, Delivery
+from agentmesh.crypto import AgentKeyPair, perform_key_exchange
+from agentmesh.errors import HubError
+from agentmesh.testing import HubProcess
+
+TIMEOUT = 30.0
+
+
+class HubDeployment:
+    """The network hub (one process) and its client, ``HubClient``."""
+
+    name = "hub"
+
+    def __init__(self, tmp: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.process = HubProcess(tmp / "hub.sqlite3", extra_args=extra_args).start()
+
+    def new_backend(self) -> Backend:
+        from agentmesh.hub_client import HubClient
+
+        return HubClient("127.0.0.1", self.process.port, connect_timeout=5.0)
+
+    def crash_and_restart(self) -> None:
+        self.process.kill()
+        self.process.restart()
+
+    def close(self) -> None:
+        self.process.stop()
+
+
+DEPLOYMENTS: dict[str, Callable[..., Any]] = {"hub": HubDeployment}
+
+
+@pytest.fixture(params=sorted(DEPLOYMENTS))
+def deploy(request, tmp_path) -> Iterator[Callable[..., Any]]:
+    """Starts the deployment under test (with optional per-recipient queue limit)."""
+    made: list[Any] = []
+
+    def start(max_queued: int | None = None) -> Any:
+        args = ("--max-queued", str(max_queued)) if max_queued else ()
+        deployment = DEPLOYMENTS[request.param](tmp_path, args)
+        made.append(deployment)
+        return deployment
+
+    yield start
+    for deployment in made:
+        deployment.close()
+
+
+class Receiver:
+    """An ``on_batch`` that records deliveries; ``durable`` decides the acknowledgement."""
+
+    def __init__(self, acknowledge: bool = True) -> None:
+        self.acknowledge = acknowledge
+        self.deliveries: list[Delivery] = []
+        self.changed = asyncio.Event()
+
+    async def __call__(self, batch: list[Delivery]) -> asyncio.Future[None] | None:
+        self.deliveries.extend(batch)
+        self.changed.set()
+        if self.acknowledge:
+            return None
+        never: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        never.set_exception(RuntimeError("not durable"))  # no acknowledgement
+        return never
+
+    async def wait_for(self, count: int) -> None:
+        async def enough() -> None:
+            while len(self.deliveries) < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+        await asyncio.wait_for(enough(), TIMEOUT)
+
+
+@contextlib.asynccontextmanager
+async def registered(
+    deployment: Any, keypair: Any, on_batch: Any = None, **kwargs: Any
+) -> AsyncIterator[Backend]:
+    backend = deployment.new_backend()
+    await backend.register(keypair, on_batch=on_batch or Receiver(), **kwargs)
+    try:
+        yield backend
+    finally:
+        await backend.close(timeout=5.0)
+
+
+def sealed(sender: Any, recipient: Any, count: int) -> list[bytes]:
+    session = perform_key_exchange(sender, recipient.public_bundle())
+    return [bytes(session.seal({"n": i}).to_bytes()) for i in range(count)]
+
+
+async def send_all(backend: Backend, recipient: str, envelopes: list[bytes]) -> None:
+    for envelope in envelopes:
+        while not backend.send_nowait(recipient, envelope):
+            backend.push()
+            await backend.wait_for_room()
+    backend.push()
+    await backend.flush(TIMEOUT)
+
+
+def run(coro: Any) -> Any:
+    return asyncio.run(asyncio.wait_for(coro, 3 * TIMEOUT))
+
+
+# -- registration and the directory ------------------------------------------------------------
+
+
+def test_an_id_is_bound_to_the_first_identity_key_that_registers_it(deploy):
+    deployment = deploy()
+    first, impostor = AgentKeyPair.generate("bob"), AgentKeyPair.generate("bob")
+
+    async def main() -> None:
+        async with registered(deployment, first):
+            pass
+        with pytest.raises(HubError):
+            async with registered(deployment, impostor):
+                pass
+        async with registered(deployment, first):  # the owner comes back
+            pass
+
+    run(main())
+
+
+def test_bundles_are_served_and_unknown_ids_are_none(deploy):
+    deployment = deploy()
+    alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
+
+    async def main() -> None:
+        async with registered(deployment, alice) as a, registered(deployment, bob):
+            bundle = await a.get_bundle("bob")
+            assert bundle is not None
+            assert bundle["identity_key"] == bob.public_bundle()["identity_key"]
+            assert await a.get_bundle("nobody") is None
+            assert {"alice", "bob"} <= set(await a.list_agents())
+
+    run(main())
+
+
+def test_a_one_time_prekey_is_claimed_once(deploy):
+    deployment = deploy()
+    bob = AgentKeyPair.generate("bob")
+    claimers = [AgentKeyPair.generate(f"c{i}") for i in range(4)]
+
+    async def main() -> None:
+        async with registered(deployment, bob) as b:
+            assert await b.add_prekeys(bob.generate_one_time_prekeys(3)) == 3
+        claimed = []
+        for kp in claimers:
+            async with registered(deployment, kp) as c:
+                bundle = await c.claim_bundle("bob")
+                assert bundle is not None
+                if bundle.get("one_time_prekey") is not None:
+                    claimed.append(bundle["one_time_prekey"]["id"])
+        assert len(claimed) == 3 and len(set(claimed)) == 3, claimed
+
+    run(main())
+
+
+def test_every_reconnect_registers_again(deploy):
+    deployment = deploy()
+    bob = AgentKeyPair.generate("bob")
+
+    async def main() -> None:
+        async with registered(deployment, bob) as b:
+            count = 0
+            again = asyncio.Event()
+
+            def on_registered() -> None:
+                nonlocal count
+                count += 1
+                again.set()
+
+            b.on_registered = on_registered
+            await asyncio.get_running_loop().run_in_executor(None, deployment.crash_and_restart)
+            await asyncio.wait_for(again.wait(), TIMEOUT)
+            assert count >= 1
+            assert await b.get_bundle("bob") is not None
+
+    run(main())
+
+
+# -- sending and delivery -----------------------------------------------------------------------
+
+
+def test_a_send_to_an_unknown_agent_is_refused_naming_it(deploy):
+    deployment = deploy()
+    alice, ghost = AgentKeyPair.generate("alice"), AgentKeyPair.generate("ghost")
+
+    async def main() -> None:
+        async with registered(deployment, alice) as a:
+            with pytest.raises(HubError, match="ghost"):
+                await send_all(a, "ghost", sealed(alice, ghost, 1))
+
+    run(main())
+
+
+def test_a_full_inbox_is_refused_naming_the_recipient(deploy):
+    deployment = deploy(max_queued=5)
+    alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
+
+    async def main() -> None:
+        async with registered(deployment, bob):
+            pass  # known, and offline: everything queues
+        async with registered(deployment, alice) as a:
+            await send_all(a, "bob", sealed(alice, bob, 5))
+            with pytest.raises(HubError, match="bob"):
+                await send_all(a, "bob", sealed(alice, bob, 1))
+
+    run(main())
+
+
+def test_deliveries_keep_each_senders_order_with_rising_positions(deploy):
+    deployment = deploy()
+    alice, carol, bob = (AgentKeyPair.generate(n) for n in ("alice", "carol", "bob"))
+
+    async def main() -> None:
+        got = Receiver()
+        async with (
+            registered(deployment, bob, got),
+            registered(deployment, alice) as a,
+            registered(deployment, carol) as c,
+        ):
+            from_alice, from_carol = sealed(alice, bob, 60), sealed(carol, bob, 60)
+            await asyncio.gather(send_all(a, "bob", from_alice), send_all(c, "bob", from_carol))
+            await got.wait_for(120)
+        positions = [position for position, _ in got.deliveries]
+        assert positions == sorted(positions) and len(set(positions)) == 120
+        data = [envelope for _, envelope in got.deliveries]
+        assert [d for d in data if d in from_alice] == from_alice
+        assert [d for d in data if d in from_carol] == from_carol
+
+    run(main())
+
+
+def test_an_unacknowledged_batch_comes_again_and_an_acknowledged_one_does_not(deploy):
+    deployment = deploy()
+    alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
+
+    async def main() -> None:
+        async with registered(deployment, bob):
+            pass
+        envelopes = sealed(alice, bob, 10)
+        async with registered(deployment, alice) as a:
+            await send_all(a, "bob", envelopes)
+        first = Receiver(acknowledge=False)  # its work never becomes durable
+        async with registered(deployment, bob, first):
+            await first.wait_for(10)
+        second = Receiver()
+        async with registered(deployment, bob, second):
+            await second.wait_for(10)
+            assert [e for _, e in second.deliveries] == envelopes
+            assert second.deliveries == first.deliveries  # same positions: the same deliveries
+        third = Receiver()
+        async with registered(deployment, bob, third) as b:
+            await b.get_bundle("bob")  # (a round trip: anything queued would have come first)
+            await asyncio.sleep(0.5)
+        assert third.deliveries == []
+
+    run(main())
+
+
+def test_positions_already_handled_are_skipped(deploy):
+    deployment = deploy()
+    alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
+
+    async def main() -> None:
+        async with registered(deployment, bob):
+            pass
+        async with registered(deployment, alice) as a:
+            await send_all(a, "bob", sealed(alice, bob, 6))
+        first = Receiver(acknowledge=False)
+        backend = deployment.new_backend()
+        stores: list[bytes | None] = []
+
+        async def on_batch(batch: list[Delivery]) -> Any:
+            stores.append(backend.delivery_hub_id)  # (told while the batch is handled)
+            return await first(batch)
+
+        await backend.register(bob, on_batch=on_batch)
+        await first.wait_for(6)
+        await backend.close(timeout=5.0)
+        assert stores and stores[0] is not None
+        # a restarted agent saved that it handled the first three: only the rest comes
+        rest = Receiver()
+        async with registered(deployment, bob, rest, handled={stores[0]: first.deliveries[2][0]}):
+            await rest.wait_for(3)
+            await asyncio.sleep(0.3)
+        assert rest.deliveries == first.deliveries[3:]
+
+    run(main())
+
+
+def test_a_flushed_envelope_survives_a_crash(deploy):
+    deployment = deploy()
+    alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
+
+    async def main() -> None:
+        async with registered(deployment, bob):
+            pass
+        envelopes = sealed(alice, bob, 20)
+        async with registered(deployment, alice) as a:
+            await send_all(a, "bob", envelopes)
+        await asyncio.get_running_loop().run_in_executor(None, deployment.crash_and_restart)
+        got = Receiver()
+        async with registered(deployment, bob, got):
+            await got.wait_for(20)
+        assert [e for _, e in got.deliveries] == envelopes
+
+    run(main())
