@@ -1,6 +1,7 @@
 """agentmesh: end-to-end encrypted messaging for AI agents."""
 
-from agentmesh.agent import Agent, AsyncAgent, Message
+from agentmesh.agent import Agent
+from agentmesh.async_agent import AsyncAgent
 from agentmesh.errors import (
     AgentMeshError,
     AuthenticationError,
@@ -20,6 +21,7 @@ from agentmesh.errors import (
     VersionError,
 )
 from agentmesh.hubs import Hub, LocalHub, NetworkHub
+from agentmesh.message import Message
 
 __version__ = "0.1.0"
 
