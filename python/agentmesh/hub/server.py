@@ -245,7 +245,7 @@ class NetworkHubServer:
     async def _startup(self) -> None:
         loop = asyncio.get_running_loop()
         crypto = _load_crypto()
-        ssl_ctx = self._server_ssl_context()
+        ssl_ctx = _server_ssl_context(self.tls_cert, self.tls_key)
         backend = self._backend
         if backend is None:
             path = self.store_path
@@ -258,9 +258,8 @@ class NetworkHubServer:
             self.store_path = path
             backend = SQLiteBackend(path, synchronous=self.synchronous, ephemeral=self._ephemeral)
         state = await backend.open()
-        hub = HubCore(
-            loop, backend, state, self.limits, crypto, self._fatal, self._tls_cert_sha256()
-        )
+        cert_sha256 = _certificate_sha256(self.tls_cert)
+        hub = HubCore(loop, backend, state, self.limits, crypto, self._fatal, cert_sha256)
         try:
             server = await loop.create_server(
                 lambda: Connection(hub),
@@ -302,28 +301,6 @@ class NetworkHubServer:
         self._server = None
         self._hub = None
         log.info("hub stopped")
-
-    def _server_ssl_context(self) -> ssl.SSLContext | None:
-        if self.tls_cert is None or self.tls_key is None:
-            return None
-        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-        ctx.load_cert_chain(str(self.tls_cert), str(self.tls_key))
-        return ctx
-
-    def _tls_cert_sha256(self) -> bytes | None:
-        """SHA-256 of the first (leaf) certificate of ``tls_cert``, in DER: what a client's
-        ``getpeercert(binary_form=True)`` returns for this hub."""
-        if self.tls_cert is None:
-            return None
-        text = self.tls_cert.read_text("ascii", "replace")
-        start = text.find("-----BEGIN CERTIFICATE-----")
-        end_marker = "-----END CERTIFICATE-----"
-        end = text.find(end_marker, start)
-        if start < 0 or end < 0:
-            raise ssl.SSLError(f"no PEM certificate in {self.tls_cert}")
-        der = ssl.PEM_cert_to_DER_cert(text[start : end + len(end_marker)] + "\n")
-        return hashlib.sha256(der).digest()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop serving: commit and acknowledge what was accepted, close every connection and
@@ -383,3 +360,27 @@ def _load_crypto() -> ModuleType:
     from agentmesh import crypto
 
     return crypto
+
+
+def _server_ssl_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
+    if cert is None or key is None:
+        return None
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(cert), str(key))
+    return ctx
+
+
+def _certificate_sha256(cert: Path | None) -> bytes | None:
+    """SHA-256 of the first (leaf) certificate of ``cert``, in DER: what a client's
+    ``getpeercert(binary_form=True)`` returns for this hub."""
+    if cert is None:
+        return None
+    text = cert.read_text("ascii", "replace")
+    start = text.find("-----BEGIN CERTIFICATE-----")
+    end_marker = "-----END CERTIFICATE-----"
+    end = text.find(end_marker, start)
+    if start < 0 or end < 0:
+        raise ssl.SSLError(f"no PEM certificate in {cert}")
+    der = ssl.PEM_cert_to_DER_cert(text[start : end + len(end_marker)] + "\n")
+    return hashlib.sha256(der).digest()
