@@ -8,8 +8,8 @@ sends and receives envelopes, and answers lookups too).
 Sends stream: :meth:`HubClient.send` returns once the envelope is queued and written; the
 envelope stays in the client's memory until the hub acknowledges that it is durably stored,
 and is resent after a reconnect. :meth:`HubClient.flush` waits for those acknowledgements.
-Deliveries are handed to ``on_envelope`` one at a time, in inbox order, and acknowledged to the
-hub after it returns. See ``docs/hub.md`` for the protocol and the guarantees.
+Deliveries are handed to ``on_batch`` in batches, in inbox order, and acknowledged to the hub
+once it has handled them. See ``docs/hub.md`` for the protocol and the guarantees.
 """
 
 from __future__ import annotations
@@ -63,7 +63,6 @@ __all__ = ["HubClient", "HubRequestError", "PeerNotFoundError"]
 
 log = logging.getLogger("agentmesh.hub_client")
 
-OnEnvelope = Callable[[int, bytes], Awaitable[None]]
 #: Called with a batch of deliveries; returns once they are handled. It may return an
 #: ``asyncio.Future`` that completes once their effects are durable: the client acknowledges
 #: them then (not at all if it fails) and goes on delivering meanwhile.
@@ -332,7 +331,6 @@ class HubClient:
         self._supervisor: asyncio.Task[None] | None = None
         self._consumer: asyncio.Task[None] | None = None
         self._keypair: Any = None
-        self._on_envelope: OnEnvelope | None = None
         self._on_batch: OnBatch | None = None
         self._agent_id: str | None = None
         self._session = os.urandom(SESSION_ID_SIZE)
@@ -385,7 +383,7 @@ class HubClient:
     @property
     def delivery_hub_id(self) -> bytes | None:
         """The ``hub_id`` of the store the deliveries being handled came from: set while
-        ``on_envelope``/``on_batch`` runs (``None`` otherwise). Delivery ids count per hub
+        ``on_batch`` runs (``None`` otherwise). Delivery ids count per hub
         store, so an owner that persists what it handled keys the ids by it."""
         return self._delivery_hub_id
 
@@ -445,20 +443,18 @@ class HubClient:
     async def register(
         self,
         keypair: Any,
-        on_envelope: OnEnvelope | None = None,
+        on_batch: OnBatch,
         *,
-        on_batch: OnBatch | None = None,
         handled: Mapping[bytes, int] | None = None,
     ) -> None:
         """Register as ``keypair.agent_id``, proving possession of its identity key.
 
-        ``on_envelope(delivery_id, envelope_bytes)`` is awaited for each delivered envelope, in
-        inbox order, one at a time; the delivery is acknowledged to the hub (and deleted there)
-        after it returns, also if it raises (the exception is logged: rejection is final).
-        Alternatively ``on_batch(deliveries)`` gets every delivery already received (a list of
-        ``(delivery_id, envelope_bytes)`` in inbox order, at most 256) in one call and all of
-        them are acknowledged after it returns: fewer hand-offs for a consumer in another
-        thread. Give one of the two.
+        ``on_batch(deliveries)`` is awaited with every delivery already received (a list of
+        ``(delivery_id, envelope_bytes)`` in inbox order, at most 256, all from one hub store),
+        one batch at a time. They are acknowledged to the hub (and deleted there) after it
+        returns; if it returns an ``asyncio.Future``, once that completes (not at all if it
+        fails), and the next batch is handed over meanwhile. If it raises, the batch is not
+        acknowledged: the hub delivers it again on the next connection.
         ``handled`` maps a hub store's ``hub_id`` to the last delivery id an earlier client of
         this agent handled from it (a persistent owner saves :attr:`delivery_hub_id` and the
         delivery ids it handled): redeliveries at or below it, which a hub that crashed before
@@ -466,8 +462,8 @@ class HubClient:
         Raises :class:`HubRequestError` if the hub refuses (``code`` ``ID_TAKEN`` when the id
         belongs to another identity key) and :class:`HubError` if it cannot be reached.
         """
-        if (on_envelope is None) == (on_batch is None):
-            raise TypeError("give exactly one of on_envelope and on_batch")
+        if on_batch is None:
+            raise TypeError("register() needs an on_batch handler")
         self._bind_loop()
         self._check_usable()
         if self._mode == "agent":
@@ -475,7 +471,6 @@ class HubClient:
         if self._mode == "lookup":
             await self._drop_connection()
         self._keypair = keypair
-        self._on_envelope = on_envelope
         self._on_batch = on_batch
         self._handled = {bytes(h): int(d) for h, d in (handled or {}).items()}
         self._agent_id = str(keypair.agent_id)
@@ -828,29 +823,7 @@ class HubClient:
                 ev.clear()
                 await ev.wait()
                 continue
-            if self._on_batch is not None:
-                await self._consume_batch()
-                continue
-            proto, did, env = inbox.popleft()
-            hub_id = proto.hub_id
-            if did <= self._last_handled(hub_id):
-                proto.ack(did)  # a redelivery of something already handled
-                continue
-            handler = self._on_envelope
-            if handler is not None:
-                self._delivery_hub_id = hub_id
-                try:
-                    await handler(did, env)
-                except asyncio.CancelledError:
-                    raise
-                except Exception:
-                    log.exception("on_envelope failed for delivery %d (acknowledged anyway)", did)
-                finally:
-                    self._delivery_hub_id = None
-            self.received += 1
-            self._seen_hub = hub_id
-            self._seen_id = did
-            proto.ack(did)  # on the connection it came from (a no-op if that one is gone)
+            await self._consume_batch()
 
     def _clamp_positions(self, hub_id: bytes, next_seq: Any) -> None:
         """Every delivery id this store handed out is below its ``next_seq``. A remembered
@@ -874,6 +847,9 @@ class HubClient:
         return self._handled.get(hub_id, 0)
 
     async def _consume_batch(self) -> None:
+        """Hands the next batch to ``on_batch``: up to 256 deliveries of one hub store, less
+        the redeliveries of what was handled already (acknowledged at once, skipped by
+        position); acknowledges each on the connection it came from."""
         inbox = self._inbox
         batch: list[tuple[int, bytes]] = []
         protos: list[_Proto] = []

@@ -68,7 +68,8 @@ def seal_bytes(sess: Any, payload: dict[str, Any]) -> bytes:
 
 
 class Collector:
-    """An ``on_envelope`` that unseals and records payloads, with an event per count."""
+    """An ``on_batch`` handler (``HubClient.register(keypair, Collector())``) that unseals and
+    records payloads, in delivery order, and wakes whoever waits for a count."""
 
     def __init__(self, sess: Any | None = None) -> None:
         self.sess = sess
@@ -78,14 +79,15 @@ class Collector:
         self.errors: list[BaseException] = []
         self._waiters: list[tuple[int, asyncio.Future[None]]] = []
 
-    async def __call__(self, delivery_id: int, envelope: bytes) -> None:
-        self.ids.append(delivery_id)
-        self.raw.append(envelope)
-        if self.sess is not None:
-            try:
-                self.payloads.append(self.sess.unseal(envelope))
-            except Exception as exc:
-                self.errors.append(exc)
+    async def __call__(self, batch: list[tuple[int, bytes]]) -> None:
+        for delivery_id, envelope in batch:
+            self.ids.append(delivery_id)
+            self.raw.append(envelope)
+            if self.sess is not None:
+                try:
+                    self.payloads.append(self.sess.unseal(envelope))
+                except Exception as exc:
+                    self.errors.append(exc)
         n = len(self.raw)
         for target, fut in self._waiters:
             if n >= target and not fut.done():
@@ -266,12 +268,12 @@ async def _peer_main(ns: argparse.Namespace) -> dict[str, Any]:
         col = Collector(sess)
         first: list[float] = []
 
-        async def on_env(did: int, env: bytes) -> None:
+        async def on_batch(batch: list[tuple[int, bytes]]) -> None:
             if not first:
                 first.append(time.perf_counter())
-            await col(did, env)
+            await col(batch)
 
-        await client.register(me, on_env)
+        await client.register(me, on_batch)
         print("READY", flush=True)
         await col.wait_for(count, ns.timeout)
         elapsed = time.perf_counter() - first[0] if first else 0.0
@@ -299,12 +301,13 @@ async def _peer_main(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.role == "echo":  # answer every envelope with one back (for round trips)
         back = {"n": 0}
 
-        async def on_env(_did: int, env: bytes) -> None:
-            payload = sess.unseal(env)
-            await client.send(peer.agent_id, seal_bytes(sess, payload))
-            back["n"] += 1
+        async def on_batch(batch: list[tuple[int, bytes]]) -> None:
+            for _did, env in batch:
+                payload = sess.unseal(env)
+                await client.send(peer.agent_id, seal_bytes(sess, payload))
+                back["n"] += 1
 
-        await client.register(me, on_env)
+        await client.register(me, on_batch)
         print("READY", flush=True)
         deadline = time.monotonic() + ns.timeout
         while back["n"] < count and time.monotonic() < deadline:
@@ -314,9 +317,10 @@ async def _peer_main(ns: argparse.Namespace) -> dict[str, Any]:
     if ns.role == "ping":  # round trips through an echo peer
         replies: asyncio.Queue[float] = asyncio.Queue()
 
-        async def on_reply(_did: int, env: bytes) -> None:
-            sess.unseal(env)
-            replies.put_nowait(time.perf_counter())
+        async def on_reply(batch: list[tuple[int, bytes]]) -> None:
+            for _did, env in batch:
+                sess.unseal(env)
+                replies.put_nowait(time.perf_counter())
 
         await client.register(me, on_reply)
         pad = "x" * max(0, ns.size - 10)

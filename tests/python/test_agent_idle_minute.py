@@ -31,7 +31,8 @@ IDLE_SECONDS = 2 * IDLE_TIMEOUT
 def test_scaled_limits_clear_the_timer_floors():
     # (a change of the defaults could make the scaled run hit them)
     # hub_client: gives up after max(3 * ping_interval, 1.0) s; watchdog every
-    # max(0.05, ping_interval / 2) s. hub_server: tick max(0.05, min(1.0, ping_interval / 4, ...)).
+    # max(0.05, ping_interval / 2) s. agentmesh/hub/core.py: housekeeping tick
+    # max(0.05, min(1.0, ping_interval / 4, ...)).
     assert 3 * PING_INTERVAL > 1.0
     assert PING_INTERVAL / 4 > 0.05
 

@@ -183,9 +183,10 @@ def test_slow_recipient_and_connecting_mid_stream_keep_order(make_server: Server
         s = session(alice_kp, bob_kp)
         got = Collector(session(bob_kp, alice_kp))
 
-        async def slow(did: int, env: bytes) -> None:
-            await got(did, env)
-            if len(got.raw) % 50 == 0:
+        async def slow(batch: list[tuple[int, bytes]]) -> None:
+            before = len(got.raw)
+            await got(batch)
+            if len(got.raw) // 50 > before // 50:  # every 50 envelopes, a pause
                 await asyncio.sleep(0.02)
 
         async def stream() -> None:
@@ -244,6 +245,80 @@ def test_batch_consumer(server: NetworkHubServer) -> None:
         flat = [r.unseal(env)["i"] for batch in batches for _did, env in batch]
         assert flat == list(range(300))
         assert all(len(batch) <= 256 for batch in batches)
+        for c in (a, b):
+            await c.close()
+
+    run(go())
+
+
+def test_batch_acknowledgements_follow_the_handler(server: NetworkHubServer) -> None:
+    """``on_batch`` is the one delivery path: a batch is acknowledged after the handler returns,
+    or, when it returns a future, once that future completes; never when the handler raises or
+    the future fails (a later client of the agent gets the same deliveries again)."""
+    alice_kp, bob_kp = new_keypair("alice"), new_keypair("bob")
+
+    async def wait_until(cond: Any) -> None:
+        deadline = time.monotonic() + 30
+        while not cond() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+        assert cond()
+
+    async def go() -> None:
+        loop = asyncio.get_running_loop()
+        b = client(server)
+        await b.register(bob_kp, Collector())
+        await b.close()
+        a = client(server)
+        await a.register(alice_kp, Collector())
+        s = session(alice_kp, bob_kp)
+        await a.send("bob", seal_bytes(s, {"i": 0}))
+        await a.flush(30)
+
+        refused: list[int] = []
+
+        async def refuse(batch: list[tuple[int, bytes]]) -> None:
+            refused.extend(did for did, _env in batch)
+            raise RuntimeError("cannot store these")
+
+        b = client(server)
+        await b.register(bob_kp, refuse)
+        await wait_until(lambda: refused)
+        await b.close()
+
+        later: list[int] = []
+        futures: list[asyncio.Future[None]] = []
+
+        async def durable_later(batch: list[tuple[int, bytes]]) -> asyncio.Future[None]:
+            later.extend(did for did, _env in batch)
+            futures.append(loop.create_future())
+            return futures[-1]
+
+        b = client(server)
+        await b.register(bob_kp, durable_later)
+        await wait_until(lambda: later)
+        assert later == refused  # not acknowledged: delivered again, same delivery id
+        futures[0].set_exception(RuntimeError("the write failed"))
+        await asyncio.sleep(0.2)
+        await b.close()
+
+        later.clear()
+        futures.clear()
+        b = client(server)
+        await b.register(bob_kp, durable_later)
+        await wait_until(lambda: later)
+        assert later == refused  # a failed future acknowledges nothing either
+        futures[0].set_result(None)
+        await a.send("bob", seal_bytes(s, {"i": 1}))
+        await wait_until(lambda: len(later) == 2)
+        futures[1].set_result(None)
+        await asyncio.sleep(0.2)
+        await b.close()
+
+        got = Collector()
+        b = client(server)
+        await b.register(bob_kp, got)
+        await asyncio.sleep(0.3)
+        assert got.ids == []  # both were acknowledged once their futures completed
         for c in (a, b):
             await c.close()
 
@@ -1211,11 +1286,13 @@ def test_lookup_flood_does_not_starve_agents(make_server: ServerFactory) -> None
         replies: asyncio.Queue[None] = asyncio.Queue()
         a, b = client(srv), client(srv)
 
-        async def echo(_did: int, _env: bytes) -> None:
-            await b.send("alice", seal_bytes(to_alice, {"pong": 1}))
+        async def echo(batch: list[tuple[int, bytes]]) -> None:
+            for _ in batch:
+                await b.send("alice", seal_bytes(to_alice, {"pong": 1}))
 
-        async def on_reply(_did: int, _env: bytes) -> None:
-            replies.put_nowait(None)
+        async def on_reply(batch: list[tuple[int, bytes]]) -> None:
+            for _ in batch:
+                replies.put_nowait(None)
 
         await a.register(alice_kp, on_reply)
         await b.register(bob_kp, echo)

@@ -1,0 +1,380 @@
+"""One client connection on the hub's side: the frame state machine and the output.
+
+:class:`Connection` is the ``asyncio.Protocol``. It decodes frames, walks the handshake
+(HELLO -> WELCOME -> REGISTER or LOOKUP -> READY), answers PINGs, and hands everything else to
+its collaborators: the hub's :class:`~agentmesh.hub.registration.Registrar` (REGISTER), its
+:class:`~agentmesh.hub.delivery.SendIntake` (SEND), :class:`~agentmesh.hub.delivery.DeliveryPump`
+(DELIVER out, DELIVERY_ACK in) and :class:`~agentmesh.hub.requests.RequestHandler` (REQUEST).
+Frames that must wait (a registration in progress, unread output) are held in a backlog, and
+reading pauses while any reason to pause holds.
+
+Output is batched: :meth:`Connection.write` only collects frames; the hub's
+:class:`OutputQueue` writes each connection's frames in one ``transport.write`` at the end of
+the batch of work that produced them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import os
+import socket
+from collections import deque
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any, cast
+
+from agentmesh.hub.delivery import DeliveryPump, SendIntake
+from agentmesh.hub.requests import RequestHandler
+from agentmesh.hub.states import AGENT, AWAIT_AUTH, AWAIT_HELLO, CLOSED, CLOSING, LOOKUP
+from agentmesh.hub_protocol import (
+    CHALLENGE_SIZE,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    FrameDecoder,
+    FrameType,
+    ProtocolError,
+    Welcome,
+    decode_hello,
+    encode_error,
+    encode_frame,
+    encode_welcome,
+)
+
+if TYPE_CHECKING:
+    from agentmesh.hub.core import AgentState, HubCore
+
+__all__ = ["Connection", "OutputQueue"]
+
+log = logging.getLogger("agentmesh.hub")
+
+
+class OutputQueue:
+    """The connections with frames waiting in their ``out``: written out together, one write
+    per connection per batch of work (at the latest in the next loop iteration)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.unflushed: list[Connection] = []
+
+    def add(self, conn: Connection) -> None:
+        self.unflushed.append(conn)
+        if len(self.unflushed) == 1:
+            self.loop.call_soon(self.flush)
+
+    def flush(self) -> None:
+        conns, self.unflushed = self.unflushed, []
+        for c in conns:
+            c.flush_out()
+
+
+class Connection(asyncio.Protocol):
+    """One client connection (server side)."""
+
+    def __init__(self, hub: HubCore) -> None:
+        self.hub = hub
+        self.loop = hub.loop
+        self.limits = hub.limits
+        self.output = hub.output
+        self.transport: asyncio.Transport | None = None
+        self.state = AWAIT_HELLO
+        self.decoder = FrameDecoder(hub.limits.max_frame_size)
+        self.out: list[bytes] = []
+        self.out_scheduled = False
+        now = self.loop.time()
+        self.opened = now
+        self.last_rx = now
+        self.last_ping = now
+        self.peer = "?"
+        self.challenge: bytes | None = None
+        self.agent_id: str | None = None
+        self.agent: AgentState | None = None
+        self.session = b""
+        self.blocked = False
+        self.backlog: deque[tuple[int, bytes]] = deque()
+        self.paused_by: set[str] = set()
+        self.write_paused = False
+        self.out_bytes = 0  # in `out`, not yet handed to the transport
+        self.high_water = hub.limits.max_lookup_write_buffer
+        self.addr = "?"
+        self.unauth: str | None = None  # "handshake" or "lookup" while counted as such
+        self.intake = SendIntake(self)
+        self.pump = DeliveryPump(self)
+        self.requests = RequestHandler(self)
+
+    def __repr__(self) -> str:
+        who = self.agent_id if self.agent_id is not None else "-"
+        return f"<conn {self.peer} agent={who}>"
+
+    # ---- asyncio callbacks -----------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # (uvloop's transports implement asyncio.Transport without subclassing it)
+        self.transport = transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple) and len(peer) >= 2:
+            self.peer = f"{peer[0]}:{peer[1]}"
+            self.addr = str(peer[0])
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError, AttributeError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        table = self.hub.connections
+        if table.closing:
+            self.fail(ErrorCode.SHUTTING_DOWN, "hub is shutting down", level=logging.DEBUG)
+            return
+        refusal = table.refusal(self.addr)
+        if refusal is not None:
+            log.debug("refusing %s: %s", self.peer, refusal)
+            self.fail(ErrorCode.TOO_MANY_CONNECTIONS, refusal, level=logging.DEBUG)
+            return
+        table.add(self)
+        transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 4)
+        log.debug("connection from %s", self.peer)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.state = CLOSED
+        self.hub.connections.discard(self)
+        ast = self.agent
+        if ast is not None and ast.conn is self:
+            ast.conn = None
+        self.pump.clear()
+        self.backlog.clear()
+        self.out.clear()
+        if self.agent_id is not None:
+            log.info("agent %r disconnected (%s)", self.agent_id, self.peer)
+        else:
+            log.debug("connection %s closed", self.peer)
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        self.pause("write")
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.resume("write")
+        if self.state == AGENT:
+            self.pump.refill()
+        self._drain_backlog()
+
+    def eof_received(self) -> bool:
+        # A half-closed client gets nothing more: close our side too.
+        return False
+
+    def data_received(self, data: bytes) -> None:
+        if self.state >= CLOSING:
+            return
+        try:
+            frames = self.decoder.feed(data)
+        except ProtocolError as exc:
+            self.fail(exc.code, exc.message)
+            return
+        if not frames:
+            return
+        self.last_rx = self.loop.time()
+        if self.blocked or self.backlog or self.write_paused:
+            self.backlog.extend(frames)
+            return
+        self._process(frames)
+        # What these frames produced (deliveries to their recipients, acknowledgements) leaves
+        # now rather than one loop iteration later: a round trip crosses the hub twice.
+        self.output.flush()
+
+    # ---- frame processing ------------------------------------------------------------------
+
+    def _process(self, frames: list[tuple[int, bytes]] | deque[tuple[int, bytes]]) -> None:
+        n = len(frames)
+        for i in range(n):
+            if self.state >= CLOSING:
+                return
+            if self.write_paused or self.out_bytes >= self.high_water:
+                # Answers pile up unread: take no more requests until they drain.
+                self.backlog.extend(itertools.islice(frames, i, n))
+                self.pause("output")
+                if not self.write_paused:
+                    self.loop.call_soon(self._drain_backlog)  # after this batch's flush
+                return
+            ftype, body = frames[i]
+            try:
+                if ftype == FrameType.SEND:
+                    self.intake.on_send(body)
+                elif ftype == FrameType.DELIVERY_ACK:
+                    self.pump.on_acks(body)
+                else:
+                    coro = self._on_other(ftype, body)
+                    if coro is not None:
+                        self.blocked = True
+                        self.pause("block")
+                        for j in range(i + 1, n):
+                            self.backlog.append(frames[j])
+                        self.loop.create_task(self._run_blocking(coro))
+                        return
+            except ProtocolError as exc:
+                self.fail(exc.code, exc.message)
+                return
+            except Exception as exc:  # a bug must not take the hub down
+                log.exception("internal error on %r", self)
+                self.fail(ErrorCode.INTERNAL, f"internal hub error: {type(exc).__name__}")
+                return
+
+    async def _run_blocking(self, coro: Coroutine[Any, Any, None]) -> None:
+        try:
+            await coro
+        except ProtocolError as exc:
+            self.fail(exc.code, exc.message)
+        except Exception as exc:
+            log.exception("internal error on %r", self)
+            self.fail(ErrorCode.INTERNAL, f"internal hub error: {type(exc).__name__}")
+        self.blocked = False
+        if self.state >= CLOSING:
+            return
+        self.resume("block")
+        self._drain_backlog()
+
+    def _drain_backlog(self) -> None:
+        """Processes frames held back (while a request blocked or writes were paused)."""
+        if self.state >= CLOSING or self.blocked or self.write_paused:
+            return
+        if self.backlog:
+            frames = list(self.backlog)
+            self.backlog.clear()
+            self._process(frames)
+        if not self.backlog:
+            self.resume("output")
+        self.output.flush()
+
+    def _on_other(self, ftype: int, body: bytes) -> Coroutine[Any, Any, None] | None:
+        """Every frame but SEND and DELIVERY_ACK; returns a coroutine when later frames must
+        wait for it (a registration)."""
+        state = self.state
+        if state == AWAIT_HELLO and ftype != FrameType.HELLO:
+            raise ProtocolError(ErrorCode.PROTOCOL, "expected HELLO")
+        if ftype == FrameType.PING:
+            if len(body) > 64:
+                raise ProtocolError(ErrorCode.PROTOCOL, "PING body longer than 64 bytes")
+            self.write(encode_frame(FrameType.PONG, body))
+            return None
+        if ftype == FrameType.PONG:
+            return None
+        if state == AWAIT_HELLO:
+            self._welcome(body)
+            return None
+        if ftype == FrameType.REGISTER:
+            if state not in (AWAIT_AUTH, LOOKUP):
+                raise ProtocolError(ErrorCode.PROTOCOL, "REGISTER not allowed now")
+            return self.hub.registrar.register(self, body)
+        if ftype == FrameType.LOOKUP:
+            if state != AWAIT_AUTH:
+                raise ProtocolError(ErrorCode.PROTOCOL, "LOOKUP not allowed now")
+            if self.hub.connections.lookup_full():
+                raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many lookup connections")
+            self.state = LOOKUP
+            self.hub.connections.count_as(self, "lookup")
+            self.ready({"mode": "lookup"})
+            log.debug("lookup connection from %s", self.peer)
+            return None
+        if ftype == FrameType.REQUEST:
+            if state not in (LOOKUP, AGENT):
+                raise ProtocolError(ErrorCode.PROTOCOL, "REQUEST before REGISTER/LOOKUP")
+            self.requests.on_request(body)
+            return None
+        if ftype == FrameType.ERROR:
+            self.close()
+            return None
+        if ftype == FrameType.HELLO:
+            raise ProtocolError(ErrorCode.PROTOCOL, "duplicate HELLO")
+        raise ProtocolError(
+            ErrorCode.PROTOCOL, f"frame type 0x{ftype:02x} is not accepted by the hub"
+        )
+
+    def _welcome(self, hello: bytes) -> None:
+        """HELLO -> WELCOME with a fresh single-use challenge."""
+        version = decode_hello(hello)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"hub speaks protocol version {PROTOCOL_VERSION}, client sent {version}",
+            )
+        self.challenge = os.urandom(CHALLENGE_SIZE)
+        lim = self.limits
+        self.write(
+            encode_welcome(
+                Welcome(
+                    PROTOCOL_VERSION,
+                    self.challenge,
+                    self.hub.hub_id,
+                    lim.max_frame_size,
+                    lim.ping_interval,
+                    lim.delivery_window,
+                )
+            )
+        )
+        self.state = AWAIT_AUTH
+
+    def ready(self, info: dict[str, Any]) -> None:
+        self.write(encode_frame(FrameType.READY, json.dumps(info).encode()))
+
+    # ---- output and closing ------------------------------------------------------------------
+
+    def write(self, data: bytes) -> None:
+        if self.state >= CLOSED:
+            return
+        self.out.append(data)
+        self.out_bytes += len(data)
+        if not self.out_scheduled:
+            self.out_scheduled = True
+            self.output.add(self)
+
+    def flush_out(self) -> None:
+        self.out_scheduled = False
+        self.out_bytes = 0
+        out = self.out
+        if not out:
+            return
+        t = self.transport
+        if t is None or self.state >= CLOSED or t.is_closing():
+            out.clear()
+            return
+        data = out[0] if len(out) == 1 else b"".join(out)
+        out.clear()
+        t.write(data)
+
+    def pause(self, reason: str) -> None:
+        if not self.paused_by and self.transport is not None and self.state < CLOSING:
+            with contextlib.suppress(Exception):
+                self.transport.pause_reading()
+        self.paused_by.add(reason)
+
+    def resume(self, reason: str) -> None:
+        if reason not in self.paused_by:
+            return
+        self.paused_by.discard(reason)
+        if not self.paused_by and self.transport is not None and self.state < CLOSING:
+            with contextlib.suppress(Exception):
+                self.transport.resume_reading()
+
+    def fail(self, code: int, message: str, level: int = logging.INFO) -> None:
+        """Send an ERROR frame and close."""
+        if self.state >= CLOSING:
+            return
+        log.log(level, "closing %r: %s", self, message)
+        self.write(encode_error(code, message))
+        self.flush_out()
+        self.close()
+
+    def close(self) -> None:
+        if self.state >= CLOSING:
+            return
+        self.state = CLOSING
+        t = self.transport
+        if t is None:
+            return
+        t.close()
+        # A peer that never reads would keep the transport (and its buffer) forever.
+        self.loop.call_later(2.0, self.abort)
+
+    def abort(self) -> None:
+        if self.state != CLOSED and self.transport is not None:
+            self.transport.abort()

@@ -1,0 +1,309 @@
+"""Envelopes through the hub: accepting sends, and pumping deliveries out.
+
+:class:`SendIntake` (one per connection) takes a registered agent's SEND: sequence order and
+resends, the recipient's existence, the envelope header, the recipient's quotas; then it hands
+the envelope to the store and, if the recipient is online, to the recipient's pump at once
+(delivery before commit, ``docs/hub.md#durability``). :func:`commit_done` is the store's
+commit callback: the cumulative SEND_ACK to each sender, and a wake-up for recipients that
+read from the store.
+
+:class:`DeliveryPump` (one per connection) sends DELIVER frames within the delivery window:
+live from memory while it keeps up, from the store when it is behind (``db_mode``), and takes
+the DELIVERY_ACKs that delete them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import deque
+from typing import TYPE_CHECKING, Any
+
+from agentmesh.hub.states import AGENT, LOOKUP
+from agentmesh.hub_protocol import (
+    ErrorCode,
+    ProtocolError,
+    decode_send,
+    encode_deliver,
+    encode_send_ack,
+    encode_send_error,
+    iter_acks,
+)
+
+if TYPE_CHECKING:
+    from agentmesh.hub.connection import Connection
+    from agentmesh.hub.core import AgentState, HubCore
+
+__all__ = ["DeliveryPump", "SendIntake", "commit_done"]
+
+log = logging.getLogger("agentmesh.hub")
+
+
+class SendIntake:
+    """The sending side of one connection: which of its sends are seen, stored, acknowledged."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.hub = conn.hub
+        self.limits = conn.limits
+        self.uncommitted: deque[int] = deque()  # client seqs accepted, not yet committed
+        self.uncommitted_bytes = 0
+        self.last_seen_seq = 0
+        self.last_ack_sent = 0
+        self.dedup_floor = 0  # committed in an earlier connection of this client session
+
+    def start(self, acked: int) -> None:
+        """The connection registered; ``acked`` is what the hub committed of its session."""
+        self.dedup_floor = acked
+        self.last_seen_seq = acked
+        self.last_ack_sent = acked
+
+    def on_send(self, body: bytes) -> None:
+        cseq, recipient, envelope = decode_send(body)
+        conn = self.conn
+        if conn.state != AGENT:
+            if conn.state == LOOKUP:
+                conn.write(
+                    encode_send_error(
+                        cseq,
+                        ErrorCode.NOT_AUTHENTICATED,
+                        "only registered agents may send envelopes",
+                    )
+                )
+                return
+            raise ProtocolError(ErrorCode.PROTOCOL, "SEND before REGISTER")
+        if cseq <= self.last_seen_seq:
+            if cseq <= self.dedup_floor:
+                # Already committed in an earlier connection of this client session.
+                if not self.uncommitted:
+                    conn.write(encode_send_ack(self.last_seen_seq))
+                return
+            raise ProtocolError(ErrorCode.PROTOCOL, "send sequence numbers must increase")
+        self.last_seen_seq = cseq
+        hub = self.hub
+        ast = hub.agents.get(recipient)
+        if ast is None:
+            self._reject(cseq, ErrorCode.PEER_NOT_FOUND, f"Peer {recipient!r} not found on hub")
+            return
+        crypto = hub.crypto
+        if crypto is not None:
+            try:
+                env = crypto.Envelope.from_bytes(envelope)
+                sender, stated = env.sender, env.recipient
+            except Exception as exc:
+                self._reject(cseq, ErrorCode.BAD_ENVELOPE, f"malformed envelope: {exc}")
+                return
+            if sender != conn.agent_id:
+                self._reject(
+                    cseq,
+                    ErrorCode.ENVELOPE_MISMATCH,
+                    f"envelope sender {sender!r} is not the registered agent {conn.agent_id!r}",
+                )
+                return
+            if stated != recipient:
+                self._reject(
+                    cseq,
+                    ErrorCode.ENVELOPE_MISMATCH,
+                    f"envelope is addressed to {stated!r}, not {recipient!r}",
+                )
+                return
+        size = len(envelope)
+        lim = self.limits
+        if (
+            ast.count >= lim.max_queued_per_agent
+            or ast.bytes + size > lim.max_queued_bytes_per_agent
+        ):
+            self._reject(
+                cseq,
+                ErrorCode.INBOX_FULL,
+                f"inbox full: {recipient!r} has {ast.count} envelopes queued",
+            )
+            return
+        store = hub.store
+        hseq, early = store.next_seq()
+        ast.count += 1
+        ast.bytes += size
+        ast.uncommitted += 1
+        ast.puts += 1
+        store.put(recipient, hseq, envelope, (self, cseq, size, ast))
+        store.note_progress(conn.agent_id, conn.session, cseq)  # type: ignore[arg-type]
+        self.uncommitted.append(cseq)
+        self.uncommitted_bytes += size
+        if self.uncommitted_bytes > lim.max_uncommitted_bytes:
+            conn.pause("commit")
+        rc = ast.conn
+        if rc is not None:
+            pump = rc.pump
+            if not pump.db_mode:
+                if early:
+                    pump.offer(hseq, envelope)
+                else:
+                    pump.enter_db_mode()
+
+    def _reject(self, cseq: int, code: ErrorCode, message: str) -> None:
+        conn = self.conn
+        log.debug("send %d from %r refused: %s", cseq, conn.agent_id, message)
+        conn.write(encode_send_error(cseq, code, message))
+        if not self.uncommitted and cseq > self.last_ack_sent:
+            self.last_ack_sent = cseq
+            conn.write(encode_send_ack(cseq))
+
+
+def commit_done(hub: HubCore, tokens: list[Any]) -> None:
+    """The store committed the ``put`` s with these tokens: acknowledge their senders
+    (cumulatively, per connection), let senders over their uncommitted bytes read again, and
+    wake the recipients that read from the store."""
+    touched: dict[SendIntake, int] = {}
+    recipients: set[AgentState] = set()
+    for intake, cseq, size, ast in tokens:
+        intake.uncommitted.popleft()
+        intake.uncommitted_bytes -= size
+        touched[intake] = cseq
+        ast.uncommitted -= 1
+        recipients.add(ast)
+    max_uncommitted = hub.limits.max_uncommitted_bytes
+    for intake, cseq in touched.items():
+        conn = intake.conn
+        if conn.agent_id is not None:
+            hub.progress[conn.agent_id] = (conn.session, cseq)
+        if conn.state != AGENT:
+            continue
+        ack = intake.uncommitted[0] - 1 if intake.uncommitted else intake.last_seen_seq
+        if ack > intake.last_ack_sent:
+            intake.last_ack_sent = ack
+            conn.write(encode_send_ack(ack))
+        if intake.uncommitted_bytes <= max_uncommitted:
+            conn.resume("commit")
+    for ast in recipients:
+        rc = ast.conn
+        if rc is not None and rc.pump.db_mode:
+            rc.pump.schedule_fetch()
+
+
+class DeliveryPump:
+    """The delivering side of one (agent) connection: DELIVER frames within the window, from
+    memory or from the store, and the acknowledgements that delete them."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.limits = conn.limits
+        self.store = conn.hub.store
+        self.inflight: dict[int, int] = {}  # delivery id -> size, sent and not acknowledged
+        self.mem: deque[tuple[int, bytes]] = deque()  # live envelopes beyond the window
+        self.cursor = 0  # the last delivery id sent
+        self.db_mode = False  # reading from the store (behind, or catching up after REGISTER)
+        self.fetching = False
+        self.refetch = False
+
+    def start(self) -> None:
+        """The connection registered: deliver everything queued, from the store, then switch
+        to live delivery."""
+        self.cursor = 0
+        self.db_mode = True
+        self.schedule_fetch()
+
+    def clear(self) -> None:
+        self.inflight.clear()
+        self.mem.clear()
+
+    def offer(self, hseq: int, envelope: bytes) -> None:
+        """A new envelope for this (online, live-mode) recipient."""
+        if (
+            not self.mem
+            and not self.conn.write_paused
+            and len(self.inflight) < self.limits.delivery_window
+        ):
+            self.inflight[hseq] = len(envelope)
+            self.cursor = hseq
+            self.conn.write(encode_deliver(hseq, envelope))
+            return
+        self.mem.append((hseq, envelope))
+        if len(self.mem) > self.limits.delivery_buffer:
+            self.enter_db_mode()
+
+    def enter_db_mode(self) -> None:
+        # The envelopes in memory are (or will be) in the store: read them back from there.
+        self.mem.clear()
+        self.db_mode = True
+
+    def refill(self) -> None:
+        window = self.limits.delivery_window
+        inflight = self.inflight
+        mem = self.mem
+        conn = self.conn
+        while mem and len(inflight) < window and not conn.write_paused:
+            hseq, env = mem.popleft()
+            inflight[hseq] = len(env)
+            self.cursor = hseq
+            conn.write(encode_deliver(hseq, env))
+        if self.db_mode and len(inflight) < window and not conn.write_paused:
+            self.schedule_fetch()
+
+    def schedule_fetch(self) -> None:
+        if self.conn.state != AGENT:
+            return
+        if self.fetching:
+            self.refetch = True
+            return
+        self.fetching = True
+        self.conn.loop.create_task(self._fetch())
+
+    async def _fetch(self) -> None:
+        conn = self.conn
+        try:
+            while True:
+                self.refetch = False
+                await self._fetch_once()
+                if not self.refetch or conn.state != AGENT:
+                    break
+        except Exception:
+            log.exception("reading the inbox of %r failed", conn.agent_id)
+            conn.fail(ErrorCode.INTERNAL, "hub store read failed")
+        finally:
+            self.fetching = False
+
+    async def _fetch_once(self) -> None:
+        conn = self.conn
+        ast = conn.agent
+        agent_id = conn.agent_id
+        assert ast is not None and agent_id is not None
+        window = self.limits.delivery_window
+        store = self.store
+        while self.db_mode and conn.state == AGENT and not conn.write_paused:
+            room = window - len(self.inflight)
+            if room <= 0:
+                return
+            want = min(room, 512)
+            puts_before = ast.puts
+            rows = await store.fetch(agent_id, self.cursor, want)
+            if conn.state != AGENT or ast.conn is not conn:
+                return
+            for hseq, env in rows:
+                if hseq > self.cursor:
+                    self.inflight[hseq] = len(env)
+                    self.cursor = hseq
+                    conn.write(encode_deliver(hseq, env))
+            if len(rows) < want:
+                # Caught up with the store. Live delivery may resume if nothing accepted for
+                # this recipient is still waiting for its commit (else the commit re-pumps).
+                if ast.uncommitted == 0 and ast.puts == puts_before:
+                    self.db_mode = False
+                return
+
+    def on_acks(self, body: bytes) -> None:
+        ids = iter_acks(body)
+        conn = self.conn
+        if conn.state != AGENT:
+            raise ProtocolError(ErrorCode.PROTOCOL, "DELIVERY_ACK before REGISTER")
+        ast = conn.agent
+        agent_id = conn.agent_id
+        assert ast is not None and agent_id is not None
+        inflight = self.inflight
+        store = self.store
+        for i in ids:
+            size = inflight.pop(i, None)
+            if size is None:
+                continue  # unknown or already acknowledged: ignore
+            ast.count -= 1
+            ast.bytes -= size
+            store.ack(agent_id, i)
+        self.refill()
