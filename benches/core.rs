@@ -28,7 +28,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use agentmesh_core::labels;
+use agentmesh_core::internals::labels;
 use agentmesh_core::{Envelope, IdentityKeyPair, Mode, Session, SIGNATURE_LEN};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::{Signer, SigningKey};
