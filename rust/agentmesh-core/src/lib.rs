@@ -39,8 +39,8 @@ pub use handshake::Mode;
 pub use keyfile::{ARGON2_LANES, ARGON2_MEMORY_KIB, ARGON2_PASSES};
 pub use keys::{
     agent_id_problem, check_agent_id, fingerprint, AgentIdProblem, IdentityKeyPair, PublicBundle,
-    Registration, HUB_ID_LEN, MAX_AGENT_ID_LEN, MAX_ONE_TIME_PREKEYS, MAX_SETUPS_PER_SIGNED_PREKEY,
-    REGISTRATION_NONCE_LEN,
+    Registration, BUNDLE_JSON_VERSION, HUB_ID_LEN, MAX_AGENT_ID_LEN, MAX_ONE_TIME_PREKEYS,
+    MAX_SETUPS_PER_SIGNED_PREKEY, REGISTRATION_NONCE_LEN,
 };
 pub use ratchet::{MAX_MESSAGE_GAP, MAX_RETIRED_RATCHET_KEYS, MAX_SKIPPED_KEYS};
 pub use session::{Opened, Session, MAX_ARCHIVED_SESSIONS, MAX_REMEMBERED_SESSIONS, SIGNATURE_LEN};
