@@ -73,9 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     from .peers import agentmesh_peer
 
     if not agentmesh_peer.has_floor():
-        res["notes"].append(
-            "agentmesh._native has no _bench_floor: rebuild with `pip install -e .`"
-        )
+        res["notes"].append(agentmesh_peer.FLOOR_BUILD_HINT)
+        print(f"note: {agentmesh_peer.FLOOR_BUILD_HINT}", file=sys.stderr)
 
     t0 = time.time()
     progress = harness.Progress(steps, enabled=not ns.no_progress)

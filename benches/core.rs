@@ -2,8 +2,11 @@
 //!
 //! Run: `cargo bench -p agentmesh-core --bench core` (add `-- --quick` for a fast pass, or a
 //! filter such as `-- seal/`). After criterion has run, a table prints every protocol operation
-//! as a ratio to its floor: the cost of the primitives it cannot avoid, called directly on the
-//! crates the core is built on (ring AES-256-GCM, ed25519-dalek, hkdf/sha2, x25519-dalek):
+//! as a ratio to its floor: the cost of the primitives it cannot avoid. The protocol's own steps
+//! (chain step, set-up and root-step KDFs, nonce, the message signing input, the header) are the
+//! core's functions (`agentmesh_core::internals`, the `internals` feature these benches enable);
+//! the primitives under them are called directly on the crates the core is built on (ring
+//! AES-256-GCM, ed25519-dalek, x25519-dalek):
 //!
 //! | protocol operation        | floor                                                          |
 //! |---------------------------|----------------------------------------------------------------|
@@ -28,11 +31,13 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use agentmesh_core::labels;
+use agentmesh_core::internals::{
+    associated_data, chain_step, message_nonce, message_signing_input, root_step, session_setup,
+    ChainKey, MessageKey, RootKey,
+};
 use agentmesh_core::{Envelope, IdentityKeyPair, Mode, Session, SIGNATURE_LEN};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
 use ed25519_dalek::{Signer, SigningKey};
-use hkdf::Hkdf;
 use rand_core::OsRng;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sha2::{Digest, Sha256};
@@ -94,10 +99,10 @@ fn sessions(alice: &IdentityKeyPair, bob: &IdentityKeyPair, mode: Mode) -> (Sess
 
 struct Floor {
     signing: SigningKey,
-    chain: [u8; 32],
-    /// label ‖ header of a real envelope (the signed input is this ‖ BLAKE3(payload), the protocol's content digest).
-    label_and_header: Vec<u8>,
-    header_len: usize,
+    chain: ChainKey,
+    /// The header (associated data) of a real envelope; the signed input is the core's
+    /// label ‖ header ‖ BLAKE3(payload).
+    header: Vec<u8>,
     /// signature (signed mode) ‖ payload: what the AEAD encrypts.
     body: Vec<u8>,
     signed: bool,
@@ -106,36 +111,32 @@ struct Floor {
 impl Floor {
     fn new(mode: Mode, payload_len: usize) -> Self {
         let signed = mode == Mode::Signed;
-        // Take the header length from a real envelope of this size.
+        // Take the header from a real envelope of this size.
         let mut p = Pair::established(mode);
         let env = p.a_to_b(&vec![0x61; payload_len]);
         let sig_len = if signed { SIGNATURE_LEN } else { 0 };
-        let header_len = env.as_bytes().len() - sig_len - payload_len - 16;
-        let mut label_and_header = labels::SIG_MESSAGE.to_vec();
-        label_and_header.extend_from_slice(&env.as_bytes()[..header_len]);
         Self {
             signing: SigningKey::generate(&mut OsRng),
-            chain: [7u8; 32],
-            label_and_header,
-            header_len,
+            chain: ChainKey::from_bytes([7u8; 32]),
+            header: associated_data(&env).to_vec(),
             body: vec![0x61; sig_len + payload_len],
             signed,
         }
     }
 
     fn header(&self) -> &[u8] {
-        &self.label_and_header[labels::SIG_MESSAGE.len()..]
+        &self.header
     }
 
+    /// The core's chain step; the message key as ring takes it.
     fn chain_step(&self) -> [u8; 32] {
-        chain_step(&self.chain)
+        let (mk, next): (MessageKey, ChainKey) = chain_step(&self.chain);
+        black_box(&next);
+        *mk.as_bytes()
     }
 
     fn signing_input(&self, payload: &[u8]) -> Vec<u8> {
-        let mut input = Vec::with_capacity(self.label_and_header.len() + 32);
-        input.extend_from_slice(&self.label_and_header);
-        input.extend_from_slice(blake3::hash(payload).as_bytes());
-        input
+        message_signing_input(&self.header, payload)
     }
 
     /// Floor of one seal: returns the ciphertext (with tag) for `open`.
@@ -238,56 +239,30 @@ fn json_string_fast(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// The core's nonce of message 7 (any counter: every key of the floor is used once per call).
 fn nonce() -> Nonce {
-    let mut n = [0u8; 12];
-    n[8..].copy_from_slice(&7u32.to_be_bytes());
-    Nonce::assume_unique_for_key(n)
+    Nonce::assume_unique_for_key(message_nonce(7))
 }
 
-fn chain_step(chain: &[u8; 32]) -> [u8; 32] {
-    let mut okm = [0u8; 64];
-    Hkdf::<Sha256>::from_prk(chain)
-        .unwrap()
-        .expand(labels::KDF_CHAIN_STEP, &mut okm)
-        .unwrap();
-    let mut mk = [0u8; 32];
-    mk.copy_from_slice(&okm[..32]);
-    black_box(&okm[32..]);
-    mk
-}
-
-fn root_step(root: &[u8; 32], dh: &[u8; 32]) -> [u8; 64] {
-    let mut okm = [0u8; 64];
-    Hkdf::<Sha256>::new(Some(root), dh)
-        .expand(labels::KDF_ROOT_STEP, &mut okm)
-        .unwrap();
-    okm
-}
-
-fn setup_kdf(dhs: &[[u8; 32]; 3]) -> [u8; 48] {
-    let mut ikm = labels::SETUP_IKM_PREFIX.to_vec();
-    for d in dhs {
-        ikm.extend_from_slice(d);
-    }
-    let mut info = labels::KDF_SESSION_SETUP.to_vec();
-    info.extend_from_slice(&[0x42; 220]); // the transcript of two short ids and their keys
-    let mut okm = [0u8; 48];
-    Hkdf::<Sha256>::new(Some(&[0u8; 32]), &ikm)
-        .expand(&info, &mut okm)
-        .unwrap();
-    okm
+/// The core's set-up KDF over three DH outputs and a transcript of two short ids' length.
+fn setup_kdf(dhs: &[[u8; 32]; 3]) -> [u8; 16] {
+    let [a, b, c] = dhs;
+    session_setup(&[a, b, c], &[0x42; 220]).session_id
 }
 
 struct DhFloor {
     secret: StaticSecret,
     public: [u8; 32],
+    root: RootKey,
 }
 
 impl DhFloor {
     fn new() -> Self {
+        let public = PublicKey::from(&StaticSecret::random_from_rng(OsRng)).to_bytes();
         Self {
             secret: StaticSecret::random_from_rng(OsRng),
-            public: PublicKey::from(&StaticSecret::random_from_rng(OsRng)).to_bytes(),
+            public,
+            root: RootKey::from_bytes(public),
         }
     }
     fn dh(&self) -> [u8; 32] {
@@ -308,15 +283,15 @@ impl DhFloor {
             let d = [self.dh(), self.dh(), self.dh()];
             black_box(setup_kdf(&d));
             black_box(self.keygen());
-            black_box(root_step(&self.public, &self.dh()));
+            black_box(root_step(&self.root, &self.dh()));
         }
     }
     /// One DH ratchet turn: the receiver's DH + root step for the new receiving chain, then (on
     /// its next send) a new ratchet key, DH and root step for the new sending chain.
     fn ratchet_step(&self) {
-        black_box(root_step(&self.public, &self.dh()));
+        black_box(root_step(&self.root, &self.dh()));
         black_box(self.keygen());
-        black_box(root_step(&self.public, &self.dh()));
+        black_box(root_step(&self.root, &self.dh()));
     }
 }
 
@@ -521,7 +496,7 @@ fn floor(c: &mut Criterion) {
             b.iter(|| black_box(Sha256::digest(black_box(&data))))
         });
         let key = LessSafeKey::new(UnboundKey::new(&AES_256_GCM, &[1u8; 32]).unwrap());
-        let hdr = vec![0u8; f.header_len];
+        let hdr = vec![0u8; f.header.len()];
         g.bench_function(BenchmarkId::new("aes256gcm_seal_open", sname), |b| {
             b.iter(|| {
                 let mut buf = data.clone();

@@ -246,7 +246,7 @@ def run_breakdown(quick: bool) -> dict[str, Any]:
     """Primitive costs (Rust), the core's seal+unseal without Python, and the Python-side pieces
     (JSON of the payload in Python, Envelope.to_bytes/from_bytes) for 64 B and 1 MiB."""
     if not am.has_floor():
-        return {"skipped": "agentmesh._native has no _bench_floor (rebuild with pip install -e .)"}
+        return {"skipped": am.FLOOR_BUILD_HINT}
     from agentmesh.crypto import Envelope
 
     res: dict[str, Any] = {}

@@ -379,8 +379,10 @@ def markdown(res: dict[str, Any], img_rel: str) -> str:
     w(f"| NATS server | {m['nats_server']} |")
     w("")
     w(
-        'Reproduce: `pip install -e ".[bench]"`, then `python -m benches` (full, about 5 minutes '
-        "on 2 cores) or `python -m benches --quick` (about half a minute). The Rust-side criterion "
+        'Reproduce: `pip install -e ".[bench]"` and `pip install ./rust/agentmesh-bench` (the raw '
+        "floor and the core alone: a module of their own, never in the agentmesh wheel; without "
+        "it their rows are missing and the report says so), then `python -m benches` (full, about "
+        "5 minutes on 2 cores) or `python -m benches --quick` (about half a minute). The Rust-side criterion "
         "benchmarks, each next to its floor with a ratio table at the end: "
         "`cargo bench -p agentmesh-core --bench core` (`-- --quick` for a fast pass)."
     )
@@ -471,11 +473,13 @@ def markdown(res: dict[str, Any], img_rel: str) -> str:
             )
         w("")
         w(
-            "The raw floor is `agentmesh._native._bench_floor`: per message, two HKDF chain steps, "
-            "AES-256-GCM seal and open (ring) of signature + payload with the real header as "
-            "associated data, and in signed mode the BLAKE3 content digest of the payload twice, Ed25519 sign and "
-            "`verify_strict` (ed25519-dalek) of label ‖ header ‖ digest, into fresh buffers like the "
-            "protocol's. The Rust core alone is `_bench_core` (the same session API, no Python, no JSON). "
+            "The raw floor is `agentmesh_bench.floor` (crate `rust/agentmesh-bench`): per message, "
+            "two chain steps, AES-256-GCM seal and open (ring) of signature + payload with the real "
+            "header as associated data, and in signed mode the signing input (label ‖ header ‖ "
+            "BLAKE3 digest of the payload) twice, Ed25519 sign and `verify_strict` (ed25519-dalek), "
+            "into fresh buffers like the protocol's; the chain step, nonce, AEAD call and signing "
+            "input are the core's own functions (`agentmesh_core::internals`). The Rust core alone "
+            "is `agentmesh_bench.core` (the same session API, no Python, no JSON). "
             "The classic design is `benches/peers/classic.py`."
         )
         w("")

@@ -4,10 +4,28 @@ agent layer may not be importable in every checkout)."""
 from __future__ import annotations
 
 import contextlib
+import importlib
 from typing import Any
 
-from agentmesh import _native
 from agentmesh.crypto import AgentKeyPair, perform_key_exchange
+
+#: How to build the raw floor and the core-alone timer (a module of their own, never shipped
+#: in the agentmesh wheel: rust/agentmesh-bench).
+FLOOR_BUILD_HINT = (
+    "the raw floor module agentmesh_bench is not installed: build it with "
+    "`pip install ./rust/agentmesh-bench` (docs/benchmarks.md)"
+)
+
+
+def _floor_module() -> Any:
+    """The ``agentmesh_bench`` extension, or None when it is not built."""
+    try:
+        return importlib.import_module("agentmesh_bench")
+    except ImportError:
+        return None
+
+
+_FLOOR = _floor_module()
 
 
 class AmPair:
@@ -46,19 +64,19 @@ def handshake(
 
 
 def has_floor() -> bool:
-    return hasattr(_native, "_bench_floor")
+    return _FLOOR is not None
 
 
 def floor_ns(payload_len: int, iterations: int, signed: bool) -> float:
-    return float(_native._bench_floor(payload_len, iterations, signed))
+    return float(_FLOOR.floor(payload_len, iterations, signed))
 
 
 def core_ns(payload_len: int, iterations: int, signed: bool) -> float:
-    return float(_native._bench_core(payload_len, iterations, signed))
+    return float(_FLOOR.core(payload_len, iterations, signed))
 
 
 def floor_parts(payload_len: int, iterations: int) -> dict[str, float]:
-    return dict(_native._bench_floor_parts(payload_len, iterations))
+    return dict(_FLOOR.floor_parts(payload_len, iterations))
 
 
 def agent_layer() -> tuple[Any, Any] | str:

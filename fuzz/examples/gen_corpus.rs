@@ -9,7 +9,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use agentmesh_core::aead::seal_with_key;
+use agentmesh_core::internals::seal_with_key;
 use agentmesh_core::Mode;
 use agentmesh_core_fuzz::{fixture, Side, TestRng, CHECKSUM_LEN, FUZZ_PASSPHRASE};
 use argon2::{Algorithm, Argon2, Params, Version};

@@ -15,6 +15,11 @@ use crate::error::{Error, Result};
 use crate::labels;
 use crate::session::Opened;
 
+/// The `"v"` field of a bundle's JSON form (the dict hubs store and serve, docs/protocol.md):
+/// the only version a bundle dict may carry. The glue converts the dict; the version is the
+/// protocol's.
+pub const BUNDLE_JSON_VERSION: u32 = 1;
+
 /// Longest agent id in bytes (ids travel with a one-byte length prefix).
 pub const MAX_AGENT_ID_LEN: usize = 255;
 /// How many one-time prekeys an identity keeps at most.

@@ -72,8 +72,9 @@ pub fn write_private_file(path: &Path, data: &[u8]) -> Result<(), WriteError> {
     write_private_file_with_rng(path, data, &mut OsRng)
 }
 
-/// [`write_private_file`] with the source of the temp names given (tests predict them).
-pub fn write_private_file_with_rng<R: RngCore>(
+/// [`write_private_file`] with the source of the temp names given (tests predict them, through
+/// `internals::write_private_file_with_rng`).
+pub(crate) fn write_private_file_with_rng<R: RngCore>(
     path: &Path,
     data: &[u8],
     rng: &mut R,

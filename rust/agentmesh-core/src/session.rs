@@ -27,7 +27,7 @@ pub const SIGNATURE_LEN: usize = 64;
 /// The input of a message signature: label, the full header (associated data), content digest.
 /// The content is hashed once with BLAKE3 (collision resistant, and several times faster than
 /// SHA-256 on long payloads), so Ed25519 never hashes the payload itself.
-pub(crate) fn message_signing_input(associated_data: &[u8], payload: &[u8]) -> Vec<u8> {
+pub fn message_signing_input(associated_data: &[u8], payload: &[u8]) -> Vec<u8> {
     let mut input = Vec::with_capacity(labels::SIG_MESSAGE.len() + associated_data.len() + 32);
     input.extend_from_slice(labels::SIG_MESSAGE);
     input.extend_from_slice(associated_data);

@@ -7,7 +7,8 @@ use std::fs;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use agentmesh_core::private_file::{write_private_file, write_private_file_with_rng};
+use agentmesh_core::internals::write_private_file_with_rng;
+use agentmesh_core::private_file::write_private_file;
 use rand_core::RngCore;
 
 /// A fresh, empty directory per test.

@@ -4,7 +4,8 @@
 
 mod common;
 
-use agentmesh_core::{labels, Envelope, Error, IdentityKeyPair, Mode, PublicBundle, Session};
+use agentmesh_core::internals::labels;
+use agentmesh_core::{Envelope, Error, IdentityKeyPair, Mode, PublicBundle, Session};
 use common::{TestRng, T0};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 

@@ -6,7 +6,7 @@
 
 mod common;
 
-use agentmesh_core::kdf::{chain_step, root_step, ChainKey, RootKey};
+use agentmesh_core::internals::{chain_step, root_step, ChainKey, RootKey};
 use agentmesh_core::{Envelope, IdentityKeyPair, MessageType, Mode, Session};
 use common::{TestRng, T0};
 use serde_json::{json, Value};

@@ -1,14 +1,12 @@
 //! The public bundle as a JSON-safe dict (base64 fields) <-> the core's verified `PublicBundle`.
 
-use agentmesh_core::PublicBundle;
+use agentmesh_core::{PublicBundle, BUNDLE_JSON_VERSION};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use crate::errors::{to_py, FormatError};
-
-pub const BUNDLE_VERSION: u32 = 1;
 
 fn field<'py>(d: &Bound<'py, PyDict>, name: &str) -> PyResult<Bound<'py, PyAny>> {
     d.get_item(name)?
@@ -44,7 +42,7 @@ pub fn from_dict(obj: &Bound<'_, PyAny>) -> PyResult<PublicBundle> {
         let v: u32 = v
             .extract()
             .map_err(|_| FormatError::new_err("bundle field \"v\" must be an integer"))?;
-        if v != BUNDLE_VERSION {
+        if v != BUNDLE_JSON_VERSION {
             return Err(crate::errors::VersionError::new_err(format!(
                 "bundle version {v} is not supported"
             )));
@@ -87,7 +85,7 @@ pub fn from_dict(obj: &Bound<'_, PyAny>) -> PyResult<PublicBundle> {
 
 pub fn to_dict<'py>(py: Python<'py>, b: &PublicBundle) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    d.set_item("v", BUNDLE_VERSION)?;
+    d.set_item("v", BUNDLE_JSON_VERSION)?;
     d.set_item("agent_id", b.published_id())?;
     d.set_item("identity_key", B64.encode(b.identity_key()))?;
     d.set_item("exchange_key", B64.encode(b.exchange_key()))?;
