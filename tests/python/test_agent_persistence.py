@@ -352,7 +352,7 @@ def test_new_prekeys_are_written_first_and_handed_out_ones_are_bounded(tmp_path,
     """``new_prekeys``: the fresh keys are in the identity file before anyone can upload them;
     of the keys the hub handed out already (all but the newest ``hub_holds``), only the newest
     ``KEEP_HANDED_OUT_PREKEYS`` are kept."""
-    from agentmesh import agent as agent_module
+    from agentmesh import agent_prekeys as agent_module
     from agentmesh.crypto import AgentKeyPair
 
     monkeypatch.setattr(agent_module, "KEEP_HANDED_OUT_PREKEYS", 5)

@@ -238,7 +238,7 @@ def test_a_replayed_setup_is_refused_after_the_state_file_is_lost(tmp_path):
 
 
 def test_sessions_opened_by_unknown_senders_are_bounded(tmp_path, monkeypatch):
-    import agentmesh.agent as agent_module
+    import agentmesh.agent_receiving as agent_module
 
     monkeypatch.setattr(agent_module, "MAX_INBOUND_ONLY_SESSIONS", 3)
     hub = HostileHub(seed=3)

@@ -1,0 +1,264 @@
+"""Receiving: unsealing envelopes (alone or in batches, first contact included), bounding sessions
+unknown agents open, reporting rejections.
+
+A part of the agent core (:class:`agentmesh.agent._AgentCore`), which combines the rooms; its
+methods run on the core and share its state."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from . import crypto as _crypto
+from .agent_rules import (
+    MAX_INBOUND_ONLY_SESSIONS,
+    UNSEAL_MANY_MAX,
+    UNSEAL_MANY_MIN,
+)
+from .agent_state import AgentCoreState
+from .errors import (
+    CryptoError,
+    FormatError,
+    IdentityChangedError,
+    ReplayError,
+    UnknownSenderError,
+)
+from .message import Message
+
+Envelope = _crypto.Envelope
+CryptoSession = _crypto.CryptoSession
+perform_key_exchange = _crypto.perform_key_exchange
+verify_bundle = _crypto.verify_bundle
+
+
+class _Receiving(AgentCoreState):
+    """Receiving (see the module)."""
+
+    def receive(self, envelope: Any) -> Message | None:
+        """Unseal, then dispatch; a rejection goes to the error handlers. Returns the message."""
+        try:
+            if type(envelope) is not Envelope:
+                envelope = _crypto.as_envelope(envelope)
+            msg = self.accept(envelope)
+        except CryptoError as exc:
+            self.reject(exc, envelope)
+            return None
+        self._dispatch(msg)
+        return msg
+
+    def receive_batch(self, envelopes: list[Any]) -> list[Message | None]:
+        """:meth:`receive` for many envelopes (Envelopes or bytes) delivered together.
+
+        Each sender's envelopes are unsealed together, in order (``unseal_many``: one Ed25519
+        batch verification in signed mode); first contact with an unknown sender goes through the
+        same path as :meth:`receive`. Then the handlers (or, for a rejection, the error
+        handlers) run for each envelope in the order given. Returns what :meth:`receive` would
+        have returned for each envelope.
+        """
+        n = len(envelopes)
+        if n == 1:  # the latency path: nothing to group
+            item = envelopes[0]
+            try:
+                if type(item) is not Envelope:
+                    item = _crypto.as_envelope(item)
+                msg = self.accept(item)
+            except Exception as exc:  # a CryptoError, or a hub lookup failing on first contact
+                self.reject(exc, item)
+                return [None]
+            self._dispatch(msg)
+            return [msg]
+        outcomes: list[Any] = [None] * n  # Message or the exception that rejected it
+        items: list[Any] = list(envelopes)
+        runs: dict[str, list[int]] = {}
+        for index, item in enumerate(items):
+            if type(item) is not Envelope:
+                try:
+                    item = items[index] = _crypto.as_envelope(item)
+                except Exception as exc:
+                    outcomes[index] = exc
+                    continue
+            try:
+                runs.setdefault(item.sender, []).append(index)
+            except TypeError:  # pragma: no cover - the codec guarantees str ids
+                outcomes[index] = FormatError("envelope without a sender id")
+        for sender, indexes in runs.items():
+            results = self._accept_run(sender, [items[i] for i in indexes])
+            for index, result in zip(indexes, results, strict=True):
+                outcomes[index] = result
+        out: list[Message | None] = []
+        for item, outcome in zip(items, outcomes, strict=True):
+            if isinstance(outcome, Message):
+                self._dispatch(outcome)
+                out.append(outcome)
+            else:
+                self.reject(outcome, item)
+                out.append(None)
+        return out
+
+    def _accept_run(self, sender: str, envs: list[Any]) -> list[Any]:
+        """Unseal one sender's envelopes in order; each result is a Message or an exception."""
+        results: list[Any] = []
+        start = 0
+        # First contact (or a sender whose first envelopes were rejected): one at a time until
+        # a session exists, exactly like receive().
+        while start < len(envs) and self._sessions.get(sender) is None:
+            results.append(self._accept_or_error(envs[start]))
+            start += 1
+        rest = envs[start:] if start else envs
+        if not rest:
+            return results
+        session = self._sessions.get(sender)
+        if session is None or len(rest) < UNSEAL_MANY_MIN or session.deniable:
+            # nothing to batch-verify: one call per envelope is as fast (and holds the lock
+            # for less time)
+            results.extend(self._accept_or_error(env) for env in rest)
+            return results
+        me = self.agent_id
+        dirty = self._dirty
+        for chunk_start in range(0, len(rest), UNSEAL_MANY_MAX):
+            chunk = rest[chunk_start : chunk_start + UNSEAL_MANY_MAX]
+            with self._lock:
+                # (a handler may have replaced the session meanwhile: trust_new_identity)
+                current = self._sessions.get(sender)
+                opened = current.unseal_many(chunk) if current is not None else None
+                if opened is not None:
+                    self.received += sum(1 for payload in opened if type(payload) is dict)
+                    if dirty is not None:
+                        dirty.add(sender)
+                    if self._inbound_only and sender in self._inbound_only:
+                        self._inbound_only.move_to_end(sender)
+            if opened is None:
+                results.extend(self._accept_or_error(env) for env in chunk)
+                continue
+            for env, payload in zip(chunk, opened, strict=True):
+                if type(payload) is dict:
+                    results.append(Message(sender, me, payload, env))
+                elif isinstance(payload, ReplayError):
+                    results.append(payload)
+                elif isinstance(payload, CryptoError):
+                    results.append(self._explain_rejection(env, sender, payload))
+                elif isinstance(payload, BaseException):
+                    results.append(payload)
+                else:  # pragma: no cover - the binding returns a dict or an exception
+                    results.append(FormatError(f"unexpected unseal result {type(payload)}"))
+        if dirty is not None and self._autosave:
+            self._maybe_autosave()
+        return results
+
+    def _accept_or_error(self, env: Any) -> Any:
+        try:
+            return self.accept(env)
+        except Exception as exc:  # a CryptoError, or a hub lookup failing on first contact
+            return exc
+
+    def accept(self, env: Any) -> Message:
+        """Unseal one envelope addressed to this agent; raises a CryptoError subclass."""
+        sender = env.sender
+        session = self._sessions.get(sender)
+        if session is None:
+            return self._accept_first(env, sender)
+        dirty = self._dirty
+        try:
+            with self._lock:
+                payload = session.unseal(env)
+                self.received += 1
+                if dirty is not None:
+                    dirty.add(sender)
+                if self._inbound_only and sender in self._inbound_only:
+                    self._inbound_only.move_to_end(sender)  # (least recently heard goes first)
+        except ReplayError:
+            raise
+        except CryptoError as exc:
+            raise self._explain_rejection(env, sender, exc) from None
+        if dirty is not None and self._autosave:
+            self._maybe_autosave()
+        return Message(sender, self.agent_id, payload, env)
+
+    def _accept_first(self, env: Any, sender: str) -> Message:
+        if self.closed:
+            raise UnknownSenderError(f"agent {self.agent_id!r} is closed")
+        bundle = self._lookup_bundle(sender)
+        if bundle is None:
+            raise UnknownSenderError(
+                f"Unknown sender {sender!r}: no bundle for it on the hub"
+                if self.hub is not None
+                else f"Unknown sender {sender!r}: no hub configured and no bundle for it"
+            )
+        self._check_bundle(sender, bundle)
+        session = perform_key_exchange(self.keypair, bundle, self.deniable)
+        with self._lock:
+            existing = self._sessions.get(sender)
+            if existing is not None:
+                payload = existing.unseal(env)
+            else:
+                payload = session.unseal(env)
+                self._commit_session(sender, session, bundle)
+                self._note_inbound_only(sender)
+            self.received += 1
+        self.save_state_quietly()
+        return Message(sender, self.agent_id, payload, env)
+
+    def _note_inbound_only(self, sender: str) -> None:
+        """Bound the sessions that other agents opened and this one never answered: any agent
+        on the hub can open one, so the one heard from least recently is forgotten past
+        MAX_INBOUND_ONLY_SESSIONS (a replay of its set-up stays refused: the identity
+        remembers accepted set-ups; so are that peer's further messages on it, until its agent
+        starts a new set-up). The caller holds ``_lock``."""
+        inbound = self._inbound_only
+        inbound[sender] = None
+        while len(inbound) > MAX_INBOUND_ONLY_SESSIONS:
+            evicted = next(iter(inbound))
+            del inbound[evicted]
+            self._sessions.pop(evicted, None)
+            self._unverified.discard(evicted)
+            self._meta_dirty = True
+            if self._dirty is not None:
+                self._dirty.add(evicted)  # (save_state drops the export of a missing session)
+            self.log.info(
+                "agent %r forgot the unanswered session %r opened (over %d such sessions)",
+                self.agent_id,
+                evicted,
+                MAX_INBOUND_ONLY_SESSIONS,
+            )
+
+    def _explain_rejection(self, env: Any, sender: str, exc: CryptoError) -> CryptoError:
+        """A session-initiating envelope the current session refused may come from a peer that
+        now presents another identity key: say so (IdentityChangedError) rather than a bare
+        signature error. A peer that lost its state and starts over with the same identity is
+        handled inside the session itself, with its replay memory."""
+        if not env.is_prekey:
+            return exc
+        try:
+            bundle = self._lookup_bundle(sender)
+            if bundle is not None:
+                self._check_bundle(sender, bundle)
+        except IdentityChangedError as changed:
+            return changed
+        except Exception:
+            return exc
+        return exc
+
+    def reject(self, exc: BaseException, envelope: Any = None) -> None:
+        """Count a rejected envelope and tell every error handler."""
+        self.rejected += 1
+        sender = None
+        if envelope is not None and not isinstance(envelope, (bytes, bytearray, memoryview)):
+            with contextlib.suppress(Exception):
+                sender = envelope.sender
+        with contextlib.suppress(Exception):
+            exc.sender = sender  # type: ignore[attr-defined]
+            exc.envelope = envelope  # type: ignore[attr-defined]
+        if not self._error_handlers:
+            self.log.warning(
+                "agent %r rejected an envelope from %r: %s: %s",
+                self.agent_id,
+                sender,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        for handler in self._error_handlers:
+            try:
+                handler(exc)
+            except Exception:
+                self.log.exception("agent %r: error handler raised", self.agent_id)

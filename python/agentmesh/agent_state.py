@@ -1,0 +1,70 @@
+"""What the rooms of the agent core share: the core's state and the few methods one room calls
+in another. The rooms (``agent_sessions.py``, ``agent_trust.py``, ``agent_receiving.py``,
+``agent_persistence.py``, ``agent_prekeys.py``) derive from these declarations, so each room's
+use of the shared state is type-checked; :class:`agentmesh.agent._AgentCore` combines them and owns
+the state (set in its ``__init__``)."""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .hubs import Hub
+    from .keystore import KeyStore
+    from .message import Message
+
+
+class AgentCoreState:
+    """Declarations only: the values are set by ``_AgentCore.__init__``."""
+
+    # identity and mode
+    agent_id: str
+    deniable: bool
+    keypair: Any
+    log: logging.Logger
+    # sessions and trust (guarded by _lock, like every seal and unseal)
+    _lock: threading.Lock
+    _sessions: dict[str, Any]
+    _pins: dict[str, str]
+    _bundles: dict[str, dict[str, Any]]
+    _pending_identity: dict[str, dict[str, Any]]
+    _unverified: set[str]
+    _inbound_only: collections.OrderedDict[str, None]
+    # handlers and counters
+    _dispatch: Callable[[Message], Any]
+    _error_handlers: tuple[Callable[[BaseException], Any], ...]
+    sent: int
+    received: int
+    rejected: int
+    closed: bool
+    hub: Hub | None
+    # persistence (writes serialised by _save_lock; None/absent without keypair_path)
+    store: KeyStore | None
+    _save_lock: threading.Lock
+    _released: bool
+    _dirty: set[str] | None
+    _meta_dirty: bool
+    _exports: dict[str, bytes]
+    _identity_revision: int
+    _delivered: dict[bytes, int]
+    _signed_prekey_since: int
+    _signed_prekey_id: int | None
+    _autosave: bool
+    _next_save: float
+
+    if TYPE_CHECKING:  # what one room calls in another (defined in the rooms themselves)
+
+        def _check_bundle(self, peer_id: str, bundle: Any) -> None: ...
+        def _commit_session(self, peer_id: str, session: Any, bundle: dict[str, Any]) -> None: ...
+        def _fetch_bundle(self, peer_id: str, *, claim: bool) -> dict[str, Any] | None: ...
+        def _lookup_bundle(self, peer_id: str) -> dict[str, Any] | None: ...
+        def _verify_before_send(self, peer_id: str) -> None: ...
+        def _maybe_autosave(self) -> None: ...
+        def _save_state_locked(self) -> None: ...
+        def _write_identity(self) -> None: ...
+        def save_state(self) -> None: ...
+        def save_state_quietly(self) -> None: ...
