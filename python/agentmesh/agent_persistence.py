@@ -18,10 +18,7 @@ from .agent_rules import (
 from .agent_state import AgentCoreState
 from .keystore import PersistedState
 
-Envelope = _crypto.Envelope
 CryptoSession = _crypto.CryptoSession
-perform_key_exchange = _crypto.perform_key_exchange
-verify_bundle = _crypto.verify_bundle
 
 
 class _Persistence(AgentCoreState):

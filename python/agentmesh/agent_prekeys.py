@@ -15,11 +15,6 @@ from .agent_rules import (
 )
 from .agent_state import AgentCoreState
 
-Envelope = _crypto.Envelope
-CryptoSession = _crypto.CryptoSession
-perform_key_exchange = _crypto.perform_key_exchange
-verify_bundle = _crypto.verify_bundle
-
 
 class _Prekeys(AgentCoreState):
     """The prekey policy (see the module)."""

@@ -26,9 +26,7 @@ from .errors import (
 from .message import Message
 
 Envelope = _crypto.Envelope
-CryptoSession = _crypto.CryptoSession
 perform_key_exchange = _crypto.perform_key_exchange
-verify_bundle = _crypto.verify_bundle
 
 
 class _Receiving(AgentCoreState):

@@ -16,8 +16,6 @@ from .agent_rules import (
 )
 from .agent_state import AgentCoreState
 
-Envelope = _crypto.Envelope
-CryptoSession = _crypto.CryptoSession
 perform_key_exchange = _crypto.perform_key_exchange
 verify_bundle = _crypto.verify_bundle
 

@@ -23,8 +23,6 @@ from .errors import (
     IdentityError,
 )
 
-Envelope = _crypto.Envelope
-CryptoSession = _crypto.CryptoSession
 perform_key_exchange = _crypto.perform_key_exchange
 verify_bundle = _crypto.verify_bundle
 
