@@ -25,9 +25,10 @@ import random
 import socket
 import ssl as _ssl
 from collections import OrderedDict, deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, cast
 
+from agentmesh.backend import OnBatch
 from agentmesh.crypto import check_agent_id
 from agentmesh.errors import FlushTimeoutError, HubError
 from agentmesh.hub_protocol import (
@@ -63,10 +64,6 @@ __all__ = ["HubClient", "HubRequestError", "PeerNotFoundError"]
 
 log = logging.getLogger("agentmesh.hub_client")
 
-#: Called with a batch of deliveries; returns once they are handled. It may return an
-#: ``asyncio.Future`` that completes once their effects are durable: the client acknowledges
-#: them then (not at all if it fails) and goes on delivering meanwhile.
-OnBatch = Callable[[list[tuple[int, bytes]]], Awaitable["asyncio.Future[None] | None"]]
 
 #: Errors after which reconnecting cannot help: the client stops and reports them.
 FATAL_CODES = frozenset(
