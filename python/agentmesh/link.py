@@ -28,9 +28,8 @@ import logging
 import os
 import queue
 import threading
-import time
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from . import crypto as _crypto
@@ -38,6 +37,14 @@ from ._eventloop import new_event_loop
 from .agent import _AgentCore
 from .backend import Backend, NewBackend
 from .errors import FlushTimeoutError, HubError
+from .link_prekeys import (  # noqa: F401 (the policy's bounds keep their old import path)
+    PREKEY_CHECK_INTERVAL,
+    PREKEY_LOW,
+    PREKEY_TARGET,
+    SIGNED_PREKEY_ROTATION,
+    PrekeyMaintenance,
+)
+from .link_state_writer import StateWriter, resolve
 
 __all__ = ["AgentLink", "NetLoop"]
 
@@ -46,25 +53,6 @@ log = logging.getLogger("agentmesh.link")
 
 #: How many accepted envelope ids an agent's link remembers to recognise redeliveries.
 RECENT_IDS = 4096
-#: One-time prekeys: an agent tops its backend's stock up to PREKEY_TARGET when
-#: fewer than PREKEY_LOW are left. It checks after registering (also after a reconnect), when
-#: a set-up used one of its keys, and every PREKEY_CHECK_INTERVAL seconds (peers may claim
-#: keys and never use them).
-PREKEY_TARGET = 50
-PREKEY_LOW = 20
-PREKEY_CHECK_INTERVAL = 60.0
-#: ... and at the same checks, it replaces its signed prekey once it is older than this many
-#: seconds and publishes the new bundle. The one before the previous is deleted: a set-up made
-#: without a one-time prekey that the agent has answered since cannot be read with files
-#: stolen two periods later (docs/security.md: a session never answered keeps the key).
-SIGNED_PREKEY_ROTATION = 7 * 24 * 3600.0
-#: A persistent agent's state writer writes at most once per this many seconds (a write
-#: covers everything before it; acknowledgements wait for it).
-STATE_WRITE_INTERVAL = 0.005
-#: A state write that failed before an acknowledgement is retried after this many seconds,
-#: doubling up to SAVE_RETRY_MAX.
-SAVE_RETRY_FIRST = 0.05
-SAVE_RETRY_MAX = 5.0
 
 
 # --------------------------------------------------------------------------------------------
@@ -172,14 +160,11 @@ class AgentLink:
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
-        self._prekeys: asyncio.Task[None] | None = None
-        self._prekey_check: asyncio.Event | None = None
-        # held by the worker from a batch's first unseal to its state (and identity) write:
-        # new prekeys are made and written only between batches, so an identity file never
-        # lacks a key whose session is not on disk yet
+        # held by the worker while it handles a batch: new prekeys are made and written only
+        # between batches (the prekey policy saves the state first, so an identity file never
+        # lacks a key whose session is not on disk yet)
         self._receiving = threading.Lock()
-        self._bundle_unpublished = False  # a rotated signed prekey the hub has not got yet
-        self._identity_unsaved = False  # a rotation whose identity file write failed
+        self.prekeys = PrekeyMaintenance(core, self.backend, self._between_batches)
         self._error: BaseException | None = None
         self._inq: queue.SimpleQueue[Any] = queue.SimpleQueue()
         # ids of envelopes accepted lately, to ignore a redelivery silently
@@ -190,18 +175,11 @@ class AgentLink:
         self._worker = threading.Thread(
             target=self._work, name=f"agentmesh-agent-{core.agent_id[:40]}", daemon=True
         )
-        # A persistent agent's state writes run on their own thread (see _persist_loop): the
-        # worker goes on with the next batch while the last one is written, and a send never
-        # waits for the disk.
-        self._persist_wake = threading.Event()
-        self._persist_lock = threading.Lock()
-        self._persist_waiting: list[asyncio.Future[None]] = []
-        self._persist_stop = False
-        self._persister = (
-            threading.Thread(
-                target=self._persist_loop,
-                name=f"agentmesh-state-{core.agent_id[:40]}",
-                daemon=True,
+        # A persistent agent's state writes run on their own thread: the worker goes on with
+        # the next batch while the last one is written, and a send never waits for the disk.
+        self._writer_thread = (
+            StateWriter(
+                core, self.loop, closing=lambda: self._closing, report=self._note_write_error
             )
             if core.persistent
             else None
@@ -225,89 +203,17 @@ class AgentLink:
             with contextlib.suppress(Exception):
                 await self.backend.close()
             raise
-        self._prekey_check = asyncio.Event()
-        self.backend.on_registered = self._on_registered
-        self._prekeys = asyncio.get_running_loop().create_task(self._keep_prekeys())
-
-    async def _keep_prekeys(self) -> None:
-        """Keeps the hub stocked with this agent's one-time prekeys (see PREKEY_TARGET) and its
-        signed prekey fresh (SIGNED_PREKEY_ROTATION). Each part fails on its own: a hub that
-        lacks one request still gets the other."""
-        check = self._prekey_check
-        assert check is not None
-        stock = rotate = True
-        while stock or rotate:
-            if stock:
-                stock = await self._attempt("top up its one-time prekeys", self._top_up_prekeys)
-            if rotate:
-                rotate = await self._attempt(
-                    "publish a new signed prekey", self._rotate_signed_prekey_if_due
-                )
-            check.clear()
-            with contextlib.suppress(asyncio.TimeoutError, TimeoutError):
-                await asyncio.wait_for(check.wait(), PREKEY_CHECK_INTERVAL)
-
-    async def _attempt(self, what: str, step: Callable[[], Awaitable[None]]) -> bool:
-        """Run one maintenance step; False when the hub does not know the request (an older
-        hub: no use asking again), True otherwise (a failure is logged and retried later)."""
-        try:
-            await step()
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            if getattr(exc, "unknown_request", False):
-                log.info("agent %r: the hub cannot %s (%s)", self.core.agent_id, what, exc)
-                return False
-            log.warning("agent %r: could not %s: %s", self.core.agent_id, what, exc)
-        return True
-
-    async def _top_up_prekeys(self) -> None:
-        client = self.backend
-        held = await client.add_prekeys([])
-        target = min(PREKEY_TARGET, client.prekey_limit or PREKEY_TARGET)
-        if held >= min(PREKEY_LOW, max(1, target // 2)):  # (a low limit lowers both)
-            return
-        loop = asyncio.get_running_loop()
-        # (writing the identity file can take an Argon2 run: not on this loop)
-        fresh = await loop.run_in_executor(
-            None, self._between_batches, self.core.new_prekeys, held, target - held
-        )
-        held = await client.add_prekeys(fresh)
-        log.debug("agent %r: the hub holds %d of its one-time prekeys", self.core.agent_id, held)
+        self.prekeys.start()
 
     def _between_batches(self, work: Callable[..., Any], *args: Any) -> Any:
-        """Run ``work`` while no received batch is between its first unseal and its writes
-        (for anything that changes the identity's keys)."""
+        """Run ``work`` while no received batch is being handled (for anything that changes
+        the identity's keys)."""
         with self._receiving:
             return work(*args)
 
-    async def _rotate_signed_prekey_if_due(self) -> None:
-        loop = asyncio.get_running_loop()
-        if self._identity_unsaved:  # a rotation whose identity write failed: write it first
-            await loop.run_in_executor(None, self._between_batches, self.core.save_identity)
-            self._identity_unsaved = False
-            self._bundle_unpublished = True
-        # Never rotate past what the hub serves: the core keeps one previous signed prekey, so
-        # a second rotation before the first was published would delete the served one.
-        elif not self._bundle_unpublished and self.core.signed_prekey_due(SIGNED_PREKEY_ROTATION):
-            try:
-                await loop.run_in_executor(
-                    None, self._between_batches, self.core.rotate_signed_prekey
-                )
-            except Exception:
-                self._identity_unsaved = True
-                raise
-            self._bundle_unpublished = True
-        if self._bundle_unpublished:  # (until the hub has it: retried at every check)
-            await self.backend.update_bundle(self.core.public_bundle)
-            self._bundle_unpublished = False
-            log.info("agent %r: new signed prekey published", self.core.agent_id)
-
-    def _on_registered(self) -> None:
-        """After every (re)registration: the hub got the keypair's current bundle with it."""
-        self._bundle_unpublished = False
-        if self._prekey_check is not None:
-            self._prekey_check.set()  # a reconnect checks the stock at once
+    def _note_write_error(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
 
     def start(self) -> None:
         self._worker.start()
@@ -325,8 +231,8 @@ class AgentLink:
                     exc, f"could not register {self.core.agent_id!r} on {self.where}"
                 ) from exc
             raise
-        if self._persister is not None:  # (only now: a failed start leaves no thread behind)
-            self._persister.start()
+        if self._writer_thread is not None:  # (only now: a failed start leaves no thread)
+            self._writer_thread.start()
         self.net.links.add(self)
 
     # -- sending (any thread) -------------------------------------------------------------------
@@ -335,10 +241,10 @@ class AgentLink:
         if self._closing:
             raise RuntimeError(f"agent {self.core.agent_id!r} is closed")
         self._outbox.append(envelope)
-        if self._persister is not None and envelope.counter == 0:
+        if self._writer_thread is not None and envelope.counter == 0:
             # a new sending chain (a DH step or a set-up): its keys reach the disk right after
             # it leaves, so that the peer's answers to it stay readable after a crash
-            self._persist_wake.set()
+            self._writer_thread.after_send()
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon_threadsafe(self._kick)
@@ -444,7 +350,7 @@ class AgentLink:
         client acknowledges the batch at once, or, for a persistent agent, once the future
         returned completes: when the state that accepting it changed is on disk."""
         handled = self.loop.create_future()
-        durable = self.loop.create_future() if self._persister is not None else None
+        durable = self.loop.create_future() if self._writer_thread is not None else None
         self._inq.put((batch, self.backend.delivery_hub_id, handled, durable))
         await handled
         return durable
@@ -454,7 +360,7 @@ class AgentLink:
             self._work_loop()
         finally:
             if self._shutdown_pending:
-                self._stop_persister(None)
+                self._stop_writer(None)
                 self._shutdown()
 
     def _work_loop(self) -> None:
@@ -484,75 +390,19 @@ class AgentLink:
                 except Exception:  # never leave the client waiting for an ack
                     log.exception("agent %r: receiving a batch failed", core.agent_id)
                     handled, prekeys_used = [False] * len(datas), True
-                if self._persister is not None:
+                if self._writer_thread is not None:
                     # persisted after the handlers and before the ack, by the persister (one
                     # write for every batch handled meanwhile): after a crash the hub
                     # redelivers instead of the agent holding acked messages whose session
                     # advance was lost. The delivery ids go with it, so that a restarted agent
                     # skips what a crashed hub redelivers instead of reporting replays.
                     self._note_delivered(items, handled)
-                    with self._persist_lock:
-                        self._persist_waiting.extend(d for *_, d in items if d is not None)
-                    self._persist_wake.set()
-            if prekeys_used and self._prekey_check is not None:
-                with contextlib.suppress(RuntimeError):
-                    self.loop.call_soon_threadsafe(self._prekey_check.set)
+                    self._writer_thread.after_batch([d for *_, d in items if d is not None])
+            if prekeys_used:
+                self.prekeys.check_soon()
             for _batch, _hub, fut, _durable in items:
                 with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
-                    self.loop.call_soon_threadsafe(_resolve, fut)
-
-    def _persist_loop(self) -> None:
-        """Writes the state whenever handled batches wait for it (then they are acknowledged)
-        or a send started a new chain; one write covers everything that happened before it."""
-        last = 0.0
-        while True:
-            self._persist_wake.wait()
-            # at most one write per STATE_WRITE_INTERVAL: in a conversation every message
-            # wakes this thread, and the writes' CPU is taken from the round trip's
-            pause = last + STATE_WRITE_INTERVAL - time.monotonic()
-            if pause > 0 and not self._persist_stop:
-                time.sleep(pause)
-            self._persist_wake.clear()
-            with self._persist_lock:
-                waiting, self._persist_waiting = self._persist_waiting, []
-                stop = self._persist_stop
-            last = time.monotonic()
-            error = self._save_before_ack()
-            for fut in waiting:
-                with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
-                    self.loop.call_soon_threadsafe(_resolve, fut, error)
-            if stop:
-                return
-
-    def _save_before_ack(self) -> BaseException | None:
-        """Write the state (then, if a set-up changed it, the identity file) until it succeeds:
-        an envelope is acknowledged only once what accepting it changed is on disk, or a
-        restarted agent would open it again, or refuse the messages after it. A failing disk
-        is retried with backoff while the agent runs (deliveries wait; flush() reports the
-        error); an agent that closes first returns the error, and the batch stays
-        unacknowledged at the hub, which delivers it again."""
-        core = self.core
-        delay = SAVE_RETRY_FIRST
-        while True:
-            try:
-                core.save_state()
-            except Exception as exc:
-                if self._error is None:
-                    self._error = exc
-                log.error(
-                    "agent %r: received envelopes stay unacknowledged until this write "
-                    "succeeds: %s",
-                    core.agent_id,
-                    exc,
-                )
-                if self._closing:
-                    return exc
-                time.sleep(delay)
-                delay = min(delay * 2, SAVE_RETRY_MAX)
-                continue
-            if not core.identity_unsaved:
-                return None
-            # (another thread accepted a set-up during the write: the next round holds it)
+                    self.loop.call_soon_threadsafe(resolve, fut)
 
     def _note_delivered(self, items: list[Any], handled: list[bool]) -> None:
         """Per hub store, the highest delivery id that was handled (or skipped as a duplicate
@@ -636,27 +486,18 @@ class AgentLink:
         if self._worker.is_alive():
             # the batch in progress (if any) is finished and acknowledged first
             self._worker.join(timeout if timeout is not None else 30.0)
-        self._stop_persister(timeout)
+        self._stop_writer(timeout)
         self._shutdown()
 
-    def _stop_persister(self, timeout: float | None) -> None:
-        """One last write for the batches handled so far (so their acknowledgements go out
-        before the connection closes), then the persister ends."""
-        persister = self._persister
-        if persister is None or not persister.is_alive():
-            return
-        with self._persist_lock:
-            self._persist_stop = True
-        self._persist_wake.set()
-        if threading.current_thread() is not persister:
-            persister.join(timeout if timeout is not None else 30.0)
+    def _stop_writer(self, timeout: float | None) -> None:
+        if self._writer_thread is not None:
+            self._writer_thread.stop(timeout)
 
     def _shutdown(self) -> None:
         async def shutdown() -> None:
             if self._writer is not None:
                 self._writer.cancel()
-            if self._prekeys is not None:
-                self._prekeys.cancel()
+            self.prekeys.stop()
             if True:
                 # the agent flushed already (core.close); do not wait for the hub again
                 await self.backend.close(timeout=0.5)
@@ -665,12 +506,3 @@ class AgentLink:
             self.net.run(shutdown(), timeout=10.0)
         except Exception as exc:
             log.debug("agent %r: error closing the hub connection: %s", self.core.agent_id, exc)
-
-
-def _resolve(fut: asyncio.Future[None], error: BaseException | None = None) -> None:
-    if fut.done():
-        return
-    if error is None:
-        fut.set_result(None)
-    else:
-        fut.set_exception(error)

@@ -457,7 +457,7 @@ def test_first_messages_are_forward_secret_with_one_time_prekeys(tmp_path, hub):
     identity file. Someone who recorded that message and later steals the identity file and the
     session state cannot read it; the identity file from before the set-up could."""
     from agentmesh.crypto import AgentKeyPair, CryptoError, CryptoSession, perform_key_exchange
-    from agentmesh.link import PREKEY_LOW
+    from agentmesh.link_prekeys import PREKEY_LOW
 
     key = tmp_path / "bob.key"
     net = NetworkHub("127.0.0.1", hub.port)
@@ -551,7 +551,7 @@ def test_signed_prekey_rotation_ends_what_a_stolen_key_file_can_read(tmp_path, h
     identity file alone cannot read a recorded first message; the hub serves the new bundle,
     the session in use goes on, and new set-ups work. (Bob never answered alice, so his
     session state still holds that key as its ratchet key: see docs/security.md.)"""
-    from agentmesh import link as link_module
+    from agentmesh import link_prekeys as link_module
     from agentmesh.crypto import AgentKeyPair, IdentityError, perform_key_exchange
 
     monkeypatch.setattr(link_module, "PREKEY_CHECK_INTERVAL", 0.05)
@@ -600,7 +600,7 @@ def test_signed_prekey_rotation_ends_what_a_stolen_key_file_can_read(tmp_path, h
 def test_prekeys_are_restocked_right_after_reconnecting_to_a_new_store(tmp_path):
     """The hub comes back on the same port with a new, empty store (no prekeys): the agent's
     reconnect re-registers it and tops the stock up at once, not a minute later."""
-    from agentmesh.link import PREKEY_CHECK_INTERVAL, PREKEY_LOW
+    from agentmesh.link_prekeys import PREKEY_CHECK_INTERVAL, PREKEY_LOW
 
     def held_by_hub(link, at_least: int, timeout: float) -> int:
         deadline = time.monotonic() + timeout
@@ -638,10 +638,10 @@ def test_rotation_stops_while_the_hub_cannot_take_the_bundle(tmp_path, monkeypat
     """Publishing the new bundle keeps failing: the agent rotates once, then no more (a second
     rotation would delete the signed prekey the hub still serves), retries the publication,
     and keeps topping up its one-time prekeys."""
-    from agentmesh import link as link_module
+    from agentmesh import link_prekeys as link_module
     from agentmesh.errors import HubError
     from agentmesh.hub_client import HubClient
-    from agentmesh.link import PREKEY_LOW
+    from agentmesh.link_prekeys import PREKEY_LOW
 
     attempts: list = []
 
