@@ -664,7 +664,7 @@ def test_rotation_stops_while_the_hub_cannot_take_the_bundle(tmp_path, monkeypat
         time.sleep(0.5)
         assert bob.public_bundle["signed_prekey_id"] == rotated  # ... and not again
         assert len(attempts) >= 5 and set(attempts) == {rotated}  # the same bundle, retried
-        assert link._prekeys is not None and not link._prekeys.done()
+        assert link.prekeys._task is not None and not link.prekeys._task.done()
         with NetworkHub("127.0.0.1", hub.port) as lookup:
             served = lookup.get_bundle("bob")
         assert served is not None and served["signed_prekey_id"] == first
