@@ -32,12 +32,8 @@ from agentmesh.hub.core import HubCore
 from agentmesh.hub.in_process import InProcessHub
 from agentmesh.hub.limits import HubLimits
 from agentmesh.hub_protocol import DEFAULT_PORT
-from agentmesh.hub_store import (
-    HubBackend,
-    SQLiteBackend,
-    default_store_path,
-    ephemeral_store_path,
-)
+from agentmesh.hub_store import HubBackend, default_store_path, ephemeral_store_path
+from agentmesh.hub_store_sqlite import SQLiteBackend
 
 __all__ = ["NetworkHubServer"]
 
