@@ -10,6 +10,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hubutil import HubProcess
@@ -139,13 +140,19 @@ class _RacingMarks(set):
         super().clear()
 
 
-def test_a_seal_during_a_save_is_saved_or_stays_marked(tmp_path):
+def _persistent_alice_talking_to_bob(tmp_path: Path) -> tuple[Agent, Any]:
+    """On a LocalHub: a persistent alice that has sent bob one message, state saved."""
     hub = LocalHub()
     alice = Agent("alice", hub=hub, keypair_path=tmp_path / "alice.key")
     Agent("bob", hub=hub)
     alice.send("bob", text="first")
     core = _core_of(alice)
     core.save_state()
+    return alice, core
+
+
+def test_a_seal_during_a_save_is_saved_or_stays_marked(tmp_path):
+    alice, core = _persistent_alice_talking_to_bob(tmp_path)
     core._autosave = False  # (the only save is the racing one)
     core._meta_dirty = True
     marks = core._dirty = _RacingMarks(core.save_state)
@@ -274,12 +281,7 @@ def test_sessions_opened_by_unknown_senders_are_bounded(tmp_path, monkeypatch):
 
 
 def test_session_exports_held_in_python_are_sealed(tmp_path):
-    hub = LocalHub()
-    alice = Agent("alice", hub=hub, keypair_path=tmp_path / "alice.key")
-    Agent("bob", hub=hub)
-    alice.send("bob", text="hi")
-    core = _core_of(alice)
-    core.save_state()
+    alice, core = _persistent_alice_talking_to_bob(tmp_path)
     assert core._exports
     for peer, sealed in core._exports.items():
         assert not sealed.startswith(b"AMS"), f"the export for {peer!r} is held in the clear"
