@@ -269,14 +269,6 @@ def _ack_all(acks: list[tuple[_Proto, int]]) -> None:
         proto.ack(did)  # on the connection it came from (a no-op if that one is gone)
 
 
-def _ack_when_durable(acks: list[tuple[_Proto, int]], durable: asyncio.Future[None]) -> None:
-    if durable.cancelled() or durable.exception() is not None:
-        # never made durable: the hub keeps them and delivers them again (next connection)
-        log.error("%d deliveries left unacknowledged: %s", len(acks), durable.exception())
-        return
-    _ack_all(acks)
-
-
 async def _cancel_and_wait(task: asyncio.Task[Any] | None) -> None:
     """Cancel a background task (if any) and wait until it has really stopped."""
     if task is None:
@@ -883,7 +875,22 @@ class HubClient:
         if durable is None:
             _ack_all(acks)
         else:
-            durable.add_done_callback(functools.partial(_ack_when_durable, acks))
+            durable.add_done_callback(functools.partial(self._ack_when_durable, hub_id, acks))
+
+    def _ack_when_durable(
+        self, hub_id: bytes, acks: list[tuple[_Proto, int]], durable: asyncio.Future[None]
+    ) -> None:
+        if not durable.cancelled() and durable.exception() is None:
+            _ack_all(acks)
+            return
+        # Never made durable: no acknowledgement, so the hub delivers them again after a
+        # reconnect; the position goes back before them, or that redelivery would be skipped
+        # (and acknowledged) as already handled.
+        log.error("%d deliveries left unacknowledged: %s", len(acks), durable.exception())
+        if self._seen_hub == hub_id:
+            self._seen_id = min(self._seen_id, acks[0][1] - 1)
+        if self._handled.get(hub_id, 0) >= acks[0][1]:
+            self._handled[hub_id] = acks[0][1] - 1
 
     # ---- lookups -----------------------------------------------------------------------------
 

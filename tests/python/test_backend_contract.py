@@ -116,6 +116,19 @@ async def send_all(backend: Backend, recipient: str, envelopes: list[bytes]) -> 
     await backend.flush(TIMEOUT)
 
 
+async def queue_while_offline(
+    deployment: Any, sender: Any, recipient: Any, count: int
+) -> list[bytes]:
+    """The recipient registers once (so it is known), then is offline while ``count`` sealed
+    envelopes are sent to it and flushed; returns them."""
+    async with registered(deployment, recipient):
+        pass
+    envelopes = sealed(sender, recipient, count)
+    async with registered(deployment, sender) as backend:
+        await send_all(backend, recipient.agent_id, envelopes)
+    return envelopes
+
+
 def run(coro: Any) -> Any:
     return asyncio.run(asyncio.wait_for(coro, 3 * TIMEOUT))
 
@@ -255,11 +268,7 @@ def test_an_unacknowledged_batch_comes_again_and_an_acknowledged_one_does_not(de
     alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
 
     async def main() -> None:
-        async with registered(deployment, bob):
-            pass
-        envelopes = sealed(alice, bob, 10)
-        async with registered(deployment, alice) as a:
-            await send_all(a, "bob", envelopes)
+        envelopes = await queue_while_offline(deployment, alice, bob, 10)
         first = Receiver(acknowledge=False)  # its work never becomes durable
         async with registered(deployment, bob, first):
             await first.wait_for(10)
@@ -277,15 +286,48 @@ def test_an_unacknowledged_batch_comes_again_and_an_acknowledged_one_does_not(de
     run(main())
 
 
+def test_a_batch_never_made_durable_comes_again_to_the_same_backend(deploy):
+    """A batch whose durable future fails is not acknowledged; when the same backend
+    reconnects (here after a crash of the servers), it is handed over again, not skipped as
+    already handled."""
+    deployment = deploy()
+    alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
+
+    async def main() -> None:
+        envelopes = await queue_while_offline(deployment, alice, bob, 5)
+        failing = {"on": True}
+        got = Receiver()
+
+        async def on_batch(batch: list[Delivery]) -> Any:
+            await got(batch)
+            future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            if failing["on"]:
+                future.set_exception(RuntimeError("the disk is full"))
+            else:
+                future.set_result(None)
+            return future
+
+        async with registered(deployment, bob, on_batch):
+            await got.wait_for(5)
+            failing["on"] = False
+            await asyncio.get_running_loop().run_in_executor(None, deployment.crash_and_restart)
+            await got.wait_for(10)
+        assert [e for _, e in got.deliveries] == envelopes + envelopes
+        after = Receiver()
+        async with registered(deployment, bob, after) as b:
+            await b.get_bundle("bob")
+            await asyncio.sleep(0.5)
+        assert after.deliveries == []  # acknowledged the second time
+
+    run(main())
+
+
 def test_positions_already_handled_are_skipped(deploy):
     deployment = deploy()
     alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
 
     async def main() -> None:
-        async with registered(deployment, bob):
-            pass
-        async with registered(deployment, alice) as a:
-            await send_all(a, "bob", sealed(alice, bob, 6))
+        await queue_while_offline(deployment, alice, bob, 6)
         first = Receiver(acknowledge=False)
         backend = deployment.new_backend()
         stores: list[bytes | None] = []
@@ -313,11 +355,7 @@ def test_a_flushed_envelope_survives_a_crash(deploy):
     alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
 
     async def main() -> None:
-        async with registered(deployment, bob):
-            pass
-        envelopes = sealed(alice, bob, 20)
-        async with registered(deployment, alice) as a:
-            await send_all(a, "bob", envelopes)
+        envelopes = await queue_while_offline(deployment, alice, bob, 20)
         await asyncio.get_running_loop().run_in_executor(None, deployment.crash_and_restart)
         got = Receiver()
         async with registered(deployment, bob, got):
