@@ -71,6 +71,25 @@ def _core_of(agent: Any) -> _AgentCore:
 # Message
 
 
+class ReadyEvent(threading.Event):
+    """A ``threading.Event`` that also calls back whoever waits for it without a thread (the
+    receive path: an agent's first batches wait until it has a handler or an iterator)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def when_set(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def set(self) -> None:
+        already = self.is_set()
+        super().set()
+        if not already:
+            for callback in self._callbacks:
+                callback()
+
+
 class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
     """Identity, sessions, pins, handlers and counters of one agent. No I/O of its own."""
 
@@ -109,7 +128,7 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
         self._handlers: tuple[Callable[[Message], Any], ...] = ()
         self._error_handlers = ()
         self._dispatch = self.run_handlers
-        self.consumer_ready = threading.Event()  # a NetworkHub link delivers once this is set
+        self.consumer_ready = ReadyEvent()  # a NetworkHub link delivers once this is set
         self.sent = 0
         self.received = 0
         self.rejected = 0
