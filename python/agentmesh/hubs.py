@@ -24,8 +24,9 @@ from typing import Any
 from . import crypto as _crypto
 from .agent import _AgentCore, _core_of
 from .backend import Backend
-from .errors import HubError
+from .errors import HubError, PeerNotFoundError
 from .link import AgentLink, NetLoop, hub_error
+from .local_backend import LocalBackend, LocalDirectory
 
 __all__ = ["Hub", "LocalHub", "NetworkHub", "parse_hub_address"]
 
@@ -33,6 +34,8 @@ Envelope = _crypto.Envelope
 log = logging.getLogger("agentmesh.hubs")
 
 DEFAULT_PORT = 7700
+
+
 def parse_hub_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
     """``"host:port"``, ``"host"`` or ``"[v6]:port"`` -> ``(host, port)``; ValueError if bad."""
     address = address.strip()
@@ -114,62 +117,64 @@ class _LocalTransport:
 
 
 class LocalHub(Hub):
-    """An in-process hub for scripts, tests and notebooks. Synchronous: ``deliver`` returns after
-    the recipient's handlers ran. It keeps no copy of any envelope."""
+    """An in-process hub for scripts, tests and notebooks: a synchronous face over a
+    :class:`~agentmesh.local_backend.LocalDirectory`. ``deliver`` returns after the recipient's
+    handlers ran; it keeps no copy of any envelope for its agents. (Backends on the same
+    directory, :class:`~agentmesh.local_backend.LocalBackend`, get queued deliveries.)"""
 
     def __init__(self) -> None:
-        self._agents: dict[str, _AgentCore] = {}
-        self._bundles: dict[str, dict[str, Any]] = {}
-        self._count = 0
-        self._lock = threading.Lock()
+        self.directory = LocalDirectory()
 
     def register(self, agent: Any) -> None:
         core = _core_of(agent)
-        with self._lock:
-            existing = self._agents.get(core.agent_id)
-            if (
-                existing is not None
-                and existing is not core
-                and not existing.closed
-                and existing.identity_key != core.identity_key
-            ):
-                raise ValueError(
-                    f"Agent id {core.agent_id!r} is already registered on this hub with another "
-                    "identity key; close() that agent first"
-                )
-            core.attach(self, _LocalTransport(self))
-            self._agents[core.agent_id] = core
-            self._bundles[core.agent_id] = core.public_bundle
+        try:
+            self.directory.bind(core.public_bundle, core)
+        except HubError as exc:
+            raise ValueError(
+                f"Agent id {core.agent_id!r} is already registered on this hub with another "
+                f"identity key; close() that agent first ({exc})"
+            ) from None
+        core.attach(self, _LocalTransport(self))
 
     def unregister(self, agent: Any) -> None:
         core = _core_of(agent)
-        with self._lock:
-            if self._agents.get(core.agent_id) is core:
-                del self._agents[core.agent_id]
-                self._bundles.pop(core.agent_id, None)
+        self.directory.leave(core.agent_id, core, forget=True)
 
     def deliver(self, envelope: Any) -> None:
         if type(envelope) is not Envelope:
             envelope = _crypto.as_envelope(envelope)
         recipient = envelope.recipient
-        core = self._agents.get(recipient)
-        if core is None:
-            raise ValueError(f"Peer {recipient!r} not found on hub")
-        self._count += 1
-        core.receive(envelope)
+        directory = self.directory
+        holder = directory.holder(recipient)
+        if not isinstance(holder, _AgentCore):
+            try:
+                directory.enqueue(recipient, bytes(envelope.to_bytes()))
+            except PeerNotFoundError:
+                raise ValueError(f"Peer {recipient!r} not found on hub") from None
+            return
+        directory.routed += 1
+        holder.receive(envelope)
+
+    def local_agent(self, agent_id: str) -> _AgentCore | None:
+        """The agent of this process registered as ``agent_id`` (None: none, or a backend)."""
+        holder = self.directory.holder(agent_id)
+        return holder if isinstance(holder, _AgentCore) else None
 
     def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
-        bundle = self._bundles.get(agent_id)
-        return dict(bundle) if bundle is not None else None
+        return self.directory.get_bundle(agent_id)
 
     def list_agents(self) -> list[str]:
-        return list(self._agents)
+        return self.directory.agents()
 
     def message_count(self) -> int:
-        return self._count
+        return self.directory.routed
+
+    def new_backend(self) -> Backend:
+        """A backend on this hub's directory (what code built on the backend seam uses)."""
+        return LocalBackend(self.directory)
 
     def __repr__(self) -> str:
-        return f"<LocalHub agents={len(self._agents)} routed={self._count}>"
+        return f"<LocalHub agents={len(self.directory.agents())} routed={self.directory.routed}>"
 
 
 # --------------------------------------------------------------------------------------------
