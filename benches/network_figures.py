@@ -760,7 +760,7 @@ def _log(ns: argparse.Namespace, text: str) -> None:
 # command line
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--count", type=int, default=20_000, help="timed one-way messages")
@@ -792,6 +792,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=200, help=argparse.SUPPRESS)
     p.add_argument("--rt-warmup", type=int, default=200, help=argparse.SUPPRESS)
     p.add_argument("--state-dir", help=argparse.SUPPRESS)
+    return p
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """The figures as ``python -m benches`` takes them: signed and deniable, plain and
+    persistent agents interleaved; quick: fewer messages."""
+    args = ["-q", "--persistent"]
+    if quick:
+        args += ["--count", "4000", "--round-trips", "500"]
+    ns = parser().parse_args(args)
+    ns.modes = list(MODES)
+    return measure(ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     ns = p.parse_args(argv)
     if ns.peer:
         PEERS[ns.peer](ns)
