@@ -28,6 +28,7 @@ from . import crypto as _crypto
 from .agent_persistence import _Persistence
 from .agent_prekeys import _Prekeys
 from .agent_receiving import _Receiving
+from .agent_requests import DEFAULT_REQUEST_TIMEOUT, PendingRequests, _Requests
 from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
     AUTOSAVE_INTERVAL,
     CLOSE_TIMEOUT,
@@ -90,7 +91,7 @@ class ReadyEvent(threading.Event):
                 callback()
 
 
-class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
+class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Requests):
     """Identity, sessions, pins, handlers and counters of one agent. No I/O of its own."""
 
     def __init__(
@@ -128,7 +129,9 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
         self._handlers: tuple[Callable[[Message], Any], ...] = ()
         self._error_handlers = ()
         self._dispatch = self.run_handlers
-        self.consumer_ready = ReadyEvent()  # a NetworkHub link delivers once this is set
+        self._pending = PendingRequests()
+        self.consumer_ready = ReadyEvent()  # a NetworkHub link runs handlers once this is set
+        self.attached = ReadyEvent()  # set once a hub's register attached the agent
         self.sent = 0
         self.received = 0
         self.rejected = 0
@@ -213,6 +216,7 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
         self._transport = transport
         self._transmit = transport.send
         self._autosave = bool(getattr(transport, "local", False)) and self.store is not None
+        self.attached.set()
 
     def detach(self) -> None:
         self._transmit = None
@@ -255,12 +259,16 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
     def send_payload(self, recipient: str, payload: dict[str, Any]) -> Any:
         """Seal ``payload`` for ``recipient`` and hand it to the hub; return the Envelope."""
         env = self.seal_for(recipient, payload)
+        self.transmit(env)
+        return env
+
+    def transmit(self, env: Any) -> None:
+        """Hand a sealed envelope to the hub."""
         transmit = self._transmit
         if transmit is not None:
             transmit(env)
         elif self.hub is not None:  # closed
             raise RuntimeError(f"agent {self.agent_id!r} is closed")
-        return env
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -284,6 +292,9 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
                 error = exc
         self.closed = True
         self.consumer_ready.set()
+        self._pending.fail_all(
+            RuntimeError(f"agent {self.agent_id!r} closed before the reply came")
+        )
         hub = self.hub
         try:
             if hub is not None:
@@ -426,6 +437,30 @@ class Agent(_AgentFacade):
         return self._core.send_payload(recipient_id, payload)
 
     # handlers
+    def request(
+        self,
+        recipient_id: str,
+        /,
+        text: str = "",
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        **kwargs: Any,
+    ) -> Message:
+        """Send a request and wait for the reply (``msg.reply(...)`` at the peer); returns the
+        reply :class:`Message`. Every keyword beyond ``text`` and ``timeout`` lands in the
+        payload. ``ReplyTimeoutError`` (a ``TimeoutError``) when no reply comes within
+        ``timeout`` seconds; ``RemoteError`` when the peer answers with ``reply_error``. Any
+        thread may wait, many requests at once; a handler may wait too."""
+        return self.request_payload(recipient_id, {"text": text, **kwargs}, timeout=timeout)
+
+    def request_payload(
+        self,
+        recipient_id: str,
+        payload: dict[str, Any],
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> Message:
+        """:meth:`request` with a whole payload dict."""
+        return self._core.request_payload(recipient_id, payload, timeout)
+
     def on_message(self, handler: H) -> H:
         """Register a message handler (decorator or call); returns it unchanged."""
         return self._core.add_handler(handler)

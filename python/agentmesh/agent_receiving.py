@@ -29,6 +29,17 @@ Envelope = _crypto.Envelope
 perform_key_exchange = _crypto.perform_key_exchange
 
 
+class Rejected:
+    """An envelope ``receive_batch(dispatch=False)`` refused: the error, and the envelope (or
+    its bytes), for the caller to report in its place (``reject``)."""
+
+    __slots__ = ("envelope", "error")
+
+    def __init__(self, error: BaseException, envelope: Any) -> None:
+        self.error = error
+        self.envelope = envelope
+
+
 class _Receiving(AgentCoreState):
     """Receiving (see the module)."""
 
@@ -41,17 +52,21 @@ class _Receiving(AgentCoreState):
         except CryptoError as exc:
             self.reject(exc, envelope)
             return None
-        self._dispatch(msg)
+        self.hand_over(msg)
         return msg
 
-    def receive_batch(self, envelopes: list[Any]) -> list[Message | None]:
+    def receive_batch(
+        self, envelopes: list[Any], dispatch: bool = True
+    ) -> list[Message | Rejected | None]:
         """:meth:`receive` for many envelopes (Envelopes or bytes) delivered together.
 
         Each sender's envelopes are unsealed together, in order (``unseal_many``: one Ed25519
         batch verification in signed mode); first contact with an unknown sender goes through the
         same path as :meth:`receive`. Then the handlers (or, for a rejection, the error
         handlers) run for each envelope in the order given. Returns what :meth:`receive` would
-        have returned for each envelope.
+        have returned for each envelope. With ``dispatch=False`` neither the handlers nor the
+        error handlers run: the caller hands the messages over, and reports each
+        :class:`Rejected` in its place, itself.
         """
         n = len(envelopes)
         if n == 1:  # the latency path: nothing to group
@@ -61,9 +76,12 @@ class _Receiving(AgentCoreState):
                     item = _crypto.as_envelope(item)
                 msg = self.accept(item)
             except Exception as exc:  # a CryptoError, or a hub lookup failing on first contact
+                if not dispatch:
+                    return [Rejected(exc, item)]
                 self.reject(exc, item)
                 return [None]
-            self._dispatch(msg)
+            if dispatch:
+                self.hand_over(msg)
             return [msg]
         outcomes: list[Any] = [None] * n  # Message or the exception that rejected it
         items: list[Any] = list(envelopes)
@@ -83,14 +101,17 @@ class _Receiving(AgentCoreState):
             results = self._accept_run(sender, [items[i] for i in indexes])
             for index, result in zip(indexes, results, strict=True):
                 outcomes[index] = result
-        out: list[Message | None] = []
+        out: list[Message | Rejected | None] = []
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, Message):
-                self._dispatch(outcome)
+                if dispatch:
+                    self.hand_over(outcome)
                 out.append(outcome)
-            else:
+            elif dispatch:
                 self.reject(outcome, item)
                 out.append(None)
+            else:
+                out.append(Rejected(outcome, item))
         return out
 
     def _accept_run(self, sender: str, envs: list[Any]) -> list[Any]:
@@ -130,7 +151,7 @@ class _Receiving(AgentCoreState):
                 continue
             for env, payload in zip(chunk, opened, strict=True):
                 if type(payload) is dict:
-                    results.append(Message(sender, me, payload, env))
+                    results.append(Message(sender, me, payload, env, self))
                 elif isinstance(payload, ReplayError):
                     results.append(payload)
                 elif isinstance(payload, CryptoError):
@@ -170,7 +191,7 @@ class _Receiving(AgentCoreState):
             raise self._explain_rejection(env, sender, exc) from None
         if dirty is not None and self._autosave:
             self._maybe_autosave()
-        return Message(sender, self.agent_id, payload, env)
+        return Message(sender, self.agent_id, payload, env, self)
 
     def _accept_first(self, env: Any, sender: str) -> Message:
         if self.closed:
@@ -194,7 +215,7 @@ class _Receiving(AgentCoreState):
                 self._note_inbound_only(sender)
             self.received += 1
         self.save_state_quietly()
-        return Message(sender, self.agent_id, payload, env)
+        return Message(sender, self.agent_id, payload, env, self)
 
     def _note_inbound_only(self, sender: str) -> None:
         """Bound the sessions that other agents opened and this one never answered: any agent
@@ -254,6 +275,13 @@ class _Receiving(AgentCoreState):
                 type(exc).__name__,
                 exc,
             )
+            return
+        self.report(exc)
+
+    def report(self, exc: BaseException) -> None:
+        """Tell every error handler (or the log, when there is none)."""
+        if not self._error_handlers:
+            self.log.warning("agent %r: %s: %s", self.agent_id, type(exc).__name__, exc)
             return
         for handler in self._error_handlers:
             try:

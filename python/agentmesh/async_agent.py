@@ -17,6 +17,9 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade
+from .agent_requests import DEFAULT_REQUEST_TIMEOUT
+from .errors import ReplyTimeoutError
+from .link_receive_pool import waiting
 from .message import Message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -111,7 +114,8 @@ class AsyncAgent(_AgentFacade):
             # a network worker: wait until the handlers ran, so the hub's ack comes after them
             fut = asyncio.run_coroutine_threadsafe(self._run_chain(msg), loop)
             try:
-                fut.result()
+                with waiting():  # an async handler may await a reply: let it through
+                    fut.result()
             except Exception:
                 core.log.exception("agent %r: async dispatch failed", core.agent_id)
             return
@@ -246,6 +250,44 @@ class AsyncAgent(_AgentFacade):
         ):
             return core.send_payload(recipient_id, payload)  # no I/O before the envelope exists
         return await self._run(core.send_payload, recipient_id, payload)
+
+    async def request(
+        self,
+        recipient_id: str,
+        /,
+        text: str = "",
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        **kwargs: Any,
+    ) -> Message:
+        """Send a request and wait for its reply (see :meth:`Agent.request`)."""
+        return await self.request_payload(recipient_id, {"text": text, **kwargs}, timeout=timeout)
+
+    async def request_payload(
+        self,
+        recipient_id: str,
+        payload: dict[str, Any],
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> Message:
+        """:meth:`request` with a whole payload dict."""
+        self._bind_running()
+        core = self._core
+        if recipient_id in core._sessions and recipient_id not in core._unverified:
+            env, future = core.open_request(recipient_id, payload)  # no I/O on this path
+        else:
+            env, future = await self._run(core.open_request, recipient_id, payload)
+        request_id = str(env.id)
+        reply = asyncio.wrap_future(future)
+        try:
+            # (asyncio.wait, not wait_for: a timeout must not cancel what a late reply resolves)
+            await asyncio.wait({reply}, timeout=timeout)
+            if reply.done():
+                return reply.result()
+            core.finish_request(recipient_id, request_id, timed_out=True)
+            if future.done():  # the reply came just as the wait ended
+                return future.result()
+            raise ReplyTimeoutError(recipient_id, timeout or 0.0, request_id)
+        finally:
+            core.finish_request(recipient_id, request_id, timed_out=False)
 
     async def connect(self, peer_id: str) -> str:
         return await self._run(self._core.connect, peer_id)  # type: ignore[no-any-return]

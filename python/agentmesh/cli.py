@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -94,18 +94,16 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Send one end-to-end encrypted message through a network hub, then wait "
         "until the hub has durably accepted it. Prints the message id.",
     )
-    _hub_args(p)
-    _key_args(p)
-    p.add_argument("--to", required=True, metavar="ID", help="recipient agent id")
-    p.add_argument("--text", default="", help="message text")
-    p.add_argument(
-        "--payload",
-        metavar="JSON",
-        help='extra payload fields as a JSON object, e.g. \'{"type": "task", "n": 3}\'',
+    _message_args(p, "message text", "seconds to wait for the hub (default 30)")
+
+    p = sub.add_parser(
+        "request",
+        help="send a request through a network hub and print the reply as JSON",
+        description="Send one end-to-end encrypted request through a network hub and wait for "
+        "the reply (the peer answers with msg.reply). Prints the reply as one JSON line; exits "
+        "1 when the peer answers with an error, or no reply comes within --timeout.",
     )
-    p.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the hub (default 30)"
-    )
+    _message_args(p, "request text", "seconds to wait for the reply (default 30)")
 
     p = sub.add_parser(
         "listen",
@@ -163,6 +161,20 @@ def _hub_args(p: argparse.ArgumentParser) -> None:
         metavar="PEM",
         help="connect with TLS, trusting this CA / self-signed certificate",
     )
+
+
+def _message_args(p: argparse.ArgumentParser, text_help: str, timeout_help: str) -> None:
+    """What ``send`` and ``request`` take: where, who, what, and how long to wait."""
+    _hub_args(p)
+    _key_args(p)
+    p.add_argument("--to", required=True, metavar="ID", help="recipient agent id")
+    p.add_argument("--text", default="", help=text_help)
+    p.add_argument(
+        "--payload",
+        metavar="JSON",
+        help='extra payload fields as a JSON object, e.g. \'{"type": "task", "n": 3}\'',
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help=timeout_help)
 
 
 def _key_args(p: argparse.ArgumentParser) -> None:
@@ -246,9 +258,7 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_send(args: argparse.Namespace) -> int:
-    from .agent import Agent
-
+def _payload_of(args: argparse.Namespace) -> dict[str, Any]:
     payload: dict[str, Any] = {}
     if args.payload:
         try:
@@ -257,21 +267,46 @@ def _cmd_send(args: argparse.Namespace) -> int:
             raise _UsageError(f"--payload is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise _UsageError("--payload must be a JSON object")
-    payload = {"text": args.text, **payload}
+    return {"text": args.text, **payload}
+
+
+def _with_agent(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
+    """Run ``work(agent)`` with the key file's agent on the hub, then close both."""
+    from .agent import Agent
+
     passphrase = _passphrase(args)
     agent_id = _agent_id_of_key(args.key, passphrase)
     hub = _hub(args)
     try:
         agent = Agent(agent_id, hub=hub, keypair_path=args.key, passphrase=passphrase)
         try:
-            env = agent.send_payload(args.to, payload)
-            agent.flush(timeout=args.timeout)
+            return work(agent)
         finally:
             agent.close(timeout=args.timeout)
     finally:
         hub.close()
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    payload = _payload_of(args)
+
+    def send(agent: Any) -> Any:
+        env = agent.send_payload(args.to, payload)
+        agent.flush(timeout=args.timeout)
+        return env
+
+    env = _with_agent(args, send)
     print(env.id)
     log.info("sent %s to %r", env.id, args.to)
+    return EXIT_OK
+
+
+def _cmd_request(args: argparse.Namespace) -> int:
+    payload = _payload_of(args)
+    reply = _with_agent(
+        args, lambda agent: agent.request_payload(args.to, payload, timeout=args.timeout)
+    )
+    print(json.dumps(reply.to_dict()))
     return EXIT_OK
 
 
@@ -400,6 +435,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keygen": _cmd_keygen,
         "fingerprint": _cmd_fingerprint,
         "send": _cmd_send,
+        "request": _cmd_request,
         "listen": _cmd_listen,
         "peers": _cmd_peers,
         "demo": _cmd_demo,

@@ -193,7 +193,11 @@ class AgentLink:
         # disk.
         self._writer_thread = (
             StateWriter(
-                core, self.loop, closing=lambda: self._closing, report=self._note_write_error
+                core,
+                self.loop,
+                closing=lambda: self._closing,
+                report=self._note_write_error,
+                caught_up=lambda: self.receiver.unhandled == 0,
             )
             if core.persistent
             else None

@@ -272,9 +272,9 @@ def test_network_bursts_arrive_once_in_order_per_sender_in_batches(server, monke
     sizes: list[int] = []
     real = bob._core.receive_batch
 
-    def spy(envs):
+    def spy(envs, *args, **kwargs):
         sizes.append(len(envs))
-        return real(envs)
+        return real(envs, *args, **kwargs)
 
     monkeypatch.setattr(bob._core, "receive_batch", spy)
     gate = threading.Event()

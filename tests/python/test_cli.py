@@ -275,3 +275,55 @@ def test_python_dash_m_agentmesh_demo():
     assert "plaintext visible to the hub: none" in r.stdout
     assert re.search(r"alice\s+fingerprint [0-9a-f:]{39}", r.stdout)
     assert Path  # keep the import used
+
+
+RESPONDER = """
+import sys, threading
+from agentmesh import Agent
+from agentmesh.hubs import NetworkHub, parse_hub_address
+host, port = parse_hub_address(sys.argv[1])
+agent = Agent("bob", hub=NetworkHub(host, port), keypair_path=sys.argv[2])
+done = threading.Event()
+
+@agent.on_message
+def answer(msg):
+    if msg.text == "fail":
+        msg.reply_error("no such task")
+    elif msg.text == "stop":
+        done.set()
+    elif msg.text != "ignore":
+        msg.reply(text=msg.text.upper(), n=msg.payload.get("n"))
+
+print("ready", flush=True)
+done.wait(120)
+agent.close()
+"""
+
+
+def test_request_prints_the_reply_and_fails_on_errors_and_timeouts(tmp_path, hub):
+    for name in ("alice", "bob"):
+        r = run_cli("keygen", "--path", str(tmp_path / f"{name}.key"), "--id", name)
+        assert r.returncode == 0, r.stderr
+    responder = subprocess.Popen(
+        [sys.executable, "-c", RESPONDER, hub, str(tmp_path / "bob.key")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    alice = ("--hub", hub, "--key", str(tmp_path / "alice.key"), "--to", "bob")
+    try:
+        assert responder.stdout is not None and responder.stdout.readline() == "ready\n"
+        r = run_cli("request", *alice, "--text", "hello", "--payload", '{"n": 3}')
+        assert r.returncode == 0, r.stderr
+        reply = json.loads(r.stdout)
+        assert reply["text"] == "HELLO" and reply["payload"]["n"] == 3
+        assert reply["sender"] == "bob" and reply["reply_to"]
+        r = run_cli("request", *alice, "--text", "fail")
+        assert r.returncode == 1 and "no such task" in r.stderr and r.stdout == ""
+        r = run_cli("request", *alice, "--text", "ignore", "--timeout", "1")
+        assert r.returncode == 1 and "no reply from 'bob' within 1 s" in r.stderr
+        assert run_cli("send", *alice, "--text", "stop").returncode == 0
+        responder.wait(30)
+    finally:
+        if responder.poll() is None:
+            responder.kill()
