@@ -139,7 +139,8 @@ class ClientLifecycle:
             raise self._fatal
 
     def _stopped(self) -> HubError | None:
-        """Why nothing more can be acknowledged (the client failed or closed), if so."""
+        """Why a flush cannot wait for acknowledgements (the client failed for good or is closed),
+        if so."""
         if self._fatal is not None:
             return self._fatal
         return HubError("hub client is closed") if self._closed else None
