@@ -184,9 +184,20 @@ class Receiver:
             if prekeys_used:
                 self._prekeys_used()
             with self._lock:
-                self._unsealed.append((items, outcomes))
-                self.unhandled += sum(1 for outcome in outcomes if type(outcome) is Message)
-                schedule = core.consumer_ready.is_set() and self._claim(self._handle)
+                # nothing for the handlers (replies, redeliveries) and nothing before it waiting
+                # for them: acknowledged now (an agent with no handler that only asks questions
+                # must not leave its replies unacknowledged)
+                direct = (
+                    not self._unsealed
+                    and self._drainer[self._handle] is None
+                    and all(outcome is True for outcome in outcomes)
+                )
+                if not direct:
+                    self._unsealed.append((items, outcomes))
+                    self.unhandled += sum(1 for o in outcomes if type(o) is Message)
+                schedule = not direct and core.consumer_ready.is_set() and self._claim(self._handle)
+            if direct:
+                self._acknowledge(items, [True] * len(outcomes))
             if schedule:
                 self.pool.schedule(self._handle)
             with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)

@@ -340,3 +340,17 @@ def echo_agent_from(hub, key: Path) -> Agent:
     agent = Agent("bob", hub=hub, keypair_path=key)
     agent.on_message(lambda msg: msg.reply(text=msg.text.upper()))
     return agent
+
+
+def test_an_agent_without_handlers_acknowledges_its_replies(network_hub) -> None:
+    """A caller with no message handler of its own: its replies are acknowledged as they are
+    taken, or the hub's delivery window (1,024 unacknowledged) would fill and stop them."""
+    from agentmesh.hub.limits import HubLimits
+
+    alice, bob = Agent("alice", hub=network_hub), echo_agent(network_hub)
+    try:
+        for i in range(HubLimits().delivery_window + 100):
+            assert alice.request("bob", text="q", n=i, timeout=10).payload["asked"] == i
+    finally:
+        alice.close()
+        bob.close()
