@@ -28,7 +28,7 @@ from . import crypto as _crypto
 from .agent_persistence import _Persistence
 from .agent_prekeys import _Prekeys
 from .agent_receiving import _Receiving
-from .agent_requests import DEFAULT_REQUEST_TIMEOUT, PendingRequests, _Requests
+from .agent_requests import DEFAULT_REQUEST_TIMEOUT, PendingRequests, _Requests, check_no_meta
 from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
     AUTOSAVE_INTERVAL,
     CLOSE_TIMEOUT,
@@ -130,6 +130,7 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
         self._error_handlers = ()
         self._dispatch = self.run_handlers
         self._pending = PendingRequests()
+        self._interceptors = {}
         self.consumer_ready = ReadyEvent()  # a NetworkHub link runs handlers once this is set
         self.attached = ReadyEvent()  # set once a hub's register attached the agent
         self.sent = 0
@@ -430,10 +431,12 @@ class Agent(_AgentFacade):
     # sending
     def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
         """Send ``{"text": text, **kwargs}``; returns the sealed Envelope."""
-        return self._core.send_payload(recipient_id, {"text": text, **kwargs})
+        return self.send_payload(recipient_id, {"text": text, **kwargs})
 
     def send_payload(self, recipient_id: str, payload: dict[str, Any]) -> Any:
         """Send a payload dict as it is; ``TypeError`` (nothing sent) if it cannot be serialised."""
+        if isinstance(payload, dict):
+            check_no_meta(payload)
         return self._core.send_payload(recipient_id, payload)
 
     # handlers

@@ -20,6 +20,7 @@ import collections
 import concurrent.futures
 import contextlib
 import threading
+from collections.abc import Callable
 from typing import Any
 
 from .agent_state import AgentCoreState
@@ -135,10 +136,40 @@ class _Requests(AgentCoreState):
             meta["error"] = error
         return self.send_payload(request.sender, {**payload, META_KEY: meta})
 
+    def intercept(self, kind: str, take: Callable[[Message], None]) -> None:
+        """Messages of ``kind`` (sent with :meth:`send_kind`) go to ``take`` instead of the
+        handlers: how a protocol carried between agents (MCP, say) keeps its own traffic.
+        ``take`` runs on the receive path, before the handlers: it must not block."""
+        self._interceptors = {**self._interceptors, kind: take}
+
+    def send_kind(self, peer: str, kind: str, payload: dict[str, Any]) -> Any:
+        """Send ``payload`` as a message of ``kind`` (taken by the peer's interceptor)."""
+        return self.send_payload(peer, {**payload, META_KEY: {"kind": kind}})
+
     def take_reply(self, msg: Message) -> bool:
-        """True when ``msg`` is a reply that must not reach the message handlers: it answered
-        a waiting ``request()``, or it came too late (reported to the error handlers)."""
-        if msg._meta is None or msg.reply_to is None:
+        """True when ``msg`` must not reach the message handlers: a reply that answered a
+        waiting ``request()`` or came too late (reported to the error handlers), or a message
+        of a kind an interceptor takes (one of a kind nobody takes is dropped, logged)."""
+        meta = msg._meta
+        if meta is None:
+            return False
+        kind = meta.get("kind")
+        if kind is not None:
+            take = self._interceptors.get(kind) if isinstance(kind, str) else None
+            if take is None:
+                self.log.warning(
+                    "agent %r: dropped a %r message from %r: nothing here takes that kind",
+                    self.agent_id,
+                    kind,
+                    msg.sender,
+                )
+                return True
+            try:
+                take(msg)
+            except Exception:
+                self.log.exception("agent %r: taking a %r message failed", self.agent_id, kind)
+            return True
+        if msg.reply_to is None:
             return False
         outcome = self._pending.take(msg)
         if outcome == "late":

@@ -39,6 +39,7 @@ class AgentCoreState:
     # handlers and counters
     _dispatch: Callable[[Message], Any]
     _pending: PendingRequests
+    _interceptors: dict[str, Callable[[Message], None]]
     _error_handlers: tuple[Callable[[BaseException], Any], ...]
     sent: int
     received: int

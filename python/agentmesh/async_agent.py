@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade
-from .agent_requests import DEFAULT_REQUEST_TIMEOUT
+from .agent_requests import DEFAULT_REQUEST_TIMEOUT, check_no_meta
 from .errors import ReplyTimeoutError
 from .link_receive_pool import waiting
 from .message import Message
@@ -242,6 +242,8 @@ class AsyncAgent(_AgentFacade):
 
     async def send_payload(self, recipient_id: str, payload: dict[str, Any]) -> Any:
         self._bind_running()
+        if isinstance(payload, dict):
+            check_no_meta(payload)
         core = self._core
         if (
             isinstance(recipient_id, str)

@@ -152,6 +152,8 @@ def test_bad_requests_fail_clearly(hub) -> None:
             alice.request("ghost", text="anyone?", timeout=5)
         with pytest.raises(ValueError, match="reserved"):
             alice.request_payload("bob", {META_KEY: {"reply_to": "x"}}, timeout=5)
+        with pytest.raises(ValueError, match="reserved"):
+            alice.send("bob", text="x", **{META_KEY: {"reply_to": "x"}})
         with pytest.raises(TypeError):
             alice.request_payload("bob", "not a dict", timeout=5)  # type: ignore[arg-type]
     finally:
@@ -281,8 +283,10 @@ def test_only_the_asked_peer_can_answer_a_request(hub) -> None:
         deadline = time.monotonic() + 5
         while not requests and time.monotonic() < deadline:
             time.sleep(0.01)
-        # mallory learns the request's id (say, from bob) and answers in bob's place
-        mallory.send_payload("alice", {"text": "forged", META_KEY: {"reply_to": requests[0].id}})
+        # mallory learns the request's id (say, from bob) and answers in bob's place (with a
+        # client of its own: the API refuses the reserved key in a payload)
+        forged = {"text": "forged", META_KEY: {"reply_to": requests[0].id}}
+        mallory._core.send_payload("alice", forged)
         asker.join(10)
         assert isinstance(result.get("error"), ReplyTimeoutError)
     finally:
@@ -351,6 +355,28 @@ def test_an_agent_without_handlers_acknowledges_its_replies(network_hub) -> None
     try:
         for i in range(HubLimits().delivery_window + 100):
             assert alice.request("bob", text="q", n=i, timeout=10).payload["asked"] == i
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_messages_of_an_intercepted_kind_skip_the_handlers(hub) -> None:
+    """How a protocol carried between agents (MCP) keeps its traffic: a kind with an
+    interceptor goes to it, a kind nobody takes is dropped, plain messages reach handlers."""
+    alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+    taken: list[str] = []
+    handled: list[str] = []
+    bob._core.intercept("probe", lambda msg: taken.append(msg.text))
+    bob.on_message(lambda msg: handled.append(msg.text))
+    try:
+        alice._core.send_kind("bob", "probe", {"text": "for the interceptor"})
+        alice._core.send_kind("bob", "nobody", {"text": "dropped"})
+        alice.send("bob", text="for the handlers")
+        alice.flush(10)
+        deadline = time.monotonic() + 10
+        while not handled and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert taken == ["for the interceptor"] and handled == ["for the handlers"]
     finally:
         alice.close()
         bob.close()
