@@ -115,6 +115,19 @@ class ReceivePool:
         """Queue ``task`` (from any thread); the caller makes sure it is queued once."""
         self.schedule_many((task,))
 
+    def schedule_next(self, task: Drainable) -> None:
+        """Queue ``task`` from a worker that goes back for its next task right away: no other
+        worker is woken for it (on two cores, waking one only to fight this one for the GIL
+        cost more than the task), unless every worker waits in ``waiting()``."""
+        with self._cv:
+            alone = getattr(_this_thread, "pool", None) is self and not self._ready
+            if alone:  # nothing ahead of it: this worker's very next task
+                self._ready.append(task)
+                if self._workers <= self._waiting:
+                    self._spawn()
+                return
+        self.schedule(task)
+
     def schedule_many(self, tasks: collections.abc.Iterable[Drainable]) -> None:
         """Queue several tasks with at most one wake-up per idle worker they need."""
         with self._cv:
@@ -146,8 +159,11 @@ class ReceivePool:
     def waiting(self) -> Iterator[None]:
         with self._cv:
             self._waiting += 1
-            if self._ready and not self._idle and self._workers <= self._waiting:
-                self._spawn()
+            if self._ready:  # what this worker would have taken next goes to another
+                if self._idle:
+                    self._cv.notify()
+                elif self._workers <= self._waiting:
+                    self._spawn()
         try:
             yield
         finally:

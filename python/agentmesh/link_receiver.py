@@ -199,7 +199,7 @@ class Receiver:
             if direct:
                 self._acknowledge(items, [True] * len(outcomes))
             if schedule:
-                self.pool.schedule(self._handle)
+                self.pool.schedule_next(self._handle)  # (this worker takes it next)
             with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
                 self.net.call_soon_batched(_resolve_all, [item[2] for item in items])
         finally:
@@ -293,7 +293,7 @@ class Receiver:
             with self._lock:  # unsealing waited for the handlers
                 schedule = bool(self._pending) and self._claim(self._unseal)
             if schedule:
-                self.pool.schedule(self._unseal)
+                self.pool.schedule_next(self._unseal)
 
     def _acknowledge(self, items: list[_Item], handled: list[bool]) -> None:
         acked = [item[3] for item in items]
@@ -336,7 +336,7 @@ class Receiver:
                 self._close_after_drain = False
             self._idle.notify_all()
         if again:
-            self.pool.schedule(stage)
+            self.pool.schedule_next(stage)
         if close_now:
             self._on_closed()
 
