@@ -7,6 +7,7 @@ methods run on the core and share its state."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 from . import crypto as _crypto
@@ -27,6 +28,10 @@ from .message import Message
 
 Envelope = _crypto.Envelope
 perform_key_exchange = _crypto.perform_key_exchange
+
+# Set while receive_batch(dispatch=False) runs in this thread: what it unseals is held (not
+# saved) until ``handled_from`` says its handlers ran.
+_holding = threading.local()
 
 
 class Rejected:
@@ -68,6 +73,17 @@ class _Receiving(AgentCoreState):
         error handlers run: the caller hands the messages over, and reports each
         :class:`Rejected` in its place, itself.
         """
+        if not dispatch:
+            _holding.on = True
+            try:
+                return self._receive_batch(envelopes, dispatch)
+            finally:
+                _holding.on = False
+        return self._receive_batch(envelopes, dispatch)
+
+    def _receive_batch(
+        self, envelopes: list[Any], dispatch: bool
+    ) -> list[Message | Rejected | None]:
         n = len(envelopes)
         if n == 1:  # the latency path: nothing to group
             item = envelopes[0]
@@ -141,7 +157,10 @@ class _Receiving(AgentCoreState):
                 current = self._sessions.get(sender)
                 opened = current.unseal_many(chunk) if current is not None else None
                 if opened is not None:
-                    self.received += sum(1 for payload in opened if type(payload) is dict)
+                    count = sum(1 for payload in opened if type(payload) is dict)
+                    self.received += count
+                    if getattr(_holding, "on", False):
+                        self._unhandled[sender] += count
                     if dirty is not None:
                         dirty.add(sender)
                     if self._inbound_only and sender in self._inbound_only:
@@ -181,6 +200,8 @@ class _Receiving(AgentCoreState):
             with self._lock:
                 payload = session.unseal(env)
                 self.received += 1
+                if getattr(_holding, "on", False):
+                    self._unhandled[sender] += 1
                 if dirty is not None:
                     dirty.add(sender)
                 if self._inbound_only and sender in self._inbound_only:
@@ -214,8 +235,22 @@ class _Receiving(AgentCoreState):
                 self._commit_session(sender, session, bundle)
                 self._note_inbound_only(sender)
             self.received += 1
+            if getattr(_holding, "on", False):
+                self._unhandled[sender] += 1
         self.save_state_quietly()
         return Message(sender, self.agent_id, payload, env, self)
+
+    def handled_from(self, sender: str, count: int = 1) -> None:
+        """``count`` messages of ``sender`` unsealed with ``receive_batch(dispatch=False)``
+        have been handled: their session may be saved again. Until then a save keeps the
+        session's previous state on disk: a crash before the handlers ran must leave those
+        messages readable when the hub delivers them again (saved, they would be replays)."""
+        with self._lock:
+            left = self._unhandled[sender] - count
+            if left > 0:
+                self._unhandled[sender] = left
+            else:
+                del self._unhandled[sender]
 
     def _note_inbound_only(self, sender: str) -> None:
         """Bound the sessions that other agents opened and this one never answered: any agent

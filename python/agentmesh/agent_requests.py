@@ -43,12 +43,25 @@ class PendingRequests:
         self._lock = threading.Lock()
         self._waiting: dict[str, tuple[str, concurrent.futures.Future[Message]]] = {}
         self._late: collections.OrderedDict[str, str] = collections.OrderedDict()
+        self._on_open: list[Callable[[], None]] = []
+
+    @property
+    def any(self) -> bool:
+        return bool(self._waiting)
+
+    def on_open(self, callback: Callable[[], None]) -> None:
+        self._on_open.append(callback)
 
     def open(self, peer: str, request_id: str) -> concurrent.futures.Future[Message]:
         future: concurrent.futures.Future[Message] = concurrent.futures.Future()
         with self._lock:
             self._waiting[request_id] = (peer, future)
+        self.opened()
         return future
+
+    def opened(self) -> None:
+        for callback in self._on_open:
+            callback()
 
     def give_up(self, request_id: str, timed_out: bool) -> None:
         with self._lock:
@@ -136,11 +149,22 @@ class _Requests(AgentCoreState):
             meta["error"] = error
         return self.send_payload(request.sender, {**payload, META_KEY: meta})
 
+    @property
+    def reads_without_consumer(self) -> bool:
+        """Deliveries must be read even with no handler or iterator: a ``request()`` waits
+        for its reply, or an interceptor takes a kind of message."""
+        return self._pending.any or bool(self._interceptors)
+
+    def on_reads_needed(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` whenever ``reads_without_consumer`` may have become true."""
+        self._pending.on_open(callback)
+
     def intercept(self, kind: str, take: Callable[[Message], None]) -> None:
         """Messages of ``kind`` (sent with :meth:`send_kind`) go to ``take`` instead of the
         handlers: how a protocol carried between agents (MCP, say) keeps its own traffic.
         ``take`` runs on the receive path, before the handlers: it must not block."""
         self._interceptors = {**self._interceptors, kind: take}
+        self._pending.opened()
 
     def send_kind(self, peer: str, kind: str, payload: dict[str, Any]) -> Any:
         """Send ``payload`` as a message of ``kind`` (taken by the peer's interceptor)."""

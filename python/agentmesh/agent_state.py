@@ -36,6 +36,7 @@ class AgentCoreState:
     _pending_identity: dict[str, dict[str, Any]]
     _unverified: set[str]
     _inbound_only: collections.OrderedDict[str, None]
+    _unhandled: collections.Counter[str]  # peer -> messages unsealed, handlers not run yet
     # handlers and counters
     _dispatch: Callable[[Message], Any]
     _pending: PendingRequests

@@ -197,7 +197,6 @@ class AgentLink:
                 self.loop,
                 closing=lambda: self._closing,
                 report=self._note_write_error,
-                caught_up=lambda: self.receiver.unhandled == 0,
             )
             if core.persistent
             else None

@@ -9,14 +9,15 @@ receive workers (:mod:`agentmesh.link_receive_pool`), in two stages.
 2. **Handle**: the handlers run for the other messages, in arrival order; then the batch is
    acknowledged, for a persistent agent once the state writer has written the state.
 
-Unsealing waits while the handlers run, so in the normal flow nothing is unsealed ahead of
-its handlers (a state written meanwhile holds no session advance for a message whose handlers
-have not run: after a crash it would be refused as a replay, and lost). The exception is a
-handler that waits for a reply (a coordinator asking a worker while handling a task): then the
-unseal stage goes on, so that the reply is not stuck behind the handler waiting for it, and the
-state writer holds its writes until the handlers have caught up (``unhandled``). One agent's
-handlers still run one at a time and in order; other agents' batches run on other workers
-meanwhile. Nothing is acknowledged before its handlers ran, so a crash redelivers it.
+Unsealing waits while the handlers run, and until the agent has a consumer (a handler or an
+iterator) unless it waits for replies, so in the normal flow nothing is unsealed ahead of its
+handlers. The exception is a handler that waits for a reply (a coordinator asking a worker
+while handling a task): then the unseal stage goes on, so that the reply is not stuck behind
+the handler waiting for it. Whatever is unsealed before its handlers ran is *held*: a state
+saved meanwhile keeps those sessions' previous state (``_AgentCore.handled_from``), so that
+after a crash they are read again rather than refused as replays. One agent's handlers still
+run one at a time and in order; other agents' batches run on other workers meanwhile. Nothing
+is acknowledged before its handlers ran, so a crash redelivers it.
 """
 
 from __future__ import annotations
@@ -102,12 +103,11 @@ class Receiver:
         self._closing = False
         self._close_after_drain = False
         self._handler_waits = False  # a handler of this agent is inside ``waiting()``
-        #: messages unsealed whose handlers have not run yet (the state writer waits for 0)
-        self.unhandled = 0
         # ids of envelopes accepted lately, to ignore a redelivery silently
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         core.consumer_ready.when_set(self._consumer_ready)
         core.attached.when_set(self._attached)
+        core.on_reads_needed(self._replies_awaited)
 
     # -- on the network thread ------------------------------------------------------------------
 
@@ -135,17 +135,31 @@ class Receiver:
 
     def _may_unseal(self) -> bool:
         """Unsealing waits until the agent is attached to its hub (a first contact looks the
-        sender up there) and while the handlers run, unless a handler waits for a reply
-        (``_lock`` held)."""
-        return self.core.attached.is_set() and (
-            self._drainer[self._handle] is None or self._handler_waits
+        sender up there), until it has a consumer or waits for replies (a send-only agent
+        leaves its backlog at the hub for the listener of its identity; an interceptor counts as a
+        consumer of its kind), and while the
+        handlers run, unless a handler waits for a reply (``_lock`` held)."""
+        core = self.core
+        return (
+            core.attached.is_set()
+            and (core.consumer_ready.is_set() or core.reads_without_consumer)
+            and (self._drainer[self._handle] is None or self._handler_waits)
         )
 
     def _consumer_ready(self) -> None:
         with self._lock:
-            schedule = bool(self._unsealed) and self._claim(self._handle)
-        if schedule:
+            handle = bool(self._unsealed) and self._claim(self._handle)
+            unseal = bool(self._pending) and self._claim(self._unseal)
+        if handle:
             self.pool.schedule(self._handle)
+        if unseal:
+            self.pool.schedule(self._unseal)
+
+    def _replies_awaited(self) -> None:
+        with self._lock:
+            schedule = bool(self._pending) and self._claim(self._unseal)
+        if schedule:
+            self.pool.schedule(self._unseal)
 
     def _attached(self) -> None:
         with self._lock:
@@ -183,21 +197,33 @@ class Receiver:
                     outcomes, prekeys_used = [False] * len(datas), True
             if prekeys_used:
                 self._prekeys_used()
+            # A batch with nothing for the handlers (replies, redeliveries) is acknowledged
+            # now: an agent with no handler that only asks questions, or whose handler waits
+            # for a reply, must not leave its replies unacknowledged (redelivered later, they
+            # would be refused as replays). Its position is noted only when nothing before it
+            # waits for the handlers (a restart must not skip those).
+            direct: list[tuple[_Item, int, bool]] = []  # (batch, size, in order)
+            queued: list[_Item] = []
+            queued_outcomes: list[_Outcome] = []
+            at = 0
             with self._lock:
-                # nothing for the handlers (replies, redeliveries) and nothing before it waiting
-                # for them: acknowledged now (an agent with no handler that only asks questions
-                # must not leave its replies unacknowledged)
-                direct = (
-                    not self._unsealed
-                    and self._drainer[self._handle] is None
-                    and all(outcome is True for outcome in outcomes)
+                in_order = not self._unsealed and self._drainer[self._handle] is None
+                for item in items:
+                    size = len(item[0])
+                    mine = outcomes[at : at + size]
+                    at += size
+                    if all(outcome is True for outcome in mine):
+                        direct.append((item, size, in_order and not queued))
+                    else:
+                        queued.append(item)
+                        queued_outcomes.extend(mine)
+                if queued:
+                    self._unsealed.append((queued, queued_outcomes))
+                schedule = (
+                    bool(queued) and core.consumer_ready.is_set() and self._claim(self._handle)
                 )
-                if not direct:
-                    self._unsealed.append((items, outcomes))
-                    self.unhandled += sum(1 for o in outcomes if type(o) is Message)
-                schedule = not direct and core.consumer_ready.is_set() and self._claim(self._handle)
-            if direct:
-                self._acknowledge(items, [True] * len(outcomes))
+            for item, size, note in direct:
+                self._acknowledge([item], [True] * size, note_positions=note)
             if schedule:
                 self.pool.schedule_next(self._handle)  # (this worker takes it next)
             with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
@@ -256,7 +282,9 @@ class Receiver:
                 continue
             if envelope_id is not None:
                 recent[envelope_id] = None
-            if not core.take_reply(msg):
+            if core.take_reply(msg):
+                core.handled_from(msg.sender)  # (a reply, or a message of an intercepted kind)
+            else:
                 outcomes[index] = msg
         while len(recent) > RECENT_IDS:
             recent.popitem(last=False)
@@ -266,8 +294,10 @@ class Receiver:
 
     def _drain_handle(self) -> None:
         with self._lock:
-            if not self.core.consumer_ready.is_set():
-                # no handler (nor iterator) yet: wait; ``_consumer_ready`` schedules this again
+            if not self.core.consumer_ready.is_set() or self._closing or self.core.closed:
+                # no handler (nor iterator) yet: wait (``_consumer_ready`` schedules this
+                # again); closed: what waits here is never acknowledged, and its sessions were
+                # never saved past it, so it is read again from the next connection
                 self._scheduled[self._handle] = False
                 return
             work = list(self._unsealed)
@@ -278,15 +308,14 @@ class Receiver:
             dispatch = core._dispatch
             with while_waiting(self._on_handler_wait):
                 for items, outcomes in work:
-                    count = 0
                     for outcome in outcomes:
                         if type(outcome) is Message:
-                            count += 1
-                            dispatch(outcome)
+                            try:
+                                dispatch(outcome)
+                            finally:
+                                core.handled_from(outcome.sender)
                         elif type(outcome) is Rejected:
                             core.reject(outcome.error, outcome.envelope)
-                    with self._lock:
-                        self.unhandled -= count
                     self._acknowledge(items, [o is True or type(o) is Message for o in outcomes])
         finally:
             self._end(self._handle, more=lambda: bool(self._unsealed))
@@ -295,7 +324,9 @@ class Receiver:
             if schedule:
                 self.pool.schedule_next(self._unseal)
 
-    def _acknowledge(self, items: list[_Item], handled: list[bool]) -> None:
+    def _acknowledge(
+        self, items: list[_Item], handled: list[bool], note_positions: bool = True
+    ) -> None:
         acked = [item[3] for item in items]
         if self.state_writer is not None:
             # persisted after the handlers and before the ack, by the state writer (one
@@ -303,7 +334,8 @@ class Receiver:
             # redelivers instead of the agent holding acked messages whose session
             # advance was lost. The positions go with it, so that a restarted agent skips
             # what a crashed hub redelivers instead of reporting replays.
-            self._note_delivered(items, handled)
+            if note_positions:
+                self._note_delivered(items, handled)
             self.state_writer.after_batch(acked)
             return
         with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
@@ -347,13 +379,15 @@ class Receiver:
     # -- closing --------------------------------------------------------------------------------
 
     def close(self, timeout: float | None) -> bool:
-        """Stop taking batches: what was unsealed still reaches the handlers and is
-        acknowledged; batches not unsealed are dropped (never acknowledged: the backend
-        delivers them again to the next connection). Returns True when called from this
+        """Stop taking batches: the handlers running now finish (and their batches are
+        acknowledged); batches they have not started are dropped: never acknowledged, so the
+        backend delivers them again to the next connection, and readable then (their
+        sessions' advance was held back from every save). Returns True when called from this
         agent's own handler: then the ``on_closed`` callback runs once the handlers are done."""
         with self._lock:
             self._closing = True
             self._pending.clear()
+            self._unsealed.clear()  # (held: see _drain_handle)
             if threading.get_ident() in self._drainer.values():
                 self._close_after_drain = True
                 return True

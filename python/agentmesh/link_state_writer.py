@@ -23,8 +23,6 @@ log = logging.getLogger("agentmesh.link")
 STATE_WRITE_INTERVAL = 0.005
 #: A state write that failed before an acknowledgement is retried after this many seconds,
 #: doubling up to SAVE_RETRY_MAX.
-#: Seconds between looks at whether the handlers caught up with what was unsealed.
-CAUGHT_UP_POLL = 0.005
 SAVE_RETRY_FIRST = 0.05
 SAVE_RETRY_MAX = 5.0
 
@@ -51,13 +49,11 @@ class StateWriter:
         *,
         closing: Callable[[], bool],
         report: Callable[[BaseException], None],
-        caught_up: Callable[[], bool] = lambda: True,
     ) -> None:
         self.core = core
         self.loop = loop
         self._closing = closing
         self._report = report
-        self._caught_up = caught_up
         self._wake = threading.Event()
         self._lock = threading.Lock()
         self._waiting: list[asyncio.Future[None]] = []
@@ -99,10 +95,6 @@ class StateWriter:
             pause = last + STATE_WRITE_INTERVAL - time.monotonic()
             if pause > 0 and not self._stop:
                 time.sleep(pause)
-            while not self._caught_up() and not self._stop:
-                # messages are unsealed whose handlers have not run (a handler waits for a
-                # reply): a state written now would make them replays after a crash
-                time.sleep(CAUGHT_UP_POLL)
             self._wake.clear()
             with self._lock:
                 waiting, self._waiting = self._waiting, []
@@ -140,6 +132,7 @@ class StateWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, SAVE_RETRY_MAX)
                 continue
-            if not core.identity_unsaved:
+            if not core.identity_unsaved or core.saves_held_back:
+                # (held back: the handle stage's write after those handlers brings it)
                 return None
             # (another thread accepted a set-up during the write: the next round holds it)

@@ -380,3 +380,33 @@ def test_messages_of_an_intercepted_kind_skip_the_handlers(hub) -> None:
     finally:
         alice.close()
         bob.close()
+
+
+def test_a_requester_without_handlers_leaves_its_backlog_readable(network_hub, tmp_path) -> None:
+    """bob's identity has messages queued for it; a bob with no handler (a CLI `request`)
+    asks carol a question: waiting for the reply, it reads the backlog too, but never saves
+    those sessions' advance before handlers ran, so the listener that comes next reads every
+    message (saved, they would be refused as replays)."""
+    key = tmp_path / "bob.key"
+    Agent("bob", hub=network_hub, keypair_path=key).close()  # known to the hub
+    alice, carol = Agent("alice", hub=network_hub), echo_agent(network_hub, "carol")
+    for i in range(3):
+        alice.send("bob", text=f"backlog {i}")
+    alice.flush(10)
+    asker = Agent("bob", hub=network_hub, keypair_path=key)
+    assert asker.request("carol", text="q", timeout=10).text == "Q"
+    time.sleep(0.3)  # (the backlog arrived meanwhile)
+    asker.close()
+    listener = Agent("bob", hub=network_hub, keypair_path=key)
+    got: list[str] = []
+    errors: list[BaseException] = []
+    listener.on_error(errors.append)
+    listener.on_message(lambda msg: got.append(msg.text))
+    try:
+        deadline = time.monotonic() + 10
+        while len(got) < 3 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert got == [f"backlog {i}" for i in range(3)] and errors == []
+    finally:
+        for agent in (listener, alice, carol):
+            agent.close()
