@@ -198,12 +198,13 @@ def _passphrase(args: argparse.Namespace) -> str | None:
 
 
 def _hub(args: argparse.Namespace) -> Any:
-    from .hubs import NetworkHub, parse_hub_address
+    from .hubs import HubAddress, NetworkHub
 
     try:
-        host, port = parse_hub_address(args.hub)
+        address = HubAddress.parse(args.hub)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
+    host, port = address.host, address.port
     ssl_ctx: Any = None
     if args.cafile:
         import ssl
@@ -212,7 +213,7 @@ def _hub(args: argparse.Namespace) -> Any:
             ssl_ctx = ssl.create_default_context(cafile=args.cafile)
         except (OSError, ssl.SSLError) as exc:
             raise RuntimeError(f"cannot load --cafile {args.cafile!r}: {exc}") from exc
-    elif args.tls:
+    elif args.tls or address.tls:
         ssl_ctx = True
     return NetworkHub(host, port, ssl=ssl_ctx)
 
