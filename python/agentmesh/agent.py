@@ -18,9 +18,11 @@ never does I/O itself except through the hub it is attached to:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -130,6 +132,7 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
         self._error_handlers = ()
         self._dispatch = self.run_handlers
         self._pending = PendingRequests()
+        self._unhandled = collections.Counter()
         self._interceptors = {}
         self.consumer_ready = ReadyEvent()  # a NetworkHub link runs handlers once this is set
         self.attached = ReadyEvent()  # set once a hub's register attached the agent
@@ -139,6 +142,7 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
         self.handler_errors = 0
         self.closed = False
         self.hub = None
+        self._owned_hub: Hub | None = None  # a hub this agent made from an address
         self._transport: Any = None
         self._transmit: Callable[[Any], Any] | None = None
         self._autosave = False
@@ -196,12 +200,17 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
 
     # -- wiring to a hub ------------------------------------------------------------------------
 
-    def register_on(self, hub: Hub, agent: Any) -> None:
+    def register_on(self, hub: Hub, agent: Any, owned: bool = False) -> None:
         """Register ``agent`` (this core's face) on ``hub``; if that fails, the identity is
-        given up at once (its lock released), so that a retry can open it again."""
+        given up at once (its lock released), so that a retry can open it again. ``owned``:
+        the agent made the hub (from an address) and closes it when it closes."""
+        self._owned_hub = hub if owned else None
         try:
             hub.register(agent)
         except BaseException:
+            if owned:
+                with contextlib.suppress(Exception):
+                    hub.close()  # type: ignore[attr-defined]
             self.closed = True
             if self.store is not None:
                 with self._save_lock:
@@ -302,6 +311,10 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
                 hub.unregister(self)
         except Exception:
             self.log.exception("agent %r: error while leaving the hub", self.agent_id)
+        owned = self._owned_hub
+        if owned is not None:
+            with contextlib.suppress(Exception):
+                owned.close()  # type: ignore[attr-defined]
         self.detach()
         try:
             self.save_state()
@@ -341,6 +354,30 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
             "closed": self.closed,
             "deniable": self.deniable,
         }
+
+
+def _stop_on_sigterm(stop: threading.Event) -> Callable[[], None]:
+    """In the main thread, SIGTERM sets ``stop`` (instead of killing the process before the
+    agent could close) until the returned function restores the previous handler."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        return lambda: None  # the program handles SIGTERM itself
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
+def _hub_of(hub: Any) -> Hub | None:
+    from .hubs import hub_of  # (hubs imports this module)
+
+    return hub_of(hub)
 
 
 # --------------------------------------------------------------------------------------------
@@ -408,7 +445,7 @@ class Agent(_AgentFacade):
     def __init__(
         self,
         agent_id: str,
-        hub: Hub | None = None,
+        hub: Hub | str | None = None,
         keypair_path: str | os.PathLike[str] | None = None,
         log_level: int = logging.WARNING,
         *,
@@ -416,6 +453,7 @@ class Agent(_AgentFacade):
         keypair: Any = None,
         deniable: bool = False,
     ) -> None:
+        resolved = _hub_of(hub)  # (a bad address fails before the identity is opened)
         self._core = _AgentCore(
             agent_id,
             keypair_path=keypair_path,
@@ -425,8 +463,8 @@ class Agent(_AgentFacade):
             owner=self,
             deniable=deniable,
         )
-        if hub is not None:
-            self._core.register_on(hub, self)
+        if resolved is not None:
+            self._core.register_on(resolved, self, owned=resolved is not hub)
 
     # sending
     def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
@@ -501,6 +539,27 @@ class Agent(_AgentFacade):
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """Flush, save state, leave the hub. Idempotent."""
         self._core.close(timeout)
+
+    def run_forever(self, timeout: float | None = None) -> None:
+        """Serve: block while the handlers answer what comes, until the agent is closed (by a
+        handler or another thread), ``timeout`` seconds pass, Ctrl-C, or SIGTERM (when called
+        from the main thread); then close the agent and return."""
+        core = self._core
+        stop = threading.Event()
+        restore = _stop_on_sigterm(stop)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not core.closed and not stop.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                # (short waits: Ctrl-C reaches the main thread only between them)
+                stop.wait(0.2 if left is None else min(0.2, left))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            restore()
+        self.close()
 
     def __enter__(self) -> Agent:
         return self

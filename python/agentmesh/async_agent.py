@@ -16,7 +16,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade
+from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade, _hub_of
 from .agent_requests import DEFAULT_REQUEST_TIMEOUT, check_no_meta
 from .errors import ReplyTimeoutError
 from .link_receive_pool import waiting
@@ -45,7 +45,7 @@ class AsyncAgent(_AgentFacade):
     def __init__(
         self,
         agent_id: str,
-        hub: Hub | None = None,
+        hub: Hub | str | None = None,
         keypair_path: str | os.PathLike[str] | None = None,
         log_level: int = logging.WARNING,
         *,
@@ -54,6 +54,7 @@ class AsyncAgent(_AgentFacade):
         inbox_size: int = 10_000,
         deniable: bool = False,
     ) -> None:
+        resolved = _hub_of(hub)  # (a bad address fails before the identity is opened)
         core = _AgentCore(
             agent_id,
             keypair_path=keypair_path,
@@ -79,8 +80,8 @@ class AsyncAgent(_AgentFacade):
         self._dropped = 0
         with contextlib.suppress(RuntimeError):
             self._bind(asyncio.get_running_loop())
-        if hub is not None:
-            core.register_on(hub, self)
+        if resolved is not None:
+            core.register_on(resolved, self, owned=resolved is not hub)
 
     # -- loop binding ---------------------------------------------------------------------------
 
@@ -319,6 +320,20 @@ class AsyncAgent(_AgentFacade):
             with self._inbox_cond:
                 self._inbox_cond.notify_all()
                 self._wake_locked()
+
+    async def run_forever(self, timeout: float | None = None) -> None:
+        """Serve until the agent is closed (by a handler or another task), ``timeout`` seconds
+        pass, or the task is cancelled; then close the agent."""
+        self._bind_running()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while not self._core.closed:
+                if deadline is not None and loop.time() >= deadline:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await self.close()
 
     async def __aenter__(self) -> AsyncAgent:
         self._bind_running()
