@@ -46,6 +46,10 @@ class _UsageError(AgentMeshError):
     """Bad arguments discovered after parsing (exit 2)."""
 
 
+#: Seconds to connect to a hub when no --timeout says otherwise.
+CONNECT_TIMEOUT = 10.0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentmesh",
@@ -58,7 +62,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    # the same two flags after the command too (``agentmesh send ... -q``)
+    logging_flags = argparse.ArgumentParser(add_help=False)
+    logging_flags.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
+    )
+    logging_flags.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[logging_flags], **kwargs)
 
     sub.add_parser(
         "hub",
@@ -67,7 +82,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Run the network hub; every flag is passed on to agentmesh-hub.",
     )
 
-    p = sub.add_parser(
+    p = add_command(
         "keygen",
         help="create a new identity file and print its fingerprint",
         description="Create a new identity key file (mode 0600) and print its fingerprint. "
@@ -79,7 +94,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _passphrase_arg(p)
 
-    p = sub.add_parser(
+    p = add_command(
         "fingerprint",
         help="print the fingerprint of an identity file",
         description="Print the fingerprint of an identity key file (compare it out of band).",
@@ -88,7 +103,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print agent id and fingerprint as JSON")
     _passphrase_arg(p)
 
-    p = sub.add_parser(
+    p = add_command(
         "send",
         help="send one encrypted message through a network hub",
         description="Send one end-to-end encrypted message through a network hub, then wait "
@@ -96,7 +111,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _message_args(p, "message text", "seconds to wait for the hub (default 30)")
 
-    p = sub.add_parser(
+    p = add_command(
         "request",
         help="send a request through a network hub and print the reply as JSON",
         description="Send one end-to-end encrypted request through a network hub and wait for "
@@ -105,7 +120,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _message_args(p, "request text", "seconds to wait for the reply (default 30)")
 
-    p = sub.add_parser(
+    p = add_command(
         "listen",
         help="print incoming messages as JSON lines until interrupted",
         description="Receive messages through a network hub and print each as one JSON line "
@@ -129,15 +144,18 @@ def _build_parser() -> argparse.ArgumentParser:
         help="give up after N seconds (status 1 if --count was not reached)",
     )
 
-    p = sub.add_parser(
+    p = add_command(
         "peers",
         help="list the agents registered on a network hub",
         description="Print the ids of the agents registered on a network hub, one per line.",
     )
     _hub_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument(
+        "--timeout", type=float, default=CONNECT_TIMEOUT, help="seconds to wait for the hub"
+    )
 
-    sub.add_parser(
+    add_command(
         "demo",
         help="run the local encrypted demo (no network)",
         description="Two agents on an in-process hub exchange encrypted messages.",
@@ -168,7 +186,8 @@ def _message_args(p: argparse.ArgumentParser, text_help: str, timeout_help: str)
     _hub_args(p)
     _key_args(p)
     p.add_argument("--to", required=True, metavar="ID", help="recipient agent id")
-    p.add_argument("--text", default="", help=text_help)
+    p.add_argument("--text", default="", help=f"{text_help} ('-': read it from standard input)")
+    p.add_argument("--text-file", metavar="PATH", help="read the text from this UTF-8 file")
     p.add_argument(
         "--payload",
         metavar="JSON",
@@ -215,7 +234,10 @@ def _hub(args: argparse.Namespace) -> Any:
             raise RuntimeError(f"cannot load --cafile {args.cafile!r}: {exc}") from exc
     elif args.tls or address.tls:
         ssl_ctx = True
-    return NetworkHub(host, port, ssl=ssl_ctx)
+    # --timeout bounds connecting and lookups too (listen's --timeout is how long it listens)
+    wait = getattr(args, "timeout", 0) or 0
+    bound = CONNECT_TIMEOUT if args.command == "listen" or wait <= 0 else wait
+    return NetworkHub(host, port, ssl=ssl_ctx, connect_timeout=bound, timeout=bound)
 
 
 def _agent_id_of_key(path: str, passphrase: str | None) -> str:
@@ -259,6 +281,24 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _text_of(args: argparse.Namespace) -> str:
+    """``--text`` ("-": standard input) or ``--text-file``, as UTF-8 text."""
+    if args.text_file is not None:
+        if args.text:
+            raise _UsageError("give --text or --text-file, not both")
+        try:
+            with open(args.text_file, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _UsageError(f"cannot read --text-file {args.text_file!r}: {exc}") from None
+    if args.text == "-":
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise _UsageError(f"standard input is not UTF-8 text: {exc}") from None
+    return str(args.text)
+
+
 def _payload_of(args: argparse.Namespace) -> dict[str, Any]:
     payload: dict[str, Any] = {}
     if args.payload:
@@ -268,7 +308,10 @@ def _payload_of(args: argparse.Namespace) -> dict[str, Any]:
             raise _UsageError(f"--payload is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise _UsageError("--payload must be a JSON object")
-    return {"text": args.text, **payload}
+    text = _text_of(args)
+    if "text" in payload and (text or args.text_file is not None):
+        raise _UsageError("--payload has a 'text' field and --text (or --text-file) gives one too")
+    return {"text": text, **payload}
 
 
 def _with_agent(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:

@@ -327,3 +327,59 @@ def test_request_prints_the_reply_and_fails_on_errors_and_timeouts(tmp_path, hub
     finally:
         if responder.poll() is None:
             responder.kill()
+
+
+def test_send_reads_long_text_from_stdin_or_a_file(tmp_path, hub):
+    for name in ("alice", "bob"):
+        made = run_cli("keygen", "--path", str(tmp_path / f"{name}.key"), "--id", name)
+        assert made.returncode == 0
+    long_text = "lorem ipsum " * 20_000  # 240 KB: more than a command line takes
+    (tmp_path / "text.txt").write_text("from a file", encoding="utf-8")
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli", "listen", "--hub", hub,
+         "--key", str(tmp_path / "bob.key"), "--count", "2", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    alice = ("--hub", hub, "--key", str(tmp_path / "alice.key"), "--to", "bob")
+    try:
+        deadline = time.monotonic() + 30
+        while "bob" not in run_cli("peers", "--hub", hub).stdout.split():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        r = subprocess.run(
+            [sys.executable, "-m", "agentmesh.cli", "send", *alice, "--text", "-", "-q"],
+            input=long_text, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        r = run_cli("send", *alice, "--text-file", str(tmp_path / "text.txt"))
+        assert r.returncode == 0, r.stderr
+        out, _err = listener.communicate(timeout=60)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+    texts = [json.loads(line)["text"] for line in out.splitlines()]
+    assert texts == [long_text, "from a file"]
+
+
+def test_send_refuses_two_texts_and_a_missing_text_file(tmp_path, hub):
+    assert run_cli("keygen", "--path", str(tmp_path / "a.key")).returncode == 0
+    base = ("send", "--hub", hub, "--key", str(tmp_path / "a.key"), "--to", "b")
+    r = run_cli(*base, "--text", "x", "--payload", '{"text": "y"}')
+    assert r.returncode == 2 and "'text' field" in r.stderr
+    r = run_cli(*base, "--text", "x", "--text-file", str(tmp_path / "t.txt"))
+    assert r.returncode == 2 and "not both" in r.stderr
+    r = run_cli(*base, "--text-file", str(tmp_path / "missing.txt"))
+    assert r.returncode == 2 and "cannot read --text-file" in r.stderr
+
+
+def test_timeouts_cover_connecting_to_something_that_is_not_a_hub():
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts connections (the kernel does) and never answers
+    try:
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        r = run_cli("peers", "--hub", f"127.0.0.1:{port}", "--timeout", "1")
+        assert r.returncode == 1 and time.monotonic() - started < 8, r.stderr
+    finally:
+        silent.close()
