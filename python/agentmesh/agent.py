@@ -143,6 +143,7 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
         self.closed = False
         self.hub = None
         self._owned_hub: Hub | None = None  # a hub this agent made from an address
+        self._closing_link: Any = None  # the network link this agent closed
         self._transport: Any = None
         self._transmit: Callable[[Any], Any] | None = None
         self._autosave = False
@@ -292,6 +293,11 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
 
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         if self.closed:
+            # (closed by one of its handlers: its connection shuts down once that handler
+            # returns; a close from elsewhere waits for that, so nothing is cut off at exit)
+            closing = self._closing_link
+            if closing is not None:
+                closing.wait_shut_down(timeout)
             return
         error: BaseException | None = None
         transport = self._transport
@@ -315,6 +321,7 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
         if owned is not None:
             with contextlib.suppress(Exception):
                 owned.close()  # type: ignore[attr-defined]
+        self._closing_link = transport if hasattr(transport, "wait_shut_down") else None
         self.detach()
         try:
             self.save_state()
@@ -329,6 +336,19 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
             raise error
 
     # -- introspection --------------------------------------------------------------------------
+
+    def wait_for_peer(self, peer_id: str, timeout: float | None) -> None:
+        hub = self.hub
+        if hub is None:
+            raise RuntimeError("No hub configured: there is no one to wait for")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.02
+        while not hub.is_online(peer_id):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"agent {peer_id!r} did not come online within {timeout:g} s")
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, PRESENCE_POLL_MAX)
 
     def list_peers(self) -> list[str]:
         hub = self.hub
@@ -354,6 +374,10 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
             "closed": self.closed,
             "deniable": self.deniable,
         }
+
+
+#: Longest pause between two presence checks of ``wait_for_peer``.
+PRESENCE_POLL_MAX = 0.25
 
 
 def _stop_on_sigterm(stop: threading.Event) -> Callable[[], None]:
@@ -539,6 +563,12 @@ class Agent(_AgentFacade):
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """Flush, save state, leave the hub. Idempotent."""
         self._core.close(timeout)
+
+    def wait_for_peer(self, peer_id: str, timeout: float | None = 30.0) -> None:
+        """Return once ``peer_id`` is online on the hub (registered and connected);
+        ``TimeoutError`` naming it after ``timeout`` seconds. For a coordinator that must not
+        start before its workers are up."""
+        self._core.wait_for_peer(peer_id, timeout)
 
     def run_forever(self, timeout: float | None = None) -> None:
         """Serve: block while the handlers answer what comes, until the agent is closed (by a
