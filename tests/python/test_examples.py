@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-NAMES = ["01_simple_chat.py", "02_multi_agent.py", "03_persistent_keys.py", "04_llm_agents.py"]
+NAMES = [
+    "01_simple_chat.py",
+    "02_multi_agent.py",
+    "03_persistent_keys.py",
+    "04_llm_agents.py",
+    "07_network.py",
+]
 LLM_VARS = [
     "OPENAI_BASE_URL",
     "OPENAI_API_KEY",
@@ -60,6 +66,16 @@ def test_multi_agent_uses_four_workers():
     assert "4 workers" in out
     for i in range(1, 5):
         assert f"worker-{i}" in out
+
+
+def test_network_example_runs_agents_in_separate_processes():
+    # several runs: a worker closed by its own handler must exit cleanly every time (it
+    # once aborted at interpreter exit while its connection was still shutting down)
+    for _ in range(3):
+        result = run_example("07_network.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "online: summariser, translator" in result.stdout
+        assert "translator: buh eno" in result.stdout and result.stdout.endswith("done\n")
 
 
 def test_multi_agent_runs_on_the_network_hub_too():
