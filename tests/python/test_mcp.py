@@ -426,3 +426,12 @@ def test_many_calls_from_threads_share_nothing_by_accident(local):
         for t in threads:
             t.join(60)
     assert errors == []
+
+
+def test_the_module_docstring_example_runs():
+    doc = amcp.__doc__ or ""
+    body = doc.split("::\n", 1)[1].split("\nNeeds the official MCP SDK", 1)[0]
+    code = textwrap.dedent(body)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "3"

@@ -3,8 +3,12 @@
 Each JSON-RPC message travels as one end-to-end encrypted agentmesh message, so the hub sees
 only envelopes, and the serving agent decides which agents may call it::
 
+    import asyncio
+
     from mcp.server.mcpserver import MCPServer
+
     import agentmesh.mcp
+    from agentmesh import Agent, LocalHub
 
     app = MCPServer("tools")
 
@@ -12,10 +16,16 @@ only envelopes, and the serving agent decides which agents may call it::
     def add(a: int, b: int) -> int:
         return a + b
 
-    service = agentmesh.mcp.serve(tools_agent, app, allow=["alice"])
+    hub = LocalHub()
+    tools, alice = Agent("tools", hub=hub), Agent("alice", hub=hub)
 
-    async with agentmesh.mcp.connect(alice, "tools") as session:
-        result = await session.call_tool("add", {"a": 1, "b": 2})
+    async def main():
+        async with agentmesh.mcp.connect(alice, "tools") as session:
+            result = await session.call_tool("add", {"a": 1, "b": 2})
+            print(result.content[0].text)  # 3
+
+    with agentmesh.mcp.serve(tools, app, allow=["alice"]):
+        asyncio.run(main())
 
 Needs the official MCP SDK: ``pip install 'agentmesh[mcp]'``.
 """

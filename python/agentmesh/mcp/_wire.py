@@ -143,6 +143,10 @@ class FrameWriter:
         except Exception as exc:
             log.debug("could not tell agent %r an MCP session ended: %s", self._peer, exc)
 
+    def peer_ended(self) -> None:
+        """The peer ended the session: nothing to tell it."""
+        self._ended = True
+
     def close(self) -> None:
         self._closed = True
         self.end()

@@ -100,8 +100,12 @@ class AgentTransport:
         def on_frame(msg: Message) -> None:  # on the event loop
             payload = msg.payload
             if payload.get("end"):
-                reason = payload.get("reason") or "the server ended the session"
-                log.warning("MCP session with agent %r ended by the server: %s", peer, reason)
+                writer.peer_ended()
+                log.warning(
+                    "MCP session with agent %r ended by the server: %s",
+                    peer,
+                    payload.get("reason") or "its session ended",
+                )
                 inbound_send.close()  # the session's waiting calls fail at once
                 return
             try:

@@ -205,6 +205,7 @@ class MCPService:
         if payload.get("end"):
             if session is not None:
                 session.ending = True
+                session.writer.peer_ended()
                 session.end_input()
             return
         if data is None or self._stop is None or self._stop.is_set():
