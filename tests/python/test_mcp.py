@@ -435,3 +435,18 @@ def test_the_module_docstring_example_runs():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "3"
+
+
+def test_a_call_that_cannot_be_sent_fails_at_once(local):
+    """The calling agent closed under an open session: the call fails with the reason."""
+    with amcp.serve(local["tools"], make_app(), allow=["alice"]):
+
+        async def main():
+            async with amcp.connect(local["alice"], "tools", timeout=30) as session:
+                local["alice"].close()
+                started = time.monotonic()
+                with pytest.raises(MCPError, match="could not send to agent 'tools'.*closed"):
+                    await session.call_tool("add", {"a": 1, "b": 1})
+                assert time.monotonic() - started < 5
+
+        run(main())
