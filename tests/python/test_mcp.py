@@ -445,7 +445,7 @@ def test_a_call_that_cannot_be_sent_fails_at_once(local):
             async with amcp.connect(local["alice"], "tools", timeout=30) as session:
                 local["alice"].close()
                 started = time.monotonic()
-                with pytest.raises(MCPError, match="could not send to agent 'tools'.*closed"):
+                with pytest.raises(MCPError, match=r"could not send to agent 'tools'.*closed"):
                     await session.call_tool("add", {"a": 1, "b": 1})
                 assert time.monotonic() - started < 5
 
