@@ -24,6 +24,7 @@ from mcp.server import Server
 from mcp.server.mcpserver import MCPServer
 from mcp.shared.message import SessionMessage
 
+from .._eventloop import new_event_loop
 from ..message import Message
 from ._wire import (
     KIND,
@@ -154,13 +155,18 @@ class MCPService:
     # -- the service's thread and loop --------------------------------------------------------
 
     def _run_thread(self) -> None:
+        # the loop agentmesh's network threads run (uvloop where installed): each hand-off
+        # into it is part of every call's round trip
+        loop = new_event_loop()
         try:
-            asyncio.run(self._main())
+            loop.run_until_complete(self._main())
+            loop.run_until_complete(loop.shutdown_asyncgens())
         except BaseException as exc:  # reported by the constructor, or logged
             self._failure = exc
             if self._started.is_set():
                 log.exception("agent %r: the MCP service stopped", self.agent_id)
         finally:
+            loop.close()
             self._started.set()
 
     async def _main(self) -> None:
