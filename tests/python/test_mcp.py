@@ -196,6 +196,12 @@ def test_access_by_fingerprint_and_by_callable(local):
         assert run(refused(alice))
     assert ("bob", bob.fingerprint) in asked and ("alice", alice.fingerprint) in asked
 
+    def broken(agent_id: str, fingerprint: str) -> bool:
+        raise KeyError("a policy with a bug")
+
+    with amcp.serve(local["tools"], make_app(), allow=broken):  # admits nobody, says why
+        assert run(refused(alice))
+
 
 def test_serve_checks_its_arguments(local):
     tools = local["tools"]

@@ -47,6 +47,9 @@ log = logging.getLogger("agentmesh.mcp")
 #: The agentmesh message kind that carries MCP.
 KIND = "mcp"
 
+#: The longest session id a frame may carry (ours are 16 hex digits).
+MAX_SESSION_ID = 64
+
 #: JSON-RPC error codes of this transport (the server-error range -32000..-32099).
 NOT_ALLOWED = -32003
 NO_SERVER = -32004
@@ -205,7 +208,11 @@ class Router:
         payload = msg.payload
         to = payload.get("to")
         session = payload.get("session")
-        if not isinstance(session, str) or to not in ("server", "client"):
+        if (
+            not isinstance(session, str)
+            or not 0 < len(session) <= MAX_SESSION_ID
+            or to not in ("server", "client")
+        ):
             log.warning(
                 "agent %r: dropped a malformed MCP frame from %r", self._agent_id, msg.sender
             )

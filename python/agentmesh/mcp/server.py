@@ -193,7 +193,7 @@ class MCPService:
         peer, payload = msg.sender, msg.payload
         session_id = payload["session"]
         data = payload.get("jsonrpc")
-        if not self._policy.admits(peer, self._core._pins.get(peer)):
+        if not self._admits(peer):
             request_id = request_id_of(data)
             if request_id is not None:
                 log.warning("agent %r: refused an MCP call from agent %r", self.agent_id, peer)
@@ -224,6 +224,13 @@ class MCPService:
             self._end_session(session, f"more than {INBOUND_BUFFER} messages unread")
         except (anyio.ClosedResourceError, anyio.BrokenResourceError):
             pass  # the session is ending
+
+    def _admits(self, peer: str) -> bool:
+        try:
+            return self._policy.admits(peer, self._core._pins.get(peer))
+        except Exception:  # a policy that fails admits nobody
+            log.exception("agent %r: the MCP access policy failed for %r", self.agent_id, peer)
+            return False
 
     def _open_session(self, peer: str, session_id: str) -> _Session:
         mine = [s for s in self._sessions.values() if s.peer == peer and not s.ending]
