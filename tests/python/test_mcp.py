@@ -456,3 +456,21 @@ def test_a_call_that_cannot_be_sent_fails_at_once(local):
                 assert time.monotonic() - started < 5
 
         run(main())
+
+
+def test_a_caller_past_its_session_limit_loses_its_oldest_session(local):
+    alice = local["alice"]
+    with amcp.serve(local["tools"], make_app(), allow=["alice"], max_sessions_per_agent=1) as svc:
+
+        async def main():
+            async with amcp.connect(alice, "tools", timeout=30) as first:
+                assert text_of(await first.call_tool("add", {"a": 1, "b": 1})) == "2"
+                async with amcp.connect(alice, "tools", timeout=30) as second:
+                    assert text_of(await second.call_tool("add", {"a": 2, "b": 2})) == "4"
+                    started = time.monotonic()
+                    with pytest.raises(MCPError):
+                        await first.call_tool("add", {"a": 1, "b": 1})
+                    assert time.monotonic() - started < 5
+                    assert [peer for peer, _ in svc.sessions()] == ["alice"]
+
+        run(main())

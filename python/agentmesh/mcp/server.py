@@ -235,7 +235,9 @@ class MCPService:
     def _open_session(self, peer: str, session_id: str) -> _Session:
         mine = [s for s in self._sessions.values() if s.peer == peer and not s.ending]
         if len(mine) >= self._max_sessions:
-            self._end_session(mine[0], f"agent {peer!r} opened more than {self._max_sessions}")
+            self._end_session(
+                mine[0], f"agent {peer!r} opened more than {self._max_sessions} sessions"
+            )
         writer = FrameWriter(self._core, peer, "client", session_id, self._log_failure)
         session = _Session(peer, session_id, writer)
         self._sessions[(peer, session_id)] = session
