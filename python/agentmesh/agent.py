@@ -37,6 +37,7 @@ from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
     KEEP_HANDED_OUT_PREKEYS,
     MAX_AGENT_ID_BYTES,
     MAX_DELIVERED_HUBS,
+    MAX_ENVELOPE_BYTES,
     MAX_INBOUND_ONLY_SESSIONS,
     UNSEAL_MANY_MAX,
     UNSEAL_MANY_MIN,
@@ -46,6 +47,7 @@ from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
 )
 from .agent_sessions import _Sessions
 from .agent_trust import _Trust
+from .errors import MessageTooLargeError
 from .keystore import KeyStore
 from .message import Message, _message_from_bytes  # noqa: F401 (old pickles name it here)
 
@@ -274,7 +276,15 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
         return env
 
     def transmit(self, env: Any) -> None:
-        """Hand a sealed envelope to the hub."""
+        """Hand a sealed envelope to the hub (``MessageTooLargeError`` past the one limit
+        every hub shares: nothing is sent)."""
+        size = len(env)
+        if size > MAX_ENVELOPE_BYTES:
+            raise MessageTooLargeError(
+                f"message to {env.recipient!r} is {size:,} bytes sealed, over the limit of "
+                f"{MAX_ENVELOPE_BYTES:,} bytes per message on every hub; send it in parts, or "
+                "pass a reference to where the data is (a path, a URL) instead"
+            )
         transmit = self._transmit
         if transmit is not None:
             transmit(env)
