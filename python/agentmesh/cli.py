@@ -121,6 +121,28 @@ def _build_parser() -> argparse.ArgumentParser:
     _message_args(p, "request text", "seconds to wait for the reply (default 30)")
 
     p = add_command(
+        "chat",
+        help="talk with one agent: lines from stdin go to it, what comes in is printed",
+        description="Talk and listen with one identity: every line read from standard input is "
+        "sent to --to; every message that comes in (from anyone) is printed as '[sender] text' "
+        "(or JSON with --json). Ends at the end of input, after --linger seconds more of "
+        "listening, or on Ctrl-C.",
+    )
+    _hub_args(p)
+    _key_args(p)
+    p.add_argument("--to", required=True, metavar="ID", help="who the lines go to")
+    p.add_argument("--json", action="store_true", help="print incoming messages as JSON lines")
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=2.0,
+        help="seconds to keep listening after the input ends (default 2)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the hub (default 30)"
+    )
+
+    p = add_command(
         "listen",
         help="print incoming messages as JSON lines until interrupted",
         description="Receive messages through a network hub and print each as one JSON line "
@@ -315,15 +337,37 @@ def _payload_of(args: argparse.Namespace) -> dict[str, Any]:
     return {"text": text, **payload}
 
 
-def _with_agent(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
-    """Run ``work(agent)`` with the key file's agent on the hub, then close both."""
+def _open_agent(args: argparse.Namespace, hub: Any, wait: float) -> Any:
+    """The key file's agent on ``hub``; if another agent holds the identity (a parallel
+    ``send``), wait up to ``wait`` seconds for it to let go."""
     from .agent import Agent
+    from .errors import IdentityInUseError
 
     passphrase = _passphrase(args)
     agent_id = _agent_id_of_key(args.key, passphrase)
+    deadline = time.monotonic() + max(0.0, wait)
+    pause = 0.05
+    while True:
+        try:
+            return Agent(agent_id, hub=hub, keypair_path=args.key, passphrase=passphrase)
+        except IdentityInUseError as exc:
+            if time.monotonic() + pause > deadline:
+                raise IdentityInUseError(
+                    f"{exc} (waited {wait:g} s; to send while listening with one identity, "
+                    "use 'agentmesh chat')"
+                ) from None
+            if pause == 0.05:  # (said once)
+                log.info("waiting for the identity: %s", exc)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
+def _with_agent(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
+    """Run ``work(agent)`` with the key file's agent on the hub, then close both. An identity
+    in use by another agent is waited for (up to ``--timeout``)."""
     hub = _hub(args)
     try:
-        agent = Agent(agent_id, hub=hub, keypair_path=args.key, passphrase=passphrase)
+        agent = _open_agent(args, hub, args.timeout)
         try:
             return work(agent)
         finally:
@@ -352,6 +396,45 @@ def _cmd_request(args: argparse.Namespace) -> int:
         args, lambda agent: agent.request_payload(args.to, payload, timeout=args.timeout)
     )
     print(json.dumps(reply.to_dict()))
+    return EXIT_OK
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    hub = _hub(args)
+    lock = threading.Lock()
+    try:
+        agent = _open_agent(args, hub, args.timeout)
+        try:
+
+            @agent.on_message
+            def show(msg: Any) -> None:
+                line = (
+                    json.dumps(msg.to_dict(), ensure_ascii=False)
+                    if args.json
+                    else f"[{msg.sender}] {msg.text}"
+                )
+                with lock:
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+
+            @agent.on_error
+            def rejected(exc: BaseException) -> None:
+                log.warning("rejected an envelope from %r: %s", getattr(exc, "sender", None), exc)
+
+            log.info("chatting as %r with %r on %s", agent.agent_id, args.to, args.hub)
+            try:
+                for line in sys.stdin:
+                    text = line.rstrip("\n")
+                    if text:
+                        agent.send(args.to, text=text)
+                agent.flush(args.timeout)
+                time.sleep(max(0.0, args.linger))  # (the answers to the last lines)
+            except KeyboardInterrupt:
+                pass
+        finally:
+            agent.close(timeout=args.timeout)
+    finally:
+        hub.close()
     return EXIT_OK
 
 
@@ -483,6 +566,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fingerprint": _cmd_fingerprint,
         "send": _cmd_send,
         "request": _cmd_request,
+        "chat": _cmd_chat,
         "listen": _cmd_listen,
         "peers": _cmd_peers,
         "demo": _cmd_demo,

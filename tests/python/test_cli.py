@@ -385,3 +385,54 @@ def test_timeouts_cover_connecting_to_something_that_is_not_a_hub():
         assert r.returncode == 1 and time.monotonic() - started < 8, r.stderr
     finally:
         silent.close()
+
+
+def test_chat_talks_and_listens_with_one_identity(tmp_path, hub):
+    for name in ("alice", "bob"):
+        made = run_cli("keygen", "--path", str(tmp_path / f"{name}.key"), "--id", name)
+        assert made.returncode == 0
+    responder = subprocess.Popen(
+        [sys.executable, "-c", RESPONDER, hub, str(tmp_path / "bob.key")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert responder.stdout is not None and responder.stdout.readline() == "ready\n"
+        chat = subprocess.run(
+            [sys.executable, "-m", "agentmesh.cli", "chat", "--hub", hub,
+             "--key", str(tmp_path / "alice.key"), "--to", "bob", "--linger", "3"],
+            input="hello\n\nhow are you\n", capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert chat.returncode == 0, chat.stderr
+        assert chat.stdout.splitlines() == ["[bob] HELLO", "[bob] HOW ARE YOU"]
+        assert run_cli("send", "--hub", hub, "--key", str(tmp_path / "alice.key"), "--to",
+                       "bob", "--text", "stop").returncode == 0  # fmt: skip
+        responder.wait(30)
+    finally:
+        if responder.poll() is None:
+            responder.kill()
+
+
+def test_parallel_sends_with_one_identity_wait_for_each_other(tmp_path, hub):
+    for name in ("alice", "bob"):
+        made = run_cli("keygen", "--path", str(tmp_path / f"{name}.key"), "--id", name)
+        assert made.returncode == 0
+    from agentmesh import Agent
+
+    Agent("bob", hub=hub, keypair_path=tmp_path / "bob.key").close()  # known to the hub
+    base = [sys.executable, "-m", "agentmesh.cli", "send", "--hub", hub,
+            "--key", str(tmp_path / "alice.key"), "--to", "bob"]  # fmt: skip
+    sends = [
+        subprocess.Popen(
+            [*base, "--text", f"m{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(6)
+    ]
+    results = [proc.communicate(timeout=120) for proc in sends]
+    assert [proc.returncode for proc in sends] == [0] * 6, [err for _out, err in results]
+    listener = run_cli("listen", "--hub", hub, "--key", str(tmp_path / "bob.key"),
+                       "--count", "6", "--timeout", "30")  # fmt: skip
+    assert listener.returncode == 0, listener.stderr
+    texts = sorted(json.loads(line)["text"] for line in listener.stdout.splitlines())
+    assert texts == [f"m{i}" for i in range(6)]
