@@ -120,6 +120,10 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _message_args(p, "request text", "seconds to wait for the reply (default 30)")
 
+    from . import cli_hub_stats
+
+    cli_hub_stats.add_parser(sub, [logging_flags])
+
     p = add_command(
         "chat",
         help="talk with one agent: lines from stdin go to it, what comes in is printed",
@@ -399,6 +403,16 @@ def _cmd_request(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_hub_stats(args: argparse.Namespace) -> int:
+    from . import cli_hub_stats
+
+    try:
+        print(cli_hub_stats.run(args))
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    return EXIT_OK
+
+
 def _cmd_chat(args: argparse.Namespace) -> int:
     hub = _hub(args)
     lock = threading.Lock()
@@ -567,6 +581,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "send": _cmd_send,
         "request": _cmd_request,
         "chat": _cmd_chat,
+        "hub-stats": _cmd_hub_stats,
         "listen": _cmd_listen,
         "peers": _cmd_peers,
         "demo": _cmd_demo,
