@@ -436,3 +436,32 @@ def test_parallel_sends_with_one_identity_wait_for_each_other(tmp_path, hub):
     assert listener.returncode == 0, listener.stderr
     texts = sorted(json.loads(line)["text"] for line in listener.stdout.splitlines())
     assert texts == [f"m{i}" for i in range(6)]
+
+
+def test_listen_says_when_its_hub_goes_away_and_comes_back(tmp_path):
+    from agentmesh.testing import HubProcess
+
+    assert run_cli("keygen", "--path", str(tmp_path / "bob.key")).returncode == 0
+    hub = HubProcess(tmp_path / "hub.sqlite3", log_level="warning").start()
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli", "listen", "--hub", f"127.0.0.1:{hub.port}",
+         "--key", str(tmp_path / "bob.key")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "bob" not in run_cli("peers", "--hub", f"127.0.0.1:{hub.port}").stdout.split():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        hub.kill()
+        time.sleep(1.0)
+        hub.restart()
+        time.sleep(2.0)
+        listener.send_signal(signal.SIGTERM)
+        _out, err = listener.communicate(timeout=30)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+        hub.stop()
+    assert listener.returncode == 0, err
+    assert "lost the connection to hub" in err and "reconnected to hub" in err
