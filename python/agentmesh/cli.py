@@ -169,6 +169,14 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="give up after N seconds (status 1 if --count was not reached)",
     )
+    p.add_argument(
+        "--from",
+        dest="senders",
+        action="append",
+        metavar="ID",
+        help="print only messages from this agent (repeatable); the others are received and "
+        "reported on stderr, not left for another listener",
+    )
 
     p = add_command(
         "peers",
@@ -481,6 +489,11 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         @agent.on_message
         def show(msg: Any) -> None:
             nonlocal count
+            if args.senders and msg.sender not in args.senders:
+                log.warning(
+                    "received a message from %r (not one of --from): %s", msg.sender, msg.id
+                )
+                return
             # Every message handled is printed, also past --count: it has been acknowledged to
             # the hub and would otherwise be lost to the next listener.
             with lock:

@@ -363,6 +363,24 @@ def test_send_reads_long_text_from_stdin_or_a_file(tmp_path, hub):
     assert texts == [long_text, "from a file"]
 
 
+def test_listen_from_prints_only_those_senders(tmp_path, hub):
+    for name in ("alice", "bob", "carol"):
+        made = run_cli("keygen", "--path", str(tmp_path / f"{name}.key"), "--id", name)
+        assert made.returncode == 0
+    from agentmesh import Agent
+
+    Agent("bob", hub=hub, keypair_path=tmp_path / "bob.key").close()  # known to the hub
+    for name in ("alice", "carol"):
+        sent = run_cli("send", "--hub", hub, "--key", str(tmp_path / f"{name}.key"), "--to",
+                       "bob", "--text", f"from {name}")  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+    listener = run_cli("listen", "--hub", hub, "--key", str(tmp_path / "bob.key"),
+                       "--from", "carol", "--count", "1", "--timeout", "30")  # fmt: skip
+    assert listener.returncode == 0, listener.stderr
+    assert [json.loads(line)["text"] for line in listener.stdout.splitlines()] == ["from carol"]
+    assert "received a message from 'alice' (not one of --from)" in listener.stderr
+
+
 def test_send_refuses_two_texts_and_a_missing_text_file(tmp_path, hub):
     assert run_cli("keygen", "--path", str(tmp_path / "a.key")).returncode == 0
     base = ("send", "--hub", hub, "--key", str(tmp_path / "a.key"), "--to", "b")
