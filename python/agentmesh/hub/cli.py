@@ -118,6 +118,14 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds between the hub's pings on a quiet connection (default {d.ping_interval:g})",
     )
     p.add_argument(
+        "--release-id",
+        action="append",
+        metavar="ID",
+        help="do not serve: forget this agent id in the (stopped) hub's --store, with its key, "
+        "bundle, prekeys and queued envelopes, so that it can register with a new identity "
+        "key (its peers then see the identity-changed error); repeatable",
+    )
+    p.add_argument(
         "--metrics-port",
         type=int,
         default=None,
@@ -140,6 +148,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _release(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    from agentmesh.hub_store_sqlite.release import release_ids
+
+    if args.store is None:
+        parser.print_usage(sys.stderr)
+        print("agentmesh-hub: error: --release-id needs the hub's --store", file=sys.stderr)
+        return 2
+    try:
+        dropped = release_ids(args.store, args.release_id)
+    except StoreError as exc:
+        print(f"agentmesh-hub: error: {exc}", file=sys.stderr)
+        return 1
+    for agent_id, count in dropped.items():
+        print(
+            f"released {agent_id!r}: it may register with a new identity key; {count} queued "
+            "envelope(s) for the old key dropped"
+        )
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """``agentmesh-hub``: 0 after a clean stop (SIGTERM/SIGINT), 2 on a usage error, 1 when
     the hub cannot start or fails (port in use, store locked or corrupt, bad TLS files)."""
@@ -152,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_usage(sys.stderr)
         print("agentmesh-hub: error: --tls-cert and --tls-key go together", file=sys.stderr)
         return 2
+    if args.release_id:
+        return _release(parser, args)
     logging.basicConfig(
         level=getattr(logging, args.log_level.upper()),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
