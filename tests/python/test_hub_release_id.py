@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -31,9 +32,11 @@ def test_a_lost_identity_gets_its_id_back_through_the_operator(tmp_path: Path) -
     address = f"127.0.0.1:{hub.port}"
     try:
         with Agent("bob", hub=address, keypair_path=tmp_path / "bob.key") as bob:
-            bob.on_message(lambda msg: None)
+            heard = threading.Event()
+            bob.on_message(lambda msg: heard.set())
             with Agent("alice", hub=address, keypair_path=tmp_path / "alice.key") as alice:
                 alice.send("bob", text="hello")
+            assert heard.wait(10)
         with Agent("alice", hub=address, keypair_path=tmp_path / "alice.key") as alice:
             alice.send("bob", text="queued for the old key")
         (tmp_path / "bob.key").unlink()  # bob's identity file is lost
