@@ -913,8 +913,11 @@ def test_start_in_background_port_zero_and_ephemeral_store() -> None:
         assert srv.store_path is not None and srv.store_path.exists()
         with socket.create_connection((HOST, srv.port), timeout=5):
             pass
-        with pytest.raises(RuntimeError):
-            srv.start(block=False)
+        port = srv.port
+        srv.start(block=False)  # running in the background already: nothing happens
+        assert srv.port == port and srv.running
+        with pytest.raises(RuntimeError, match="already running"):
+            srv.start()  # blocking on a background hub cannot be meant
     finally:
         srv.stop()
     assert not srv.running
