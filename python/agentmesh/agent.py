@@ -505,10 +505,16 @@ class Agent(_AgentFacade):
         """Send ``{"text": text, **kwargs}``; returns the sealed Envelope."""
         return self.send_payload(recipient_id, {"text": text, **kwargs})
 
-    def send_payload(self, recipient_id: str, payload: dict[str, Any]) -> Any:
-        """Send a payload dict as it is; ``TypeError`` (nothing sent) if it cannot be serialised."""
+    def send_payload(
+        self, recipient_id: str, payload: dict[str, Any], *, ttl: float | None = None
+    ) -> Any:
+        """Send a payload dict as it is; ``TypeError`` (nothing sent) if it cannot be serialised.
+        ``ttl``: seconds within which it must be handled, or not at all (the recipient drops
+        a late one and reports ``MessageExpiredError``; the expiry is under the signature)."""
         if isinstance(payload, dict):
             check_no_meta(payload)
+            if ttl is not None:
+                return self._core.send_expiring(recipient_id, payload, ttl)
         return self._core.send_payload(recipient_id, payload)
 
     # handlers

@@ -23,8 +23,9 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+from .agent_rules import _now_ms
 from .agent_state import AgentCoreState
-from .errors import LateReplyError, RemoteError, ReplyTimeoutError
+from .errors import LateReplyError, MessageExpiredError, RemoteError, ReplyTimeoutError
 from .link_receive_pool import waiting
 from .message import META_KEY, Message
 
@@ -166,6 +167,14 @@ class _Requests(AgentCoreState):
         self._interceptors = {**self._interceptors, kind: take}
         self._pending.opened()
 
+    def send_expiring(self, peer: str, payload: dict[str, Any], ttl: float) -> Any:
+        """Send ``payload`` to be handled within ``ttl`` seconds of now, or not at all (the
+        recipient drops it later, reporting it to its error handlers)."""
+        if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
+            raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
+        check_no_meta(payload)
+        return self.send_payload(peer, {**payload, META_KEY: {"ttl_ms": round(ttl * 1000)}})
+
     def send_kind(self, peer: str, kind: str, payload: dict[str, Any]) -> Any:
         """Send ``payload`` as a message of ``kind`` (taken by the peer's interceptor)."""
         return self.send_payload(peer, {**payload, META_KEY: {"kind": kind}})
@@ -177,6 +186,11 @@ class _Requests(AgentCoreState):
         meta = msg._meta
         if meta is None:
             return False
+        ttl_ms = meta.get("ttl_ms")
+        if type(ttl_ms) is int and _now_ms() > msg.timestamp + ttl_ms:
+            # (the sender's time stamp and ttl are both under its signature)
+            self.report(MessageExpiredError(msg, msg.sender, ttl_ms))
+            return True
         kind = meta.get("kind")
         if kind is not None:
             take = self._interceptors.get(kind) if isinstance(kind, str) else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import inspect
 import logging
 import os
@@ -241,18 +242,24 @@ class AsyncAgent(_AgentFacade):
     async def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
         return await self.send_payload(recipient_id, {"text": text, **kwargs})
 
-    async def send_payload(self, recipient_id: str, payload: dict[str, Any]) -> Any:
+    async def send_payload(
+        self, recipient_id: str, payload: dict[str, Any], *, ttl: float | None = None
+    ) -> Any:
+        """See :meth:`Agent.send_payload` (``ttl`` too)."""
         self._bind_running()
+        core = self._core
+        send: Any = core.send_payload
         if isinstance(payload, dict):
             check_no_meta(payload)
-        core = self._core
+            if ttl is not None:
+                send = functools.partial(core.send_expiring, ttl=ttl)
         if (
             isinstance(recipient_id, str)
             and recipient_id in core._sessions
             and recipient_id not in core._unverified
         ):
-            return core.send_payload(recipient_id, payload)  # no I/O before the envelope exists
-        return await self._run(core.send_payload, recipient_id, payload)
+            return send(recipient_id, payload)  # no I/O before the envelope exists
+        return await self._run(send, recipient_id, payload)
 
     async def request(
         self,

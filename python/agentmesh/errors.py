@@ -170,6 +170,19 @@ class ReplyTimeoutError(AgentMeshError, TimeoutError):
         self.request_id = request_id
 
 
+class MessageExpiredError(AgentMeshError):
+    """A message came after its sender's ``ttl`` (given to ``on_error`` handlers, never to
+    the message handlers; the message itself is ``message``)."""
+
+    def __init__(self, message: object, sender: str, ttl_ms: int) -> None:
+        super().__init__(
+            f"message from {sender!r} expired: it was to be handled within {ttl_ms / 1000:g} s"
+        )
+        self.message = message
+        self.sender = sender
+        self.ttl_ms = ttl_ms
+
+
 class LateReplyError(AgentMeshError):
     """A reply came after its request had timed out (given to ``on_error`` handlers; the
     reply itself is ``message``)."""
