@@ -405,3 +405,21 @@ def test_a_requester_without_handlers_leaves_its_backlog_readable(network_hub, t
     finally:
         for agent in (listener, alice, carol):
             agent.close()
+
+
+def test_a_request_the_hub_drops_times_out_cleanly() -> None:
+    hub = HostileHub(rules=[Rule("drop", match=lambda env: env.sender == "alice", times=1)])
+    alice, bob = Agent("alice", hub=hub), echo_agent(hub)
+    errors: list[BaseException] = []
+    alice.on_error(errors.append)
+    try:
+        started = time.monotonic()
+        with pytest.raises(ReplyTimeoutError, match="'bob'"):
+            alice.request("bob", text="lost on the way", timeout=0.3)
+        assert time.monotonic() - started < 5
+        # nothing lingers: the next request goes through, and nothing was reported
+        assert alice.request("bob", text="again", timeout=5).text == "AGAIN"
+        assert errors == []
+    finally:
+        alice.close()
+        bob.close()
