@@ -2,7 +2,12 @@
 //! (tests/python/test_group_vectors.py). Regenerated from a deterministic RNG and compared byte
 //! for byte, so any change to the group wire format, its KDF or its state export shows up.
 //! Set AGENTMESH_WRITE_VECTORS=1 to rewrite the file after an intended protocol change.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::needless_range_loop
+)]
 
 mod common;
 
