@@ -20,6 +20,7 @@ from agentmesh.errors import (
     UnknownSenderError,
     VersionError,
 )
+from agentmesh.groups import AsyncGroup, Group
 from agentmesh.hubs import Hub, LocalHub, NetworkHub
 from agentmesh.message import Message
 
@@ -45,10 +46,12 @@ __all__ = [
     "Agent",
     "AgentMeshError",
     "AsyncAgent",
+    "AsyncGroup",
     "AuthenticationError",
     "CryptoError",
     "FlushTimeoutError",
     "FormatError",
+    "Group",
     "Hub",
     "HubError",
     "HubLimits",

@@ -25,6 +25,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import crypto as _crypto
+from .agent_groups import _Groups
 from .agent_persistence import _Persistence
 from .agent_prekeys import _Prekeys
 from .agent_receiving import _Receiving
@@ -44,6 +45,7 @@ from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
 from .agent_sessions import _Sessions
 from .agent_trust import _Trust
 from .keystore import KeyStore
+from .groups import Group
 from .message import Message, _message_from_bytes  # noqa: F401 (old pickles name it here)
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -90,7 +92,7 @@ class ReadyEvent(threading.Event):
                 callback()
 
 
-class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
+class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
     """Identity, sessions, pins, handlers and counters of one agent. No I/O of its own."""
 
     def __init__(
@@ -127,7 +129,8 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
         self._unverified = set()  # restored sessions not yet re-checked on the hub
         self._handlers: tuple[Callable[[Message], Any], ...] = ()
         self._error_handlers = ()
-        self._dispatch = self.run_handlers
+        self._dispatch = self.run_handlers  # (behind the group control filter: agent_groups.py)
+        self._init_groups()
         self.consumer_ready = ReadyEvent()  # a NetworkHub link delivers once this is set
         self.sent = 0
         self.received = 0
@@ -426,6 +429,22 @@ class Agent(_AgentFacade):
         return self._core.send_payload(recipient_id, payload)
 
     # handlers
+    # groups
+    def create_group(self, group_id: str, members: Any = ()) -> Group:
+        """Create group ``group_id`` with this agent as its creator (administrator) and
+        ``members``; each member is told over its pairwise session."""
+        self._core.create_group(group_id, members)
+        return Group(self._core, group_id)
+
+    def group(self, group_id: str) -> Group:
+        """A group this agent is a member of (``ValueError`` otherwise)."""
+        self._core.group_members(group_id)
+        return Group(self._core, group_id)
+
+    def groups(self) -> list[Group]:
+        """Every group this agent is a member of, by id."""
+        return [Group(self._core, g) for g in self._core.groups()]
+
     def on_message(self, handler: H) -> H:
         """Register a message handler (decorator or call); returns it unchanged."""
         return self._core.add_handler(handler)

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade
+from .groups import AsyncGroup
 from .message import Message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -246,6 +247,20 @@ class AsyncAgent(_AgentFacade):
         ):
             return core.send_payload(recipient_id, payload)  # no I/O before the envelope exists
         return await self._run(core.send_payload, recipient_id, payload)
+
+    async def create_group(self, group_id: str, members: Any = ()) -> AsyncGroup:
+        """Create group ``group_id`` with this agent as its creator (see ``Agent.create_group``)."""
+        await self._run(self._core.create_group, group_id, members)
+        return AsyncGroup(self._core, group_id, self._run)
+
+    def group(self, group_id: str) -> AsyncGroup:
+        """A group this agent is a member of (``ValueError`` otherwise)."""
+        self._core.group_members(group_id)
+        return AsyncGroup(self._core, group_id, self._run)
+
+    def groups(self) -> list[AsyncGroup]:
+        """Every group this agent is a member of, by id."""
+        return [AsyncGroup(self._core, g, self._run) for g in self._core.groups()]
 
     async def connect(self, peer_id: str) -> str:
         return await self._run(self._core.connect, peer_id)  # type: ignore[no-any-return]

@@ -15,22 +15,31 @@ class Message:
     """One decrypted, authenticated message. Immutable.
 
     ``timestamp`` (ms since the epoch) and ``id`` come from the envelope and are covered by the
-    sender's signature.
+    sender's signature. ``group`` is the group id of a group message (None for a pairwise one).
     """
 
-    __slots__ = ("_env", "payload", "recipient", "sender")
+    __slots__ = ("_env", "group", "payload", "recipient", "sender")
 
     sender: str
     recipient: str
     payload: dict[str, Any]
+    group: str | None
     _env: Any
 
-    def __init__(self, sender: str, recipient: str, payload: dict[str, Any], envelope: Any):
+    def __init__(
+        self,
+        sender: str,
+        recipient: str,
+        payload: dict[str, Any],
+        envelope: Any,
+        group: str | None = None,
+    ):
         _set = object.__setattr__
         _set(self, "sender", sender)
         _set(self, "recipient", recipient)
         _set(self, "payload", payload)
         _set(self, "_env", envelope)
+        _set(self, "group", group)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Message is immutable")
@@ -60,7 +69,8 @@ class Message:
 
     @property
     def envelope(self) -> Any:
-        """The :class:`~agentmesh.crypto.Envelope` this message came in."""
+        """The :class:`~agentmesh.crypto.Envelope` (a group message: the
+        :class:`~agentmesh.crypto.GroupEnvelope`) this message came in."""
         return self._env
 
     def to_dict(self) -> dict[str, Any]:
@@ -69,6 +79,7 @@ class Message:
             "id": self.id,
             "sender": self.sender,
             "recipient": self.recipient,
+            "group": self.group,
             "timestamp": self.timestamp,
             "type": self.type,
             "text": self.text,
@@ -82,6 +93,7 @@ class Message:
             self.id == other.id
             and self.sender == other.sender
             and self.recipient == other.recipient
+            and self.group == other.group
             and self.payload == other.payload
         )
 
@@ -91,20 +103,21 @@ class Message:
     def __reduce__(self) -> Any:
         return (
             _message_from_bytes,
-            (self.sender, self.recipient, self.payload, self._env.to_bytes()),
+            (self.sender, self.recipient, self.payload, self._env.to_bytes(), self.group),
         )
 
     def __repr__(self) -> str:
         text = self.text
         if isinstance(text, str) and len(text) > 60:
             text = text[:57] + "..."
+        group = f"group={self.group!r}, " if self.group is not None else ""
         return (
-            f"Message(sender={self.sender!r}, recipient={self.recipient!r}, "
+            f"Message(sender={self.sender!r}, recipient={self.recipient!r}, {group}"
             f"type={self.type!r}, text={text!r}, id={self.id!r})"
         )
 
 
 def _message_from_bytes(
-    sender: str, recipient: str, payload: dict[str, Any], raw: bytes
+    sender: str, recipient: str, payload: dict[str, Any], raw: bytes, group: str | None = None
 ) -> Message:
-    return Message(sender, recipient, payload, Envelope.from_bytes(raw))
+    return Message(sender, recipient, payload, _crypto.as_envelope(raw), group)

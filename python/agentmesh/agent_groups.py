@@ -1,0 +1,502 @@
+"""Groups: the agent core's part (membership, sender keys over the pairwise sessions, sealing
+once for every member, opening group messages, persistence of the group state).
+
+A part of the agent core (:class:`agentmesh.agent._AgentCore`), which combines the rooms; its
+methods run on the core and share its state. The face users hold is :class:`agentmesh.groups.Group`;
+the cryptography is the Rust core's (``GroupSession``, docs/protocol.md section 8).
+
+Control messages (membership records, sender-key distributions, a member leaving) travel as
+ordinary pairwise payloads of the reserved type :data:`GROUP_CONTROL_TYPE`; they never reach the
+message handlers.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import collections
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import crypto as _crypto
+from .agent_state import AgentCoreState
+from .errors import AuthenticationError, CryptoError, FormatError, IdentityError, ReplayError
+from .message import Message
+
+Envelope = _crypto.Envelope
+GroupEnvelope = _crypto.GroupEnvelope
+GroupSession = _crypto.GroupSession
+
+#: The pairwise payload type of group control messages (reserved: never a user message).
+GROUP_CONTROL_TYPE = "agentmesh.group"
+#: Group messages and sender keys held back per group until the membership record that explains
+#: them arrives (a network hub orders each sender's envelopes, not different senders'); the
+#: oldest go first past this bound. Held in memory only.
+MAX_PENDING_PER_GROUP = 256
+#: Groups not known yet (no invitation arrived) whose early messages are held back.
+MAX_PENDING_GROUPS = 16
+
+
+class AddressedGroupMessage(bytes):
+    """The wire bytes of one group message addressed to one member: what a transport sends. A
+    ``bytes`` (the local hub parses it like any envelope) with the two fields the network link
+    reads without parsing."""
+
+    recipient: str
+    counter: int
+
+    def __new__(cls, data: bytes, recipient: str, counter: int) -> AddressedGroupMessage:
+        self = super().__new__(cls, data)
+        self.recipient = recipient
+        self.counter = counter
+        return self
+
+    def to_bytes(self) -> bytes:
+        return bytes(self)
+
+
+class GroupRecord:
+    """One group as this member holds it."""
+
+    __slots__ = ("admin", "distributed", "epoch", "members", "pending", "record", "session")
+
+    def __init__(
+        self, session: Any, admin: str, epoch: int, members: list[str], record: bytes
+    ) -> None:
+        self.session = session
+        self.admin = admin
+        self.epoch = epoch
+        self.members = members
+        self.record = record
+        #: members that hold this member's current sending chain
+        self.distributed: set[str] = set()
+        #: early arrivals from senders not (yet) members: ("key", sender, data) or ("msg", env)
+        self.pending: collections.deque[tuple[Any, ...]] = collections.deque(
+            maxlen=MAX_PENDING_PER_GROUP
+        )
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(value: Any, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise FormatError(f"group control message: {what} is not a base64 string")
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise FormatError(f"group control message: {what} is not valid base64") from None
+
+
+def _is_group_envelope(item: Any) -> bool:
+    kind = type(item)
+    if kind is Envelope:
+        return False
+    if kind is GroupEnvelope:
+        return True
+    if isinstance(item, bytes):
+        return bool(GroupEnvelope.is_group_message(item))
+    if isinstance(item, (bytearray, memoryview)):
+        return bool(GroupEnvelope.is_group_message(bytes(item)))
+    return False
+
+
+class _Groups(AgentCoreState):
+    """Groups (see the module)."""
+
+    _groups: dict[str, GroupRecord]
+    _pending_groups: collections.OrderedDict[str, collections.deque[tuple[Any, ...]]]
+    _group_lock: threading.RLock
+    _user_dispatch: Callable[[Message], Any]
+    _transmit: Callable[[Any], Any] | None
+
+    def _init_groups(self) -> None:
+        self._groups = {}
+        self._pending_groups = collections.OrderedDict()
+        # one group operation at a time: a sender key must be handed out before the first
+        # message sealed under it, and a membership change must not interleave with a send
+        self._group_lock = threading.RLock()
+
+    # -- the dispatch filter: control messages never reach a handler ----------------------------
+
+    @property  # type: ignore[override]
+    def _dispatch(self) -> Callable[[Message], Any]:
+        return self._dispatch_or_control
+
+    @_dispatch.setter
+    def _dispatch(self, fn: Callable[[Message], Any]) -> None:
+        # The faces install their dispatcher here (AsyncAgent replaces the core's): it becomes
+        # the one that group and ordinary messages reach once control messages are filtered out.
+        self._user_dispatch = fn
+
+    def _dispatch_or_control(self, msg: Message) -> None:
+        payload = msg.payload
+        if msg.group is None and payload.get("type") == GROUP_CONTROL_TYPE:
+            try:
+                self._on_group_control(msg.sender, payload)
+            except (CryptoError, ValueError, TypeError) as exc:
+                self.reject(exc, msg.envelope)
+            return
+        self._user_dispatch(msg)
+
+    # -- administration -------------------------------------------------------------------------
+
+    def create_group(self, group_id: str, members: Any) -> GroupRecord:
+        _crypto.check_agent_id(group_id, "group id")
+        if isinstance(members, str):
+            raise TypeError("members must be a list of agent ids, not a str")
+        wanted = []
+        for member in members:
+            _crypto.check_agent_id(member, "member id")
+            if member != self.agent_id and member not in wanted:
+                wanted.append(member)
+        with self._group_lock:
+            if group_id in self._groups:
+                raise ValueError(f"group {group_id!r} already exists on agent {self.agent_id!r}")
+            session = GroupSession(self.keypair, group_id)
+            everyone = sorted({*wanted, self.agent_id})
+            record = _crypto.sign_membership(self.keypair, group_id, 1, everyone)
+            group = GroupRecord(session, self.agent_id, 1, everyone, record)
+            self._groups[group_id] = group
+            self._meta_dirty = True
+            self._announce(group_id, group, wanted)
+        return group
+
+    def _require_admin(self, group_id: str) -> GroupRecord:
+        group = self._require_group(group_id)
+        if group.admin != self.agent_id:
+            raise PermissionError(
+                f"only the creator of group {group_id!r} ({group.admin!r}) changes its members"
+            )
+        return group
+
+    def _require_group(self, group_id: str) -> GroupRecord:
+        group = self._groups.get(group_id)
+        if group is None:
+            raise ValueError(f"agent {self.agent_id!r} is not a member of group {group_id!r}")
+        return group
+
+    def group_add(self, group_id: str, member: str) -> None:
+        _crypto.check_agent_id(member, "member id")
+        with self._group_lock:
+            group = self._require_admin(group_id)
+            if member in group.members:
+                return
+            self._change_members(group_id, group, [*group.members, member], also=[])
+
+    def group_remove(self, group_id: str, member: str) -> None:
+        _crypto.check_agent_id(member, "member id")
+        with self._group_lock:
+            group = self._require_admin(group_id)
+            if member == self.agent_id:
+                raise ValueError("the creator cannot remove itself from its group")
+            if member not in group.members:
+                raise ValueError(f"{member!r} is not a member of group {group_id!r}")
+            remaining = [m for m in group.members if m != member]
+            # the removed member is told too, so that it stops expecting messages
+            self._change_members(group_id, group, remaining, also=[member])
+
+    def group_leave(self, group_id: str) -> None:
+        with self._group_lock:
+            group = self._require_group(group_id)
+            if group.admin == self.agent_id:
+                raise ValueError(
+                    "the creator cannot leave its group: remove the members instead"
+                )
+            del self._groups[group_id]
+            self._meta_dirty = True
+        self.send_payload(group.admin, {"type": GROUP_CONTROL_TYPE, "op": "leave", "group": group_id})
+
+    def _change_members(
+        self, group_id: str, group: GroupRecord, members: list[str], also: list[str]
+    ) -> None:
+        epoch = group.epoch + 1
+        everyone = sorted(set(members))
+        record = _crypto.sign_membership(self.keypair, group_id, epoch, everyone)
+        self._apply_membership(group_id, group, epoch, everyone, record)
+        self._announce(group_id, group, [m for m in everyone if m != self.agent_id] + also)
+
+    def _announce(self, group_id: str, group: GroupRecord, to: list[str]) -> None:
+        payload = {
+            "type": GROUP_CONTROL_TYPE,
+            "op": "membership",
+            "group": group_id,
+            "record": _b64(group.record),
+        }
+        for member in to:
+            try:
+                self.send_payload(member, payload)
+            except Exception as exc:
+                self.log.warning(
+                    "agent %r: group %r: the membership record did not reach %r: %s",
+                    self.agent_id,
+                    group_id,
+                    member,
+                    exc,
+                )
+
+    def _apply_membership(
+        self, group_id: str, group: GroupRecord, epoch: int, members: list[str], record: bytes
+    ) -> None:
+        """Adopt a verified record. Whoever left cannot read what follows: their chains are
+        forgotten and this member's next message starts a new sending chain, handed only to the
+        members of the new record."""
+        removed = set(group.members) - set(members)
+        group.epoch, group.members, group.record = epoch, members, record
+        if removed:
+            for gone in removed:
+                group.session.forget_sender(gone)
+            group.session.reset_sending_chain()
+            group.distributed.clear()
+        self._meta_dirty = True
+
+    # -- control messages ------------------------------------------------------------------------
+
+    def _on_group_control(self, sender: str, payload: dict[str, Any]) -> None:
+        op = payload.get("op")
+        group_id = payload.get("group")
+        if not isinstance(group_id, str):
+            raise FormatError("group control message without a group id")
+        with self._group_lock:
+            if op == "membership":
+                self._on_membership(sender, group_id, _unb64(payload.get("record"), "record"))
+            elif op == "sender_key":
+                self._on_sender_key(sender, group_id, _unb64(payload.get("key"), "key"))
+            elif op == "leave":
+                group = self._groups.get(group_id)
+                if group is not None and group.admin == self.agent_id and sender in group.members:
+                    self.group_remove(group_id, sender)
+            else:
+                raise FormatError(f"group control message with an unknown op {op!r}")
+
+    def _peer_identity_key(self, peer: str) -> bytes:
+        pinned = self._pins.get(peer)
+        if pinned is None:
+            session = self._sessions.get(peer)
+            if session is None:
+                raise IdentityError(f"no identity key known for {peer!r}")
+            pinned = session.peer_identity_key
+        return base64.b64decode(pinned)
+
+    def _on_membership(self, sender: str, group_id: str, record: bytes) -> None:
+        group = self._groups.get(group_id)
+        admin = group.admin if group is not None else sender
+        verified = _crypto.verify_membership(record, self._peer_identity_key(admin))
+        if verified["group"] != group_id or verified["admin"] != admin:
+            raise IdentityError(
+                f"membership record for group {verified['group']!r} by {verified['admin']!r} "
+                f"does not come from the administrator of group {group_id!r}"
+            )
+        epoch, members = int(verified["epoch"]), list(verified["members"])
+        if self.agent_id not in members:
+            if group is not None and epoch > group.epoch:
+                del self._groups[group_id]
+                self._meta_dirty = True
+                self.log.info("agent %r was removed from group %r", self.agent_id, group_id)
+            return
+        if group is None:
+            group = GroupRecord(GroupSession(self.keypair, group_id), admin, epoch, members, record)
+            self._groups[group_id] = group
+            self._meta_dirty = True
+            early = self._pending_groups.pop(group_id, None)
+            if early:
+                group.pending.extend(early)
+        elif epoch <= group.epoch:
+            raise ReplayError(
+                f"membership record of group {group_id!r} is not newer than the one held "
+                f"(epoch {epoch} <= {group.epoch})"
+            )
+        else:
+            self._apply_membership(group_id, group, epoch, members, record)
+        self._retry_pending(group_id, group)
+
+    def _on_sender_key(self, sender: str, group_id: str, distribution: bytes) -> None:
+        group = self._groups.get(group_id)
+        if group is None or sender not in group.members:
+            self._hold(group_id, group, ("key", sender, distribution))
+            return
+        try:
+            group.session.install(distribution, sender, self._peer_identity_key(sender))
+        except ReplayError:
+            self.log.debug("agent %r: group %r: a chain of %r again", self.agent_id, group_id, sender)
+            return
+        self._meta_dirty = True
+
+    def _hold(self, group_id: str, group: GroupRecord | None, item: tuple[Any, ...]) -> None:
+        if group is not None:
+            group.pending.append(item)
+            return
+        pending = self._pending_groups
+        queue = pending.get(group_id)
+        if queue is None:
+            queue = pending[group_id] = collections.deque(maxlen=MAX_PENDING_PER_GROUP)
+            while len(pending) > MAX_PENDING_GROUPS:
+                pending.popitem(last=False)
+        queue.append(item)
+
+    def _retry_pending(self, group_id: str, group: GroupRecord) -> None:
+        if not group.pending:
+            return
+        items = list(group.pending)
+        group.pending.clear()
+        for item in items:
+            if item[0] == "key":
+                self._on_sender_key(item[1], group_id, item[2])
+            else:
+                self._receive_group(item[1])
+
+    # -- sending ----------------------------------------------------------------------------------
+
+    def group_send(self, group_id: str, payload: dict[str, Any]) -> Any:
+        """Seal ``payload`` once and hand it to the transport once per other member; returns the
+        sealed GroupEnvelope. Members without this member's current sending chain get it first,
+        over their pairwise session (so they get it before the message)."""
+        if payload.get("type") == GROUP_CONTROL_TYPE:
+            raise ValueError(f"payload type {GROUP_CONTROL_TYPE!r} is reserved")
+        with self._group_lock:
+            group = self._require_group(group_id)
+            transmit = self._transmit
+            if transmit is None:
+                raise RuntimeError(f"agent {self.agent_id!r} is closed or not on a hub")
+            session = group.session
+            others = [m for m in group.members if m != self.agent_id]
+            missing = [m for m in others if m not in group.distributed]
+            if session.sending_chain_id is None:
+                group.distributed.clear()
+                missing = others
+            if missing:
+                key = {
+                    "type": GROUP_CONTROL_TYPE,
+                    "op": "sender_key",
+                    "group": group_id,
+                    "key": _b64(session.distribution()),
+                }
+                for member in missing:
+                    try:
+                        self.send_payload(member, key)
+                    except Exception as exc:
+                        self.log.warning(
+                            "agent %r: group %r: the sender key did not reach %r: %s",
+                            self.agent_id,
+                            group_id,
+                            member,
+                            exc,
+                        )
+                        continue
+                    group.distributed.add(member)
+            env = session.seal(payload)
+            counter = env.counter
+            for member in others:
+                if member in group.distributed:
+                    transmit(AddressedGroupMessage(env.to_bytes_for(member), member, counter))
+            self.sent += 1
+            return env
+
+    # -- receiving -------------------------------------------------------------------------------
+
+    def receive(self, envelope: Any) -> Message | None:
+        if _is_group_envelope(envelope):
+            return self._receive_group(envelope)
+        return super().receive(envelope)  # type: ignore[misc, no-any-return]
+
+    def receive_batch(self, envelopes: list[Any]) -> list[Message | None]:
+        kinds = [_is_group_envelope(e) for e in envelopes]
+        if not any(kinds):
+            return super().receive_batch(envelopes)  # type: ignore[misc, no-any-return]
+        # in runs, in order: a sender key (pairwise) is installed before the group messages
+        # that follow it
+        out: list[Message | None] = []
+        start = 0
+        n = len(envelopes)
+        while start < n:
+            end = start
+            while end < n and kinds[end] == kinds[start]:
+                end += 1
+            run = envelopes[start:end]
+            if kinds[start]:
+                out.extend(self._receive_group(e) for e in run)
+            else:
+                out.extend(super().receive_batch(run))  # type: ignore[misc]
+            start = end
+        return out
+
+    def _receive_group(self, item: Any) -> Message | None:
+        env = item
+        try:
+            if type(env) is not GroupEnvelope:
+                env = GroupEnvelope.from_bytes(bytes(item))
+            with self._group_lock:
+                group = self._groups.get(env.group)
+                if group is None or env.sender not in group.members:
+                    self._hold(env.group, group, ("msg", env))
+                    return None
+                payload = group.session.open(env)
+                self.received += 1
+                self._meta_dirty = True
+        except CryptoError as exc:
+            self.reject(exc, env)
+            return None
+        if payload.get("type") == GROUP_CONTROL_TYPE:
+            self.reject(AuthenticationError("a group message may not carry a control payload"), env)
+            return None
+        msg = Message(env.sender, self.agent_id, payload, env, env.group)
+        self._user_dispatch(msg)
+        if self._autosave:
+            self._maybe_autosave()
+        return msg
+
+    # -- introspection and persistence ------------------------------------------------------------
+
+    def groups(self) -> list[str]:
+        with self._group_lock:
+            return sorted(self._groups)
+
+    def group_members(self, group_id: str) -> list[str]:
+        with self._group_lock:
+            return list(self._require_group(group_id).members)
+
+    def group_admin(self, group_id: str) -> str:
+        with self._group_lock:
+            return self._require_group(group_id).admin
+
+    def _group_exports(self) -> dict[str, dict[str, Any]]:
+        with self._group_lock:
+            return {
+                group_id: {
+                    "admin": group.admin,
+                    "epoch": group.epoch,
+                    "members": list(group.members),
+                    "record": _b64(group.record),
+                    "state": _b64(group.session.export_sealed()),
+                }
+                for group_id, group in self._groups.items()
+            }
+
+    def _load_groups(self, saved: dict[str, dict[str, Any]]) -> None:
+        """Restore the groups of the state file. The membership record is checked again under
+        the administrator's pinned key; each loaded state starts a new sending chain."""
+        from .errors import KeyFileError
+
+        groups: dict[str, GroupRecord] = {}
+        for group_id, doc in saved.items():
+            try:
+                record = _unb64(doc["record"], "record")
+                admin = str(doc["admin"])
+                admin_key = (
+                    bytes(self.keypair.identity_key)
+                    if admin == self.agent_id
+                    else base64.b64decode(self._pins[admin])
+                )
+                verified = _crypto.verify_membership(record, admin_key)
+                session = GroupSession.import_state(self.keypair, _unb64(doc["state"], "state"))
+            except (KeyError, TypeError, ValueError, CryptoError) as exc:
+                raise KeyFileError(
+                    f"state file: group {group_id!r} cannot be restored ({exc}); the file was "
+                    "left untouched"
+                ) from exc
+            groups[group_id] = GroupRecord(
+                session, admin, int(verified["epoch"]), list(verified["members"]), record
+            )
+        self._groups = groups
