@@ -389,8 +389,18 @@ class _Groups(AgentCoreState):
             env = session.seal(payload)
             counter = env.counter
             for member in others:
-                if member in group.distributed:
+                if member not in group.distributed:
+                    continue
+                try:
                     transmit(AddressedGroupMessage(env.to_bytes_for(member), member, counter))
+                except Exception as exc:  # one member out of reach does not stop the others
+                    self.log.warning(
+                        "agent %r: group %r: a message did not reach %r: %s",
+                        self.agent_id,
+                        group_id,
+                        member,
+                        exc,
+                    )
             self.sent += 1
             return env
 
@@ -462,17 +472,19 @@ class _Groups(AgentCoreState):
             return self._require_group(group_id).admin
 
     def _group_exports(self) -> dict[str, dict[str, Any]]:
-        with self._group_lock:
-            return {
-                group_id: {
-                    "admin": group.admin,
-                    "epoch": group.epoch,
-                    "members": list(group.members),
-                    "record": _b64(group.record),
-                    "state": _b64(group.session.export_sealed()),
-                }
-                for group_id, group in self._groups.items()
+        # Called by the state writer under the core's _lock, which a group send takes inside
+        # _group_lock (sealing a sender key): taking _group_lock here would invert that order.
+        # Each GroupSession locks itself; a record replaced meanwhile is written next time.
+        return {
+            group_id: {
+                "admin": group.admin,
+                "epoch": group.epoch,
+                "members": list(group.members),
+                "record": _b64(group.record),
+                "state": _b64(group.session.export_sealed()),
             }
+            for group_id, group in list(self._groups.items())
+        }
 
     def _load_groups(self, saved: dict[str, dict[str, Any]]) -> None:
         """Restore the groups of the state file. The membership record is checked again under

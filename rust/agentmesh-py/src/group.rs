@@ -103,10 +103,12 @@ impl PyGroupEnvelope {
 
     fn __repr__(&self) -> String {
         format!(
-            "GroupEnvelope(sender={:?}, group={:?}, recipient={:?}, id='{}', counter={})",
+            "GroupEnvelope(sender={:?}, group={:?}, recipient={}, id='{}', counter={})",
             self.inner.sender(),
             self.inner.group(),
-            self.inner.recipient(),
+            self.inner
+                .recipient()
+                .map_or_else(|| "None".to_owned(), |r| format!("{r:?}")),
             self.inner.message_id(),
             self.inner.header().counter
         )

@@ -1,0 +1,288 @@
+"""Encrypted groups on a LocalHub: delivery, order, membership that really excludes, forged
+changes refused, control messages kept from the handlers, persistence across a restart.
+(The same on a real network hub: test_groups_network.py; the crypto's own properties:
+rust/agentmesh-core/tests/groups.rs.)"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+
+import pytest
+
+from agentmesh import Agent, AsyncAgent, LocalHub
+from agentmesh import crypto as c
+from agentmesh.agent_groups import GROUP_CONTROL_TYPE
+from agentmesh.errors import (
+    AuthenticationError,
+    ReplayError,
+    SignatureError,
+)
+
+
+class Team:
+    """Agents on one LocalHub, recording what their handlers and error handlers got."""
+
+    def __init__(self, *names: str, hub: LocalHub | None = None, tmp=None) -> None:
+        self.hub = hub or LocalHub()
+        self.agents: dict[str, Agent] = {}
+        self.got: dict[str, list] = {}
+        self.errors: dict[str, list] = {}
+        for name in names:
+            self.join(name, tmp)
+
+    def join(self, name: str, tmp=None) -> Agent:
+        path = None if tmp is None else tmp / f"{name}.key"
+        agent = Agent(name, hub=self.hub, keypair_path=path)
+        self.agents[name] = agent
+        self.got.setdefault(name, [])
+        self.errors.setdefault(name, [])
+        agent.on_message(lambda m, n=name: self.got[n].append(m))
+        agent.on_error(lambda e, n=name: self.errors[n].append(e))
+        return agent
+
+    def texts(self, name: str, group: str | None = "research") -> list[tuple[str, str]]:
+        return [(m.sender, m.text) for m in self.got[name] if m.group == group]
+
+    def __getitem__(self, name: str) -> Agent:
+        return self.agents[name]
+
+
+def test_every_member_receives_each_message_once_as_an_ordinary_message():
+    t = Team("alice", "bob", "carol")
+    group = t["alice"].create_group("research", members=["bob", "carol"])
+    assert group.members == ["alice", "bob", "carol"]
+    assert group.admin == "alice"
+    assert [g.id for g in t["bob"].groups()] == ["research"]
+    env = group.send(text="new plan", step=1)
+    t["bob"].group("research").send_payload({"text": "ack", "type": "reply"})
+    assert t.texts("bob") == [("alice", "new plan")]
+    assert t.texts("carol") == [("alice", "new plan"), ("bob", "ack")]
+    assert t.texts("alice") == [("bob", "ack")]
+    msg = t.got["bob"][0]
+    assert msg.group == "research" and msg.sender == "alice" and msg.recipient == "bob"
+    assert msg.payload == {"text": "new plan", "step": 1}
+    assert msg.id == env.id == t.got["carol"][0].id  # one sealed message for everybody
+    assert t.got["carol"][1].type == "reply"
+    # control messages (membership, sender keys) never reached a handler, nothing was rejected
+    assert all(m.group is not None for name in t.got for m in t.got[name])
+    assert not any(t.errors.values())
+    # pairwise messages still carry group None
+    t["alice"].send("bob", text="direct")
+    assert t.texts("bob", group=None) == [("alice", "direct")]
+
+
+def test_per_sender_order_holds():
+    t = Team("alice", "bob", "carol")
+    group = t["alice"].create_group("research", members=["bob", "carol"])
+    bob_group = t["bob"].group("research")
+    for i in range(20):
+        group.send(text=f"a{i}")
+        if i % 3 == 0:
+            bob_group.send(text=f"b{i}")
+    carol = t.texts("carol")
+    assert [x for s, x in carol if s == "alice"] == [f"a{i}" for i in range(20)]
+    assert [x for s, x in carol if s == "bob"] == [f"b{i}" for i in range(0, 20, 3)]
+
+
+def test_a_removed_member_with_its_full_state_reads_nothing_after_the_removal(tmp_path):
+    t = Team("alice", "bob", "carol", tmp=tmp_path)
+    group = t["alice"].create_group("research", members=["bob", "carol"])
+    group.send(text="before")
+    t["bob"].group("research").send(text="bob before")
+    # carol's complete state as of now: her group state (with every chain) and her identity
+    carol = t["carol"]
+    carol.flush()
+    stolen = carol._core._groups["research"].session.export_state()
+    group.remove("carol")
+    assert group.members == ["alice", "bob"]
+    assert t["carol"].groups() == []  # carol was told, and forgot the group
+    sent = [group.send(text="after"), t["bob"].group("research").send(text="bob after")]
+    assert t.texts("bob")[-1] == ("alice", "after")
+    assert t.texts("alice")[-1] == ("bob", "bob after")
+    assert ("alice", "after") not in t.texts("carol")
+    # the stolen state opens none of it (alice's and bob's chains are new)
+    thief = c.GroupSession.import_state(carol.keypair, stolen)
+    for env in sent:
+        wire = env.to_bytes_for("carol")
+        with pytest.raises(AuthenticationError):
+            thief.open(wire)
+
+
+def test_a_late_joiner_reads_nothing_sent_before_it_joined():
+    t = Team("alice", "bob", "dave")
+    group = t["alice"].create_group("research", members=["bob"])
+    early = [group.send(text=f"early {i}") for i in range(3)]
+    t["bob"].group("research").send(text="bob early")
+    group.add("dave")
+    assert t["dave"].group("research").members == ["alice", "bob", "dave"]
+    group.send(text="welcome")
+    t["bob"].group("research").send(text="hi dave")
+    assert t.texts("dave") == [("alice", "welcome"), ("bob", "hi dave")]
+    # with its full state, dave opens none of the earlier messages
+    session = t["dave"]._core._groups["research"].session
+    for env in early:
+        with pytest.raises((ReplayError, AuthenticationError)):
+            session.open(env.to_bytes_for("dave"))
+
+
+def test_a_membership_change_by_a_non_administrator_is_refused():
+    t = Team("alice", "bob", "carol", "mallory")
+    t["alice"].create_group("research", members=["bob", "carol", "mallory"])
+    # mallory signs a record that drops carol and sends it as the administrator would
+    record = c.sign_membership(t["mallory"].keypair, "research", 99, ["alice", "bob", "mallory"])
+    t["mallory"].send_payload(
+        "bob",
+        {
+            "type": GROUP_CONTROL_TYPE,
+            "op": "membership",
+            "group": "research",
+            "record": base64.b64encode(record).decode(),
+        },
+    )
+    assert t["bob"].group("research").members == ["alice", "bob", "carol", "mallory"]
+    assert [type(e) for e in t.errors["bob"]] == [SignatureError]
+    # and mallory's group face refuses too
+    with pytest.raises(PermissionError):
+        t["mallory"].group("research").remove("carol")
+    # nothing of it reached a handler
+    assert t.got["bob"] == []
+
+
+def test_a_member_cannot_forge_a_message_as_another_member():
+    t = Team("alice", "bob", "mallory")
+    t["alice"].create_group("research", members=["bob", "mallory"])
+    t["alice"].group("research").send(text="real")
+    # mallory holds alice's chain; her own group session can only seal as mallory. A message of
+    # hers re-labelled as alice's fails (the sender is inside the associated data and signature).
+    env = t["mallory"].group("research").send(text="from mallory")
+    wire = bytearray(env.to_bytes_for("bob"))
+    start = 5 + 1  # AM 01 03 01, then id(sender)
+    assert wire[start : start + 7] == b"mallory"
+    forged = bytes(wire[:5]) + bytes([5]) + b"alice" + bytes(wire[start + 7 :])
+    before = len(t.got["bob"])
+    t.hub.deliver(forged)
+    assert len(t.got["bob"]) == before
+    assert t.errors["bob"] and isinstance(t.errors["bob"][-1], AuthenticationError)
+
+
+def test_replayed_and_tampered_group_messages_never_reach_a_handler():
+    t = Team("alice", "bob")
+    group = t["alice"].create_group("research", members=["bob"])
+    env = group.send(text="once")
+    wire = env.to_bytes_for("bob")
+    t.hub.deliver(wire)  # replay
+    assert isinstance(t.errors["bob"][-1], ReplayError)
+    tampered = bytearray(group.send(text="twice").to_bytes_for("bob"))
+    tampered[-1] ^= 1
+    t.hub.deliver(bytes(tampered))
+    assert t.texts("bob") == [("alice", "once"), ("alice", "twice")]
+    assert len(t.errors["bob"]) == 2
+
+
+def test_a_member_can_leave():
+    t = Team("alice", "bob", "carol")
+    group = t["alice"].create_group("research", members=["bob", "carol"])
+    t["carol"].group("research").leave()
+    assert t["carol"].groups() == []
+    assert group.members == ["alice", "bob"]
+    group.send(text="without carol")
+    assert t.texts("carol") == []
+    with pytest.raises(ValueError, match="creator cannot leave"):
+        group.leave()
+
+
+def test_control_payloads_are_reserved():
+    t = Team("alice", "bob")
+    group = t["alice"].create_group("research", members=["bob"])
+    with pytest.raises(ValueError, match="reserved"):
+        group.send_payload({"type": GROUP_CONTROL_TYPE})
+    with pytest.raises(ValueError, match="already exists"):
+        t["alice"].create_group("research", members=[])
+    with pytest.raises(ValueError, match="group id"):
+        t["alice"].create_group("", members=["bob"])
+    with pytest.raises(ValueError, match="not a member"):
+        t["bob"].group("other")
+
+
+def test_a_restarted_member_keeps_reading_and_sending(tmp_path):
+    hub = LocalHub()
+    t = Team("alice", "bob", "carol", hub=hub, tmp=tmp_path)
+    group = t["alice"].create_group("research", members=["bob", "carol"])
+    group.send(text="one")
+    t["bob"].group("research").send(text="from bob")
+    t["bob"].close()
+    group.send(text="while bob is away")  # LocalHub: bob's inbox is gone; he misses this one
+    bob = t.join("bob", tmp=tmp_path)
+    assert [g.id for g in bob.groups()] == ["research"]
+    assert bob.group("research").members == ["alice", "bob", "carol"]
+    group.send(text="two")
+    bob.group("research").send(text="bob again")  # a new sending chain after the restart
+    assert t.texts("bob")[-1] == ("alice", "two")
+    assert t.texts("carol")[-2:] == [("alice", "two"), ("bob", "bob again")]
+    assert not t.errors["carol"]
+    # the administrator restarts too and still administers
+    t["alice"].close()
+    alice = t.join("alice", tmp=tmp_path)
+    alice.group("research").remove("carol")
+    alice.group("research").send(text="three")
+    assert t.texts("bob")[-1] == ("alice", "three")
+    assert ("alice", "three") not in t.texts("carol")
+
+
+def test_async_agents_use_groups_too():
+    async def main() -> list:
+        hub = LocalHub()
+        alice = AsyncAgent("alice", hub=hub)
+        bob = AsyncAgent("bob", hub=hub)
+        group = await alice.create_group("research", members=["bob"])
+        await group.send(text="async hello")
+        msg = await bob.next_message(timeout=5)
+        await bob.group("research").send(text="async ack")
+        reply = await alice.next_message(timeout=5)
+        await alice.close()
+        await bob.close()
+        return [msg, reply, [g.id for g in alice.groups()]]
+
+    msg, reply, ids = asyncio.run(main())
+    assert (msg.group, msg.sender, msg.text) == ("research", "alice", "async hello")
+    assert (reply.group, reply.sender, reply.text) == ("research", "bob", "async ack")
+    assert ids == ["research"]
+
+
+def test_group_vectors_through_the_python_api():
+    import json
+    from pathlib import Path
+
+    vectors = json.loads(
+        (Path(__file__).resolve().parents[1] / "vectors" / "group-v1.json").read_text()
+    )
+    keys = {
+        name: c.AgentKeyPair.from_bytes(bytes.fromhex(v["secret_file"]))
+        for name, v in vectors["identities"].items()
+    }
+    m = vectors["membership"]
+    verified = c.verify_membership(bytes.fromhex(m["record"]), keys["alice"].identity_key)
+    assert verified == {
+        "group": "research",
+        "admin": "alice",
+        "epoch": 1,
+        "members": ["alice", "bob", "carol"],
+    }
+    count = 0
+    for msg in vectors["messages"]:
+        for d in msg["deliveries"]:
+            kp = keys[d["recipient"]]
+            state = c.GroupSession.import_state(kp, bytes.fromhex(d["receiver_state_before"]))
+            env = c.GroupEnvelope.from_bytes(bytes.fromhex(d["envelope"]))
+            assert (env.sender, env.group, env.recipient, env.id) == (
+                msg["sender"],
+                "research",
+                d["recipient"],
+                msg["message_id"],
+            )
+            payload = state.open(env)
+            assert payload == json.loads(msg["payload"])
+            assert state.export_state().hex() == d["receiver_state_after"]
+            count += 1
+    assert count == 8
