@@ -44,8 +44,8 @@ from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
 )
 from .agent_sessions import _Sessions
 from .agent_trust import _Trust
-from .keystore import KeyStore
 from .groups import Group
+from .keystore import KeyStore
 from .message import Message, _message_from_bytes  # noqa: F401 (old pickles name it here)
 
 if TYPE_CHECKING:  # pragma: no cover

@@ -202,12 +202,12 @@ class _Groups(AgentCoreState):
         with self._group_lock:
             group = self._require_group(group_id)
             if group.admin == self.agent_id:
-                raise ValueError(
-                    "the creator cannot leave its group: remove the members instead"
-                )
+                raise ValueError("the creator cannot leave its group: remove the members instead")
             del self._groups[group_id]
             self._meta_dirty = True
-        self.send_payload(group.admin, {"type": GROUP_CONTROL_TYPE, "op": "leave", "group": group_id})
+        self.send_payload(
+            group.admin, {"type": GROUP_CONTROL_TYPE, "op": "leave", "group": group_id}
+        )
 
     def _change_members(
         self, group_id: str, group: GroupRecord, members: list[str], also: list[str]
@@ -320,9 +320,12 @@ class _Groups(AgentCoreState):
         try:
             group.session.install(distribution, sender, self._peer_identity_key(sender))
         except ReplayError:
-            self.log.debug("agent %r: group %r: a chain of %r again", self.agent_id, group_id, sender)
+            self.log.debug(
+                "agent %r: group %r: a chain of %r again", self.agent_id, group_id, sender
+            )
             return
         self._meta_dirty = True
+        self._retry_pending(group_id, group)
 
     def _hold(self, group_id: str, group: GroupRecord | None, item: tuple[Any, ...]) -> None:
         if group is not None:
@@ -439,7 +442,12 @@ class _Groups(AgentCoreState):
                 env = GroupEnvelope.from_bytes(bytes(item))
             with self._group_lock:
                 group = self._groups.get(env.group)
-                if group is None or env.sender not in group.members:
+                if (
+                    group is None
+                    or env.sender not in group.members
+                    or not group.session.knows_chain(env.sender, env.chain_id)
+                ):
+                    # early: its membership record or its sender key is still on the way
                     self._hold(env.group, group, ("msg", env))
                     return None
                 payload = group.session.open(env)

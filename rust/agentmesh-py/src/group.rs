@@ -210,6 +210,14 @@ impl PyGroupSession {
         json_to_py(py, opened.payload())
     }
 
+    /// Whether the state holds `sender`'s chain `chain_id` (see `GroupEnvelope.chain_id`).
+    fn knows_chain(&self, py: Python<'_>, sender: &str, chain_id: &[u8]) -> bool {
+        let Ok(id) = <[u8; 16]>::try_from(chain_id) else {
+            return false;
+        };
+        locks::lock(py, &self.state).knows_chain(sender, &id)
+    }
+
     /// Drops the sending chain: the next message starts a new one.
     fn reset_sending_chain(&self, py: Python<'_>) {
         locks::lock(py, &self.state).reset_sending_chain();

@@ -285,6 +285,14 @@ impl GroupSession {
         }
     }
 
+    /// Whether this state holds `sender`'s chain `chain_id` (a message on a chain whose
+    /// distribution has not arrived yet can wait for it instead of being refused).
+    pub fn knows_chain(&self, sender: &str, chain_id: &[u8; CHAIN_ID_LEN]) -> bool {
+        self.receiving
+            .iter()
+            .any(|c| c.chain_id == *chain_id && c.sender == sender)
+    }
+
     /// The members whose chains this state holds.
     pub fn senders(&self) -> Vec<String> {
         let mut out: Vec<String> = self.receiving.iter().map(|c| c.sender.clone()).collect();
