@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-NAMES = ["01_simple_chat.py", "02_multi_agent.py", "03_persistent_keys.py", "04_llm_agents.py"]
+NAMES = [
+    "01_simple_chat.py",
+    "02_multi_agent.py",
+    "03_persistent_keys.py",
+    "04_llm_agents.py",
+    "05_team_broadcast.py",
+]
 LLM_VARS = [
     "OPENAI_BASE_URL",
     "OPENAI_API_KEY",
