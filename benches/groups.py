@@ -75,7 +75,9 @@ def crypto_figures(sizes: list[int], rounds: int) -> dict[str, Any]:
     return out
 
 
-def _team(hub: Any, n: int, counter: list[int], done: threading.Event, want: list[int]) -> Any:
+def _team(
+    hub: Any, prefix: str, n: int, counter: list[int], done: threading.Event, want: list[int]
+) -> Any:
     lock = threading.Lock()
 
     def handler(_msg: Any) -> None:
@@ -86,7 +88,7 @@ def _team(hub: Any, n: int, counter: list[int], done: threading.Event, want: lis
 
     members = []
     for i in range(n):
-        agent = Agent(f"m{i}", hub=hub)
+        agent = Agent(f"{prefix}m{i}", hub=hub)
         agent.on_message(handler)
         members.append(agent)
     return members
@@ -96,8 +98,10 @@ def agent_figures(hub: Any, sizes: list[int], rounds: int, settle: float) -> dic
     out: dict[str, Any] = {}
     for n in sizes:
         counter, done, want = [0], threading.Event(), [0]
-        alice = Agent("alice", hub=hub)
-        members = _team(hub, n, counter, done, want)
+        # (ids stay bound to their keys on a network hub: each size has its own)
+        prefix = f"n{n}-"
+        alice = Agent(f"{prefix}alice", hub=hub)
+        members = _team(hub, prefix, n, counter, done, want)
         names = [m.agent_id for m in members]
         group = alice.create_group("bench", members=names)
         time.sleep(settle)

@@ -318,3 +318,15 @@ def test_through_a_hostile_hub_each_message_is_handled_exactly_once_and_never_al
     for text in sent_a:
         g.send(text=text)
     assert [x for _, x in calm.texts("carol")] == sent_a
+
+
+def test_a_group_message_pickles_with_its_group():
+    import pickle
+
+    t = Team("alice", "bob")
+    t["alice"].create_group("research", members=["bob"]).send(text="pickled")
+    msg = t.got["bob"][0]
+    copy = pickle.loads(pickle.dumps(msg))
+    assert copy == msg and copy.group == "research" and copy.text == "pickled"
+    assert copy.to_dict()["group"] == "research"
+    assert "group='research'" in repr(msg)
