@@ -6,7 +6,8 @@ Printed as JSON (times in microseconds, medians over the rounds):
 * ``crypto``: the sender's cryptography alone. Group: one ``GroupSession.seal`` and one
   ``to_bytes_for`` per member (the routing copy); pairwise: one ``CryptoSession.seal`` per member
   on established signed sessions. Also one group seal + one group open (the figure to set next
-  to a Megolm encrypt + decrypt).
+  to vodozemac's Megolm encrypt + decrypt, measured too when the ``vodozemac`` package is
+  installed).
 * ``localhub``: ``group.send`` versus N ``agent.send`` on a ``LocalHub``, where the call returns
   after every member's handler ran (so this is "until every handler ran").
 * ``network`` (with ``--network``): a real hub process; the sender's call (seal and hand to the
@@ -72,7 +73,27 @@ def crypto_figures(sizes: list[int], rounds: int) -> dict[str, Any]:
         receiver.open(sender.seal(PAYLOAD).to_bytes_for("bob"))
         both.append(time.perf_counter() - t0)
     out["group_seal_and_open_64B_us"] = _median_us(both)
+    out["megolm_encrypt_and_decrypt_64B_us"] = _megolm_us(rounds * 5)
     return out
+
+
+def _megolm_us(rounds: int) -> float | None:
+    """vodozemac's Megolm (the Matrix group ratchet: AES-256-CBC + HMAC-SHA-256 per message and
+    an Ed25519 signature over it, checked on decrypt), through its Python bindings, on the same
+    64 B; None when the ``vodozemac`` package is not installed."""
+    try:
+        import vodozemac
+    except ImportError:
+        return None
+    outbound = vodozemac.GroupSession()
+    inbound = vodozemac.InboundGroupSession(outbound.session_key)
+    plaintext = json.dumps(PAYLOAD, separators=(",", ":")).encode()
+    both = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        inbound.decrypt(outbound.encrypt(plaintext))
+        both.append(time.perf_counter() - t0)
+    return _median_us(both)
 
 
 def _team(

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use ed25519_dalek::VerifyingKey;
 use hkdf::Hkdf;
 use sha2::Sha256;
 use zeroize::Zeroize;
@@ -44,6 +45,9 @@ pub(crate) struct ReceivingChain {
     pub(crate) sender: String,
     /// The sender's Ed25519 identity key: every message on the chain must carry its signature.
     pub(crate) signing_key: [u8; 32],
+    /// `signing_key` parsed once (decompressing the point costs as much as a tenth of a
+    /// verification, so it is not repeated per message).
+    pub(crate) verifier: VerifyingKey,
     pub(crate) chain_id: [u8; CHAIN_ID_LEN],
     /// The counter of the next message not yet derived.
     pub(crate) next_counter: u32,

@@ -96,6 +96,8 @@ impl GroupSession {
         for _ in 0..n_chains {
             let sender = r.agent_id()?;
             let signing_key: [u8; 32] = r.array()?;
+            let verifier = crate::keys::parse_identity_key(&signing_key)
+                .map_err(|_| Error::KeyFile("group state holds an invalid signing key"))?;
             let chain_id: [u8; 16] = r.array()?;
             let next_counter = r.u32()?;
             let key = ChainKey::from_bytes(r.array()?);
@@ -109,6 +111,7 @@ impl GroupSession {
             receiving.push(ReceivingChain {
                 sender,
                 signing_key,
+                verifier,
                 chain_id,
                 next_counter,
                 key,

@@ -246,7 +246,7 @@ impl GroupSession {
                 "sender-key distribution names this member itself",
             ));
         }
-        parse_identity_key(signing_key)?;
+        let verifier = parse_identity_key(signing_key)?;
         if self.retired.contains(&d.chain_id)
             || self.receiving.iter().any(|c| c.chain_id == d.chain_id)
         {
@@ -266,6 +266,7 @@ impl GroupSession {
         self.receiving.push(ReceivingChain {
             sender: d.sender,
             signing_key: *signing_key,
+            verifier,
             chain_id: d.chain_id,
             next_counter: d.counter,
             key: d.key,
@@ -383,9 +384,8 @@ impl GroupSession {
             .and_then(|s| s.try_into().ok())
             .ok_or(Error::Format("group message is shorter than its signature"))?;
         let payload = plaintext.get(SIGNATURE_LEN..).unwrap_or_default();
-        let key = parse_identity_key(&chain.signing_key)?;
         verify_labelled(
-            &key,
+            &chain.verifier,
             labels::SIG_GROUP_MESSAGE,
             &signing_tail(&aad, payload),
             &signature,
