@@ -330,3 +330,66 @@ def test_a_group_message_pickles_with_its_group():
     assert copy == msg and copy.group == "research" and copy.text == "pickled"
     assert copy.to_dict()["group"] == "research"
     assert "group='research'" in repr(msg)
+
+
+class HoldingHub(LocalHub):
+    """A LocalHub that holds back the envelopes ``hold`` picks until ``release``."""
+
+    def __init__(self, hold) -> None:
+        super().__init__()
+        self.hold = hold
+        self.held: list = []
+
+    def deliver(self, envelope) -> None:
+        if self.hold(c.as_envelope(envelope)):
+            self.held.append(envelope)
+            return
+        super().deliver(envelope)
+
+    def release(self) -> int:
+        held, self.held = self.held, []
+        for envelope in held:
+            super().deliver(envelope)
+        return len(held)
+
+
+def test_a_message_that_overtakes_its_sender_key_waits_for_it():
+    pairwise_to_carol = []
+
+    def alices_sender_key_to_carol(env) -> bool:
+        if type(env) is not c.Envelope or env.recipient != "carol":
+            return False
+        pairwise_to_carol.append(env.id)
+        return len(pairwise_to_carol) == 2  # 1: the invitation, 2: alice's sender key
+
+    hub = HoldingHub(alices_sender_key_to_carol)
+    t = Team("alice", "bob", "carol", hub=hub)
+    group = t["alice"].create_group("research", members=["bob", "carol"])
+    group.send(text="first")
+    group.send(text="second")
+    assert t.texts("bob") == [("alice", "first"), ("alice", "second")]
+    assert t.texts("carol") == []  # both wait for the key the hub holds back
+    assert not t.errors["carol"]
+    assert hub.release() == 1
+    assert t.texts("carol") == [("alice", "first"), ("alice", "second")]
+    assert not t.errors["carol"]
+
+
+def test_an_invitation_overtaken_by_a_members_messages_is_caught_up():
+    # carol hears bob's sender key and message before alice's invitation reaches her
+    pairwise_to_carol = []
+
+    def invitation_to_carol(env) -> bool:
+        if type(env) is not c.Envelope or env.recipient != "carol" or env.sender != "alice":
+            return False
+        pairwise_to_carol.append(env.id)
+        return len(pairwise_to_carol) == 1
+
+    hub = HoldingHub(invitation_to_carol)
+    t = Team("alice", "bob", "carol", hub=hub)
+    t["alice"].create_group("research", members=["bob", "carol"])
+    t["bob"].group("research").send(text="bob first")
+    assert t["carol"].groups() == [] and t.texts("carol") == []
+    assert hub.release() == 1
+    assert t.texts("carol") == [("bob", "bob first")]
+    assert not t.errors["carol"]
