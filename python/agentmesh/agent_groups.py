@@ -103,6 +103,18 @@ def _is_group_envelope(item: Any) -> bool:
     return False
 
 
+class _Effects:
+    """What a group operation decided under ``_group_lock``, to be done once it is released
+    (see ``_Groups._run_effects``): pairwise sends, group message copies, handler runs."""
+
+    __slots__ = ("copies", "messages", "sends")
+
+    def __init__(self) -> None:
+        self.sends: list[tuple[str, dict[str, Any]]] = []
+        self.copies: list[AddressedGroupMessage] = []
+        self.messages: list[Message] = []
+
+
 class _Groups(AgentCoreState):
     """Groups (see the module)."""
 
@@ -134,12 +146,53 @@ class _Groups(AgentCoreState):
     def _dispatch_or_control(self, msg: Message) -> None:
         payload = msg.payload
         if msg.group is None and payload.get("type") == GROUP_CONTROL_TYPE:
+            effects = _Effects()
             try:
-                self._on_group_control(msg.sender, payload)
+                with self._group_lock:
+                    self._on_group_control(msg.sender, payload, effects)
             except (CryptoError, ValueError, TypeError) as exc:
                 self.reject(exc, msg.envelope)
+            self._run_effects(effects)
             return
         self._user_dispatch(msg)
+
+    def _run_effects(self, effects: _Effects) -> None:
+        """What a group operation decided under ``_group_lock``, done after it is released: on a
+        LocalHub a send runs the recipient's core (and its handlers) in this thread, and two
+        agents sending to each other from two threads must not hold each other's lock."""
+        for peer, payload in effects.sends:
+            try:
+                self.send_payload(peer, payload)
+            except Exception as exc:  # one member out of reach does not stop the others
+                if payload.get("op") == "sender_key":
+                    with self._group_lock:  # (handed out again before the next message)
+                        group = self._groups.get(payload["group"])
+                        if group is not None:
+                            group.distributed.discard(peer)
+                self.log.warning(
+                    "agent %r: a group %s did not reach %r: %s",
+                    self.agent_id,
+                    payload.get("op"),
+                    peer,
+                    exc,
+                )
+        transmit = self._transmit
+        for copy in effects.copies:
+            try:
+                if transmit is None:
+                    raise RuntimeError(f"agent {self.agent_id!r} is closed")
+                transmit(copy)
+            except Exception as exc:
+                self.log.warning(
+                    "agent %r: a group message did not reach %r: %s",
+                    self.agent_id,
+                    copy.recipient,
+                    exc,
+                )
+        for msg in effects.messages:
+            self._user_dispatch(msg)
+        if effects.messages and self._autosave:
+            self._maybe_autosave()
 
     # -- administration -------------------------------------------------------------------------
 
@@ -152,6 +205,7 @@ class _Groups(AgentCoreState):
             _crypto.check_agent_id(member, "member id")
             if member != self.agent_id and member not in wanted:
                 wanted.append(member)
+        effects = _Effects()
         with self._group_lock:
             if group_id in self._groups:
                 raise ValueError(f"group {group_id!r} already exists on agent {self.agent_id!r}")
@@ -161,7 +215,8 @@ class _Groups(AgentCoreState):
             group = GroupRecord(session, self.agent_id, 1, everyone, record)
             self._groups[group_id] = group
             self._meta_dirty = True
-            self._announce(group_id, group, wanted)
+            self._announce(group_id, group, wanted, effects)
+        self._run_effects(effects)
         return group
 
     def _require_admin(self, group_id: str) -> GroupRecord:
@@ -180,23 +235,30 @@ class _Groups(AgentCoreState):
 
     def group_add(self, group_id: str, member: str) -> None:
         _crypto.check_agent_id(member, "member id")
+        effects = _Effects()
         with self._group_lock:
             group = self._require_admin(group_id)
             if member in group.members:
                 return
-            self._change_members(group_id, group, [*group.members, member], also=[])
+            self._change_members(group_id, group, [*group.members, member], [], effects)
+        self._run_effects(effects)
 
     def group_remove(self, group_id: str, member: str) -> None:
         _crypto.check_agent_id(member, "member id")
+        effects = _Effects()
         with self._group_lock:
-            group = self._require_admin(group_id)
-            if member == self.agent_id:
-                raise ValueError("the creator cannot remove itself from its group")
-            if member not in group.members:
-                raise ValueError(f"{member!r} is not a member of group {group_id!r}")
-            remaining = [m for m in group.members if m != member]
-            # the removed member is told too, so that it stops expecting messages
-            self._change_members(group_id, group, remaining, also=[member])
+            self._remove_locked(group_id, member, effects)
+        self._run_effects(effects)
+
+    def _remove_locked(self, group_id: str, member: str, effects: _Effects) -> None:
+        group = self._require_admin(group_id)
+        if member == self.agent_id:
+            raise ValueError("the creator cannot remove itself from its group")
+        if member not in group.members:
+            raise ValueError(f"{member!r} is not a member of group {group_id!r}")
+        remaining = [m for m in group.members if m != member]
+        # the removed member is told too, so that it stops expecting messages
+        self._change_members(group_id, group, remaining, [member], effects)
 
     def group_leave(self, group_id: str) -> None:
         with self._group_lock:
@@ -205,40 +267,37 @@ class _Groups(AgentCoreState):
                 raise ValueError("the creator cannot leave its group: remove the members instead")
             del self._groups[group_id]
             self._meta_dirty = True
-        self.send_payload(
-            group.admin, {"type": GROUP_CONTROL_TYPE, "op": "leave", "group": group_id}
-        )
+        leave = {"type": GROUP_CONTROL_TYPE, "op": "leave", "group": group_id}
+        self.send_payload(group.admin, leave)
 
     def _change_members(
-        self, group_id: str, group: GroupRecord, members: list[str], also: list[str]
+        self,
+        group_id: str,
+        group: GroupRecord,
+        members: list[str],
+        also: list[str],
+        effects: _Effects,
     ) -> None:
         epoch = group.epoch + 1
         everyone = sorted(set(members))
         record = _crypto.sign_membership(self.keypair, group_id, epoch, everyone)
-        self._apply_membership(group_id, group, epoch, everyone, record)
-        self._announce(group_id, group, [m for m in everyone if m != self.agent_id] + also)
+        self._apply_membership(group, epoch, everyone, record)
+        to = [m for m in everyone if m != self.agent_id] + also
+        self._announce(group_id, group, to, effects)
 
-    def _announce(self, group_id: str, group: GroupRecord, to: list[str]) -> None:
+    def _announce(
+        self, group_id: str, group: GroupRecord, to: list[str], effects: _Effects
+    ) -> None:
         payload = {
             "type": GROUP_CONTROL_TYPE,
             "op": "membership",
             "group": group_id,
             "record": _b64(group.record),
         }
-        for member in to:
-            try:
-                self.send_payload(member, payload)
-            except Exception as exc:
-                self.log.warning(
-                    "agent %r: group %r: the membership record did not reach %r: %s",
-                    self.agent_id,
-                    group_id,
-                    member,
-                    exc,
-                )
+        effects.sends.extend((member, payload) for member in to)
 
     def _apply_membership(
-        self, group_id: str, group: GroupRecord, epoch: int, members: list[str], record: bytes
+        self, group: GroupRecord, epoch: int, members: list[str], record: bytes
     ) -> None:
         """Adopt a verified record. Whoever left cannot read what follows: their chains are
         forgotten and this member's next message starts a new sending chain, handed only to the
@@ -252,24 +311,25 @@ class _Groups(AgentCoreState):
             group.distributed.clear()
         self._meta_dirty = True
 
-    # -- control messages ------------------------------------------------------------------------
+    # -- control messages (the caller holds _group_lock) ----------------------------------------
 
-    def _on_group_control(self, sender: str, payload: dict[str, Any]) -> None:
+    def _on_group_control(self, sender: str, payload: dict[str, Any], effects: _Effects) -> None:
         op = payload.get("op")
         group_id = payload.get("group")
         if not isinstance(group_id, str):
             raise FormatError("group control message without a group id")
-        with self._group_lock:
-            if op == "membership":
-                self._on_membership(sender, group_id, _unb64(payload.get("record"), "record"))
-            elif op == "sender_key":
-                self._on_sender_key(sender, group_id, _unb64(payload.get("key"), "key"))
-            elif op == "leave":
-                group = self._groups.get(group_id)
-                if group is not None and group.admin == self.agent_id and sender in group.members:
-                    self.group_remove(group_id, sender)
-            else:
-                raise FormatError(f"group control message with an unknown op {op!r}")
+        if op == "membership":
+            record = _unb64(payload.get("record"), "record")
+            self._on_membership(sender, group_id, record, effects)
+        elif op == "sender_key":
+            key = _unb64(payload.get("key"), "key")
+            self._on_sender_key(sender, group_id, key, effects)
+        elif op == "leave":
+            group = self._groups.get(group_id)
+            if group is not None and group.admin == self.agent_id and sender in group.members:
+                self._remove_locked(group_id, sender, effects)
+        else:
+            raise FormatError(f"group control message with an unknown op {op!r}")
 
     def _peer_identity_key(self, peer: str) -> bytes:
         pinned = self._pins.get(peer)
@@ -280,7 +340,7 @@ class _Groups(AgentCoreState):
             pinned = session.peer_identity_key
         return base64.b64decode(pinned)
 
-    def _on_membership(self, sender: str, group_id: str, record: bytes) -> None:
+    def _on_membership(self, sender: str, group_id: str, record: bytes, effects: _Effects) -> None:
         group = self._groups.get(group_id)
         admin = group.admin if group is not None else sender
         verified = _crypto.verify_membership(record, self._peer_identity_key(admin))
@@ -309,10 +369,12 @@ class _Groups(AgentCoreState):
                 f"(epoch {epoch} <= {group.epoch})"
             )
         else:
-            self._apply_membership(group_id, group, epoch, members, record)
-        self._retry_pending(group_id, group)
+            self._apply_membership(group, epoch, members, record)
+        self._retry_pending(group_id, group, effects)
 
-    def _on_sender_key(self, sender: str, group_id: str, distribution: bytes) -> None:
+    def _on_sender_key(
+        self, sender: str, group_id: str, distribution: bytes, effects: _Effects
+    ) -> None:
         group = self._groups.get(group_id)
         if group is None or sender not in group.members:
             self._hold(group_id, group, ("key", sender, distribution))
@@ -320,12 +382,10 @@ class _Groups(AgentCoreState):
         try:
             group.session.install(distribution, sender, self._peer_identity_key(sender))
         except ReplayError:
-            self.log.debug(
-                "agent %r: group %r: a chain of %r again", self.agent_id, group_id, sender
-            )
+            self.log.debug("agent %r: group %r: %r's chain again", self.agent_id, group_id, sender)
             return
         self._meta_dirty = True
-        self._retry_pending(group_id, group)
+        self._retry_pending(group_id, group, effects)
 
     def _hold(self, group_id: str, group: GroupRecord | None, item: tuple[Any, ...]) -> None:
         if group is not None:
@@ -339,36 +399,36 @@ class _Groups(AgentCoreState):
                 pending.popitem(last=False)
         queue.append(item)
 
-    def _retry_pending(self, group_id: str, group: GroupRecord) -> None:
+    def _retry_pending(self, group_id: str, group: GroupRecord, effects: _Effects) -> None:
         if not group.pending:
             return
         items = list(group.pending)
         group.pending.clear()
         for item in items:
             if item[0] == "key":
-                self._on_sender_key(item[1], group_id, item[2])
+                self._on_sender_key(item[1], group_id, item[2], effects)
             else:
-                self._receive_group(item[1])
+                self._open_group(item[1], effects)
 
     # -- sending ----------------------------------------------------------------------------------
 
     def group_send(self, group_id: str, payload: dict[str, Any]) -> Any:
         """Seal ``payload`` once and hand it to the transport once per other member; returns the
         sealed GroupEnvelope. Members without this member's current sending chain get it first,
-        over their pairwise session (so they get it before the message)."""
+        over their pairwise session (the hub keeps a sender's envelopes in order; a message
+        that still overtakes its key waits for it at the member)."""
         if payload.get("type") == GROUP_CONTROL_TYPE:
             raise ValueError(f"payload type {GROUP_CONTROL_TYPE!r} is reserved")
+        if self._transmit is None:
+            raise RuntimeError(f"agent {self.agent_id!r} is closed or not on a hub")
+        effects = _Effects()
         with self._group_lock:
             group = self._require_group(group_id)
-            transmit = self._transmit
-            if transmit is None:
-                raise RuntimeError(f"agent {self.agent_id!r} is closed or not on a hub")
             session = group.session
             others = [m for m in group.members if m != self.agent_id]
-            missing = [m for m in others if m not in group.distributed]
             if session.sending_chain_id is None:
                 group.distributed.clear()
-                missing = others
+            missing = [m for m in others if m not in group.distributed]
             if missing:
                 key = {
                     "type": GROUP_CONTROL_TYPE,
@@ -376,36 +436,17 @@ class _Groups(AgentCoreState):
                     "group": group_id,
                     "key": _b64(session.distribution()),
                 }
-                for member in missing:
-                    try:
-                        self.send_payload(member, key)
-                    except Exception as exc:
-                        self.log.warning(
-                            "agent %r: group %r: the sender key did not reach %r: %s",
-                            self.agent_id,
-                            group_id,
-                            member,
-                            exc,
-                        )
-                        continue
-                    group.distributed.add(member)
+                effects.sends.extend((member, key) for member in missing)
+                group.distributed.update(missing)
             env = session.seal(payload)
             counter = env.counter
-            for member in others:
-                if member not in group.distributed:
-                    continue
-                try:
-                    transmit(AddressedGroupMessage(env.to_bytes_for(member), member, counter))
-                except Exception as exc:  # one member out of reach does not stop the others
-                    self.log.warning(
-                        "agent %r: group %r: a message did not reach %r: %s",
-                        self.agent_id,
-                        group_id,
-                        member,
-                        exc,
-                    )
+            effects.copies.extend(
+                AddressedGroupMessage(env.to_bytes_for(member), member, counter)
+                for member in others
+            )
             self.sent += 1
-            return env
+        self._run_effects(effects)
+        return env
 
     # -- receiving -------------------------------------------------------------------------------
 
@@ -436,23 +477,32 @@ class _Groups(AgentCoreState):
         return out
 
     def _receive_group(self, item: Any) -> Message | None:
+        """Open one group message and run the handlers (None: refused, or held back until its
+        membership record or sender key arrives)."""
+        effects = _Effects()
+        with self._group_lock:
+            msg = self._open_group(item, effects)
+        self._run_effects(effects)
+        return msg
+
+    def _open_group(self, item: Any, effects: _Effects) -> Message | None:
+        """(The caller holds _group_lock.) The message, if it opened, goes to ``effects``."""
         env = item
         try:
             if type(env) is not GroupEnvelope:
                 env = GroupEnvelope.from_bytes(bytes(item))
-            with self._group_lock:
-                group = self._groups.get(env.group)
-                if (
-                    group is None
-                    or env.sender not in group.members
-                    or not group.session.knows_chain(env.sender, env.chain_id)
-                ):
-                    # early: its membership record or its sender key is still on the way
-                    self._hold(env.group, group, ("msg", env))
-                    return None
-                payload = group.session.open(env)
-                self.received += 1
-                self._meta_dirty = True
+            group = self._groups.get(env.group)
+            if (
+                group is None
+                or env.sender not in group.members
+                or not group.session.knows_chain(env.sender, env.chain_id)
+            ):
+                # early: its membership record or its sender key is still on the way
+                self._hold(env.group, group, ("msg", env))
+                return None
+            payload = group.session.open(env)
+            self.received += 1
+            self._meta_dirty = True
         except CryptoError as exc:
             self.reject(exc, env)
             return None
@@ -460,9 +510,7 @@ class _Groups(AgentCoreState):
             self.reject(AuthenticationError("a group message may not carry a control payload"), env)
             return None
         msg = Message(env.sender, self.agent_id, payload, env, env.group)
-        self._user_dispatch(msg)
-        if self._autosave:
-            self._maybe_autosave()
+        effects.messages.append(msg)
         return msg
 
     # -- introspection and persistence ------------------------------------------------------------

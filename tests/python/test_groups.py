@@ -393,3 +393,25 @@ def test_an_invitation_overtaken_by_a_members_messages_is_caught_up():
     assert hub.release() == 1
     assert t.texts("carol") == [("bob", "bob first")]
     assert not t.errors["carol"]
+
+
+def test_members_sending_to_each_other_from_two_threads_do_not_deadlock():
+    import threading
+
+    t = Team("alice", "bob", "carol")
+    t["alice"].create_group("research", members=["bob", "carol"])
+    faces = {name: t[name].group("research") for name in ("alice", "bob")}
+
+    def chat(name: str) -> None:
+        for i in range(100):
+            faces[name].send(text=f"{name} {i}")
+
+    threads = [threading.Thread(target=chat, args=(n,), daemon=True) for n in faces]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads), "deadlocked"
+    carol = t.texts("carol")
+    for name in faces:
+        assert [x for s, x in carol if s == name] == [f"{name} {i}" for i in range(100)]
