@@ -34,8 +34,12 @@ GROUP_CONTROL_TYPE = "agentmesh.group"
 #: them arrives (a network hub orders each sender's envelopes, not different senders'); the
 #: oldest go first past this bound. Held in memory only.
 MAX_PENDING_PER_GROUP = 256
-#: Groups not known yet (no invitation arrived) whose early messages are held back.
-MAX_PENDING_GROUPS = 16
+#: Groups not known yet (no invitation arrived) whose early messages are held back, and how
+#: many each (anyone on the hub can send them).
+MAX_PENDING_GROUPS = 8
+MAX_PENDING_PER_UNKNOWN_GROUP = 64
+#: Larger early arrivals are refused rather than held (the holding is in memory).
+MAX_HELD_BYTES = 64 * 1024
 
 
 class AddressedGroupMessage(bytes):
@@ -394,7 +398,7 @@ class _Groups(AgentCoreState):
         pending = self._pending_groups
         queue = pending.get(group_id)
         if queue is None:
-            queue = pending[group_id] = collections.deque(maxlen=MAX_PENDING_PER_GROUP)
+            queue = pending[group_id] = collections.deque(maxlen=MAX_PENDING_PER_UNKNOWN_GROUP)
             while len(pending) > MAX_PENDING_GROUPS:
                 pending.popitem(last=False)
         queue.append(item)
@@ -498,6 +502,11 @@ class _Groups(AgentCoreState):
                 or not group.session.knows_chain(env.sender, env.chain_id)
             ):
                 # early: its membership record or its sender key is still on the way
+                if len(env.to_bytes()) > MAX_HELD_BYTES:
+                    raise AuthenticationError(
+                        f"group message from {env.sender!r} on a chain this member does not "
+                        f"hold, too large ({MAX_HELD_BYTES} bytes at most) to wait for its key"
+                    )
                 self._hold(env.group, group, ("msg", env))
                 return None
             payload = group.session.open(env)

@@ -415,3 +415,22 @@ def test_members_sending_to_each_other_from_two_threads_do_not_deadlock():
     carol = t.texts("carol")
     for name in faces:
         assert [x for s, x in carol if s == name] == [f"{name} {i}" for i in range(100)]
+
+
+def test_early_arrivals_are_bounded():
+    from agentmesh import agent_groups
+
+    t = Team("alice", "bob", "carol")
+    group = t["alice"].create_group("research", members=["bob", "carol"])
+    group.send(text="warm-up")  # alice's sender key is handed out now
+    # carol loses alice's chain: alice's next messages wait for a key that will not come
+    core = t["carol"]._core
+    core._groups["research"].session = c.GroupSession(t["carol"].keypair, "research")
+    group.send(text="x" * (agent_groups.MAX_HELD_BYTES + 1))
+    assert isinstance(t.errors["carol"][-1], AuthenticationError)
+    assert "too large" in str(t.errors["carol"][-1])
+    for i in range(agent_groups.MAX_PENDING_PER_GROUP + 10):
+        group.send(text=f"{i}")
+    assert len(core._groups["research"].pending) == agent_groups.MAX_PENDING_PER_GROUP
+    assert t.texts("carol") == [("alice", "warm-up")]
+    assert len(t.texts("bob")) == agent_groups.MAX_PENDING_PER_GROUP + 12
