@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::group::chain::{group_chain_step, ReceivingChain, SendingChain};
 use crate::group::distribution::Distribution;
 use crate::group::envelope::{GroupEnvelope, GroupHeader, CHAIN_ID_LEN};
+use crate::group::membership::MAX_GROUP_MEMBERS;
 use crate::kdf::{ChainKey, MessageKey};
 use crate::keys::{parse_identity_key, verify_labelled, IdentityKeyPair};
 use crate::labels;
@@ -257,6 +258,12 @@ impl GroupSession {
             .iter()
             .filter(|c| c.sender == d.sender)
             .count();
+        if held == 0 && self.senders().len() >= MAX_GROUP_MEMBERS {
+            // (the export holds at most this many senders' chains: keep import its inverse)
+            return Err(Error::InvalidInput(
+                "this group state already holds the chains of 1000 members",
+            ));
+        }
         if held >= MAX_CHAINS_PER_SENDER {
             if let Some(oldest) = self.receiving.iter().position(|c| c.sender == d.sender) {
                 let old = self.receiving.remove(oldest);
