@@ -30,9 +30,10 @@ GroupSession = _crypto.GroupSession
 
 #: The pairwise payload type of group control messages (reserved: never a user message).
 GROUP_CONTROL_TYPE = "agentmesh.group"
-#: Group messages and sender keys held back per group until the membership record that explains
-#: them arrives (a network hub orders each sender's envelopes, not different senders'); the
-#: oldest go first past this bound. Held in memory only.
+#: Group messages and sender keys held back per group until what explains them arrives: the
+#: membership record that adds their sender (a network hub orders each sender's envelopes, not
+#: different senders'), or the sender key of a message's chain. The oldest go first past this
+#: bound. Held in memory only.
 MAX_PENDING_PER_GROUP = 256
 #: Groups not known yet (no invitation arrived) whose early messages are held back, and how
 #: many each (anyone on the hub can send them).
@@ -75,7 +76,8 @@ class GroupRecord:
         self.record = record
         #: members that hold this member's current sending chain
         self.distributed: set[str] = set()
-        #: early arrivals from senders not (yet) members: ("key", sender, data) or ("msg", env)
+        #: early arrivals ("key", sender, data) or ("msg", env): from senders not members yet, or
+        #: messages whose sender key has not arrived
         self.pending: collections.deque[tuple[Any, ...]] = collections.deque(
             maxlen=MAX_PENDING_PER_GROUP
         )
@@ -131,8 +133,8 @@ class _Groups(AgentCoreState):
     def _init_groups(self) -> None:
         self._groups = {}
         self._pending_groups = collections.OrderedDict()
-        # one group operation at a time: a sender key must be handed out before the first
-        # message sealed under it, and a membership change must not interleave with a send
+        # one group operation at a time (a membership change never interleaves with a seal);
+        # what an operation sends or dispatches happens after it is released (_run_effects)
         self._group_lock = threading.RLock()
 
     # -- the dispatch filter: control messages never reach a handler ----------------------------
