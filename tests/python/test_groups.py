@@ -434,3 +434,14 @@ def test_early_arrivals_are_bounded():
     assert len(core._groups["research"].pending) == agent_groups.MAX_PENDING_PER_GROUP
     assert t.texts("carol") == [("alice", "warm-up")]
     assert len(t.texts("bob")) == agent_groups.MAX_PENDING_PER_GROUP + 12
+
+
+def test_deniable_agents_use_groups_with_signed_group_messages():
+    hub = LocalHub()
+    agents = {n: Agent(n, hub=hub, deniable=True) for n in ("alice", "bob")}
+    got = []
+    agents["bob"].on_message(got.append)
+    agents["alice"].create_group("research", members=["bob"]).send(text="hi")
+    assert [(m.group, m.text) for m in got] == [("research", "hi")]
+    # the control messages went over deniable sessions; the group message is signed anyway
+    assert agents["bob"]._core._sessions["alice"].deniable
