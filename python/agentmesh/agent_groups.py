@@ -136,6 +136,16 @@ class _Groups(AgentCoreState):
         # one group operation at a time (a membership change never interleaves with a seal);
         # what an operation sends or dispatches happens after it is released (_run_effects)
         self._group_lock = threading.RLock()
+        # group id -> its entry in the state file, re-exported only when the group changed
+        self._group_exports_cache: dict[str, dict[str, Any]] = {}
+        self._dirty_groups: set[str] = set()
+        self._dirty_groups_lock = threading.Lock()  # (a leaf: taken under either other lock)
+
+    def _touch(self, group_id: str) -> None:
+        """The group changed (or is gone): the next state write exports it again."""
+        with self._dirty_groups_lock:
+            self._dirty_groups.add(group_id)
+        self._meta_dirty = True
 
     # -- the dispatch filter: control messages never reach a handler ----------------------------
 
@@ -220,7 +230,7 @@ class _Groups(AgentCoreState):
             record = _crypto.sign_membership(self.keypair, group_id, 1, everyone)
             group = GroupRecord(session, self.agent_id, 1, everyone, record)
             self._groups[group_id] = group
-            self._meta_dirty = True
+            self._touch(group_id)
             self._announce(group_id, group, wanted, effects)
         self._run_effects(effects)
         return group
@@ -272,7 +282,7 @@ class _Groups(AgentCoreState):
             if group.admin == self.agent_id:
                 raise ValueError("the creator cannot leave its group: remove the members instead")
             del self._groups[group_id]
-            self._meta_dirty = True
+            self._touch(group_id)
         leave = {"type": GROUP_CONTROL_TYPE, "op": "leave", "group": group_id}
         self.send_payload(group.admin, leave)
 
@@ -287,7 +297,7 @@ class _Groups(AgentCoreState):
         epoch = group.epoch + 1
         everyone = sorted(set(members))
         record = _crypto.sign_membership(self.keypair, group_id, epoch, everyone)
-        self._apply_membership(group, epoch, everyone, record)
+        self._apply_membership(group_id, group, epoch, everyone, record)
         to = [m for m in everyone if m != self.agent_id] + also
         self._announce(group_id, group, to, effects)
 
@@ -303,7 +313,7 @@ class _Groups(AgentCoreState):
         effects.sends.extend((member, payload) for member in to)
 
     def _apply_membership(
-        self, group: GroupRecord, epoch: int, members: list[str], record: bytes
+        self, group_id: str, group: GroupRecord, epoch: int, members: list[str], record: bytes
     ) -> None:
         """Adopt a verified record. Whoever left cannot read what follows: their chains are
         forgotten and this member's next message starts a new sending chain, handed only to the
@@ -315,7 +325,7 @@ class _Groups(AgentCoreState):
                 group.session.forget_sender(gone)
             group.session.reset_sending_chain()
             group.distributed.clear()
-        self._meta_dirty = True
+        self._touch(group_id)
 
     # -- control messages (the caller holds _group_lock) ----------------------------------------
 
@@ -359,13 +369,13 @@ class _Groups(AgentCoreState):
         if self.agent_id not in members:
             if group is not None and epoch > group.epoch:
                 del self._groups[group_id]
-                self._meta_dirty = True
+                self._touch(group_id)
                 self.log.info("agent %r was removed from group %r", self.agent_id, group_id)
             return
         if group is None:
             group = GroupRecord(GroupSession(self.keypair, group_id), admin, epoch, members, record)
             self._groups[group_id] = group
-            self._meta_dirty = True
+            self._touch(group_id)
             early = self._pending_groups.pop(group_id, None)
             if early:
                 group.pending.extend(early)
@@ -375,7 +385,7 @@ class _Groups(AgentCoreState):
                 f"(epoch {epoch} <= {group.epoch})"
             )
         else:
-            self._apply_membership(group, epoch, members, record)
+            self._apply_membership(group_id, group, epoch, members, record)
         self._retry_pending(group_id, group, effects)
 
     def _on_sender_key(
@@ -390,7 +400,7 @@ class _Groups(AgentCoreState):
         except ReplayError:
             self.log.debug("agent %r: group %r: %r's chain again", self.agent_id, group_id, sender)
             return
-        self._meta_dirty = True
+        self._touch(group_id)
         self._retry_pending(group_id, group, effects)
 
     def _hold(self, group_id: str, group: GroupRecord | None, item: tuple[Any, ...]) -> None:
@@ -513,7 +523,7 @@ class _Groups(AgentCoreState):
                 return None
             payload = group.session.open(env)
             self.received += 1
-            self._meta_dirty = True
+            self._touch(env.group)
         except CryptoError as exc:
             self.reject(exc, env)
             return None
@@ -541,17 +551,24 @@ class _Groups(AgentCoreState):
     def _group_exports(self) -> dict[str, dict[str, Any]]:
         # Called by the state writer under the core's _lock, which a group send takes inside
         # _group_lock (sealing a sender key): taking _group_lock here would invert that order.
-        # Each GroupSession locks itself; a record replaced meanwhile is written next time.
-        return {
-            group_id: {
+        # Each GroupSession locks itself; a group changed meanwhile is touched again and written
+        # with the next state write.
+        with self._dirty_groups_lock:
+            dirty, self._dirty_groups = self._dirty_groups, set()
+        cache = self._group_exports_cache
+        for group_id in dirty:
+            group = self._groups.get(group_id)
+            if group is None:
+                cache.pop(group_id, None)
+                continue
+            cache[group_id] = {
                 "admin": group.admin,
                 "epoch": group.epoch,
                 "members": list(group.members),
                 "record": _b64(group.record),
                 "state": _b64(group.session.export_sealed()),
             }
-            for group_id, group in list(self._groups.items())
-        }
+        return dict(cache)
 
     def _load_groups(self, saved: dict[str, dict[str, Any]]) -> None:
         """Restore the groups of the state file. The membership record is checked again under
@@ -579,3 +596,5 @@ class _Groups(AgentCoreState):
                 session, admin, int(verified["epoch"]), list(verified["members"]), record
             )
         self._groups = groups
+        # (loaded exports never hold a sending chain, so they stay valid as they are)
+        self._group_exports_cache = {group_id: dict(saved[group_id]) for group_id in groups}
