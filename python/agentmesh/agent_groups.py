@@ -20,9 +20,11 @@ from collections.abc import Callable
 from typing import Any
 
 from . import crypto as _crypto
+from .agent_receiving import Rejected
+from .agent_requests import check_no_meta
 from .agent_state import AgentCoreState
 from .errors import AuthenticationError, CryptoError, FormatError, IdentityError, ReplayError
-from .message import Message
+from .message import META_KEY, Message
 
 Envelope = _crypto.Envelope
 GroupEnvelope = _crypto.GroupEnvelope
@@ -113,12 +115,13 @@ class _Effects:
     """What a group operation decided under ``_group_lock``, to be done once it is released
     (see ``_Groups._run_effects``): pairwise sends, group message copies, handler runs."""
 
-    __slots__ = ("copies", "messages", "sends")
+    __slots__ = ("copies", "messages", "rejections", "sends")
 
     def __init__(self) -> None:
         self.sends: list[tuple[str, dict[str, Any]]] = []
         self.copies: list[AddressedGroupMessage] = []
         self.messages: list[Message] = []
+        self.rejections: list[Rejected] = []
 
 
 class _Groups(AgentCoreState):
@@ -205,6 +208,8 @@ class _Groups(AgentCoreState):
                     copy.recipient,
                     exc,
                 )
+        for rejected in effects.rejections:
+            self.reject(rejected.error, rejected.envelope)
         for msg in effects.messages:
             self._user_dispatch(msg)
         if effects.messages and self._autosave:
@@ -424,7 +429,9 @@ class _Groups(AgentCoreState):
             if item[0] == "key":
                 self._on_sender_key(item[1], group_id, item[2], effects)
             else:
-                self._open_group(item[1], effects)
+                outcome = self._open_group(item[1], effects)
+                if isinstance(outcome, Rejected):
+                    effects.rejections.append(outcome)
 
     # -- sending ----------------------------------------------------------------------------------
 
@@ -435,6 +442,7 @@ class _Groups(AgentCoreState):
         that still overtakes its key waits for it at the member)."""
         if payload.get("type") == GROUP_CONTROL_TYPE:
             raise ValueError(f"payload type {GROUP_CONTROL_TYPE!r} is reserved")
+        check_no_meta(payload)
         if self._transmit is None:
             raise RuntimeError(f"agent {self.agent_id!r} is closed or not on a hub")
         effects = _Effects()
@@ -471,13 +479,18 @@ class _Groups(AgentCoreState):
             return self._receive_group(envelope)
         return super().receive(envelope)  # type: ignore[misc, no-any-return]
 
-    def receive_batch(self, envelopes: list[Any]) -> list[Message | None]:
+    def receive_batch(
+        self, envelopes: list[Any], dispatch: bool = True
+    ) -> list[Message | Rejected | None]:
+        """The receiving room's ``receive_batch``, with group messages opened here. With
+        ``dispatch=False`` (the network receive path, which runs the handlers later) a group
+        message counts as unhandled like a pairwise one, so no group state is saved past it
+        before its handlers ran (``_group_exports``)."""
         kinds = [_is_group_envelope(e) for e in envelopes]
         if not any(kinds):
-            return super().receive_batch(envelopes)  # type: ignore[misc, no-any-return]
-        # in runs, in order: a sender key (pairwise) is installed before the group messages
-        # that follow it
-        out: list[Message | None] = []
+            return super().receive_batch(envelopes, dispatch)  # type: ignore[misc, no-any-return]
+        # in runs, in order (the handlers of one run before the next run is opened)
+        out: list[Message | Rejected | None] = []
         start = 0
         n = len(envelopes)
         while start < n:
@@ -485,10 +498,12 @@ class _Groups(AgentCoreState):
             while end < n and kinds[end] == kinds[start]:
                 end += 1
             run = envelopes[start:end]
-            if kinds[start]:
+            if not kinds[start]:
+                out.extend(super().receive_batch(run, dispatch))  # type: ignore[misc]
+            elif dispatch:
                 out.extend(self._receive_group(e) for e in run)
             else:
-                out.extend(super().receive_batch(run))  # type: ignore[misc]
+                out.extend(self._open_held(e) for e in run)
             start = end
         return out
 
@@ -497,12 +512,28 @@ class _Groups(AgentCoreState):
         membership record or sender key arrives)."""
         effects = _Effects()
         with self._group_lock:
-            msg = self._open_group(item, effects)
+            outcome = self._open_group(item, effects)
+        if isinstance(outcome, Rejected):
+            self.reject(outcome.error, outcome.envelope)
         self._run_effects(effects)
-        return msg
+        return outcome if isinstance(outcome, Message) else None
 
-    def _open_group(self, item: Any, effects: _Effects) -> Message | None:
-        """(The caller holds _group_lock.) The message, if it opened, goes to ``effects``."""
+    def _open_held(self, item: Any) -> Message | Rejected | None:
+        """Open one group message whose handlers run later (``receive_batch(dispatch=False)``)."""
+        effects = _Effects()
+        with self._group_lock:
+            outcome = self._open_group(item, effects, dispatch=False)
+            if isinstance(outcome, Message):
+                with self._lock:
+                    self._unhandled[outcome.sender] += 1  # (handled_from counts it down)
+        self._run_effects(effects)
+        return outcome
+
+    def _open_group(
+        self, item: Any, effects: _Effects, dispatch: bool = True
+    ) -> Message | Rejected | None:
+        """(The caller holds _group_lock.) The message if it opened (with ``dispatch``, also
+        queued in ``effects`` for the handlers), a rejection, or None: held back."""
         env = item
         try:
             if type(env) is not GroupEnvelope:
@@ -525,13 +556,15 @@ class _Groups(AgentCoreState):
             self.received += 1
             self._touch(env.group)
         except CryptoError as exc:
-            self.reject(exc, env)
-            return None
-        if payload.get("type") == GROUP_CONTROL_TYPE:
-            self.reject(AuthenticationError("a group message may not carry a control payload"), env)
-            return None
-        msg = Message(env.sender, self.agent_id, payload, env, env.group)
-        effects.messages.append(msg)
+            return Rejected(exc, env)
+        if payload.get("type") == GROUP_CONTROL_TYPE or META_KEY in payload:
+            error = AuthenticationError(
+                "a group message may not carry a control payload or agentmesh's own fields"
+            )
+            return Rejected(error, env)
+        msg = Message(env.sender, self.agent_id, payload, env, self, {}, env.group)
+        if dispatch:
+            effects.messages.append(msg)
         return msg
 
     # -- introspection and persistence ------------------------------------------------------------
@@ -553,9 +586,14 @@ class _Groups(AgentCoreState):
         # _group_lock (sealing a sender key): taking _group_lock here would invert that order.
         # Each GroupSession locks itself; a group changed meanwhile is touched again and written
         # with the next state write.
+        cache = self._group_exports_cache
+        if self._unhandled:
+            # messages unsealed whose handlers have not run: no group state is saved past
+            # them (like the sessions, see handled_from); the groups stay dirty for later
+            self._meta_dirty = True
+            return dict(cache)
         with self._dirty_groups_lock:
             dirty, self._dirty_groups = self._dirty_groups, set()
-        cache = self._group_exports_cache
         for group_id in dirty:
             group = self._groups.get(group_id)
             if group is None:

@@ -25,47 +25,29 @@ from . import crypto as _crypto
 from .agent import _AgentCore, _core_of
 from .backend import Backend
 from .errors import HubError, PeerNotFoundError
+from .hub_address import DEFAULT_PORT, HubAddress, parse_hub_address  # noqa: F401 (old path)
 from .link import AgentLink, NetLoop, hub_error
 from .local_backend import LocalBackend, LocalDirectory
 
-__all__ = ["Hub", "LocalHub", "NetworkHub", "parse_hub_address"]
+__all__ = ["Hub", "HubAddress", "LocalHub", "NetworkHub", "hub_of", "parse_hub_address"]
 
 Envelope = _crypto.Envelope
 log = logging.getLogger("agentmesh.hubs")
 
-DEFAULT_PORT = 7700
 
-
-def parse_hub_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """``"host:port"``, ``"host"`` or ``"[v6]:port"`` -> ``(host, port)``; ValueError if bad."""
-    address = address.strip()
-    if not address:
-        raise ValueError("empty hub address")
-    host, port_text = address, ""
-    if address.startswith("["):
-        end = address.find("]")
-        if end < 0:
-            raise ValueError(f"bad hub address {address!r}: missing ']'")
-        host, rest = address[1:end], address[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"bad hub address {address!r}")
-            port_text = rest[1:]
-    elif address.count(":") == 1:
-        host, port_text = address.split(":")
-    if not host:
-        raise ValueError(f"bad hub address {address!r}: no host")
-    if not port_text:
-        return host, default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(
-            f"bad hub address {address!r}: port {port_text!r} is not a number"
-        ) from None
-    if not 0 < port < 65536:
-        raise ValueError(f"bad hub address {address!r}: port {port} out of range")
-    return host, port
+def hub_of(hub: Any) -> Hub | None:
+    """What ``Agent(hub=...)`` takes: a hub, ``None``, or a hub address (a ``NetworkHub`` is
+    made for it). Anything else is a TypeError saying what was given."""
+    if hub is None or isinstance(hub, Hub):
+        return hub
+    if isinstance(hub, str):
+        return NetworkHub(hub)
+    if callable(getattr(hub, "register", None)):
+        return hub  # type: ignore[no-any-return]  # (a hub of the user's own, duck-typed)
+    raise TypeError(
+        f"hub must be a hub (LocalHub(), NetworkHub(...)) or an address such as "
+        f"'127.0.0.1:7700', not {type(hub).__name__}"
+    )
 
 
 class Hub:
@@ -184,23 +166,35 @@ class LocalHub(Hub):
 class NetworkHub(Hub):
     """The client side of a network hub; same interface as :class:`LocalHub`.
 
-    ``NetworkHub(host, port=7700, *, ssl=None, connect_timeout=10.0, timeout=30.0)``. ``ssl`` is an
-    ``ssl.SSLContext`` (or ``True`` for the default client context) for TLS to the hub.
-    ``timeout`` bounds lookups (``get_bundle``, ``list_agents``, ``message_count``).
+    ``NetworkHub(host, port=7700, *, ssl=None, connect_timeout=10.0, timeout=30.0)``, or
+    ``NetworkHub(address)`` with any address of :mod:`agentmesh.hub_address` (``"host:port"``,
+    ``"agentmesh+tls://host:port"``, ...). ``ssl`` is an ``ssl.SSLContext`` (or ``True`` for the
+    default client context) for TLS to the hub. ``timeout`` bounds lookups (``get_bundle``,
+    ``list_agents``, ``message_count``).
     """
 
     def __init__(
         self,
         host: str,
-        port: int = DEFAULT_PORT,
+        port: int | None = None,
         *,
         ssl: Any = None,
         connect_timeout: float = 10.0,
         timeout: float = 30.0,
     ) -> None:
-        if not isinstance(host, str) or not host:
-            raise ValueError("host must be a non-empty str")
-        if not isinstance(port, int) or not 0 < port < 65536:
+        if not isinstance(host, str) or not host.strip():
+            raise ValueError("host must be a non-empty str (a host name or a hub address)")
+        if port is None:  # the host argument is a whole address
+            address = HubAddress.parse(host)
+            host, port = address.host, address.port
+            if address.tls and ssl is None:
+                ssl = True
+        elif "://" in host or (host.count(":") == 1 and not host.startswith("[")):
+            raise ValueError(
+                f"host {host!r} looks like a hub address with a port: pass it alone "
+                f"(NetworkHub({host!r})), or the host and port={port} separately"
+            )
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"port must be an int in 1..65535, not {port!r}")
         if ssl is True:
             import ssl as _ssl
@@ -212,6 +206,7 @@ class NetworkHub(Hub):
         self.connect_timeout = float(connect_timeout)
         self.timeout = float(timeout)
         self._net = NetLoop.get()
+        self._closed = False
         self._links: dict[str, AgentLink] = {}
         self._lookup: Any = None
         self._lookup_lock: asyncio.Lock | None = None
@@ -332,8 +327,13 @@ class NetworkHub(Hub):
             )
         link.send(env)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Close every agent registered through this hub and the lookup connection."""
+        self._closed = True
         for link in list(self._links.values()):
             with contextlib.suppress(Exception):
                 link.core.close()

@@ -193,7 +193,10 @@ class AgentLink:
         # disk.
         self._writer_thread = (
             StateWriter(
-                core, self.loop, closing=lambda: self._closing, report=self._note_write_error
+                core,
+                self.loop,
+                closing=lambda: self._closing,
+                report=self._note_write_error,
             )
             if core.persistent
             else None

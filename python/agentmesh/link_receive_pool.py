@@ -22,12 +22,22 @@ from __future__ import annotations
 
 import collections
 import collections.abc
+import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
-__all__ = ["IDLE_EXIT", "MAX_WORKERS", "STUCK_AFTER", "Drainable", "ReceivePool"]
+__all__ = [
+    "IDLE_EXIT",
+    "MAX_WORKERS",
+    "STUCK_AFTER",
+    "Drainable",
+    "ReceivePool",
+    "waiting",
+    "while_waiting",
+]
 
 log = logging.getLogger("agentmesh.link")
 
@@ -37,6 +47,42 @@ STUCK_AFTER = 0.1
 IDLE_EXIT = 30.0
 #: Most workers per process (as many handlers as this may block at once before others wait).
 MAX_WORKERS = 1024
+
+
+_this_thread = threading.local()
+
+
+@contextlib.contextmanager
+def waiting() -> Iterator[None]:
+    """Wrap a wait for something another agent of this process must receive first (a reply):
+    on a receive worker, the pool then starts another worker at once if every worker waits,
+    instead of after :data:`STUCK_AFTER`, and the agent whose handler waits may go on
+    unsealing (see :func:`while_waiting`)."""
+    pool: ReceivePool | None = getattr(_this_thread, "pool", None)
+    hook: Callable[[bool], None] | None = getattr(_this_thread, "on_wait", None)
+    if pool is None:
+        yield
+        return
+    if hook is not None:
+        hook(True)
+    try:
+        with pool.waiting():
+            yield
+    finally:
+        if hook is not None:
+            hook(False)
+
+
+@contextlib.contextmanager
+def while_waiting(hook: Callable[[bool], None]) -> Iterator[None]:
+    """Within this block on a worker, ``waiting()`` calls ``hook(True)`` on entering and
+    ``hook(False)`` on leaving (how a receiver learns that its handler waits)."""
+    previous = getattr(_this_thread, "on_wait", None)
+    _this_thread.on_wait = hook
+    try:
+        yield
+    finally:
+        _this_thread.on_wait = previous
 
 
 class Drainable(Protocol):
@@ -54,6 +100,7 @@ class ReceivePool:
         self._watch_cv = threading.Condition(lock)  # the watcher waits here
         self._ready: collections.deque[Drainable] = collections.deque()
         self._idle = 0
+        self._waiting = 0  # workers inside ``waiting()``
         self._workers = 0
         self._spawned = 0
         self._last_start = time.monotonic()
@@ -68,6 +115,19 @@ class ReceivePool:
         """Queue ``task`` (from any thread); the caller makes sure it is queued once."""
         self.schedule_many((task,))
 
+    def schedule_next(self, task: Drainable) -> None:
+        """Queue ``task`` from a worker that goes back for its next task right away: no other
+        worker is woken for it (on two cores, waking one only to fight this one for the GIL
+        cost more than the task), unless every worker waits in ``waiting()``."""
+        with self._cv:
+            alone = getattr(_this_thread, "pool", None) is self and not self._ready
+            if alone:  # nothing ahead of it: this worker's very next task
+                self._ready.append(task)
+                if self._workers <= self._waiting:
+                    self._spawn()
+                return
+        self.schedule(task)
+
     def schedule_many(self, tasks: collections.abc.Iterable[Drainable]) -> None:
         """Queue several tasks with at most one wake-up per idle worker they need."""
         with self._cv:
@@ -78,7 +138,7 @@ class ReceivePool:
                 return
             if self._idle:
                 self._cv.notify(min(added, self._idle))
-            elif self._workers == 0:
+            elif self._workers <= self._waiting:
                 self._spawn()
             else:
                 if self._watcher is None:
@@ -95,7 +155,23 @@ class ReceivePool:
             target=self._work, name=f"{self._name}-{self._spawned}", daemon=True
         ).start()
 
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        with self._cv:
+            self._waiting += 1
+            if self._ready:  # what this worker would have taken next goes to another
+                if self._idle:
+                    self._cv.notify()
+                elif self._workers <= self._waiting:
+                    self._spawn()
+        try:
+            yield
+        finally:
+            with self._cv:
+                self._waiting -= 1
+
     def _work(self) -> None:
+        _this_thread.pool = self
         cv = self._cv
         while True:
             with cv:

@@ -68,6 +68,13 @@ def test_multi_agent_uses_four_workers():
         assert f"worker-{i}" in out
 
 
+def test_multi_agent_runs_on_the_network_hub_too():
+    result = run_example("02_multi_agent.py", "--network")
+    assert result.returncode == 0, result.stderr
+    assert "network hub on 127.0.0.1:" in result.stdout
+    assert "total: 41 words" in result.stdout and "0 rejected" in result.stdout
+
+
 def test_persistent_keys_survive_runs_with_a_directory(tmp_path):
     first = run_example("03_persistent_keys.py", "--dir", str(tmp_path))
     second = run_example("03_persistent_keys.py", "--dir", str(tmp_path))
