@@ -445,3 +445,21 @@ def test_deniable_agents_use_groups_with_signed_group_messages():
     assert [(m.group, m.text) for m in got] == [("research", "hi")]
     # the control messages went over deniable sessions; the group message is signed anyway
     assert agents["bob"]._core._sessions["alice"].deniable
+
+
+def test_a_group_message_is_answered_privately_and_agentmesh_fields_are_refused():
+    t = Team("alice", "bob", "carol")
+    group = t["alice"].create_group("research", members=["bob", "carol"])
+    group.send(text="who takes task 3?")
+    question = t.got["bob"][0]
+    question.reply(text="me")  # a reply goes to the sender alone, over the pairwise session
+    answer = t.got["alice"][-1]
+    assert (answer.group, answer.sender, answer.text, answer.reply_to) == (
+        None,
+        "bob",
+        "me",
+        question.id,
+    )
+    assert [m.text for m in t.got["carol"]] == ["who takes task 3?"]
+    with pytest.raises(ValueError, match="reserved"):
+        group.send_payload({"text": "x", "_agentmesh": {"reply_to": "0" * 32}})
