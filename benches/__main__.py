@@ -23,6 +23,7 @@ SECTIONS = [
     "network",
     "agents",
     "many_agents",
+    "mcp",
 ]
 
 
@@ -71,6 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     steps += 1 if "agents" in only else 0
     many_ks = (1, 200) if quick else many_agents.KS
     steps += len(many_ks) if "many_agents" in only else 0
+    steps += 1 if "mcp" in only else 0
 
     command = "python -m benches" + ("".join(" " + shlex.quote(a) for a in argv) if argv else "")
     res: dict[str, Any] = {
@@ -113,6 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         if "agents" in only:
             progress.describe("agents over the network hub")
             res["agents"] = network_figures.run(quick)
+            progress.step()
+        if "mcp" in only:
+            progress.describe("an MCP tool call over agentmesh")
+            try:
+                from . import mcp_round_trip
+
+                res["mcp"] = mcp_round_trip.measure(100 if quick else 500, 2 if quick else 3)
+            except ImportError as exc:  # (the mcp extra is optional)
+                res["notes"].append(f"MCP round trip not measured: {exc}")
             progress.step()
         if "many_agents" in only:
             progress.describe("many agents per process")

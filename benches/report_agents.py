@@ -63,6 +63,26 @@ def sections(res: dict[str, Any]) -> list[str]:
                 f"| {row['hub']} | {row['mode']} | {row['figure']} | {text} | {target} | {met} |"
             )
         lines.append("")
+    mcp = res.get("mcp")
+    if mcp:
+        lines += [
+            "## An MCP tool call between agents",
+            "",
+            "One `tools/call` at a time, its round trip from the caller's `call_tool`: the SDK's "
+            "own in-memory transport (one process, no crypto) next to agentmesh.mcp on a "
+            "LocalHub and through a hub process, and a plain `request` on the same hubs "
+            "(`benches/mcp_round_trip.py`).",
+            "",
+            "| transport | p50 ms | p99 ms | p50 / in-memory |",
+            "|---|---|---|---|",
+        ]
+        for name, figure in mcp.items():
+            if isinstance(figure, dict) and "p50_ms" in figure:
+                lines.append(
+                    f"| {name} | {figure['p50_ms']:.3f} | {figure['p99_ms']:.3f} "
+                    f"| {figure['ratio_to_in_memory']:.1f}x |"
+                )
+        lines.append("")
     many = res.get("many_agents")
     if many:
         lines += [

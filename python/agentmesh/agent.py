@@ -38,6 +38,7 @@ from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
     KEEP_HANDED_OUT_PREKEYS,
     MAX_AGENT_ID_BYTES,
     MAX_DELIVERED_HUBS,
+    MAX_ENVELOPE_BYTES,
     MAX_INBOUND_ONLY_SESSIONS,
     UNSEAL_MANY_MAX,
     UNSEAL_MANY_MIN,
@@ -47,6 +48,7 @@ from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
 )
 from .agent_sessions import _Sessions
 from .agent_trust import _Trust
+from .errors import MessageTooLargeError
 from .groups import Group
 from .keystore import KeyStore
 from .message import Message, _message_from_bytes  # noqa: F401 (old pickles name it here)
@@ -146,6 +148,7 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
         self.closed = False
         self.hub = None
         self._owned_hub: Hub | None = None  # a hub this agent made from an address
+        self._closing_link: Any = None  # the network link this agent closed
         self._transport: Any = None
         self._transmit: Callable[[Any], Any] | None = None
         self._autosave = False
@@ -276,7 +279,15 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
         return env
 
     def transmit(self, env: Any) -> None:
-        """Hand a sealed envelope to the hub."""
+        """Hand a sealed envelope to the hub (``MessageTooLargeError`` past the one limit
+        every hub shares: nothing is sent)."""
+        size = len(env)
+        if size > MAX_ENVELOPE_BYTES:
+            raise MessageTooLargeError(
+                f"message to {env.recipient!r} is {size:,} bytes sealed, over the limit of "
+                f"{MAX_ENVELOPE_BYTES:,} bytes per message on every hub; send it in parts, or "
+                "pass a reference to where the data is (a path, a URL) instead"
+            )
         transmit = self._transmit
         if transmit is not None:
             transmit(env)
@@ -295,6 +306,11 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
 
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         if self.closed:
+            # (closed by one of its handlers: its connection shuts down once that handler
+            # returns; a close from elsewhere waits for that, so nothing is cut off at exit)
+            closing = self._closing_link
+            if closing is not None:
+                closing.wait_shut_down(timeout)
             return
         error: BaseException | None = None
         transport = self._transport
@@ -318,6 +334,7 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
         if owned is not None:
             with contextlib.suppress(Exception):
                 owned.close()  # type: ignore[attr-defined]
+        self._closing_link = transport if hasattr(transport, "wait_shut_down") else None
         self.detach()
         try:
             self.save_state()
@@ -332,6 +349,19 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
             raise error
 
     # -- introspection --------------------------------------------------------------------------
+
+    def wait_for_peer(self, peer_id: str, timeout: float | None) -> None:
+        hub = self.hub
+        if hub is None:
+            raise RuntimeError("No hub configured: there is no one to wait for")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.02
+        while not hub.is_online(peer_id):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"agent {peer_id!r} did not come online within {timeout:g} s")
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, PRESENCE_POLL_MAX)
 
     def list_peers(self) -> list[str]:
         hub = self.hub
@@ -357,6 +387,10 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
             "closed": self.closed,
             "deniable": self.deniable,
         }
+
+
+#: Longest pause between two presence checks of ``wait_for_peer``.
+PRESENCE_POLL_MAX = 0.25
 
 
 def _stop_on_sigterm(stop: threading.Event) -> Callable[[], None]:
@@ -558,6 +592,12 @@ class Agent(_AgentFacade):
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """Flush, save state, leave the hub. Idempotent."""
         self._core.close(timeout)
+
+    def wait_for_peer(self, peer_id: str, timeout: float | None = 30.0) -> None:
+        """Return once ``peer_id`` is online on the hub (registered and connected);
+        ``TimeoutError`` naming it after ``timeout`` seconds. For a coordinator that must not
+        start before its workers are up."""
+        self._core.wait_for_peer(peer_id, timeout)
 
     def run_forever(self, timeout: float | None = None) -> None:
         """Serve: block while the handlers answer what comes, until the agent is closed (by a

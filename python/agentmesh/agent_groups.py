@@ -22,8 +22,16 @@ from typing import Any
 from . import crypto as _crypto
 from .agent_receiving import Rejected
 from .agent_requests import check_no_meta
+from .agent_rules import MAX_ENVELOPE_BYTES
 from .agent_state import AgentCoreState
-from .errors import AuthenticationError, CryptoError, FormatError, IdentityError, ReplayError
+from .errors import (
+    AuthenticationError,
+    CryptoError,
+    FormatError,
+    IdentityError,
+    MessageTooLargeError,
+    ReplayError,
+)
 from .message import META_KEY, Message
 
 Envelope = _crypto.Envelope
@@ -195,12 +203,9 @@ class _Groups(AgentCoreState):
                     peer,
                     exc,
                 )
-        transmit = self._transmit
         for copy in effects.copies:
             try:
-                if transmit is None:
-                    raise RuntimeError(f"agent {self.agent_id!r} is closed")
-                transmit(copy)
+                self.transmit(copy)
             except Exception as exc:
                 self.log.warning(
                     "agent %r: a group message did not reach %r: %s",
@@ -453,21 +458,30 @@ class _Groups(AgentCoreState):
             if session.sending_chain_id is None:
                 group.distributed.clear()
             missing = [m for m in others if m not in group.distributed]
-            if missing:
-                key = {
+            # (the key as of this message: taken before the seal moves the chain on)
+            key = _b64(session.distribution()) if missing else None
+            env = session.seal(payload)
+            counter = env.counter
+            copies = [
+                AddressedGroupMessage(env.to_bytes_for(member), member, counter)
+                for member in others
+            ]
+            if copies and len(copies[0]) > MAX_ENVELOPE_BYTES:
+                raise MessageTooLargeError(
+                    f"group message to {group_id!r} is {len(copies[0]):,} bytes sealed, over "
+                    f"the limit of {MAX_ENVELOPE_BYTES:,} bytes per message on every hub; send "
+                    "it in parts, or pass a reference to where the data is instead"
+                )
+            if key is not None:
+                control = {
                     "type": GROUP_CONTROL_TYPE,
                     "op": "sender_key",
                     "group": group_id,
-                    "key": _b64(session.distribution()),
+                    "key": key,
                 }
-                effects.sends.extend((member, key) for member in missing)
+                effects.sends.extend((member, control) for member in missing)
                 group.distributed.update(missing)
-            env = session.seal(payload)
-            counter = env.counter
-            effects.copies.extend(
-                AddressedGroupMessage(env.to_bytes_for(member), member, counter)
-                for member in others
-            )
+            effects.copies.extend(copies)
             self.sent += 1
         self._run_effects(effects)
         return env

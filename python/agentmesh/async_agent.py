@@ -336,6 +336,10 @@ class AsyncAgent(_AgentFacade):
                 self._inbox_cond.notify_all()
                 self._wake_locked()
 
+    async def wait_for_peer(self, peer_id: str, timeout: float | None = 30.0) -> None:
+        """Return once ``peer_id`` is online on the hub (see :meth:`Agent.wait_for_peer`)."""
+        await asyncio.to_thread(self._core.wait_for_peer, peer_id, timeout)
+
     async def run_forever(self, timeout: float | None = None) -> None:
         """Serve until the agent is closed (by a handler or another task), ``timeout`` seconds
         pass, or the task is cancelled; then close the agent."""

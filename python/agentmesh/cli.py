@@ -151,6 +151,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _hub_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--online", action="store_true", help="only the agents connected now")
     p.add_argument(
         "--timeout", type=float, default=CONNECT_TIMEOUT, help="seconds to wait for the hub"
     )
@@ -414,6 +415,8 @@ def _cmd_peers(args: argparse.Namespace) -> int:
     hub = _hub(args)
     try:
         agents = hub.list_agents()
+        if args.online:
+            agents = [agent_id for agent_id in agents if hub.is_online(agent_id)]
     finally:
         hub.close()
     if args.json:

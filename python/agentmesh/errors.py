@@ -137,6 +137,11 @@ class ProtocolError(AgentMeshError):
         self.message = message
 
 
+class MessageTooLargeError(AgentMeshError, ValueError):
+    """A message sealed to more than the largest envelope agentmesh sends (also a
+    ValueError); nothing was sent."""
+
+
 class RemoteError(AgentMeshError):
     """The peer answered a request with ``msg.reply_error(reason)``: ``peer`` who, ``reason``
     why, ``request_id`` the request's id."""

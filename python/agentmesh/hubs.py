@@ -79,6 +79,11 @@ class Hub:
         """Ids of the registered agents."""
         raise NotImplementedError
 
+    def is_online(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is registered and connected now (a hub that cannot tell:
+        whether it is registered)."""
+        return agent_id in self.list_agents()
+
     def message_count(self) -> int:
         """Envelopes routed so far."""
         raise NotImplementedError
@@ -147,6 +152,9 @@ class LocalHub(Hub):
 
     def list_agents(self) -> list[str]:
         return self.directory.agents()
+
+    def is_online(self, agent_id: str) -> bool:
+        return self.directory.holder(agent_id) is not None
 
     def message_count(self) -> int:
         return self.directory.routed
@@ -276,6 +284,9 @@ class NetworkHub(Hub):
 
     def list_agents(self) -> list[str]:
         return list(self._call("listing agents", "list_agents"))
+
+    def is_online(self, agent_id: str) -> bool:
+        return bool(self._call(f"asking whether {agent_id!r} is online", "is_online", agent_id))
 
     def message_count(self) -> int:
         return int(self._call("counting messages", "message_count"))

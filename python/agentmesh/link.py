@@ -74,6 +74,8 @@ class NetLoop:
         self.thread.start()
         started.wait()
         self.links: weakref.WeakSet[AgentLink] = weakref.WeakSet()
+        # links closing whose connection is not shut down yet (see AgentLink.shut_down)
+        self.shutting_down: set[AgentLink] = set()
         self.receive_pool = ReceivePool()
         self._batched_lock = threading.Lock()
         self._batched: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
@@ -143,6 +145,10 @@ def _close_links_at_exit() -> None:
         if not core.closed:
             with contextlib.suppress(Exception):
                 core.close(timeout=5.0)
+    # an agent closed by its own handler finishes closing on a receive worker: wait for it,
+    # or the interpreter would tear down under its connection's shutdown
+    for link in list(inst.shutting_down):
+        link.shut_down.wait(5.0)
 
 
 def hub_error(exc: BaseException, what: str) -> HubError:
@@ -188,6 +194,9 @@ class AgentLink:
         self._error: BaseException | None = None
         self._closing = False
         self._closed = False
+        #: set once the backend is closed (after ``close``, or after the handler that closed
+        #: its own agent returned)
+        self.shut_down = threading.Event()
         # A persistent agent's state writes run on their own thread: the receive workers go on
         # with the next batch while the last one is written, and a send never waits for the
         # disk.
@@ -374,6 +383,7 @@ class AgentLink:
         self._closing = True
         self._closed = True
         self.net.links.discard(self)
+        self.net.shutting_down.add(self)
         # the batch in progress (if any) is finished and acknowledged first; when a handler
         # closes its own agent, its batch's envelopes are unsealed already: every one reaches
         # the handlers and the batch is acknowledged, and then the connection closes
@@ -387,6 +397,13 @@ class AgentLink:
         self._stop_writer(None)
         self._shutdown()
 
+    def wait_shut_down(self, timeout: float | None) -> bool:
+        """Wait until the connection is shut down (a close deferred to the end of the
+        handler that asked for it finishes on a receive worker)."""
+        if threading.current_thread() is self.net.thread or self.receiver.draining_here():
+            return self.shut_down.is_set()  # (it waits for this very thread)
+        return self.shut_down.wait(timeout)
+
     def _stop_writer(self, timeout: float | None) -> None:
         if self._writer_thread is not None:
             self._writer_thread.stop(timeout)
@@ -396,11 +413,13 @@ class AgentLink:
             if self._writer is not None:
                 self._writer.cancel()
             self.prekeys.stop()
-            if True:
-                # the agent flushed already (core.close); do not wait for the hub again
-                await self.backend.close(timeout=0.5)
+            # the agent flushed already (core.close); do not wait for the hub again
+            await self.backend.close(timeout=0.5)
 
         try:
             self.net.run(shutdown(), timeout=10.0)
         except Exception as exc:
             log.debug("agent %r: error closing the hub connection: %s", self.core.agent_id, exc)
+        finally:
+            self.shut_down.set()
+            self.net.shutting_down.discard(self)

@@ -372,6 +372,10 @@ class Receiver:
         if close_now:
             self._on_closed()
 
+    def draining_here(self) -> bool:
+        """Whether this thread runs one of this agent's stages now (a handler of its own)."""
+        return threading.get_ident() in self._drainer.values()
+
     def _quiet(self) -> bool:
         """Nothing unsealed waits for its handlers and no stage runs (``_lock`` held)."""
         return not self._unsealed and all(d is None for d in self._drainer.values())

@@ -207,6 +207,8 @@ def test_send_listen_peers_through_a_hub(tmp_path, hub):
     peers = run_cli("peers", "--hub", hub, "--json")
     assert peers.returncode == 0
     assert {"alice", "bob"} <= set(json.loads(peers.stdout))
+    online = run_cli("peers", "--hub", hub, "--json", "--online")
+    assert online.returncode == 0 and json.loads(online.stdout) == []  # everyone has left
 
 
 def test_send_to_unknown_peer_fails(tmp_path, hub):

@@ -463,3 +463,16 @@ def test_a_group_message_is_answered_privately_and_agentmesh_fields_are_refused(
     assert [m.text for m in t.got["carol"]] == ["who takes task 3?"]
     with pytest.raises(ValueError, match="reserved"):
         group.send_payload({"text": "x", "_agentmesh": {"reply_to": "0" * 32}})
+
+
+def test_a_group_message_over_the_size_limit_is_refused_before_anything_leaves():
+    from agentmesh.agent_rules import MAX_ENVELOPE_BYTES
+    from agentmesh.errors import MessageTooLargeError
+
+    t = Team("alice", "bob")
+    group = t["alice"].create_group("research", members=["bob"])
+    with pytest.raises(MessageTooLargeError):
+        group.send(text="x" * MAX_ENVELOPE_BYTES)
+    group.send(text="small")  # bob gets the sender key with this one, and reads it
+    assert t.texts("bob") == [("alice", "small")]
+    assert not t.errors["bob"]

@@ -15,7 +15,6 @@ from agentmesh import (
     Agent,
     AsyncAgent,
     LateReplyError,
-    LocalHub,
     RemoteError,
     ReplyTimeoutError,
 )
@@ -30,13 +29,9 @@ def network_hub(tmp_path: Path):
         yield NetworkHub("127.0.0.1", proc.port)
 
 
-@pytest.fixture(params=["local", "network"])
-def hub(request, tmp_path: Path):
-    if request.param == "local":
-        yield LocalHub()
-        return
-    with HubProcess(tmp_path / "hub.sqlite3", log_level="warning").start() as proc:
-        yield NetworkHub("127.0.0.1", proc.port)
+@pytest.fixture
+def hub(every_hub):
+    return every_hub
 
 
 def echo_agent(hub, agent_id: str = "bob") -> Agent:

@@ -269,6 +269,16 @@ class HubClient(ClientLifecycle):
                 raise HubError("bad answer from the hub: the agent list does not advance")
             after = nxt
 
+    async def is_online(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is registered and connected to the hub now. A hub of an
+        earlier version cannot tell: then whether it is registered at all."""
+        try:
+            return bool(await self._request(Op.IS_ONLINE, agent_id))
+        except HubError as exc:
+            if not getattr(exc, "unknown_request", False):
+                raise
+            return await self.get_bundle(agent_id) is not None
+
     async def message_count(self) -> int:
         """Envelopes the hub has accepted for delivery since its store was created."""
         return int(await self._request(Op.MESSAGE_COUNT))

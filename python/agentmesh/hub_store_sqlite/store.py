@@ -75,7 +75,10 @@ class SQLiteBackend(HubBackend):
     # ---- life cycle ------------------------------------------------------------------------
 
     async def open(self) -> StoreState:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        parent = self.path.parent
+        if not parent.exists():
+            parent.mkdir(parents=True, exist_ok=True)
+            log.info("created the store's directory %s", parent)
         self._lock_fd = lock_store(self.path)
         try:
             opened = await self._writer.open(self.path, self.synchronous)
