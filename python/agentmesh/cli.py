@@ -120,6 +120,32 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _message_args(p, "request text", "seconds to wait for the reply (default 30)")
 
+    from . import cli_hub_stats
+
+    cli_hub_stats.add_parser(sub, [logging_flags])
+
+    p = add_command(
+        "chat",
+        help="talk with one agent: lines from stdin go to it, what comes in is printed",
+        description="Talk and listen with one identity: every line read from standard input is "
+        "sent to --to; every message that comes in (from anyone) is printed as '[sender] text' "
+        "(or JSON with --json). Ends at the end of input, after --linger seconds more of "
+        "listening, or on Ctrl-C.",
+    )
+    _hub_args(p)
+    _key_args(p)
+    p.add_argument("--to", required=True, metavar="ID", help="who the lines go to")
+    p.add_argument("--json", action="store_true", help="print incoming messages as JSON lines")
+    p.add_argument(
+        "--linger",
+        type=float,
+        default=2.0,
+        help="seconds to keep listening after the input ends (default 2)",
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the hub (default 30)"
+    )
+
     p = add_command(
         "listen",
         help="print incoming messages as JSON lines until interrupted",
@@ -142,6 +168,14 @@ def _build_parser() -> argparse.ArgumentParser:
         type=float,
         default=0.0,
         help="give up after N seconds (status 1 if --count was not reached)",
+    )
+    p.add_argument(
+        "--from",
+        dest="senders",
+        action="append",
+        metavar="ID",
+        help="print only messages from this agent (repeatable); the others are received and "
+        "reported on stderr, not left for another listener",
     )
 
     p = add_command(
@@ -315,15 +349,37 @@ def _payload_of(args: argparse.Namespace) -> dict[str, Any]:
     return {"text": text, **payload}
 
 
-def _with_agent(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
-    """Run ``work(agent)`` with the key file's agent on the hub, then close both."""
+def _open_agent(args: argparse.Namespace, hub: Any, wait: float) -> Any:
+    """The key file's agent on ``hub``; if another agent holds the identity (a parallel
+    ``send``), wait up to ``wait`` seconds for it to let go."""
     from .agent import Agent
+    from .errors import IdentityInUseError
 
     passphrase = _passphrase(args)
     agent_id = _agent_id_of_key(args.key, passphrase)
+    deadline = time.monotonic() + max(0.0, wait)
+    pause = 0.05
+    while True:
+        try:
+            return Agent(agent_id, hub=hub, keypair_path=args.key, passphrase=passphrase)
+        except IdentityInUseError as exc:
+            if time.monotonic() + pause > deadline:
+                raise IdentityInUseError(
+                    f"{exc} (waited {wait:g} s; to send while listening with one identity, "
+                    "use 'agentmesh chat')"
+                ) from None
+            if pause == 0.05:  # (said once)
+                log.info("waiting for the identity: %s", exc)
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
+
+
+def _with_agent(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
+    """Run ``work(agent)`` with the key file's agent on the hub, then close both. An identity
+    in use by another agent is waited for (up to ``--timeout``)."""
     hub = _hub(args)
     try:
-        agent = Agent(agent_id, hub=hub, keypair_path=args.key, passphrase=passphrase)
+        agent = _open_agent(args, hub, args.timeout)
         try:
             return work(agent)
         finally:
@@ -352,6 +408,55 @@ def _cmd_request(args: argparse.Namespace) -> int:
         args, lambda agent: agent.request_payload(args.to, payload, timeout=args.timeout)
     )
     print(json.dumps(reply.to_dict()))
+    return EXIT_OK
+
+
+def _cmd_hub_stats(args: argparse.Namespace) -> int:
+    from . import cli_hub_stats
+
+    try:
+        print(cli_hub_stats.run(args))
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
+    return EXIT_OK
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    hub = _hub(args)
+    lock = threading.Lock()
+    try:
+        agent = _open_agent(args, hub, args.timeout)
+        try:
+
+            @agent.on_message
+            def show(msg: Any) -> None:
+                line = (
+                    json.dumps(msg.to_dict(), ensure_ascii=False)
+                    if args.json
+                    else f"[{msg.sender}] {msg.text}"
+                )
+                with lock:
+                    sys.stdout.write(line + "\n")
+                    sys.stdout.flush()
+
+            @agent.on_error
+            def rejected(exc: BaseException) -> None:
+                log.warning("rejected an envelope from %r: %s", getattr(exc, "sender", None), exc)
+
+            log.info("chatting as %r with %r on %s", agent.agent_id, args.to, args.hub)
+            try:
+                for line in sys.stdin:
+                    text = line.rstrip("\n")
+                    if text:
+                        agent.send(args.to, text=text)
+                agent.flush(args.timeout)
+                time.sleep(max(0.0, args.linger))  # (the answers to the last lines)
+            except KeyboardInterrupt:
+                pass
+        finally:
+            agent.close(timeout=args.timeout)
+    finally:
+        hub.close()
     return EXIT_OK
 
 
@@ -384,6 +489,11 @@ def _cmd_listen(args: argparse.Namespace) -> int:
         @agent.on_message
         def show(msg: Any) -> None:
             nonlocal count
+            if args.senders and msg.sender not in args.senders:
+                log.warning(
+                    "received a message from %r (not one of --from): %s", msg.sender, msg.id
+                )
+                return
             # Every message handled is printed, also past --count: it has been acknowledged to
             # the hub and would otherwise be lost to the next listener.
             with lock:
@@ -483,6 +593,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "fingerprint": _cmd_fingerprint,
         "send": _cmd_send,
         "request": _cmd_request,
+        "chat": _cmd_chat,
+        "hub-stats": _cmd_hub_stats,
         "listen": _cmd_listen,
         "peers": _cmd_peers,
         "demo": _cmd_demo,

@@ -142,6 +142,11 @@ class MessageTooLargeError(AgentMeshError, ValueError):
     ValueError); nothing was sent."""
 
 
+class IdentityInUseError(AgentMeshError, RuntimeError):
+    """Another live agent (in this process or another) holds this identity file (also a
+    RuntimeError). Wait for it, or talk and listen in that one agent."""
+
+
 class RemoteError(AgentMeshError):
     """The peer answered a request with ``msg.reply_error(reason)``: ``peer`` who, ``reason``
     why, ``request_id`` the request's id."""

@@ -190,6 +190,11 @@ class HubBackend(Directory, Inbox):
     def description(self) -> str:
         return type(self).__name__
 
+    def commit_stats(self) -> tuple[int, float]:
+        """(commits so far, seconds they took in all): the store's durability cost, for the
+        hub's metrics. A store that does not measure it says (0, 0.0)."""
+        return 0, 0.0
+
 
 # --------------------------------------------------------------------------------------------
 # SQLite implementation

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from ._native import write_private_file
-from .errors import KeyFileError
+from .errors import IdentityInUseError, KeyFileError
 
 STATE_SUFFIX = ".state"
 _MAGIC = b"AGENTMESH-STATE\x01"
@@ -186,7 +186,7 @@ class KeyStore:
                 who = f"process {holder}" if holder else "another agent"
                 if holder == str(os.getpid()):
                     who = "another agent in this process (close() it first)"
-                raise RuntimeError(
+                raise IdentityInUseError(
                     f"identity {str(self.path)!r} is in use by {who}; one identity's "
                     "sessions must never be driven by two agents at once"
                 ) from None

@@ -363,6 +363,24 @@ def test_send_reads_long_text_from_stdin_or_a_file(tmp_path, hub):
     assert texts == [long_text, "from a file"]
 
 
+def test_listen_from_prints_only_those_senders(tmp_path, hub):
+    for name in ("alice", "bob", "carol"):
+        made = run_cli("keygen", "--path", str(tmp_path / f"{name}.key"), "--id", name)
+        assert made.returncode == 0
+    from agentmesh import Agent
+
+    Agent("bob", hub=hub, keypair_path=tmp_path / "bob.key").close()  # known to the hub
+    for name in ("alice", "carol"):
+        sent = run_cli("send", "--hub", hub, "--key", str(tmp_path / f"{name}.key"), "--to",
+                       "bob", "--text", f"from {name}")  # fmt: skip
+        assert sent.returncode == 0, sent.stderr
+    listener = run_cli("listen", "--hub", hub, "--key", str(tmp_path / "bob.key"),
+                       "--from", "carol", "--count", "1", "--timeout", "30")  # fmt: skip
+    assert listener.returncode == 0, listener.stderr
+    assert [json.loads(line)["text"] for line in listener.stdout.splitlines()] == ["from carol"]
+    assert "received a message from 'alice' (not one of --from)" in listener.stderr
+
+
 def test_send_refuses_two_texts_and_a_missing_text_file(tmp_path, hub):
     assert run_cli("keygen", "--path", str(tmp_path / "a.key")).returncode == 0
     base = ("send", "--hub", hub, "--key", str(tmp_path / "a.key"), "--to", "b")
@@ -385,3 +403,83 @@ def test_timeouts_cover_connecting_to_something_that_is_not_a_hub():
         assert r.returncode == 1 and time.monotonic() - started < 8, r.stderr
     finally:
         silent.close()
+
+
+def test_chat_talks_and_listens_with_one_identity(tmp_path, hub):
+    for name in ("alice", "bob"):
+        made = run_cli("keygen", "--path", str(tmp_path / f"{name}.key"), "--id", name)
+        assert made.returncode == 0
+    responder = subprocess.Popen(
+        [sys.executable, "-c", RESPONDER, hub, str(tmp_path / "bob.key")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert responder.stdout is not None and responder.stdout.readline() == "ready\n"
+        chat = subprocess.run(
+            [sys.executable, "-m", "agentmesh.cli", "chat", "--hub", hub,
+             "--key", str(tmp_path / "alice.key"), "--to", "bob", "--linger", "3"],
+            input="hello\n\nhow are you\n", capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert chat.returncode == 0, chat.stderr
+        assert chat.stdout.splitlines() == ["[bob] HELLO", "[bob] HOW ARE YOU"]
+        assert run_cli("send", "--hub", hub, "--key", str(tmp_path / "alice.key"), "--to",
+                       "bob", "--text", "stop").returncode == 0  # fmt: skip
+        responder.wait(30)
+    finally:
+        if responder.poll() is None:
+            responder.kill()
+
+
+def test_parallel_sends_with_one_identity_wait_for_each_other(tmp_path, hub):
+    for name in ("alice", "bob"):
+        made = run_cli("keygen", "--path", str(tmp_path / f"{name}.key"), "--id", name)
+        assert made.returncode == 0
+    from agentmesh import Agent
+
+    Agent("bob", hub=hub, keypair_path=tmp_path / "bob.key").close()  # known to the hub
+    base = [sys.executable, "-m", "agentmesh.cli", "send", "--hub", hub,
+            "--key", str(tmp_path / "alice.key"), "--to", "bob"]  # fmt: skip
+    sends = [
+        subprocess.Popen(
+            [*base, "--text", f"m{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
+        for i in range(6)
+    ]
+    results = [proc.communicate(timeout=120) for proc in sends]
+    assert [proc.returncode for proc in sends] == [0] * 6, [err for _out, err in results]
+    listener = run_cli("listen", "--hub", hub, "--key", str(tmp_path / "bob.key"),
+                       "--count", "6", "--timeout", "30")  # fmt: skip
+    assert listener.returncode == 0, listener.stderr
+    texts = sorted(json.loads(line)["text"] for line in listener.stdout.splitlines())
+    assert texts == [f"m{i}" for i in range(6)]
+
+
+def test_listen_says_when_its_hub_goes_away_and_comes_back(tmp_path):
+    from agentmesh.testing import HubProcess
+
+    assert run_cli("keygen", "--path", str(tmp_path / "bob.key")).returncode == 0
+    hub = HubProcess(tmp_path / "hub.sqlite3", log_level="warning").start()
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli", "listen", "--hub", f"127.0.0.1:{hub.port}",
+         "--key", str(tmp_path / "bob.key")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while "bob" not in run_cli("peers", "--hub", f"127.0.0.1:{hub.port}").stdout.split():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        hub.kill()
+        time.sleep(1.0)
+        hub.restart()
+        time.sleep(2.0)
+        listener.send_signal(signal.SIGTERM)
+        _out, err = listener.communicate(timeout=30)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+        hub.stop()
+    assert listener.returncode == 0, err
+    assert "lost the connection to hub" in err and "reconnected to hub" in err

@@ -118,6 +118,19 @@ def _parser() -> argparse.ArgumentParser:
         help=f"seconds between the hub's pings on a quiet connection (default {d.ping_interval:g})",
     )
     p.add_argument(
+        "--metrics-port",
+        type=int,
+        default=None,
+        metavar="PORT",
+        help="serve Prometheus metrics on http://METRICS-HOST:PORT/metrics (off by default; "
+        "0 picks a free port; needs pip install 'agentmesh[metrics]')",
+    )
+    p.add_argument(
+        "--metrics-host",
+        default="127.0.0.1",
+        help="the address the metrics listen on (default 127.0.0.1)",
+    )
+    p.add_argument(
         "--delivery-window",
         type=_positive(int),
         default=d.delivery_window,
@@ -159,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
             idle_timeout=args.idle_timeout,
             ping_interval=args.ping_interval,
             delivery_window=args.delivery_window,
+            metrics_port=args.metrics_port,
+            metrics_host=args.metrics_host,
         )
     except (ValueError, TypeError) as exc:
         parser.print_usage(sys.stderr)
@@ -173,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
             flush=True,
         )
+        if srv.metrics is not None:
+            print(
+                f"agentmesh-hub metrics on http://{srv.metrics.host}:{srv.metrics.port}/metrics",
+                file=sys.stderr,
+                flush=True,
+            )
 
     try:
         server._run_blocking(on_listening=listening)

@@ -31,7 +31,22 @@ from agentmesh.hub_store import HubBackend, StoreState
 if TYPE_CHECKING:
     from agentmesh.hub.connection import Connection
 
-__all__ = ["AgentState", "HubCore"]
+__all__ = ["AgentState", "HubCore", "HubStats"]
+
+
+class HubStats:
+    """What the hub counts for its metrics: cheap increments on the event loop, read by the
+    metrics endpoint when it is scraped (``agentmesh.hub.metrics``)."""
+
+    def __init__(self) -> None:
+        self.accepted = 0  # envelopes committed to the store
+        self.accepted_bytes = 0
+        self.delivered = 0  # deliveries acknowledged by their recipients
+        self.delivered_bytes = 0
+        self.refused: dict[str, int] = {}  # SEND_ERROR reason -> how many
+
+    def refuse(self, reason: str) -> None:
+        self.refused[reason] = self.refused.get(reason, 0) + 1
 
 
 class AgentState:
@@ -78,6 +93,7 @@ class HubCore:
         self.output = OutputQueue(loop)
         self.directory = Directory(loop, limits, self.agents)
         self.registrar = Registrar(self)
+        self.stats = HubStats()
         store.on_commit = functools.partial(commit_done, self)
         store.on_fatal = on_fatal
         self._housekeeper: asyncio.Task[None] | None = None

@@ -143,6 +143,7 @@ class SendIntake:
     def _reject(self, cseq: int, code: ErrorCode, message: str) -> None:
         conn = self.conn
         log.debug("send %d from %r refused: %s", cseq, conn.agent_id, message)
+        conn.hub.stats.refuse(code.name.lower())
         conn.write(encode_send_error(cseq, code, message))
         if not self.uncommitted and cseq > self.last_ack_sent:
             self.last_ack_sent = cseq
@@ -155,7 +156,10 @@ def commit_done(hub: HubCore, tokens: list[Any]) -> None:
     wake the recipients that read from the store."""
     touched: dict[SendIntake, int] = {}
     recipients: set[AgentState] = set()
+    stats = hub.stats
+    stats.accepted += len(tokens)
     for intake, cseq, size, ast in tokens:
+        stats.accepted_bytes += size
         intake.uncommitted.popleft()
         intake.uncommitted_bytes -= size
         touched[intake] = cseq
@@ -300,11 +304,14 @@ class DeliveryPump:
         assert ast is not None and agent_id is not None
         inflight = self.inflight
         store = self.store
+        stats = conn.hub.stats
         for i in ids:
             size = inflight.pop(i, None)
             if size is None:
                 continue  # unknown or already acknowledged: ignore
             ast.count -= 1
             ast.bytes -= size
+            stats.delivered += 1
+            stats.delivered_bytes += size
             store.ack(agent_id, i)
         self.refill()

@@ -31,6 +31,7 @@ from agentmesh.hub.connection import Connection
 from agentmesh.hub.core import HubCore
 from agentmesh.hub.in_process import InProcessHub
 from agentmesh.hub.limits import HubLimits
+from agentmesh.hub.metrics import MetricsEndpoint
 from agentmesh.hub_protocol import DEFAULT_PORT
 from agentmesh.hub_store import HubBackend, default_store_path, ephemeral_store_path
 from agentmesh.hub_store_sqlite import SQLiteBackend
@@ -77,6 +78,8 @@ class NetworkHubServer:
         limits: HubLimits | None = None,
         synchronous: str = "FULL",
         backend: HubBackend | None = None,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
         **limit_overrides: Any,
     ) -> None:
         if not isinstance(port, int) or isinstance(port, bool) or not 0 <= port <= 65535:
@@ -94,6 +97,10 @@ class NetworkHubServer:
         self.requested_port = port
         self.tls_cert = Path(tls_cert) if tls_cert is not None else None
         self.tls_key = Path(tls_key) if tls_key is not None else None
+        #: serve Prometheus metrics on this port (0: a free one; None: no metrics)
+        self.metrics_port = metrics_port
+        self.metrics_host = metrics_host
+        self.metrics: MetricsEndpoint | None = None
         self.synchronous = synchronous.upper()
         if self.synchronous not in ("FULL", "NORMAL", "EXTRA"):
             raise ValueError("synchronous must be 'FULL' or 'NORMAL'")
@@ -281,6 +288,13 @@ class NetworkHubServer:
             self.port = int(sockets[0].getsockname()[1])
         self._server = server
         self._hub = hub
+        if self.metrics_port is not None:
+            try:
+                self.metrics = MetricsEndpoint(hub, self.metrics_host, self.metrics_port)
+            except BaseException:
+                server.close()
+                await backend.close()
+                raise
         hub.start_housekeeping()
         log.info(
             "hub listening on %s:%d (%s%s, %s loop)",
@@ -293,6 +307,9 @@ class NetworkHubServer:
 
     async def _shutdown(self) -> None:
         server, hub = self._server, self._hub
+        metrics, self.metrics = self.metrics, None
+        if metrics is not None:
+            metrics.stop()
         if server is not None:
             server.close()
         if hub is not None:

@@ -215,6 +215,13 @@ class ClientLifecycle:
             if not self.reconnect:
                 self._set_fatal(err or HubError(f"connection to hub {self._hub} lost"))
                 return
+            # said once per outage (a warning: a listener that hears nothing should know why)
+            log.warning(
+                "lost the connection to hub %s:%d%s; reconnecting",
+                self.host,
+                self.port,
+                f" ({err})" if err is not None else "",
+            )
             try:
                 new = await reconnect(
                     self._connect_once, lambda: self._closing, self.max_backoff, self._hub
@@ -225,7 +232,7 @@ class ClientLifecycle:
             if new is not None:
                 self.reconnects += 1
                 self._activate(*new)
-                log.info("reconnected to hub %s:%d", self.host, self.port)
+                log.warning("reconnected to hub %s:%d", self.host, self.port)
 
     def _set_fatal(self, err: HubError) -> None:
         log.error("hub connection failed for good: %s", err)

@@ -139,6 +139,9 @@ class SQLiteBackend(HubBackend):
     def message_count(self) -> int:
         return self._message_count
 
+    def commit_stats(self) -> tuple[int, float]:
+        return self._writer.commits, self._writer.commit_seconds
+
     def put(self, recipient: str, seq: int, envelope: bytes, token: Any) -> None:
         b = self._writer.pending
         b.inserts[seq] = (recipient, envelope)

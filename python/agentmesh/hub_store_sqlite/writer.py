@@ -74,6 +74,9 @@ class StoreWriter:
         #: what the next commit writes (the event loop adds to it, then calls :meth:`kick`)
         self.pending = Batch()
         self._committing = False
+        #: commits made and the seconds they took (the hub's metrics)
+        self.commits = 0
+        self.commit_seconds = 0.0
         self._scheduled = False
         self._commit_task: asyncio.Task[None] | None = None
         #: sequence numbers whose delete is not committed yet (reads skip them)
@@ -207,7 +210,10 @@ class StoreWriter:
         delay = 0.05
         for attempt in range(4):
             try:
+                started = time.perf_counter()
                 results = await self._loop.run_in_executor(self._executor, self._write, batch)
+                self.commits += 1
+                self.commit_seconds += time.perf_counter() - started
                 break
             except Exception as exc:
                 if attempt == 3:
