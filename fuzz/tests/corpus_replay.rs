@@ -44,6 +44,11 @@ fn envelope_decode() {
 }
 
 #[test]
+fn group_open() {
+    replay("group_open", targets::group_open::run);
+}
+
+#[test]
 fn bundle_decode() {
     replay("bundle_decode", targets::bundle_decode::run);
 }

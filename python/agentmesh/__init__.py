@@ -26,6 +26,7 @@ from agentmesh.errors import (
     UnknownSenderError,
     VersionError,
 )
+from agentmesh.groups import AsyncGroup, Group
 from agentmesh.hubs import Hub, LocalHub, NetworkHub
 from agentmesh.message import Message
 
@@ -51,10 +52,12 @@ __all__ = [
     "Agent",
     "AgentMeshError",
     "AsyncAgent",
+    "AsyncGroup",
     "AuthenticationError",
     "CryptoError",
     "FlushTimeoutError",
     "FormatError",
+    "Group",
     "Hub",
     "HubError",
     "HubLimits",

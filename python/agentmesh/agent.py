@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import crypto as _crypto
+from .agent_groups import _Groups
 from .agent_persistence import _Persistence
 from .agent_prekeys import _Prekeys
 from .agent_receiving import _Receiving
@@ -48,6 +49,7 @@ from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
 from .agent_sessions import _Sessions
 from .agent_trust import _Trust
 from .errors import MessageTooLargeError
+from .groups import Group
 from .keystore import KeyStore
 from .message import Message, _message_from_bytes  # noqa: F401 (old pickles name it here)
 
@@ -95,7 +97,7 @@ class ReadyEvent(threading.Event):
                 callback()
 
 
-class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Requests):
+class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Requests):
     """Identity, sessions, pins, handlers and counters of one agent. No I/O of its own."""
 
     def __init__(
@@ -132,7 +134,8 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Request
         self._unverified = set()  # restored sessions not yet re-checked on the hub
         self._handlers: tuple[Callable[[Message], Any], ...] = ()
         self._error_handlers = ()
-        self._dispatch = self.run_handlers
+        self._dispatch = self.run_handlers  # (behind the group control filter: agent_groups.py)
+        self._init_groups()
         self._pending = PendingRequests()
         self._unhandled = collections.Counter()
         self._interceptors = {}
@@ -541,6 +544,22 @@ class Agent(_AgentFacade):
     ) -> Message:
         """:meth:`request` with a whole payload dict."""
         return self._core.request_payload(recipient_id, payload, timeout)
+
+    # groups
+    def create_group(self, group_id: str, members: Any = ()) -> Group:
+        """Create group ``group_id`` with this agent as its creator (administrator) and
+        ``members``; each member is told over its pairwise session."""
+        self._core.create_group(group_id, members)
+        return Group(self._core, group_id)
+
+    def group(self, group_id: str) -> Group:
+        """A group this agent is a member of (``ValueError`` otherwise)."""
+        self._core.group_members(group_id)
+        return Group(self._core, group_id)
+
+    def groups(self) -> list[Group]:
+        """Every group this agent is a member of, by id."""
+        return [Group(self._core, g) for g in self._core.groups()]
 
     def on_message(self, handler: H) -> H:
         """Register a message handler (decorator or call); returns it unchanged."""

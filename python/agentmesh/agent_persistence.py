@@ -52,6 +52,7 @@ class _Persistence(AgentCoreState):
         self._pins = dict(state.pins)
         self._bundles = dict(state.bundles)
         self._delivered = dict(state.delivered)
+        self._load_groups(state.groups)
         self._signed_prekey_id = int(self.keypair.public_bundle()["signed_prekey_id"])
         if (
             state.signed_prekey_since is not None
@@ -115,6 +116,7 @@ class _Persistence(AgentCoreState):
                     signed_prekey_since=self._signed_prekey_since,
                     signed_prekey_id=self._signed_prekey_id,
                     inbound_only=list(self._inbound_only),
+                    groups=self._group_exports(),
                 )
         if state is not None:
             try:

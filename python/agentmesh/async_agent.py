@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade, _hub_of
 from .agent_requests import DEFAULT_REQUEST_TIMEOUT, check_no_meta
 from .errors import ReplyTimeoutError
+from .groups import AsyncGroup
 from .link_receive_pool import waiting
 from .message import Message
 
@@ -298,6 +299,20 @@ class AsyncAgent(_AgentFacade):
             raise ReplyTimeoutError(recipient_id, timeout or 0.0, request_id)
         finally:
             core.finish_request(recipient_id, request_id, timed_out=False)
+
+    async def create_group(self, group_id: str, members: Any = ()) -> AsyncGroup:
+        """Create group ``group_id`` with this agent as its creator (see ``Agent.create_group``)."""
+        await self._run(self._core.create_group, group_id, members)
+        return AsyncGroup(self._core, group_id, self._run)
+
+    def group(self, group_id: str) -> AsyncGroup:
+        """A group this agent is a member of (``ValueError`` otherwise)."""
+        self._core.group_members(group_id)
+        return AsyncGroup(self._core, group_id, self._run)
+
+    def groups(self) -> list[AsyncGroup]:
+        """Every group this agent is a member of, by id."""
+        return [AsyncGroup(self._core, g, self._run) for g in self._core.groups()]
 
     async def connect(self, peer_id: str) -> str:
         return await self._run(self._core.connect, peer_id)  # type: ignore[no-any-return]

@@ -11,6 +11,9 @@ from __future__ import annotations
 from typing import Any
 
 from agentmesh._native import (
+    MAX_GROUP_MEMBERS,
+    MAX_GROUP_MESSAGE_GAP,
+    MAX_GROUP_SKIPPED_KEYS,
     MAX_MESSAGE_GAP,
     MAX_SETUPS_PER_SIGNED_PREKEY,
     MAX_SKIPPED_KEYS,
@@ -18,13 +21,17 @@ from agentmesh._native import (
     AgentKeyPair,
     CryptoSession,
     Envelope,
+    GroupEnvelope,
+    GroupSession,
     bundle_from_bytes,
     bundle_to_bytes,
     check_agent_id,
     fingerprint_of,
     fingerprint_of_key,
     perform_key_exchange,
+    sign_membership,
     verify_bundle,
+    verify_membership,
     verify_registration,
 )
 from agentmesh.errors import (
@@ -42,6 +49,9 @@ from agentmesh.errors import (
 )
 
 __all__ = [
+    "MAX_GROUP_MEMBERS",
+    "MAX_GROUP_MESSAGE_GAP",
+    "MAX_GROUP_SKIPPED_KEYS",
     "MAX_MESSAGE_GAP",
     "MAX_SETUPS_PER_SIGNED_PREKEY",
     "MAX_SKIPPED_KEYS",
@@ -52,6 +62,8 @@ __all__ = [
     "CryptoSession",
     "Envelope",
     "FormatError",
+    "GroupEnvelope",
+    "GroupSession",
     "IdentityChangedError",
     "IdentityError",
     "KeyFileError",
@@ -70,20 +82,27 @@ __all__ = [
     "perform_key_exchange",
     "seal",
     "seal_at_rest",
+    "sign_membership",
     "unseal",
     "verify_bundle",
+    "verify_membership",
     "verify_registration",
 ]
 
 
-def as_envelope(data: Envelope | bytes | bytearray | memoryview) -> Envelope:
-    """``data`` as an :class:`Envelope`: an Envelope as it is, bytes parsed
-    (``Envelope.from_bytes``). Anything else, like bytes that are no envelope, is a
-    ``FormatError``."""
-    if isinstance(data, Envelope):
+def as_envelope(
+    data: Envelope | GroupEnvelope | bytes | bytearray | memoryview,
+) -> Envelope | GroupEnvelope:
+    """``data`` as an :class:`Envelope` or, for a group message (envelope type 0x03), a
+    :class:`GroupEnvelope`: an envelope object as it is, bytes parsed. Anything else, like bytes
+    that are no envelope, is a ``FormatError``."""
+    if isinstance(data, (Envelope, GroupEnvelope)):
         return data
     if isinstance(data, (bytes, bytearray, memoryview)):
-        return Envelope.from_bytes(bytes(data))
+        raw = bytes(data)
+        if GroupEnvelope.is_group_message(raw):
+            return GroupEnvelope.from_bytes(raw)
+        return Envelope.from_bytes(raw)
     raise FormatError(f"expected an Envelope or bytes, got {type(data).__name__}")
 
 

@@ -103,6 +103,9 @@ class PersistedState:
     signed_prekey_id: int | None = None
     #: peers whose session they opened and this agent never answered, oldest first
     inbound_only: list[str] = field(default_factory=list)
+    #: group id -> the group's record (membership, signed record, sealed sender-key state;
+    #: JSON-safe, see agent_groups.py)
+    groups: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _delivered_from_doc(value: Any) -> dict[bytes, int]:
@@ -312,6 +315,7 @@ class KeyStore:
                 signed_prekey_since=_optional_uint_from_doc(doc.get("signed_prekey_since")),
                 signed_prekey_id=_optional_uint_from_doc(doc.get("signed_prekey_id")),
                 inbound_only=[str(p) for p in list(doc.get("inbound_only", []))],
+                groups={str(g): dict(v) for g, v in dict(doc.get("groups", {})).items()},
             )
         except KeyFileError:
             raise
@@ -330,6 +334,7 @@ class KeyStore:
             "bundles": state.bundles,
             "delivered": {h.hex(): d for h, d in state.delivered.items()},
             "inbound_only": state.inbound_only,
+            "groups": state.groups,
         }
         if state.signed_prekey_since is not None:
             doc["signed_prekey_since"] = state.signed_prekey_since

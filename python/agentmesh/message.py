@@ -25,15 +25,17 @@ class Message:
     """One decrypted, authenticated message. Immutable.
 
     ``timestamp`` (ms since the epoch) and ``id`` come from the envelope and are covered by the
-    sender's signature. A message received by an agent can be answered: :meth:`reply`,
-    :meth:`reply_payload`, :meth:`reply_error` (now or later, from any thread).
+    sender's signature. ``group`` is the group id of a group message (None for a pairwise one).
+    A message received by an agent can be answered: :meth:`reply`, :meth:`reply_payload`,
+    :meth:`reply_error` (now or later, from any thread).
     """
 
-    __slots__ = ("_agent", "_env", "_meta", "payload", "recipient", "sender")
+    __slots__ = ("_agent", "_env", "_meta", "group", "payload", "recipient", "sender")
 
     sender: str
     recipient: str
     payload: dict[str, Any]
+    group: str | None
     _env: Any
     _meta: dict[str, Any] | None
     _agent: Any
@@ -46,6 +48,7 @@ class Message:
         envelope: Any,
         agent: Any = None,
         meta: dict[str, Any] | None = None,
+        group: str | None = None,
     ):
         _set = object.__setattr__
         _set(self, "sender", sender)
@@ -54,6 +57,7 @@ class Message:
         _set(self, "payload", payload)
         _set(self, "_env", envelope)
         _set(self, "_agent", agent)
+        _set(self, "group", group)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Message is immutable")
@@ -120,7 +124,8 @@ class Message:
 
     @property
     def envelope(self) -> Any:
-        """The :class:`~agentmesh.crypto.Envelope` this message came in."""
+        """The :class:`~agentmesh.crypto.Envelope` (a group message: the
+        :class:`~agentmesh.crypto.GroupEnvelope`) this message came in."""
         return self._env
 
     def to_dict(self) -> dict[str, Any]:
@@ -129,6 +134,7 @@ class Message:
             "id": self.id,
             "sender": self.sender,
             "recipient": self.recipient,
+            "group": self.group,
             "timestamp": self.timestamp,
             "type": self.type,
             "text": self.text,
@@ -143,6 +149,7 @@ class Message:
             self.id == other.id
             and self.sender == other.sender
             and self.recipient == other.recipient
+            and self.group == other.group
             and self.payload == other.payload
         )
 
@@ -152,15 +159,23 @@ class Message:
     def __reduce__(self) -> Any:
         return (
             _message_from_bytes,
-            (self.sender, self.recipient, self.payload, self._env.to_bytes(), self._meta),
+            (
+                self.sender,
+                self.recipient,
+                self.payload,
+                self._env.to_bytes(),
+                self._meta,
+                self.group,
+            ),
         )
 
     def __repr__(self) -> str:
         text = self.text
         if isinstance(text, str) and len(text) > 60:
             text = text[:57] + "..."
+        group = f"group={self.group!r}, " if self.group is not None else ""
         return (
-            f"Message(sender={self.sender!r}, recipient={self.recipient!r}, "
+            f"Message(sender={self.sender!r}, recipient={self.recipient!r}, {group}"
             f"type={self.type!r}, text={text!r}, id={self.id!r})"
         )
 
@@ -171,5 +186,6 @@ def _message_from_bytes(
     payload: dict[str, Any],
     raw: bytes,
     meta: dict[str, Any] | None = None,
+    group: str | None = None,
 ) -> Message:
-    return Message(sender, recipient, payload, Envelope.from_bytes(raw), None, meta or {})
+    return Message(sender, recipient, payload, _crypto.as_envelope(raw), None, meta or {}, group)

@@ -156,7 +156,7 @@ class HostileHub(LocalHub):
 
     # --- what the hub does with each envelope -------------------------------------------------
 
-    def _choose(self, env: Envelope) -> str:
+    def _choose(self, env: Any) -> str:
         for rule in self.rules:
             if rule.applies(env):
                 rule.fired += 1
@@ -167,13 +167,14 @@ class HostileHub(LocalHub):
         return "pass"
 
     def deliver(self, envelope: Any) -> None:
-        env = as_envelope(envelope)
-        if self.local_agent(env.recipient) is None:
-            raise ValueError(f"Peer {env.recipient!r} not found on hub")
+        env = as_envelope(envelope)  # (an Envelope, or a GroupEnvelope: same routing fields)
+        recipient = env.recipient
+        if recipient is None or self.local_agent(recipient) is None:
+            raise ValueError(f"Peer {recipient!r} not found on hub")
         with self._hostile_lock:
             data = env.to_bytes()
             action = self._choose(env)
-            self.seen.append(Seen(len(self.seen), env.sender, env.recipient, data, action))
+            self.seen.append(Seen(len(self.seen), env.sender, recipient, data, action))
             history = [s.data for s in self.seen[:-1]]
             if action == "drop":
                 return

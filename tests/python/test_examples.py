@@ -19,6 +19,7 @@ NAMES = [
     "02_multi_agent.py",
     "03_persistent_keys.py",
     "04_llm_agents.py",
+    "05_team_broadcast.py",
     "06_mcp_tools.py",
     "07_network.py",
 ]

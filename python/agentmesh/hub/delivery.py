@@ -87,7 +87,8 @@ class SendIntake:
         crypto = hub.crypto
         if crypto is not None:
             try:
-                env = crypto.Envelope.from_bytes(envelope)
+                # (a group message, type 0x03, has the same routing prefix: as_envelope reads it)
+                env = crypto.as_envelope(envelope)
                 sender, stated = env.sender, env.recipient
             except Exception as exc:
                 self._reject(cseq, ErrorCode.BAD_ENVELOPE, f"malformed envelope: {exc}")

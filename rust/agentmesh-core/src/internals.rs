@@ -38,3 +38,9 @@ pub fn write_private_file_with_rng<R: RngCore>(
 ) -> Result<(), WriteError> {
     crate::private_file::write_private_file_with_rng(path, data, rng)
 }
+
+/// Signs `message` under `label` with `keypair`'s identity key (tests forge group messages
+/// with a member's own, valid signature over another member's header).
+pub fn sign_labelled(keypair: &crate::IdentityKeyPair, label: &[u8], message: &[u8]) -> [u8; 64] {
+    keypair.sign_labelled(label, message)
+}

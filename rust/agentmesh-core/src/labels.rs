@@ -23,3 +23,12 @@ pub const SIG_HUB_REGISTRATION: &[u8] = b"agentmesh/v1/sig/hub-registration\0";
 /// The 32 0xFF bytes prepended to the X3DH key material (as in X3DH for curve25519), so that the
 /// input can never be mistaken for a bare DH output.
 pub const SETUP_IKM_PREFIX: [u8; 32] = [0xFF; 32];
+
+/// HKDF info of a group sending-chain step (sender keys, docs/protocol.md section 8): distinct
+/// from the pairwise chain step, so a key of one kind can never be derived as the other.
+pub const KDF_GROUP_CHAIN_STEP: &[u8] = b"agentmesh/v1/kdf/group-chain-step";
+/// Signature purpose: a group message (its header without the routing recipient, and the
+/// content digest).
+pub const SIG_GROUP_MESSAGE: &[u8] = b"agentmesh/v1/sig/group-message\0";
+/// Signature purpose: a group membership record signed by the group's administrator.
+pub const SIG_GROUP_MEMBERSHIP: &[u8] = b"agentmesh/v1/sig/group-membership\0";

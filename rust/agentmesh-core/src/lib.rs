@@ -15,6 +15,8 @@ mod batch;
 mod binding;
 mod envelope;
 mod error;
+/// Encrypted groups (sender keys): docs/protocol.md, section 8.
+pub mod group;
 mod handshake;
 #[cfg(feature = "internals")]
 pub mod internals;

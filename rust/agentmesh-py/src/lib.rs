@@ -5,6 +5,7 @@ mod allocator;
 mod bundle;
 mod envelope;
 mod errors;
+mod group;
 mod json;
 mod keypair;
 mod locks;
@@ -146,6 +147,22 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(bundle_from_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(write_private_file, m)?)?;
     m.add_function(wrap_pyfunction!(check_agent_id, m)?)?;
+    m.add_class::<group::PyGroupSession>()?;
+    m.add_class::<group::PyGroupEnvelope>()?;
+    m.add_function(wrap_pyfunction!(group::sign_membership, m)?)?;
+    m.add_function(wrap_pyfunction!(group::verify_membership, m)?)?;
+    m.add(
+        "MAX_GROUP_MESSAGE_GAP",
+        agentmesh_core::group::MAX_GROUP_MESSAGE_GAP,
+    )?;
+    m.add(
+        "MAX_GROUP_SKIPPED_KEYS",
+        agentmesh_core::group::MAX_GROUP_SKIPPED_KEYS,
+    )?;
+    m.add(
+        "MAX_GROUP_MEMBERS",
+        agentmesh_core::group::MAX_GROUP_MEMBERS,
+    )?;
     // The memory benchmark's live-bytes count of this module's own heap (allocator.rs): it
     // can only be read from inside the module. The floor lives in rust/agentmesh-bench.
     m.add_function(wrap_pyfunction!(_bench_rust_heap, m)?)?;
