@@ -6,7 +6,9 @@
 //! (chain step, set-up and root-step KDFs, nonce, the message signing input, the header) are the
 //! core's functions (`agentmesh_core::internals`, the `internals` feature these benches enable);
 //! the primitives under them are called directly on the crates the core is built on (ring
-//! AES-256-GCM, ed25519-dalek, x25519-dalek):
+//! AES-256-GCM, ed25519-dalek), except X25519, which is the core's own choice of vetted code
+//! (src/x25519.rs: curve25519-dalek's Edwards arithmetic for curve points, `x25519_dh_ladder`
+//! times the Montgomery ladder it replaced):
 //!
 //! | protocol operation        | floor                                                          |
 //! |---------------------------|----------------------------------------------------------------|
@@ -33,7 +35,7 @@ use std::time::{Duration, Instant};
 
 use agentmesh_core::internals::{
     associated_data, chain_step, message_nonce, message_signing_input, root_step, session_setup,
-    ChainKey, MessageKey, RootKey,
+    x25519_diffie_hellman, x25519_ladder, x25519_public_key, ChainKey, MessageKey, RootKey,
 };
 use agentmesh_core::{Envelope, IdentityKeyPair, Mode, Session, SIGNATURE_LEN};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
@@ -41,7 +43,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use rand_core::OsRng;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
 
 const T0: u64 = 1_700_000_000_000;
 const SIZES: [(usize, &str); 2] = [(64, "64B"), (1 << 20, "1MiB")];
@@ -258,20 +260,23 @@ struct DhFloor {
 
 impl DhFloor {
     fn new() -> Self {
-        let public = PublicKey::from(&StaticSecret::random_from_rng(OsRng)).to_bytes();
+        let public = x25519_public_key(&StaticSecret::random_from_rng(OsRng));
         Self {
             secret: StaticSecret::random_from_rng(OsRng),
             public,
             root: RootKey::from_bytes(public),
         }
     }
+    /// The core's X25519 (the Edwards path: every honest public key is a curve point).
     fn dh(&self) -> [u8; 32] {
-        self.secret
-            .diffie_hellman(&PublicKey::from(self.public))
-            .to_bytes()
+        *x25519_diffie_hellman(&self.secret, &self.public).unwrap()
+    }
+    /// The ladder alone, as X25519 was computed before the Edwards path.
+    fn dh_ladder(&self) -> [u8; 32] {
+        *x25519_ladder(&self.secret, &self.public)
     }
     fn keygen(&self) -> [u8; 32] {
-        PublicKey::from(&StaticSecret::random_from_rng(OsRng)).to_bytes()
+        x25519_public_key(&StaticSecret::random_from_rng(OsRng))
     }
     /// The asymmetric work of a handshake, per side: a key generation (the initiator's base key;
     /// the responder's signed-prekey public key), 3 DH, the set-up KDF, another base-point
@@ -459,6 +464,7 @@ fn floor(c: &mut Criterion) {
     });
     let dh = DhFloor::new();
     g.bench_function("x25519_dh", |b| b.iter(|| black_box(dh.dh())));
+    g.bench_function("x25519_dh_ladder", |b| b.iter(|| black_box(dh.dh_ladder())));
     g.bench_function("x25519_keygen", |b| b.iter(|| black_box(dh.keygen())));
     // JSON of a payload string (the Python glue serialises {"text": ...} this way): serde_json's
     // writer, against scanning for bytes that need escaping and copying clean runs whole.

@@ -5,12 +5,12 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use rand_core::{CryptoRng, RngCore};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
 
 use crate::envelope::{Header, Initiation};
 use crate::error::{Error, Result};
 use crate::kdf::{chain_step, root_step, ChainKey, MessageKey, RootKey};
-use crate::keys::diffie_hellman;
+use crate::x25519::diffie_hellman;
 
 /// Most messages one incoming message may skip over (in its own chain plus the end of the
 /// previous one). A larger jump is refused before any key is derived.
@@ -167,7 +167,7 @@ impl Ratchet {
         rng: &mut R,
     ) -> Result<Self> {
         let our_ratchet = StaticSecret::random_from_rng(&mut *rng);
-        let our_ratchet_public = PublicKey::from(&our_ratchet).to_bytes();
+        let our_ratchet_public = crate::x25519::public_key(&our_ratchet);
         let dh = diffie_hellman(&our_ratchet, &their_signed_prekey)?;
         let (root, sending) = root_step(&root, &dh);
         Ok(Self {
@@ -198,7 +198,7 @@ impl Ratchet {
         root: RootKey,
         signed_prekey: StaticSecret,
     ) -> Self {
-        let our_ratchet_public = PublicKey::from(&signed_prekey).to_bytes();
+        let our_ratchet_public = crate::x25519::public_key(&signed_prekey);
         Self {
             session_id,
             role: Role::Responder,
@@ -242,7 +242,7 @@ impl Ratchet {
         let our_ratchet = StaticSecret::random_from_rng(&mut *rng);
         let dh = diffie_hellman(&our_ratchet, &their)?;
         let (root, sending) = root_step(&self.root, &dh);
-        self.our_ratchet_public = PublicKey::from(&our_ratchet).to_bytes();
+        self.our_ratchet_public = crate::x25519::public_key(&our_ratchet);
         self.our_ratchet = our_ratchet;
         self.root = root;
         self.sending = Some(sending);
