@@ -118,7 +118,7 @@ impl Floor {
         let env = p.a_to_b(&vec![0x61; payload_len]);
         let sig_len = if signed { SIGNATURE_LEN } else { 0 };
         Self {
-            signing: SigningKey::generate(&mut OsRng),
+            signing: signing_key(&mut OsRng),
             chain: ChainKey::from_bytes([7u8; 32]),
             header: associated_data(&env).to_vec(),
             body: vec![0x61; sig_len + payload_len],
@@ -239,6 +239,13 @@ fn json_string_fast(s: &str, out: &mut Vec<u8>) {
     }
     out.extend_from_slice(&bytes[start..]);
     out.push(b'"');
+}
+
+/// A fresh Ed25519 key from 32 random bytes (ed25519-dalek 3 takes no rand_core 0.6 RNG).
+fn signing_key(rng: &mut impl rand_core::RngCore) -> SigningKey {
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    SigningKey::from_bytes(&seed)
 }
 
 /// The core's nonce of message 7 (any counter: every key of the floor is used once per call).
@@ -874,7 +881,7 @@ fn batch_verify(c: &mut Criterion) {
     const N: usize = 256;
     let mut g = c.benchmark_group("batch_verify");
     g.throughput(Throughput::Elements(N as u64));
-    let key = SigningKey::generate(&mut OsRng);
+    let key = signing_key(&mut OsRng);
     let vk = key.verifying_key();
     let f = Floor::new(Mode::Signed, 64);
     let inputs: Vec<Vec<u8>> = (0..N).map(|i| f.signing_input(&[i as u8; 64])).collect();
@@ -917,7 +924,7 @@ fn main() {
     // The ratio table runs unless a filter selected some benchmarks (or the filter is "ratio").
     let args: Vec<String> = std::env::args().skip(1).collect();
     let filter = args.iter().find(|a| !a.starts_with('-'));
-    if filter.map_or(true, |f| f == "ratio") {
+    if filter.is_none_or(|f| f == "ratio") {
         ratio_table(&dir, args.iter().any(|a| a == "--quick"));
     }
 }

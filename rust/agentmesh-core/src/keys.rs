@@ -8,6 +8,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
 use x25519_dalek::StaticSecret;
+use zeroize::Zeroizing;
 
 use crate::envelope::Initiation;
 use crate::error::{Error, Result};
@@ -238,7 +239,9 @@ impl IdentityKeyPair {
     }
 
     fn generate_with_id<R: RngCore + CryptoRng>(agent_id: &str, rng: &mut R) -> Self {
-        let signing = Box::new(SigningKey::generate(rng));
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut *seed);
+        let signing = Box::new(SigningKey::from_bytes(&seed));
         let exchange = StaticSecret::random_from_rng(&mut *rng);
         let exchange_public = crate::x25519::public_key(&exchange);
         let mut kp = Self {
