@@ -73,7 +73,8 @@ def _default_env() -> dict[str, str]:
     return env
 
 
-def _one(prefix: list[str], case: str, quick: bool) -> float:
+def _one(prefix: list[str], case: str, quick: bool) -> tuple[float, float]:
+    """(CPU ns per message, minor page faults per message) of one fresh process."""
     kind, size = _CASES[case]
     ops, batches = _ops(case, quick)
     cmd = [a for p in prefix for a in ([kind] if p == "@case" else [p])]
@@ -81,7 +82,8 @@ def _one(prefix: list[str], case: str, quick: bool) -> float:
     done = subprocess.run(
         cmd, env=_default_env(), cwd=_REPO, capture_output=True, text=True, timeout=300, check=True
     )
-    return statistics.median(json.loads(done.stdout.strip().splitlines()[-1]))
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    return statistics.median(got["ns"]), float(got["faults"])
 
 
 def planned_steps(quick: bool) -> int:
@@ -98,6 +100,7 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
     names = list(contenders)
     for case in _CASES:
         samples: dict[str, list[float]] = {n: [] for n in names}
+        faults: dict[str, list[float]] = {n: [] for n in names}
         failed: dict[str, str] = {}
         for r in range(_rounds(quick)):
             progress.describe(f"fresh processes: {case}")
@@ -106,12 +109,20 @@ def run(quick: bool, progress: Progress) -> dict[str, Any]:
                 if name in failed:
                     continue
                 try:
-                    samples[name].append(_one(contenders[name], case, quick))
+                    ns, flt = _one(contenders[name], case, quick)
+                    samples[name].append(ns)
+                    faults[name].append(flt)
                 except (subprocess.SubprocessError, ValueError, OSError) as e:
                     failed[name] = f"{type(e).__name__}: {e}"
             progress.step()
         res["cases"][case] = {
-            n: {"median": statistics.median(v), "min": min(v), "max": max(v), "n": len(v)}
+            n: {
+                "median": statistics.median(v),
+                "min": min(v),
+                "max": max(v),
+                "n": len(v),
+                "faults_per_op": statistics.median(faults[n]),
+            }
             for n, v in samples.items()
             if v
         }
@@ -163,8 +174,9 @@ def markdown(res: dict[str, Any]) -> list[str]:
         "## What a user's process sees (headline)",
         "",
         "Each figure is a **fresh process with default settings** (glibc's malloc as it comes, "
-        "no `GLIBC_TUNABLES`, nothing warmed up by other benchmarks), as a user's program runs: "
-        f"the contenders' processes interleaved, {fr['rounds']} rounds, median of the "
+        "no `GLIBC_TUNABLES`, nothing warmed up by other benchmarks), as a user's program runs, "
+        "timed in the process's CPU time (so another process's burst on a shared machine stays "
+        f"out): the contenders' processes interleaved, {fr['rounds']} rounds, median of the "
         "per-process medians (min..max over rounds). Ping-pong: alice and bob answer each "
         "other, so every message turns the DH ratchet. agentmesh carries a payload dict "
         '(`{"text": ...}`, JSON inside the envelope); agentmesh-platform\'s `SecureChannel` '
@@ -186,6 +198,15 @@ def markdown(res: dict[str, Any]) -> list[str]:
         if any(c != "-" for c in cells):
             L.append(f"| {n} | " + " | ".join(cells) + " |")
     L.append("")
+    big = fr["cases"].get(BIG, {})
+    if big:
+        L.append(
+            "Minor page faults per 1 MiB message (pages glibc gave back to the kernel and the "
+            "kernel mapped and zeroed again; Python's `bytes` and `str` of a megabyte are "
+            "allocated with glibc's malloc, which in a fresh process returns them between "
+            "messages): " + ", ".join(f"{n} {s['faults_per_op']:.0f}" for n, s in big.items()) + "."
+        )
+        L.append("")
     for note in fr.get("notes", []):
         L.append(f"- {note}")
     L.append("")
