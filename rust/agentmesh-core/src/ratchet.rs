@@ -10,7 +10,7 @@ use x25519_dalek::StaticSecret;
 use crate::envelope::{Header, Initiation};
 use crate::error::{Error, Result};
 use crate::kdf::{chain_step, root_step, ChainKey, MessageKey, RootKey};
-use crate::x25519::diffie_hellman;
+use crate::x25519::{diffie_hellman, diffie_hellman_with, PeerPublic};
 
 /// Most messages one incoming message may skip over (in its own chain plus the end of the
 /// previous one). A larger jump is refused before any key is derived.
@@ -100,6 +100,9 @@ pub(crate) struct Ratchet {
     pub(crate) our_ratchet: StaticSecret,
     pub(crate) our_ratchet_public: [u8; 32],
     pub(crate) their_ratchet: Option<[u8; 32]>,
+    /// `their_ratchet` decoded by the receive that brought it, for our next send's DH. A cache,
+    /// not state: never exported, and checked against `their_ratchet` before use.
+    pub(crate) their_ratchet_decoded: Option<PeerPublic>,
     pub(crate) sending: Option<ChainKey>,
     pub(crate) send_counter: u32,
     pub(crate) receiving: Option<ChainKey>,
@@ -138,6 +141,7 @@ enum Step {
         skipped: Vec<(u32, MessageKey)>,
         next_receiving: ChainKey,
         root: RootKey,
+        their_ratchet: Box<PeerPublic>,
     },
 }
 
@@ -180,6 +184,7 @@ impl Ratchet {
             our_ratchet,
             our_ratchet_public,
             their_ratchet: Some(their_signed_prekey),
+            their_ratchet_decoded: None,
             sending: Some(sending),
             send_counter: 0,
             receiving: None,
@@ -207,6 +212,7 @@ impl Ratchet {
             our_ratchet: signed_prekey,
             our_ratchet_public,
             their_ratchet: None,
+            their_ratchet_decoded: None,
             sending: None,
             send_counter: 0,
             receiving: None,
@@ -239,8 +245,12 @@ impl Ratchet {
         let their = self.their_ratchet.ok_or(Error::InvalidInput(
             "this session cannot send before it has received",
         ))?;
+        let their = match self.their_ratchet_decoded {
+            Some(decoded) if *decoded.bytes() == their => decoded,
+            _ => PeerPublic::new(their),
+        };
         let our_ratchet = StaticSecret::random_from_rng(&mut *rng);
-        let dh = diffie_hellman(&our_ratchet, &their)?;
+        let dh = diffie_hellman_with(&our_ratchet, &their)?;
         let (root, sending) = root_step(&self.root, &dh);
         self.our_ratchet_public = crate::x25519::public_key(&our_ratchet);
         self.our_ratchet = our_ratchet;
@@ -324,7 +334,8 @@ impl Ratchet {
             }
             _ => Vec::new(),
         };
-        let dh_in = diffie_hellman(&self.our_ratchet, &header.ratchet_key)?;
+        let their_ratchet = Box::new(PeerPublic::new(header.ratchet_key));
+        let dh_in = diffie_hellman_with(&self.our_ratchet, &their_ratchet)?;
         let (root, receiving) = root_step(&self.root, &dh_in);
         let (skipped, mk, next_receiving) = advance(&receiving, 0, n);
         Ok(ReceivePlan {
@@ -334,6 +345,7 @@ impl Ratchet {
                 skipped,
                 next_receiving,
                 root,
+                their_ratchet,
             },
         })
     }
@@ -358,6 +370,7 @@ impl Ratchet {
                 skipped,
                 next_receiving,
                 root,
+                their_ratchet,
             } => {
                 if let Some(old) = self.their_ratchet {
                     for (i, mk) in old_chain_skipped {
@@ -372,6 +385,7 @@ impl Ratchet {
                     self.skipped.insert(header.ratchet_key, i, mk);
                 }
                 self.their_ratchet = Some(header.ratchet_key);
+                self.their_ratchet_decoded = Some(*their_ratchet);
                 self.receiving = Some(next_receiving);
                 self.recv_counter = header.counter.saturating_add(1);
                 self.root = root;

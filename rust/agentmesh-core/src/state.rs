@@ -113,6 +113,7 @@ fn read_ratchet(r: &mut Reader<'_>) -> Result<Ratchet> {
         our_ratchet,
         our_ratchet_public,
         their_ratchet,
+        their_ratchet_decoded: None,
         sending,
         send_counter,
         receiving,

@@ -11,6 +11,7 @@
 //! docs/security.md ("X25519") states the policy; `tests/known_answers.rs` holds both paths to
 //! the Wycheproof and RFC 7748 answers and to each other.
 
+use curve25519_dalek::edwards::EdwardsPoint;
 use curve25519_dalek::montgomery::MontgomeryPoint;
 use subtle::ConstantTimeEq;
 use x25519_dalek::{PublicKey, StaticSecret};
@@ -18,9 +19,39 @@ use zeroize::{Zeroize, Zeroizing};
 
 use crate::error::{Error, Result};
 
+/// A peer's public key decoded once: its Edwards point, or `None` on the twist. A ratchet key
+/// takes part in two DH (the receive that brings it and our next send), so the receive keeps
+/// it decoded for the send. Public data only.
+#[derive(Clone, Copy, Debug)]
+pub struct PeerPublic {
+    bytes: [u8; 32],
+    point: Option<EdwardsPoint>,
+}
+
+impl PeerPublic {
+    pub fn new(bytes: [u8; 32]) -> Self {
+        Self {
+            bytes,
+            point: MontgomeryPoint(bytes).to_edwards(0),
+        }
+    }
+
+    pub fn bytes(&self) -> &[u8; 32] {
+        &self.bytes
+    }
+}
+
 /// X25519 of `secret` and `public`, the all-zero (non-contributory) output refused.
 pub fn diffie_hellman(secret: &StaticSecret, public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
-    let shared = match MontgomeryPoint(*public).to_edwards(0) {
+    diffie_hellman_with(secret, &PeerPublic::new(*public))
+}
+
+/// [`diffie_hellman`] with a public key already decoded.
+pub fn diffie_hellman_with(
+    secret: &StaticSecret,
+    public: &PeerPublic,
+) -> Result<Zeroizing<[u8; 32]>> {
+    let shared = match public.point {
         Some(point) => {
             let scalar = Zeroizing::new(secret.to_bytes());
             // [clamp(k)]P has the same Montgomery u whichever of ±P the sign chose.
@@ -31,7 +62,7 @@ pub fn diffie_hellman(secret: &StaticSecret, public: &[u8; 32]) -> Result<Zeroiz
             u.zeroize();
             shared
         }
-        None => ladder(secret, public),
+        None => ladder(secret, &public.bytes),
     };
     if bool::from(shared.ct_eq(&[0u8; 32])) {
         return Err(Error::NonContributory);
