@@ -18,8 +18,10 @@ pub use crate::kdf::{
 };
 pub use crate::session::message_signing_input;
 pub use crate::x25519::{
-    diffie_hellman as x25519_diffie_hellman, ladder as x25519_ladder,
-    public_key as x25519_public_key,
+    diffie_hellman as x25519_diffie_hellman,
+    diffie_hellman_and_public_key as x25519_diffie_hellman_and_public_key,
+    diffie_hellman_with as x25519_diffie_hellman_with, ladder as x25519_ladder,
+    public_key as x25519_public_key, PeerPublic as X25519PeerPublic,
 };
 
 /// Every domain-separation label of the protocol (docs/protocol.md).

@@ -10,7 +10,9 @@ use x25519_dalek::StaticSecret;
 use crate::envelope::{Header, Initiation};
 use crate::error::{Error, Result};
 use crate::kdf::{chain_step, root_step, ChainKey, MessageKey, RootKey};
-use crate::x25519::{diffie_hellman, diffie_hellman_with, PeerPublic};
+use crate::x25519::{
+    diffie_hellman, diffie_hellman_and_public_key, diffie_hellman_with, PeerPublic,
+};
 
 /// Most messages one incoming message may skip over (in its own chain plus the end of the
 /// previous one). A larger jump is refused before any key is derived.
@@ -250,9 +252,9 @@ impl Ratchet {
             _ => PeerPublic::new(their),
         };
         let our_ratchet = StaticSecret::random_from_rng(&mut *rng);
-        let dh = diffie_hellman_with(&our_ratchet, &their)?;
+        let (dh, our_ratchet_public) = diffie_hellman_and_public_key(&our_ratchet, &their)?;
         let (root, sending) = root_step(&self.root, &dh);
-        self.our_ratchet_public = crate::x25519::public_key(&our_ratchet);
+        self.our_ratchet_public = our_ratchet_public;
         self.our_ratchet = our_ratchet;
         self.root = root;
         self.sending = Some(sending);

@@ -70,6 +70,35 @@ pub fn diffie_hellman_with(
     Ok(shared)
 }
 
+/// [`diffie_hellman_with`] and [`public_key`] of one secret (a new ratchet key), the two
+/// results mapped to Montgomery form with a single field inversion (curve25519-dalek's batch
+/// conversion) instead of one each.
+pub fn diffie_hellman_and_public_key(
+    secret: &StaticSecret,
+    public: &PeerPublic,
+) -> Result<(Zeroizing<[u8; 32]>, [u8; 32])> {
+    let Some(point) = public.point else {
+        return Ok((diffie_hellman_with(secret, public)?, public_key(secret)));
+    };
+    let scalar = Zeroizing::new(secret.to_bytes());
+    let mut points = [
+        EdwardsPoint::mul_base_clamped(*scalar),
+        point.mul_clamped(*scalar),
+    ];
+    let mut montgomery = EdwardsPoint::to_montgomery_batch(&points);
+    points.zeroize();
+    let results = match montgomery.as_slice() {
+        [ours, shared] => Some((Zeroizing::new(shared.to_bytes()), ours.to_bytes())),
+        _ => None,
+    };
+    montgomery.zeroize();
+    let (shared, ours) = results.ok_or(Error::InvalidInput("batch conversion lost a point"))?;
+    if bool::from(shared.ct_eq(&[0u8; 32])) {
+        return Err(Error::NonContributory);
+    }
+    Ok((shared, ours))
+}
+
 /// `x25519-dalek`'s Montgomery ladder, the definition of X25519 on every input.
 pub fn ladder(secret: &StaticSecret, public: &[u8; 32]) -> Zeroizing<[u8; 32]> {
     Zeroizing::new(secret.diffie_hellman(&PublicKey::from(*public)).to_bytes())

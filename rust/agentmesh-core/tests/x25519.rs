@@ -14,7 +14,10 @@
 
 mod common;
 
-use agentmesh_core::internals::{x25519_diffie_hellman, x25519_ladder, x25519_public_key};
+use agentmesh_core::internals::{
+    x25519_diffie_hellman, x25519_diffie_hellman_and_public_key, x25519_ladder, x25519_public_key,
+    X25519PeerPublic,
+};
 use agentmesh_core::Error;
 use curve25519_dalek::constants::EIGHT_TORSION;
 use curve25519_dalek::montgomery::MontgomeryPoint;
@@ -204,5 +207,34 @@ fn every_low_order_curve_point_is_refused_on_the_edwards_path() {
             x25519_diffie_hellman(&StaticSecret::from(k), &u),
             Err(Error::NonContributory)
         ));
+    }
+}
+
+#[test]
+fn a_new_ratchet_key_and_its_dh_in_one_batch_equal_the_two_computed_apart() {
+    let mut rng = TestRng::new("x25519 batch of a new ratchet key");
+    for round in 0..64 {
+        let k = random32(&mut rng);
+        let secret = StaticSecret::from(k);
+        let honest = curve25519_dalek::EdwardsPoint::mul_base_clamped(random32(&mut rng));
+        let publics = [
+            random32(&mut rng),
+            (honest + EIGHT_TORSION[round % 8])
+                .to_montgomery()
+                .to_bytes(),
+            EIGHT_TORSION[round % 8].to_montgomery().to_bytes(),
+        ];
+        for u in publics {
+            let batch = x25519_diffie_hellman_and_public_key(&secret, &X25519PeerPublic::new(u));
+            match (batch, x25519_diffie_hellman(&secret, &u)) {
+                (Ok((shared, public)), Ok(apart)) => {
+                    assert_eq!(*shared, *apart);
+                    assert_eq!(public, x25519_public_key(&secret));
+                    assert_eq!(*shared, *x25519_ladder(&secret, &u));
+                }
+                (Err(Error::NonContributory), Err(Error::NonContributory)) => {}
+                (batch, apart) => panic!("u={}: {batch:?} vs {apart:?}", hex::encode(u)),
+            }
+        }
     }
 }
