@@ -11,9 +11,10 @@ import sys
 import time
 from typing import Any
 
-from . import crypto, harness, many_agents, memory, network, network_figures, report
+from . import crypto, fresh, harness, many_agents, memory, network, network_figures, report
 
 SECTIONS = [
+    "fresh",
     "seal_unseal",
     "batches",
     "localhub",
@@ -62,6 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     lh_sizes = [64, 1024 * 1024] if quick else list(harness.SIZES)
 
     steps = 0
+    steps += fresh.planned_steps(quick) if "fresh" in only else 0
     steps += len(harness.SIZES) * plan.rounds if "seal_unseal" in only else 0
     steps += len(crypto.BATCH_CASES) * 2 * plan.rounds if "batches" in only else 0
     steps += len(lh_sizes) * plan.rounds if "localhub" in only else 0
@@ -94,6 +96,8 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     progress = harness.Progress(steps, enabled=not ns.no_progress)
     try:
+        if "fresh" in only:
+            res["fresh"] = fresh.run(quick, progress)
         if "seal_unseal" in only:
             res["seal_unseal"] = crypto.run_seal_unseal(plan, progress, mods)
         if "batches" in only:

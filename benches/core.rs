@@ -6,7 +6,9 @@
 //! (chain step, set-up and root-step KDFs, nonce, the message signing input, the header) are the
 //! core's functions (`agentmesh_core::internals`, the `internals` feature these benches enable);
 //! the primitives under them are called directly on the crates the core is built on (ring
-//! AES-256-GCM, ed25519-dalek, x25519-dalek):
+//! AES-256-GCM, ed25519-dalek), except X25519, which is the core's own choice of vetted code
+//! (src/x25519.rs: curve25519-dalek's Edwards arithmetic for curve points, `x25519_dh_ladder`
+//! times the Montgomery ladder it replaced):
 //!
 //! | protocol operation        | floor                                                          |
 //! |---------------------------|----------------------------------------------------------------|
@@ -14,7 +16,7 @@
 //! | unseal (signed)           | chain-step HKDF + AES-GCM open + BLAKE3(payload) + verify_strict |
 //! | seal / unseal (deniable)  | chain-step HKDF + AES-GCM seal / open                          |
 //! | handshake                 | 8 X25519 DH + 4 base-point mults + 2 set-up HKDF + 2 root-step HKDF + one message's seal+unseal floor |
-//! | ratchet round (ping-pong) | 2 × (2 X25519 DH + 1 base-point mult + 2 root-step HKDF) + two messages' seal+unseal floor |
+//! | ratchet round (ping-pong) | 2 × (2 X25519 DH + 1 base-point mult + 2 root-step HKDF; the peer key decoded once, the send's two results converted with one inversion, as the core does) + two messages' seal+unseal floor |
 //! | unseal_many (per message) | the single-message unseal floor (so a ratio < 1 is the gain of both cores and batch verification) |
 //!
 //! The signed input has exactly the protocol's length (label, the real header, a 32-byte digest)
@@ -33,7 +35,8 @@ use std::time::{Duration, Instant};
 
 use agentmesh_core::internals::{
     associated_data, chain_step, message_nonce, message_signing_input, root_step, session_setup,
-    ChainKey, MessageKey, RootKey,
+    x25519_diffie_hellman, x25519_diffie_hellman_and_public_key, x25519_diffie_hellman_with,
+    x25519_ladder, x25519_public_key, ChainKey, MessageKey, RootKey, X25519PeerPublic,
 };
 use agentmesh_core::{Envelope, IdentityKeyPair, Mode, Session, SIGNATURE_LEN};
 use criterion::{BatchSize, BenchmarkId, Criterion, Throughput};
@@ -41,7 +44,7 @@ use ed25519_dalek::{Signer, SigningKey};
 use rand_core::OsRng;
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM};
 use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
 
 const T0: u64 = 1_700_000_000_000;
 const SIZES: [(usize, &str); 2] = [(64, "64B"), (1 << 20, "1MiB")];
@@ -116,7 +119,7 @@ impl Floor {
         let env = p.a_to_b(&vec![0x61; payload_len]);
         let sig_len = if signed { SIGNATURE_LEN } else { 0 };
         Self {
-            signing: SigningKey::generate(&mut OsRng),
+            signing: signing_key(&mut OsRng),
             chain: ChainKey::from_bytes([7u8; 32]),
             header: associated_data(&env).to_vec(),
             body: vec![0x61; sig_len + payload_len],
@@ -239,6 +242,13 @@ fn json_string_fast(s: &str, out: &mut Vec<u8>) {
     out.push(b'"');
 }
 
+/// A fresh Ed25519 key from 32 random bytes (ed25519-dalek 3 takes no rand_core 0.6 RNG).
+fn signing_key(rng: &mut impl rand_core::RngCore) -> SigningKey {
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    SigningKey::from_bytes(&seed)
+}
+
 /// The core's nonce of message 7 (any counter: every key of the floor is used once per call).
 fn nonce() -> Nonce {
     Nonce::assume_unique_for_key(message_nonce(7))
@@ -258,20 +268,23 @@ struct DhFloor {
 
 impl DhFloor {
     fn new() -> Self {
-        let public = PublicKey::from(&StaticSecret::random_from_rng(OsRng)).to_bytes();
+        let public = x25519_public_key(&StaticSecret::random_from_rng(OsRng));
         Self {
             secret: StaticSecret::random_from_rng(OsRng),
             public,
             root: RootKey::from_bytes(public),
         }
     }
+    /// The core's X25519 (the Edwards path: every honest public key is a curve point).
     fn dh(&self) -> [u8; 32] {
-        self.secret
-            .diffie_hellman(&PublicKey::from(self.public))
-            .to_bytes()
+        *x25519_diffie_hellman(&self.secret, &self.public).unwrap()
+    }
+    /// The ladder alone, as X25519 was computed before the Edwards path.
+    fn dh_ladder(&self) -> [u8; 32] {
+        *x25519_ladder(&self.secret, &self.public)
     }
     fn keygen(&self) -> [u8; 32] {
-        PublicKey::from(&StaticSecret::random_from_rng(OsRng)).to_bytes()
+        x25519_public_key(&StaticSecret::random_from_rng(OsRng))
     }
     /// The asymmetric work of a handshake, per side: a key generation (the initiator's base key;
     /// the responder's signed-prekey public key), 3 DH, the set-up KDF, another base-point
@@ -287,11 +300,21 @@ impl DhFloor {
         }
     }
     /// One DH ratchet turn: the receiver's DH + root step for the new receiving chain, then (on
-    /// its next send) a new ratchet key, DH and root step for the new sending chain.
+    /// its next send) a new ratchet key, DH and root step for the new sending chain. As the core
+    /// does it: the peer's key is decoded once for both DH, and the new key's public half and
+    /// the send's DH leave Edwards form with one inversion.
     fn ratchet_step(&self) {
-        black_box(root_step(&self.root, &self.dh()));
-        black_box(self.keygen());
-        black_box(root_step(&self.root, &self.dh()));
+        let peer = X25519PeerPublic::new(self.public);
+        let received = x25519_diffie_hellman_with(&self.secret, &peer).unwrap();
+        black_box(root_step(&self.root, &received));
+        black_box(self.new_key_and_dh(&peer));
+    }
+    /// A new ratchet key and its DH with a decoded peer key (the send side of a ratchet turn).
+    fn new_key_and_dh(&self, peer: &X25519PeerPublic) -> [u8; 32] {
+        let fresh = StaticSecret::random_from_rng(OsRng);
+        let (dh, public) = x25519_diffie_hellman_and_public_key(&fresh, peer).unwrap();
+        black_box(public);
+        *root_step(&self.root, &dh).0.as_bytes()
     }
 }
 
@@ -459,6 +482,11 @@ fn floor(c: &mut Criterion) {
     });
     let dh = DhFloor::new();
     g.bench_function("x25519_dh", |b| b.iter(|| black_box(dh.dh())));
+    g.bench_function("x25519_dh_ladder", |b| b.iter(|| black_box(dh.dh_ladder())));
+    let peer = X25519PeerPublic::new(dh.public);
+    g.bench_function("x25519_new_key_and_dh", |b| {
+        b.iter(|| black_box(dh.new_key_and_dh(&peer)))
+    });
     g.bench_function("x25519_keygen", |b| b.iter(|| black_box(dh.keygen())));
     // JSON of a payload string (the Python glue serialises {"text": ...} this way): serde_json's
     // writer, against scanning for bytes that need escaping and copying clean runs whole.
@@ -868,7 +896,7 @@ fn batch_verify(c: &mut Criterion) {
     const N: usize = 256;
     let mut g = c.benchmark_group("batch_verify");
     g.throughput(Throughput::Elements(N as u64));
-    let key = SigningKey::generate(&mut OsRng);
+    let key = signing_key(&mut OsRng);
     let vk = key.verifying_key();
     let f = Floor::new(Mode::Signed, 64);
     let inputs: Vec<Vec<u8>> = (0..N).map(|i| f.signing_input(&[i as u8; 64])).collect();
@@ -911,7 +939,7 @@ fn main() {
     // The ratio table runs unless a filter selected some benchmarks (or the filter is "ratio").
     let args: Vec<String> = std::env::args().skip(1).collect();
     let filter = args.iter().find(|a| !a.starts_with('-'));
-    if filter.map_or(true, |f| f == "ratio") {
+    if filter.is_none_or(|f| f == "ratio") {
         ratio_table(&dir, args.iter().any(|a| a == "--quick"));
     }
 }

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from . import crypto as c
-from . import report_agents
+from . import fresh, report_agents
 from .harness import SIZES, fmt_bytes, fmt_rate, fmt_time, size_label
 
 NAN = float("nan")
@@ -81,6 +81,17 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
 
+    if res.get("fresh"):
+        for what, ratio, bar, detail in fresh.targets(res):
+            add(what, ratio, bar, False, detail)
+        big, floor = fresh.signed_big(res), _med(res, 1 << 20, c.FLOOR_SIGNED)
+        add(
+            "fresh process: 1 MiB signed seal+unseal within 2x the raw floor (in-process floor)",
+            big / floor,
+            2.0,
+            False,
+            f"{fmt_time(big)} vs floor {fmt_time(floor)}",
+        )
     s64, d64 = _med(res, 64, c.AM_SIGNED), _med(res, 64, c.AM_DENIABLE)
     s1m, d1m = _med(res, 1 << 20, c.AM_SIGNED), _med(res, 1 << 20, c.AM_DENIABLE)
     add(
@@ -403,6 +414,8 @@ def markdown(res: dict[str, Any], img_rel: str) -> str:
             "every contender likewise produces and consumes its wire form."
         )
         w("")
+
+    L.extend(fresh.markdown(res))
 
     su = res.get("seal_unseal")
     if su:

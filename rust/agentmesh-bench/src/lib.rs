@@ -29,6 +29,13 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const T0: u64 = 1_700_000_000_000;
 
+/// A fresh Ed25519 key from 32 random bytes (ed25519-dalek 3 takes no rand_core 0.6 RNG).
+fn signing_key(rng: &mut impl rand_core::RngCore) -> SigningKey {
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    SigningKey::from_bytes(&seed)
+}
+
 fn runtime(what: impl Into<String>) -> PyErr {
     PyRuntimeError::new_err(what.into())
 }
@@ -88,7 +95,7 @@ impl Floor {
             .map_err(core_error)?;
         let sig_len = if signed { SIGNATURE_LEN } else { 0 };
         Ok(Self {
-            signing: SigningKey::generate(&mut OsRng),
+            signing: signing_key(&mut OsRng),
             chain: ChainKey::from_bytes([7u8; 32]),
             header: associated_data(&env).to_vec(),
             nonce: message_nonce(env.header().counter),

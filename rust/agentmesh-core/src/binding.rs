@@ -8,7 +8,7 @@ use rand_core::{CryptoRng, RngCore};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::keys::{check_agent_id, IdentityKeyPair, PublicBundle};
-use crate::session::{Opened, Session};
+use crate::session::{Accepted, Ciphertext, MessageParts, Session};
 
 /// Which ids one call filled in, so that a failed call can open them again.
 #[derive(Debug, Clone, Copy)]
@@ -111,18 +111,19 @@ impl Session {
     /// [`Session::unseal`] on a session with open ids: they are filled from the header (its
     /// recipient is us, its sender the peer) and stay fixed only if the envelope is accepted,
     /// so a relabelled or forged envelope leaves the session exactly as it was.
-    pub(crate) fn unseal_fixing_ids(
+    pub(crate) fn unseal_fixing_ids<'c>(
         &mut self,
         ours: &IdentityKeyPair,
-        env: &Envelope,
-    ) -> Result<Opened> {
-        let h = env.header();
+        parts: MessageParts<'_>,
+        ciphertext: Ciphertext<'c>,
+    ) -> Result<Accepted<'c>> {
+        let h = parts.header;
         let filled = self.fill_open_ids(&h.recipient, &h.sender)?;
-        let opened = self.unseal(ours, env);
-        if opened.is_err() {
+        let accepted = self.unseal_parts(ours, parts, ciphertext);
+        if accepted.is_err() {
             self.reopen_ids(filled);
         }
-        opened
+        accepted
     }
 
     /// Checks that `bundle` is this session's peer (the `sender_bundle` of `unseal`): the same

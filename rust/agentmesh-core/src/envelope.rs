@@ -208,6 +208,9 @@ impl Envelope {
     pub fn into_bytes(self) -> Vec<u8> {
         self.bytes
     }
+    pub(crate) fn into_header_and_bytes(self) -> (Header, Vec<u8>) {
+        (self.header, self.bytes)
+    }
     pub(crate) fn associated_data(&self) -> &[u8] {
         self.bytes.get(..self.body_offset).unwrap_or_default()
     }

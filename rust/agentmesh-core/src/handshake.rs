@@ -3,13 +3,14 @@
 //! identity keys and the signature mode are bound into the key derivation transcript.
 
 use rand_core::{CryptoRng, RngCore};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
 
 use crate::envelope::Initiation;
 use crate::error::{Error, Result};
 use crate::kdf::{session_setup, SetupKeys};
-use crate::keys::{diffie_hellman, IdentityKeyPair, PublicBundle};
+use crate::keys::{IdentityKeyPair, PublicBundle};
 use crate::wire::Writer;
+use crate::x25519::diffie_hellman;
 
 /// Per-session choice: every message signed by the sender (default), or deniable (AEAD only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -102,7 +103,7 @@ pub(crate) fn initiate<R: RngCore + CryptoRng>(
         return Err(Error::Format("one-time prekey id 0 is reserved"));
     }
     let initiation = Initiation {
-        base_key: PublicKey::from(&base).to_bytes(),
+        base_key: crate::x25519::public_key(&base),
         signed_prekey_id: theirs.signed_prekey_id,
         one_time_prekey_id: opk_id,
     };
@@ -136,7 +137,7 @@ pub(crate) fn respond(
         .ok_or(Error::Identity(
             "the message names a signed prekey this agent does not have",
         ))?;
-    let spk_public = PublicKey::from(spk).to_bytes();
+    let spk_public = crate::x25519::public_key(spk);
     let dh1 = diffie_hellman(spk, &theirs.exchange_key)?;
     let dh2 = diffie_hellman(&ours.exchange, &initiation.base_key)?;
     let dh3 = diffie_hellman(spk, &initiation.base_key)?;
@@ -148,7 +149,7 @@ pub(crate) fn respond(
             ))?;
         (
             Some(diffie_hellman(opk, &initiation.base_key)?),
-            PublicKey::from(opk).to_bytes(),
+            crate::x25519::public_key(opk),
         )
     } else {
         (None, [0u8; 32])

@@ -17,6 +17,12 @@ pub use crate::kdf::{
     at_rest_key, chain_step, root_step, session_setup, ChainKey, MessageKey, RootKey, SetupKeys,
 };
 pub use crate::session::message_signing_input;
+pub use crate::x25519::{
+    diffie_hellman as x25519_diffie_hellman,
+    diffie_hellman_and_public_key as x25519_diffie_hellman_and_public_key,
+    diffie_hellman_with as x25519_diffie_hellman_with, ladder as x25519_ladder,
+    public_key as x25519_public_key, PeerPublic as X25519PeerPublic,
+};
 
 /// Every domain-separation label of the protocol (docs/protocol.md).
 pub mod labels {

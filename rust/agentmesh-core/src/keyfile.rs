@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use argon2::{Algorithm, Argon2, Params, Version};
 use ed25519_dalek::SigningKey;
 use rand_core::{CryptoRng, RngCore};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use crate::aead::{open_with_key, seal_with_key, NONCE_LEN};
@@ -66,7 +66,7 @@ fn write_prekey(w: &mut Writer, p: &SignedPrekey) {
 fn read_prekey(r: &mut Reader<'_>) -> Result<SignedPrekey> {
     let id = r.u32()?;
     let secret = StaticSecret::from(r.array::<32>()?);
-    let public = PublicKey::from(&secret).to_bytes();
+    let public = crate::x25519::public_key(&secret);
     Ok(SignedPrekey {
         id,
         secret,
@@ -135,7 +135,7 @@ impl IdentityKeyPair {
         let agent_id = r.optional_agent_id()?;
         let signing = Box::new(SigningKey::from_bytes(&r.array()?));
         let exchange = StaticSecret::from(r.array::<32>()?);
-        let exchange_public = PublicKey::from(&exchange).to_bytes();
+        let exchange_public = crate::x25519::public_key(&exchange);
         let mut signed_prekey = read_prekey(&mut r)?;
         let mut previous_signed_prekey = match r.u8()? {
             0 => None,

@@ -7,7 +7,7 @@ use std::fmt;
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use rand_core::{CryptoRng, RngCore};
 use sha2::{Digest, Sha256};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use crate::envelope::Initiation;
@@ -77,15 +77,6 @@ pub fn check_agent_id(id: &str) -> Result<()> {
         None => Ok(()),
         Some(problem) => Err(Error::InvalidInput(problem.summary())),
     }
-}
-
-/// X25519 with the all-zero (non-contributory) output rejected.
-pub fn diffie_hellman(secret: &StaticSecret, public: &[u8; 32]) -> Result<Zeroizing<[u8; 32]>> {
-    let shared = secret.diffie_hellman(&PublicKey::from(*public));
-    if !shared.was_contributory() {
-        return Err(Error::NonContributory);
-    }
-    Ok(Zeroizing::new(*shared.as_bytes()))
 }
 
 /// `xxxx:xxxx:...` (8 groups): the first 16 bytes of SHA-256 over the raw identity key.
@@ -248,9 +239,11 @@ impl IdentityKeyPair {
     }
 
     fn generate_with_id<R: RngCore + CryptoRng>(agent_id: &str, rng: &mut R) -> Self {
-        let signing = Box::new(SigningKey::generate(rng));
+        let mut seed = Zeroizing::new([0u8; 32]);
+        rng.fill_bytes(&mut *seed);
+        let signing = Box::new(SigningKey::from_bytes(&seed));
         let exchange = StaticSecret::random_from_rng(&mut *rng);
-        let exchange_public = PublicKey::from(&exchange).to_bytes();
+        let exchange_public = crate::x25519::public_key(&exchange);
         let mut kp = Self {
             agent_id: agent_id.to_owned(),
             signing,
@@ -281,7 +274,7 @@ impl IdentityKeyPair {
     fn new_signed_prekey<R: RngCore + CryptoRng>(&mut self, rng: &mut R) -> SignedPrekey {
         let id = self.take_prekey_id();
         let secret = StaticSecret::random_from_rng(&mut *rng);
-        let public = PublicKey::from(&secret).to_bytes();
+        let public = crate::x25519::public_key(&secret);
         let signature = self.sign_prekey(id, &public);
         SignedPrekey {
             id,
@@ -324,7 +317,7 @@ impl IdentityKeyPair {
         for _ in 0..n {
             let id = self.take_prekey_id();
             let secret = StaticSecret::random_from_rng(&mut *rng);
-            out.push((id, PublicKey::from(&secret).to_bytes()));
+            out.push((id, crate::x25519::public_key(&secret)));
             self.one_time_prekeys.insert(id, secret);
         }
         self.revision += 1;

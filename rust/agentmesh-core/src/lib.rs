@@ -32,6 +32,7 @@ mod ratchet;
 mod session;
 mod state;
 mod wire;
+mod x25519;
 
 pub use envelope::{
     Envelope, Header, Initiation, MessageType, FLAG_SIGNED, MAGIC, MAX_CIPHERTEXT_LEN, VERSION,

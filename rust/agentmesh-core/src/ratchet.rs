@@ -5,12 +5,14 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 
 use rand_core::{CryptoRng, RngCore};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
 
 use crate::envelope::{Header, Initiation};
 use crate::error::{Error, Result};
 use crate::kdf::{chain_step, root_step, ChainKey, MessageKey, RootKey};
-use crate::keys::diffie_hellman;
+use crate::x25519::{
+    diffie_hellman, diffie_hellman_and_public_key, diffie_hellman_with, PeerPublic,
+};
 
 /// Most messages one incoming message may skip over (in its own chain plus the end of the
 /// previous one). A larger jump is refused before any key is derived.
@@ -100,6 +102,9 @@ pub(crate) struct Ratchet {
     pub(crate) our_ratchet: StaticSecret,
     pub(crate) our_ratchet_public: [u8; 32],
     pub(crate) their_ratchet: Option<[u8; 32]>,
+    /// `their_ratchet` decoded by the receive that brought it, for our next send's DH. A cache,
+    /// not state: never exported, and checked against `their_ratchet` before use.
+    pub(crate) their_ratchet_decoded: Option<PeerPublic>,
     pub(crate) sending: Option<ChainKey>,
     pub(crate) send_counter: u32,
     pub(crate) receiving: Option<ChainKey>,
@@ -138,6 +143,7 @@ enum Step {
         skipped: Vec<(u32, MessageKey)>,
         next_receiving: ChainKey,
         root: RootKey,
+        their_ratchet: Box<PeerPublic>,
     },
 }
 
@@ -167,7 +173,7 @@ impl Ratchet {
         rng: &mut R,
     ) -> Result<Self> {
         let our_ratchet = StaticSecret::random_from_rng(&mut *rng);
-        let our_ratchet_public = PublicKey::from(&our_ratchet).to_bytes();
+        let our_ratchet_public = crate::x25519::public_key(&our_ratchet);
         let dh = diffie_hellman(&our_ratchet, &their_signed_prekey)?;
         let (root, sending) = root_step(&root, &dh);
         Ok(Self {
@@ -180,6 +186,7 @@ impl Ratchet {
             our_ratchet,
             our_ratchet_public,
             their_ratchet: Some(their_signed_prekey),
+            their_ratchet_decoded: None,
             sending: Some(sending),
             send_counter: 0,
             receiving: None,
@@ -198,7 +205,7 @@ impl Ratchet {
         root: RootKey,
         signed_prekey: StaticSecret,
     ) -> Self {
-        let our_ratchet_public = PublicKey::from(&signed_prekey).to_bytes();
+        let our_ratchet_public = crate::x25519::public_key(&signed_prekey);
         Self {
             session_id,
             role: Role::Responder,
@@ -207,6 +214,7 @@ impl Ratchet {
             our_ratchet: signed_prekey,
             our_ratchet_public,
             their_ratchet: None,
+            their_ratchet_decoded: None,
             sending: None,
             send_counter: 0,
             receiving: None,
@@ -239,10 +247,14 @@ impl Ratchet {
         let their = self.their_ratchet.ok_or(Error::InvalidInput(
             "this session cannot send before it has received",
         ))?;
+        let their = match self.their_ratchet_decoded {
+            Some(decoded) if *decoded.bytes() == their => decoded,
+            _ => PeerPublic::new(their),
+        };
         let our_ratchet = StaticSecret::random_from_rng(&mut *rng);
-        let dh = diffie_hellman(&our_ratchet, &their)?;
+        let (dh, our_ratchet_public) = diffie_hellman_and_public_key(&our_ratchet, &their)?;
         let (root, sending) = root_step(&self.root, &dh);
-        self.our_ratchet_public = PublicKey::from(&our_ratchet).to_bytes();
+        self.our_ratchet_public = our_ratchet_public;
         self.our_ratchet = our_ratchet;
         self.root = root;
         self.sending = Some(sending);
@@ -324,7 +336,8 @@ impl Ratchet {
             }
             _ => Vec::new(),
         };
-        let dh_in = diffie_hellman(&self.our_ratchet, &header.ratchet_key)?;
+        let their_ratchet = Box::new(PeerPublic::new(header.ratchet_key));
+        let dh_in = diffie_hellman_with(&self.our_ratchet, &their_ratchet)?;
         let (root, receiving) = root_step(&self.root, &dh_in);
         let (skipped, mk, next_receiving) = advance(&receiving, 0, n);
         Ok(ReceivePlan {
@@ -334,6 +347,7 @@ impl Ratchet {
                 skipped,
                 next_receiving,
                 root,
+                their_ratchet,
             },
         })
     }
@@ -358,6 +372,7 @@ impl Ratchet {
                 skipped,
                 next_receiving,
                 root,
+                their_ratchet,
             } => {
                 if let Some(old) = self.their_ratchet {
                     for (i, mk) in old_chain_skipped {
@@ -372,6 +387,7 @@ impl Ratchet {
                     self.skipped.insert(header.ratchet_key, i, mk);
                 }
                 self.their_ratchet = Some(header.ratchet_key);
+                self.their_ratchet_decoded = Some(*their_ratchet);
                 self.receiving = Some(next_receiving);
                 self.recv_counter = header.counter.saturating_add(1);
                 self.root = root;

@@ -73,34 +73,85 @@ impl Opened {
     }
 }
 
-/// Decrypts an envelope with its message key and, in signed mode, checks the signature.
+/// Decrypts an envelope with its message key, into a copy of its ciphertext.
 pub(crate) fn decrypt(mk: &MessageKey, env: &Envelope) -> Result<Vec<u8>> {
-    let mut plain = env.ciphertext().to_vec();
-    let len = open_in_place(
-        mk,
-        message_nonce(env.header().counter),
-        env.associated_data(),
-        &mut plain,
-    )?;
-    plain.truncate(len);
-    Ok(plain)
+    let parts = MessageParts {
+        header: env.header(),
+        associated_data: env.associated_data(),
+    };
+    match parts.decrypt(mk, Ciphertext::Borrowed(env.ciphertext()))? {
+        Plaintext::Copied(plain) => Ok(plain),
+        Plaintext::InPlace(plain) => Ok(plain.to_vec()),
+    }
 }
 
-pub(crate) fn check_signature(
-    signer: Option<&VerifyingKey>,
-    env: &Envelope,
-    plain: &[u8],
-) -> Result<usize> {
-    let Some(key) = signer else { return Ok(0) };
-    let (sig, payload) = split_signature(plain)?;
-    verify_labelled(
-        key,
-        &[],
-        &message_signing_input(env.associated_data(), payload),
-        &sig,
-        "message signature does not match the sender's identity key",
-    )?;
-    Ok(SIGNATURE_LEN)
+/// Where an incoming message is decrypted: into a copy of the ciphertext of an envelope the
+/// caller keeps, or in place in the buffer of one it gave up ([`Session::unseal_owned`]: a
+/// large message then costs no copy of itself).
+pub(crate) enum Ciphertext<'a> {
+    Borrowed(&'a [u8]),
+    InPlace(&'a mut [u8]),
+}
+
+pub(crate) enum Plaintext<'a> {
+    Copied(Vec<u8>),
+    InPlace(&'a [u8]),
+}
+
+impl Plaintext<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Plaintext::Copied(v) => v,
+            Plaintext::InPlace(s) => s,
+        }
+    }
+}
+
+/// What unsealing reads of an envelope besides its ciphertext.
+#[derive(Clone, Copy)]
+pub(crate) struct MessageParts<'a> {
+    pub(crate) header: &'a Header,
+    pub(crate) associated_data: &'a [u8],
+}
+
+impl MessageParts<'_> {
+    fn decrypt<'c>(&self, mk: &MessageKey, ciphertext: Ciphertext<'c>) -> Result<Plaintext<'c>> {
+        let nonce = message_nonce(self.header.counter);
+        match ciphertext {
+            Ciphertext::Borrowed(ct) => {
+                let mut plain = ct.to_vec();
+                let len = open_in_place(mk, nonce, self.associated_data, &mut plain)?;
+                plain.truncate(len);
+                Ok(Plaintext::Copied(plain))
+            }
+            Ciphertext::InPlace(buf) => {
+                let len = open_in_place(mk, nonce, self.associated_data, buf)?;
+                let plain: &'c [u8] = buf;
+                Ok(Plaintext::InPlace(plain.get(..len).unwrap_or_default()))
+            }
+        }
+    }
+
+    /// In signed mode, checks the signature; returns where the payload starts in `plain`.
+    fn check_signature(&self, signer: Option<&VerifyingKey>, plain: &[u8]) -> Result<usize> {
+        let Some(key) = signer else { return Ok(0) };
+        let (sig, payload) = split_signature(plain)?;
+        verify_labelled(
+            key,
+            &[],
+            &message_signing_input(self.associated_data, payload),
+            &sig,
+            "message signature does not match the sender's identity key",
+        )?;
+        Ok(SIGNATURE_LEN)
+    }
+}
+
+/// An accepted message before it becomes an [`Opened`].
+pub(crate) struct Accepted<'a> {
+    plaintext: Plaintext<'a>,
+    payload_offset: usize,
+    accepted_setup: Option<Initiation>,
 }
 
 pub(crate) fn split_signature(plain: &[u8]) -> Result<([u8; 64], &[u8])> {
@@ -374,18 +425,61 @@ impl Session {
     /// Decrypts and authenticates an envelope from the peer. On any error the session is
     /// exactly as it was before the call.
     pub fn unseal(&mut self, ours: &IdentityKeyPair, env: &Envelope) -> Result<Opened> {
+        let parts = MessageParts {
+            header: env.header(),
+            associated_data: env.associated_data(),
+        };
+        let accepted = self.unseal_parts(ours, parts, Ciphertext::Borrowed(env.ciphertext()))?;
+        let plaintext = match accepted.plaintext {
+            Plaintext::Copied(plain) => plain,
+            Plaintext::InPlace(plain) => plain.to_vec(),
+        };
+        Ok(Opened {
+            plaintext,
+            payload_offset: accepted.payload_offset,
+            accepted_setup: accepted.accepted_setup,
+        })
+    }
+
+    /// [`Session::unseal`] of an envelope the caller no longer needs (one just parsed from wire
+    /// bytes): the message is decrypted in the envelope's own buffer, not in a copy of it.
+    pub fn unseal_owned(&mut self, ours: &IdentityKeyPair, env: Envelope) -> Result<Opened> {
+        let body_offset = env.associated_data().len();
+        let (header, mut bytes) = env.into_header_and_bytes();
+        let (associated_data, body) = bytes.split_at_mut(body_offset);
+        let parts = MessageParts {
+            header: &header,
+            associated_data,
+        };
+        let accepted = self.unseal_parts(ours, parts, Ciphertext::InPlace(body))?;
+        let plain_len = accepted.plaintext.as_slice().len();
+        let (payload_offset, accepted_setup) = (accepted.payload_offset, accepted.accepted_setup);
+        bytes.truncate(body_offset + plain_len);
+        Ok(Opened {
+            plaintext: bytes,
+            payload_offset: body_offset + payload_offset,
+            accepted_setup,
+        })
+    }
+
+    pub(crate) fn unseal_parts<'c>(
+        &mut self,
+        ours: &IdentityKeyPair,
+        parts: MessageParts<'_>,
+        ciphertext: Ciphertext<'c>,
+    ) -> Result<Accepted<'c>> {
         if self.has_open_ids() {
-            return self.unseal_fixing_ids(ours, env);
+            return self.unseal_fixing_ids(ours, parts, ciphertext);
         }
         self.check_local(ours)?;
-        let h = env.header();
+        let h = parts.header;
         self.check_header(h)?;
         if let Some(slot) = self.locate(&h.session_id) {
             let ratchet = self.ratchet_at(slot).ok_or(Error::Authentication)?;
             check_message_type(ratchet, h)?;
             let plan = ratchet.plan_receive(h)?;
-            let plain = decrypt(&plan.message_key, env)?;
-            let offset = check_signature(self.signer(), env, &plain)?;
+            let plain = parts.decrypt(&plan.message_key, ciphertext)?;
+            let offset = parts.check_signature(self.signer(), plain.as_slice())?;
             if let Some(r) = self.ratchet_at_mut(slot) {
                 r.commit_receive(h, plan);
                 if h.message_type == MessageType::Ratchet
@@ -398,7 +492,11 @@ impl Session {
                 }
             }
             self.trim_skipped_keys();
-            return Ok(Opened::new(plain, offset));
+            return Ok(Accepted {
+                plaintext: plain,
+                payload_offset: offset,
+                accepted_setup: None,
+            });
         }
         if self.remembered.contains(&h.session_id) {
             return Err(Error::Replay);
@@ -414,12 +512,12 @@ impl Session {
         let mut ratchet =
             Ratchet::new_responder(setup.session_id, initiation, setup.root, signed_prekey);
         let plan = ratchet.plan_receive(h)?;
-        let plain = decrypt(&plan.message_key, env)?;
-        let offset = check_signature(self.signer(), env, &plain)?;
+        let plain = parts.decrypt(&plan.message_key, ciphertext)?;
+        let offset = parts.check_signature(self.signer(), plain.as_slice())?;
         ratchet.commit_receive(h, plan);
         self.adopt(Box::new(ratchet), h.timestamp_ms);
         self.trim_skipped_keys();
-        Ok(Opened {
+        Ok(Accepted {
             plaintext: plain,
             payload_offset: offset,
             accepted_setup: Some(initiation),

@@ -5,7 +5,7 @@
 use std::collections::VecDeque;
 
 use rand_core::{CryptoRng, RngCore};
-use x25519_dalek::{PublicKey, StaticSecret};
+use x25519_dalek::StaticSecret;
 use zeroize::Zeroizing;
 
 use crate::envelope::Initiation;
@@ -87,7 +87,7 @@ fn read_ratchet(r: &mut Reader<'_>) -> Result<Ratchet> {
     };
     let root = RootKey::from_bytes(r.array()?);
     let our_ratchet = StaticSecret::from(r.array::<32>()?);
-    let our_ratchet_public = PublicKey::from(&our_ratchet).to_bytes();
+    let our_ratchet_public = crate::x25519::public_key(&our_ratchet);
     let their_ratchet = read_opt(r)?;
     let sending = read_opt(r)?.map(ChainKey::from_bytes);
     let send_counter = r.u32()?;
@@ -113,6 +113,7 @@ fn read_ratchet(r: &mut Reader<'_>) -> Result<Ratchet> {
         our_ratchet,
         our_ratchet_public,
         their_ratchet,
+        their_ratchet_decoded: None,
         sending,
         send_counter,
         receiving,

@@ -10,7 +10,7 @@ use pyo3::types::{PyBytes, PyList, PyTuple};
 use rand_core::OsRng;
 
 use crate::bundle;
-use crate::envelope::{envelope_arg, PyEnvelope};
+use crate::envelope::{envelope_arg, EnvelopeArg, PyEnvelope};
 use crate::errors::{to_py, IdentityError};
 use crate::json::{json_to_py, payload_to_json};
 use crate::keypair::PyAgentKeyPair;
@@ -71,15 +71,38 @@ impl PyCryptoSession {
         py: Python<'py>,
         env: &agentmesh_core::Envelope,
     ) -> PyResult<Bound<'py, PyAny>> {
+        self.unseal_with(py, env.as_bytes().len(), |s, k| s.unseal(k, env))
+    }
+
+    /// Unseals an envelope just parsed from bytes, which nothing else holds: it is decrypted
+    /// in its own buffer (no copy of a large message).
+    fn unseal_parsed<'py>(
+        &self,
+        py: Python<'py>,
+        env: agentmesh_core::Envelope,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        self.unseal_with(py, env.as_bytes().len(), |s, k| s.unseal_owned(k, env))
+    }
+
+    fn unseal_with<'py>(
+        &self,
+        py: Python<'py>,
+        envelope_len: usize,
+        unseal: impl Send
+            + FnOnce(
+                &mut Session,
+                &agentmesh_core::IdentityKeyPair,
+            ) -> agentmesh_core::Result<agentmesh_core::Opened>,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let kp_obj = self.keypair.get();
         let opened = {
             let mut session = locks::lock(py, &self.session);
             let kp = locks::read(py, &kp_obj.inner);
-            if env.as_bytes().len() >= RELEASE_GIL_AT {
-                let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-                py.allow_threads(|| s.unseal(k, env))
+            let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
+            if envelope_len >= RELEASE_GIL_AT {
+                py.allow_threads(|| unseal(s, k))
             } else {
-                session.unseal(&kp, env)
+                unseal(s, k)
             }
         }
         .map_err(to_py)?;
@@ -192,8 +215,10 @@ impl PyCryptoSession {
         if let Ok(e) = envelope.downcast::<PyEnvelope>() {
             return self.unseal_inner(py, &e.get().inner);
         }
-        let arg = envelope_arg(envelope)?;
-        self.unseal_inner(py, arg.get())
+        match envelope_arg(envelope)? {
+            EnvelopeArg::Parsed(env) => self.unseal_parsed(py, env),
+            EnvelopeArg::Object(e) => self.unseal_inner(py, &e.get().inner),
+        }
     }
 
     /// Like `unseal`, also returning the parsed `Envelope` (for its sender, timestamp and id).
