@@ -45,7 +45,42 @@ class HubDeployment:
         self.process.stop()
 
 
-DEPLOYMENTS: dict[str, Callable[..., Any]] = {"hub": HubDeployment}
+class NatsDeployment:
+    """A NATS JetStream cluster of ``nodes`` real nats-servers and ``NatsBackend``."""
+
+    nodes = 1
+
+    def __init__(self, tmp: Path, extra_args: tuple[str, ...] = ()) -> None:
+        from agentmesh.nats_cluster import NatsCluster
+        from agentmesh.nats_setup import NatsSettings
+
+        args = dict(zip(extra_args[::2], extra_args[1::2], strict=True))
+        self.settings = NatsSettings(max_queued_per_agent=int(args.get("--max-queued", 100_000)))
+        self.cluster = NatsCluster(tmp / "nats", nodes=self.nodes).start()
+
+    def new_backend(self) -> Backend:
+        from agentmesh.nats_backend import NatsBackend
+
+        return NatsBackend(self.cluster.urls, settings=self.settings, connect_timeout=5.0)
+
+    def crash_and_restart(self) -> None:
+        for node in self.cluster.nodes:
+            node.kill()
+        self.cluster.start()
+
+    def close(self) -> None:
+        self.cluster.stop()
+
+
+class NatsClusterDeployment(NatsDeployment):
+    nodes = 3
+
+
+DEPLOYMENTS: dict[str, Callable[..., Any]] = {
+    "hub": HubDeployment,
+    "nats": NatsDeployment,
+    "nats3": NatsClusterDeployment,
+}
 
 
 @pytest.fixture(params=sorted(DEPLOYMENTS))

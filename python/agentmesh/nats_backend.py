@@ -1,0 +1,443 @@
+"""The backend (:mod:`agentmesh.backend`) of one agent on a NATS JetStream cluster.
+
+One :class:`NatsBackend` is one agent's connection to the cluster (nats-py, reconnecting by
+itself to any server it knows). It registers by publishing its bundle to the directory
+(:mod:`agentmesh.nats_directory`; the first identity key binds the id), sends through an
+:class:`~agentmesh.nats_sender.OrderedSender`, and receives from its durable pull consumer:
+
+* a batch is fetched (at most :data:`~agentmesh.nats_layout.FETCH_BATCH`, the consumer's
+  whole ``max_ack_pending``), handed to ``on_batch`` less what was handled already (by
+  stream sequence: the position), and acknowledged once the future ``on_batch`` returns has
+  completed; only then is the next batch fetched. So nothing newer is ever handed out while
+  a batch is outstanding, and a redelivery cannot overtake a newer envelope;
+* a batch that could not be made durable is given back at once (NAK) and the position goes
+  back before it, so it comes again, first, after a pause;
+* positions are stream sequences; ``delivery_hub_id`` names the stream and the moment it was
+  created (a recreated stream counts from 1 again).
+
+See docs/nats.md for the layout, the settings and the trust model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .backend import OnBatch
+from .crypto import Envelope, check_agent_id
+from .errors import HubError, HubRequestError, PeerNotFoundError
+from .hub_protocol import ErrorCode
+from .nats_directory import MAX_PREKEYS, NatsDirectory
+from .nats_layout import FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
+from .nats_sender import OrderedSender
+from .nats_setup import NatsSettings, check_server, consumer_config, ensure_layout
+
+__all__ = ["NatsBackend", "connect"]
+
+log = logging.getLogger("agentmesh.nats")
+
+#: Seconds one fetch waits for deliveries before asking again (an idle agent's poll).
+FETCH_WAIT = 5.0
+#: Pause before a batch that could not be made durable is fetched again.
+RETRY_PAUSE = 1.0
+
+
+async def connect(
+    servers: list[str],
+    *,
+    connect_timeout: float,
+    name: str,
+    on_disconnect: Callable[[], None] | None = None,
+    on_reconnect: Callable[[], None] | None = None,
+) -> Any:
+    """A nats-py connection that reconnects forever (quickly: a failover takes seconds)."""
+    import nats
+
+    async def disconnected() -> None:
+        if on_disconnect is not None:
+            on_disconnect()
+
+    async def reconnected() -> None:
+        if on_reconnect is not None:
+            on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        log.debug("NATS connection %s: %s", name, exc)
+
+    try:
+        return await nats.connect(
+            servers=servers,
+            name=name,
+            connect_timeout=connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            ping_interval=5,
+            max_outstanding_pings=3,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+    except Exception as exc:
+        raise HubError(f"cannot connect to the NATS servers {', '.join(servers)}: {exc}") from exc
+
+
+class NatsBackend:
+    """One agent's connection to agentmesh on NATS (asyncio; one event loop). ``servers``:
+    ``nats://host:port`` URLs of the cluster; ``settings``: see :class:`NatsSettings`."""
+
+    def __init__(
+        self,
+        servers: list[str],
+        *,
+        settings: NatsSettings | None = None,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.servers = list(servers)
+        self.settings = settings or NatsSettings()
+        self.layout: NatsLayout = self.settings.layout
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.on_registered: Callable[[], None] | None = None
+        self._nc: Any = None
+        self._js: Any = None
+        self.directory: NatsDirectory | None = None
+        self._sender: OrderedSender | None = None
+        self._keypair: Any = None
+        self._agent_id: str | None = None
+        self._on_batch: OnBatch | None = None
+        self._hub_id: bytes = b""
+        self._seen = 0
+        self._delivery_hub_id: bytes | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._held: list[Any] = []  # messages fetched and not yet acknowledged
+        self._pull: Any = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<NatsBackend {self._agent_id or 'unregistered'} on {','.join(self.servers)}>"
+
+    @property
+    def prekey_limit(self) -> int | None:
+        return MAX_PREKEYS
+
+    @property
+    def delivery_hub_id(self) -> bytes | None:
+        return self._delivery_hub_id
+
+    @property
+    def where(self) -> str:
+        return f"the NATS cluster at {', '.join(self.servers)}"
+
+    # -- connecting -----------------------------------------------------------------------------
+
+    async def connect_lookup(self) -> None:
+        """Connect for lookups only (no agent registered), making the layout if missing."""
+        if self._nc is not None:
+            return
+        self._nc = await connect(
+            self.servers, connect_timeout=self.connect_timeout, name="agentmesh-lookup"
+        )
+        self._js = self._nc.jetstream(timeout=self.request_timeout)
+        replicas = check_server(self._nc, self.settings)
+        await self._in_time(
+            "setting up the stream", ensure_layout(self._js, self.settings, replicas)
+        )
+        self.directory = NatsDirectory(self._js, self.layout, timeout=self.request_timeout)
+
+    async def _in_time(self, what: str, work: Any) -> Any:
+        try:
+            return await asyncio.wait_for(work, self.request_timeout)
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise HubError(f"{what}: {self.where} did not answer in time") from exc
+        except HubError:
+            raise
+        except Exception as exc:
+            raise HubError(f"{what} on {self.where}: {type(exc).__name__}: {exc}") from exc
+
+    async def register(
+        self,
+        keypair: Any,
+        *,
+        on_batch: OnBatch,
+        handled: Mapping[bytes, int] | None = None,
+    ) -> None:
+        if self._agent_id is not None:
+            raise HubError(f"this backend is already registered as {self._agent_id!r}")
+        if self._closed:
+            raise HubError("the NATS backend is closed")
+        agent_id = str(keypair.agent_id)
+        check_agent_id(agent_id, "agent id")
+        self._nc = await connect(
+            self.servers,
+            connect_timeout=self.connect_timeout,
+            name=f"agentmesh-{token_of(agent_id)[:32]}",
+            on_disconnect=self._disconnected,
+            on_reconnect=self._reconnected,
+        )
+        try:
+            self._js = self._nc.jetstream(timeout=self.request_timeout)
+            replicas = check_server(self._nc, self.settings)
+            info = await self._in_time(
+                "setting up the stream", ensure_layout(self._js, self.settings, replicas)
+            )
+            self.directory = NatsDirectory(self._js, self.layout, timeout=self.request_timeout)
+            await self.directory.bind(keypair.public_bundle())
+            await self._in_time(
+                f"making the inbox of {agent_id!r}",
+                self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id)),
+            )
+            self._pull = await self._js.pull_subscribe_bind(
+                durable=self.layout.consumer(agent_id),
+                stream=self.layout.stream,
+                pending_msgs_limit=4 * FETCH_BATCH,
+                pending_bytes_limit=1 << 30,
+            )
+            self._sender = OrderedSender(self._nc, self.layout.stream, self._is_registered)
+            await self._sender.start()
+        except BaseException:
+            await self._nc.close()
+            self._nc = None
+            raise
+        self._keypair, self._agent_id, self._on_batch = keypair, agent_id, on_batch
+        self._hub_id = f"nats:{self.layout.stream}:{info.created}".encode()
+        last = int(info.state.last_seq or 0)
+        # a position beyond what this stream ever held came from a recreated one: lowered
+        self._seen = min(int((handled or {}).get(self._hub_id, 0)), last)
+        self._tasks.append(asyncio.get_running_loop().create_task(self._receive()))
+        self._notify_registered()
+
+    def _notify_registered(self) -> None:
+        if self.on_registered is not None:
+            try:
+                self.on_registered()
+            except Exception:
+                log.exception("on_registered failed")
+
+    def _disconnected(self) -> None:
+        if self._sender is not None:
+            self._sender.connection_lost()
+
+    def _reconnected(self) -> None:
+        if self._closed:
+            return
+        if self._sender is not None:
+            self._sender.connection_back()
+        if self._agent_id is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._register_again()))
+
+    async def _register_again(self) -> None:
+        """After a reconnect: publish the bundle again (the cluster may have been restored
+        from an older state) until it is done, then tell the owner."""
+        assert self.directory is not None
+        delay = 0.1
+        while not self._closed:
+            try:
+                await self.directory.bind(self._keypair.public_bundle())
+            except HubRequestError as exc:
+                log.error("registering %r again was refused: %s", self._agent_id, exc)
+                return
+            except Exception as exc:
+                log.info("registering %r again failed (%s): retrying", self._agent_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._notify_registered()
+            return
+
+    # -- receiving ------------------------------------------------------------------------------
+
+    async def _receive(self) -> None:
+        from nats.errors import TimeoutError as NatsTimeout
+
+        while not self._closed:
+            try:
+                messages = await self._pull.fetch(FETCH_BATCH, timeout=FETCH_WAIT)
+            except (NatsTimeout, asyncio.TimeoutError):
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.debug("fetch failed (%s): trying again", exc)
+                await asyncio.sleep(0.25)
+                continue
+            if not await self._hand_over(messages):
+                await asyncio.sleep(RETRY_PAUSE)
+
+    async def _hand_over(self, messages: list[Any]) -> bool:
+        """One fetched batch to ``on_batch``; False if it could not be made durable."""
+        batch: list[tuple[int, bytes]] = []
+        kept: list[Any] = []
+        for msg in messages:
+            position = int(msg.metadata.sequence.stream)
+            if position <= self._seen:
+                await self._settle(msg, "ack")  # handled before: a redelivery
+                continue
+            batch.append((position, msg.data))
+            kept.append(msg)
+        if not batch:
+            return True
+        self._held = kept
+        assert self._on_batch is not None
+        self._delivery_hub_id = self._hub_id
+        try:
+            durable = await self._on_batch(batch)
+            if durable is not None:
+                await durable
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # not durable: given back, and the position stays before it so it comes again
+            log.error("%d deliveries given back: %s", len(batch), exc)
+            for msg in kept:
+                await self._settle(msg, "nak")
+            self._held = []
+            return False
+        finally:
+            self._delivery_hub_id = None
+        self._seen = batch[-1][0]
+        for msg in kept:
+            await self._settle(msg, "ack")
+        self._held = []
+        return True
+
+    @staticmethod
+    async def _settle(msg: Any, how: str) -> None:
+        with contextlib.suppress(Exception):  # lost: it comes again, and is skipped by position
+            await (msg.ack() if how == "ack" else msg.nak())
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def _is_registered(self, agent_id: str) -> bool:
+        assert self.directory is not None
+        return await self.directory.get_bundle(agent_id) is not None
+
+    def send_nowait(self, recipient: str, envelope: bytes) -> bool:
+        sender = self._sender
+        if self._closed:
+            raise HubError("the NATS backend is closed")
+        if sender is None:
+            raise HubError("only a registered backend can send: call register() first")
+        if sender.errors:
+            raise sender.errors.popleft()
+        if sender.recently_missing(recipient):
+            raise PeerNotFoundError(
+                ErrorCode.PEER_NOT_FOUND,
+                f"Peer {recipient!r} not found on hub",
+                recipient=recipient,
+            )
+        check_agent_id(recipient, "recipient id")
+        if not isinstance(envelope, (bytes, bytearray, memoryview)):
+            raise TypeError("envelope must be bytes")
+        data = bytes(envelope)
+        if len(data) > MAX_ENVELOPE:
+            raise HubError(
+                f"envelope of {len(data)} bytes exceeds the limit of {MAX_ENVELOPE} bytes"
+            )
+        try:
+            env = Envelope.from_bytes(data)
+        except Exception as exc:
+            raise HubRequestError(ErrorCode.BAD_ENVELOPE, f"not an envelope: {exc}") from None
+        if env.recipient != recipient or env.sender != self._agent_id:
+            raise HubRequestError(
+                ErrorCode.ENVELOPE_MISMATCH,
+                f"the envelope goes from {env.sender!r} to {env.recipient!r}, not from "
+                f"{self._agent_id!r} to {recipient!r}",
+                recipient=recipient,
+            )
+        return sender.enqueue(recipient, self.layout.inbox_subject(recipient), data, env.id)
+
+    async def wait_for_room(self) -> None:
+        if self._sender is not None:
+            await self._sender.room.wait()
+
+    def push(self) -> None:
+        """Publishes leave as they are queued; nothing is held back for a batch."""
+
+    async def flush(self, timeout: float | None = None) -> None:
+        if self._sender is None:
+            return
+        await self._sender.flush(timeout, self.where)
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def _directory(self) -> NatsDirectory:
+        if self._closed:
+            raise HubError("the NATS backend is closed")
+        if self.directory is None:
+            raise HubError("not connected: call register() or connect_lookup() first")
+        return self.directory
+
+    async def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        return await self._directory().get_bundle(agent_id)
+
+    async def claim_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        directory = self._directory()
+        bundle = await directory.get_bundle(agent_id)
+        if bundle is None or agent_id == self._agent_id or self._agent_id is None:
+            return bundle
+        claimed = await directory.claim_prekey(agent_id)
+        if claimed is not None:
+            bundle["one_time_prekey"] = claimed
+        return bundle
+
+    async def add_prekeys(self, prekeys: list[dict[str, Any]]) -> int:
+        if self._agent_id is None:
+            raise HubError("only a registered backend can add its prekeys")
+        return await self._directory().add_prekeys(self._agent_id, prekeys)
+
+    async def update_bundle(self, bundle: dict[str, Any]) -> None:
+        if self._agent_id is None:
+            raise HubError("only a registered backend can publish its bundle")
+        if bundle.get("agent_id") != self._agent_id:
+            raise HubRequestError(ErrorCode.BAD_REQUEST, "the bundle is not this agent's")
+        await self._directory().bind(bundle)
+
+    async def list_agents(self) -> list[str]:
+        return await self._directory().list_agents()
+
+    async def message_count(self) -> int:
+        """Envelopes the inbox stream has accepted since it was created."""
+        self._directory()
+        info = await self._in_time("counting messages", self._js.stream_info(self.layout.stream))
+        return int(info.state.last_seq or 0)
+
+    # -- closing --------------------------------------------------------------------------------
+
+    async def close(self, timeout: float | None = 30.0) -> None:
+        if self._closed:
+            return
+        error: BaseException | None = None
+        if self._sender is not None:
+            try:
+                await self._sender.flush(timeout, self.where)
+            except HubError as exc:
+                error = exc
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        # deliveries fetched and not handled go back now, not after the ack wait
+        leftovers = list(self._held)
+        if self._pull is not None:
+            queue = getattr(getattr(self._pull, "_sub", None), "_pending_queue", None)
+            while queue is not None and not queue.empty():
+                leftovers.append(queue.get_nowait())
+        for msg in leftovers:
+            if getattr(msg, "reply", None):
+                await self._settle(msg, "nak")
+        if self._sender is not None:
+            await self._sender.close()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.drain(), 5.0)
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+        if error is not None:
+            raise error
