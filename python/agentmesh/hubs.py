@@ -19,7 +19,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import crypto as _crypto
 from .agent import _AgentCore, _core_of
@@ -27,7 +27,10 @@ from .backend import Backend
 from .errors import HubError
 from .link import AgentLink, NetLoop, hub_error
 
-__all__ = ["Hub", "LocalHub", "NetworkHub", "parse_hub_address"]
+if TYPE_CHECKING:  # (imported on first use: see __getattr__ at the end)
+    from .nats_hub import NatsHub
+
+__all__ = ["Hub", "LocalHub", "NatsHub", "NetworkHub", "parse_hub_address"]
 
 Envelope = _crypto.Envelope
 log = logging.getLogger("agentmesh.hubs")
@@ -342,3 +345,12 @@ class NetworkHub(Hub):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def __getattr__(name: str) -> Any:
+    # NatsHub lives in its own module, which imports this one: looked up on first use
+    if name == "NatsHub":
+        from .nats_hub import NatsHub
+
+        return NatsHub
+    raise AttributeError(f"module 'agentmesh.hubs' has no attribute {name!r}")

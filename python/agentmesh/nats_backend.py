@@ -31,7 +31,7 @@ from .crypto import Envelope, check_agent_id
 from .errors import HubError, HubRequestError, PeerNotFoundError
 from .hub_protocol import ErrorCode
 from .nats_directory import MAX_PREKEYS, NatsDirectory
-from .nats_layout import FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
+from .nats_layout import ACK_WAIT, FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
 from .nats_sender import OrderedSender
 from .nats_setup import NatsSettings, check_server, consumer_config, ensure_layout
 
@@ -54,7 +54,10 @@ async def connect(
     on_reconnect: Callable[[], None] | None = None,
 ) -> Any:
     """A nats-py connection that reconnects forever (quickly: a failover takes seconds)."""
-    import nats
+    try:
+        import nats
+    except ImportError as exc:
+        raise HubError("NatsHub needs nats-py: pip install 'agentmesh[nats]'") from exc
 
     async def disconnected() -> None:
         if on_disconnect is not None:
@@ -284,6 +287,7 @@ class NatsBackend:
         self._held = kept
         assert self._on_batch is not None
         self._delivery_hub_id = self._hub_id
+        keepalive = asyncio.get_running_loop().create_task(self._in_progress(kept))
         try:
             durable = await self._on_batch(batch)
             if durable is not None:
@@ -299,11 +303,21 @@ class NatsBackend:
             return False
         finally:
             self._delivery_hub_id = None
+            keepalive.cancel()
         self._seen = batch[-1][0]
         for msg in kept:
             await self._settle(msg, "ack")
         self._held = []
         return True
+
+    @staticmethod
+    async def _in_progress(messages: list[Any]) -> None:
+        """Tells the cluster, while a batch is being handled, not to hand it out again."""
+        while True:
+            await asyncio.sleep(ACK_WAIT / 3)
+            for msg in messages:
+                with contextlib.suppress(Exception):
+                    await msg.in_progress()
 
     @staticmethod
     async def _settle(msg: Any, how: str) -> None:

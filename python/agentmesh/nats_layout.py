@@ -47,8 +47,9 @@ DUPLICATE_WINDOW = 120.0
 #: newer is handed out while a batch is unacknowledged (a redelivery can never overtake).
 FETCH_BATCH = 256
 #: Seconds a delivery may stay unacknowledged before the cluster hands it out again (an agent
-#: that died holding it); a live agent that gives a batch back says so at once (NAK).
-ACK_WAIT = 30.0
+#: that died holding it, or a cluster restarted meanwhile); a live agent that gives a batch back
+#: says so at once (NAK), and one still handling a batch says so every third of this.
+ACK_WAIT = 10.0
 #: The oldest server release agentmesh runs on (per-subject discard, the fixes of 2.12+).
 MIN_SERVER_VERSION = (2, 12, 0)
 #: Per-recipient cap by default: the network hub's ``max_queued_per_agent``.
