@@ -91,6 +91,7 @@ class OrderedSender:
         self._failed: list[Outgoing] = []  # lost while in doubt, resent once it is settled
         self._in_doubt = False
         self._careful = False
+        self._losses = 0  # in a row: the pause before resending grows with them
         self._checking: set[str] = set()
         self._recipients: dict[str, bool] = {}
         self._missing_at: dict[str, float] = {}
@@ -256,6 +257,7 @@ class OrderedSender:
 
     def _accepted(self, item: Outgoing) -> None:
         self._done(item)
+        self._losses = 0
         if self._careful and not self._in_doubt:
             self._careful = False  # the cluster stores again: open the window
         self._settle()
@@ -299,6 +301,7 @@ class OrderedSender:
         if not self._in_doubt:
             log.info("a publish is in doubt (%s): resending in order", why)
         self._in_doubt = True
+        self._losses += 1
         self._failed.append(item)
         self._settle()
 
@@ -320,7 +323,8 @@ class OrderedSender:
             self._failed.clear()
             self._in_doubt = False
             self._careful = True
-            self.loop.call_later(0.05, self.pump)  # (a moment for a leader to be elected)
+            # (a moment for a leader to be elected; longer while the cluster stays down)
+            self.loop.call_later(min(0.05 * 2 ** min(self._losses, 5), 1.0), self.pump)
         else:
             self.pump()
         self._wake_flushers()
