@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli_nats import add_nats_dev_parser, cmd_nats_dev
 from .errors import AgentMeshError
 
 log = logging.getLogger("agentmesh.cli")
@@ -37,6 +38,7 @@ examples:
   agentmesh listen --hub 127.0.0.1:7700 --key bob.key
   agentmesh send --hub 127.0.0.1:7700 --key alice.key --to bob --text "hello"
   agentmesh peers --hub 127.0.0.1:7700
+  agentmesh nats-dev --nodes 3
 
 exit codes: 0 ok, 1 runtime failure, 2 usage error
 """
@@ -138,6 +140,8 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _hub_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON list")
+
+    add_nats_dev_parser(sub)
 
     sub.add_parser(
         "demo",
@@ -403,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "listen": _cmd_listen,
         "peers": _cmd_peers,
         "demo": _cmd_demo,
+        "nats-dev": cmd_nats_dev,
     }[args.command]
     try:
         return handler(args)
