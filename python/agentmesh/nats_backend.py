@@ -450,8 +450,6 @@ class NatsBackend:
             await self._sender.close()
         if self._nc is not None:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._nc.drain(), 5.0)
-            with contextlib.suppress(Exception):
-                await self._nc.close()
+                await asyncio.wait_for(self._nc.close(), 5.0)
         if error is not None:
             raise error

@@ -90,7 +90,7 @@ class NatsHub(Hub):
             self.servers,
             settings=self.settings,
             connect_timeout=self.connect_timeout,
-            request_timeout=min(self.timeout, 10.0),
+            request_timeout=self.timeout,
         )
 
     def _run_request(self, what: str, request: Any) -> Any:

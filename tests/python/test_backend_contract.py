@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -76,11 +77,9 @@ class NatsClusterDeployment(NatsDeployment):
     nodes = 3
 
 
-DEPLOYMENTS: dict[str, Callable[..., Any]] = {
-    "hub": HubDeployment,
-    "nats": NatsDeployment,
-    "nats3": NatsClusterDeployment,
-}
+DEPLOYMENTS: dict[str, Callable[..., Any]] = {"hub": HubDeployment}
+if importlib.util.find_spec("nats") is not None:  # (nats-py: in the dev extra)
+    DEPLOYMENTS.update(nats=NatsDeployment, nats3=NatsClusterDeployment)
 
 
 @pytest.fixture(params=sorted(DEPLOYMENTS))

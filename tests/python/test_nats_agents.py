@@ -20,6 +20,7 @@ from agentmesh.nats_layout import NatsLayout
 from agentmesh.testing import subprocess_env
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytest.importorskip("nats", reason="the NATS tests need nats-py (pip install -e '.[dev]')")
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ from agentmesh import Agent, NatsHub
 from agentmesh.testing import subprocess_env
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytest.importorskip("nats", reason="the NATS tests need nats-py (pip install -e '.[dev]')")
 
 
 def gone(pid: int) -> bool:

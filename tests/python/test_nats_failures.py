@@ -23,6 +23,7 @@ from agentmesh.nats_cluster import NatsCluster
 from agentmesh.nats_layout import NatsLayout
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytest.importorskip("nats", reason="the NATS tests need nats-py (pip install -e '.[dev]')")
 
 
 @pytest.fixture
