@@ -23,8 +23,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
 
 from .backend import OnBatch
 from .crypto import Envelope, check_agent_id
@@ -39,8 +39,13 @@ __all__ = ["NatsBackend", "connect"]
 
 log = logging.getLogger("agentmesh.nats")
 
+T = TypeVar("T")
+
 #: Seconds one fetch waits for deliveries before asking again (an idle agent's poll).
 FETCH_WAIT = 5.0
+#: Seconds one request to the cluster may take before it is asked again (a request made
+#: while a leader is elected can go unanswered; the patience around it is ``request_timeout``).
+ATTEMPT_TIMEOUT = 5.0
 #: Pause before a batch that could not be made durable is fetched again.
 RETRY_PAUSE = 1.0
 
@@ -145,12 +150,32 @@ class NatsBackend:
         self._nc = await connect(
             self.servers, connect_timeout=self.connect_timeout, name="agentmesh-lookup"
         )
-        self._js = self._nc.jetstream(timeout=self.request_timeout)
+        self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
         replicas = check_server(self._nc, self.settings)
-        await self._in_time(
-            "setting up the stream", ensure_layout(self._js, self.settings, replicas)
+        await self._patiently(
+            "setting up the stream", lambda: ensure_layout(self._js, self.settings, replicas)
         )
         self.directory = NatsDirectory(self._js, self.layout, timeout=self.request_timeout)
+
+    async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Runs ``attempt`` again after any failure but a refusal (HubError) until
+        ``request_timeout`` has passed: right after a cluster (re)starts, its streams have no
+        leader for a few seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        delay = 0.1
+        while True:
+            try:
+                return await asyncio.wait_for(attempt(), max(deadline - loop.time(), 0.1))
+            except HubError:
+                raise
+            except Exception as exc:
+                if loop.time() + delay > deadline:
+                    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+                        raise HubError(f"{what}: {self.where} did not answer in time") from exc
+                    raise HubError(f"{what} on {self.where}: {type(exc).__name__}: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
 
     async def _in_time(self, what: str, work: Any) -> Any:
         try:
@@ -183,22 +208,15 @@ class NatsBackend:
             on_reconnect=self._reconnected,
         )
         try:
-            self._js = self._nc.jetstream(timeout=self.request_timeout)
+            self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
             replicas = check_server(self._nc, self.settings)
-            info = await self._in_time(
-                "setting up the stream", ensure_layout(self._js, self.settings, replicas)
+            info = await self._patiently(
+                "setting up the stream", lambda: ensure_layout(self._js, self.settings, replicas)
             )
             self.directory = NatsDirectory(self._js, self.layout, timeout=self.request_timeout)
             await self.directory.bind(keypair.public_bundle())
-            await self._in_time(
-                f"making the inbox of {agent_id!r}",
-                self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id)),
-            )
-            self._pull = await self._js.pull_subscribe_bind(
-                durable=self.layout.consumer(agent_id),
-                stream=self.layout.stream,
-                pending_msgs_limit=4 * FETCH_BATCH,
-                pending_bytes_limit=1 << 30,
+            self._pull = await self._patiently(
+                f"making the inbox of {agent_id!r}", lambda: self._subscribe(agent_id)
             )
             self._sender = OrderedSender(self._nc, self.layout.stream, self._is_registered)
             await self._sender.start()
@@ -213,6 +231,17 @@ class NatsBackend:
         self._seen = min(int((handled or {}).get(self._hub_id, 0)), last)
         self._tasks.append(asyncio.get_running_loop().create_task(self._receive()))
         self._notify_registered()
+
+    async def _subscribe(self, agent_id: str) -> Any:
+        """The agent's durable consumer (made if missing; the same settings again are
+        harmless) and a pull subscription bound to it."""
+        await self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id))
+        return await self._js.pull_subscribe_bind(
+            durable=self.layout.consumer(agent_id),
+            stream=self.layout.stream,
+            pending_msgs_limit=4 * FETCH_BATCH,
+            pending_bytes_limit=1 << 30,
+        )
 
     def _notify_registered(self) -> None:
         if self.on_registered is not None:
@@ -257,6 +286,8 @@ class NatsBackend:
     async def _receive(self) -> None:
         from nats.errors import TimeoutError as NatsTimeout
 
+        loop = asyncio.get_running_loop()
+        failing_since: float | None = None
         while not self._closed:
             try:
                 messages = await self._pull.fetch(FETCH_BATCH, timeout=FETCH_WAIT)
@@ -266,10 +297,31 @@ class NatsBackend:
                 raise
             except Exception as exc:
                 log.debug("fetch failed (%s): trying again", exc)
+                now = loop.time()
+                if failing_since is None:
+                    failing_since = now
+                elif now - failing_since > 2 * FETCH_WAIT:
+                    failing_since = now
+                    await self._resubscribe()
                 await asyncio.sleep(0.25)
                 continue
+            failing_since = None
             if not await self._hand_over(messages):
                 await asyncio.sleep(RETRY_PAUSE)
+
+    async def _resubscribe(self) -> None:
+        """After fetches failed for a while: the consumer again, made if it went missing.
+        The subscription stays (a new one would leave deliveries in flight to the old inbox
+        unacknowledged until the ack wait, and newer ones could overtake them)."""
+        assert self._agent_id is not None
+        log.info("the inbox of %r does not answer: making sure its consumer exists", self._agent_id)
+        config = consumer_config(self.layout, self._agent_id)
+        try:
+            await asyncio.wait_for(
+                self._js.add_consumer(self.layout.stream, config), self.request_timeout
+            )
+        except Exception as exc:
+            log.info("the consumer of %r is still unreachable (%s)", self._agent_id, exc)
 
     async def _hand_over(self, messages: list[Any]) -> bool:
         """One fetched batch to ``on_batch``; False if it could not be made durable."""

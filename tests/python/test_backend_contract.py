@@ -62,12 +62,23 @@ class NatsDeployment:
     def new_backend(self) -> Backend:
         from agentmesh.nats_backend import NatsBackend
 
-        return NatsBackend(self.cluster.urls, settings=self.settings, connect_timeout=5.0)
+        return NatsBackend(
+            self.cluster.urls, settings=self.settings, connect_timeout=5.0, request_timeout=30.0
+        )
 
     def crash_and_restart(self) -> None:
+        from natsutil import stream_leader
+
         for node in self.cluster.nodes:
             node.kill()
         self.cluster.start()
+        layout = self.settings.layout
+        for stream in (
+            layout.stream,
+            f"KV_{layout.directory_bucket}",
+            f"KV_{layout.prekey_bucket}",
+        ):
+            stream_leader(self.cluster.urls, stream)  # (elected: the cluster is back)
 
     def close(self) -> None:
         self.cluster.stop()
