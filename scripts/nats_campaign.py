@@ -4,6 +4,7 @@ agents send, and count what was lost, handled twice, or handled out of a sender'
 
     python scripts/nats_campaign.py --kills 3 --envelopes 10000 --target stream
     python scripts/nats_campaign.py --kills 3 --envelopes 10000 --target consumer
+    python scripts/nats_campaign.py --kills 1 --envelopes 10000 --target rolling
 
 ``--senders`` agents (in this process, on one NatsHub) send numbered envelopes to one
 receiver; a killer thread waits for a share of the traffic, SIGKILLs the node leading the
@@ -59,7 +60,13 @@ def main() -> int:
     p.add_argument("--kills", type=int, default=3)
     p.add_argument("--envelopes", type=int, default=10_000, help="in all, over the senders")
     p.add_argument("--senders", type=int, default=4)
-    p.add_argument("--target", choices=["stream", "consumer"], default="stream")
+    p.add_argument(
+        "--target",
+        choices=["stream", "consumer", "rolling"],
+        default="stream",
+        help="SIGKILL the stream leader, the receiver's consumer leader, or restart every "
+        "node in turn (SIGTERM, a rolling restart) at each step",
+    )
     p.add_argument("--dir", help="cluster directory (default: a temporary one)")
     ns = p.parse_args()
     per_sender = ns.envelopes // ns.senders
@@ -97,8 +104,14 @@ def main() -> int:
             total = per_sender * ns.senders
             while sum(map(len, got.values())) < total * share and time.monotonic() < started + 300:
                 time.sleep(0.01)  # (the kills land while envelopes flow, spread over the run)
-            node = cluster.node(leader_of(cluster.urls, ns.target, "receiver"))
             handled = sum(map(len, got.values()))
+            if ns.target == "rolling":
+                print(f"step {kill + 1}: rolling restart, {handled} handled")
+                for node in cluster.nodes:
+                    node.stop()
+                    cluster.restart(node)
+                continue
+            node = cluster.node(leader_of(cluster.urls, ns.target, "receiver"))
             print(f"kill {kill + 1}: SIGKILL {node.name} ({ns.target} leader), {handled} handled")
             node.kill()
             time.sleep(0.5)

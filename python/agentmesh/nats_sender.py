@@ -292,7 +292,9 @@ class OrderedSender:
                 client_seq=item.seq,
             )
         )
-        self._settle()
+        self._wake_flushers()  # (called from pump: no _settle here, which would pump again)
+        if self.unacked < self.max_unacked:
+            self.room.set()
 
     def _lost(self, item: Outgoing, why: str) -> None:
         """In doubt: hold everything new until each publish in flight is answered, then
