@@ -3,17 +3,11 @@
 One :class:`NatsBackend` is one agent's connection to the cluster (nats-py, reconnecting by
 itself to any server it knows). It registers by publishing its bundle to the directory
 (:mod:`agentmesh.nats_directory`; the first identity key binds the id), sends through an
-:class:`~agentmesh.nats_sender.OrderedSender`, and receives from its durable pull consumer:
-
-* a batch is fetched (at most :data:`~agentmesh.nats_layout.FETCH_BATCH`, the consumer's
-  whole ``max_ack_pending``), handed to ``on_batch`` less what was handled already (by
-  stream sequence: the position), and acknowledged once the future ``on_batch`` returns has
-  completed; only then is the next batch fetched. So nothing newer is ever handed out while
-  a batch is outstanding, and a redelivery cannot overtake a newer envelope;
-* a batch that could not be made durable is given back at once (NAK) and the position goes
-  back before it, so it comes again, first, after a pause;
-* positions are stream sequences; ``delivery_hub_id`` names the stream and the moment it was
-  created (a recreated stream counts from 1 again).
+:class:`~agentmesh.nats_sender.OrderedSender`, and receives from its durable pull consumer
+through an :class:`~agentmesh.nats_receiver.InboxReceiver`: batches in order of position (the
+stream sequence; ``delivery_hub_id`` names the stream and the moment it was created, as a
+recreated stream counts from 1 again), each acknowledged once ``on_batch``'s future has
+completed, and never one handed over while an older delivery may still be outstanding.
 
 See docs/nats.md for the layout, the settings and the trust model.
 """
@@ -31,7 +25,8 @@ from .crypto import Envelope, check_agent_id
 from .errors import HubError, HubRequestError, PeerNotFoundError
 from .hub_protocol import ErrorCode
 from .nats_directory import MAX_PREKEYS, NatsDirectory
-from .nats_layout import ACK_WAIT, FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
+from .nats_layout import FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
+from .nats_receiver import InboxReceiver
 from .nats_sender import OrderedSender
 from .nats_setup import NatsSettings, check_server, consumer_config, ensure_layout
 
@@ -41,13 +36,9 @@ log = logging.getLogger("agentmesh.nats")
 
 T = TypeVar("T")
 
-#: Seconds one fetch waits for deliveries before asking again (an idle agent's poll).
-FETCH_WAIT = 5.0
 #: Seconds one request to the cluster may take before it is asked again (a request made
 #: while a leader is elected can go unanswered; the patience around it is ``request_timeout``).
 ATTEMPT_TIMEOUT = 5.0
-#: Pause before a batch that could not be made durable is fetched again.
-RETRY_PAUSE = 1.0
 
 
 async def connect(
@@ -119,10 +110,8 @@ class NatsBackend:
         self._agent_id: str | None = None
         self._on_batch: OnBatch | None = None
         self._hub_id: bytes = b""
-        self._seen = 0
-        self._delivery_hub_id: bytes | None = None
+        self._receiver: InboxReceiver | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._held: list[Any] = []  # messages fetched and not yet acknowledged
         self._pull: Any = None
         self._closed = False
 
@@ -135,7 +124,7 @@ class NatsBackend:
 
     @property
     def delivery_hub_id(self) -> bytes | None:
-        return self._delivery_hub_id
+        return self._receiver.delivery_hub_id if self._receiver is not None else None
 
     @property
     def where(self) -> str:
@@ -227,9 +216,17 @@ class NatsBackend:
         self._keypair, self._agent_id, self._on_batch = keypair, agent_id, on_batch
         self._hub_id = f"nats:{self.layout.stream}:{info.created}".encode()
         last = int(info.state.last_seq or 0)
-        # a position beyond what this stream ever held came from a recreated one: lowered
-        self._seen = min(int((handled or {}).get(self._hub_id, 0)), last)
-        self._tasks.append(asyncio.get_running_loop().create_task(self._receive()))
+        # (a position beyond what this stream ever held came from a recreated one: lowered)
+        self._receiver = InboxReceiver(
+            agent_id,
+            self._pull,
+            on_batch,
+            hub_id=self._hub_id,
+            seen=min(int((handled or {}).get(self._hub_id, 0)), last),
+            pending=self._pending_deliveries,
+            resubscribe=self._resubscribe,
+        )
+        self._tasks.append(asyncio.get_running_loop().create_task(self._receiver.run()))
         self._notify_registered()
 
     async def _subscribe(self, agent_id: str) -> Any:
@@ -259,6 +256,8 @@ class NatsBackend:
             return
         if self._sender is not None:
             self._sender.connection_back()
+        if self._receiver is not None:
+            self._receiver.connection_changed()
         if self._agent_id is not None:
             self._tasks.append(asyncio.get_running_loop().create_task(self._register_again()))
 
@@ -281,38 +280,21 @@ class NatsBackend:
             self._notify_registered()
             return
 
-    # -- receiving ------------------------------------------------------------------------------
+    # -- receiving (see nats_receiver) -----------------------------------------------------
 
-    async def _receive(self) -> None:
-        from nats.errors import TimeoutError as NatsTimeout
-
-        loop = asyncio.get_running_loop()
-        failing_since: float | None = None
-        while not self._closed:
-            try:
-                messages = await self._pull.fetch(FETCH_BATCH, timeout=FETCH_WAIT)
-            except (NatsTimeout, asyncio.TimeoutError):
-                continue
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                log.debug("fetch failed (%s): trying again", exc)
-                now = loop.time()
-                if failing_since is None:
-                    failing_since = now
-                elif now - failing_since > 2 * FETCH_WAIT:
-                    failing_since = now
-                    await self._resubscribe()
-                await asyncio.sleep(0.25)
-                continue
-            failing_since = None
-            if not await self._hand_over(messages):
-                await asyncio.sleep(RETRY_PAUSE)
+    async def _pending_deliveries(self) -> int:
+        """Deliveries the consumer counts as pending (acknowledgements sent first)."""
+        assert self._agent_id is not None
+        await self._nc.flush(ATTEMPT_TIMEOUT)
+        info = await self._js.consumer_info(
+            self.layout.stream, self.layout.consumer(self._agent_id)
+        )
+        return int(info.num_ack_pending or 0)
 
     async def _resubscribe(self) -> None:
         """After fetches failed for a while: the consumer again, made if it went missing.
         The subscription stays (a new one would leave deliveries in flight to the old inbox
-        unacknowledged until the ack wait, and newer ones could overtake them)."""
+        unacknowledged until the ack wait)."""
         assert self._agent_id is not None
         log.info("the inbox of %r does not answer: making sure its consumer exists", self._agent_id)
         config = consumer_config(self.layout, self._agent_id)
@@ -322,59 +304,6 @@ class NatsBackend:
             )
         except Exception as exc:
             log.info("the consumer of %r is still unreachable (%s)", self._agent_id, exc)
-
-    async def _hand_over(self, messages: list[Any]) -> bool:
-        """One fetched batch to ``on_batch``; False if it could not be made durable."""
-        batch: list[tuple[int, bytes]] = []
-        kept: list[Any] = []
-        for msg in messages:
-            position = int(msg.metadata.sequence.stream)
-            if position <= self._seen:
-                await self._settle(msg, "ack")  # handled before: a redelivery
-                continue
-            batch.append((position, msg.data))
-            kept.append(msg)
-        if not batch:
-            return True
-        self._held = kept
-        assert self._on_batch is not None
-        self._delivery_hub_id = self._hub_id
-        keepalive = asyncio.get_running_loop().create_task(self._in_progress(kept))
-        try:
-            durable = await self._on_batch(batch)
-            if durable is not None:
-                await durable
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # not durable: given back, and the position stays before it so it comes again
-            log.error("%d deliveries given back: %s", len(batch), exc)
-            for msg in kept:
-                await self._settle(msg, "nak")
-            self._held = []
-            return False
-        finally:
-            self._delivery_hub_id = None
-            keepalive.cancel()
-        self._seen = batch[-1][0]
-        for msg in kept:
-            await self._settle(msg, "ack")
-        self._held = []
-        return True
-
-    @staticmethod
-    async def _in_progress(messages: list[Any]) -> None:
-        """Tells the cluster, while a batch is being handled, not to hand it out again."""
-        while True:
-            await asyncio.sleep(ACK_WAIT / 3)
-            for msg in messages:
-                with contextlib.suppress(Exception):
-                    await msg.in_progress()
-
-    @staticmethod
-    async def _settle(msg: Any, how: str) -> None:
-        with contextlib.suppress(Exception):  # lost: it comes again, and is skipped by position
-            await (msg.ack() if how == "ack" else msg.nak())
 
     # -- sending --------------------------------------------------------------------------------
 
@@ -489,15 +418,8 @@ class NatsBackend:
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        # deliveries fetched and not handled go back now, not after the ack wait
-        leftovers = list(self._held)
-        if self._pull is not None:
-            queue = getattr(getattr(self._pull, "_sub", None), "_pending_queue", None)
-            while queue is not None and not queue.empty():
-                leftovers.append(queue.get_nowait())
-        for msg in leftovers:
-            if getattr(msg, "reply", None):
-                await self._settle(msg, "nak")
+        if self._receiver is not None:
+            await self._receiver.give_back()
         if self._sender is not None:
             await self._sender.close()
         if self._nc is not None:

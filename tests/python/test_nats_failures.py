@@ -105,3 +105,47 @@ def test_with_two_of_three_nodes_down_flush_times_out_and_recovers(cluster):
     assert [m.payload["n"] for m in got] == [0, 1, 2, 3]
     alice.close(), bob.close()
     hub.close()
+
+
+def test_a_delivery_held_by_a_dead_process_is_not_overtaken(tmp_path):
+    """An earlier process of bob fetched an envelope and died before acknowledging it: the
+    consumer hands it out again only after the ack wait, and newer ones before that. Bob's
+    next backend must still hand them over in order (the agent skips by position: the old
+    one handed over last would be taken for a redelivery and dropped)."""
+    import asyncio
+
+    from test_backend_contract import Receiver, registered, sealed, send_all
+
+    from agentmesh.crypto import AgentKeyPair
+    from agentmesh.nats_backend import NatsBackend
+
+    layout = NatsLayout()
+    alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
+    envelopes = sealed(alice, bob, 3)
+
+    class Deployment:
+        def new_backend(self) -> NatsBackend:
+            return NatsBackend(cluster.urls, request_timeout=30.0)
+
+    async def main() -> list:
+        import nats
+
+        deployment = Deployment()
+        async with registered(deployment, bob):
+            pass
+        async with registered(deployment, alice) as a:
+            await send_all(a, "bob", envelopes[:1])
+            nc = await nats.connect(servers=cluster.urls)  # bob's earlier process
+            pull = await nc.jetstream().pull_subscribe_bind(
+                durable=layout.consumer("bob"), stream=layout.stream
+            )
+            assert [m.data for m in await pull.fetch(1, timeout=10)] == envelopes[:1]
+            await nc.close()  # dies holding it
+            await send_all(a, "bob", envelopes[1:])
+        got = Receiver()
+        async with registered(deployment, bob, got):
+            await got.wait_for(3)
+        return [envelope for _, envelope in got.deliveries]
+
+    with NatsCluster(tmp_path / "nats", nodes=1) as cluster:
+        assert asyncio.run(asyncio.wait_for(main(), 90)) == envelopes
