@@ -43,8 +43,9 @@ MAX_ENVELOPE = DEFAULT_MAX_FRAME_SIZE - 265
 #: Resends within this window (same ``Nats-Msg-Id``) are dropped by the stream; it outlasts
 #: any retry of a send (leader elections take seconds).
 DUPLICATE_WINDOW = 120.0
-#: Deliveries fetched at once, and the consumer's ``max_ack_pending``: equal, so nothing
-#: newer is handed out while a batch is unacknowledged (a redelivery can never overtake).
+#: Deliveries fetched at once, and the consumer's ``max_ack_pending``: equal, so the cluster
+#: holds back what is newer while a batch is unacknowledged. (That alone does not keep a lost
+#: delivery from being overtaken: the receiver's verification does, see nats_receiver.)
 FETCH_BATCH = 256
 #: Seconds a delivery may stay unacknowledged before the cluster hands it out again (an agent
 #: that died holding it, or a cluster restarted meanwhile); a live agent that gives a batch back

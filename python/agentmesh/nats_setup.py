@@ -182,8 +182,8 @@ def consumer_config(layout: NatsLayout, agent_id: str) -> Any:
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=ACK_WAIT,
         max_deliver=-1,
-        # equal to the fetch batch: nothing newer is handed out while a batch is
-        # unacknowledged, so a redelivery never overtakes a newer envelope
+        # equal to the fetch batch: newer ones wait while a batch is unacknowledged (and a
+        # delivery lost on its way is caught by the receiver's verification, nats_receiver)
         max_ack_pending=FETCH_BATCH,
         max_waiting=16,
     )
