@@ -5,12 +5,16 @@
 stop, SIGKILL and restart any node by its process id. ``agentmesh nats-dev`` runs one for
 development; the tests and benchmarks use it too::
 
+    import tempfile
     from agentmesh import Agent, NatsHub
     from agentmesh.nats_cluster import NatsCluster
 
-    with NatsCluster("/tmp/nats", nodes=3) as cluster:
+    with NatsCluster(tempfile.mkdtemp(), nodes=3) as cluster:   # stopped by pid on exit
         hub = NatsHub(cluster.urls)
-        alice = Agent("alice", hub=hub)
+        alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+        alice.send("bob", text="hello")
+        alice.flush(30)                  # replicated to a majority of the three, on disk
+        alice.close(), bob.close(), hub.close()
 
 Every node is written with the settings that keep acknowledged data (docs/nats.md):
 ``sync_interval: always`` (each JetStream write is fsynced before it is acknowledged), a

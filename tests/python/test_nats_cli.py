@@ -74,3 +74,14 @@ def test_nats_dev_refuses_an_even_cluster(capsys):
 
     assert main(["nats-dev", "--nodes", "2"]) == 2
     assert "--nodes must be 1, 3 or 5" in capsys.readouterr().err
+
+
+def test_the_launcher_docstring_example_runs():
+    import textwrap
+
+    import agentmesh.nats_cluster
+
+    doc = agentmesh.nats_cluster.__doc__ or ""
+    example = textwrap.dedent(doc.split("::\n\n", 1)[1].split("\nEvery node")[0])
+    assert "NatsCluster(" in example
+    exec(compile(example, "nats_cluster docstring", "exec"), {"__name__": "example"})
