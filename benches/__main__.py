@@ -11,9 +11,20 @@ import sys
 import time
 from typing import Any
 
-from . import crypto, harness, memory, network, report
+from . import crypto, harness, many_agents, memory, network, network_figures, report
 
-SECTIONS = ["seal_unseal", "batches", "localhub", "setups", "breakdown", "memory", "network"]
+SECTIONS = [
+    "seal_unseal",
+    "batches",
+    "localhub",
+    "setups",
+    "breakdown",
+    "memory",
+    "network",
+    "agents",
+    "many_agents",
+    "mcp",
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     steps += 1 if "breakdown" in only else 0
     steps += memory.planned_steps(quick) if "memory" in only else 0
     steps += network.planned_steps(quick) if "network" in only else 0
+    steps += 1 if "agents" in only else 0
+    many_ks = (1, 200) if quick else many_agents.KS
+    steps += len(many_ks) if "many_agents" in only else 0
+    steps += 1 if "mcp" in only else 0
 
     command = "python -m benches" + ("".join(" " + shlex.quote(a) for a in argv) if argv else "")
     res: dict[str, Any] = {
@@ -97,6 +112,24 @@ def main(argv: list[str] | None = None) -> int:
             res["memory"] = memory.run(quick, progress)
         if "network" in only:
             res["network"] = network.run(quick, progress)
+        if "agents" in only:
+            progress.describe("agents over the network hub")
+            res["agents"] = network_figures.run(quick)
+            progress.step()
+        if "mcp" in only:
+            progress.describe("an MCP tool call over agentmesh")
+            try:
+                from . import mcp_round_trip
+
+                res["mcp"] = mcp_round_trip.measure(100 if quick else 500, 2 if quick else 3)
+            except ImportError as exc:  # (the mcp extra is optional)
+                res["notes"].append(f"MCP round trip not measured: {exc}")
+            progress.step()
+        if "many_agents" in only:
+            progress.describe("many agents per process")
+            res["many_agents"] = many_agents.run(
+                many_ks, total=5_000 if quick else many_agents.TOTAL, progress=progress
+            )
     finally:
         progress.close()
     res["elapsed"] = time.time() - t0

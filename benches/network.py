@@ -45,13 +45,13 @@ def _env() -> dict[str, str]:
 class Proc:
     """A child process whose output lines are collected by a reader thread."""
 
-    def __init__(self, cmd: list[str], stream: str = "stdout") -> None:
+    def __init__(self, cmd: list[str], stream: str = "stdout", *, stdin: bool = False) -> None:
         self.cmd = cmd
         self.p = subprocess.Popen(
             cmd,
             cwd=REPO,
             env=_env(),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -77,6 +77,12 @@ class Proc:
     @property
     def pid(self) -> int:
         return self.p.pid
+
+    def say(self, line: str) -> None:
+        """Write one line to the process's standard input (made with ``stdin=True``)."""
+        assert self.p.stdin is not None, "Proc made without stdin=True"
+        self.p.stdin.write(line + "\n")
+        self.p.stdin.flush()
 
     def wait_line(self, pattern: str, timeout: float, stderr: bool = False) -> re.Match[str]:
         rx = re.compile(pattern)

@@ -9,6 +9,10 @@ Measures, with 64-byte payloads (the compact JSON of the payload dict is 64 byte
   the receiver's unseal, handler and acknowledgement.
 * **ping-pong**: Agent A sends, B's handler replies, A's handler records the round-trip time
   (``perf_counter`` just before ``send`` to the start of A's handler). Three processes again.
+* **request/reply**: ``A.request(...)`` answered by ``msg.reply(...)`` in B's handler, timed
+  from the call to its return, interleaved with the ping-pong runs, and compared with the
+  ping-pong timed the same way, until the sending thread has the answer (the ratio's target:
+  1.1; the ping-pong's own figure is stamped in A's handler, one thread hand-off earlier).
 * the same two figures for ``LocalHub`` with both agents in one process.
 
 Each in signed mode (the default: an Ed25519 signature on every message) and deniable mode
@@ -70,6 +74,8 @@ TARGET_P99_MS = 1.0
 #: its round trip p50 at most this multiple (the state write is off the send path).
 PERSISTENT_RATE_RATIO = 0.8
 PERSISTENT_P50_RATIO = 1.3
+#: ``agent.request`` + ``msg.reply`` against a send answered by a send: at most this multiple.
+REQUEST_P50_RATIO = 1.1
 MODES = ("signed", "deniable")
 
 
@@ -227,6 +233,9 @@ def _peer_ping(ns: argparse.Namespace) -> None:
 
     agent.connect(ns.to)
     rtts: list[float] = []
+    # until the sending thread knows: what a caller waiting for the answer sees (the
+    # handler's time stamp comes one thread hand-off earlier)
+    caller_rtts: list[float] = []
     send = agent.send_payload
     to = ns.to
     cpu_start = 0.0
@@ -235,17 +244,56 @@ def _peer_ping(ns: argparse.Namespace) -> None:
             cpu_start = time.process_time()
         p = payload(i)
         got.clear()
-        box["t0"] = time.perf_counter()
+        box["t0"] = t0 = time.perf_counter()
         send(to, p)
         if not got.wait(ns.timeout):
             raise SystemExit(f"no reply to round trip {i} within {ns.timeout} s")
         if i >= ns.warmup:
+            caller_rtts.append(time.perf_counter() - t0)
             rtts.append(box["rtt"])
     cpu = time.process_time() - cpu_start
     agent.close(10)
     summary = _latency_summary(rtts)
+    summary["caller_p50_ms"] = _latency_summary(caller_rtts)["p50_ms"]
     summary["cpu_us_per_rt"] = cpu / max(1, ns.count) * 1e6
     _emit(summary)
+
+
+def _peer_answer(ns: argparse.Namespace) -> None:
+    """The responder of the request/reply round trip: ``msg.reply`` with the payload."""
+    agent = _network_agent(ns, ns.id)
+    done = threading.Event()
+    total = ns.warmup + ns.count
+    state = {"n": 0}
+
+    @agent.on_message
+    def answer(msg: Any) -> None:
+        msg.reply_payload(msg.payload)
+        state["n"] += 1
+        if state["n"] >= total:
+            done.set()
+
+    _emit({"ready": agent.agent_id})
+    ok = done.wait(ns.timeout)
+    agent.close(10)
+    _emit({"answered": state["n"], "complete": ok})
+
+
+def _peer_ask(ns: argparse.Namespace) -> None:
+    """The caller: ``agent.request`` in a loop, timed from the call to its return."""
+    agent = _network_agent(ns, ns.id)
+    agent.connect(ns.to)
+    rtts: list[float] = []
+    request = agent.request_payload
+    to = ns.to
+    for i in range(ns.warmup + ns.count):
+        p = payload(i)
+        t0 = time.perf_counter()
+        request(to, p, timeout=ns.timeout)
+        if i >= ns.warmup:
+            rtts.append(time.perf_counter() - t0)
+    agent.close(10)
+    _emit(_latency_summary(rtts))
 
 
 def _peer_local(ns: argparse.Namespace) -> None:
@@ -375,6 +423,8 @@ PEERS = {
     "sender": _peer_sender,
     "echo": _peer_echo,
     "ping": _peer_ping,
+    "answer": _peer_answer,
+    "ask": _peer_ask,
     "local": _peer_local,
     "rawecho": _peer_raw,
     "rawping": _peer_raw,
@@ -446,7 +496,10 @@ def ping_pong(
     raw: bool = False,
     hub_pid: int | None = None,
     state_dir: str | None = None,
+    request: bool = False,
 ) -> dict[str, Any]:
+    """Round trips between two agent processes: a send answered by a send (or, ``request``,
+    ``agent.request`` answered by ``msg.reply``)."""
     tag = uuid.uuid4().hex[:8]
     echo_id, ping_id = f"echo-{tag}", f"ping-{tag}"
     warmup = 200
@@ -454,12 +507,13 @@ def ping_pong(
     if state_dir is not None:
         common["state_dir"] = state_dir
     prefix = "raw" if raw else ""
-    echo = _peer(prefix + "echo", port, mode, id=echo_id, **common)
+    echo_role, ping_role = ("answer", "ask") if request else (prefix + "echo", prefix + "ping")
+    echo = _peer(echo_role, port, mode, id=echo_id, **common)
     pinger: Proc | None = None
     try:
         echo.wait_line(r'"ready"', 60)
         hub_cpu = _cpu_seconds(hub_pid) if hub_pid else None
-        pinger = _peer(prefix + "ping", port, mode, id=ping_id, to=echo_id, **common)
+        pinger = _peer(ping_role, port, mode, id=ping_id, to=echo_id, **common)
         res = pinger.result(timeout + 30)
         hub_cpu_end = _cpu_seconds(hub_pid) if hub_pid else None
         echoed = echo.result(timeout + 30)
@@ -551,7 +605,7 @@ def measure(ns: argparse.Namespace) -> dict[str, Any]:
         results["hub_pid"] = hub.pid
         try:
             for mode in ns.modes:
-                net: dict[str, Any] = {"one_way": [], "ping_pong": []}
+                net: dict[str, Any] = {"one_way": [], "ping_pong": [], "request_reply": []}
                 if ns.persistent:
                     net["one_way_persistent"] = []
                     net["ping_pong_persistent"] = []
@@ -561,6 +615,10 @@ def measure(ns: argparse.Namespace) -> dict[str, Any]:
                     _log(ns, f"network {mode}: ping-pong, {ns.round_trips} round trips")
                     net["ping_pong"].append(
                         ping_pong(port, mode, ns.round_trips, timeout, hub_pid=hub.pid)
+                    )
+                    _log(ns, f"network {mode}: request/reply, {ns.round_trips} round trips")
+                    net["request_reply"].append(
+                        ping_pong(port, mode, ns.round_trips, timeout, request=True)
                     )
                     if ns.persistent:
                         # (interleaved with the runs above: same machine state, ratio by ratio)
@@ -612,6 +670,8 @@ def summarize(results: dict[str, Any]) -> list[dict[str, Any]]:
         if net.get("one_way_persistent"):
             rows.extend(_persistent_rows(mode, net))
         rows.append(_cpu_row(mode, net["ping_pong"]))
+        if net.get("request_reply"):
+            rows.extend(_request_rows(mode, net))
         if net.get("ping_pong_hubclient"):
             rows.extend(_latency_rows("hubclient", mode, net["ping_pong_hubclient"]))
     for mode, loc in results["local"].items():
@@ -680,6 +740,27 @@ def _persistent_rows(mode: str, net: dict[str, Any]) -> list[dict[str, Any]]:
             "value": p50_ratio,
             "target": f"<= {PERSISTENT_P50_RATIO}",
             "met": p50_ratio <= PERSISTENT_P50_RATIO,
+        },
+    ]
+
+
+def _request_rows(mode: str, net: dict[str, Any]) -> list[dict[str, Any]]:
+    """``request`` + ``msg.reply`` against the plain ping-pong (send answered by a send), on
+    the same hub, interleaved: correlation must cost almost nothing (REQUEST_P50_RATIO)."""
+    p50 = _median_of(net["request_reply"], "p50_ms")
+    p99 = _median_of(net["request_reply"], "p99_ms")
+    # both timed until the calling thread has the answer (``caller_p50_ms`` of the ping)
+    ratio = p50 / _median_of(net["ping_pong"], "caller_p50_ms")
+    return [
+        {"hub": "network", "mode": mode, "figure": "request/reply p50 ms", "value": p50},
+        {"hub": "network", "mode": mode, "figure": "request/reply p99 ms", "value": p99},
+        {
+            "hub": "network",
+            "mode": mode,
+            "figure": "request/reply / ping-pong p50",
+            "value": ratio,
+            "target": f"<= {REQUEST_P50_RATIO}",
+            "met": ratio <= REQUEST_P50_RATIO,
         },
     ]
 
@@ -760,7 +841,7 @@ def _log(ns: argparse.Namespace, text: str) -> None:
 # command line
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--count", type=int, default=20_000, help="timed one-way messages")
@@ -792,6 +873,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=200, help=argparse.SUPPRESS)
     p.add_argument("--rt-warmup", type=int, default=200, help=argparse.SUPPRESS)
     p.add_argument("--state-dir", help=argparse.SUPPRESS)
+    return p
+
+
+def run(quick: bool) -> dict[str, Any]:
+    """The figures as ``python -m benches`` takes them: signed and deniable, plain and
+    persistent agents interleaved; quick: fewer messages."""
+    args = ["-q", "--persistent"]
+    if quick:
+        args += ["--count", "4000", "--round-trips", "500"]
+    ns = parser().parse_args(args)
+    ns.modes = list(MODES)
+    return measure(ns)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     ns = p.parse_args(argv)
     if ns.peer:
         PEERS[ns.peer](ns)

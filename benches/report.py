@@ -8,6 +8,7 @@ import os
 from typing import Any
 
 from . import crypto as c
+from . import report_agents
 from .harness import SIZES, fmt_bytes, fmt_rate, fmt_time, size_label
 
 NAN = float("nan")
@@ -166,6 +167,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             f"live heap per session {fmt_bytes(by[lo_n]['heap'] / 2)} -> {fmt_bytes(by[hi_n]['heap'] / 2)}, "
             f"state {fmt_bytes(by[lo_n]['state'] / 2)} -> {fmt_bytes(by[hi_n]['state'] / 2)}",
         )
+    for what, ratio, bar, higher_is_better, detail in report_agents.targets(res):
+        add(what, ratio, bar, higher_is_better, detail)
     return out
 
 
@@ -685,6 +688,7 @@ def markdown(res: dict[str, Any], img_rel: str) -> str:
         for note in net.get("notes", []):
             w(f"> note: {note}")
             w("")
+    L.extend(report_agents.sections(res))
     return "\n".join(L).rstrip() + "\n"
 
 

@@ -18,9 +18,11 @@ never does I/O itself except through the hub it is attached to:
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -28,12 +30,14 @@ from . import crypto as _crypto
 from .agent_persistence import _Persistence
 from .agent_prekeys import _Prekeys
 from .agent_receiving import _Receiving
+from .agent_requests import DEFAULT_REQUEST_TIMEOUT, PendingRequests, _Requests, check_no_meta
 from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
     AUTOSAVE_INTERVAL,
     CLOSE_TIMEOUT,
     KEEP_HANDED_OUT_PREKEYS,
     MAX_AGENT_ID_BYTES,
     MAX_DELIVERED_HUBS,
+    MAX_ENVELOPE_BYTES,
     MAX_INBOUND_ONLY_SESSIONS,
     UNSEAL_MANY_MAX,
     UNSEAL_MANY_MIN,
@@ -43,6 +47,7 @@ from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
 )
 from .agent_sessions import _Sessions
 from .agent_trust import _Trust
+from .errors import MessageTooLargeError
 from .keystore import KeyStore
 from .message import Message, _message_from_bytes  # noqa: F401 (old pickles name it here)
 
@@ -71,7 +76,26 @@ def _core_of(agent: Any) -> _AgentCore:
 # Message
 
 
-class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
+class ReadyEvent(threading.Event):
+    """A ``threading.Event`` that also calls back whoever waits for it without a thread (the
+    receive path: an agent's first batches wait until it has a handler or an iterator)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._callbacks: list[Callable[[], None]] = []
+
+    def when_set(self, callback: Callable[[], None]) -> None:
+        self._callbacks.append(callback)
+
+    def set(self) -> None:
+        already = self.is_set()
+        super().set()
+        if not already:
+            for callback in self._callbacks:
+                callback()
+
+
+class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Requests):
     """Identity, sessions, pins, handlers and counters of one agent. No I/O of its own."""
 
     def __init__(
@@ -109,13 +133,19 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
         self._handlers: tuple[Callable[[Message], Any], ...] = ()
         self._error_handlers = ()
         self._dispatch = self.run_handlers
-        self.consumer_ready = threading.Event()  # a NetworkHub link delivers once this is set
+        self._pending = PendingRequests()
+        self._unhandled = collections.Counter()
+        self._interceptors = {}
+        self.consumer_ready = ReadyEvent()  # a NetworkHub link runs handlers once this is set
+        self.attached = ReadyEvent()  # set once a hub's register attached the agent
         self.sent = 0
         self.received = 0
         self.rejected = 0
         self.handler_errors = 0
         self.closed = False
         self.hub = None
+        self._owned_hub: Hub | None = None  # a hub this agent made from an address
+        self._closing_link: Any = None  # the network link this agent closed
         self._transport: Any = None
         self._transmit: Callable[[Any], Any] | None = None
         self._autosave = False
@@ -173,12 +203,17 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
 
     # -- wiring to a hub ------------------------------------------------------------------------
 
-    def register_on(self, hub: Hub, agent: Any) -> None:
+    def register_on(self, hub: Hub, agent: Any, owned: bool = False) -> None:
         """Register ``agent`` (this core's face) on ``hub``; if that fails, the identity is
-        given up at once (its lock released), so that a retry can open it again."""
+        given up at once (its lock released), so that a retry can open it again. ``owned``:
+        the agent made the hub (from an address) and closes it when it closes."""
+        self._owned_hub = hub if owned else None
         try:
             hub.register(agent)
         except BaseException:
+            if owned:
+                with contextlib.suppress(Exception):
+                    hub.close()  # type: ignore[attr-defined]
             self.closed = True
             if self.store is not None:
                 with self._save_lock:
@@ -194,6 +229,7 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
         self._transport = transport
         self._transmit = transport.send
         self._autosave = bool(getattr(transport, "local", False)) and self.store is not None
+        self.attached.set()
 
     def detach(self) -> None:
         self._transmit = None
@@ -236,12 +272,24 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
     def send_payload(self, recipient: str, payload: dict[str, Any]) -> Any:
         """Seal ``payload`` for ``recipient`` and hand it to the hub; return the Envelope."""
         env = self.seal_for(recipient, payload)
+        self.transmit(env)
+        return env
+
+    def transmit(self, env: Any) -> None:
+        """Hand a sealed envelope to the hub (``MessageTooLargeError`` past the one limit
+        every hub shares: nothing is sent)."""
+        size = len(env)
+        if size > MAX_ENVELOPE_BYTES:
+            raise MessageTooLargeError(
+                f"message to {env.recipient!r} is {size:,} bytes sealed, over the limit of "
+                f"{MAX_ENVELOPE_BYTES:,} bytes per message on every hub; send it in parts, or "
+                "pass a reference to where the data is (a path, a URL) instead"
+            )
         transmit = self._transmit
         if transmit is not None:
             transmit(env)
         elif self.hub is not None:  # closed
             raise RuntimeError(f"agent {self.agent_id!r} is closed")
-        return env
 
     # -- persistence ----------------------------------------------------------------------------
 
@@ -255,6 +303,11 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
 
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         if self.closed:
+            # (closed by one of its handlers: its connection shuts down once that handler
+            # returns; a close from elsewhere waits for that, so nothing is cut off at exit)
+            closing = self._closing_link
+            if closing is not None:
+                closing.wait_shut_down(timeout)
             return
         error: BaseException | None = None
         transport = self._transport
@@ -265,12 +318,20 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
                 error = exc
         self.closed = True
         self.consumer_ready.set()
+        self._pending.fail_all(
+            RuntimeError(f"agent {self.agent_id!r} closed before the reply came")
+        )
         hub = self.hub
         try:
             if hub is not None:
                 hub.unregister(self)
         except Exception:
             self.log.exception("agent %r: error while leaving the hub", self.agent_id)
+        owned = self._owned_hub
+        if owned is not None:
+            with contextlib.suppress(Exception):
+                owned.close()  # type: ignore[attr-defined]
+        self._closing_link = transport if hasattr(transport, "wait_shut_down") else None
         self.detach()
         try:
             self.save_state()
@@ -285,6 +346,19 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
             raise error
 
     # -- introspection --------------------------------------------------------------------------
+
+    def wait_for_peer(self, peer_id: str, timeout: float | None) -> None:
+        hub = self.hub
+        if hub is None:
+            raise RuntimeError("No hub configured: there is no one to wait for")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        pause = 0.02
+        while not hub.is_online(peer_id):
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise TimeoutError(f"agent {peer_id!r} did not come online within {timeout:g} s")
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(pause * 2, PRESENCE_POLL_MAX)
 
     def list_peers(self) -> list[str]:
         hub = self.hub
@@ -310,6 +384,34 @@ class _AgentCore(_Sessions, _Trust, _Receiving, _Persistence, _Prekeys):
             "closed": self.closed,
             "deniable": self.deniable,
         }
+
+
+#: Longest pause between two presence checks of ``wait_for_peer``.
+PRESENCE_POLL_MAX = 0.25
+
+
+def _stop_on_sigterm(stop: threading.Event) -> Callable[[], None]:
+    """In the main thread, SIGTERM sets ``stop`` (instead of killing the process before the
+    agent could close) until the returned function restores the previous handler."""
+    import signal
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    previous = signal.getsignal(signal.SIGTERM)
+    if previous not in (signal.SIG_DFL, None):
+        return lambda: None  # the program handles SIGTERM itself
+    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, previous)
+
+    return restore
+
+
+def _hub_of(hub: Any) -> Hub | None:
+    from .hubs import hub_of  # (hubs imports this module)
+
+    return hub_of(hub)
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,7 +479,7 @@ class Agent(_AgentFacade):
     def __init__(
         self,
         agent_id: str,
-        hub: Hub | None = None,
+        hub: Hub | str | None = None,
         keypair_path: str | os.PathLike[str] | None = None,
         log_level: int = logging.WARNING,
         *,
@@ -385,6 +487,7 @@ class Agent(_AgentFacade):
         keypair: Any = None,
         deniable: bool = False,
     ) -> None:
+        resolved = _hub_of(hub)  # (a bad address fails before the identity is opened)
         self._core = _AgentCore(
             agent_id,
             keypair_path=keypair_path,
@@ -394,19 +497,45 @@ class Agent(_AgentFacade):
             owner=self,
             deniable=deniable,
         )
-        if hub is not None:
-            self._core.register_on(hub, self)
+        if resolved is not None:
+            self._core.register_on(resolved, self, owned=resolved is not hub)
 
     # sending
     def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
         """Send ``{"text": text, **kwargs}``; returns the sealed Envelope."""
-        return self._core.send_payload(recipient_id, {"text": text, **kwargs})
+        return self.send_payload(recipient_id, {"text": text, **kwargs})
 
     def send_payload(self, recipient_id: str, payload: dict[str, Any]) -> Any:
         """Send a payload dict as it is; ``TypeError`` (nothing sent) if it cannot be serialised."""
+        if isinstance(payload, dict):
+            check_no_meta(payload)
         return self._core.send_payload(recipient_id, payload)
 
     # handlers
+    def request(
+        self,
+        recipient_id: str,
+        /,
+        text: str = "",
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        **kwargs: Any,
+    ) -> Message:
+        """Send a request and wait for the reply (``msg.reply(...)`` at the peer); returns the
+        reply :class:`Message`. Every keyword beyond ``text`` and ``timeout`` lands in the
+        payload. ``ReplyTimeoutError`` (a ``TimeoutError``) when no reply comes within
+        ``timeout`` seconds; ``RemoteError`` when the peer answers with ``reply_error``. Any
+        thread may wait, many requests at once; a handler may wait too."""
+        return self.request_payload(recipient_id, {"text": text, **kwargs}, timeout=timeout)
+
+    def request_payload(
+        self,
+        recipient_id: str,
+        payload: dict[str, Any],
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> Message:
+        """:meth:`request` with a whole payload dict."""
+        return self._core.request_payload(recipient_id, payload, timeout)
+
     def on_message(self, handler: H) -> H:
         """Register a message handler (decorator or call); returns it unchanged."""
         return self._core.add_handler(handler)
@@ -444,6 +573,33 @@ class Agent(_AgentFacade):
     def close(self, timeout: float | None = CLOSE_TIMEOUT) -> None:
         """Flush, save state, leave the hub. Idempotent."""
         self._core.close(timeout)
+
+    def wait_for_peer(self, peer_id: str, timeout: float | None = 30.0) -> None:
+        """Return once ``peer_id`` is online on the hub (registered and connected);
+        ``TimeoutError`` naming it after ``timeout`` seconds. For a coordinator that must not
+        start before its workers are up."""
+        self._core.wait_for_peer(peer_id, timeout)
+
+    def run_forever(self, timeout: float | None = None) -> None:
+        """Serve: block while the handlers answer what comes, until the agent is closed (by a
+        handler or another thread), ``timeout`` seconds pass, Ctrl-C, or SIGTERM (when called
+        from the main thread); then close the agent and return."""
+        core = self._core
+        stop = threading.Event()
+        restore = _stop_on_sigterm(stop)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            while not core.closed and not stop.is_set():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                # (short waits: Ctrl-C reaches the main thread only between them)
+                stop.wait(0.2 if left is None else min(0.2, left))
+        except KeyboardInterrupt:
+            pass
+        finally:
+            restore()
+        self.close()
 
     def __enter__(self) -> Agent:
         return self

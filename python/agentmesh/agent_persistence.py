@@ -89,16 +89,23 @@ class _Persistence(AgentCoreState):
         with self._lock:
             # every set-up counted in this revision has its session in this export: both
             # change under _lock (the binding settles a set-up inside unseal)
-            revision = self.keypair.revision
+            revision: int | None = self.keypair.revision
+            # sessions with messages unsealed whose handlers have not run keep their saved
+            # state (and the identity file its revision) until the handlers ran
+            held = self._unhandled
+            if held:
+                revision = None
             state = None
             if dirty or self._meta_dirty:
                 for peer in dirty:
+                    if peer in held:
+                        continue
                     session = self._sessions.get(peer)
                     if session is None:
                         self._exports.pop(peer, None)
                     else:
                         self._exports[peer] = session.export_sealed()
-                dirty.clear()
+                dirty.intersection_update(held)
                 self._meta_dirty = False
                 state = PersistedState(
                     sessions=dict(self._exports),
@@ -120,8 +127,17 @@ class _Persistence(AgentCoreState):
         # a state file on disk: the other way round, a crash in between would turn the
         # redelivered set-up into a "replay" and lose it. A set-up settled after the export
         # waits for the next save (the keypair refuses to write another revision).
-        if revision != self._identity_revision and store.save_identity(self.keypair, revision):
+        if (
+            revision is not None
+            and revision != self._identity_revision
+            and store.save_identity(self.keypair, revision)
+        ):
             self._identity_revision = revision
+
+    @property
+    def saves_held_back(self) -> bool:
+        """Some sessions keep their saved state until handlers ran (see ``handled_from``)."""
+        return bool(self._unhandled)
 
     @property
     def identity_unsaved(self) -> bool:

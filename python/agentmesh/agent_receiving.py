@@ -7,6 +7,7 @@ methods run on the core and share its state."""
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Any
 
 from . import crypto as _crypto
@@ -28,6 +29,21 @@ from .message import Message
 Envelope = _crypto.Envelope
 perform_key_exchange = _crypto.perform_key_exchange
 
+# Set while receive_batch(dispatch=False) runs in this thread: what it unseals is held (not
+# saved) until ``handled_from`` says its handlers ran.
+_holding = threading.local()
+
+
+class Rejected:
+    """An envelope ``receive_batch(dispatch=False)`` refused: the error, and the envelope (or
+    its bytes), for the caller to report in its place (``reject``)."""
+
+    __slots__ = ("envelope", "error")
+
+    def __init__(self, error: BaseException, envelope: Any) -> None:
+        self.error = error
+        self.envelope = envelope
+
 
 class _Receiving(AgentCoreState):
     """Receiving (see the module)."""
@@ -41,18 +57,33 @@ class _Receiving(AgentCoreState):
         except CryptoError as exc:
             self.reject(exc, envelope)
             return None
-        self._dispatch(msg)
+        self.hand_over(msg)
         return msg
 
-    def receive_batch(self, envelopes: list[Any]) -> list[Message | None]:
+    def receive_batch(
+        self, envelopes: list[Any], dispatch: bool = True
+    ) -> list[Message | Rejected | None]:
         """:meth:`receive` for many envelopes (Envelopes or bytes) delivered together.
 
         Each sender's envelopes are unsealed together, in order (``unseal_many``: one Ed25519
         batch verification in signed mode); first contact with an unknown sender goes through the
         same path as :meth:`receive`. Then the handlers (or, for a rejection, the error
         handlers) run for each envelope in the order given. Returns what :meth:`receive` would
-        have returned for each envelope.
+        have returned for each envelope. With ``dispatch=False`` neither the handlers nor the
+        error handlers run: the caller hands the messages over, and reports each
+        :class:`Rejected` in its place, itself.
         """
+        if not dispatch:
+            _holding.on = True
+            try:
+                return self._receive_batch(envelopes, dispatch)
+            finally:
+                _holding.on = False
+        return self._receive_batch(envelopes, dispatch)
+
+    def _receive_batch(
+        self, envelopes: list[Any], dispatch: bool
+    ) -> list[Message | Rejected | None]:
         n = len(envelopes)
         if n == 1:  # the latency path: nothing to group
             item = envelopes[0]
@@ -61,9 +92,12 @@ class _Receiving(AgentCoreState):
                     item = _crypto.as_envelope(item)
                 msg = self.accept(item)
             except Exception as exc:  # a CryptoError, or a hub lookup failing on first contact
+                if not dispatch:
+                    return [Rejected(exc, item)]
                 self.reject(exc, item)
                 return [None]
-            self._dispatch(msg)
+            if dispatch:
+                self.hand_over(msg)
             return [msg]
         outcomes: list[Any] = [None] * n  # Message or the exception that rejected it
         items: list[Any] = list(envelopes)
@@ -83,14 +117,17 @@ class _Receiving(AgentCoreState):
             results = self._accept_run(sender, [items[i] for i in indexes])
             for index, result in zip(indexes, results, strict=True):
                 outcomes[index] = result
-        out: list[Message | None] = []
+        out: list[Message | Rejected | None] = []
         for item, outcome in zip(items, outcomes, strict=True):
             if isinstance(outcome, Message):
-                self._dispatch(outcome)
+                if dispatch:
+                    self.hand_over(outcome)
                 out.append(outcome)
-            else:
+            elif dispatch:
                 self.reject(outcome, item)
                 out.append(None)
+            else:
+                out.append(Rejected(outcome, item))
         return out
 
     def _accept_run(self, sender: str, envs: list[Any]) -> list[Any]:
@@ -120,7 +157,10 @@ class _Receiving(AgentCoreState):
                 current = self._sessions.get(sender)
                 opened = current.unseal_many(chunk) if current is not None else None
                 if opened is not None:
-                    self.received += sum(1 for payload in opened if type(payload) is dict)
+                    count = sum(1 for payload in opened if type(payload) is dict)
+                    self.received += count
+                    if getattr(_holding, "on", False):
+                        self._unhandled[sender] += count
                     if dirty is not None:
                         dirty.add(sender)
                     if self._inbound_only and sender in self._inbound_only:
@@ -130,7 +170,7 @@ class _Receiving(AgentCoreState):
                 continue
             for env, payload in zip(chunk, opened, strict=True):
                 if type(payload) is dict:
-                    results.append(Message(sender, me, payload, env))
+                    results.append(Message(sender, me, payload, env, self))
                 elif isinstance(payload, ReplayError):
                     results.append(payload)
                 elif isinstance(payload, CryptoError):
@@ -160,6 +200,8 @@ class _Receiving(AgentCoreState):
             with self._lock:
                 payload = session.unseal(env)
                 self.received += 1
+                if getattr(_holding, "on", False):
+                    self._unhandled[sender] += 1
                 if dirty is not None:
                     dirty.add(sender)
                 if self._inbound_only and sender in self._inbound_only:
@@ -170,7 +212,7 @@ class _Receiving(AgentCoreState):
             raise self._explain_rejection(env, sender, exc) from None
         if dirty is not None and self._autosave:
             self._maybe_autosave()
-        return Message(sender, self.agent_id, payload, env)
+        return Message(sender, self.agent_id, payload, env, self)
 
     def _accept_first(self, env: Any, sender: str) -> Message:
         if self.closed:
@@ -193,8 +235,22 @@ class _Receiving(AgentCoreState):
                 self._commit_session(sender, session, bundle)
                 self._note_inbound_only(sender)
             self.received += 1
+            if getattr(_holding, "on", False):
+                self._unhandled[sender] += 1
         self.save_state_quietly()
-        return Message(sender, self.agent_id, payload, env)
+        return Message(sender, self.agent_id, payload, env, self)
+
+    def handled_from(self, sender: str, count: int = 1) -> None:
+        """``count`` messages of ``sender`` unsealed with ``receive_batch(dispatch=False)``
+        have been handled: their session may be saved again. Until then a save keeps the
+        session's previous state on disk: a crash before the handlers ran must leave those
+        messages readable when the hub delivers them again (saved, they would be replays)."""
+        with self._lock:
+            left = self._unhandled[sender] - count
+            if left > 0:
+                self._unhandled[sender] = left
+            else:
+                del self._unhandled[sender]
 
     def _note_inbound_only(self, sender: str) -> None:
         """Bound the sessions that other agents opened and this one never answered: any agent
@@ -254,6 +310,13 @@ class _Receiving(AgentCoreState):
                 type(exc).__name__,
                 exc,
             )
+            return
+        self.report(exc)
+
+    def report(self, exc: BaseException) -> None:
+        """Tell every error handler (or the log, when there is none)."""
+        if not self._error_handlers:
+            self.log.warning("agent %r: %s: %s", self.agent_id, type(exc).__name__, exc)
             return
         for handler in self._error_handlers:
             try:

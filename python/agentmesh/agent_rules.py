@@ -12,6 +12,10 @@ from typing import Any
 from . import crypto as _crypto
 
 MAX_AGENT_ID_BYTES = 255
+#: Largest sealed envelope an agent sends, on every hub (4 MiB): what the network hub's default
+#: frame limit carries with room for its header, so code tried on a LocalHub does not break on
+#: the network. A larger send raises ``MessageTooLargeError`` before anything leaves.
+MAX_ENVELOPE_BYTES = 4 * 1024 * 1024
 #: How often (seconds) a persistent agent on a LocalHub writes its state while it is busy.
 AUTOSAVE_INTERVAL = 1.0
 #: Default time ``close()`` waits for the hub to acknowledge what was sent.

@@ -1,8 +1,9 @@
 """What the rooms of the agent core share: the core's state and the few methods one room calls
 in another. The rooms (``agent_sessions.py``, ``agent_trust.py``, ``agent_receiving.py``,
-``agent_persistence.py``, ``agent_prekeys.py``) derive from these declarations, so each room's
-use of the shared state is type-checked; :class:`agentmesh.agent._AgentCore` combines them and owns
-the state (set in its ``__init__``)."""
+``agent_persistence.py``, ``agent_prekeys.py``, ``agent_requests.py``) derive from these
+declarations, so each room's use of the shared state is type-checked;
+:class:`agentmesh.agent._AgentCore` combines them and owns the state (set in its
+``__init__``)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .agent_requests import PendingRequests
     from .hubs import Hub
     from .keystore import KeyStore
     from .message import Message
@@ -34,8 +36,11 @@ class AgentCoreState:
     _pending_identity: dict[str, dict[str, Any]]
     _unverified: set[str]
     _inbound_only: collections.OrderedDict[str, None]
+    _unhandled: collections.Counter[str]  # peer -> messages unsealed, handlers not run yet
     # handlers and counters
     _dispatch: Callable[[Message], Any]
+    _pending: PendingRequests
+    _interceptors: dict[str, Callable[[Message], None]]
     _error_handlers: tuple[Callable[[BaseException], Any], ...]
     sent: int
     received: int
@@ -68,3 +73,8 @@ class AgentCoreState:
         def _write_identity(self) -> None: ...
         def save_state(self) -> None: ...
         def save_state_quietly(self) -> None: ...
+        def seal_for(self, peer_id: str, payload: dict[str, Any]) -> Any: ...
+        def send_payload(self, recipient: str, payload: dict[str, Any]) -> Any: ...
+        def transmit(self, env: Any) -> None: ...
+        def report(self, exc: BaseException) -> None: ...
+        def hand_over(self, msg: Message) -> None: ...

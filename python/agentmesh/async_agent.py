@@ -16,7 +16,10 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade
+from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade, _hub_of
+from .agent_requests import DEFAULT_REQUEST_TIMEOUT, check_no_meta
+from .errors import ReplyTimeoutError
+from .link_receive_pool import waiting
 from .message import Message
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -42,7 +45,7 @@ class AsyncAgent(_AgentFacade):
     def __init__(
         self,
         agent_id: str,
-        hub: Hub | None = None,
+        hub: Hub | str | None = None,
         keypair_path: str | os.PathLike[str] | None = None,
         log_level: int = logging.WARNING,
         *,
@@ -51,6 +54,7 @@ class AsyncAgent(_AgentFacade):
         inbox_size: int = 10_000,
         deniable: bool = False,
     ) -> None:
+        resolved = _hub_of(hub)  # (a bad address fails before the identity is opened)
         core = _AgentCore(
             agent_id,
             keypair_path=keypair_path,
@@ -76,8 +80,8 @@ class AsyncAgent(_AgentFacade):
         self._dropped = 0
         with contextlib.suppress(RuntimeError):
             self._bind(asyncio.get_running_loop())
-        if hub is not None:
-            core.register_on(hub, self)
+        if resolved is not None:
+            core.register_on(resolved, self, owned=resolved is not hub)
 
     # -- loop binding ---------------------------------------------------------------------------
 
@@ -111,7 +115,8 @@ class AsyncAgent(_AgentFacade):
             # a network worker: wait until the handlers ran, so the hub's ack comes after them
             fut = asyncio.run_coroutine_threadsafe(self._run_chain(msg), loop)
             try:
-                fut.result()
+                with waiting():  # an async handler may await a reply: let it through
+                    fut.result()
             except Exception:
                 core.log.exception("agent %r: async dispatch failed", core.agent_id)
             return
@@ -238,6 +243,8 @@ class AsyncAgent(_AgentFacade):
 
     async def send_payload(self, recipient_id: str, payload: dict[str, Any]) -> Any:
         self._bind_running()
+        if isinstance(payload, dict):
+            check_no_meta(payload)
         core = self._core
         if (
             isinstance(recipient_id, str)
@@ -246,6 +253,44 @@ class AsyncAgent(_AgentFacade):
         ):
             return core.send_payload(recipient_id, payload)  # no I/O before the envelope exists
         return await self._run(core.send_payload, recipient_id, payload)
+
+    async def request(
+        self,
+        recipient_id: str,
+        /,
+        text: str = "",
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+        **kwargs: Any,
+    ) -> Message:
+        """Send a request and wait for its reply (see :meth:`Agent.request`)."""
+        return await self.request_payload(recipient_id, {"text": text, **kwargs}, timeout=timeout)
+
+    async def request_payload(
+        self,
+        recipient_id: str,
+        payload: dict[str, Any],
+        timeout: float | None = DEFAULT_REQUEST_TIMEOUT,
+    ) -> Message:
+        """:meth:`request` with a whole payload dict."""
+        self._bind_running()
+        core = self._core
+        if recipient_id in core._sessions and recipient_id not in core._unverified:
+            env, future = core.open_request(recipient_id, payload)  # no I/O on this path
+        else:
+            env, future = await self._run(core.open_request, recipient_id, payload)
+        request_id = str(env.id)
+        reply = asyncio.wrap_future(future)
+        try:
+            # (asyncio.wait, not wait_for: a timeout must not cancel what a late reply resolves)
+            await asyncio.wait({reply}, timeout=timeout)
+            if reply.done():
+                return reply.result()
+            core.finish_request(recipient_id, request_id, timed_out=True)
+            if future.done():  # the reply came just as the wait ended
+                return future.result()
+            raise ReplyTimeoutError(recipient_id, timeout or 0.0, request_id)
+        finally:
+            core.finish_request(recipient_id, request_id, timed_out=False)
 
     async def connect(self, peer_id: str) -> str:
         return await self._run(self._core.connect, peer_id)  # type: ignore[no-any-return]
@@ -275,6 +320,24 @@ class AsyncAgent(_AgentFacade):
             with self._inbox_cond:
                 self._inbox_cond.notify_all()
                 self._wake_locked()
+
+    async def wait_for_peer(self, peer_id: str, timeout: float | None = 30.0) -> None:
+        """Return once ``peer_id`` is online on the hub (see :meth:`Agent.wait_for_peer`)."""
+        await asyncio.to_thread(self._core.wait_for_peer, peer_id, timeout)
+
+    async def run_forever(self, timeout: float | None = None) -> None:
+        """Serve until the agent is closed (by a handler or another task), ``timeout`` seconds
+        pass, or the task is cancelled; then close the agent."""
+        self._bind_running()
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        try:
+            while not self._core.closed:
+                if deadline is not None and loop.time() >= deadline:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await self.close()
 
     async def __aenter__(self) -> AsyncAgent:
         self._bind_running()

@@ -16,7 +16,7 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,10 @@ class _UsageError(AgentMeshError):
     """Bad arguments discovered after parsing (exit 2)."""
 
 
+#: Seconds to connect to a hub when no --timeout says otherwise.
+CONNECT_TIMEOUT = 10.0
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="agentmesh",
@@ -60,7 +64,18 @@ def _build_parser() -> argparse.ArgumentParser:
         "-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug)"
     )
     parser.add_argument("-q", "--quiet", action="store_true", help="only errors on stderr")
+    # the same two flags after the command too (``agentmesh send ... -q``)
+    logging_flags = argparse.ArgumentParser(add_help=False)
+    logging_flags.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="more logging"
+    )
+    logging_flags.add_argument(
+        "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help="only errors"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    def add_command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[logging_flags], **kwargs)
 
     sub.add_parser(
         "hub",
@@ -69,7 +84,7 @@ def _build_parser() -> argparse.ArgumentParser:
         description="Run the network hub; every flag is passed on to agentmesh-hub.",
     )
 
-    p = sub.add_parser(
+    p = add_command(
         "keygen",
         help="create a new identity file and print its fingerprint",
         description="Create a new identity key file (mode 0600) and print its fingerprint. "
@@ -81,7 +96,7 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     _passphrase_arg(p)
 
-    p = sub.add_parser(
+    p = add_command(
         "fingerprint",
         help="print the fingerprint of an identity file",
         description="Print the fingerprint of an identity key file (compare it out of band).",
@@ -90,26 +105,24 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print agent id and fingerprint as JSON")
     _passphrase_arg(p)
 
-    p = sub.add_parser(
+    p = add_command(
         "send",
         help="send one encrypted message through a network hub",
         description="Send one end-to-end encrypted message through a network hub, then wait "
         "until the hub has durably accepted it. Prints the message id.",
     )
-    _hub_args(p)
-    _key_args(p)
-    p.add_argument("--to", required=True, metavar="ID", help="recipient agent id")
-    p.add_argument("--text", default="", help="message text")
-    p.add_argument(
-        "--payload",
-        metavar="JSON",
-        help='extra payload fields as a JSON object, e.g. \'{"type": "task", "n": 3}\'',
-    )
-    p.add_argument(
-        "--timeout", type=float, default=30.0, help="seconds to wait for the hub (default 30)"
-    )
+    _message_args(p, "message text", "seconds to wait for the hub (default 30)")
 
-    p = sub.add_parser(
+    p = add_command(
+        "request",
+        help="send a request through a network hub and print the reply as JSON",
+        description="Send one end-to-end encrypted request through a network hub and wait for "
+        "the reply (the peer answers with msg.reply). Prints the reply as one JSON line; exits "
+        "1 when the peer answers with an error, or no reply comes within --timeout.",
+    )
+    _message_args(p, "request text", "seconds to wait for the reply (default 30)")
+
+    p = add_command(
         "listen",
         help="print incoming messages as JSON lines until interrupted",
         description="Receive messages through a network hub and print each as one JSON line "
@@ -133,17 +146,21 @@ def _build_parser() -> argparse.ArgumentParser:
         help="give up after N seconds (status 1 if --count was not reached)",
     )
 
-    p = sub.add_parser(
+    p = add_command(
         "peers",
         help="list the agents registered on a network hub",
         description="Print the ids of the agents registered on a network hub, one per line.",
     )
     _hub_args(p)
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("--online", action="store_true", help="only the agents connected now")
+    p.add_argument(
+        "--timeout", type=float, default=CONNECT_TIMEOUT, help="seconds to wait for the hub"
+    )
 
-    add_nats_dev_parser(sub)
+    add_nats_dev_parser(add_command)
 
-    sub.add_parser(
+    add_command(
         "demo",
         help="run the local encrypted demo (no network)",
         description="Two agents on an in-process hub exchange encrypted messages.",
@@ -169,6 +186,21 @@ def _hub_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _message_args(p: argparse.ArgumentParser, text_help: str, timeout_help: str) -> None:
+    """What ``send`` and ``request`` take: where, who, what, and how long to wait."""
+    _hub_args(p)
+    _key_args(p)
+    p.add_argument("--to", required=True, metavar="ID", help="recipient agent id")
+    p.add_argument("--text", default="", help=f"{text_help} ('-': read it from standard input)")
+    p.add_argument("--text-file", metavar="PATH", help="read the text from this UTF-8 file")
+    p.add_argument(
+        "--payload",
+        metavar="JSON",
+        help='extra payload fields as a JSON object, e.g. \'{"type": "task", "n": 3}\'',
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help=timeout_help)
+
+
 def _key_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--key", required=True, metavar="PATH", help="this agent's key file")
     _passphrase_arg(p)
@@ -190,12 +222,13 @@ def _passphrase(args: argparse.Namespace) -> str | None:
 
 
 def _hub(args: argparse.Namespace) -> Any:
-    from .hubs import NetworkHub, parse_hub_address
+    from .hubs import HubAddress, NetworkHub
 
     try:
-        host, port = parse_hub_address(args.hub)
+        address = HubAddress.parse(args.hub)
     except ValueError as exc:
         raise _UsageError(str(exc)) from None
+    host, port = address.host, address.port
     ssl_ctx: Any = None
     if args.cafile:
         import ssl
@@ -204,9 +237,12 @@ def _hub(args: argparse.Namespace) -> Any:
             ssl_ctx = ssl.create_default_context(cafile=args.cafile)
         except (OSError, ssl.SSLError) as exc:
             raise RuntimeError(f"cannot load --cafile {args.cafile!r}: {exc}") from exc
-    elif args.tls:
+    elif args.tls or address.tls:
         ssl_ctx = True
-    return NetworkHub(host, port, ssl=ssl_ctx)
+    # --timeout bounds connecting and lookups too (listen's --timeout is how long it listens)
+    wait = getattr(args, "timeout", 0) or 0
+    bound = CONNECT_TIMEOUT if args.command == "listen" or wait <= 0 else wait
+    return NetworkHub(host, port, ssl=ssl_ctx, connect_timeout=bound, timeout=bound)
 
 
 def _agent_id_of_key(path: str, passphrase: str | None) -> str:
@@ -250,9 +286,25 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _cmd_send(args: argparse.Namespace) -> int:
-    from .agent import Agent
+def _text_of(args: argparse.Namespace) -> str:
+    """``--text`` ("-": standard input) or ``--text-file``, as UTF-8 text."""
+    if args.text_file is not None:
+        if args.text:
+            raise _UsageError("give --text or --text-file, not both")
+        try:
+            with open(args.text_file, encoding="utf-8") as f:
+                return f.read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _UsageError(f"cannot read --text-file {args.text_file!r}: {exc}") from None
+    if args.text == "-":
+        try:
+            return sys.stdin.read()
+        except UnicodeDecodeError as exc:
+            raise _UsageError(f"standard input is not UTF-8 text: {exc}") from None
+    return str(args.text)
 
+
+def _payload_of(args: argparse.Namespace) -> dict[str, Any]:
     payload: dict[str, Any] = {}
     if args.payload:
         try:
@@ -261,21 +313,49 @@ def _cmd_send(args: argparse.Namespace) -> int:
             raise _UsageError(f"--payload is not valid JSON: {exc}") from None
         if not isinstance(payload, dict):
             raise _UsageError("--payload must be a JSON object")
-    payload = {"text": args.text, **payload}
+    text = _text_of(args)
+    if "text" in payload and (text or args.text_file is not None):
+        raise _UsageError("--payload has a 'text' field and --text (or --text-file) gives one too")
+    return {"text": text, **payload}
+
+
+def _with_agent(args: argparse.Namespace, work: Callable[[Any], Any]) -> Any:
+    """Run ``work(agent)`` with the key file's agent on the hub, then close both."""
+    from .agent import Agent
+
     passphrase = _passphrase(args)
     agent_id = _agent_id_of_key(args.key, passphrase)
     hub = _hub(args)
     try:
         agent = Agent(agent_id, hub=hub, keypair_path=args.key, passphrase=passphrase)
         try:
-            env = agent.send_payload(args.to, payload)
-            agent.flush(timeout=args.timeout)
+            return work(agent)
         finally:
             agent.close(timeout=args.timeout)
     finally:
         hub.close()
+
+
+def _cmd_send(args: argparse.Namespace) -> int:
+    payload = _payload_of(args)
+
+    def send(agent: Any) -> Any:
+        env = agent.send_payload(args.to, payload)
+        agent.flush(timeout=args.timeout)
+        return env
+
+    env = _with_agent(args, send)
     print(env.id)
     log.info("sent %s to %r", env.id, args.to)
+    return EXIT_OK
+
+
+def _cmd_request(args: argparse.Namespace) -> int:
+    payload = _payload_of(args)
+    reply = _with_agent(
+        args, lambda agent: agent.request_payload(args.to, payload, timeout=args.timeout)
+    )
+    print(json.dumps(reply.to_dict()))
     return EXIT_OK
 
 
@@ -339,6 +419,8 @@ def _cmd_peers(args: argparse.Namespace) -> int:
     hub = _hub(args)
     try:
         agents = hub.list_agents()
+        if args.online:
+            agents = [agent_id for agent_id in agents if hub.is_online(agent_id)]
     finally:
         hub.close()
     if args.json:
@@ -404,6 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "keygen": _cmd_keygen,
         "fingerprint": _cmd_fingerprint,
         "send": _cmd_send,
+        "request": _cmd_request,
         "listen": _cmd_listen,
         "peers": _cmd_peers,
         "demo": _cmd_demo,

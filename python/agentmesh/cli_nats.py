@@ -13,13 +13,14 @@ import shutil
 import signal
 import tempfile
 import threading
-from typing import Any
+from collections.abc import Callable
 
 __all__ = ["add_nats_dev_parser", "cmd_nats_dev"]
 
 
-def add_nats_dev_parser(sub: Any) -> None:
-    p = sub.add_parser(
+def add_nats_dev_parser(add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Adds the ``nats-dev`` command (``add_command``: the CLI's, with its common flags)."""
+    p = add_command(
         "nats-dev",
         help="run a local NATS JetStream cluster for NatsHub until Ctrl-C",
         description="Start a local NATS JetStream cluster on 127.0.0.1 with the settings "

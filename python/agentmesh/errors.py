@@ -137,6 +137,45 @@ class ProtocolError(AgentMeshError):
         self.message = message
 
 
+class MessageTooLargeError(AgentMeshError, ValueError):
+    """A message sealed to more than the largest envelope agentmesh sends (also a
+    ValueError); nothing was sent."""
+
+
+class RemoteError(AgentMeshError):
+    """The peer answered a request with ``msg.reply_error(reason)``: ``peer`` who, ``reason``
+    why, ``request_id`` the request's id."""
+
+    def __init__(self, peer: str, reason: str, request_id: str) -> None:
+        super().__init__(f"{peer!r} answered request {request_id} with an error: {reason}")
+        self.peer = peer
+        self.reason = reason
+        self.request_id = request_id
+
+
+class ReplyTimeoutError(AgentMeshError, TimeoutError):
+    """No reply to a request in time (a ``TimeoutError``); ``peer`` and ``timeout`` say which
+    and how long. A reply that comes later goes to the error handlers as a
+    :class:`LateReplyError`, never to this caller."""
+
+    def __init__(self, peer: str, timeout: float, request_id: str) -> None:
+        super().__init__(f"no reply from {peer!r} within {timeout:g} s (request {request_id})")
+        self.peer = peer
+        self.timeout = timeout
+        self.request_id = request_id
+
+
+class LateReplyError(AgentMeshError):
+    """A reply came after its request had timed out (given to ``on_error`` handlers; the
+    reply itself is ``message``)."""
+
+    def __init__(self, message: object, sender: str, reply_to: str) -> None:
+        super().__init__(f"late reply from {sender!r} to request {reply_to}: its caller gave up")
+        self.message = message
+        self.sender = sender
+        self.reply_to = reply_to
+
+
 class StoreError(AgentMeshError):
     """The hub's store cannot be opened (locked by another hub, corrupt, unwritable) or a commit
     failed for good."""

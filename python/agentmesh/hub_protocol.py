@@ -151,6 +151,10 @@ class Op(IntEnum):
     # Agent connections only. Argument: the caller's new bundle (JSON; same id and identity
     # key, e.g. a rotated signed prekey); response: true. Later lookups and claims serve it.
     UPDATE_BUNDLE = 6
+    # Argument: agent id; response: true when that agent is registered and connected now
+    # (presence; any connection may ask, as it may list the agents). A hub of an earlier
+    # version answers BAD_REQUEST "unknown op 7".
+    IS_ONLINE = 7
 
 
 class ErrorCode(IntEnum):

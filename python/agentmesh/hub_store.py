@@ -2,7 +2,7 @@
 bundle) and the inboxes (envelopes kept until their recipient acknowledges them).
 
 The server talks to one :class:`HubBackend` (a :class:`Directory` plus an :class:`Inbox`) and
-to nothing else, so another store can replace the SQLite one (``hub_store_sqlite.py``,
+to nothing else, so another store can replace the SQLite one (``hub_store_sqlite/``,
 :class:`SQLiteBackend`) without touching the server's routing or the agent layer.
 """
 
@@ -201,7 +201,7 @@ def ephemeral_store_path() -> Path:
 
 
 def __getattr__(name: str) -> Any:
-    # (the SQLite store lives in hub_store_sqlite.py; this import path keeps working)
+    # (the SQLite store lives in hub_store_sqlite/; this import path keeps working)
     if name == "SQLiteBackend":
         from .hub_store_sqlite import SQLiteBackend
 

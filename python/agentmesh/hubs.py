@@ -24,48 +24,41 @@ from typing import TYPE_CHECKING, Any
 from . import crypto as _crypto
 from .agent import _AgentCore, _core_of
 from .backend import Backend
-from .errors import HubError
+from .errors import HubError, PeerNotFoundError
+from .hub_address import DEFAULT_PORT, HubAddress, parse_hub_address  # noqa: F401 (old path)
 from .link import AgentLink, NetLoop, hub_error
+from .local_backend import LocalBackend, LocalDirectory
 
 if TYPE_CHECKING:  # (imported on first use: see __getattr__ at the end)
     from .nats_hub import NatsHub
 
-__all__ = ["Hub", "LocalHub", "NatsHub", "NetworkHub", "parse_hub_address"]
+__all__ = [
+    "Hub",
+    "HubAddress",
+    "LocalHub",
+    "NatsHub",
+    "NetworkHub",
+    "hub_of",
+    "parse_hub_address",
+]
 
 Envelope = _crypto.Envelope
 log = logging.getLogger("agentmesh.hubs")
 
-DEFAULT_PORT = 7700
-def parse_hub_address(address: str, default_port: int = DEFAULT_PORT) -> tuple[str, int]:
-    """``"host:port"``, ``"host"`` or ``"[v6]:port"`` -> ``(host, port)``; ValueError if bad."""
-    address = address.strip()
-    if not address:
-        raise ValueError("empty hub address")
-    host, port_text = address, ""
-    if address.startswith("["):
-        end = address.find("]")
-        if end < 0:
-            raise ValueError(f"bad hub address {address!r}: missing ']'")
-        host, rest = address[1:end], address[end + 1 :]
-        if rest:
-            if not rest.startswith(":"):
-                raise ValueError(f"bad hub address {address!r}")
-            port_text = rest[1:]
-    elif address.count(":") == 1:
-        host, port_text = address.split(":")
-    if not host:
-        raise ValueError(f"bad hub address {address!r}: no host")
-    if not port_text:
-        return host, default_port
-    try:
-        port = int(port_text)
-    except ValueError:
-        raise ValueError(
-            f"bad hub address {address!r}: port {port_text!r} is not a number"
-        ) from None
-    if not 0 < port < 65536:
-        raise ValueError(f"bad hub address {address!r}: port {port} out of range")
-    return host, port
+
+def hub_of(hub: Any) -> Hub | None:
+    """What ``Agent(hub=...)`` takes: a hub, ``None``, or a hub address (a ``NetworkHub`` is
+    made for it). Anything else is a TypeError saying what was given."""
+    if hub is None or isinstance(hub, Hub):
+        return hub
+    if isinstance(hub, str):
+        return NetworkHub(hub)
+    if callable(getattr(hub, "register", None)):
+        return hub  # type: ignore[no-any-return]  # (a hub of the user's own, duck-typed)
+    raise TypeError(
+        f"hub must be a hub (LocalHub(), NetworkHub(...)) or an address such as "
+        f"'127.0.0.1:7700', not {type(hub).__name__}"
+    )
 
 
 class Hub:
@@ -97,6 +90,11 @@ class Hub:
         """Ids of the registered agents."""
         raise NotImplementedError
 
+    def is_online(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is registered and connected now (a hub that cannot tell:
+        whether it is registered)."""
+        return agent_id in self.list_agents()
+
     def message_count(self) -> int:
         """Envelopes routed so far."""
         raise NotImplementedError
@@ -117,62 +115,67 @@ class _LocalTransport:
 
 
 class LocalHub(Hub):
-    """An in-process hub for scripts, tests and notebooks. Synchronous: ``deliver`` returns after
-    the recipient's handlers ran. It keeps no copy of any envelope."""
+    """An in-process hub for scripts, tests and notebooks: a synchronous face over a
+    :class:`~agentmesh.local_backend.LocalDirectory`. ``deliver`` returns after the recipient's
+    handlers ran; it keeps no copy of any envelope for its agents. (Backends on the same
+    directory, :class:`~agentmesh.local_backend.LocalBackend`, get queued deliveries.)"""
 
     def __init__(self) -> None:
-        self._agents: dict[str, _AgentCore] = {}
-        self._bundles: dict[str, dict[str, Any]] = {}
-        self._count = 0
-        self._lock = threading.Lock()
+        self.directory = LocalDirectory()
 
     def register(self, agent: Any) -> None:
         core = _core_of(agent)
-        with self._lock:
-            existing = self._agents.get(core.agent_id)
-            if (
-                existing is not None
-                and existing is not core
-                and not existing.closed
-                and existing.identity_key != core.identity_key
-            ):
-                raise ValueError(
-                    f"Agent id {core.agent_id!r} is already registered on this hub with another "
-                    "identity key; close() that agent first"
-                )
-            core.attach(self, _LocalTransport(self))
-            self._agents[core.agent_id] = core
-            self._bundles[core.agent_id] = core.public_bundle
+        try:
+            self.directory.bind(core.public_bundle, core)
+        except HubError as exc:
+            raise ValueError(
+                f"Agent id {core.agent_id!r} is already registered on this hub with another "
+                f"identity key; close() that agent first ({exc})"
+            ) from None
+        core.attach(self, _LocalTransport(self))
 
     def unregister(self, agent: Any) -> None:
         core = _core_of(agent)
-        with self._lock:
-            if self._agents.get(core.agent_id) is core:
-                del self._agents[core.agent_id]
-                self._bundles.pop(core.agent_id, None)
+        self.directory.leave(core.agent_id, core, forget=True)
 
     def deliver(self, envelope: Any) -> None:
         if type(envelope) is not Envelope:
             envelope = _crypto.as_envelope(envelope)
         recipient = envelope.recipient
-        core = self._agents.get(recipient)
-        if core is None:
-            raise ValueError(f"Peer {recipient!r} not found on hub")
-        self._count += 1
-        core.receive(envelope)
+        directory = self.directory
+        holder = directory.holder(recipient)
+        if not isinstance(holder, _AgentCore):
+            try:
+                directory.enqueue(recipient, bytes(envelope.to_bytes()))
+            except PeerNotFoundError:
+                raise ValueError(f"Peer {recipient!r} not found on hub") from None
+            return
+        directory.routed += 1
+        holder.receive(envelope)
+
+    def local_agent(self, agent_id: str) -> _AgentCore | None:
+        """The agent of this process registered as ``agent_id`` (None: none, or a backend)."""
+        holder = self.directory.holder(agent_id)
+        return holder if isinstance(holder, _AgentCore) else None
 
     def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
-        bundle = self._bundles.get(agent_id)
-        return dict(bundle) if bundle is not None else None
+        return self.directory.get_bundle(agent_id)
 
     def list_agents(self) -> list[str]:
-        return list(self._agents)
+        return self.directory.agents()
+
+    def is_online(self, agent_id: str) -> bool:
+        return self.directory.holder(agent_id) is not None
 
     def message_count(self) -> int:
-        return self._count
+        return self.directory.routed
+
+    def new_backend(self) -> Backend:
+        """A backend on this hub's directory (what code built on the backend seam uses)."""
+        return LocalBackend(self.directory)
 
     def __repr__(self) -> str:
-        return f"<LocalHub agents={len(self._agents)} routed={self._count}>"
+        return f"<LocalHub agents={len(self.directory.agents())} routed={self.directory.routed}>"
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,23 +185,35 @@ class LocalHub(Hub):
 class NetworkHub(Hub):
     """The client side of a network hub; same interface as :class:`LocalHub`.
 
-    ``NetworkHub(host, port=7700, *, ssl=None, connect_timeout=10.0, timeout=30.0)``. ``ssl`` is an
-    ``ssl.SSLContext`` (or ``True`` for the default client context) for TLS to the hub.
-    ``timeout`` bounds lookups (``get_bundle``, ``list_agents``, ``message_count``).
+    ``NetworkHub(host, port=7700, *, ssl=None, connect_timeout=10.0, timeout=30.0)``, or
+    ``NetworkHub(address)`` with any address of :mod:`agentmesh.hub_address` (``"host:port"``,
+    ``"agentmesh+tls://host:port"``, ...). ``ssl`` is an ``ssl.SSLContext`` (or ``True`` for the
+    default client context) for TLS to the hub. ``timeout`` bounds lookups (``get_bundle``,
+    ``list_agents``, ``message_count``).
     """
 
     def __init__(
         self,
         host: str,
-        port: int = DEFAULT_PORT,
+        port: int | None = None,
         *,
         ssl: Any = None,
         connect_timeout: float = 10.0,
         timeout: float = 30.0,
     ) -> None:
-        if not isinstance(host, str) or not host:
-            raise ValueError("host must be a non-empty str")
-        if not isinstance(port, int) or not 0 < port < 65536:
+        if not isinstance(host, str) or not host.strip():
+            raise ValueError("host must be a non-empty str (a host name or a hub address)")
+        if port is None:  # the host argument is a whole address
+            address = HubAddress.parse(host)
+            host, port = address.host, address.port
+            if address.tls and ssl is None:
+                ssl = True
+        elif "://" in host or (host.count(":") == 1 and not host.startswith("[")):
+            raise ValueError(
+                f"host {host!r} looks like a hub address with a port: pass it alone "
+                f"(NetworkHub({host!r})), or the host and port={port} separately"
+            )
+        if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
             raise ValueError(f"port must be an int in 1..65535, not {port!r}")
         if ssl is True:
             import ssl as _ssl
@@ -210,6 +225,7 @@ class NetworkHub(Hub):
         self.connect_timeout = float(connect_timeout)
         self.timeout = float(timeout)
         self._net = NetLoop.get()
+        self._closed = False
         self._links: dict[str, AgentLink] = {}
         self._lookup: Any = None
         self._lookup_lock: asyncio.Lock | None = None
@@ -280,6 +296,9 @@ class NetworkHub(Hub):
     def list_agents(self) -> list[str]:
         return list(self._call("listing agents", "list_agents"))
 
+    def is_online(self, agent_id: str) -> bool:
+        return bool(self._call(f"asking whether {agent_id!r} is online", "is_online", agent_id))
+
     def message_count(self) -> int:
         return int(self._call("counting messages", "message_count"))
 
@@ -330,8 +349,13 @@ class NetworkHub(Hub):
             )
         link.send(env)
 
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
     def close(self) -> None:
         """Close every agent registered through this hub and the lookup connection."""
+        self._closed = True
         for link in list(self._links.values()):
             with contextlib.suppress(Exception):
                 link.core.close()

@@ -43,6 +43,27 @@ _STATE_VERSION = 1
 __all__ = ["STATE_SUFFIX", "KeyStore", "PersistedState"]
 
 
+def refuse_loose_permissions(path: Path, what: str) -> None:
+    """Like ssh with a private key: a file that other users may read or write is refused,
+    saying which ``chmod`` fixes it (this library writes its files 0600; a looser mode came
+    from a copy or a hand edit, and someone else may have read, or swapped, the keys)."""
+    if os.name != "posix":
+        return
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return  # (the caller reports a missing file in its own words)
+    except OSError:
+        return  # (unreadable: the read that follows says why)
+    loose = mode & 0o077
+    if loose:
+        raise KeyFileError(
+            f"{what} {str(path)!r} is open to other users (mode {mode & 0o777:04o}): its keys "
+            f"may have been read or replaced. If that is impossible here, make it private: "
+            f"chmod 600 {str(path)!r}"
+        )
+
+
 def _crypto() -> Any:
     from . import crypto
 
@@ -184,10 +205,12 @@ class KeyStore:
         return self.path.exists()
 
     def load_identity(self) -> Any:
-        """Load the identity file; KeyFileError if it is corrupt, unreadable or locked."""
+        """Load the identity file; KeyFileError if it is corrupt, unreadable, locked or open to
+        other users."""
         crypto = _crypto()
         if self.path.is_dir():
             raise KeyFileError(f"identity file {str(self.path)!r} is a directory")
+        refuse_loose_permissions(self.path, "identity file")
         try:
             return crypto.AgentKeyPair.load(str(self.path), passphrase=self._passphrase)
         except KeyFileError:
@@ -237,6 +260,7 @@ class KeyStore:
     def load_state(self, keypair: Any) -> PersistedState:
         """Read the state file (an empty state if there is none yet)."""
         try:
+            refuse_loose_permissions(self.state_path, "state file")
             raw = self.state_path.read_bytes()
         except FileNotFoundError:
             return PersistedState()

@@ -5,16 +5,16 @@ envelopes.
 * **Sending**: ``send`` (any thread) queues the sealed envelope; the shared network thread
   hands it to the backend at once (a send crosses threads once). Nothing waits for a state
   write: a session loaded from disk never seals under an old key (docs/protocol.md).
-* **Receiving**: the backend hands over batches; a per-agent worker thread unseals a batch with
-  ``_AgentCore.receive_batch`` (grouped by sender, batch signature verification), skips
-  redeliveries (by position at the backend, by envelope id here), runs the handlers in arrival
-  order, and, for a persistent agent, hands the batch to the state writer thread, which
-  writes the state (one write for every batch handled meanwhile) before the backend
-  acknowledges them.
+* **Receiving** (:mod:`agentmesh.link_receiver`): the backend hands over batches; the
+  process's shared receive workers unseal them, skip redeliveries, run the handlers in arrival
+  order and, for a persistent agent, have the state written before the backend acknowledges
+  them.
 * **Prekeys**: the backend is kept stocked with one-time prekeys, and the signed prekey is
   rotated and published (identity file first).
 
-One event-loop thread per process (:class:`NetLoop`) runs every backend of the process.
+One event-loop thread per process (:class:`NetLoop`) runs every backend of the process, and
+one elastic pool of receive workers (:mod:`agentmesh.link_receive_pool`) runs every agent's
+handlers: a process hosting hundreds of agents does not run hundreds of threads.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import concurrent.futures
 import contextlib
 import logging
 import os
-import queue
 import threading
 import weakref
 from collections.abc import Callable
@@ -44,15 +43,14 @@ from .link_prekeys import (  # noqa: F401 (the policy's bounds keep their old im
     SIGNED_PREKEY_ROTATION,
     PrekeyMaintenance,
 )
-from .link_state_writer import StateWriter, resolve
+from .link_receive_pool import ReceivePool
+from .link_receiver import RECENT_IDS, Receiver  # noqa: F401 (RECENT_IDS: its old import path)
+from .link_state_writer import StateWriter
 
 __all__ = ["AgentLink", "NetLoop"]
 
 Envelope = _crypto.Envelope
 log = logging.getLogger("agentmesh.link")
-
-#: How many accepted envelope ids an agent's link remembers to recognise redeliveries.
-RECENT_IDS = 4096
 
 
 # --------------------------------------------------------------------------------------------
@@ -60,7 +58,8 @@ RECENT_IDS = 4096
 
 
 class NetLoop:
-    """One asyncio loop in one daemon thread per process, shared by every agent link."""
+    """One asyncio loop in one daemon thread per process, shared by every agent link, and the
+    process's receive workers."""
 
     _instance: NetLoop | None = None
     _guard = threading.Lock()
@@ -75,6 +74,11 @@ class NetLoop:
         self.thread.start()
         started.wait()
         self.links: weakref.WeakSet[AgentLink] = weakref.WeakSet()
+        # links closing whose connection is not shut down yet (see AgentLink.shut_down)
+        self.shutting_down: set[AgentLink] = set()
+        self.receive_pool = ReceivePool()
+        self._batched_lock = threading.Lock()
+        self._batched: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
 
     def _run(self, started: threading.Event) -> None:
         asyncio.set_event_loop(self.loop)
@@ -91,6 +95,29 @@ class NetLoop:
 
     def in_thread(self) -> bool:
         return threading.get_ident() == self.thread.ident
+
+    def call_soon_batched(self, callback: Callable[..., Any], *args: Any) -> None:
+        """``loop.call_soon_threadsafe`` for calls made often from other threads: the calls
+        made before the loop gets to them run in one callback, after one wake-up."""
+        with self._batched_lock:
+            self._batched.append((callback, args))
+            wake = len(self._batched) == 1
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._run_batched)
+            except RuntimeError:  # the loop is closed (interpreter exit): nothing will run
+                with self._batched_lock:
+                    self._batched.clear()
+                raise
+
+    def _run_batched(self) -> None:
+        with self._batched_lock:
+            calls, self._batched = self._batched, []
+        for callback, args in calls:
+            try:
+                callback(*args)
+            except Exception:  # one failing callback must not drop the others
+                log.exception("agentmesh: a callback on the network thread failed")
 
     def submit(self, coro: Any) -> concurrent.futures.Future[Any]:
         return asyncio.run_coroutine_threadsafe(coro, self.loop)
@@ -118,6 +145,10 @@ def _close_links_at_exit() -> None:
         if not core.closed:
             with contextlib.suppress(Exception):
                 core.close(timeout=5.0)
+    # an agent closed by its own handler finishes closing on a receive worker: wait for it,
+    # or the interpreter would tear down under its connection's shutdown
+    for link in list(inst.shutting_down):
+        link.shut_down.wait(5.0)
 
 
 def hub_error(exc: BaseException, what: str) -> HubError:
@@ -160,30 +191,34 @@ class AgentLink:
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._writer: asyncio.Task[None] | None = None
-        # held by the worker while it handles a batch: new prekeys are made and written only
-        # between batches (the prekey policy saves the state first, so an identity file never
-        # lacks a key whose session is not on disk yet)
-        self._receiving = threading.Lock()
-        self.prekeys = PrekeyMaintenance(core, self.backend, self._between_batches)
         self._error: BaseException | None = None
-        self._inq: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        # ids of envelopes accepted lately, to ignore a redelivery silently
-        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._closing = False
         self._closed = False
-        self._shutdown_pending = False
-        self._worker = threading.Thread(
-            target=self._work, name=f"agentmesh-agent-{core.agent_id[:40]}", daemon=True
-        )
-        # A persistent agent's state writes run on their own thread: the worker goes on with
-        # the next batch while the last one is written, and a send never waits for the disk.
+        #: set once the backend is closed (after ``close``, or after the handler that closed
+        #: its own agent returned)
+        self.shut_down = threading.Event()
+        # A persistent agent's state writes run on their own thread: the receive workers go on
+        # with the next batch while the last one is written, and a send never waits for the
+        # disk.
         self._writer_thread = (
             StateWriter(
-                core, self.loop, closing=lambda: self._closing, report=self._note_write_error
+                core,
+                self.loop,
+                closing=lambda: self._closing,
+                report=self._note_write_error,
             )
             if core.persistent
             else None
         )
+        self.receiver = Receiver(
+            core,
+            net,
+            self.backend,
+            state_writer=self._writer_thread,
+            prekeys_used=lambda: self.prekeys.check_soon(),
+            on_closed=self._finish_close,
+        )
+        self.prekeys = PrekeyMaintenance(core, self.backend, self._between_batches)
 
     # -- start ----------------------------------------------------------------------------------
 
@@ -195,7 +230,7 @@ class AgentLink:
         try:
             await self.backend.register(
                 self.core.keypair,
-                on_batch=self._on_batch,
+                on_batch=self.receiver.on_batch,
                 handled=self.core.delivered_positions(),
             )
         except BaseException:
@@ -208,7 +243,7 @@ class AgentLink:
     def _between_batches(self, work: Callable[..., Any], *args: Any) -> Any:
         """Run ``work`` while no received batch is being handled (for anything that changes
         the identity's keys)."""
-        with self._receiving:
+        with self.receiver.between_batches:
             return work(*args)
 
     def _note_write_error(self, exc: BaseException) -> None:
@@ -216,12 +251,11 @@ class AgentLink:
             self._error = exc
 
     def start(self) -> None:
-        self._worker.start()
         try:
             self.net.run(self._start(), timeout=self.connect_timeout + 5.0)
         except BaseException as exc:
             self._closing = True
-            self._inq.put(None)
+            self.receiver.close(0)
             if isinstance(exc, (concurrent.futures.TimeoutError, TimeoutError)):
                 raise HubError(
                     f"could not register {self.core.agent_id!r} on {self.where}: timed out"
@@ -341,133 +375,6 @@ class AgentLink:
         if error is not None:
             raise error
 
-    # -- receiving ------------------------------------------------------------------------------
-
-    async def _on_batch(self, batch: list[tuple[int, bytes]]) -> asyncio.Future[None] | None:
-        """Called by the HubClient with every delivery it has buffered (in inbox order, at most
-        256); returns once the handlers ran. One hand-off to the worker per batch: a batch of
-        one goes at once, and while the worker handles it the next batch accumulates. The
-        client acknowledges the batch at once, or, for a persistent agent, once the future
-        returned completes: when the state that accepting it changed is on disk."""
-        handled = self.loop.create_future()
-        durable = self.loop.create_future() if self._writer_thread is not None else None
-        self._inq.put((batch, self.backend.delivery_hub_id, handled, durable))
-        await handled
-        return durable
-
-    def _work(self) -> None:
-        try:
-            self._work_loop()
-        finally:
-            if self._shutdown_pending:
-                self._stop_writer(None)
-                self._shutdown()
-
-    def _work_loop(self) -> None:
-        core = self.core
-        while not core.consumer_ready.wait(0.5):
-            if self._closing:
-                return
-        inq = self._inq
-        while True:
-            item = inq.get()
-            if item is None or self._closing:
-                return
-            items = [item]
-            while True:  # (the client hands over one batch at a time; take whatever is here)
-                try:
-                    more = inq.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    inq.put(None)
-                    break
-                items.append(more)
-            datas = [data for batch, _hub, _handled, _durable in items for _did, data in batch]
-            with self._receiving:
-                try:
-                    handled, prekeys_used = self._process(datas)
-                except Exception:  # never leave the client waiting for an ack
-                    log.exception("agent %r: receiving a batch failed", core.agent_id)
-                    handled, prekeys_used = [False] * len(datas), True
-                if self._writer_thread is not None:
-                    # persisted after the handlers and before the ack, by the persister (one
-                    # write for every batch handled meanwhile): after a crash the hub
-                    # redelivers instead of the agent holding acked messages whose session
-                    # advance was lost. The delivery ids go with it, so that a restarted agent
-                    # skips what a crashed hub redelivers instead of reporting replays.
-                    self._note_delivered(items, handled)
-                    self._writer_thread.after_batch([d for *_, d in items if d is not None])
-            if prekeys_used:
-                self.prekeys.check_soon()
-            for _batch, _hub, fut, _durable in items:
-                with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
-                    self.loop.call_soon_threadsafe(resolve, fut)
-
-    def _note_delivered(self, items: list[Any], handled: list[bool]) -> None:
-        """Per hub store, the highest delivery id that was handled (or skipped as a duplicate
-        of a handled one): never one that was rejected, so a forged delivery cannot push the
-        saved position past real ones."""
-        flags = iter(handled)
-        for batch, hub_id, _handled, _durable in items:
-            top = 0
-            for did, _data in batch:
-                if next(flags, False):
-                    top = did
-            if hub_id is not None and top:
-                self.core.note_delivered(hub_id, top)
-
-    def _process(self, datas: list[bytes]) -> tuple[list[bool], bool]:
-        """Unseal and dispatch delivered envelopes, in order, skipping duplicates. Returns, per
-        envelope, whether it was handled now or before (False: rejected), and whether a set-up
-        used one of this agent's one-time prekeys."""
-        core = self.core
-        recent = self._recent
-        todo: list[Any] = []
-        ids: list[str | None] = []
-        where: list[int] = []  # index in datas of each todo item
-        handled = [True] * len(datas)
-        seen: set[str] = set()
-        for index, data in enumerate(datas):
-            try:
-                env = Envelope.from_bytes(data)
-            except Exception:
-                todo.append(data)  # rejected, in its place, by receive_batch
-                ids.append(None)
-                where.append(index)
-                continue
-            try:
-                envelope_id = env.id
-            except Exception:
-                envelope_id = None
-            if envelope_id is not None:
-                if envelope_id in recent or envelope_id in seen:
-                    # the hub delivered it again (e.g. a resend after a hub crash): already
-                    # handled, so acknowledge it silently instead of reporting a replay
-                    log.debug(
-                        "agent %r: duplicate delivery of %s ignored", core.agent_id, envelope_id
-                    )
-                    continue
-                seen.add(envelope_id)
-            todo.append(env)
-            ids.append(envelope_id)
-            where.append(index)
-        if not todo:
-            return handled, False
-        # a set-up (prekey message) may use one of this agent's one-time prekeys: look only then
-        setups = any(type(e) is Envelope and e.is_prekey for e in todo)
-        keys_before = len(core.keypair.one_time_prekey_ids()) if setups else 0
-        results = core.receive_batch(todo)
-        prekeys_used = setups and len(core.keypair.one_time_prekey_ids()) != keys_before
-        for envelope_id, msg, index in zip(ids, results, where, strict=True):
-            if msg is None:
-                handled[index] = False
-            elif envelope_id is not None:
-                recent[envelope_id] = None
-        while len(recent) > RECENT_IDS:
-            recent.popitem(last=False)
-        return handled, prekeys_used
-
     # -- closing --------------------------------------------------------------------------------
 
     def close(self, timeout: float | None = None) -> None:
@@ -475,19 +382,27 @@ class AgentLink:
             return
         self._closing = True
         self._closed = True
-        self._inq.put(None)
         self.net.links.discard(self)
-        if threading.current_thread() is self._worker:
-            # A handler closes its own agent: the worker first finishes the batch in progress
-            # (its envelopes are unsealed already: every one reaches the handlers, and the
-            # batch is acknowledged), then closes the connection itself (see _work).
-            self._shutdown_pending = True
+        self.net.shutting_down.add(self)
+        # the batch in progress (if any) is finished and acknowledged first; when a handler
+        # closes its own agent, its batch's envelopes are unsealed already: every one reaches
+        # the handlers and the batch is acknowledged, and then the connection closes
+        # (``_finish_close``, called by the receiver)
+        if self.receiver.close(timeout):
             return
-        if self._worker.is_alive():
-            # the batch in progress (if any) is finished and acknowledged first
-            self._worker.join(timeout if timeout is not None else 30.0)
         self._stop_writer(timeout)
         self._shutdown()
+
+    def _finish_close(self) -> None:
+        self._stop_writer(None)
+        self._shutdown()
+
+    def wait_shut_down(self, timeout: float | None) -> bool:
+        """Wait until the connection is shut down (a close deferred to the end of the
+        handler that asked for it finishes on a receive worker)."""
+        if threading.current_thread() is self.net.thread or self.receiver.draining_here():
+            return self.shut_down.is_set()  # (it waits for this very thread)
+        return self.shut_down.wait(timeout)
 
     def _stop_writer(self, timeout: float | None) -> None:
         if self._writer_thread is not None:
@@ -498,11 +413,13 @@ class AgentLink:
             if self._writer is not None:
                 self._writer.cancel()
             self.prekeys.stop()
-            if True:
-                # the agent flushed already (core.close); do not wait for the hub again
-                await self.backend.close(timeout=0.5)
+            # the agent flushed already (core.close); do not wait for the hub again
+            await self.backend.close(timeout=0.5)
 
         try:
             self.net.run(shutdown(), timeout=10.0)
         except Exception as exc:
             log.debug("agent %r: error closing the hub connection: %s", self.core.agent_id, exc)
+        finally:
+            self.shut_down.set()
+            self.net.shutting_down.discard(self)

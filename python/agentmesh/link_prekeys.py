@@ -93,6 +93,9 @@ class PrekeyMaintenance:
             if getattr(exc, "unknown_request", False):
                 log.info("agent %r: the hub cannot %s (%s)", self.core.agent_id, what, exc)
                 return False
+            if self.core.closed:  # (closing raced the step: nothing to tell the user)
+                log.debug("agent %r: did not %s: closed meanwhile", self.core.agent_id, what)
+                return False
             log.warning("agent %r: could not %s: %s", self.core.agent_id, what, exc)
         return True
 

@@ -132,6 +132,7 @@ class StateWriter:
                 time.sleep(delay)
                 delay = min(delay * 2, SAVE_RETRY_MAX)
                 continue
-            if not core.identity_unsaved:
+            if not core.identity_unsaved or core.saves_held_back:
+                # (held back: the handle stage's write after those handlers brings it)
                 return None
             # (another thread accepted a set-up during the write: the next round holds it)

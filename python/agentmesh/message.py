@@ -6,31 +6,54 @@ from typing import Any
 
 from . import crypto as _crypto
 
-__all__ = ["Message"]
+__all__ = ["META_KEY", "Message"]
 
 Envelope = _crypto.Envelope
+
+#: The payload key that carries agentmesh's own fields of a message (a request's mark, a
+#: reply's ``reply_to`` and error), inside the encrypted payload; never shown in
+#: ``Message.payload`` and refused in a user's payload.
+META_KEY = "_agentmesh"
+
+
+def _take_meta(payload: dict[str, Any]) -> dict[str, Any] | None:
+    meta = payload.pop(META_KEY, None) if META_KEY in payload else None
+    return meta if isinstance(meta, dict) else None
 
 
 class Message:
     """One decrypted, authenticated message. Immutable.
 
     ``timestamp`` (ms since the epoch) and ``id`` come from the envelope and are covered by the
-    sender's signature.
+    sender's signature. A message received by an agent can be answered: :meth:`reply`,
+    :meth:`reply_payload`, :meth:`reply_error` (now or later, from any thread).
     """
 
-    __slots__ = ("_env", "payload", "recipient", "sender")
+    __slots__ = ("_agent", "_env", "_meta", "payload", "recipient", "sender")
 
     sender: str
     recipient: str
     payload: dict[str, Any]
     _env: Any
+    _meta: dict[str, Any] | None
+    _agent: Any
 
-    def __init__(self, sender: str, recipient: str, payload: dict[str, Any], envelope: Any):
+    def __init__(
+        self,
+        sender: str,
+        recipient: str,
+        payload: dict[str, Any],
+        envelope: Any,
+        agent: Any = None,
+        meta: dict[str, Any] | None = None,
+    ):
         _set = object.__setattr__
         _set(self, "sender", sender)
         _set(self, "recipient", recipient)
+        _set(self, "_meta", meta if meta is not None else _take_meta(payload))
         _set(self, "payload", payload)
         _set(self, "_env", envelope)
+        _set(self, "_agent", agent)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Message is immutable")
@@ -59,6 +82,43 @@ class Message:
         return str(self._env.id)
 
     @property
+    def reply_to(self) -> str | None:
+        """For a reply: the id of the request it answers (else None)."""
+        meta = self._meta
+        value = meta.get("reply_to") if meta is not None else None
+        return value if isinstance(value, str) else None
+
+    @property
+    def is_request(self) -> bool:
+        """The sender sent this with ``request()`` and waits for a reply."""
+        meta = self._meta
+        return meta is not None and meta.get("request") is True
+
+    def reply(self, text: str = "", **kwargs: Any) -> Any:
+        """Answer this message (``text`` and every keyword land in the reply's payload); a
+        waiting ``request()`` returns the reply. Returns the reply's Envelope."""
+        return self.reply_payload({"text": text, **kwargs})
+
+    def reply_payload(self, payload: dict[str, Any]) -> Any:
+        """:meth:`reply` with a whole payload dict."""
+        return self._answerer().send_reply(self, payload, None)
+
+    def reply_error(self, reason: str) -> Any:
+        """Answer with an error: the caller's ``request()`` raises ``RemoteError(reason)``."""
+        if not isinstance(reason, str):
+            raise TypeError(f"reply_error needs a str reason, got {type(reason).__name__}")
+        return self._answerer().send_reply(self, {}, reason)
+
+    def _answerer(self) -> Any:
+        agent = self._agent
+        if agent is None:
+            raise RuntimeError(
+                "this message was not received by a running agent here, so it cannot be "
+                "answered (a copy made with pickle, or made by hand)"
+            )
+        return agent
+
+    @property
     def envelope(self) -> Any:
         """The :class:`~agentmesh.crypto.Envelope` this message came in."""
         return self._env
@@ -73,6 +133,7 @@ class Message:
             "type": self.type,
             "text": self.text,
             "payload": self.payload,
+            "reply_to": self.reply_to,
         }
 
     def __eq__(self, other: object) -> bool:
@@ -91,7 +152,7 @@ class Message:
     def __reduce__(self) -> Any:
         return (
             _message_from_bytes,
-            (self.sender, self.recipient, self.payload, self._env.to_bytes()),
+            (self.sender, self.recipient, self.payload, self._env.to_bytes(), self._meta),
         )
 
     def __repr__(self) -> str:
@@ -105,6 +166,10 @@ class Message:
 
 
 def _message_from_bytes(
-    sender: str, recipient: str, payload: dict[str, Any], raw: bytes
+    sender: str,
+    recipient: str,
+    payload: dict[str, Any],
+    raw: bytes,
+    meta: dict[str, Any] | None = None,
 ) -> Message:
-    return Message(sender, recipient, payload, Envelope.from_bytes(raw))
+    return Message(sender, recipient, payload, Envelope.from_bytes(raw), None, meta or {})

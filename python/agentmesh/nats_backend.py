@@ -395,6 +395,24 @@ class NatsBackend:
     async def list_agents(self) -> list[str]:
         return await self._directory().list_agents()
 
+    async def is_online(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is registered and polling its inbox now (a connected agent
+        always has a fetch waiting at its consumer, but for a moment between two)."""
+        if await self._directory().get_bundle(agent_id) is None:
+            return False
+        from nats.js.errors import NotFoundError
+
+        try:
+            info = await self._in_time(
+                f"asking whether {agent_id!r} is online",
+                self._js.consumer_info(self.layout.stream, self.layout.consumer(agent_id)),
+            )
+        except HubError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                return False
+            raise
+        return int(info.num_waiting or 0) > 0
+
     async def message_count(self) -> int:
         """Envelopes the inbox stream has accepted since it was created."""
         self._directory()

@@ -119,6 +119,10 @@ class NatsHub(Hub):
     def list_agents(self) -> list[str]:
         return list(self._run_request("listing agents", self._lookup.list_agents()))
 
+    def is_online(self, agent_id: str) -> bool:
+        what = f"asking whether {agent_id!r} is online"
+        return bool(self._run_request(what, self._lookup.is_online(agent_id)))
+
     def message_count(self) -> int:
         return int(self._run_request("counting messages", self._lookup.message_count()))
 

@@ -168,7 +168,7 @@ class HostileHub(LocalHub):
 
     def deliver(self, envelope: Any) -> None:
         env = as_envelope(envelope)
-        if self._agents.get(env.recipient) is None:
+        if self.local_agent(env.recipient) is None:
             raise ValueError(f"Peer {env.recipient!r} not found on hub")
         with self._hostile_lock:
             data = env.to_bytes()
@@ -197,10 +197,10 @@ class HostileHub(LocalHub):
     def _forward(self, data: bytes) -> None:
         # Bad bytes still reach the agent (it must reject them), exactly like a network hub.
         recipient = _recipient_of(data)
-        core = self._agents.get(recipient) if recipient is not None else None
+        core = self.local_agent(recipient) if recipient is not None else None
         if core is None:
             return
-        self._count += 1
+        self.directory.routed += 1
         self.forwarded.append(data)
         core.receive(data)
 

@@ -16,7 +16,6 @@ import time
 import pytest
 
 from agentmesh import Agent, LocalHub
-from agentmesh import hub_client as hub_client_module
 from agentmesh.agent import UNSEAL_MANY_MAX
 from agentmesh.crypto import Envelope
 from agentmesh.errors import (
@@ -28,6 +27,7 @@ from agentmesh.errors import (
     SignatureError,
     UnknownSenderError,
 )
+from agentmesh.hub_client import delivery as hub_client_delivery
 from agentmesh.hubs import NetworkHub
 
 
@@ -272,9 +272,9 @@ def test_network_bursts_arrive_once_in_order_per_sender_in_batches(server, monke
     sizes: list[int] = []
     real = bob._core.receive_batch
 
-    def spy(envs):
+    def spy(envs, *args, **kwargs):
         sizes.append(len(envs))
-        return real(envs)
+        return real(envs, *args, **kwargs)
 
     monkeypatch.setattr(bob._core, "receive_batch", spy)
     gate = threading.Event()
@@ -330,13 +330,13 @@ def test_network_persistent_receiver_saves_once_per_batch_before_the_ack(
     server, tmp_path, monkeypatch
 ):
     events: list[str] = []
-    real_ack_all = hub_client_module._ack_all
+    real_ack_all = hub_client_delivery._ack_all
 
     def ack_all(acks):
         events.append("ack")
         real_ack_all(acks)
 
-    monkeypatch.setattr(hub_client_module, "_ack_all", ack_all)
+    monkeypatch.setattr(hub_client_delivery, "_ack_all", ack_all)
     net = NetworkHub("127.0.0.1", server.port)
     bob = Agent("bob", hub=net, keypair_path=tmp_path / "bob.key")
     real_save = bob._core.save_state

@@ -207,6 +207,8 @@ def test_send_listen_peers_through_a_hub(tmp_path, hub):
     peers = run_cli("peers", "--hub", hub, "--json")
     assert peers.returncode == 0
     assert {"alice", "bob"} <= set(json.loads(peers.stdout))
+    online = run_cli("peers", "--hub", hub, "--json", "--online")
+    assert online.returncode == 0 and json.loads(online.stdout) == []  # everyone has left
 
 
 def test_send_to_unknown_peer_fails(tmp_path, hub):
@@ -275,3 +277,111 @@ def test_python_dash_m_agentmesh_demo():
     assert "plaintext visible to the hub: none" in r.stdout
     assert re.search(r"alice\s+fingerprint [0-9a-f:]{39}", r.stdout)
     assert Path  # keep the import used
+
+
+RESPONDER = """
+import sys, threading
+from agentmesh import Agent
+from agentmesh.hubs import NetworkHub, parse_hub_address
+host, port = parse_hub_address(sys.argv[1])
+agent = Agent("bob", hub=NetworkHub(host, port), keypair_path=sys.argv[2])
+done = threading.Event()
+
+@agent.on_message
+def answer(msg):
+    if msg.text == "fail":
+        msg.reply_error("no such task")
+    elif msg.text == "stop":
+        done.set()
+    elif msg.text != "ignore":
+        msg.reply(text=msg.text.upper(), n=msg.payload.get("n"))
+
+print("ready", flush=True)
+done.wait(120)
+agent.close()
+"""
+
+
+def test_request_prints_the_reply_and_fails_on_errors_and_timeouts(tmp_path, hub):
+    for name in ("alice", "bob"):
+        r = run_cli("keygen", "--path", str(tmp_path / f"{name}.key"), "--id", name)
+        assert r.returncode == 0, r.stderr
+    responder = subprocess.Popen(
+        [sys.executable, "-c", RESPONDER, hub, str(tmp_path / "bob.key")],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    alice = ("--hub", hub, "--key", str(tmp_path / "alice.key"), "--to", "bob")
+    try:
+        assert responder.stdout is not None and responder.stdout.readline() == "ready\n"
+        r = run_cli("request", *alice, "--text", "hello", "--payload", '{"n": 3}')
+        assert r.returncode == 0, r.stderr
+        reply = json.loads(r.stdout)
+        assert reply["text"] == "HELLO" and reply["payload"]["n"] == 3
+        assert reply["sender"] == "bob" and reply["reply_to"]
+        r = run_cli("request", *alice, "--text", "fail")
+        assert r.returncode == 1 and "no such task" in r.stderr and r.stdout == ""
+        r = run_cli("request", *alice, "--text", "ignore", "--timeout", "1")
+        assert r.returncode == 1 and "no reply from 'bob' within 1 s" in r.stderr
+        assert run_cli("send", *alice, "--text", "stop").returncode == 0
+        responder.wait(30)
+    finally:
+        if responder.poll() is None:
+            responder.kill()
+
+
+def test_send_reads_long_text_from_stdin_or_a_file(tmp_path, hub):
+    for name in ("alice", "bob"):
+        made = run_cli("keygen", "--path", str(tmp_path / f"{name}.key"), "--id", name)
+        assert made.returncode == 0
+    long_text = "lorem ipsum " * 20_000  # 240 KB: more than a command line takes
+    (tmp_path / "text.txt").write_text("from a file", encoding="utf-8")
+    listener = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli", "listen", "--hub", hub,
+         "--key", str(tmp_path / "bob.key"), "--count", "2", "--timeout", "60"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    alice = ("--hub", hub, "--key", str(tmp_path / "alice.key"), "--to", "bob")
+    try:
+        deadline = time.monotonic() + 30
+        while "bob" not in run_cli("peers", "--hub", hub).stdout.split():
+            assert time.monotonic() < deadline
+            time.sleep(0.1)
+        r = subprocess.run(
+            [sys.executable, "-m", "agentmesh.cli", "send", *alice, "--text", "-", "-q"],
+            input=long_text, capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        r = run_cli("send", *alice, "--text-file", str(tmp_path / "text.txt"))
+        assert r.returncode == 0, r.stderr
+        out, _err = listener.communicate(timeout=60)
+    finally:
+        if listener.poll() is None:
+            listener.kill()
+    texts = [json.loads(line)["text"] for line in out.splitlines()]
+    assert texts == [long_text, "from a file"]
+
+
+def test_send_refuses_two_texts_and_a_missing_text_file(tmp_path, hub):
+    assert run_cli("keygen", "--path", str(tmp_path / "a.key")).returncode == 0
+    base = ("send", "--hub", hub, "--key", str(tmp_path / "a.key"), "--to", "b")
+    r = run_cli(*base, "--text", "x", "--payload", '{"text": "y"}')
+    assert r.returncode == 2 and "'text' field" in r.stderr
+    r = run_cli(*base, "--text", "x", "--text-file", str(tmp_path / "t.txt"))
+    assert r.returncode == 2 and "not both" in r.stderr
+    r = run_cli(*base, "--text-file", str(tmp_path / "missing.txt"))
+    assert r.returncode == 2 and "cannot read --text-file" in r.stderr
+
+
+def test_timeouts_cover_connecting_to_something_that_is_not_a_hub():
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(1)  # accepts connections (the kernel does) and never answers
+    try:
+        port = silent.getsockname()[1]
+        started = time.monotonic()
+        r = run_cli("peers", "--hub", f"127.0.0.1:{port}", "--timeout", "1")
+        assert r.returncode == 1 and time.monotonic() - started < 8, r.stderr
+    finally:
+        silent.close()

@@ -65,3 +65,11 @@ def test_testing_module_docstring_examples_run(tmp_path, monkeypatch):
 def test_readme_hostile_hub_example_runs():
     out = run(readme_python_block("HostileHub"), "README hostile hub")
     assert "rejected" in out
+
+
+def test_readme_quick_start_and_request_examples_run():
+    quick_start = readme_python_block('alice.send("bob", text="Hello, Bob!')
+    out = run(quick_start, "README quick start")
+    assert out == "[bob] <- alice: Hello, Bob! This is end-to-end encrypted.\n"
+    out = run(quick_start + readme_python_block("alice.request("), "README request and reply")
+    assert out.splitlines()[-1] == "SUMMARISE THIS"

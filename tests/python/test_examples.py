@@ -14,7 +14,16 @@ from pathlib import Path
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
-NAMES = ["01_simple_chat.py", "02_multi_agent.py", "03_persistent_keys.py", "04_llm_agents.py"]
+NAMES = [
+    "01_simple_chat.py",
+    "02_multi_agent.py",
+    "03_persistent_keys.py",
+    "04_llm_agents.py",
+    "06_mcp_tools.py",
+    "07_network.py",
+]
+#: Examples that need an optional extra, with the module that tells whether it is installed.
+NEEDS = {"06_mcp_tools.py": "mcp"}
 LLM_VARS = [
     "OPENAI_BASE_URL",
     "OPENAI_API_KEY",
@@ -42,8 +51,15 @@ def test_all_examples_exist():
     assert sorted(p.name for p in EXAMPLES.glob("0*.py")) == NAMES
 
 
+def needs_extra(name: str) -> None:
+    module = NEEDS.get(name)
+    if module is not None:
+        pytest.importorskip(module, reason=f"{name} needs pip install 'agentmesh[{module}]'")
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_example_exits_0(name, tmp_path):
+    needs_extra(name)
     result = run_example(name, cwd=tmp_path)
     assert result.returncode == 0, f"stdout:\n{result.stdout}\nstderr:\n{result.stderr}"
     assert result.stdout.strip()
@@ -60,6 +76,36 @@ def test_multi_agent_uses_four_workers():
     assert "4 workers" in out
     for i in range(1, 5):
         assert f"worker-{i}" in out
+
+
+def test_network_example_runs_agents_in_separate_processes():
+    # several runs: a worker closed by its own handler must exit cleanly every time (it
+    # once aborted at interpreter exit while its connection was still shutting down)
+    for _ in range(3):
+        result = run_example("07_network.py")
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "online: summariser, translator" in result.stdout
+        assert "translator: buh eno" in result.stdout and result.stdout.endswith("done\n")
+
+
+def test_multi_agent_runs_on_the_network_hub_too():
+    result = run_example("02_multi_agent.py", "--network")
+    assert result.returncode == 0, result.stderr
+    assert "network hub on 127.0.0.1:" in result.stdout
+    assert "total: 41 words" in result.stdout and "0 rejected" in result.stdout
+
+
+def test_mcp_example_lists_calls_and_refuses():
+    needs_extra("06_mcp_tools.py")
+    result = run_example("06_mcp_tools.py")
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "network hub on 127.0.0.1:" in out
+    assert "planner sees tool 'word_count'" in out
+    assert "planner sees tool 'celsius_to_fahrenheit'" in out
+    assert "word_count('agents call agents' tools') = 4" in out
+    assert "celsius_to_fahrenheit(21.5) = 70.7" in out
+    assert "intruder refused: agent 'intruder' is not allowed to call this MCP server" in out
 
 
 def test_persistent_keys_survive_runs_with_a_directory(tmp_path):

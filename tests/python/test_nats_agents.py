@@ -144,7 +144,12 @@ def test_the_hub_interface(hub):
     assert hub.message_count() == before + 1
     wait_until(lambda: got, what="the message")
     assert got[0].text == "hello" and got[0].sender == "b"
-    a.close(), b.close()
+    # presence: a connected agent keeps a fetch waiting at its consumer
+    wait_until(lambda: hub.is_online("b"), what="b online")
+    assert not hub.is_online("ghost")
+    b.close()
+    wait_until(lambda: not hub.is_online("b"), timeout=15, what="b offline")
+    a.close()
 
 
 def test_an_impostor_cannot_take_a_registered_id(tmp_path, hub):

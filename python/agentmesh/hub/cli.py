@@ -67,6 +67,7 @@ def _parser() -> argparse.ArgumentParser:
         default="info",
         type=str.lower,
         choices=["debug", "info", "warning", "error", "critical"],
+        help="what goes to stderr (default info)",
     )
     p.add_argument(
         "--synchronous",
@@ -76,13 +77,53 @@ def _parser() -> argparse.ArgumentParser:
         help="full: fsync every group commit (default); normal: survives a killed hub, "
         "not a power cut",
     )
-    p.add_argument("--max-connections", type=_positive(int), default=d.max_connections)
-    p.add_argument("--max-frame-size", type=_positive(int), default=d.max_frame_size)
-    p.add_argument("--max-queued", type=_positive(int), default=d.max_queued_per_agent)
-    p.add_argument("--handshake-timeout", type=_positive(float), default=d.handshake_timeout)
-    p.add_argument("--idle-timeout", type=_positive(float), default=d.idle_timeout)
-    p.add_argument("--ping-interval", type=_positive(float), default=d.ping_interval)
-    p.add_argument("--delivery-window", type=_positive(int), default=d.delivery_window)
+    p.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=d.max_connections,
+        help=f"open connections at once, agents and lookups (default {d.max_connections:,})",
+    )
+    p.add_argument(
+        "--max-frame-size",
+        type=_positive(int),
+        default=d.max_frame_size,
+        help=f"largest frame in bytes, so the largest envelope plus a header (default "
+        f"{d.max_frame_size:,}: agents send at most 4 MiB sealed; below that, bigger sends are "
+        "refused at the agent's flush)",
+    )
+    p.add_argument(
+        "--max-queued",
+        type=_positive(int),
+        default=d.max_queued_per_agent,
+        help=f"envelopes queued per recipient before sends to it are refused as 'inbox full' "
+        f"(default {d.max_queued_per_agent:,})",
+    )
+    p.add_argument(
+        "--handshake-timeout",
+        type=_positive(float),
+        default=d.handshake_timeout,
+        help=f"seconds a new connection has to register or ask for lookups "
+        f"(default {d.handshake_timeout:g})",
+    )
+    p.add_argument(
+        "--idle-timeout",
+        type=_positive(float),
+        default=d.idle_timeout,
+        help=f"seconds of silence before a connection is closed (default {d.idle_timeout:g})",
+    )
+    p.add_argument(
+        "--ping-interval",
+        type=_positive(float),
+        default=d.ping_interval,
+        help=f"seconds between the hub's pings on a quiet connection (default {d.ping_interval:g})",
+    )
+    p.add_argument(
+        "--delivery-window",
+        type=_positive(int),
+        default=d.delivery_window,
+        help=f"envelopes delivered to an agent and not yet acknowledged, at most "
+        f"(default {d.delivery_window:,})",
+    )
     return p
 
 

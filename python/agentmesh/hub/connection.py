@@ -2,7 +2,7 @@
 
 :class:`Connection` is the ``asyncio.Protocol``. It decodes frames, walks the handshake
 (HELLO -> WELCOME -> REGISTER or LOOKUP -> READY), answers PINGs, and hands everything else to
-its collaborators: the hub's :class:`~agentmesh.hub.registration.Registrar` (REGISTER), its
+its collaborators: the hub's :class:`~agentmesh.hub.registration.Registrar` (HELLO, REGISTER), its
 :class:`~agentmesh.hub.delivery.SendIntake` (SEND), :class:`~agentmesh.hub.delivery.DeliveryPump`
 (DELIVER out, DELIVERY_ACK in) and :class:`~agentmesh.hub.requests.RequestHandler` (REQUEST).
 Frames that must wait (a registration in progress, unread output) are held in a backlog, and
@@ -20,7 +20,6 @@ import contextlib
 import itertools
 import json
 import logging
-import os
 import socket
 from collections import deque
 from collections.abc import Coroutine
@@ -30,17 +29,12 @@ from agentmesh.hub.delivery import DeliveryPump, SendIntake
 from agentmesh.hub.requests import RequestHandler
 from agentmesh.hub.states import AGENT, AWAIT_AUTH, AWAIT_HELLO, CLOSED, CLOSING, LOOKUP
 from agentmesh.hub_protocol import (
-    CHALLENGE_SIZE,
-    PROTOCOL_VERSION,
     ErrorCode,
     FrameDecoder,
     FrameType,
     ProtocolError,
-    Welcome,
-    decode_hello,
     encode_error,
     encode_frame,
-    encode_welcome,
 )
 
 if TYPE_CHECKING:
@@ -259,7 +253,7 @@ class Connection(asyncio.Protocol):
         if ftype == FrameType.PONG:
             return None
         if state == AWAIT_HELLO:
-            self._welcome(body)
+            self.hub.registrar.welcome(self, body)
             return None
         if ftype == FrameType.REGISTER:
             if state not in (AWAIT_AUTH, LOOKUP):
@@ -288,30 +282,6 @@ class Connection(asyncio.Protocol):
         raise ProtocolError(
             ErrorCode.PROTOCOL, f"frame type 0x{ftype:02x} is not accepted by the hub"
         )
-
-    def _welcome(self, hello: bytes) -> None:
-        """HELLO -> WELCOME with a fresh single-use challenge."""
-        version = decode_hello(hello)
-        if version != PROTOCOL_VERSION:
-            raise ProtocolError(
-                ErrorCode.UNSUPPORTED_VERSION,
-                f"hub speaks protocol version {PROTOCOL_VERSION}, client sent {version}",
-            )
-        self.challenge = os.urandom(CHALLENGE_SIZE)
-        lim = self.limits
-        self.write(
-            encode_welcome(
-                Welcome(
-                    PROTOCOL_VERSION,
-                    self.challenge,
-                    self.hub.hub_id,
-                    lim.max_frame_size,
-                    lim.ping_interval,
-                    lim.delivery_window,
-                )
-            )
-        )
-        self.state = AWAIT_AUTH
 
     def ready(self, info: dict[str, Any]) -> None:
         self.write(encode_frame(FrameType.READY, json.dumps(info).encode()))

@@ -1,19 +1,31 @@
 """Registration: a connection proves possession of an identity key and becomes that agent's.
 
-:class:`Registrar` (one per hub) checks a REGISTER against the challenge its connection was
-sent (bundle self-signature, agent id, registration proof bound to this hub's id and TLS
-certificate), refuses an older signed prekey than the one served, binds the id to its identity
-key in the store (first key wins), replaces an earlier connection of the same agent, and turns
-the connection into an agent connection: READY, then the queued envelopes.
+:class:`Registrar` (one per hub) answers a HELLO with a single-use challenge, checks a REGISTER
+against the challenge its connection was sent (bundle self-signature, agent id, registration
+proof bound to this hub's id and TLS certificate), refuses an older signed prekey than the one
+served, binds the id to its identity key in the store (first key wins), replaces an earlier
+connection of the same agent, and turns the connection into an agent connection: READY, then
+the queued envelopes.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 from typing import TYPE_CHECKING, Any
 
-from agentmesh.hub.states import AGENT, CLOSING
-from agentmesh.hub_protocol import ErrorCode, ProtocolError, check_agent_id, decode_register
+from agentmesh.hub.states import AGENT, AWAIT_AUTH, CLOSING
+from agentmesh.hub_protocol import (
+    CHALLENGE_SIZE,
+    PROTOCOL_VERSION,
+    ErrorCode,
+    ProtocolError,
+    Welcome,
+    check_agent_id,
+    decode_hello,
+    decode_register,
+    encode_welcome,
+)
 
 if TYPE_CHECKING:
     from agentmesh.hub.connection import Connection
@@ -49,6 +61,31 @@ class Registrar:
 
     def __init__(self, hub: HubCore) -> None:
         self.hub = hub
+
+    def welcome(self, conn: Connection, hello: bytes) -> None:
+        """HELLO -> WELCOME with a fresh single-use challenge (the one :meth:`register` checks
+        the proof against)."""
+        version = decode_hello(hello)
+        if version != PROTOCOL_VERSION:
+            raise ProtocolError(
+                ErrorCode.UNSUPPORTED_VERSION,
+                f"hub speaks protocol version {PROTOCOL_VERSION}, client sent {version}",
+            )
+        conn.challenge = os.urandom(CHALLENGE_SIZE)
+        lim = self.hub.limits
+        conn.write(
+            encode_welcome(
+                Welcome(
+                    PROTOCOL_VERSION,
+                    conn.challenge,
+                    self.hub.hub_id,
+                    lim.max_frame_size,
+                    lim.ping_interval,
+                    lim.delivery_window,
+                )
+            )
+        )
+        conn.state = AWAIT_AUTH
 
     async def register(self, conn: Connection, body: bytes) -> None:
         """Handles one REGISTER frame of ``conn`` (later frames wait until it is done)."""

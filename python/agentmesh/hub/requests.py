@@ -4,8 +4,8 @@ and the directory policy behind them.
 :class:`Directory` (one per hub) is the policy that outlives connections: the sorted listing,
 served in bounded pages that are encoded once and reused, and the per-minute budgets of
 one-time prekey claims (per requesting id and per target). :class:`RequestHandler` (one per
-connection) answers one connection's requests: LIST_AGENTS and MESSAGE_COUNT from memory at
-once, the others in a task each, at most ``max_pending_requests`` at a time.
+connection) answers one connection's requests: LIST_AGENTS, MESSAGE_COUNT and IS_ONLINE from
+memory at once, the others in a task each, at most ``max_pending_requests`` at a time.
 """
 
 from __future__ import annotations
@@ -146,6 +146,11 @@ class RequestHandler:
             return
         if op == Op.MESSAGE_COUNT:
             conn.write(encode_response(rid, 0, b"%d" % hub.store.message_count))
+            return
+        if op == Op.IS_ONLINE:
+            ast = hub.agents.get(arg)
+            online = ast is not None and ast.conn is not None
+            conn.write(encode_response(rid, 0, b"true" if online else b"false"))
             return
         if self.pending >= self.limits.max_pending_requests:
             conn.write(encode_response(rid, ErrorCode.BAD_REQUEST, b"too many concurrent requests"))

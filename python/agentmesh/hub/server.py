@@ -134,9 +134,16 @@ class NetworkHubServer:
     def start(self, block: bool = True) -> None:
         """Serve. ``block=True`` runs in this thread until :meth:`stop` (or SIGTERM/SIGINT when
         this is the main thread); ``block=False`` runs in a background thread and returns once
-        the hub listens (raising what prevented it from starting)."""
+        the hub listens (raising what prevented it from starting). Starting a server that runs
+        in the background already (``with NetworkHubServer(...) as hub:`` starts it) does
+        nothing; blocking on one does not make sense and raises."""
         if self._running or self._thread is not None:
-            raise RuntimeError("this hub server is already started")
+            if not block and self._thread is not None:
+                return
+            raise RuntimeError(
+                "this hub server is already running in the background (a 'with' block starts "
+                "it); to block until it stops, start it with block=True and no 'with'"
+            )
         if block:
             self._run_blocking()
             return

@@ -1,0 +1,216 @@
+"""The send path of a HubClient: sequence numbers, resends, refusals, flow control, flush.
+
+Every envelope sent gets the next sequence number and stays in the window until the hub
+acknowledges that it is durably stored (``SEND_ACK`` covers every number up to its own) or
+refuses it (``SEND_ERROR``, kept as a pending error the next send or flush raises). After a
+reconnect, what the hub has not acknowledged is written again. The window has room while fewer
+than ``max_unacked`` envelopes wait and the connection's write buffer is not full.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import OrderedDict, deque
+from collections.abc import Callable
+
+from agentmesh.crypto import check_agent_id
+from agentmesh.errors import FlushTimeoutError, HubError
+from agentmesh.hub_client.connection import Connection
+from agentmesh.hub_protocol import (
+    ErrorCode,
+    HubRequestError,
+    PeerNotFoundError,
+    encode_send,
+    error_for_code,
+)
+
+__all__ = ["SendWindow"]
+
+log = logging.getLogger(__name__)
+
+#: A recipient the hub reported unknown is refused at once for this long (seconds).
+_PEER_MISSING_TTL = 2.0
+
+
+class SendWindow:
+    """The envelopes sent and not yet acknowledged by the hub, and who waits for them."""
+
+    def __init__(self, max_unacked: int, connection: Callable[[], Connection | None]) -> None:
+        self.max_unacked = max_unacked
+        self._connection = connection  # the client's current connection, if any
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._seq = 0
+        self._unacked: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
+        self._errors: deque[HubRequestError] = deque()
+        self._missing: dict[str, float] = {}
+        self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._room: asyncio.Event | None = None
+        self.sent = 0
+
+    def bind(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Called once, from the event loop the client is used from."""
+        self._loop = loop
+        self._room = asyncio.Event()
+        self._room.set()
+
+    def __len__(self) -> int:
+        """Envelopes sent and not yet acknowledged by the hub."""
+        return len(self._unacked)
+
+    # ---- sending -----------------------------------------------------------------------------
+
+    def raise_refusal(self) -> None:
+        """Raises the oldest refusal of an earlier send not yet raised, if any."""
+        if self._errors:
+            raise self._errors.popleft()
+
+    def send_nowait(self, recipient: str, envelope: bytes, max_frame: int) -> bool:
+        """Queues and writes one envelope; False (nothing queued) when there is no room."""
+        missing = self._missing.get(recipient)
+        if missing is not None:
+            assert self._loop is not None
+            if self._loop.time() - missing < _PEER_MISSING_TTL:
+                raise PeerNotFoundError(
+                    ErrorCode.PEER_NOT_FOUND,
+                    f"Peer {recipient!r} not found on hub",
+                    recipient=recipient,
+                )
+            del self._missing[recipient]
+        check_agent_id(recipient, "recipient id")
+        rb = recipient.encode("utf-8")
+        if not isinstance(envelope, (bytes, bytearray, memoryview)):
+            raise TypeError("envelope must be bytes")
+        if 1 + 8 + 1 + len(rb) + len(envelope) > max_frame:
+            raise HubError(
+                f"envelope of {len(envelope)} bytes exceeds the hub's frame limit of "
+                f"{max_frame} bytes"
+            )
+        room = self._room
+        assert room is not None
+        if not room.is_set():
+            return False
+        self._seq += 1
+        seq = self._seq
+        frame = encode_send(seq, rb, bytes(envelope))
+        self._unacked[seq] = (recipient, frame)
+        self.sent += 1
+        p = self._connection()
+        if p is not None and not p.is_closed:
+            p.write(frame)
+        if len(self._unacked) >= self.max_unacked or (p is not None and p.write_paused):
+            room.clear()
+        return True
+
+    async def wait_for_room(self) -> None:
+        room = self._room
+        assert room is not None
+        await room.wait()
+
+    def update_room(self) -> None:
+        room = self._room
+        if room is None:
+            return
+        p = self._connection()
+        if len(self._unacked) < self.max_unacked and not (p is not None and p.write_paused):
+            room.set()
+
+    def forget_missing(self, agent_id: str) -> None:
+        """``agent_id`` exists after all (the hub has its bundle): stop refusing sends to it."""
+        self._missing.pop(agent_id, None)
+
+    def resend(self, acked: int, connection: Connection) -> int:
+        """After a (re)registration: drops what the hub acknowledged (``acked``) and writes the
+        rest on the new connection; returns how many were written again."""
+        self._drop_acknowledged(acked)
+        for _recipient, frame in self._unacked.values():
+            connection.write(frame)
+        self._wake_flushers()
+        return len(self._unacked)
+
+    # ---- the hub's answers -------------------------------------------------------------------
+
+    def _drop_acknowledged(self, acked: int) -> None:
+        """Forgets every envelope up to sequence number ``acked``: the hub has stored it."""
+        u = self._unacked
+        while u:
+            seq = next(iter(u))
+            if seq > acked:
+                break
+            del u[seq]
+
+    def on_ack(self, acked: int) -> None:
+        self._drop_acknowledged(acked)
+        self._wake_flushers()
+        room = self._room
+        if room is not None and not room.is_set():
+            self.update_room()
+
+    def on_refusal(self, seq: int, code: int, message: str) -> None:
+        item = self._unacked.pop(seq, None)
+        recipient = item[0] if item is not None else None
+        err = error_for_code(code, message, recipient=recipient, client_seq=seq)
+        if code == ErrorCode.PEER_NOT_FOUND and recipient is not None and self._loop is not None:
+            self._missing[recipient] = self._loop.time()
+        log.info("hub refused an envelope for %r: %s", recipient, message)
+        self._errors.append(err)
+        self._wake_flushers()
+        self.update_room()
+
+    # ---- flushing ----------------------------------------------------------------------------
+
+    async def flush(
+        self, timeout: float | None, stopped: Callable[[], HubError | None], hub: str
+    ) -> None:
+        """Waits until every envelope sent so far is acknowledged or refused; raises the first
+        refusal, or what ``stopped`` returns (the client failed or closed) if it must wait.
+        ``hub`` ("host:port") names the hub in a timeout's message."""
+        if self._errors:
+            raise self._errors.popleft()
+        target = self._seq
+        u = self._unacked
+        if u and next(iter(u)) <= target:
+            failure = stopped()
+            if failure is not None:
+                raise failure
+            assert self._loop is not None
+            fut: asyncio.Future[None] = self._loop.create_future()
+            entry = (target, fut)
+            self._flush_waiters.append(entry)
+            try:
+                await asyncio.wait_for(fut, timeout)
+            except (asyncio.TimeoutError, TimeoutError):
+                n = sum(1 for s in u if s <= target)
+                raise FlushTimeoutError(
+                    f"{n} envelope(s) not acknowledged by the hub {hub} within {timeout}s"
+                ) from None
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._flush_waiters.remove(entry)
+        if self._errors:
+            raise self._errors.popleft()
+
+    def _wake_flushers(self) -> None:
+        if not self._flush_waiters:
+            return
+        u = self._unacked
+        first = next(iter(u)) if u else None
+        keep = []
+        for target, fut in self._flush_waiters:
+            if first is None or first > target:
+                if not fut.done():
+                    fut.set_result(None)
+            else:
+                keep.append((target, fut))
+        self._flush_waiters[:] = keep
+
+    def fail(self, err: HubError) -> None:
+        """The client stopped (failed for good or closed): every flush waiting raises ``err``,
+        and senders waiting for room wake up (to raise it too)."""
+        for _seq, fut in self._flush_waiters:
+            if not fut.done():
+                fut.set_exception(err)
+        self._flush_waiters.clear()
+        if self._room is not None:
+            self._room.set()

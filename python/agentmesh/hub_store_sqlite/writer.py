@@ -1,0 +1,274 @@
+"""The SQLite store's one writer: a worker thread that owns the writer connection and commits
+everything that changes state, gathered into batches (group commit).
+
+While a batch commits, the event loop gathers the next one (new envelopes, acknowledgements,
+bindings, sender progress, counters); the batch is written in one transaction and reported back
+once it is durable. A failing commit is retried a few times, then reported fatal. Transactions
+of their own (prekey changes) run on the same thread, between group commits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from agentmesh.errors import StoreError
+from agentmesh.hub_store import BindResult
+from agentmesh.hub_store_sqlite.directory import bind_agent
+from agentmesh.hub_store_sqlite.schema import OpenedStore, open_writer
+
+__all__ = ["Batch", "StoreWriter"]
+
+log = logging.getLogger("agentmesh.hub")
+
+T = TypeVar("T")
+
+
+@dataclass
+class Batch:
+    inserts: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+    deletes: list[int] = field(default_factory=list)
+    progress: dict[str, tuple[bytes, int]] = field(default_factory=dict)
+    binds: list[tuple[str, str, str, bytes, asyncio.Future[BindResult]]] = field(
+        default_factory=list
+    )
+    tokens: list[Any] = field(default_factory=list)
+    waiters: list[asyncio.Future[None]] = field(default_factory=list)
+    ceiling: int | None = None
+    message_count: int | None = None
+
+    def empty(self) -> bool:
+        return not (
+            self.inserts
+            or self.deletes
+            or self.progress
+            or self.binds
+            or self.tokens
+            or self.waiters
+            or self.ceiling is not None
+            or self.message_count is not None
+        )
+
+
+class StoreWriter:
+    """The writer thread and connection of one SQLite store, and the batch being gathered."""
+
+    def __init__(
+        self,
+        on_commit: Callable[[list[Any]], None],
+        on_fatal: Callable[[BaseException], None],
+    ) -> None:
+        self._on_commit = on_commit  # the tokens of the puts a commit made durable
+        self._on_fatal = on_fatal
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._executor: ThreadPoolExecutor | None = None
+        self._db: sqlite3.Connection | None = None
+        #: what the next commit writes (the event loop adds to it, then calls :meth:`kick`)
+        self.pending = Batch()
+        self._committing = False
+        self._scheduled = False
+        self._commit_task: asyncio.Task[None] | None = None
+        #: sequence numbers whose delete is not committed yet (reads skip them)
+        self.deleting: set[int] = set()
+        self.ceiling = 1  # durable reservation: every seq < ceiling is reserved on disk
+
+    # ---- life cycle ------------------------------------------------------------------------
+
+    async def open(self, path: Path, synchronous: str) -> OpenedStore:
+        self._loop = asyncio.get_running_loop()
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="agentmesh-hub-store")
+        opened = await self._loop.run_in_executor(self._executor, open_writer, path, synchronous)
+        self._db = opened.db
+        self.ceiling = opened.ceiling
+        return opened
+
+    async def finish(self) -> None:
+        """Commits what is pending, then closes the writer connection (checkpointing the WAL)."""
+        if self._loop is not None:
+            try:
+                await self._drain()
+            except Exception as exc:  # pragma: no cover - reported, then we still close
+                log.error("final commit failed: %s", exc)
+        if self._executor is not None and self._db is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.get_running_loop().run_in_executor(self._executor, self._close_db)
+
+    async def shutdown(self) -> None:
+        """Stops the writer thread."""
+        if self._executor is not None:
+            ex = self._executor
+            self._executor = None
+            await asyncio.get_running_loop().run_in_executor(None, ex.shutdown, True)
+
+    async def _drain(self) -> None:
+        while True:
+            task = self._commit_task
+            if task is not None and not task.done():
+                await asyncio.shield(task)
+            elif not self.pending.empty():
+                self._start_commit()
+            else:
+                return
+
+    def _close_db(self) -> None:
+        db = self._db
+        if db is None:
+            return
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        db.close()
+        self._db = None
+
+    # ---- transactions of their own ---------------------------------------------------------
+
+    # Prekey changes are transactions of their own on the writer thread: the one executor
+    # thread runs them between group commits, so a claim is exclusive and durable before the
+    # key leaves the hub.
+
+    async def in_transaction(self, fn: Callable[..., T], *args: Any) -> T:
+        """Runs ``fn(db, *args)`` in one transaction of its own on the writer thread."""
+        assert self._loop is not None and self._executor is not None
+        return await self._loop.run_in_executor(self._executor, self._run, fn, *args)
+
+    def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        with self._transaction() as db:
+            return fn(db, *args)
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction on the writer connection (writer thread only): committed when
+        the block ends, rolled back if it raises."""
+        db = self._db
+        if db is None:
+            raise StoreError("store is closed")
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            yield db
+            db.execute("COMMIT")
+        except BaseException:
+            with contextlib.suppress(sqlite3.Error):
+                db.execute("ROLLBACK")
+            raise
+
+    # ---- group commit ------------------------------------------------------------------------
+
+    async def bind(self, agent_id: str, identity_key: str, data: str, session: bytes) -> BindResult:
+        """Binds an agent in the next commit; returns once that commit is durable."""
+        assert self._loop is not None
+        fut: asyncio.Future[BindResult] = self._loop.create_future()
+        self.pending.binds.append((agent_id, identity_key, data, session, fut))
+        self.kick()
+        return await fut
+
+    async def barrier(self) -> None:
+        """Returns once everything gathered so far is committed."""
+        if self._loop is None:
+            return
+        fut: asyncio.Future[None] = self._loop.create_future()
+        self.pending.waiters.append(fut)
+        self.kick()
+        await fut
+
+    def kick(self) -> None:
+        """Something was added to :attr:`pending`: commit it soon."""
+        if self._committing or self._scheduled or self._loop is None:
+            return
+        self._scheduled = True
+        # Two hops: start after everything the current loop iteration still submits, and after
+        # the socket writes it scheduled (live deliveries leave before the commit work starts).
+        self._loop.call_soon(self._loop.call_soon, self._scheduled_start)
+
+    def _scheduled_start(self) -> None:
+        self._scheduled = False
+        if not self._committing:
+            self._start_commit()
+
+    def _start_commit(self) -> None:
+        if self.pending.empty():
+            self._committing = False
+            return
+        self._committing = True
+        batch = self.pending
+        self.pending = Batch()
+        assert self._loop is not None
+        self._commit_task = self._loop.create_task(self._commit(batch))
+
+    async def _commit(self, batch: Batch) -> None:
+        assert self._loop is not None and self._executor is not None
+        results: list[BindResult] = []
+        delay = 0.05
+        for attempt in range(4):
+            try:
+                results = await self._loop.run_in_executor(self._executor, self._write, batch)
+                break
+            except Exception as exc:
+                if attempt == 3:
+                    log.critical("hub store commit failed for good: %s", exc)
+                    err = StoreError(f"hub store commit failed: {exc}")
+                    for *_, fut in batch.binds:
+                        if not fut.done():
+                            fut.set_exception(err)
+                    for w in batch.waiters:
+                        if not w.done():
+                            w.set_exception(err)
+                    self._committing = False
+                    self._on_fatal(err)
+                    return
+                log.error("hub store commit failed (attempt %d, retrying): %s", attempt + 1, exc)
+                await asyncio.sleep(delay)
+                delay *= 4
+        if batch.ceiling is not None:
+            self.ceiling = max(self.ceiling, batch.ceiling)
+        self.deleting.difference_update(batch.deletes)
+        for (*_, fut), res in zip(batch.binds, results, strict=True):
+            if not fut.done():
+                fut.set_result(res)
+        try:
+            if batch.tokens:
+                self._on_commit(batch.tokens)
+        except Exception:  # pragma: no cover - a server bug must not stop the commits
+            log.exception("on_commit callback failed")
+        for w in batch.waiters:
+            if not w.done():
+                w.set_result(None)
+        # The next batch (everything that arrived during this commit) starts right away.
+        if self.pending.empty():
+            self._committing = False
+        else:
+            self._start_commit()
+
+    def _write(self, batch: Batch) -> list[BindResult]:
+        now = int(time.time() * 1000)
+        results: list[BindResult] = []
+        with self._transaction() as db:
+            if batch.inserts:
+                db.executemany(
+                    "INSERT OR REPLACE INTO inbox (seq, recipient, envelope, enqueued_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [(s, r, e, now) for s, (r, e) in batch.inserts.items()],
+                )
+            if batch.deletes:
+                db.executemany("DELETE FROM inbox WHERE seq = ?", [(s,) for s in batch.deletes])
+            if batch.progress:
+                db.executemany(
+                    "INSERT OR REPLACE INTO senders (agent_id, session, last_seq) VALUES (?, ?, ?)",
+                    [(a, s, q) for a, (s, q) in batch.progress.items()],
+                )
+            for agent_id, identity_key, data, session, _fut in batch.binds:
+                results.append(bind_agent(db, agent_id, identity_key, data, session, now))
+            meta: list[tuple[str, int]] = []
+            if batch.ceiling is not None:
+                meta.append(("seq_ceiling", batch.ceiling))
+            if batch.message_count is not None:
+                meta.append(("message_count", batch.message_count))
+            if meta:
+                db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
+        return results

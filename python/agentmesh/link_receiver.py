@@ -1,0 +1,404 @@
+"""One agent's receive path: batches from its backend, handled on the process's shared
+receive workers (:mod:`agentmesh.link_receive_pool`), in two stages.
+
+1. **Unseal** (``on_batch`` schedules it): a worker takes every batch that has accumulated,
+   skips redeliveries (by position at the backend, by envelope id here), unseals them with
+   ``_AgentCore.receive_batch`` (grouped by sender, batch signature verification; rejections
+   reported) and takes the replies a ``request()`` waits for off the path. Then the backend may
+   hand over the next batch.
+2. **Handle**: the handlers run for the other messages, in arrival order; then the batch is
+   acknowledged, for a persistent agent once the state writer has written the state.
+
+Unsealing waits while the handlers run, and until the agent has a consumer (a handler or an
+iterator) unless it waits for replies, so in the normal flow nothing is unsealed ahead of its
+handlers. The exception is a handler that waits for a reply (a coordinator asking a worker
+while handling a task): then the unseal stage goes on, so that the reply is not stuck behind
+the handler waiting for it. Whatever is unsealed before its handlers ran is *held*: a state
+saved meanwhile keeps those sessions' previous state (``_AgentCore.handled_from``), so that
+after a crash they are read again rather than refused as replays. One agent's handlers still
+run one at a time and in order; other agents' batches run on other workers meanwhile. Nothing
+is acknowledged before its handlers ran, so a crash redelivers it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from . import crypto as _crypto
+from .agent import _AgentCore
+from .agent_receiving import Rejected
+from .backend import Backend, Delivery
+from .link_receive_pool import while_waiting
+from .link_state_writer import StateWriter, resolve
+from .message import Message
+
+if TYPE_CHECKING:
+    from .link import NetLoop
+
+__all__ = ["RECENT_IDS", "Receiver"]
+
+Envelope = _crypto.Envelope
+log = logging.getLogger("agentmesh.link")
+
+#: How many accepted envelope ids an agent remembers to recognise redeliveries.
+RECENT_IDS = 4096
+
+# (batch, the store its positions count in, resolved once unsealed, resolved for the ack)
+_Item = tuple[list[Delivery], "bytes | None", "asyncio.Future[None]", "asyncio.Future[None]"]
+# Per delivery of a batch: the Message for the handlers, the rejection to report in its
+# place, or True (handled here or before: a reply, a redelivery).
+_Outcome = Message | Rejected | bool
+
+
+class _Stage:
+    """One of the receiver's two tasks on the pool."""
+
+    __slots__ = ("drain",)
+
+    def __init__(self, drain: Callable[[], None]) -> None:
+        self.drain = drain
+
+
+class Receiver:
+    """The receive path of one agent (see the module docstring)."""
+
+    def __init__(
+        self,
+        core: _AgentCore,
+        net: NetLoop,
+        backend: Backend,
+        *,
+        state_writer: StateWriter | None,
+        prekeys_used: Callable[[], None],
+        on_closed: Callable[[], None],
+    ) -> None:
+        self.core = core
+        self.net = net
+        self.loop = net.loop
+        self.pool = net.receive_pool
+        self.backend = backend
+        self.state_writer = state_writer
+        self._prekeys_used = prekeys_used
+        self._on_closed = on_closed
+        # held while a batch is unsealed: new prekeys are made and written only between
+        # batches (the prekey policy saves the state first, so an identity file never lacks a
+        # key whose session is not on disk yet)
+        self.between_batches = threading.Lock()
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._unseal = _Stage(self._drain_unseal)
+        self._handle = _Stage(self._drain_handle)
+        self._pending: collections.deque[_Item] = collections.deque()
+        self._unsealed: collections.deque[tuple[list[_Item], list[_Outcome]]] = collections.deque()
+        # a stage is scheduled from when it is queued until its drain ends; the drainer is the
+        # thread running it
+        self._scheduled = {self._unseal: False, self._handle: False}
+        self._drainer: dict[_Stage, int | None] = {self._unseal: None, self._handle: None}
+        self._closing = False
+        self._close_after_drain = False
+        self._handler_waits = False  # a handler of this agent is inside ``waiting()``
+        # ids of envelopes accepted lately, to ignore a redelivery silently
+        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        core.consumer_ready.when_set(self._consumer_ready)
+        core.attached.when_set(self._attached)
+        core.on_reads_needed(self._replies_awaited)
+
+    # -- on the network thread ------------------------------------------------------------------
+
+    async def on_batch(self, batch: list[Delivery]) -> asyncio.Future[None] | None:
+        """Called by the backend with every delivery it has buffered (in inbox order); returns
+        once the batch is unsealed, with the future the backend acknowledges it on: complete
+        once the handlers ran (and, for a persistent agent, the state that accepting it changed
+        is on disk)."""
+        unsealed = self.loop.create_future()
+        acked = self.loop.create_future()
+        with self._lock:
+            self._pending.append((batch, self.backend.delivery_hub_id, unsealed, acked))
+            schedule = self._claim(self._unseal)
+        if schedule:
+            self.pool.schedule(self._unseal)
+        await unsealed
+        return acked
+
+    def _claim(self, stage: _Stage) -> bool:
+        """Whether the caller must schedule ``stage`` (it holds ``_lock``)."""
+        if self._scheduled[stage] or (self._closing and stage is self._unseal):
+            return False
+        self._scheduled[stage] = True
+        return True
+
+    def _may_unseal(self) -> bool:
+        """Unsealing waits until the agent is attached to its hub (a first contact looks the
+        sender up there), until it has a consumer or waits for replies (a send-only agent
+        leaves its backlog at the hub for the listener of its identity; an interceptor counts as a
+        consumer of its kind), and while the
+        handlers run, unless a handler waits for a reply (``_lock`` held)."""
+        core = self.core
+        return (
+            core.attached.is_set()
+            and (core.consumer_ready.is_set() or core.reads_without_consumer)
+            and (self._drainer[self._handle] is None or self._handler_waits)
+        )
+
+    def _consumer_ready(self) -> None:
+        with self._lock:
+            handle = bool(self._unsealed) and self._claim(self._handle)
+            unseal = bool(self._pending) and self._claim(self._unseal)
+        if handle:
+            self.pool.schedule(self._handle)
+        if unseal:
+            self.pool.schedule(self._unseal)
+
+    def _replies_awaited(self) -> None:
+        with self._lock:
+            schedule = bool(self._pending) and self._claim(self._unseal)
+        if schedule:
+            self.pool.schedule(self._unseal)
+
+    def _attached(self) -> None:
+        with self._lock:
+            schedule = bool(self._pending) and self._claim(self._unseal)
+        if schedule:
+            self.pool.schedule(self._unseal)
+
+    def _on_handler_wait(self, waits: bool) -> None:
+        with self._lock:
+            self._handler_waits = waits
+            schedule = waits and bool(self._pending) and self._claim(self._unseal)
+        if schedule:
+            self.pool.schedule(self._unseal)
+
+    # -- stage 1: unseal --------------------------------------------------------------------------
+
+    def _drain_unseal(self) -> None:
+        core = self.core
+        with self._lock:
+            if self._closing or not self._may_unseal():
+                # closing: dropped, never acknowledged, so the backend delivers them again next
+                # time; handlers running: after them (the handle stage schedules this again)
+                self._scheduled[self._unseal] = False
+                return
+            items = list(self._pending)
+            self._pending.clear()
+            self._drainer[self._unseal] = threading.get_ident()
+        try:
+            datas = [data for batch, _hub, _unsealed, _acked in items for _did, data in batch]
+            with self.between_batches:
+                try:
+                    outcomes, prekeys_used = self._open(datas)
+                except Exception:  # never leave the backend waiting
+                    log.exception("agent %r: receiving a batch failed", core.agent_id)
+                    outcomes, prekeys_used = [False] * len(datas), True
+            if prekeys_used:
+                self._prekeys_used()
+            # A batch with nothing for the handlers (replies, redeliveries) is acknowledged
+            # now: an agent with no handler that only asks questions, or whose handler waits
+            # for a reply, must not leave its replies unacknowledged (redelivered later, they
+            # would be refused as replays). Its position is noted only when nothing before it
+            # waits for the handlers (a restart must not skip those).
+            direct: list[tuple[_Item, int, bool]] = []  # (batch, size, in order)
+            queued: list[_Item] = []
+            queued_outcomes: list[_Outcome] = []
+            at = 0
+            with self._lock:
+                in_order = not self._unsealed and self._drainer[self._handle] is None
+                for item in items:
+                    size = len(item[0])
+                    mine = outcomes[at : at + size]
+                    at += size
+                    if all(outcome is True for outcome in mine):
+                        direct.append((item, size, in_order and not queued))
+                    else:
+                        queued.append(item)
+                        queued_outcomes.extend(mine)
+                if queued:
+                    self._unsealed.append((queued, queued_outcomes))
+                schedule = (
+                    bool(queued) and core.consumer_ready.is_set() and self._claim(self._handle)
+                )
+            for item, size, note in direct:
+                self._acknowledge([item], [True] * size, note_positions=note)
+            if schedule:
+                self.pool.schedule_next(self._handle)  # (this worker takes it next)
+            with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
+                self.net.call_soon_batched(_resolve_all, [item[2] for item in items])
+        finally:
+            self._end(
+                self._unseal,
+                more=lambda: bool(self._pending) and not self._closing and self._may_unseal(),
+            )
+
+    def _open(self, datas: list[bytes]) -> tuple[list[_Outcome], bool]:
+        """Unseal delivered envelopes, in order, skipping duplicates and taking replies off.
+        Returns an outcome per envelope, and whether a set-up used one of this agent's
+        one-time prekeys."""
+        core = self.core
+        recent = self._recent
+        todo: list[Any] = []
+        ids: list[str | None] = []
+        where: list[int] = []  # index in datas of each todo item
+        outcomes: list[_Outcome] = [True] * len(datas)
+        seen: set[str] = set()
+        for index, data in enumerate(datas):
+            try:
+                env = Envelope.from_bytes(data)
+            except Exception:
+                todo.append(data)  # rejected, in its place, by receive_batch
+                ids.append(None)
+                where.append(index)
+                continue
+            try:
+                envelope_id = env.id
+            except Exception:
+                envelope_id = None
+            if envelope_id is not None:
+                if envelope_id in recent or envelope_id in seen:
+                    # delivered again (e.g. a resend after a hub crash): already handled, so
+                    # acknowledge it silently instead of reporting a replay
+                    log.debug(
+                        "agent %r: duplicate delivery of %s ignored", core.agent_id, envelope_id
+                    )
+                    continue
+                seen.add(envelope_id)
+            todo.append(env)
+            ids.append(envelope_id)
+            where.append(index)
+        if not todo:
+            return outcomes, False
+        # a set-up (prekey message) may use one of this agent's one-time prekeys: look only then
+        setups = any(type(e) is Envelope and e.is_prekey for e in todo)
+        keys_before = len(core.keypair.one_time_prekey_ids()) if setups else 0
+        results = core.receive_batch(todo, dispatch=False)
+        prekeys_used = setups and len(core.keypair.one_time_prekey_ids()) != keys_before
+        for envelope_id, msg, index in zip(ids, results, where, strict=True):
+            if not isinstance(msg, Message):
+                outcomes[index] = msg if msg is not None else False
+                continue
+            if envelope_id is not None:
+                recent[envelope_id] = None
+            if core.take_reply(msg):
+                core.handled_from(msg.sender)  # (a reply, or a message of an intercepted kind)
+            else:
+                outcomes[index] = msg
+        while len(recent) > RECENT_IDS:
+            recent.popitem(last=False)
+        return outcomes, prekeys_used
+
+    # -- stage 2: handle --------------------------------------------------------------------------
+
+    def _drain_handle(self) -> None:
+        with self._lock:
+            if not self.core.consumer_ready.is_set() or self._closing or self.core.closed:
+                # no handler (nor iterator) yet: wait (``_consumer_ready`` schedules this
+                # again); closed: what waits here is never acknowledged, and its sessions were
+                # never saved past it, so it is read again from the next connection
+                self._scheduled[self._handle] = False
+                return
+            work = list(self._unsealed)
+            self._unsealed.clear()
+            self._drainer[self._handle] = threading.get_ident()
+        try:
+            core = self.core
+            dispatch = core._dispatch
+            with while_waiting(self._on_handler_wait):
+                for items, outcomes in work:
+                    for outcome in outcomes:
+                        if type(outcome) is Message:
+                            try:
+                                dispatch(outcome)
+                            finally:
+                                core.handled_from(outcome.sender)
+                        elif type(outcome) is Rejected:
+                            core.reject(outcome.error, outcome.envelope)
+                    self._acknowledge(items, [o is True or type(o) is Message for o in outcomes])
+        finally:
+            self._end(self._handle, more=lambda: bool(self._unsealed))
+            with self._lock:  # unsealing waited for the handlers
+                schedule = bool(self._pending) and self._claim(self._unseal)
+            if schedule:
+                self.pool.schedule_next(self._unseal)
+
+    def _acknowledge(
+        self, items: list[_Item], handled: list[bool], note_positions: bool = True
+    ) -> None:
+        acked = [item[3] for item in items]
+        if self.state_writer is not None:
+            # persisted after the handlers and before the ack, by the state writer (one
+            # write for every batch handled meanwhile): after a crash the backend
+            # redelivers instead of the agent holding acked messages whose session
+            # advance was lost. The positions go with it, so that a restarted agent skips
+            # what a crashed hub redelivers instead of reporting replays.
+            if note_positions:
+                self._note_delivered(items, handled)
+            self.state_writer.after_batch(acked)
+            return
+        with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
+            self.net.call_soon_batched(_resolve_all, acked)
+
+    def _note_delivered(self, items: list[_Item], handled: list[bool]) -> None:
+        """Per store, the highest position that was handled (or skipped as a duplicate of a
+        handled one): never one that was rejected, so a forged delivery cannot push the saved
+        position past real ones."""
+        flags = iter(handled)
+        for batch, hub_id, _unsealed, _acked in items:
+            top = 0
+            for did, _data in batch:
+                if next(flags, False):
+                    top = did
+            if hub_id is not None and top:
+                self.core.note_delivered(hub_id, top)
+
+    # -- both stages ----------------------------------------------------------------------------
+
+    def _end(self, stage: _Stage, more: Callable[[], bool]) -> None:
+        """After a drain: schedule the stage again if work came meanwhile; close if asked."""
+        with self._lock:
+            self._drainer[stage] = None
+            again = more()
+            if not again:
+                self._scheduled[stage] = False
+            close_now = self._close_after_drain and self._quiet()
+            if close_now:
+                self._close_after_drain = False
+            self._idle.notify_all()
+        if again:
+            self.pool.schedule_next(stage)
+        if close_now:
+            self._on_closed()
+
+    def draining_here(self) -> bool:
+        """Whether this thread runs one of this agent's stages now (a handler of its own)."""
+        return threading.get_ident() in self._drainer.values()
+
+    def _quiet(self) -> bool:
+        """Nothing unsealed waits for its handlers and no stage runs (``_lock`` held)."""
+        return not self._unsealed and all(d is None for d in self._drainer.values())
+
+    # -- closing --------------------------------------------------------------------------------
+
+    def close(self, timeout: float | None) -> bool:
+        """Stop taking batches: the handlers running now finish (and their batches are
+        acknowledged); batches they have not started are dropped: never acknowledged, so the
+        backend delivers them again to the next connection, and readable then (their
+        sessions' advance was held back from every save). Returns True when called from this
+        agent's own handler: then the ``on_closed`` callback runs once the handlers are done."""
+        with self._lock:
+            self._closing = True
+            self._pending.clear()
+            self._unsealed.clear()  # (held: see _drain_handle)
+            if threading.get_ident() in self._drainer.values():
+                self._close_after_drain = True
+                return True
+            self._idle.wait_for(self._quiet, 30.0 if timeout is None else timeout)
+        return False
+
+
+def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
+    for fut in futures:
+        resolve(fut)
