@@ -34,7 +34,11 @@ __version__ = "0.1.0"
 
 # The hub server is imported on first use: `python -m agentmesh.hub_server` must not find the
 # module already imported by the package (runpy warns, or fails with -W error).
-_LAZY = {"HubLimits": "agentmesh.hub_server", "NetworkHubServer": "agentmesh.hub_server"}
+_LAZY = {
+    "HubLimits": "agentmesh.hub_server",
+    "NatsHub": "agentmesh.nats_hub",
+    "NetworkHubServer": "agentmesh.hub_server",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -71,6 +75,7 @@ __all__ = [
     "MessageExpiredError",
     "MessageGapError",
     "MessageTooLargeError",
+    "NatsHub",
     "NetworkHub",
     "NetworkHubServer",
     "RemoteError",

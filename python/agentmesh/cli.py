@@ -20,6 +20,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from .cli_nats import add_nats_dev_parser, cmd_nats_dev
 from .errors import AgentMeshError
 
 log = logging.getLogger("agentmesh.cli")
@@ -37,6 +38,7 @@ examples:
   agentmesh listen --hub 127.0.0.1:7700 --key bob.key
   agentmesh send --hub 127.0.0.1:7700 --key alice.key --to bob --text "hello"
   agentmesh peers --hub 127.0.0.1:7700
+  agentmesh nats-dev --nodes 3
 
 exit codes: 0 ok, 1 runtime failure, 2 usage error
 """
@@ -189,6 +191,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--timeout", type=float, default=CONNECT_TIMEOUT, help="seconds to wait for the hub"
     )
+
+    add_nats_dev_parser(add_command)
 
     add_command(
         "demo",
@@ -598,6 +602,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "listen": _cmd_listen,
         "peers": _cmd_peers,
         "demo": _cmd_demo,
+        "nats-dev": cmd_nats_dev,
     }[args.command]
     try:
         return handler(args)

@@ -19,7 +19,7 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import crypto as _crypto
 from .agent import _AgentCore, _core_of
@@ -29,7 +29,18 @@ from .hub_address import DEFAULT_PORT, HubAddress, parse_hub_address  # noqa: F4
 from .link import AgentLink, NetLoop, hub_error
 from .local_backend import LocalBackend, LocalDirectory
 
-__all__ = ["Hub", "HubAddress", "LocalHub", "NetworkHub", "hub_of", "parse_hub_address"]
+if TYPE_CHECKING:  # (imported on first use: see __getattr__ at the end)
+    from .nats_hub import NatsHub
+
+__all__ = [
+    "Hub",
+    "HubAddress",
+    "LocalHub",
+    "NatsHub",
+    "NetworkHub",
+    "hub_of",
+    "parse_hub_address",
+]
 
 Envelope = _crypto.Envelope
 log = logging.getLogger("agentmesh.hubs")
@@ -358,3 +369,12 @@ class NetworkHub(Hub):
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def __getattr__(name: str) -> Any:
+    # NatsHub lives in its own module, which imports this one: looked up on first use
+    if name == "NatsHub":
+        from .nats_hub import NatsHub
+
+        return NatsHub
+    raise AttributeError(f"module 'agentmesh.hubs' has no attribute {name!r}")

