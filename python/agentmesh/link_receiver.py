@@ -34,6 +34,7 @@ from . import crypto as _crypto
 from .agent import _AgentCore
 from .agent_receiving import Rejected
 from .backend import Backend, Delivery
+from .errors import HubError
 from .link_receive_pool import while_waiting
 from .link_state_writer import StateWriter, resolve
 from .message import Message
@@ -51,9 +52,24 @@ RECENT_IDS = 4096
 
 # (batch, the store its positions count in, resolved once unsealed, resolved for the ack)
 _Item = tuple[list[Delivery], "bytes | None", "asyncio.Future[None]", "asyncio.Future[None]"]
+
+
+class Retry:
+    """An envelope that could not be read now, and must come again: the hub lookup of a new
+    sender failed (the hub unreachable, a cluster electing a leader). Its batch is not
+    acknowledged, so the backend delivers it again (on its next connection); rejecting it
+    would lose it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
 # Per delivery of a batch: the Message for the handlers, the rejection to report in its
-# place, or True (handled here or before: a reply, a redelivery).
-_Outcome = Message | Rejected | bool
+# place, an envelope that must come again, or True (handled here or before: a reply, a
+# redelivery).
+_Outcome = Message | Rejected | Retry | bool
 
 
 class _Stage:
@@ -278,6 +294,15 @@ class Receiver:
         prekeys_used = setups and len(core.keypair.one_time_prekey_ids()) != keys_before
         for envelope_id, msg, index in zip(ids, results, where, strict=True):
             if not isinstance(msg, Message):
+                if isinstance(msg, Rejected) and isinstance(msg.error, HubError):
+                    log.warning(
+                        "agent %r: could not look up a new sender now (%s); its envelope stays "
+                        "unacknowledged and comes again",
+                        core.agent_id,
+                        msg.error,
+                    )
+                    outcomes[index] = Retry(msg.error)
+                    continue
                 outcomes[index] = msg if msg is not None else False
                 continue
             if envelope_id is not None:
@@ -316,7 +341,7 @@ class Receiver:
                                 core.handled_from(outcome.sender)
                         elif type(outcome) is Rejected:
                             core.reject(outcome.error, outcome.envelope)
-                    self._acknowledge(items, [o is True or type(o) is Message for o in outcomes])
+                    self._acknowledge(items, outcomes)
         finally:
             self._end(self._handle, more=lambda: bool(self._unsealed))
             with self._lock:  # unsealing waited for the handlers
@@ -325,9 +350,22 @@ class Receiver:
                 self.pool.schedule_next(self._unseal)
 
     def _acknowledge(
-        self, items: list[_Item], handled: list[bool], note_positions: bool = True
+        self, items: list[_Item], outcomes: list[_Outcome], note_positions: bool = True
     ) -> None:
-        acked = [item[3] for item in items]
+        handled = [o is True or type(o) is Message for o in outcomes]
+        retry: dict[int, BaseException] = {}  # item index -> why it must come again
+        at = 0
+        for index, (batch, _hub, _unsealed, _acked) in enumerate(items):
+            for outcome in outcomes[at : at + len(batch)]:
+                if type(outcome) is Retry:
+                    retry.setdefault(index, outcome.error)
+            at += len(batch)
+        if retry:
+            note_positions = False  # (a restart must not skip what comes again)
+            failed = [(items[i][3], error) for i, error in retry.items()]
+            with contextlib.suppress(RuntimeError):
+                self.net.call_soon_batched(_fail_all, failed)
+        acked = [item[3] for index, item in enumerate(items) if index not in retry]
         if self.state_writer is not None:
             # persisted after the handlers and before the ack, by the state writer (one
             # write for every batch handled meanwhile): after a crash the backend
@@ -397,6 +435,11 @@ class Receiver:
                 return True
             self._idle.wait_for(self._quiet, 30.0 if timeout is None else timeout)
         return False
+
+
+def _fail_all(failed: list[tuple[asyncio.Future[None], BaseException]]) -> None:
+    for fut, error in failed:
+        resolve(fut, error)
 
 
 def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
