@@ -9,19 +9,11 @@ one more connection for lookups. ``Agent`` does not change: pass
 
 from __future__ import annotations
 
-import concurrent.futures
-import contextlib
 import logging
-import threading
 from collections.abc import Sequence
 from typing import Any
 
-from . import crypto as _crypto
-from .agent import _core_of
-from .backend import Backend
-from .errors import HubError
-from .hubs import Hub
-from .link import AgentLink, NetLoop, hub_error
+from .backend_hub import BackendHub
 from .nats_backend import NatsBackend
 from .nats_layout import DEFAULT_MAX_QUEUED, NatsLayout
 from .nats_setup import NatsSettings
@@ -40,7 +32,7 @@ def _check_servers(servers: Sequence[str] | str) -> list[str]:
     return [s.strip() for s in found]
 
 
-class NatsHub(Hub):
+class NatsHub(BackendHub):
     """Agents on a NATS JetStream cluster; same interface as :class:`LocalHub`.
 
     ``NatsHub(servers, *, prefix="agentmesh", replicas=None, max_queued_per_agent=100_000,
@@ -70,17 +62,12 @@ class NatsHub(Hub):
             replicas=replicas,
             max_queued_per_agent=max_queued_per_agent,
         )
+        super().__init__()
+        self.where = f"the NATS cluster at {', '.join(self.servers)}"
         self.connect_timeout = float(connect_timeout)
         self.timeout = float(timeout)
-        self._net = NetLoop.get()
-        self._links: dict[str, AgentLink] = {}
-        self._guard = threading.Lock()
         self._lookup = self._new_backend()
         self._run_request("connecting", self._lookup.connect_lookup())
-
-    @property
-    def where(self) -> str:
-        return f"the NATS cluster at {', '.join(self.servers)}"
 
     def __repr__(self) -> str:
         return f"<NatsHub {','.join(self.servers)} agents={len(self._links)}>"
@@ -93,15 +80,13 @@ class NatsHub(Hub):
             request_timeout=self.timeout,
         )
 
-    def _run_request(self, what: str, request: Any) -> Any:
-        try:
-            return self._net.run(request, timeout=self.timeout + self.connect_timeout)
-        except (concurrent.futures.TimeoutError, TimeoutError) as exc:
-            raise HubError(f"{what}: {self.where} did not answer") from exc
-        except HubError:
-            raise
-        except Exception as exc:
-            raise hub_error(exc, f"{what} at {self.where}") from exc
+    @property
+    def request_bound(self) -> float:
+        # a lookup's first use may have to connect first
+        return self.timeout + self.connect_timeout
+
+    def _close_lookups(self) -> None:
+        self._net.run(self._lookup.close(timeout=1.0), timeout=10.0)
 
     # -- lookups --------------------------------------------------------------------------------
 
@@ -110,11 +95,9 @@ class NatsHub(Hub):
         return dict(result) if result is not None else None
 
     def claim_bundle(self, requester_id: str, agent_id: str) -> dict[str, Any] | None:
-        link = self._links.get(requester_id)
-        if link is None:
+        if requester_id not in self._links:
             return self.get_bundle(agent_id)
-        result = self._run_request(f"looking up {agent_id!r}", link.backend.claim_bundle(agent_id))
-        return dict(result) if result is not None else None
+        return self._claim_on_link(requester_id, agent_id)  # type: ignore[no-any-return]
 
     def list_agents(self) -> list[str]:
         return list(self._run_request("listing agents", self._lookup.list_agents()))
@@ -126,58 +109,5 @@ class NatsHub(Hub):
     def message_count(self) -> int:
         return int(self._run_request("counting messages", self._lookup.message_count()))
 
-    # -- agents ---------------------------------------------------------------------------------
-
-    def register(self, agent: Any) -> None:
-        core = _core_of(agent)
-        with self._guard:
-            existing = self._links.get(core.agent_id)
-            if existing is not None and not existing.core.closed:
-                raise ValueError(
-                    f"Agent id {core.agent_id!r} is already registered through this NatsHub; "
-                    "close() that agent first"
-                )
-
-        def new_backend() -> Backend:
-            return self._new_backend()
-
-        link = AgentLink(
-            core, self._net, new_backend, where=self.where, connect_timeout=self.connect_timeout
-        )
-        link.start()
-        with self._guard:
-            self._links[core.agent_id] = link
-        core.attach(self, link)
-
-    def unregister(self, agent: Any) -> None:
-        core = _core_of(agent)
-        with self._guard:
-            link = self._links.get(core.agent_id)
-            if link is None or link.core is not core:
-                return
-            del self._links[core.agent_id]
-        link.close()
-
-    def deliver(self, envelope: Any) -> None:
-        env = _crypto.as_envelope(envelope)
-        link = self._links.get(env.sender)
-        if link is None:
-            raise HubError(
-                f"agent {env.sender!r} is not registered through this NatsHub, so it cannot "
-                "send here"
-            )
-        link.send(env)
-
-    def close(self) -> None:
-        """Close every agent registered through this hub and the lookup connection."""
-        for link in list(self._links.values()):
-            with contextlib.suppress(Exception):
-                link.core.close()
-        with contextlib.suppress(Exception):
-            self._net.run(self._lookup.close(timeout=1.0), timeout=10.0)
-
     def __enter__(self) -> NatsHub:
         return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
