@@ -57,7 +57,10 @@ class _Receiving(AgentCoreState):
         except CryptoError as exc:
             self.reject(exc, envelope)
             return None
-        self.hand_over(msg)
+        if msg._meta is None:
+            self._dispatch(msg)  # (the common case: nothing to take off first)
+        else:
+            self.hand_over(msg)
         return msg
 
     def receive_batch(

@@ -218,7 +218,7 @@ class _Requests(AgentCoreState):
     def hand_over(self, msg: Message) -> None:
         """A message unsealed here: to its waiting caller if it is a reply, else to the
         handlers."""
-        if not self.take_reply(msg):
+        if msg._meta is None or not self.take_reply(msg):
             self._dispatch(msg)
 
 

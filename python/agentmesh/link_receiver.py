@@ -119,6 +119,8 @@ class Receiver:
         self._closing = False
         self._close_after_drain = False
         self._handler_waits = False  # a handler of this agent is inside ``waiting()``
+        # "unsealed" futures of batches whose handlers run next (see _drain_unseal)
+        self._opened_waiting: list[asyncio.Future[None]] = []
         # ids of envelopes accepted lately, to ignore a redelivery silently
         self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
         core.consumer_ready.when_set(self._consumer_ready)
@@ -187,8 +189,15 @@ class Receiver:
         with self._lock:
             self._handler_waits = waits
             schedule = waits and bool(self._pending) and self._claim(self._unseal)
+            opened, self._opened_waiting = (self._opened_waiting, []) if waits else ([], [])
+        if opened:
+            self._release_opened(opened)  # (the reply it waits for may be in the next batch)
         if schedule:
             self.pool.schedule(self._unseal)
+
+    def _release_opened(self, futures: list[asyncio.Future[None]]) -> None:
+        with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
+            self.net.call_soon_batched(_resolve_all, futures)
 
     # -- stage 1: unseal --------------------------------------------------------------------------
 
@@ -240,10 +249,19 @@ class Receiver:
                 )
             for item, size, note in direct:
                 self._acknowledge([item], [True] * size, note_positions=note)
+            # The backend hands over the next batch once this one is unsealed: at once when no
+            # handler runs it next; else with the handlers' end (one wake-up of the network
+            # thread per batch, as when the two stages were one), or as soon as a handler
+            # waits for a reply (which may be in that next batch).
+            opened = [item[2] for item in items]
+            with self._lock:
+                later = bool(queued) and schedule and not self._handler_waits
+                if later:
+                    self._opened_waiting.extend(opened)
+            if not later:
+                self._release_opened(opened)
             if schedule:
                 self.pool.schedule_next(self._handle)  # (this worker takes it next)
-            with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
-                self.net.call_soon_batched(_resolve_all, [item[2] for item in items])
         finally:
             self._end(
                 self._unseal,
@@ -343,6 +361,10 @@ class Receiver:
                             core.reject(outcome.error, outcome.envelope)
                     self._acknowledge(items, outcomes)
         finally:
+            with self._lock:
+                opened, self._opened_waiting = self._opened_waiting, []
+            if opened:
+                self._release_opened(opened)
             self._end(self._handle, more=lambda: bool(self._unsealed))
             with self._lock:  # unsealing waited for the handlers
                 schedule = bool(self._pending) and self._claim(self._unseal)
@@ -430,6 +452,10 @@ class Receiver:
             self._closing = True
             self._pending.clear()
             self._unsealed.clear()  # (held: see _drain_handle)
+            opened, self._opened_waiting = self._opened_waiting, []
+        if opened:
+            self._release_opened(opened)
+        with self._lock:
             if threading.get_ident() in self._drainer.values():
                 self._close_after_drain = True
                 return True

@@ -53,7 +53,9 @@ class Message:
         _set = object.__setattr__
         _set(self, "sender", sender)
         _set(self, "recipient", recipient)
-        _set(self, "_meta", meta if meta is not None else _take_meta(payload))
+        if meta is None and META_KEY in payload:  # (rare: a request, a reply, a kind)
+            meta = _take_meta(payload)
+        _set(self, "_meta", meta)
         _set(self, "payload", payload)
         _set(self, "_env", envelope)
         _set(self, "_agent", agent)
