@@ -27,6 +27,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import crypto as _crypto
+from .agent_facade import _AgentFacade, _stop_on_sigterm
 from .agent_groups import _Groups
 from .agent_persistence import _Persistence
 from .agent_prekeys import _Prekeys
@@ -393,24 +394,6 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
 PRESENCE_POLL_MAX = 0.25
 
 
-def _stop_on_sigterm(stop: threading.Event) -> Callable[[], None]:
-    """In the main thread, SIGTERM sets ``stop`` (instead of killing the process before the
-    agent could close) until the returned function restores the previous handler."""
-    import signal
-
-    if threading.current_thread() is not threading.main_thread():
-        return lambda: None
-    previous = signal.getsignal(signal.SIGTERM)
-    if previous not in (signal.SIG_DFL, None):
-        return lambda: None  # the program handles SIGTERM itself
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-
-    def restore() -> None:
-        signal.signal(signal.SIGTERM, previous)
-
-    return restore
-
-
 def _hub_of(hub: Any) -> Hub | None:
     from .hubs import hub_of  # (hubs imports this module)
 
@@ -419,57 +402,6 @@ def _hub_of(hub: Any) -> Hub | None:
 
 # --------------------------------------------------------------------------------------------
 # the sync face
-
-
-class _AgentFacade:
-    """What Agent and AsyncAgent expose identically: identity facts and the calls that never
-    wait (both delegate to the same :class:`_AgentCore`)."""
-
-    _core: _AgentCore
-
-    @property
-    def agent_id(self) -> str:
-        return self._core.agent_id
-
-    @property
-    def fingerprint(self) -> str:
-        """``xxxx:xxxx:xxxx:xxxx:xxxx:xxxx:xxxx:xxxx``: SHA-256 of the identity key, 16 bytes."""
-        return self._core.fingerprint
-
-    @property
-    def public_bundle(self) -> dict[str, Any]:
-        """The JSON-safe, self-certifying public bundle a peer needs to reach this agent."""
-        return self._core.public_bundle
-
-    @property
-    def keypair(self) -> Any:
-        """The agent's :class:`~agentmesh.crypto.AgentKeyPair` (secret: handle with care)."""
-        return self._core.keypair
-
-    @property
-    def hub(self) -> Hub | None:
-        return self._core.hub
-
-    @property
-    def log(self) -> logging.Logger:
-        return self._core.log
-
-    @property
-    def closed(self) -> bool:
-        return self._core.closed
-
-    @property
-    def deniable(self) -> bool:
-        """True if this agent sets up deniable sessions (no per-message signature)."""
-        return self._core.deniable
-
-    def on_error(self, handler: H) -> H:
-        """Register a handler called with the exception of every rejected envelope."""
-        return self._core.add_error_handler(handler)
-
-    def connect_with_bundle(self, bundle: dict[str, Any]) -> str:
-        """Set up a session from a bundle handed over out of band; returns its fingerprint."""
-        return self._core.connect_with_bundle(bundle)
 
 
 class Agent(_AgentFacade):
