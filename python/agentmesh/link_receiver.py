@@ -56,9 +56,9 @@ _Item = tuple[list[Delivery], "bytes | None", "asyncio.Future[None]", "asyncio.F
 
 class Retry:
     """An envelope that could not be read now, and must come again: the hub lookup of a new
-    sender failed (the hub unreachable, a cluster electing a leader). Its batch is not
-    acknowledged, so the backend delivers it again (on its next connection); rejecting it
-    would lose it."""
+    sender failed (the hub unreachable, a cluster electing a leader), or reading the batch
+    failed unexpectedly. Its batch is not acknowledged, so the backend delivers it again (on
+    its next connection); rejecting it would lose it."""
 
     __slots__ = ("error",)
 
@@ -217,9 +217,11 @@ class Receiver:
             with self.between_batches:
                 try:
                     outcomes, prekeys_used = self._open(datas)
-                except Exception:  # never leave the backend waiting
+                except Exception as exc:
+                    # never acknowledged (that would lose it), and the backend not left
+                    # waiting: the batch comes again on the next connection
                     log.exception("agent %r: receiving a batch failed", core.agent_id)
-                    outcomes, prekeys_used = [False] * len(datas), True
+                    outcomes, prekeys_used = [Retry(exc) for _ in datas], True
             if prekeys_used:
                 self._prekeys_used()
             # A batch with nothing for the handlers (replies, redeliveries) is acknowledged
@@ -437,8 +439,12 @@ class Receiver:
         return threading.get_ident() in self._drainer.values()
 
     def _quiet(self) -> bool:
-        """Nothing unsealed waits for its handlers and no stage runs (``_lock`` held)."""
-        return not self._unsealed and all(d is None for d in self._drainer.values())
+        """No stage runs, and nothing unsealed waits for handlers that will still run
+        (``_lock`` held; once closing, what an unseal finishing late queued is dropped, never
+        acknowledged: waiting for it would only stall ``close`` for its whole timeout)."""
+        return (self._closing or not self._unsealed) and all(
+            d is None for d in self._drainer.values()
+        )
 
     # -- closing --------------------------------------------------------------------------------
 
