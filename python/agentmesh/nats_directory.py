@@ -163,14 +163,16 @@ class NatsDirectory:
         raise HubError(f"registering {agent_id!r}: the directory entry keeps changing")
 
     async def list_agents(self) -> list[str]:
-        from nats.js.errors import NoKeysError
+        # The bucket's subjects, as its stream's leader counts them: one request, and
+        # consistent (nats-py's ``keys()`` reads through a watcher, which under load can end
+        # with no keys for a bucket that has them: an empty directory where there is none).
+        bucket = self.layout.directory_bucket
+        prefix = f"$KV.{bucket}."
 
         async def keys() -> list[str]:
-            bucket = await self._bucket(self.layout.directory_bucket)
-            try:
-                return list(await bucket.keys())
-            except NoKeysError:
-                return []
+            info = await self.js.stream_info(f"KV_{bucket}", subjects_filter=f"{prefix}>")
+            subjects = info.state.subjects or {}
+            return [subject[len(prefix) :] for subject in subjects]
 
         found = await self._retrying("listing agents", keys)
         ids = (self.layout.agent_of_directory_key(k) for k in found)
