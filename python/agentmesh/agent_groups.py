@@ -32,6 +32,7 @@ from .errors import (
     MessageTooLargeError,
     ReplayError,
 )
+from .fanout import GroupUpload, unaddressed
 from .message import META_KEY, Message
 
 Envelope = _crypto.Envelope
@@ -121,13 +122,13 @@ def _is_group_envelope(item: Any) -> bool:
 
 class _Effects:
     """What a group operation decided under ``_group_lock``, to be done once it is released
-    (see ``_Groups._run_effects``): pairwise sends, group message copies, handler runs."""
+    (see ``_Groups._run_effects``): pairwise sends, group message uploads, handler runs."""
 
-    __slots__ = ("copies", "messages", "rejections", "sends")
+    __slots__ = ("messages", "rejections", "sends", "uploads")
 
     def __init__(self) -> None:
         self.sends: list[tuple[str, dict[str, Any]]] = []
-        self.copies: list[AddressedGroupMessage] = []
+        self.uploads: list[GroupUpload] = []
         self.messages: list[Message] = []
         self.rejections: list[Rejected] = []
 
@@ -140,6 +141,7 @@ class _Groups(AgentCoreState):
     _group_lock: threading.RLock
     _user_dispatch: Callable[[Message], Any]
     _transmit: Callable[[Any], Any] | None
+    _transport: Any
 
     def _init_groups(self) -> None:
         self._groups = {}
@@ -203,16 +205,11 @@ class _Groups(AgentCoreState):
                     peer,
                     exc,
                 )
-        for copy in effects.copies:
+        for upload in effects.uploads:
             try:
-                self.transmit(copy)
+                self._transmit_group(upload)
             except Exception as exc:
-                self.log.warning(
-                    "agent %r: a group message did not reach %r: %s",
-                    self.agent_id,
-                    copy.recipient,
-                    exc,
-                )
+                self.log.warning("agent %r: a group message: %s", self.agent_id, exc)
         for rejected in effects.rejections:
             self.reject(rejected.error, rejected.envelope)
         for msg in effects.messages:
@@ -440,11 +437,26 @@ class _Groups(AgentCoreState):
 
     # -- sending ----------------------------------------------------------------------------------
 
+    def _transmit_group(self, upload: GroupUpload) -> None:
+        """Hand one group message to the transport once, for every recipient (the hub fans
+        it out). A transport without ``send_group`` (a hub of the user's own) gets one
+        addressed copy per member."""
+        transport = self._transport
+        if transport is None:
+            raise RuntimeError(f"agent {self.agent_id!r} is closed")
+        send_group = getattr(transport, "send_group", None)
+        if send_group is not None:
+            send_group(upload)
+            return
+        for member in upload.recipients:
+            self.transmit(AddressedGroupMessage(upload.copy_for(member), member, upload.counter))
+
     def group_send(self, group_id: str, payload: dict[str, Any]) -> Any:
-        """Seal ``payload`` once and hand it to the transport once per other member; returns the
-        sealed GroupEnvelope. Members without this member's current sending chain get it first,
-        over their pairwise session (the hub keeps a sender's envelopes in order; a message
-        that still overtakes its key waits for it at the member)."""
+        """Seal ``payload`` once and hand it to the transport once for every other member (the
+        hub fans it out, :mod:`agentmesh.fanout`); returns the sealed GroupEnvelope. Members
+        without this member's current sending chain get it first, over their pairwise session
+        (the hub keeps a sender's envelopes in order; a message that still overtakes its key
+        waits for it at the member)."""
         if payload.get("type") == GROUP_CONTROL_TYPE:
             raise ValueError(f"payload type {GROUP_CONTROL_TYPE!r} is reserved")
         check_no_meta(payload)
@@ -461,14 +473,14 @@ class _Groups(AgentCoreState):
             # (the key as of this message: taken before the seal moves the chain on)
             key = _b64(session.distribution()) if missing else None
             env = session.seal(payload)
-            counter = env.counter
-            copies = [
-                AddressedGroupMessage(env.to_bytes_for(member), member, counter)
-                for member in others
-            ]
-            if copies and len(copies[0]) > MAX_ENVELOPE_BYTES:
+            upload = None
+            size = 0
+            if others:
+                upload = GroupUpload(unaddressed(env.to_bytes_for(others[0])), others, env.counter)
+                size = len(upload.data) + 1 + max(len(m.encode("utf-8")) for m in others)
+            if size > MAX_ENVELOPE_BYTES:
                 raise MessageTooLargeError(
-                    f"group message to {group_id!r} is {len(copies[0]):,} bytes sealed, over "
+                    f"group message to {group_id!r} is {size:,} bytes sealed, over "
                     f"the limit of {MAX_ENVELOPE_BYTES:,} bytes per message on every hub; send "
                     "it in parts, or pass a reference to where the data is instead"
                 )
@@ -481,7 +493,8 @@ class _Groups(AgentCoreState):
                 }
                 effects.sends.extend((member, control) for member in missing)
                 group.distributed.update(missing)
-            effects.copies.extend(copies)
+            if upload is not None:
+                effects.uploads.append(upload)
             self.sent += 1
         self._run_effects(effects)
         return env

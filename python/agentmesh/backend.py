@@ -24,6 +24,13 @@ conformance suite (``tests/python/test_backend_contract.py``) checks for every b
 * **send_nowait** / **flush**: an envelope is *accepted* once it is durable in the backend;
   ``flush`` returns when everything sent so far is accepted, and raises an error naming the
   recipient for an envelope refused (unknown recipient, full inbox);
+* **send_group_nowait**: one group message (its unaddressed form, :mod:`agentmesh.fanout`)
+  for many recipients, handed over once; the backend writes each member's copy
+  (``fanout.address``) into that member's inbox. It is accepted once every copy is durable;
+  a member refused (unknown, full inbox) is reported by ``flush`` like a refused envelope,
+  naming that member, and the other members' copies are delivered all the same. Each copy
+  keeps the sender's order with its pairwise envelopes (a copy is one of the sender's
+  envelopes to that member, in the order handed over);
 * **deliveries**: ``on_batch(batch)`` gets ``[(position, envelope bytes), ...]``, in the order
   each sender sent them, positions increasing per ``delivery_hub_id`` (the store they count
   in); at least once: until a batch is acknowledged, it comes again after a reconnect;
@@ -92,8 +99,13 @@ class Backend(Protocol):
     def send_nowait(self, recipient: str, envelope: bytes) -> bool:
         """Queue an envelope; False when there is no room yet (see ``wait_for_room``)."""
 
+    def send_group_nowait(self, recipients: list[str], envelope: bytes) -> bool:
+        """Queue one group message (unaddressed form) for every recipient (distinct ids, at
+        most ``fanout.MAX_FANOUT_RECIPIENTS``); False when there is no room yet. One upload,
+        however many recipients: the backend fans it out."""
+
     async def wait_for_room(self) -> None:
-        """Return once ``send_nowait`` may accept again."""
+        """Return once ``send_nowait`` or ``send_group_nowait`` may accept again."""
 
     def push(self) -> None:
         """Write out what ``send_nowait`` queued (sends may be batched until then)."""

@@ -27,6 +27,7 @@ from agentmesh.crypto import check_agent_id as _check_agent_id
 
 # Defined with every other agentmesh exception; imported from here as well, as always.
 from agentmesh.errors import HubRequestError, PeerNotFoundError, ProtocolError
+from agentmesh.fanout import MAX_FANOUT_RECIPIENTS
 
 __all__ = [
     "CLIENT_NONCE_SIZE",
@@ -54,6 +55,8 @@ __all__ = [
     "decode_send",
     "decode_send_ack",
     "decode_send_error",
+    "decode_send_group",
+    "decode_send_group_error",
     "decode_welcome",
     "encode_acks",
     "encode_deliver",
@@ -66,6 +69,8 @@ __all__ = [
     "encode_send",
     "encode_send_ack",
     "encode_send_error",
+    "encode_send_group",
+    "encode_send_group_error",
     "encode_welcome",
     "error_for_code",
     "iter_acks",
@@ -122,6 +127,12 @@ class FrameType(IntEnum):
     SEND_ERROR = 0x12  # S: u64 client seq | u16 error code | message (UTF-8)
     DELIVER = 0x13  # S: u64 delivery id | envelope
     DELIVERY_ACK = 0x14  # C: n x u64 delivery ids (n >= 1)
+    # C: u64 client seq | u16 n (1..1000) | n x (u8 length | recipient) | group message without
+    # its recipient field (agentmesh.fanout): one upload, a copy in each recipient's inbox
+    SEND_GROUP = 0x15
+    # S: u64 client seq | u16 error code | u8 length | recipient | message (UTF-8): one member
+    # of a SEND_GROUP refused (the others' copies are stored; SEND_ACK covers the seq)
+    SEND_GROUP_ERROR = 0x16
     PING = 0x20  # either: opaque body (<= 64 bytes), answered by PONG with the same body
     PONG = 0x21  # either: echo of the PING body
     REQUEST = 0x30  # C: u32 request id | u8 op | argument (UTF-8)
@@ -405,6 +416,69 @@ def decode_send(body: bytes) -> tuple[int, str, bytes]:
     except UnicodeDecodeError:
         raise ProtocolError(ErrorCode.PROTOCOL, "recipient is not UTF-8") from None
     return seq, recipient, body[9 + rlen :]
+
+
+def encode_send_group(client_seq: int, recipients: list[bytes], envelope: bytes) -> bytes:
+    """A SEND_GROUP frame; ``recipients`` are UTF-8 encoded ids (1..255 bytes each), 1 to
+    MAX_FANOUT_RECIPIENTS of them."""
+    if not 1 <= len(recipients) <= MAX_FANOUT_RECIPIENTS:
+        raise ValueError(f"a SEND_GROUP names 1..{MAX_FANOUT_RECIPIENTS} recipients")
+    parts = [_U64.pack(client_seq), _U16.pack(len(recipients))]
+    for rb in recipients:
+        parts.append(bytes((len(rb),)))
+        parts.append(rb)
+    parts.append(envelope)
+    return encode_frame(FrameType.SEND_GROUP, b"".join(parts))
+
+
+def decode_send_group(body: bytes) -> tuple[int, list[str], bytes]:
+    """Return (client seq, recipients, unaddressed group message). ProtocolError for a
+    malformed frame: no recipient or more than MAX_FANOUT_RECIPIENTS, an id empty, cut short,
+    not UTF-8 or listed twice, no envelope after the list."""
+    if len(body) < 11:
+        raise ProtocolError(ErrorCode.PROTOCOL, "short SEND_GROUP frame")
+    seq = _U64.unpack_from(body)[0]
+    n = _U16.unpack_from(body, 8)[0]
+    if not 1 <= n <= MAX_FANOUT_RECIPIENTS:
+        raise ProtocolError(
+            ErrorCode.PROTOCOL,
+            f"SEND_GROUP names {n} recipients (1..{MAX_FANOUT_RECIPIENTS} allowed)",
+        )
+    off = 10
+    recipients: list[str] = []
+    for _ in range(n):
+        rlen = body[off] if off < len(body) else 0
+        if rlen == 0 or len(body) < off + 1 + rlen:
+            raise ProtocolError(ErrorCode.PROTOCOL, "bad recipient in SEND_GROUP frame")
+        try:
+            recipients.append(body[off + 1 : off + 1 + rlen].decode("utf-8"))
+        except UnicodeDecodeError:
+            raise ProtocolError(ErrorCode.PROTOCOL, "recipient is not UTF-8") from None
+        off += 1 + rlen
+    if len(set(recipients)) != n:
+        raise ProtocolError(ErrorCode.PROTOCOL, "SEND_GROUP names a recipient twice")
+    if off >= len(body):
+        raise ProtocolError(ErrorCode.PROTOCOL, "SEND_GROUP frame without an envelope")
+    return int(seq), recipients, body[off:]
+
+
+def encode_send_group_error(client_seq: int, code: int, recipient: str, message: str) -> bytes:
+    rb = recipient.encode("utf-8")
+    return encode_frame(
+        FrameType.SEND_GROUP_ERROR,
+        _SEND_ERR.pack(client_seq, code) + bytes((len(rb),)) + rb + message.encode("utf-8"),
+    )
+
+
+def decode_send_group_error(body: bytes) -> tuple[int, int, str, str]:
+    """Return (client seq, error code, recipient, message)."""
+    head = _SEND_ERR.size
+    if len(body) < head + 2 or body[head] == 0 or len(body) < head + 1 + body[head]:
+        raise ProtocolError(ErrorCode.PROTOCOL, "short SEND_GROUP_ERROR frame")
+    seq, code = _SEND_ERR.unpack_from(body)
+    end = head + 1 + body[head]
+    recipient = body[head + 1 : end].decode("utf-8", "replace")
+    return int(seq), int(code), recipient, body[end:].decode("utf-8", "replace")
 
 
 def encode_send_ack(client_seq: int) -> bytes:

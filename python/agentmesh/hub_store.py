@@ -153,6 +153,11 @@ class Inbox(ABC):
     def put(self, recipient: str, seq: int, envelope: bytes, token: Any) -> None: ...
 
     @abstractmethod
+    def put_many(self, rows: list[tuple[int, str, bytes]], token: Any) -> None:
+        """``(seq, recipient, envelope)`` rows of one fan-out, made durable in one commit (all
+        or none) and reported with one ``token``."""
+
+    @abstractmethod
     def ack(self, recipient: str, seq: int) -> None:
         """The recipient acknowledged ``seq``: delete it (or never write it, if its insert has
         not started committing yet)."""

@@ -21,6 +21,7 @@ from . import crypto as _crypto
 from .agent import _AgentCore, _core_of
 from .backend import Backend
 from .errors import HubError, PeerNotFoundError
+from .fanout import GroupUpload
 from .hub_address import DEFAULT_PORT, HubAddress, parse_hub_address  # noqa: F401 (old path)
 from .hub_interface import Hub
 from .local_backend import LocalBackend, LocalDirectory
@@ -62,11 +63,19 @@ def hub_of(hub: Any) -> Hub | None:
 # LocalHub
 
 
+def refused_members(refused: list[tuple[str, str]]) -> ValueError:
+    """The error for a fan-out some members did not get (``(member, why)`` each)."""
+    names = ", ".join(repr(member) for member, _ in refused)
+    reasons = "; ".join(why for _, why in refused)
+    return ValueError(f"group message not delivered to {names} ({reasons})")
+
+
 class _LocalTransport:
     local = True
 
     def __init__(self, hub: LocalHub) -> None:
         self.send = hub.deliver
+        self.send_group = hub.deliver_group
 
     def flush(self, timeout: float | None = None) -> None:
         return None
@@ -101,6 +110,7 @@ class LocalHub(Hub):
             envelope = _crypto.as_envelope(envelope)
         recipient = envelope.recipient
         directory = self.directory
+        directory.uploads += 1
         holder = directory.holder(recipient)
         if not isinstance(holder, _AgentCore):
             try:
@@ -110,6 +120,14 @@ class LocalHub(Hub):
             return
         directory.routed += 1
         holder.receive(envelope)
+
+    def deliver_group(self, upload: GroupUpload) -> None:
+        """Fan one group message out to its recipients (one upload; each member's handlers
+        run in this thread, in the order of ``upload.recipients``). A member not found is
+        reported after the others got their copy: ValueError naming it."""
+        refusals = self.directory.enqueue_group(upload.recipients, upload.data)
+        if refusals:
+            raise refused_members([(str(exc.recipient), str(exc)) for exc in refusals])
 
     def local_agent(self, agent_id: str) -> _AgentCore | None:
         """The agent of this process registered as ``agent_id`` (None: none, or a backend)."""

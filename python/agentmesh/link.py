@@ -36,6 +36,7 @@ from ._eventloop import new_event_loop
 from .agent import _AgentCore
 from .backend import Backend, NewBackend
 from .errors import FlushTimeoutError, HubError
+from .fanout import GroupUpload
 from .link_prekeys import (  # noqa: F401 (the policy's bounds keep their old import path)
     PREKEY_CHECK_INTERVAL,
     PREKEY_LOW,
@@ -283,6 +284,11 @@ class AgentLink:
             self._scheduled = True
             self.loop.call_soon_threadsafe(self._kick)
 
+    def send_group(self, upload: GroupUpload) -> None:
+        """Queue one group message for all its recipients: one upload (``Backend.
+        send_group_nowait``), in order with this agent's other envelopes."""
+        self.send(upload)
+
     def _kick(self) -> None:
         self._scheduled = False
         assert self._wake is not None and self._idle is not None
@@ -323,12 +329,24 @@ class AgentLink:
     def _try_send(self, env: Any) -> bool:
         """Hands ``env`` to the client; False if the client has no room for it yet. A refusal
         is reported (see flush) and ends the envelope's journey."""
+        if type(env) is GroupUpload:
+            return self._try_send_group(env)
         recipient, data = env.recipient, env.to_bytes()
         while True:
             try:
                 return bool(self.backend.send_nowait(recipient, data))
             except Exception as exc:
                 self._note_error(exc, recipient)
+                if getattr(exc, "client_seq", None) is not None:
+                    continue  # the refusal of an earlier envelope: this one was not queued yet
+                return True
+
+    def _try_send_group(self, upload: GroupUpload) -> bool:
+        while True:
+            try:
+                return bool(self.backend.send_group_nowait(upload.recipients, upload.data))
+            except Exception as exc:
+                self._note_error(exc, ", ".join(upload.recipients))
                 if getattr(exc, "client_seq", None) is not None:
                     continue  # the refusal of an earlier envelope: this one was not queued yet
                 return True

@@ -28,7 +28,8 @@ from typing import Any
 
 from . import crypto as _crypto
 from .backend import Delivery, OnBatch
-from .errors import HubError
+from .errors import HubError, HubRequestError
+from .fanout import address, check_recipients
 from .hub.limits import HubLimits
 from .hub.registration import older_bundle
 from .hub_protocol import ErrorCode, error_for_code
@@ -58,7 +59,10 @@ class LocalDirectory:
         self._prekeys: dict[str, collections.OrderedDict[int, str]] = {}
         self._inboxes: dict[str, _Inbox] = {}
         self._next_position = 1
+        #: deliveries (a copy in an inbox, or handed to a LocalHub agent)
         self.routed = 0
+        #: hand-overs by senders: one per envelope, and one per fan-out however many copies
+        self.uploads = 0
 
     # -- the directory ----------------------------------------------------------------------
 
@@ -148,32 +152,64 @@ class LocalDirectory:
         agent, whose handlers ran in this thread, as ``LocalHub.deliver`` does). A refusal
         names the recipient."""
         with self.lock:
-            inbox = self._inboxes.get(recipient)
-            if inbox is None:
-                raise error_for_code(
-                    ErrorCode.PEER_NOT_FOUND,
-                    f"Peer {recipient!r} not found on hub",
-                    recipient=recipient,
-                )
-            holder = inbox.holder
-            if holder is not None and not isinstance(holder, LocalBackend):
-                self.routed += 1
-            else:
-                lim = self.limits
-                if (
-                    len(inbox.queued) >= lim.max_queued_per_agent
-                    or inbox.bytes + len(envelope) > lim.max_queued_bytes_per_agent
-                ):
-                    raise error_for_code(
-                        ErrorCode.INBOX_FULL,
-                        f"inbox full: {recipient!r} has {len(inbox.queued)} envelopes queued",
-                        recipient=recipient,
-                    )
-                position = self._next_position
-                self._next_position += 1
-                inbox.queued[position] = envelope
-                inbox.bytes += len(envelope)
-                self.routed += 1
+            self.uploads += 1
+            holder, position = self._queue(recipient, envelope)
+        return self._hand_over(holder, position, envelope)
+
+    def enqueue_group(self, recipients: list[str], envelope: bytes) -> list[HubRequestError]:
+        """Queue each recipient's copy of the unaddressed group message ``envelope`` (one
+        upload, see :mod:`agentmesh.fanout`), under one hold of the lock: every copy is
+        queued before any is handed to a ``LocalHub`` agent. Returns the refusals, one per
+        member refused (the others' copies are queued all the same)."""
+        refusals: list[HubRequestError] = []
+        handed: list[tuple[Any, int, bytes]] = []
+        with self.lock:
+            self.uploads += 1
+            for recipient in recipients:
+                copy = address(envelope, recipient.encode("utf-8"))
+                try:
+                    holder, position = self._queue(recipient, copy)
+                except HubRequestError as exc:
+                    refusals.append(exc)
+                    continue
+                handed.append((holder, position, copy))
+        for holder, position, copy in handed:
+            self._hand_over(holder, position, copy)
+        return refusals
+
+    def _queue(self, recipient: str, envelope: bytes) -> tuple[Any, int]:
+        """(The caller holds the lock.) Queue for a backend, or count a hand-over to a
+        ``LocalHub`` agent; returns (holder, position)."""
+        inbox = self._inboxes.get(recipient)
+        if inbox is None:
+            raise error_for_code(
+                ErrorCode.PEER_NOT_FOUND,
+                f"Peer {recipient!r} not found on hub",
+                recipient=recipient,
+            )
+        holder = inbox.holder
+        if holder is not None and not isinstance(holder, LocalBackend):
+            self.routed += 1
+            return holder, 0
+        lim = self.limits
+        if (
+            len(inbox.queued) >= lim.max_queued_per_agent
+            or inbox.bytes + len(envelope) > lim.max_queued_bytes_per_agent
+        ):
+            raise error_for_code(
+                ErrorCode.INBOX_FULL,
+                f"inbox full: {recipient!r} has {len(inbox.queued)} envelopes queued",
+                recipient=recipient,
+            )
+        position = self._next_position
+        self._next_position += 1
+        inbox.queued[position] = envelope
+        inbox.bytes += len(envelope)
+        self.routed += 1
+        return holder, position
+
+    @staticmethod
+    def _hand_over(holder: Any, position: int, envelope: bytes) -> int:
         if holder is None:
             return position
         if isinstance(holder, LocalBackend):
@@ -304,6 +340,18 @@ class LocalBackend:
         except HubError as exc:
             if self._error is None:
                 self._error = exc  # raised by flush, as the network hub's refusals are
+        return True
+
+    def send_group_nowait(self, recipients: list[str], envelope: bytes) -> bool:
+        self._registered()
+        recipients = check_recipients(recipients)
+        try:
+            address(envelope, recipients[0].encode("utf-8"))
+        except ValueError as exc:
+            raise error_for_code(ErrorCode.BAD_ENVELOPE, f"malformed envelope: {exc}") from None
+        refusals = self.directory.enqueue_group(recipients, bytes(envelope))
+        if refusals and self._error is None:
+            self._error = refusals[0]  # (flush raises it, naming the member)
         return True
 
     async def wait_for_room(self) -> None:

@@ -21,8 +21,9 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from .backend import OnBatch
-from .crypto import Envelope, check_agent_id
+from .crypto import Envelope, as_envelope, check_agent_id
 from .errors import HubError, HubRequestError, PeerNotFoundError
+from .fanout import address, check_recipients
 from .hub_protocol import ErrorCode
 from .nats_directory import MAX_PREKEYS, NatsDirectory
 from .nats_layout import FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
@@ -345,6 +346,27 @@ class NatsBackend:
                 recipient=recipient,
             )
         return sender.enqueue(recipient, self.layout.inbox_subject(recipient), data, env.id)
+
+    def send_group_nowait(self, recipients: list[str], envelope: bytes) -> bool:
+        """One copy per recipient, published by the sender (``OrderedSender.enqueue_group``)."""
+        sender = self._sender
+        if self._closed or sender is None:
+            raise HubError("the NATS backend is closed or not registered")
+        if sender.errors:
+            raise sender.errors.popleft()
+        recipients = check_recipients(recipients)
+        data = bytes(envelope)
+        try:
+            env = as_envelope(address(data, recipients[0].encode("utf-8")))
+        except Exception as exc:
+            raise HubRequestError(ErrorCode.BAD_ENVELOPE, f"not a group message: {exc}") from None
+        if env.sender != self._agent_id or len(data) + 256 > MAX_ENVELOPE:
+            raise HubRequestError(
+                ErrorCode.ENVELOPE_MISMATCH,
+                f"a group message from {env.sender!r} of {len(data)} bytes: not this agent's "
+                f"({self._agent_id!r}), or over {MAX_ENVELOPE} bytes",
+            )
+        return sender.enqueue_group(recipients, self.layout.inbox_subject, data, env.id)
 
     async def wait_for_room(self) -> None:
         if self._sender is not None:

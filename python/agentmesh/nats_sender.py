@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 from collections import OrderedDict, deque
@@ -36,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import FlushTimeoutError, HubError, HubRequestError, PeerNotFoundError
+from .fanout import address
 from .hub_protocol import ErrorCode
 
 __all__ = ["OrderedSender", "Outgoing"]
@@ -122,6 +124,30 @@ class OrderedSender:
             return False
         self._seq += 1
         self._queue.append(Outgoing(self._seq, recipient, subject, data, msg_id))
+        if self.unacked >= self.max_unacked:
+            self.room.clear()
+        self.pump()
+        return True
+
+    def enqueue_group(
+        self,
+        recipients: list[str],
+        subject_of: Callable[[str], str],
+        data: bytes,
+        message_id: str,
+    ) -> bool:
+        """One group message (unaddressed form, :mod:`agentmesh.fanout`) for every recipient.
+        A stream stores a message under one subject, so the fan-out is one copy per member's
+        inbox subject, published here in order; the message id is the same for every member,
+        so each copy's dedupe id adds the member (a hash of its id)."""
+        if not self.room.is_set():
+            return False
+        for recipient in recipients:
+            rb = recipient.encode("utf-8")
+            self._seq += 1
+            copy_id = f"{message_id}-{hashlib.sha256(rb).hexdigest()[:16]}"
+            copy = Outgoing(self._seq, recipient, subject_of(recipient), address(data, rb), copy_id)
+            self._queue.append(copy)
         if self.unacked >= self.max_unacked:
             self.room.clear()
         self.pump()

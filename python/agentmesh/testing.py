@@ -59,7 +59,8 @@ from typing import IO, Any
 
 from .crypto import AgentKeyPair, Envelope, as_envelope
 from .errors import CryptoError
-from .hubs import LocalHub
+from .fanout import GroupUpload
+from .hubs import LocalHub, refused_members
 
 __all__ = ["ACTIONS", "HostileHub", "HubProcess", "Inbox", "Rule", "Seen", "subprocess_env"]
 
@@ -167,6 +168,22 @@ class HostileHub(LocalHub):
         return "pass"
 
     def deliver(self, envelope: Any) -> None:
+        self.directory.uploads += 1
+        self._treat(envelope)
+
+    def deliver_group(self, upload: GroupUpload) -> None:
+        """One upload; each member's copy gets its own action (drop, duplicate, ...)."""
+        self.directory.uploads += 1
+        refused = []
+        for recipient in upload.recipients:
+            try:
+                self._treat(upload.copy_for(recipient))
+            except ValueError as exc:
+                refused.append((recipient, str(exc)))
+        if refused:
+            raise refused_members(refused)
+
+    def _treat(self, envelope: Any) -> None:
         env = as_envelope(envelope)  # (an Envelope, or a GroupEnvelope: same routing fields)
         recipient = env.recipient
         if recipient is None or self.local_agent(recipient) is None:

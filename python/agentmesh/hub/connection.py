@@ -196,6 +196,8 @@ class Connection(asyncio.Protocol):
                     self.intake.on_send(body)
                 elif ftype == FrameType.DELIVERY_ACK:
                     self.pump.on_acks(body)
+                elif ftype == FrameType.SEND_GROUP:
+                    self.intake.on_send_group(body)
                 else:
                     coro = self._on_other(ftype, body)
                     if coro is not None:

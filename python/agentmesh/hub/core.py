@@ -39,7 +39,9 @@ class HubStats:
     metrics endpoint when it is scraped (``agentmesh.hub.metrics``)."""
 
     def __init__(self) -> None:
-        self.accepted = 0  # envelopes committed to the store
+        self.accepted = 0  # envelopes committed to the store (a fan-out's copies each)
+        self.fanout_uploads = 0  # SEND_GROUP frames committed (one per group message)
+        self.fanout_copies = 0  # the copies they stored (one per member)
         self.accepted_bytes = 0
         self.delivered = 0  # deliveries acknowledged by their recipients
         self.delivered_bytes = 0

@@ -18,14 +18,17 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from agentmesh.fanout import address
 from agentmesh.hub.states import AGENT, LOOKUP
 from agentmesh.hub_protocol import (
     ErrorCode,
     ProtocolError,
     decode_send,
+    decode_send_group,
     encode_deliver,
     encode_send_ack,
     encode_send_error,
+    encode_send_group_error,
     iter_acks,
 )
 
@@ -33,7 +36,7 @@ if TYPE_CHECKING:
     from agentmesh.hub.connection import Connection
     from agentmesh.hub.core import AgentState, HubCore
 
-__all__ = ["DeliveryPump", "SendIntake", "commit_done"]
+__all__ = ["DeliveryPump", "FanoutToken", "SendIntake", "commit_done"]
 
 log = logging.getLogger("agentmesh.hub")
 
@@ -57,8 +60,9 @@ class SendIntake:
         self.last_seen_seq = acked
         self.last_ack_sent = acked
 
-    def on_send(self, body: bytes) -> None:
-        cseq, recipient, envelope = decode_send(body)
+    def _admit(self, cseq: int) -> bool:
+        """Whether the send numbered ``cseq`` is to be taken (False: answered already, or
+        a resend of one committed in an earlier connection of this client session)."""
         conn = self.conn
         if conn.state != AGENT:
             if conn.state == LOOKUP:
@@ -69,57 +73,75 @@ class SendIntake:
                         "only registered agents may send envelopes",
                     )
                 )
-                return
+                return False
             raise ProtocolError(ErrorCode.PROTOCOL, "SEND before REGISTER")
         if cseq <= self.last_seen_seq:
             if cseq <= self.dedup_floor:
                 # Already committed in an earlier connection of this client session.
                 if not self.uncommitted:
                     conn.write(encode_send_ack(self.last_seen_seq))
-                return
+                return False
             raise ProtocolError(ErrorCode.PROTOCOL, "send sequence numbers must increase")
         self.last_seen_seq = cseq
-        hub = self.hub
-        ast = hub.agents.get(recipient)
+        return True
+
+    def _check_header(self, cseq: int, envelope: bytes, recipient: str) -> bool:
+        """The envelope parses, its sender is this connection's agent and it is addressed to
+        ``recipient``; otherwise the send is refused (False)."""
+        crypto = self.hub.crypto
+        if crypto is None:
+            return True
+        conn = self.conn
+        try:
+            # (a group message, type 0x03, has the same routing prefix: as_envelope reads it)
+            env = crypto.as_envelope(envelope)
+            sender, stated = env.sender, env.recipient
+        except Exception as exc:
+            self._reject(cseq, ErrorCode.BAD_ENVELOPE, f"malformed envelope: {exc}")
+            return False
+        if sender != conn.agent_id:
+            self._reject(
+                cseq,
+                ErrorCode.ENVELOPE_MISMATCH,
+                f"envelope sender {sender!r} is not the registered agent {conn.agent_id!r}",
+            )
+            return False
+        if stated != recipient:
+            self._reject(
+                cseq,
+                ErrorCode.ENVELOPE_MISMATCH,
+                f"envelope is addressed to {stated!r}, not {recipient!r}",
+            )
+            return False
+        return True
+
+    def _inbox_full(self, ast: AgentState, size: int) -> bool:
+        lim = self.limits
+        return (
+            ast.count >= lim.max_queued_per_agent
+            or ast.bytes + size > lim.max_queued_bytes_per_agent
+        )
+
+    def on_send(self, body: bytes) -> None:
+        cseq, recipient, envelope = decode_send(body)
+        if not self._admit(cseq):
+            return
+        ast = self.hub.agents.get(recipient)
         if ast is None:
             self._reject(cseq, ErrorCode.PEER_NOT_FOUND, f"Peer {recipient!r} not found on hub")
             return
-        crypto = hub.crypto
-        if crypto is not None:
-            try:
-                # (a group message, type 0x03, has the same routing prefix: as_envelope reads it)
-                env = crypto.as_envelope(envelope)
-                sender, stated = env.sender, env.recipient
-            except Exception as exc:
-                self._reject(cseq, ErrorCode.BAD_ENVELOPE, f"malformed envelope: {exc}")
-                return
-            if sender != conn.agent_id:
-                self._reject(
-                    cseq,
-                    ErrorCode.ENVELOPE_MISMATCH,
-                    f"envelope sender {sender!r} is not the registered agent {conn.agent_id!r}",
-                )
-                return
-            if stated != recipient:
-                self._reject(
-                    cseq,
-                    ErrorCode.ENVELOPE_MISMATCH,
-                    f"envelope is addressed to {stated!r}, not {recipient!r}",
-                )
-                return
+        if not self._check_header(cseq, envelope, recipient):
+            return
         size = len(envelope)
-        lim = self.limits
-        if (
-            ast.count >= lim.max_queued_per_agent
-            or ast.bytes + size > lim.max_queued_bytes_per_agent
-        ):
+        if self._inbox_full(ast, size):
             self._reject(
                 cseq,
                 ErrorCode.INBOX_FULL,
                 f"inbox full: {recipient!r} has {ast.count} envelopes queued",
             )
             return
-        store = hub.store
+        conn = self.conn
+        store = self.hub.store
         hseq, early = store.next_seq()
         ast.count += 1
         ast.bytes += size
@@ -127,18 +149,91 @@ class SendIntake:
         ast.puts += 1
         store.put(recipient, hseq, envelope, (self, cseq, size, ast))
         store.note_progress(conn.agent_id, conn.session, cseq)  # type: ignore[arg-type]
+        self._note_uncommitted(cseq, size)
+        _offer(ast, hseq, envelope, early)
+
+    def _note_uncommitted(self, cseq: int, size: int) -> None:
         self.uncommitted.append(cseq)
         self.uncommitted_bytes += size
-        if self.uncommitted_bytes > lim.max_uncommitted_bytes:
-            conn.pause("commit")
-        rc = ast.conn
-        if rc is not None:
-            pump = rc.pump
-            if not pump.db_mode:
-                if early:
-                    pump.offer(hseq, envelope)
-                else:
-                    pump.enter_db_mode()
+        if self.uncommitted_bytes > self.limits.max_uncommitted_bytes:
+            self.conn.pause("commit")
+
+    def on_send_group(self, body: bytes) -> None:
+        """One group message for many recipients (SEND_GROUP): checked once, a copy
+        addressed to each member (``fanout.address``) stored for each in one commit, and
+        acknowledged (SEND_ACK) once every copy is durable. A member unknown or with a full
+        inbox gets a SEND_GROUP_ERROR naming it; the others' copies are stored all the
+        same."""
+        cseq, recipients, data = decode_send_group(body)
+        if not self._admit(cseq):
+            return
+        encoded = [r.encode("utf-8") for r in recipients]
+        try:
+            first = address(data, encoded[0])
+        except ValueError as exc:
+            self._reject(cseq, ErrorCode.BAD_ENVELOPE, f"malformed group message: {exc}")
+            return
+        if not self._check_header(cseq, first, recipients[0]):
+            return
+        extra = len(data) + 1
+        total = sum(extra + len(rb) for rb in encoded)
+        lim = self.limits
+        if total > lim.max_fanout_bytes:
+            self._reject(
+                cseq,
+                ErrorCode.FRAME_TOO_LARGE,
+                f"fan-out of {len(recipients)} copies of {len(data)} bytes ({total} bytes in "
+                f"all) exceeds the hub's limit of {lim.max_fanout_bytes} bytes per SEND_GROUP",
+            )
+            return
+        conn = self.conn
+        hub = self.hub
+        store = hub.store
+        rows: list[tuple[int, str, bytes]] = []
+        offers: list[tuple[AgentState, int, bytes, bool]] = []
+        taken: list[AgentState] = []
+        size = 0
+        for recipient, rb in zip(recipients, encoded, strict=True):
+            ast = hub.agents.get(recipient)
+            copy_size = extra + len(rb)
+            if ast is None:
+                why = f"Peer {recipient!r} not found on hub"
+                self._refuse_member(cseq, recipient, ErrorCode.PEER_NOT_FOUND, why)
+                continue
+            if self._inbox_full(ast, copy_size):
+                self._refuse_member(
+                    cseq,
+                    recipient,
+                    ErrorCode.INBOX_FULL,
+                    f"inbox full: {recipient!r} has {ast.count} envelopes queued",
+                )
+                continue
+            copy = first if recipient == recipients[0] else address(data, rb)
+            hseq, early = store.next_seq()
+            ast.count += 1
+            ast.bytes += copy_size
+            ast.uncommitted += 1
+            ast.puts += 1
+            rows.append((hseq, recipient, copy))
+            offers.append((ast, hseq, copy, early))
+            taken.append(ast)
+            size += copy_size
+        if not rows:
+            if not self.uncommitted and cseq > self.last_ack_sent:
+                self.last_ack_sent = cseq
+                conn.write(encode_send_ack(cseq))
+            return
+        store.put_many(rows, FanoutToken(self, cseq, size, taken))
+        store.note_progress(conn.agent_id, conn.session, cseq)  # type: ignore[arg-type]
+        self._note_uncommitted(cseq, size)
+        for ast, hseq, copy, early in offers:
+            _offer(ast, hseq, copy, early)
+
+    def _refuse_member(self, cseq: int, recipient: str, code: ErrorCode, message: str) -> None:
+        conn = self.conn
+        log.debug("send %d from %r refused for %r: %s", cseq, conn.agent_id, recipient, message)
+        conn.hub.stats.refuse(code.name.lower())
+        conn.write(encode_send_group_error(cseq, code, recipient, message))
 
     def _reject(self, cseq: int, code: ErrorCode, message: str) -> None:
         conn = self.conn
@@ -150,6 +245,32 @@ class SendIntake:
             conn.write(encode_send_ack(cseq))
 
 
+def _offer(ast: AgentState, hseq: int, envelope: bytes, early: bool) -> None:
+    """Hand a new envelope to its recipient's pump at once when it is online and live."""
+    rc = ast.conn
+    if rc is not None:
+        pump = rc.pump
+        if not pump.db_mode:
+            if early:
+                pump.offer(hseq, envelope)
+            else:
+                pump.enter_db_mode()
+
+
+class FanoutToken:
+    """The store token of one SEND_GROUP: its copies commit together, acknowledged once."""
+
+    __slots__ = ("cseq", "intake", "recipients", "size")
+
+    def __init__(
+        self, intake: SendIntake, cseq: int, size: int, recipients: list[AgentState]
+    ) -> None:
+        self.intake = intake
+        self.cseq = cseq
+        self.size = size  # the copies' bytes, in all
+        self.recipients = recipients
+
+
 def commit_done(hub: HubCore, tokens: list[Any]) -> None:
     """The store committed the ``put`` s with these tokens: acknowledge their senders
     (cumulatively, per connection), let senders over their uncommitted bytes read again, and
@@ -158,13 +279,24 @@ def commit_done(hub: HubCore, tokens: list[Any]) -> None:
     recipients: set[AgentState] = set()
     stats = hub.stats
     stats.accepted += len(tokens)
-    for intake, cseq, size, ast in tokens:
+    for token in tokens:
+        if type(token) is FanoutToken:
+            intake, cseq, size = token.intake, token.cseq, token.size
+            copies = len(token.recipients)
+            stats.accepted += copies - 1
+            stats.fanout_uploads += 1
+            stats.fanout_copies += copies
+            for ast in token.recipients:
+                ast.uncommitted -= 1
+                recipients.add(ast)
+        else:
+            intake, cseq, size, ast = token
+            ast.uncommitted -= 1
+            recipients.add(ast)
         stats.accepted_bytes += size
         intake.uncommitted.popleft()
         intake.uncommitted_bytes -= size
         touched[intake] = cseq
-        ast.uncommitted -= 1
-        recipients.add(ast)
     max_uncommitted = hub.limits.max_uncommitted_bytes
     for intake, cseq in touched.items():
         conn = intake.conn

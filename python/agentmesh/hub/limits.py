@@ -57,6 +57,9 @@ class HubLimits:
     #: Bytes of envelopes received from one connection and not yet committed; past it the hub
     #: stops reading from that connection until the store catches up.
     max_uncommitted_bytes: int = 32 * MiB
+    #: Bytes of the copies one SEND_GROUP may store in all (members x envelope size); past
+    #: it the whole upload is refused (SEND_ERROR). Clients split a larger fan-out.
+    max_fanout_bytes: int = 64 * MiB
     #: Distinct agent ids the directory accepts.
     max_agents: int = 1_000_000
     #: Concurrent lookup requests per connection.

@@ -1,6 +1,7 @@
 """The hub's metrics for Prometheus, served over HTTP when asked (``--metrics-port``), read from
 the running hub at each scrape: connections, registered and online agents, queued envelopes
-(in all and per agent), accepted, delivered and refused envelopes and their bytes, and the
+(in all and per agent), accepted, delivered and refused envelopes and their bytes, group
+messages fanned out (uploads, and the copies they made: ``accepted`` counts every copy), and the
 store's commits and the time they took.
 
 ``prometheus-client`` is an optional extra (``pip install 'agentmesh[metrics]'``); without it a
@@ -76,6 +77,8 @@ def collect(hub: HubCore) -> Iterator[Any]:
     for name, value, what in (
         ("accepted", stats.accepted, "Envelopes accepted (committed to the store)"),
         ("accepted_bytes", stats.accepted_bytes, "Bytes of the envelopes accepted"),
+        ("fanout_uploads", stats.fanout_uploads, "Group messages uploaded once (SEND_GROUP)"),
+        ("fanout_copies", stats.fanout_copies, "Copies those uploads stored, one per member"),
         ("delivered", stats.delivered, "Deliveries acknowledged by their recipients"),
         ("delivered_bytes", stats.delivered_bytes, "Bytes of the deliveries acknowledged"),
     ):

@@ -180,6 +180,18 @@ class HubClient(ClientLifecycle):
         max_frame = w.max_frame_size if w is not None else DEFAULT_MAX_FRAME_SIZE
         return self._sends.send_nowait(recipient, envelope, max_frame)
 
+    def send_group_nowait(self, recipients: list[str], envelope: bytes) -> bool:
+        """One group message (unaddressed form, :mod:`agentmesh.fanout`) for every recipient:
+        one SEND_GROUP upload; the hub stores a copy for each member. Refusals as for
+        :meth:`send_nowait`, one per member refused, naming it."""
+        self._check_usable()
+        self._sends.raise_refusal()
+        if self._mode != "agent":
+            raise HubError("only a registered client can send: call register() first")
+        w = self._welcome
+        max_frame = w.max_frame_size if w is not None else DEFAULT_MAX_FRAME_SIZE
+        return self._sends.send_group_nowait(recipients, envelope, max_frame)
+
     def push(self) -> None:
         """Writes what :meth:`send_nowait` queued now instead of in the next loop iteration
         (for a caller that has handed over a whole batch)."""

@@ -30,6 +30,7 @@ from agentmesh.hub_protocol import (
     decode_response,
     decode_send_ack,
     decode_send_error,
+    decode_send_group_error,
     decode_welcome,
     encode_acks,
     encode_frame,
@@ -53,6 +54,8 @@ class FrameHandlers:
     send_ack: Callable[[int], None]
     #: SEND_ERROR: (sequence number, error code, message)
     send_error: Callable[[int, int, str], None]
+    #: SEND_GROUP_ERROR: (sequence number, error code, the member refused, message)
+    send_group_error: Callable[[int, int, str, str], None]
     #: RESPONSE: (request id, status, payload)
     response: Callable[[int, int, bytes], None]
     #: the connection can take more output (or is gone)
@@ -147,6 +150,9 @@ class Connection(asyncio.Protocol):
                 elif ftype == FrameType.SEND_ERROR:
                     seq, code, msg = decode_send_error(body)
                     handlers.send_error(seq, code, msg)
+                elif ftype == FrameType.SEND_GROUP_ERROR:
+                    seq, code, member, msg = decode_send_group_error(body)
+                    handlers.send_group_error(seq, code, member, msg)
                 elif ftype == FrameType.PING:
                     self.write(encode_frame(FrameType.PONG, body[:64]))
                 elif ftype == FrameType.PONG:

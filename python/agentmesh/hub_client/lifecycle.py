@@ -99,6 +99,7 @@ class ClientLifecycle:
             deliver=self._deliveries.on_deliver,
             send_ack=self._sends.on_ack,
             send_error=self._sends.on_refusal,
+            send_group_error=self._sends.on_member_refusal,
             response=self._requests.on_response,
             writable=self._sends.update_room,
         )

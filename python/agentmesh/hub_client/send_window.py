@@ -17,12 +17,14 @@ from collections.abc import Callable
 
 from agentmesh.crypto import check_agent_id
 from agentmesh.errors import FlushTimeoutError, HubError
+from agentmesh.fanout import check_recipients
 from agentmesh.hub_client.connection import Connection
 from agentmesh.hub_protocol import (
     ErrorCode,
     HubRequestError,
     PeerNotFoundError,
     encode_send,
+    encode_send_group,
     error_for_code,
 )
 
@@ -103,6 +105,34 @@ class SendWindow:
             room.clear()
         return True
 
+    def send_group_nowait(self, recipients: list[str], envelope: bytes, max_frame: int) -> bool:
+        """Queues and writes one group message for every recipient (SEND_GROUP frames: one,
+        or more when the copies' bytes exceed ``FANOUT_BYTES_PER_FRAME`` or the frame
+        limit); False (nothing queued) when there is no room."""
+        recipients = check_recipients(recipients)
+        if not isinstance(envelope, (bytes, bytearray, memoryview)):
+            raise TypeError("envelope must be bytes")
+        data = bytes(envelope)
+        encoded = [r.encode("utf-8") for r in recipients]
+        room = self._room
+        assert room is not None
+        if not room.is_set():
+            return False
+        frames = []
+        for part in _fanout_parts(encoded, len(data), max_frame):
+            self._seq += 1
+            frame = encode_send_group(self._seq, part, data)
+            self._unacked[self._seq] = (", ".join(r.decode() for r in part), frame)
+            frames.append(frame)
+        self.sent += 1
+        p = self._connection()
+        if p is not None and not p.is_closed:
+            for frame in frames:
+                p.write(frame)
+        if len(self._unacked) >= self.max_unacked or (p is not None and p.write_paused):
+            room.clear()
+        return True
+
     async def wait_for_room(self) -> None:
         room = self._room
         assert room is not None
@@ -157,6 +187,16 @@ class SendWindow:
         self._errors.append(err)
         self._wake_flushers()
         self.update_room()
+
+    def on_member_refusal(self, seq: int, code: int, member: str, message: str) -> None:
+        """One member of a SEND_GROUP refused: reported like a refused envelope (naming the
+        member); the send stays in the window until the SEND_ACK that covers the others'
+        copies (written again after a reconnect until then)."""
+        err = error_for_code(code, message, recipient=member, client_seq=seq)
+        if code == ErrorCode.PEER_NOT_FOUND and self._loop is not None:
+            self._missing[member] = self._loop.time()
+        log.info("hub refused a group message for %r: %s", member, message)
+        self._errors.append(err)
 
     # ---- flushing ----------------------------------------------------------------------------
 
@@ -214,3 +254,32 @@ class SendWindow:
         self._flush_waiters.clear()
         if self._room is not None:
             self._room.set()
+
+
+#: Bytes of copies one SEND_GROUP asks the hub to store, at most (the hub's own bound,
+#: ``HubLimits.max_fanout_bytes``, is larger by default): a larger fan-out is split.
+FANOUT_BYTES_PER_FRAME = 16 * 1024 * 1024
+
+
+def _fanout_parts(recipients: list[bytes], size: int, max_frame: int) -> list[list[bytes]]:
+    """``recipients`` in runs whose copies (``size`` + 1 + id bytes each) stay within
+    FANOUT_BYTES_PER_FRAME and whose SEND_GROUP frame stays within ``max_frame``."""
+    if 1 + 8 + 2 + 256 + size > max_frame:
+        raise HubError(
+            f"group message of {size} bytes exceeds the hub's frame limit of {max_frame} bytes"
+        )
+    parts: list[list[bytes]] = [[]]
+    copies = frame = 0
+    for rb in recipients:
+        copy, listed = size + 1 + len(rb), 1 + len(rb)
+        part = parts[-1]
+        if part and (
+            copies + copy > FANOUT_BYTES_PER_FRAME or 11 + frame + listed + size > max_frame
+        ):
+            part = []
+            parts.append(part)
+            copies = frame = 0
+        part.append(rb)
+        copies += copy
+        frame += listed
+    return parts

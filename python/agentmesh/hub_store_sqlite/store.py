@@ -150,6 +150,16 @@ class SQLiteBackend(HubBackend):
         b.message_count = self._message_count
         self._writer.kick()
 
+    def put_many(self, rows: list[tuple[int, str, bytes]], token: Any) -> None:
+        # (one batch: every row goes into the same transaction, see writer.py)
+        b = self._writer.pending
+        for seq, recipient, envelope in rows:
+            b.inserts[seq] = (recipient, envelope)
+        b.tokens.append(token)
+        self._message_count += len(rows)
+        b.message_count = self._message_count
+        self._writer.kick()
+
     def ack(self, recipient: str, seq: int) -> None:
         b = self._writer.pending
         if b.inserts.pop(seq, None) is not None:
