@@ -11,7 +11,17 @@ import sys
 import time
 from typing import Any
 
-from . import crypto, fresh, harness, many_agents, memory, network, network_figures, report
+from . import (
+    crypto,
+    fresh,
+    groups,
+    harness,
+    many_agents,
+    memory,
+    network,
+    network_figures,
+    report,
+)
 
 SECTIONS = [
     "fresh",
@@ -25,6 +35,7 @@ SECTIONS = [
     "agents",
     "many_agents",
     "mcp",
+    "groups",
 ]
 
 
@@ -75,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
     many_ks = (1, 200) if quick else many_agents.KS
     steps += len(many_ks) if "many_agents" in only else 0
     steps += 1 if "mcp" in only else 0
+    steps += 1 if "groups" in only else 0
 
     command = "python -m benches" + ("".join(" " + shlex.quote(a) for a in argv) if argv else "")
     res: dict[str, Any] = {
@@ -134,6 +146,10 @@ def main(argv: list[str] | None = None) -> int:
             res["many_agents"] = many_agents.run(
                 many_ks, total=5_000 if quick else many_agents.TOTAL, progress=progress
             )
+        if "groups" in only:
+            progress.describe("group messages: one upload next to pairwise sends")
+            res["groups"] = groups.run(quick)
+            progress.step()
     finally:
         progress.close()
     res["elapsed"] = time.time() - t0

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from . import crypto as c
-from . import fresh, report_agents
+from . import fresh, report_agents, report_groups
 from .harness import SIZES, fmt_bytes, fmt_rate, fmt_time, size_label
 
 NAN = float("nan")
@@ -179,6 +179,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             f"state {fmt_bytes(by[lo_n]['state'] / 2)} -> {fmt_bytes(by[hi_n]['state'] / 2)}",
         )
     for what, ratio, bar, higher_is_better, detail in report_agents.targets(res):
+        add(what, ratio, bar, higher_is_better, detail)
+    for what, ratio, bar, higher_is_better, detail in report_groups.targets(res):
         add(what, ratio, bar, higher_is_better, detail)
     return out
 
@@ -702,6 +704,7 @@ def markdown(res: dict[str, Any], img_rel: str) -> str:
             w(f"> note: {note}")
             w("")
     L.extend(report_agents.sections(res))
+    L.extend(report_groups.sections(res))
     return "\n".join(L).rstrip() + "\n"
 
 

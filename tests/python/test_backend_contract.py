@@ -18,8 +18,9 @@ from typing import Any
 import pytest
 
 from agentmesh.backend import Backend, Delivery
-from agentmesh.crypto import AgentKeyPair, perform_key_exchange
+from agentmesh.crypto import AgentKeyPair, GroupSession, perform_key_exchange
 from agentmesh.errors import HubError
+from agentmesh.fanout import address, unaddressed
 from agentmesh.testing import HubProcess
 
 TIMEOUT = 30.0
@@ -450,5 +451,153 @@ def test_a_flushed_envelope_survives_a_crash(deploy):
         async with registered(deployment, bob, got):
             await got.wait_for(20)
         assert [e for _, e in got.deliveries] == envelopes
+
+    run(main())
+
+
+# -- group messages: one upload, a copy for each recipient --------------------------------------
+
+
+def group_messages(sender: Any, count: int) -> list[bytes]:
+    """``count`` group messages of ``sender`` in their unaddressed form (what is uploaded)."""
+    session = GroupSession(sender, "team")
+    session.distribution()
+    return [unaddressed(bytes(session.seal({"n": i}).to_bytes_for("x"))) for i in range(count)]
+
+
+def copy_for(message: bytes, member: str) -> bytes:
+    return address(message, member.encode())
+
+
+async def send_group_all(backend: Backend, recipients: list[str], messages: list[bytes]) -> None:
+    for message in messages:
+        while not backend.send_group_nowait(recipients, message):
+            backend.push()
+            await backend.wait_for_room()
+    backend.push()
+    await backend.flush(TIMEOUT)
+
+
+def test_a_group_message_uploaded_once_reaches_every_recipient_online_or_not(deploy):
+    """Flushed means durable for every member: one online member gets its copy at once, the
+    offline ones when they come (each copy addressed to its member)."""
+    deployment = deploy()
+    alice = AgentKeyPair.generate("alice")
+    members = [AgentKeyPair.generate(f"m{i}") for i in range(5)]
+    names = [m.agent_id for m in members]
+
+    async def main() -> None:
+        for member in members[1:]:
+            async with registered(deployment, member):
+                pass  # known, then offline
+        messages = group_messages(alice, 3)
+        online = Receiver()
+        async with registered(deployment, members[0], online):
+            async with registered(deployment, alice) as a:
+                await send_group_all(a, names, messages)
+            await online.wait_for(3)
+        assert [e for _, e in online.deliveries] == [copy_for(m, "m0") for m in messages]
+        for member in members[1:]:
+            got = Receiver()
+            async with registered(deployment, member, got):
+                await got.wait_for(3)
+            assert [e for _, e in got.deliveries] == [
+                copy_for(m, member.agent_id) for m in messages
+            ]
+
+    run(main())
+
+
+def test_a_member_refused_is_named_and_the_others_still_get_their_copy(deploy):
+    """An unknown member and a member whose inbox is full are reported by flush, naming
+    them; the upload is not refused as a whole: every other member's copy is stored."""
+    deployment = deploy(max_queued=2)
+    alice, bob, carol = (AgentKeyPair.generate(n) for n in ("alice", "bob", "carol"))
+
+    async def main() -> None:
+        for member in (bob, carol):
+            async with registered(deployment, member):
+                pass
+        message = group_messages(alice, 1)[0]
+        async with registered(deployment, alice) as a:
+            await send_all(a, "carol", sealed(alice, carol, 2))  # carol's inbox is full now
+            with pytest.raises(HubError, match=r"ghost|carol") as refused:
+                await send_group_all(a, ["bob", "ghost", "carol"], [message])
+            names = {getattr(refused.value, "recipient", None)}
+            with contextlib.suppress(HubError):  # (a backend may report the second refusal)
+                await a.flush(TIMEOUT)
+        got = Receiver()
+        async with registered(deployment, bob, got):
+            await got.wait_for(1)
+        assert [e for _, e in got.deliveries] == [copy_for(message, "bob")]
+        assert names <= {"ghost", "carol"}
+
+    run(main())
+
+
+def test_a_senders_order_holds_across_its_group_and_pairwise_envelopes(deploy):
+    deployment = deploy()
+    alice, bob, carol = (AgentKeyPair.generate(n) for n in ("alice", "bob", "carol"))
+
+    async def main() -> None:
+        got = Receiver()
+        async with registered(deployment, carol), registered(deployment, bob, got):
+            pairwise = sealed(alice, bob, 20)
+            groups = group_messages(alice, 10)
+            expected: list[bytes] = []
+            async with registered(deployment, alice) as a:
+                for i in range(10):
+                    for envelope in pairwise[2 * i : 2 * i + 2]:
+                        while not a.send_nowait("bob", envelope):
+                            await a.wait_for_room()
+                    while not a.send_group_nowait(["carol", "bob"], groups[i]):
+                        await a.wait_for_room()
+                    expected += [*pairwise[2 * i : 2 * i + 2], copy_for(groups[i], "bob")]
+                a.push()
+                await a.flush(TIMEOUT)
+                await got.wait_for(30)
+        assert [e for _, e in got.deliveries] == expected
+        positions = [position for position, _ in got.deliveries]
+        assert positions == sorted(positions)
+
+    run(main())
+
+
+def test_a_flushed_group_message_survives_a_crash(deploy):
+    deployment = deploy()
+    needs_a_crash(deployment)
+    alice, bob, carol = (AgentKeyPair.generate(n) for n in ("alice", "bob", "carol"))
+
+    async def main() -> None:
+        for member in (bob, carol):
+            async with registered(deployment, member):
+                pass
+        messages = group_messages(alice, 5)
+        async with registered(deployment, alice) as a:
+            await send_group_all(a, ["bob", "carol"], messages)
+        await asyncio.get_running_loop().run_in_executor(None, deployment.crash_and_restart)
+        for member in ("bob", "carol"):
+            got = Receiver()
+            async with registered(deployment, {"bob": bob, "carol": carol}[member], got):
+                await got.wait_for(5)
+            assert [e for _, e in got.deliveries] == [copy_for(m, member) for m in messages]
+
+    run(main())
+
+
+def test_a_fan_out_naming_no_one_or_someone_twice_is_refused_before_anything_is_sent(deploy):
+    deployment = deploy()
+    alice = AgentKeyPair.generate("alice")
+
+    async def main() -> None:
+        message = group_messages(alice, 1)[0]
+        async with registered(deployment, alice) as a:
+            with pytest.raises(ValueError, match=r"1\.\.1000 recipients"):
+                a.send_group_nowait([], message)
+            with pytest.raises(ValueError, match="twice"):
+                a.send_group_nowait(["bob", "bob"], message)
+            with pytest.raises(HubError, match="group message"):
+                a.send_group_nowait(["bob"], sealed(alice, AgentKeyPair.generate("bob"), 1)[0])
+                await a.flush(TIMEOUT)
 
     run(main())

@@ -320,6 +320,49 @@ def test_through_a_hostile_hub_each_message_is_handled_exactly_once_and_never_al
     assert [x for _, x in calm.texts("carol")] == sent_a
 
 
+def test_a_group_message_is_handed_to_the_hub_once_for_every_member():
+    names = [f"m{i}" for i in range(10)]
+    t = Team("alice", *names)
+    group = t["alice"].create_group("research", members=names)
+    group.send(text="first")  # (with alice's sender key to each member, pairwise)
+    directory = t.hub.directory
+    uploads, routed = directory.uploads, directory.routed
+    for i in range(3):
+        group.send(text=f"m{i}")
+    assert (directory.uploads - uploads, directory.routed - routed) == (3, 30)
+    for name in names:
+        assert [x for _, x in t.texts(name)] == ["first", "m0", "m1", "m2"]
+
+
+def test_a_member_gone_from_the_hub_does_not_keep_the_message_from_the_others(caplog):
+    t = Team("alice", "bob", "carol", "dave")
+    group = t["alice"].create_group("research", members=["bob", "carol", "dave"])
+    group.send(text="before")
+    t["carol"].close()  # (a closed LocalHub agent is not found any more)
+    group.send(text="after")
+    assert [x for _, x in t.texts("bob")] == [x for _, x in t.texts("dave")] == ["before", "after"]
+    assert "not delivered to 'carol'" in caplog.text
+
+
+def test_a_hostile_hub_treats_each_members_copy_of_one_upload_on_its_own():
+    from agentmesh.testing import HostileHub, Rule
+
+    def carols_copy(env) -> bool:
+        return type(env) is c.GroupEnvelope and env.recipient == "carol"
+
+    hub = HostileHub(rules=[Rule("drop", match=carols_copy, times=1)])
+    t = Team("alice", "bob", "carol", hub=hub)
+    group = t["alice"].create_group("research", members=["bob", "carol"])
+    uploads = hub.directory.uploads
+    group.send(text="one")
+    group.send(text="two")
+    # alice's sender key to each member (pairwise), then one upload per group message
+    assert hub.directory.uploads - uploads == 2 + 2
+    assert t.texts("bob") == [("alice", "one"), ("alice", "two")]
+    assert t.texts("carol") == [("alice", "two")]  # its copy of "one" was dropped
+    assert [s.recipient for s in hub.seen if s.action == "drop"] == ["carol"]
+
+
 def test_a_group_message_pickles_with_its_group():
     import pickle
 

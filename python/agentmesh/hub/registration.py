@@ -14,6 +14,7 @@ import logging
 import os
 from typing import TYPE_CHECKING, Any
 
+from agentmesh.fanout import MAX_FANOUT_RECIPIENTS
 from agentmesh.hub.states import AGENT, AWAIT_AUTH, CLOSING
 from agentmesh.hub_protocol import (
     CHALLENGE_SIZE,
@@ -179,6 +180,8 @@ class Registrar:
                 "next_seq": hub.store.peek_next_seq(),
                 "prekeys": hub.store.prekey_count(agent_id),
                 "prekey_limit": limits.max_prekeys_per_agent,
+                # it takes SEND_GROUP, with up to this many recipients
+                "fanout": MAX_FANOUT_RECIPIENTS,
             }
         )
         log.info(

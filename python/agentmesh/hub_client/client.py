@@ -182,7 +182,8 @@ class HubClient(ClientLifecycle):
 
     def send_group_nowait(self, recipients: list[str], envelope: bytes) -> bool:
         """One group message (unaddressed form, :mod:`agentmesh.fanout`) for every recipient:
-        one SEND_GROUP upload; the hub stores a copy for each member. Refusals as for
+        one SEND_GROUP upload; the hub stores a copy for each member (a hub that does not
+        say ``fanout`` in READY gets one SEND per member). Refusals as for
         :meth:`send_nowait`, one per member refused, naming it."""
         self._check_usable()
         self._sends.raise_refusal()
@@ -190,7 +191,7 @@ class HubClient(ClientLifecycle):
             raise HubError("only a registered client can send: call register() first")
         w = self._welcome
         max_frame = w.max_frame_size if w is not None else DEFAULT_MAX_FRAME_SIZE
-        return self._sends.send_group_nowait(recipients, envelope, max_frame)
+        return self._sends.send_group_nowait(recipients, envelope, max_frame, self.hub_fanout)
 
     def push(self) -> None:
         """Writes what :meth:`send_nowait` queued now instead of in the next loop iteration

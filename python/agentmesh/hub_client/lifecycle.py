@@ -112,6 +112,8 @@ class ClientLifecycle:
         #: how many it keeps (None before one, or from a hub that keeps none).
         self.prekeys_held: int | None = None
         self.prekey_limit: int | None = None
+        #: Whether the hub takes SEND_GROUP (its READY says ``fanout``).
+        self.hub_fanout = False
         #: Called (in the event loop) after every registration, also after a reconnect: the
         #: hub may be a different one now (a recreated store keeps no prekeys, for example).
         self.on_registered: Callable[[], None] | None = None
@@ -179,6 +181,8 @@ class ClientLifecycle:
             prekeys, limit = info.get("prekeys"), info.get("prekey_limit")
             self.prekeys_held = prekeys if type(prekeys) is int else None
             self.prekey_limit = limit if type(limit) is int else None
+            fanout = info.get("fanout")
+            self.hub_fanout = type(fanout) is int and fanout > 0
             self._deliveries.clamp_positions(welcome.hub_id, info.get("next_seq"))
             resent = self._sends.resend(int(info.get("acked_seq") or 0), conn)
             log.debug(

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from agentmesh.crypto import check_agent_id
 from agentmesh.errors import FlushTimeoutError, HubError
-from agentmesh.fanout import check_recipients
+from agentmesh.fanout import address, check_recipients
 from agentmesh.hub_client.connection import Connection
 from agentmesh.hub_protocol import (
     ErrorCode,
@@ -70,6 +70,17 @@ class SendWindow:
 
     def send_nowait(self, recipient: str, envelope: bytes, max_frame: int) -> bool:
         """Queues and writes one envelope; False (nothing queued) when there is no room."""
+        rb = self._checked(recipient, envelope, max_frame)
+        room = self._room
+        assert room is not None
+        if not room.is_set():
+            return False
+        self._seq += 1
+        self._write([(recipient, encode_send(self._seq, rb, bytes(envelope)))])
+        return True
+
+    def _checked(self, recipient: str, envelope: bytes, max_frame: int) -> bytes:
+        """The recipient's id as UTF-8, once the send is known to be one the hub could take."""
         missing = self._missing.get(recipient)
         if missing is not None:
             assert self._loop is not None
@@ -89,48 +100,57 @@ class SendWindow:
                 f"envelope of {len(envelope)} bytes exceeds the hub's frame limit of "
                 f"{max_frame} bytes"
             )
-        room = self._room
-        assert room is not None
-        if not room.is_set():
-            return False
-        self._seq += 1
-        seq = self._seq
-        frame = encode_send(seq, rb, bytes(envelope))
-        self._unacked[seq] = (recipient, frame)
+        return rb
+
+    def _write(self, frames: list[tuple[str, bytes]]) -> None:
+        """Keeps (label, frame) pairs (numbered ``self._seq - len + 1 .. self._seq``) until
+        acknowledged, and writes them."""
+        first = self._seq - len(frames) + 1
+        for i, item in enumerate(frames):
+            self._unacked[first + i] = item
         self.sent += 1
         p = self._connection()
         if p is not None and not p.is_closed:
-            p.write(frame)
+            for _, frame in frames:
+                p.write(frame)
+        room = self._room
+        assert room is not None
         if len(self._unacked) >= self.max_unacked or (p is not None and p.write_paused):
             room.clear()
-        return True
 
-    def send_group_nowait(self, recipients: list[str], envelope: bytes, max_frame: int) -> bool:
-        """Queues and writes one group message for every recipient (SEND_GROUP frames: one,
-        or more when the copies' bytes exceed ``FANOUT_BYTES_PER_FRAME`` or the frame
-        limit); False (nothing queued) when there is no room."""
+    def send_group_nowait(
+        self, recipients: list[str], envelope: bytes, max_frame: int, fanout: bool
+    ) -> bool:
+        """Queues and writes one group message for every recipient; False (nothing queued)
+        when there is no room. With ``fanout`` (the hub said so in READY) one SEND_GROUP
+        frame (more when the copies' bytes exceed ``FANOUT_BYTES_PER_FRAME`` or the frame
+        limit); from a hub without it, one SEND of each member's copy."""
         recipients = check_recipients(recipients)
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             raise TypeError("envelope must be bytes")
         data = bytes(envelope)
         encoded = [r.encode("utf-8") for r in recipients]
+        if fanout:
+            parts = _fanout_parts(encoded, len(data), max_frame)
+        else:
+            copies = [address(data, rb) for rb in encoded]
+            for recipient, copy in zip(recipients, copies, strict=True):
+                self._checked(recipient, copy, max_frame)
         room = self._room
         assert room is not None
         if not room.is_set():
             return False
         frames = []
-        for part in _fanout_parts(encoded, len(data), max_frame):
-            self._seq += 1
-            frame = encode_send_group(self._seq, part, data)
-            self._unacked[self._seq] = (", ".join(r.decode() for r in part), frame)
-            frames.append(frame)
-        self.sent += 1
-        p = self._connection()
-        if p is not None and not p.is_closed:
-            for frame in frames:
-                p.write(frame)
-        if len(self._unacked) >= self.max_unacked or (p is not None and p.write_paused):
-            room.clear()
+        if fanout:
+            for part in parts:
+                self._seq += 1
+                label = ", ".join(r.decode("utf-8") for r in part)
+                frames.append((label, encode_send_group(self._seq, part, data)))
+        else:
+            for recipient, rb, copy in zip(recipients, encoded, copies, strict=True):
+                self._seq += 1
+                frames.append((recipient, encode_send(self._seq, rb, copy)))
+        self._write(frames)
         return True
 
     async def wait_for_room(self) -> None:
