@@ -75,7 +75,17 @@ class AddressedGroupMessage(bytes):
 class GroupRecord:
     """One group as this member holds it."""
 
-    __slots__ = ("admin", "distributed", "epoch", "members", "pending", "record", "session")
+    __slots__ = (
+        "_others",
+        "_others_of",
+        "admin",
+        "distributed",
+        "epoch",
+        "members",
+        "pending",
+        "record",
+        "session",
+    )
 
     def __init__(
         self, session: Any, admin: str, epoch: int, members: list[str], record: bytes
@@ -92,6 +102,16 @@ class GroupRecord:
         self.pending: collections.deque[tuple[Any, ...]] = collections.deque(
             maxlen=MAX_PENDING_PER_GROUP
         )
+        self._others: list[str] = []
+        self._others_of: list[str] | None = None
+
+    def others(self, me: str) -> list[str]:
+        """The members but ``me`` (kept until the member list is replaced: a group message
+        to many members does not walk it again)."""
+        if self._others_of is not self.members:
+            self._others = [m for m in self.members if m != me]
+            self._others_of = self.members
+        return self._others
 
 
 def _b64(data: bytes) -> str:
@@ -466,10 +486,15 @@ class _Groups(AgentCoreState):
         with self._group_lock:
             group = self._require_group(group_id)
             session = group.session
-            others = [m for m in group.members if m != self.agent_id]
+            others = group.others(self.agent_id)
             if session.sending_chain_id is None:
                 group.distributed.clear()
-            missing = [m for m in others if m not in group.distributed]
+            distributed = group.distributed
+            missing = (
+                []
+                if distributed.issuperset(others)
+                else [m for m in others if m not in distributed]
+            )
             # (the key as of this message: taken before the seal moves the chain on)
             key = _b64(session.distribution()) if missing else None
             env = session.seal(payload)
@@ -477,7 +502,9 @@ class _Groups(AgentCoreState):
             size = 0
             if others:
                 upload = GroupUpload(unaddressed(env.to_bytes_for(others[0])), others, env.counter)
-                size = len(upload.data) + 1 + max(len(m.encode("utf-8")) for m in others)
+                size = len(upload.data) + 1 + 255  # (the longest id any member can have)
+                if size > MAX_ENVELOPE_BYTES:  # (then the longest a member has)
+                    size = len(upload.data) + 1 + max(len(m.encode("utf-8")) for m in others)
             if size > MAX_ENVELOPE_BYTES:
                 raise MessageTooLargeError(
                     f"group message to {group_id!r} is {size:,} bytes sealed, over "

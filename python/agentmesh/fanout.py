@@ -25,6 +25,8 @@ __all__ = [
     "GroupUpload",
     "address",
     "check_recipients",
+    "id_field",
+    "split",
     "unaddressed",
 ]
 
@@ -59,7 +61,22 @@ def address(data: bytes, recipient: bytes) -> bytes:
     """The copy of the unaddressed group message ``data`` for ``recipient`` (its UTF-8 id,
     1..255 bytes, checked by the caller)."""
     end = _sender_end(data)
-    return b"".join((data[:end], bytes((len(recipient),)), recipient, data[end:]))
+    return b"".join((data[:end], _ID_LENGTH[len(recipient)], recipient, data[end:]))
+
+
+def split(data: bytes) -> tuple[bytes, bytes]:
+    """(before, after) the recipient field of the unaddressed group message ``data``: a copy
+    is ``before + id_field(recipient) + after`` (for many copies of one message)."""
+    end = _sender_end(data)
+    return data[:end], data[end:]
+
+
+def id_field(recipient: bytes) -> bytes:
+    """``u8 length || recipient`` (an id of 1..255 UTF-8 bytes, checked by the caller)."""
+    return _ID_LENGTH[len(recipient)] + recipient
+
+
+_ID_LENGTH = [bytes((n,)) for n in range(256)]
 
 
 def check_recipients(recipients: Any) -> list[str]:

@@ -29,7 +29,7 @@ from typing import Any
 from . import crypto as _crypto
 from .backend import Delivery, OnBatch
 from .errors import HubError, HubRequestError
-from .fanout import address, check_recipients
+from .fanout import address, check_recipients, id_field, split
 from .hub.limits import HubLimits
 from .hub.registration import older_bundle
 from .hub_protocol import ErrorCode, error_for_code
@@ -63,6 +63,7 @@ class LocalDirectory:
         self.routed = 0
         #: hand-overs by senders: one per envelope, and one per fan-out however many copies
         self.uploads = 0
+        self._id_fields: dict[str, bytes] = {}  # agent id -> its routing field (fan-outs)
 
     # -- the directory ----------------------------------------------------------------------
 
@@ -162,19 +163,35 @@ class LocalDirectory:
         queued before any is handed to a ``LocalHub`` agent. Returns the refusals, one per
         member refused (the others' copies are queued all the same)."""
         refusals: list[HubRequestError] = []
-        handed: list[tuple[Any, int, bytes]] = []
+        queued: list[tuple[Any, int, bytes]] = []
+        agents: list[tuple[Any, bytes]] = []  # LocalHub agents: handed over, never queued
+        before, after = split(envelope)
+        inboxes, fields = self._inboxes, self._id_fields
         with self.lock:
             self.uploads += 1
             for recipient in recipients:
-                copy = address(envelope, recipient.encode("utf-8"))
+                inbox = inboxes.get(recipient)
+                field = fields.get(recipient)
+                if field is None:
+                    field = id_field(recipient.encode("utf-8"))
+                    if inbox is not None:  # (only known ids are kept)
+                        fields[recipient] = field
+                copy = before + field + after
+                holder = inbox.holder if inbox is not None else None
+                if holder is not None and type(holder) is not LocalBackend:
+                    agents.append((holder, copy))
+                    continue
                 try:
                     holder, position = self._queue(recipient, copy)
                 except HubRequestError as exc:
                     refusals.append(exc)
                     continue
-                handed.append((holder, position, copy))
-        for holder, position, copy in handed:
+                queued.append((holder, position, copy))
+            self.routed += len(agents)
+        for holder, position, copy in queued:
             self._hand_over(holder, position, copy)
+        for holder, copy in agents:
+            holder.receive(copy)
         return refusals
 
     def _queue(self, recipient: str, envelope: bytes) -> tuple[Any, int]:
