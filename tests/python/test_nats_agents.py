@@ -185,3 +185,28 @@ def test_a_swapped_key_of_a_known_peer_is_detected(tmp_path, hub, cluster):
     with pytest.raises(IdentityChangedError):
         alice.send("bob", text="secret for the real bob")
     alice.close()
+
+
+def test_a_group_on_nats_reaches_every_member_also_one_that_was_offline(tmp_path, hub):
+    """A group message is one ``send_group_nowait``: the NATS backend publishes a copy to each
+    member's inbox subject (each with its own dedupe id, the message id being the same)."""
+    got: dict[str, list[str]] = {"m1": [], "m2": [], "m3": []}
+    members = {}
+    for name in got:
+        members[name] = Agent(name, hub=hub, keypair_path=tmp_path / f"{name}.key")
+        members[name].on_message(lambda msg, n=name: got[n].append(msg.text))
+    alice = Agent("alice", hub=hub)
+    team = alice.create_group("team", members=list(got))
+    team.send(text="one")
+    alice.flush(20)
+    wait_until(lambda: all(got.values()), what="every member's first message")
+    members["m3"].close()  # offline: what follows waits in its inbox
+    team.send(text="two")
+    team.send(text="three")
+    alice.flush(20)
+    back = Agent("m3", hub=hub, keypair_path=tmp_path / "m3.key")
+    back.on_message(lambda msg: got["m3"].append(msg.text))
+    wait_until(lambda: len(got["m3"]) == 3 and len(got["m1"]) == 3, what="the rest")
+    assert got == {name: ["one", "two", "three"] for name in got}
+    for agent in (alice, back, members["m1"], members["m2"]):
+        agent.close()
