@@ -1,10 +1,12 @@
 """The group a user holds: :class:`Group` (for :class:`~agentmesh.Agent`) and :class:`AsyncGroup`
 (for :class:`~agentmesh.AsyncAgent`). Thin faces over the agent core's groups
-(``agent_groups.py``); the cryptography is the Rust core's (docs/protocol.md section 8).
+(``agent_groups.py`` and its rooms); the cryptography is the Rust core's (docs/protocol.md
+section 8).
 
-A group message is sealed and signed once; the same sealed bytes go to every other member (only
-the routing recipient differs). Members receive ordinary :class:`~agentmesh.Message` objects with
-``msg.group`` set, through the same ``on_message`` handlers.
+A group message is sealed and signed once and handed to the hub once; the hub fans it out, the
+same sealed bytes to every other member (only the routing recipient differs). Members receive
+ordinary :class:`~agentmesh.Message` objects with ``msg.group`` set, through the same
+``on_message`` handlers.
 """
 
 from __future__ import annotations
