@@ -32,7 +32,6 @@ from typing import Any
 
 from agentmesh import Agent, LocalHub
 from agentmesh import crypto as c
-from agentmesh.fanout import unaddressed
 
 PAYLOAD = {"text": "x" * 52}  # 64 B of compact JSON
 #: Group sizes measured.
@@ -63,7 +62,7 @@ def crypto_figures(sizes: list[int], rounds: int) -> dict[str, Any]:
         group_t, pair_t = [], []
         for _ in range(rounds):
             t0 = time.perf_counter()
-            unaddressed(group.seal(PAYLOAD).to_bytes_for(names[0]))
+            group.seal(PAYLOAD).to_unaddressed_bytes()
             group_t.append(time.perf_counter() - t0)
             t0 = time.perf_counter()
             for m in names:

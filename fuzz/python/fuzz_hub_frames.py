@@ -12,7 +12,8 @@ to a FrameDecoder in chunks of pseudo-random sizes and, separately, all at once.
 * chunked and whole feeding return the same frames and leave the same bytes buffered;
 * every frame re-encodes (encode_frame) to exactly the bytes it was decoded from;
 * the buffer never holds a complete frame or more than one frame's worth of bytes;
-* every body decoder (decode_hello, decode_welcome, decode_register, decode_send, ...) raises
+* every body decoder (decode_hello, decode_welcome, decode_register, decode_send,
+  decode_send_group, ...) raises
   nothing but ProtocolError, and the exact codecs round-trip (encode(decode(body)) == frame).
 """
 
@@ -69,6 +70,14 @@ def _check_body(ftype: int, body: bytes) -> None:
         elif ftype == hp.FrameType.SEND:
             seq, recipient, env = hp.decode_send(body)
             assert hp.encode_send(seq, recipient.encode("utf-8"), env) == frame, "SEND"
+        elif ftype == hp.FrameType.SEND_GROUP:
+            seq, recipients, env = hp.decode_send_group(body)
+            assert 1 <= len(recipients) <= 1000 and len(set(recipients)) == len(recipients)
+            encoded = [r.encode("utf-8") for r in recipients]
+            assert hp.encode_send_group(seq, encoded, env) == frame, "SEND_GROUP"
+        elif ftype == hp.FrameType.SEND_GROUP_ERROR:
+            seq, code, recipient, msg = hp.decode_send_group_error(body)
+            assert recipient and isinstance(msg, str) and 0 <= code <= 0xFFFF and seq >= 0
         elif ftype == hp.FrameType.SEND_ACK:
             assert hp.encode_send_ack(hp.decode_send_ack(body)) == frame, "SEND_ACK"
         elif ftype == hp.FrameType.SEND_ERROR:
@@ -138,6 +147,10 @@ def _write_seeds(path: str) -> None:
         "lookup": hp.encode_frame(hp.FrameType.LOOKUP),
         "ready": hp.encode_frame(hp.FrameType.READY, b'{"mode":"agent","agent_id":"bob"}'),
         "send": hp.encode_send(7, b"bob", b"AM\x01\x02\x01" + b"\x00" * 40),
+        "send_group": hp.encode_send_group(
+            8, [b"bob", b"carol"], b"AM\x01\x03\x01" + b"\x00" * 40
+        ),
+        "send_group_error": hp.encode_send_group_error(8, 11, "carol", "not found"),
         "send_ack": hp.encode_send_ack(7),
         "send_error": hp.encode_send_error(7, 11, "Peer 'bob' not found on hub"),
         "deliver": hp.encode_deliver(9, b"AM\x01\x02\x01" + b"\x00" * 40),

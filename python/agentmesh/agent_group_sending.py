@@ -13,7 +13,7 @@ from .agent_group_state import GROUP_CONTROL_TYPE, GroupState, _b64, _Effects
 from .agent_requests import check_no_meta
 from .agent_rules import MAX_ENVELOPE_BYTES
 from .errors import MessageTooLargeError
-from .fanout import GroupUpload, unaddressed
+from .fanout import GroupUpload
 
 
 class AddressedGroupMessage(bytes):
@@ -82,7 +82,7 @@ class _GroupSending(GroupState):
             upload = None
             size = 0
             if others:
-                upload = GroupUpload(unaddressed(env.to_bytes_for(others[0])), others, env.counter)
+                upload = GroupUpload(env.to_unaddressed_bytes(), others, env.counter)
                 size = len(upload.data) + 1 + 255  # (the longest id any member can have)
                 if size > MAX_ENVELOPE_BYTES:  # (then the longest a member has)
                     size = len(upload.data) + 1 + max(len(m.encode("utf-8")) for m in others)

@@ -29,7 +29,7 @@ from typing import Any
 from . import crypto as _crypto
 from .backend import Delivery, OnBatch
 from .errors import HubError, HubRequestError
-from .fanout import address, check_recipients, id_field, split
+from .fanout import address, address_all, check_recipients
 from .hub.limits import HubLimits
 from .hub.registration import older_bundle
 from .hub_protocol import ErrorCode, error_for_code
@@ -63,7 +63,6 @@ class LocalDirectory:
         self.routed = 0
         #: hand-overs by senders: one per envelope, and one per fan-out however many copies
         self.uploads = 0
-        self._id_fields: dict[str, bytes] = {}  # agent id -> its routing field (fan-outs)
 
     # -- the directory ----------------------------------------------------------------------
 
@@ -165,18 +164,12 @@ class LocalDirectory:
         refusals: list[HubRequestError] = []
         queued: list[tuple[Any, int, bytes]] = []
         agents: list[tuple[Any, bytes]] = []  # LocalHub agents: handed over, never queued
-        before, after = split(envelope)
-        inboxes, fields = self._inboxes, self._id_fields
+        copies = address_all(envelope, recipients)
+        inboxes = self._inboxes
         with self.lock:
             self.uploads += 1
-            for recipient in recipients:
+            for recipient, copy in zip(recipients, copies, strict=True):
                 inbox = inboxes.get(recipient)
-                field = fields.get(recipient)
-                if field is None:
-                    field = id_field(recipient.encode("utf-8"))
-                    if inbox is not None:  # (only known ids are kept)
-                        fields[recipient] = field
-                copy = before + field + after
                 holder = inbox.holder if inbox is not None else None
                 if holder is not None and type(holder) is not LocalBackend:
                     agents.append((holder, copy))
@@ -363,7 +356,7 @@ class LocalBackend:
         self._registered()
         recipients = check_recipients(recipients)
         try:
-            address(envelope, recipients[0].encode("utf-8"))
+            address(bytes(envelope), recipients[0])
         except ValueError as exc:
             raise error_for_code(ErrorCode.BAD_ENVELOPE, f"malformed envelope: {exc}") from None
         refusals = self.directory.enqueue_group(recipients, bytes(envelope))

@@ -357,7 +357,7 @@ class NatsBackend:
         recipients = check_recipients(recipients)
         data = bytes(envelope)
         try:
-            env = as_envelope(address(data, recipients[0].encode("utf-8")))
+            env = as_envelope(address(data, recipients[0]))
         except Exception as exc:
             raise HubRequestError(ErrorCode.BAD_ENVELOPE, f"not a group message: {exc}") from None
         if env.sender != self._agent_id or len(data) + 256 > MAX_ENVELOPE:

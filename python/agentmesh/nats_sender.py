@@ -146,7 +146,9 @@ class OrderedSender:
             rb = recipient.encode("utf-8")
             self._seq += 1
             copy_id = f"{message_id}-{hashlib.sha256(rb).hexdigest()[:16]}"
-            copy = Outgoing(self._seq, recipient, subject_of(recipient), address(data, rb), copy_id)
+            copy = Outgoing(
+                self._seq, recipient, subject_of(recipient), address(data, recipient), copy_id
+            )
             self._queue.append(copy)
         if self.unacked >= self.max_unacked:
             self.room.clear()

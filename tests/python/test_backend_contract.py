@@ -20,7 +20,7 @@ import pytest
 from agentmesh.backend import Backend, Delivery
 from agentmesh.crypto import AgentKeyPair, GroupSession, perform_key_exchange
 from agentmesh.errors import HubError
-from agentmesh.fanout import address, unaddressed
+from agentmesh.fanout import address
 from agentmesh.testing import HubProcess
 
 TIMEOUT = 30.0
@@ -462,11 +462,11 @@ def group_messages(sender: Any, count: int) -> list[bytes]:
     """``count`` group messages of ``sender`` in their unaddressed form (what is uploaded)."""
     session = GroupSession(sender, "team")
     session.distribution()
-    return [unaddressed(bytes(session.seal({"n": i}).to_bytes_for("x"))) for i in range(count)]
+    return [bytes(session.seal({"n": i}).to_unaddressed_bytes()) for i in range(count)]
 
 
 def copy_for(message: bytes, member: str) -> bytes:
-    return address(message, member.encode())
+    return bytes(address(message, member))
 
 
 async def send_group_all(backend: Backend, recipients: list[str], messages: list[bytes]) -> None:

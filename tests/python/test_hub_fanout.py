@@ -16,7 +16,7 @@ from hubutil import HOST, Collector, new_keypair, read_frames, seal_bytes, sessi
 from agentmesh import Agent
 from agentmesh.crypto import GroupSession
 from agentmesh.errors import HubRequestError
-from agentmesh.fanout import address, unaddressed
+from agentmesh.fanout import address
 from agentmesh.hub_client import HubClient
 from agentmesh.hub_protocol import (
     ErrorCode,
@@ -48,7 +48,7 @@ def group_message(sender: Any, n: int = 0, size: int = 10) -> bytes:
     sess.distribution()
     for _ in range(n):
         sess.seal({"skip": 1})
-    return unaddressed(bytes(sess.seal({"x": "y" * size}).to_bytes_for("x")))
+    return bytes(sess.seal({"x": "y" * size}).to_unaddressed_bytes())
 
 
 def stats(srv: NetworkHubServer) -> Any:
@@ -75,7 +75,7 @@ def test_one_upload_stores_a_copy_for_each_member_in_one_commit(server: NetworkH
         assert server._hub.store.commit_stats()[0] - commits_before <= 2  # type: ignore[union-attr]
         for kp, got in zip(members, collectors, strict=True):
             await got.wait_for(1)
-            assert got.raw == [address(message, kp.agent_id.encode())]
+            assert got.raw == [address(message, kp.agent_id)]
         assert (stats(server).fanout_uploads, stats(server).fanout_copies) == (1, 10)
         assert stats(server).accepted == 10
         assert a.sent == 1
@@ -230,8 +230,8 @@ def test_a_hub_that_does_not_say_fanout_gets_one_send_per_member(server: Network
         await a.flush(30)
         await got_b.wait_for(1)
         await got_c.wait_for(1)
-        assert got_b.raw == [address(message, b"bob")]
-        assert got_c.raw == [address(message, b"carol")]
+        assert got_b.raw == [address(message, "bob")]
+        assert got_c.raw == [address(message, "carol")]
         assert (stats(server).fanout_uploads, stats(server).accepted) == (0, 2)
         for x in (a, b, c):
             await x.close()

@@ -6,7 +6,9 @@
 //!           genuine group message
 //!   bits 1-7   which genuine message (modulo the fixture's list)
 //!
-//! Checked: never panics; a parsed envelope re-addresses to the same bytes and its id is
+//! Checked: never panics; the input taken as an unaddressed form (what a hub fans out) either is
+//! refused or, addressed, gives a copy that is refused or parses back to that form; a parsed
+//! envelope re-addresses to the same bytes, also through its unaddressed form, and its id is
 //! SHA-256(associated data)[0..16]; an error leaves the state's export byte-identical; success
 //! only for a genuine message (its payload, or another member's copy of it: the recipient is
 //! routing only), and never twice.
@@ -67,6 +69,15 @@ pub fn run(data: &[u8]) {
         let (base, _) = &fx.genuine[usize::from(sel >> 1) % fx.genuine.len()];
         apply_edits(base, body)
     };
+    if let Ok(copy) = GroupEnvelope::address(&input, "bob") {
+        if let Ok(parsed) = GroupEnvelope::from_bytes(&copy) {
+            assert_eq!(
+                parsed.to_unaddressed_bytes(),
+                input,
+                "an addressed copy does not keep the unaddressed bytes"
+            );
+        }
+    }
     let Ok(env) = GroupEnvelope::from_bytes(&input) else {
         return;
     };
@@ -80,6 +91,11 @@ pub fn run(data: &[u8]) {
         "envelope does not keep its wire bytes"
     );
     assert_eq!(env.to_bytes_for(&recipient).unwrap(), input);
+    assert_eq!(
+        GroupEnvelope::address(&env.to_unaddressed_bytes(), &recipient).unwrap(),
+        input,
+        "the unaddressed form does not address back to the wire bytes"
+    );
     let digest = Sha256::digest(env.associated_data());
     let want: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
     assert_eq!(

@@ -169,7 +169,7 @@ class SendIntake:
             return
         encoded = [r.encode("utf-8") for r in recipients]
         try:
-            first = address(data, encoded[0])
+            first = address(data, recipients[0])
         except ValueError as exc:
             self._reject(cseq, ErrorCode.BAD_ENVELOPE, f"malformed group message: {exc}")
             return
@@ -208,7 +208,7 @@ class SendIntake:
                     f"inbox full: {recipient!r} has {ast.count} envelopes queued",
                 )
                 continue
-            copy = first if recipient == recipients[0] else address(data, rb)
+            copy = first if recipient == recipients[0] else address(data, recipient)
             hseq, early = store.next_seq()
             ast.count += 1
             ast.bytes += copy_size

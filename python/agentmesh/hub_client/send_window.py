@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 from agentmesh.crypto import check_agent_id
 from agentmesh.errors import FlushTimeoutError, HubError
-from agentmesh.fanout import address, check_recipients
+from agentmesh.fanout import address_all, check_recipients
 from agentmesh.hub_client.connection import Connection
 from agentmesh.hub_protocol import (
     ErrorCode,
@@ -133,7 +133,7 @@ class SendWindow:
         if fanout:
             parts = _fanout_parts(encoded, len(data), max_frame)
         else:
-            copies = [address(data, rb) for rb in encoded]
+            copies = address_all(data, recipients)
             for recipient, copy in zip(recipients, copies, strict=True):
                 self._checked(recipient, copy, max_frame)
         room = self._room

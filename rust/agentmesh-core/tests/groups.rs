@@ -112,6 +112,44 @@ fn every_member_opens_the_one_sealed_message() {
 }
 
 #[test]
+fn the_unaddressed_form_addressed_by_a_hub_is_the_senders_own_copy() {
+    let mut t = Team::new("g-unaddressed", &["alice", "bob", "carol"]);
+    let env = t.seal(0, br#"{"text":"fan out"}"#);
+    let upload = env.to_unaddressed_bytes();
+    for member in ["bob", "carol"] {
+        let copy = GroupEnvelope::address(&upload, member).unwrap();
+        assert_eq!(copy, env.to_bytes_for(member).unwrap());
+        let parsed = GroupEnvelope::from_bytes(&copy).unwrap();
+        assert_eq!(parsed.to_unaddressed_bytes(), upload);
+    }
+    assert_eq!(
+        t.open(
+            1,
+            &GroupEnvelope::from_bytes(&GroupEnvelope::address(&upload, "bob").unwrap()).unwrap()
+        )
+        .unwrap(),
+        br#"{"text":"fan out"}"#
+    );
+    // bad input: an error naming the problem, never a panic
+    let wire = env.to_bytes_for("bob").unwrap();
+    let pairwise_type = [&upload[..3], &[0x01], &upload[4..]].concat();
+    for (data, recipient, want) in [
+        (&upload[..], "", "agent id"),
+        (&upload[..], "a\nb", "agent id"),
+        (&upload[..5], "bob", "truncated"),
+        (&upload[..6 + 5], "bob", "ends after its sender id"),
+        (&pairwise_type[..], "bob", "not a group message"),
+        (&b"XX\x01\x03\x01\x05alice"[..], "bob", "bad magic"),
+    ] {
+        let err = GroupEnvelope::address(data, recipient).unwrap_err();
+        assert!(format!("{err}").contains(want), "{err} ({want})");
+    }
+    // an addressed copy is no unaddressed form: its recipient would be read as the group id
+    let twice = GroupEnvelope::address(&wire, "carol").unwrap();
+    assert!(GroupEnvelope::from_bytes(&twice).is_err());
+}
+
+#[test]
 fn forward_secrecy_within_a_chain() {
     let mut t = Team::new("g-fs", &["alice", "bob"]);
     let first = t.distribution(0);

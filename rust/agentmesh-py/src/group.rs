@@ -63,6 +63,41 @@ impl PyGroupEnvelope {
         Ok(PyBytes::new(py, &data))
     }
 
+    /// The unaddressed form: the wire form without the recipient field, the same for every
+    /// member (what a sender uploads once for all of them; docs/protocol.md section 9.1).
+    fn to_unaddressed_bytes<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.inner.to_unaddressed_bytes())
+    }
+
+    /// The copy of an unaddressed group message for `recipient` (FormatError naming what is
+    /// wrong with the head, ValueError for a bad id).
+    #[staticmethod]
+    fn address<'py>(
+        py: Python<'py>,
+        unaddressed: &[u8],
+        recipient: &str,
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let data = GroupEnvelope::address(unaddressed, recipient).map_err(to_py)?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    /// The copy for each recipient, in order (one call for a whole fan-out).
+    #[staticmethod]
+    fn address_all<'py>(
+        py: Python<'py>,
+        unaddressed: &[u8],
+        recipients: Vec<String>,
+    ) -> PyResult<Vec<Bound<'py, PyBytes>>> {
+        recipients
+            .iter()
+            .map(|r| {
+                GroupEnvelope::address(unaddressed, r)
+                    .map(|data| PyBytes::new(py, &data))
+                    .map_err(to_py)
+            })
+            .collect()
+    }
+
     #[getter]
     fn sender(&self) -> &str {
         self.inner.sender()

@@ -2,6 +2,8 @@
 //! version, type, flags, sender, recipient) followed by the group header and one ciphertext.
 //! The recipient is routing only: it is outside the associated data and the signature, so the
 //! same sealed message can be addressed to every member (layout in docs/protocol.md, section 8).
+//! Without it, the message is in its *unaddressed form*, what a sender uploads once for all the
+//! members; a hub writes each member's copy with [`GroupEnvelope::address`] (section 9.1).
 
 use sha2::{Digest, Sha256};
 
@@ -51,6 +53,34 @@ impl std::fmt::Debug for GroupEnvelope {
             .field("ciphertext_len", &self.ciphertext().len())
             .finish()
     }
+}
+
+/// Where `id(sender)` ends in an unaddressed group message (its recipient field goes there).
+fn unaddressed_sender_end(data: &[u8]) -> Result<usize> {
+    let mut r = Reader::new(data, "unaddressed group message is truncated");
+    if r.bytes(2)? != MAGIC {
+        return Err(Error::Format("not an agentmesh envelope (bad magic)"));
+    }
+    if r.u8()? != VERSION {
+        return Err(Error::Version("envelope version is not 1"));
+    }
+    if r.u8()? != GROUP_MESSAGE_TYPE {
+        return Err(Error::Format(
+            "not a group message (envelope type is not 0x03)",
+        ));
+    }
+    if r.u8()? != FLAG_SIGNED {
+        return Err(Error::Format(
+            "group message flags must be exactly 0x01 (group messages are always signed)",
+        ));
+    }
+    r.agent_id()?;
+    if r.remaining() == 0 {
+        return Err(Error::Format(
+            "unaddressed group message ends after its sender id",
+        ));
+    }
+    Ok(data.len() - r.remaining())
 }
 
 fn check_group_id(id: &str) -> Result<()> {
@@ -174,6 +204,30 @@ impl GroupEnvelope {
         w.bytes(&self.prefix);
         w.agent_id(recipient);
         w.bytes(&self.body);
+        Ok(w.buf)
+    }
+
+    /// The unaddressed form: the wire form without the recipient field (docs/protocol.md
+    /// section 9.1), the same for every member.
+    pub fn to_unaddressed_bytes(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.prefix.len() + self.body.len());
+        out.extend_from_slice(&self.prefix);
+        out.extend_from_slice(&self.body);
+        out
+    }
+
+    /// The copy of the unaddressed group message `unaddressed` for `recipient`: `id(recipient)`
+    /// inserted after `id(sender)`, every other byte as it is. Checks the head (magic, version,
+    /// type 0x03, flags), that the sender id is there, and the recipient id rule; the rest is
+    /// the member's to check when it opens the copy. Never panics.
+    pub fn address(unaddressed: &[u8], recipient: &str) -> Result<Vec<u8>> {
+        crate::keys::check_agent_id(recipient)?;
+        let end = unaddressed_sender_end(unaddressed)?;
+        let (head, rest) = unaddressed.split_at(end);
+        let mut w = Writer::with_capacity(unaddressed.len() + 1 + recipient.len());
+        w.bytes(head);
+        w.agent_id(recipient);
+        w.bytes(rest);
         Ok(w.buf)
     }
 
