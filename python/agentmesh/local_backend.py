@@ -63,6 +63,8 @@ class LocalDirectory:
         self.routed = 0
         #: hand-overs by senders: one per envelope, and one per fan-out however many copies
         self.uploads = 0
+        #: the ids held by a LocalHub agent (handed envelopes at once, never queued)
+        self._local_agents: dict[str, Any] = {}
 
     # -- the directory ----------------------------------------------------------------------
 
@@ -91,6 +93,10 @@ class LocalDirectory:
             if inbox is None:
                 inbox = self._inboxes[agent_id] = _Inbox()
             inbox.holder = holder
+            if isinstance(holder, LocalBackend):
+                self._local_agents.pop(agent_id, None)
+            else:
+                self._local_agents[agent_id] = holder
 
     def leave(self, agent_id: str, holder: Any, *, forget: bool = False) -> None:
         """``holder`` stops receiving for ``agent_id``; ``forget``: its bundle goes too (a
@@ -99,6 +105,7 @@ class LocalDirectory:
             inbox = self._inboxes.get(agent_id)
             if inbox is not None and inbox.holder is holder:
                 inbox.holder = None
+                self._local_agents.pop(agent_id, None)
                 if forget and not inbox.queued:
                     self._bundles.pop(agent_id, None)
                     del self._inboxes[agent_id]
@@ -161,31 +168,48 @@ class LocalDirectory:
         upload, see :mod:`agentmesh.fanout`), under one hold of the lock: every copy is
         queued before any is handed to a ``LocalHub`` agent. Returns the refusals, one per
         member refused (the others' copies are queued all the same)."""
-        refusals: list[HubRequestError] = []
-        queued: list[tuple[Any, int, bytes]] = []
-        agents: list[tuple[Any, bytes]] = []  # LocalHub agents: handed over, never queued
         copies = address_all(envelope, recipients)
-        inboxes = self._inboxes
+        local = self._local_agents
         with self.lock:
             self.uploads += 1
-            for recipient, copy in zip(recipients, copies, strict=True):
-                inbox = inboxes.get(recipient)
-                holder = inbox.holder if inbox is not None else None
-                if holder is not None and type(holder) is not LocalBackend:
-                    agents.append((holder, copy))
-                    continue
-                try:
-                    holder, position = self._queue(recipient, copy)
-                except HubRequestError as exc:
-                    refusals.append(exc)
-                    continue
-                queued.append((holder, position, copy))
-            self.routed += len(agents)
+            if local.keys() >= set(recipients):
+                # every member a LocalHub agent (the usual case): handed over, never queued
+                holders = [local[r] for r in recipients]
+                self.routed += len(holders)
+                refusals: list[HubRequestError] = []
+                queued: list[tuple[Any, int, bytes]] = []
+            else:
+                holders, copies, queued, refusals = self._route_group(recipients, copies)
         for holder, position, copy in queued:
             self._hand_over(holder, position, copy)
-        for holder, copy in agents:
+        for holder, copy in zip(holders, copies, strict=True):
             holder.receive(copy)
         return refusals
+
+    def _route_group(
+        self, recipients: list[str], copies: list[bytes]
+    ) -> tuple[list[Any], list[bytes], list[tuple[Any, int, bytes]], list[HubRequestError]]:
+        """(The caller holds the lock.) A fan-out to any mix of members: (the LocalHub agents
+        among them and their copies, the copies queued as (holder, position, copy), the
+        refusals)."""
+        holders: list[Any] = []
+        handed: list[bytes] = []
+        queued: list[tuple[Any, int, bytes]] = []
+        refusals: list[HubRequestError] = []
+        for recipient, copy in zip(recipients, copies, strict=True):
+            holder = self._local_agents.get(recipient)
+            if holder is not None:
+                self.routed += 1
+                holders.append(holder)
+                handed.append(copy)
+                continue
+            try:
+                holder, position = self._queue(recipient, copy)
+            except HubRequestError as exc:
+                refusals.append(exc)
+                continue
+            queued.append((holder, position, copy))
+        return holders, handed, queued, refusals
 
     def _queue(self, recipient: str, envelope: bytes) -> tuple[Any, int]:
         """(The caller holds the lock.) Queue for a backend, or count a hand-over to a
