@@ -106,3 +106,36 @@ def test_a_closed_local_agent_is_not_found_and_its_id_may_take_a_new_key() -> No
     assert hub.get_bundle("bob")["identity_key"] == new_bob.public_bundle["identity_key"]
     new_bob.close()
     alice.close()
+
+
+def test_one_group_upload_reaches_local_agents_and_backends_alike() -> None:
+    """A fan-out to a LocalHub agent (bob: his handlers run at once) and a backend (carol: her
+    copy queues, addressed to her) and an id nobody holds (named in the refusal)."""
+    hub = LocalHub()
+    alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+    carol_keys = AgentKeyPair.generate("carol")
+    heard: list[str] = []
+    bob.on_message(lambda msg: heard.append(msg.text))
+
+    async def main() -> None:
+        take = Collector()
+        carol = hub.new_backend()
+        await carol.register(carol_keys, on_batch=take)
+        team = await asyncio.to_thread(alice.create_group, "team", ["bob", "carol"])
+        await asyncio.to_thread(team.send, text="warm-up")  # (sender keys go pairwise first)
+        uploads, queued = hub.directory.uploads, len(take.got)
+        env = await asyncio.to_thread(team.send, text="to both")
+        assert hub.directory.uploads - uploads == 1
+        while len(take.got) < queued + 1:
+            take.arrived.clear()
+            await asyncio.wait_for(take.arrived.wait(), 10)
+        copy = take.got[-1][1]
+        assert copy == env.to_bytes_for("carol")
+        refused = hub.directory.enqueue_group(["bob", "ghost"], env.to_unaddressed_bytes())
+        assert [e.recipient for e in refused] == ["ghost"]
+        await carol.close()
+
+    run(main())
+    assert heard[:2] == ["warm-up", "to both"]
+    alice.close()
+    bob.close()
