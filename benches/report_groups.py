@@ -40,9 +40,10 @@ def sections(res: dict[str, Any]) -> list[str]:
         "",
         f"One {section['payload_bytes']} B message to a group (sealed and signed once, uploaded "
         "once, fanned out by the hub) next to the same fan-out with one pairwise send per "
-        "member: the sender's call (seal and hand over; on a LocalHub the call returns after "
-        "every handler ran) and the time until every member's handler ran, medians "
-        "(`benches/groups.py`).",
+        "member: the sender's cost (seal and hand to the hub; on a LocalHub, whose call runs "
+        "every member's handlers in the sender's thread, measured in a call of its own with the "
+        "members' receive held, so it includes the LocalHub's routing of the copies) and the "
+        "time until every member's handler ran, medians (`benches/groups.py`).",
         "",
         "| hub | members | sender: group µs | sender: pairwise µs | pairwise / group "
         "| all handled: group µs | all handled: pairwise µs |",
