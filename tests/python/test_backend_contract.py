@@ -601,3 +601,37 @@ def test_a_fan_out_naming_no_one_or_someone_twice_is_refused_before_anything_is_
                 await a.flush(TIMEOUT)
 
     run(main())
+
+
+def test_a_group_message_in_flight_during_a_crash_reaches_each_member_in_order(deploy):
+    """Uploads not yet acknowledged when the servers die are sent again after the reconnect;
+    every member gets every copy, in order (a resend of one stored already is not stored twice
+    where the backend can tell: positions never repeat)."""
+    deployment = deploy()
+    needs_a_crash(deployment)
+    alice, bob, carol = (AgentKeyPair.generate(n) for n in ("alice", "bob", "carol"))
+
+    async def main() -> None:
+        for member in (bob, carol):
+            async with registered(deployment, member):
+                pass
+        messages = group_messages(alice, 10)
+        async with registered(deployment, alice) as a:
+            for message in messages:
+                while not a.send_group_nowait(["bob", "carol"], message):
+                    await a.wait_for_room()
+            a.push()
+            await asyncio.get_running_loop().run_in_executor(None, deployment.crash_and_restart)
+            await a.flush(TIMEOUT)
+        for member in (bob, carol):
+            got = Receiver()
+            async with registered(deployment, member, got):
+                await got.wait_for(10)
+                await asyncio.sleep(0.3)
+            copies = [copy_for(m, member.agent_id) for m in messages]
+            seen = [e for _, e in got.deliveries]
+            assert list(dict.fromkeys(seen)) == copies
+            positions = [p for p, _ in got.deliveries]
+            assert positions == sorted(set(positions))
+
+    run(main())
