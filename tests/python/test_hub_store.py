@@ -101,6 +101,31 @@ def test_ack_before_commit_means_never_written(tmp_path: Path) -> None:
     run(go)
 
 
+def test_a_fan_outs_rows_commit_together_under_one_token(tmp_path: Path) -> None:
+    async def go() -> None:
+        store = SQLiteBackend(tmp_path / "hub.db")
+        await store.open()
+        commits: list[list[Any]] = []
+        store.on_commit = commits.append
+        rows = []
+        for member in ("bob", "carol", "dave"):
+            seq, _early = store.next_seq()
+            rows.append((seq, member, b"copy for " + member.encode()))
+        store.put_many(rows, "upload")
+        await store.barrier()
+        assert commits == [["upload"]]  # one commit, reported once
+        for seq, member, copy in rows:
+            assert await store.fetch(member, 0, 10) == [(seq, copy)]
+        assert store.message_count == 3
+        await store.close()
+        reopened = SQLiteBackend(tmp_path / "hub.db")
+        state = await reopened.open()
+        assert set(state.queues) == {"bob", "carol", "dave"}
+        await reopened.close()
+
+    run(go)
+
+
 def test_group_commit_batches(tmp_path: Path) -> None:
     async def go() -> None:
         store = SQLiteBackend(tmp_path / "hub.db", synchronous="NORMAL")

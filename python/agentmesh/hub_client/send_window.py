@@ -130,12 +130,19 @@ class SendWindow:
             raise TypeError("envelope must be bytes")
         data = bytes(envelope)
         encoded = [r.encode("utf-8") for r in recipients]
+        missing: list[PeerNotFoundError] = []
         if fanout:
             parts = _fanout_parts(encoded, len(data), max_frame)
         else:
             copies = address_all(data, recipients)
-            for recipient, copy in zip(recipients, copies, strict=True):
-                self._checked(recipient, copy, max_frame)
+            kept = []
+            for recipient, rb, copy in zip(recipients, encoded, copies, strict=True):
+                try:
+                    self._checked(recipient, copy, max_frame)
+                except PeerNotFoundError as exc:  # (reported; the others still get theirs)
+                    missing.append(exc)
+                    continue
+                kept.append((recipient, rb, copy))
         room = self._room
         assert room is not None
         if not room.is_set():
@@ -147,10 +154,17 @@ class SendWindow:
                 label = ", ".join(r.decode("utf-8") for r in part)
                 frames.append((label, encode_send_group(self._seq, part, data)))
         else:
-            for recipient, rb, copy in zip(recipients, encoded, copies, strict=True):
+            for recipient, rb, copy in kept:
                 self._seq += 1
                 frames.append((recipient, encode_send(self._seq, rb, copy)))
-        self._write(frames)
+        if frames:
+            self._write(frames)
+        for refused in missing:  # (numbered: a later send raising it is not what it refuses)
+            self._errors.append(
+                error_for_code(
+                    refused.code, str(refused), recipient=refused.recipient, client_seq=self._seq
+                )
+            )
         return True
 
     async def wait_for_room(self) -> None:
