@@ -1,7 +1,7 @@
 """The hub's metrics for Prometheus, served over HTTP when asked (``--metrics-port``), read from
 the running hub at each scrape: connections, registered and online agents, queued envelopes
-(in all and per agent, with the age of each agent's oldest), accepted, delivered and refused envelopes and their bytes, and the
-store's commits and the time they took.
+(in all and per agent, with the age of each agent's oldest), accepted, delivered and refused
+envelopes and their bytes, and the store's commits and the time they took.
 
 ``prometheus-client`` is an optional extra (``pip install 'agentmesh[metrics]'``); without it a
 hub asked for metrics refuses to start, saying so. Nothing here looks inside an envelope: the
