@@ -450,7 +450,9 @@ class Agent(_AgentFacade):
     # sending
     def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
         """Send ``{"text": text, **kwargs}``; returns the sealed Envelope."""
-        return self.send_payload(recipient_id, {"text": text, **kwargs})
+        if kwargs:
+            check_no_meta(kwargs)
+        return self._core.send_payload(recipient_id, {"text": text, **kwargs})
 
     def send_payload(
         self, recipient_id: str, payload: dict[str, Any], *, ttl: float | None = None

@@ -50,16 +50,16 @@ class Message:
         meta: dict[str, Any] | None = None,
         group: str | None = None,
     ):
-        _set = object.__setattr__
-        _set(self, "sender", sender)
-        _set(self, "recipient", recipient)
+        # (through the slots' own setters: ``__setattr__`` refuses, and this runs per message)
+        _set_sender(self, sender)
+        _set_recipient(self, recipient)
         if meta is None and META_KEY in payload:  # (rare: a request, a reply, a kind)
             meta = _take_meta(payload)
-        _set(self, "_meta", meta)
-        _set(self, "payload", payload)
-        _set(self, "_env", envelope)
-        _set(self, "_agent", agent)
-        _set(self, "group", group)
+        _set_meta(self, meta)
+        _set_payload(self, payload)
+        _set_env(self, envelope)
+        _set_agent(self, agent)
+        _set_group(self, group)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Message is immutable")
@@ -180,6 +180,12 @@ class Message:
             f"Message(sender={self.sender!r}, recipient={self.recipient!r}, {group}"
             f"type={self.type!r}, text={text!r}, id={self.id!r})"
         )
+
+
+_set_sender, _set_recipient, _set_meta, _set_payload, _set_env, _set_agent, _set_group = (
+    Message.__dict__[name].__set__
+    for name in ("sender", "recipient", "_meta", "payload", "_env", "_agent", "group")
+)
 
 
 def _message_from_bytes(

@@ -11,9 +11,9 @@ from agentmesh import Agent, LocalHub
 
 pytest.importorskip("prometheus_client", reason="the metrics extra is not installed")
 
-from prometheus_client import CollectorRegistry, generate_latest  # noqa: E402
+from prometheus_client import CollectorRegistry, generate_latest
 
-from agentmesh.agent_metrics import AgentMetrics, serve_metrics  # noqa: E402
+from agentmesh.agent_metrics import AgentMetrics, serve_metrics
 
 
 def parse(text: str) -> dict[str, float]:
@@ -67,7 +67,7 @@ def test_the_collector_goes_into_an_applications_registry_and_follows_added_agen
 
 def test_counters_match_status():
     hub = LocalHub()
-    alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+    alice, _bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
     alice.send("bob", text="hi")
     status, counters = alice.status(), alice.counters()
     for key in ("sent", "received", "rejected", "handler_errors"):
