@@ -12,7 +12,7 @@ use pyo3::types::{PyBytes, PyDict};
 use rand_core::OsRng;
 
 use crate::errors::to_py;
-use crate::json::{json_to_py, payload_to_json};
+use crate::json::{payload_to_plaintext, plaintext_to_py};
 use crate::keypair::PyAgentKeyPair;
 use crate::locks;
 
@@ -168,7 +168,7 @@ impl PyGroupSession {
 
     /// Seals a payload dict once for every member (signed by this identity).
     fn seal(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<PyGroupEnvelope> {
-        let json = payload_to_json(payload)?;
+        let json = payload_to_plaintext(payload)?;
         let kp = locks::read(py, &self.keypair.get().inner);
         let env = locks::lock(py, &self.state)
             .seal(&kp, &json, now_ms(), &mut OsRng)
@@ -207,7 +207,7 @@ impl PyGroupSession {
             locks::lock(py, &self.state).open(&env)
         }
         .map_err(to_py)?;
-        json_to_py(py, opened.payload())
+        plaintext_to_py(py, opened.payload())
     }
 
     /// Whether the state holds `sender`'s chain `chain_id` (see `GroupEnvelope.chain_id`).

@@ -12,7 +12,7 @@ use rand_core::OsRng;
 use crate::bundle;
 use crate::envelope::{envelope_arg, EnvelopeArg, PyEnvelope};
 use crate::errors::{to_py, IdentityError};
-use crate::json::{json_to_py, payload_to_json};
+use crate::json::{payload_to_plaintext, plaintext_to_py};
 use crate::keypair::PyAgentKeyPair;
 use crate::locks;
 
@@ -56,7 +56,7 @@ impl PyCryptoSession {
         if opened.accepted_setup().is_some() {
             locks::write(py, &self.keypair.get().inner).settle(&opened);
         }
-        json_to_py(py, opened.payload())
+        plaintext_to_py(py, opened.payload())
     }
 
     /// The (local, peer) ids; None while one is not fixed yet.
@@ -137,7 +137,7 @@ pub fn perform_key_exchange(
 impl PyCryptoSession {
     /// Encrypts (and in signed mode signs) a payload dict for the peer.
     fn seal(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<PyEnvelope> {
-        let json = payload_to_json(payload)?;
+        let json = payload_to_plaintext(payload)?;
         let kp_obj = self.keypair.get();
         let ts = now_ms();
         let mut session = locks::lock(py, &self.session);
@@ -162,7 +162,7 @@ impl PyCryptoSession {
         recipient_id: &str,
         payload: &Bound<'_, PyAny>,
     ) -> PyResult<PyEnvelope> {
-        let json = payload_to_json(payload)?;
+        let json = payload_to_plaintext(payload)?;
         let ts = now_ms();
         let sealed = {
             let mut session = locks::lock(py, &self.session);
@@ -241,7 +241,7 @@ impl PyCryptoSession {
     ) -> PyResult<Bound<'py, PyList>> {
         let jsons = payloads
             .try_iter()?
-            .map(|p| payload_to_json(&p?))
+            .map(|p| payload_to_plaintext(&p?))
             .collect::<PyResult<Vec<_>>>()?;
         let refs: Vec<&[u8]> = jsons.iter().map(Vec::as_slice).collect();
         let kp_obj = self.keypair.get();
