@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
 from typing import Any
 
 from . import crypto as _crypto
 
-__all__ = ["META_KEY", "Message"]
+__all__ = ["META_KEY", "Message", "json_safe"]
 
 Envelope = _crypto.Envelope
 
@@ -14,6 +16,23 @@ Envelope = _crypto.Envelope
 #: reply's ``reply_to`` and error), inside the encrypted payload; never shown in
 #: ``Message.payload`` and refused in a user's payload.
 META_KEY = "_agentmesh"
+
+
+def _bytes_as_json(value: bytes) -> dict[str, Any]:
+    return {"bytes": len(value), "base64": base64.b64encode(value).decode("ascii")}
+
+
+def json_safe(value: Any, render_bytes: Callable[[bytes], Any] = _bytes_as_json) -> Any:
+    """``value`` with every ``bytes`` in it (nested in dicts and lists too) replaced by
+    ``render_bytes(value)``; by default ``{"bytes": size, "base64": ...}``. Binary values travel
+    as raw bytes; this is only for showing a payload as JSON."""
+    if isinstance(value, bytes):
+        return render_bytes(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v, render_bytes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v, render_bytes) for v in value]
+    return value
 
 
 def _take_meta(payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -78,6 +97,12 @@ class Message:
         return self.payload.get("type", "message")  # type: ignore[no-any-return]
 
     @property
+    def data(self) -> bytes | None:
+        """``payload["data"]`` when it is binary (``send(peer, data=b"...")``), else None."""
+        value = self.payload.get("data")
+        return value if isinstance(value, bytes) else None
+
+    @property
     def timestamp(self) -> int:
         """Milliseconds since the epoch, set by the sender and covered by its signature."""
         return int(self._env.timestamp)
@@ -131,7 +156,8 @@ class Message:
         return self._env
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict of every field (what ``agentmesh listen`` prints)."""
+        """A JSON-safe dict of every field (what ``agentmesh listen`` prints); binary values
+        of the payload are shown as ``{"bytes": size, "base64": ...}`` (:func:`json_safe`)."""
         return {
             "id": self.id,
             "sender": self.sender,
@@ -140,7 +166,7 @@ class Message:
             "timestamp": self.timestamp,
             "type": self.type,
             "text": self.text,
-            "payload": self.payload,
+            "payload": json_safe(self.payload),
             "reply_to": self.reply_to,
         }
 

@@ -320,7 +320,9 @@ class Inbox:
 def _canonical(payload: dict[str, Any]) -> str:
     import json
 
-    return json.dumps(payload, sort_keys=True)
+    from .message import json_safe
+
+    return json.dumps(json_safe(payload), sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------
