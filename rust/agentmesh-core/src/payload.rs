@@ -15,7 +15,7 @@
 use std::borrow::Cow;
 
 use crate::error::{Error, Result};
-use crate::wire::{Reader, Writer};
+use crate::wire::Reader;
 
 /// The first four bytes of a framed payload: "AMP" and the framing version.
 pub const BINARY_PAYLOAD_MAGIC: [u8; 4] = *b"AMP\x01";
@@ -38,31 +38,82 @@ fn len_u32(len: usize, what: &'static str) -> Result<u32> {
     u32::try_from(len).map_err(|_| Error::InvalidInput(what))
 }
 
+/// A payload to seal, not laid out yet: [`Payload::write_into`] writes its plaintext form
+/// straight into the buffer being encrypted (a large binary value is copied once, into the
+/// envelope). `json` holds one reference per blob, numbered in order.
+#[derive(Debug, Clone, Copy)]
+pub struct Payload<'a> {
+    json: &'a [u8],
+    blobs: &'a [&'a [u8]],
+    len: usize,
+}
+
+impl<'a> Payload<'a> {
+    /// Plaintext bytes as they are (the pure-JSON form, or a framing made already).
+    pub fn plain(bytes: &'a [u8]) -> Self {
+        Self {
+            json: bytes,
+            blobs: &[],
+            len: bytes.len(),
+        }
+    }
+
+    /// JSON with references and the blobs they name; without blobs, the JSON as it is.
+    pub fn new(json: &'a [u8], blobs: &'a [&'a [u8]]) -> Result<Self> {
+        if blobs.is_empty() {
+            return Ok(Self::plain(json));
+        }
+        len_u32(blobs.len(), "too many binary values in one payload")?;
+        len_u32(json.len(), "payload JSON is too large")?;
+        let mut len = BINARY_PAYLOAD_MAGIC.len() + 8 + json.len();
+        for blob in blobs {
+            len_u32(blob.len(), "binary value is too large")?;
+            len = len
+                .checked_add(4 + blob.len())
+                .ok_or(Error::InvalidInput("binary payload is too large"))?;
+        }
+        Ok(Self { json, blobs, len })
+    }
+
+    /// The length of the plaintext form.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Appends the plaintext form to `out`.
+    pub fn write_into(&self, out: &mut Vec<u8>) {
+        if self.blobs.is_empty() {
+            out.extend_from_slice(self.json);
+            return;
+        }
+        // (sizes checked in `new`)
+        let be32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
+        out.reserve(self.len);
+        out.extend_from_slice(&BINARY_PAYLOAD_MAGIC);
+        out.extend_from_slice(&be32(self.blobs.len()));
+        out.extend_from_slice(&be32(self.json.len()));
+        out.extend_from_slice(self.json);
+        for blob in self.blobs {
+            out.extend_from_slice(&be32(blob.len()));
+            out.extend_from_slice(blob);
+        }
+    }
+}
+
 /// The plaintext payload of `json` (with one reference per blob, numbered in order) and
 /// `blobs`: `json` itself when there is no blob (byte for byte the pure-JSON form).
 pub fn encode<'a>(json: &'a [u8], blobs: &[&[u8]]) -> Result<Cow<'a, [u8]>> {
     if blobs.is_empty() {
         return Ok(Cow::Borrowed(json));
     }
-    let total = blobs
-        .iter()
-        .try_fold(BINARY_PAYLOAD_MAGIC.len() + 8 + json.len(), |acc, b| {
-            acc.checked_add(4 + b.len())
-        })
-        .ok_or(Error::InvalidInput("binary payload is too large"))?;
-    let mut w = Writer::with_capacity(total);
-    w.bytes(&BINARY_PAYLOAD_MAGIC);
-    w.u32(len_u32(
-        blobs.len(),
-        "too many binary values in one payload",
-    )?);
-    w.u32(len_u32(json.len(), "payload JSON is too large")?);
-    w.bytes(json);
-    for blob in blobs {
-        w.u32(len_u32(blob.len(), "binary value is too large")?);
-        w.bytes(blob);
-    }
-    Ok(Cow::Owned(w.buf))
+    let payload = Payload::new(json, blobs)?;
+    let mut out = Vec::with_capacity(payload.len());
+    payload.write_into(&mut out);
+    Ok(Cow::Owned(out))
 }
 
 /// A plaintext payload split into its JSON text and its blobs (none for the pure-JSON form).

@@ -7,7 +7,7 @@
 use std::cell::RefCell;
 use std::fmt::Write as _;
 
-use agentmesh_core::payload::{self, Blobs, BYTES_REFERENCE_KEY};
+use agentmesh_core::payload::{self, Blobs, Payload, BYTES_REFERENCE_KEY};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{
@@ -70,14 +70,40 @@ impl Blob<'_> {
     }
 }
 
-struct Out<'py> {
+/// A payload dict converted: its JSON (with a reference per binary value) and the binary
+/// values, which stay in their Python objects until the core lays them out.
+pub struct Out<'py> {
     json: Vec<u8>,
     blobs: Vec<Blob<'py>>,
 }
 
-/// Serialises a payload dict to its plaintext form: compact JSON, framed by the core when it
-/// holds binary values.
-pub fn payload_to_plaintext(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+impl Out<'_> {
+    /// The binary values in reference order (borrowed: they can be read with the GIL released).
+    pub fn blobs(&self) -> Vec<&[u8]> {
+        self.blobs.iter().map(Blob::as_slice).collect()
+    }
+
+    /// Runs `f` on the core's view of the payload (laid out by the core where it is sealed).
+    pub fn with_payload<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> PyResult<T> {
+        let blobs = self.blobs();
+        let payload = Payload::new(&self.json, &blobs).map_err(to_py)?;
+        Ok(f(&payload))
+    }
+
+    /// The plaintext form in one buffer.
+    pub fn into_plaintext(self) -> PyResult<Vec<u8>> {
+        if self.blobs.is_empty() {
+            return Ok(self.json);
+        }
+        let blobs = self.blobs();
+        Ok(payload::encode(&self.json, &blobs)
+            .map_err(to_py)?
+            .into_owned())
+    }
+}
+
+/// Converts a payload dict: compact JSON, and its binary values apart.
+pub fn payload_to_parts<'py>(payload: &Bound<'py, PyAny>) -> PyResult<Out<'py>> {
     let dict = payload.downcast::<PyDict>().map_err(|_| {
         PyTypeError::new_err(format!(
             "payload must be a dict, got {}",
@@ -94,13 +120,13 @@ pub fn payload_to_plaintext(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
     };
     let mut path = Vec::new();
     write_dict(dict, &mut out, &mut path)?;
-    if out.blobs.is_empty() {
-        return Ok(out.json);
-    }
-    let blobs: Vec<&[u8]> = out.blobs.iter().map(Blob::as_slice).collect();
-    Ok(payload::encode(&out.json, &blobs)
-        .map_err(to_py)?
-        .into_owned())
+    Ok(out)
+}
+
+/// Serialises a payload dict to its plaintext form: compact JSON, framed by the core when it
+/// holds binary values.
+pub fn payload_to_plaintext(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    payload_to_parts(payload)?.into_plaintext()
 }
 
 /// Bytes JSON requires escaped inside a string (serde_json escapes exactly these too).

@@ -12,12 +12,12 @@ use rand_core::OsRng;
 use crate::bundle;
 use crate::envelope::{envelope_arg, EnvelopeArg, PyEnvelope};
 use crate::errors::{to_py, IdentityError};
-use crate::json::{payload_to_plaintext, plaintext_to_py};
+use crate::json::{payload_to_parts, payload_to_plaintext, plaintext_to_py};
 use crate::keypair::PyAgentKeyPair;
 use crate::locks;
 
 /// Work on payloads at least this large runs with the GIL released (as pyca/cryptography does).
-const RELEASE_GIL_AT: usize = 16 * 1024;
+pub(crate) const RELEASE_GIL_AT: usize = 16 * 1024;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -137,19 +137,22 @@ pub fn perform_key_exchange(
 impl PyCryptoSession {
     /// Encrypts (and in signed mode signs) a payload dict for the peer.
     fn seal(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<PyEnvelope> {
-        let json = payload_to_plaintext(payload)?;
+        let parts = payload_to_parts(payload)?;
         let kp_obj = self.keypair.get();
         let ts = now_ms();
         let mut session = locks::lock(py, &self.session);
         let kp = locks::read(py, &kp_obj.inner);
-        let env = if json.len() >= RELEASE_GIL_AT {
-            let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-            py.allow_threads(|| s.seal(k, &json, ts, &mut OsRng))
-        } else {
-            session.seal(&kp, &json, ts, &mut OsRng)
-        }
-        .map_err(to_py)?;
-        Ok(PyEnvelope { inner: env })
+        let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
+        let env = parts.with_payload(|p| {
+            if p.len() >= RELEASE_GIL_AT {
+                py.allow_threads(|| s.seal_payload(k, p, ts, &mut OsRng))
+            } else {
+                s.seal_payload(k, p, ts, &mut OsRng)
+            }
+        })?;
+        Ok(PyEnvelope {
+            inner: env.map_err(to_py)?,
+        })
     }
 
     /// `seal(session, sender_keypair, sender_id, recipient_id, payload)`: the keypair and ids
