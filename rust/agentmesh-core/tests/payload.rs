@@ -9,7 +9,7 @@ mod common;
 use std::borrow::Cow;
 
 use agentmesh_core::payload::{
-    decode, encode, malformed_reference, write_reference, Blobs, BYTES_REFERENCE_KEY,
+    decode, encode, malformed_reference, write_reference, Blobs, Payload, BYTES_REFERENCE_KEY,
 };
 use agentmesh_core::{Envelope, Error, IdentityKeyPair, Mode, Session};
 use common::{TestRng, T0};
@@ -314,4 +314,28 @@ fn envelope_grows_by_the_framing_only() {
     let env = s.seal(&alice, &plaintext, T0, &mut rng).unwrap();
     let overhead = env.as_bytes().len() - blob.len();
     assert!(overhead < 400, "overhead {overhead} bytes");
+}
+
+#[test]
+fn seal_payload_lays_out_the_same_plaintext_in_both_modes() {
+    for mode in [Mode::Signed, Mode::Deniable] {
+        let mut rng = TestRng::new("seal_payload");
+        let alice = IdentityKeyPair::generate("alice", &mut rng).unwrap();
+        let bob = IdentityKeyPair::generate("bob", &mut rng).unwrap();
+        let mut a = Session::new(&alice, bob.public_bundle(), mode).unwrap();
+        let mut b = Session::new(&bob, alice.public_bundle(), mode).unwrap();
+        let json = with_refs(&[r#"{"a":"#, r#","b":["#, "]}"]);
+        let blobs: [&[u8]; 2] = [&[0u8; 100_000], b"\xff"];
+        let payload = Payload::new(&json, &blobs).unwrap();
+        let expected = encode(&json, &blobs).unwrap();
+        assert_eq!(payload.len(), expected.len());
+        for _ in 0..3 {
+            let env = a.seal_payload(&alice, &payload, T0, &mut rng).unwrap();
+            assert_eq!(b.unseal(&bob, &env).unwrap().payload(), &*expected);
+        }
+        let plain = a
+            .seal_payload(&alice, &Payload::plain(b"{}"), T0, &mut rng)
+            .unwrap();
+        assert_eq!(b.unseal(&bob, &plain).unwrap().payload(), b"{}");
+    }
 }
