@@ -16,7 +16,8 @@ import pytest
 from agentmesh import Agent, AsyncAgent, LocalHub
 from agentmesh import _native as native
 from agentmesh import crypto as c
-from agentmesh.errors import FormatError, VersionError
+from agentmesh.agent_rules import MAX_ENVELOPE_BYTES
+from agentmesh.errors import FormatError, MessageTooLargeError, VersionError
 
 BLOB = bytes(range(256)) * 16 + b"\x00\xff"  # every byte value, not UTF-8
 
@@ -48,6 +49,23 @@ def test_bytes_travel_pairwise_nested_and_as_message_data(every_hub) -> None:
         assert first.payload["parts"] == [b"a", {"b": b"\x00b"}]
         assert first.text == "file"
         assert second.data is None and second.payload == {"text": "plain"}
+    finally:
+        alice.close()
+        bob.close()
+
+
+def test_three_mib_fit_and_the_envelope_limit_holds(every_hub) -> None:
+    alice, bob = Agent("alice", hub=every_hub), Agent("bob", hub=every_hub)
+    got = collect(bob)
+    big = os.urandom(3 << 20)
+    try:
+        env = alice.send("bob", data=big)
+        assert len(env.to_bytes()) < len(big) + 512  # not base64: 3 MiB would be 4 MiB
+        with pytest.raises(MessageTooLargeError):
+            alice.send("bob", data=bytes(MAX_ENVELOPE_BYTES))
+        alice.flush(30)
+        wait_for(lambda: len(got) == 1, "the 3 MiB message")
+        assert got[0].data == big
     finally:
         alice.close()
         bob.close()
@@ -111,10 +129,12 @@ def test_nats_hub_carries_bytes(tmp_path) -> None:
         alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
         got = collect(bob)
         try:
+            big = os.urandom(3 << 20)  # (over NATS's default 1 MiB message size)
             alice.send("bob", text="file", data=BLOB)
+            alice.send("bob", text="big", data=big)
             alice.flush(30)
-            wait_for(lambda: len(got) == 1, "the message over NATS")
-            assert got[0].data == BLOB
+            wait_for(lambda: len(got) == 2, "the messages over NATS")
+            assert [m.data for m in got] == [BLOB, big]
         finally:
             alice.close()
             bob.close()
