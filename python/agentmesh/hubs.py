@@ -106,7 +106,8 @@ class LocalHub(Hub):
         self.directory.leave(core.agent_id, core, forget=True)
 
     def deliver(self, envelope: Any) -> None:
-        if type(envelope) is not Envelope:
+        pairwise = type(envelope) is Envelope
+        if not pairwise:
             envelope = _crypto.as_envelope(envelope)
         recipient = envelope.recipient
         directory = self.directory
@@ -119,7 +120,10 @@ class LocalHub(Hub):
                 raise ValueError(f"Peer {recipient!r} not found on hub") from None
             return
         directory.routed += 1
-        holder.receive(envelope)
+        if pairwise:
+            holder.receive_pairwise(envelope)  # (the common case, without the kind check)
+        else:
+            holder.receive(envelope)
 
     def deliver_group(self, upload: GroupUpload) -> None:
         """Fan one group message out to its recipients (one upload; each member's handlers
