@@ -132,13 +132,19 @@ class _Held:
         self.cores = [hub.local_agent(name) for name in names]
         self.kept: list[list[Any]] = [[] for _ in names]
 
+    #: the core's ways in: LocalHub hands a pairwise envelope to ``receive_pairwise`` and
+    #: anything else to ``receive``
+    WAYS_IN = ("receive", "receive_pairwise")
+
     def hold(self) -> None:
         for core, kept in zip(self.cores, self.kept, strict=True):
-            core.receive = kept.append
+            for way in self.WAYS_IN:
+                setattr(core, way, kept.append)
 
     def release(self) -> None:
         for core, kept in zip(self.cores, self.kept, strict=True):
-            del core.receive  # (the class's again)
+            for way in self.WAYS_IN:
+                delattr(core, way)  # (the class's again)
             for envelope in kept:
                 core.receive(envelope)
             kept.clear()

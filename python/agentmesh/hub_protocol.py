@@ -63,6 +63,7 @@ __all__ = [
     "encode_error",
     "encode_frame",
     "encode_hello",
+    "encode_recipient_block",
     "encode_register",
     "encode_request",
     "encode_response",
@@ -70,6 +71,7 @@ __all__ = [
     "encode_send_ack",
     "encode_send_error",
     "encode_send_group",
+    "encode_send_group_block",
     "encode_send_group_error",
     "encode_welcome",
     "error_for_code",
@@ -94,6 +96,7 @@ _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _SEND_HEAD = struct.Struct(">IBQB")  # frame header + client seq + recipient length
 _DELIVER_HEAD = struct.Struct(">IBQ")  # frame header + delivery id
+_SEND_GROUP_HEAD = struct.Struct(">IBQ")  # frame header + client seq
 _ACK_FRAME = struct.Struct(">IBQ")
 _HELLO = struct.Struct(">4sHH")
 _WELCOME = struct.Struct(">H32s16sIII")
@@ -421,14 +424,27 @@ def decode_send(body: bytes) -> tuple[int, str, bytes]:
 def encode_send_group(client_seq: int, recipients: list[bytes], envelope: bytes) -> bytes:
     """A SEND_GROUP frame; ``recipients`` are UTF-8 encoded ids (1..255 bytes each), 1 to
     MAX_FANOUT_RECIPIENTS of them."""
+    return encode_send_group_block(client_seq, encode_recipient_block(recipients), envelope)
+
+
+def encode_recipient_block(recipients: list[bytes]) -> bytes:
+    """``u16 n | (u8 length | id) x n``: the recipient list of a SEND_GROUP (kept by a sender
+    that sends to the same members again)."""
     if not 1 <= len(recipients) <= MAX_FANOUT_RECIPIENTS:
         raise ValueError(f"a SEND_GROUP names 1..{MAX_FANOUT_RECIPIENTS} recipients")
-    parts = [_U64.pack(client_seq), _U16.pack(len(recipients))]
+    parts = [_U16.pack(len(recipients))]
     for rb in recipients:
         parts.append(bytes((len(rb),)))
         parts.append(rb)
-    parts.append(envelope)
-    return encode_frame(FrameType.SEND_GROUP, b"".join(parts))
+    return b"".join(parts)
+
+
+def encode_send_group_block(client_seq: int, block: bytes, envelope: bytes) -> bytes:
+    """A SEND_GROUP frame from a recipient block (:func:`encode_recipient_block`)."""
+    head = _SEND_GROUP_HEAD.pack(
+        9 + len(block) + len(envelope), FrameType.SEND_GROUP, client_seq
+    )
+    return head + block + envelope
 
 
 def decode_send_group(body: bytes) -> tuple[int, list[str], bytes]:

@@ -247,3 +247,31 @@ def test_a_hub_that_does_not_say_fanout_gets_one_send_per_member(server: Network
             await x.close()
 
     run(go())
+
+
+def test_a_recipient_list_changed_in_place_is_read_again(server: NetworkHubServer) -> None:
+    """The client keeps the last recipient list's encoding (a group sends to the same members
+    again and again) but compares the list in full each time."""
+    alice, bob, carol = new_keypair("alice"), new_keypair("bob"), new_keypair("carol")
+
+    async def go() -> None:
+        b, c, a = (HubClient(HOST, server.port) for _ in range(3))
+        got_b, got_c = Collector(), Collector()
+        await b.register(bob, got_b)
+        await c.register(carol, got_c)
+        await a.register(alice, Collector())
+        members = ["bob", "carol"]
+        first, second = group_message(alice), group_message(alice, n=1)
+        a.send_group_nowait(members, first)
+        members.remove("carol")
+        a.send_group_nowait(members, second)
+        await a.flush(30)
+        await got_b.wait_for(2)
+        await got_c.wait_for(1)
+        await asyncio.sleep(0.3)
+        assert got_b.raw == [address(first, "bob"), address(second, "bob")]
+        assert got_c.raw == [address(first, "carol")]
+        for x in (a, b, c):
+            await x.close()
+
+    run(go())

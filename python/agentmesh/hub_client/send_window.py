@@ -23,8 +23,10 @@ from agentmesh.hub_protocol import (
     ErrorCode,
     HubRequestError,
     PeerNotFoundError,
+    encode_recipient_block,
     encode_send,
     encode_send_group,
+    encode_send_group_block,
     error_for_code,
 )
 
@@ -49,6 +51,7 @@ class SendWindow:
         self._missing: dict[str, float] = {}
         self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._room: asyncio.Event | None = None
+        self._last_recipients: tuple[list[str], list[bytes], bytes, str] | None = None
         self.sent = 0
 
     def bind(self, loop: asyncio.AbstractEventLoop) -> None:
@@ -125,15 +128,18 @@ class SendWindow:
         when there is no room. With ``fanout`` (the hub said so in READY) one SEND_GROUP
         frame (more when the copies' bytes exceed ``FANOUT_BYTES_PER_FRAME`` or the frame
         limit); from a hub without it, one SEND of each member's copy."""
-        recipients = check_recipients(recipients)
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             raise TypeError("envelope must be bytes")
         data = bytes(envelope)
-        encoded = [r.encode("utf-8") for r in recipients]
+        recipients, encoded, block, label = self._recipients(recipients)
         missing: list[PeerNotFoundError] = []
-        if fanout:
+        whole = (
+            len(encoded) * (len(data) + 256) <= FANOUT_BYTES_PER_FRAME
+            and 1 + 8 + len(block) + len(data) <= max_frame
+        )
+        if fanout and not whole:
             parts = _fanout_parts(encoded, len(data), max_frame)
-        else:
+        elif not fanout:
             copies = address_all(data, recipients)
             kept = []
             for recipient, rb, copy in zip(recipients, encoded, copies, strict=True):
@@ -148,7 +154,10 @@ class SendWindow:
         if not room.is_set():
             return False
         frames = []
-        if fanout:
+        if fanout and whole:  # (the usual case: one frame, the recipient block kept)
+            self._seq += 1
+            frames.append((label, encode_send_group_block(self._seq, block, data)))
+        elif fanout:
             for part in parts:
                 self._seq += 1
                 label = ", ".join(r.decode("utf-8") for r in part)
@@ -166,6 +175,19 @@ class SendWindow:
                 )
             )
         return True
+
+    def _recipients(self, recipients: list[str]) -> tuple[list[str], list[bytes], bytes, str]:
+        """(recipients checked, their UTF-8 ids, their SEND_GROUP block, their names for an
+        error); a group sends to the same members again and again, so the last list's are
+        kept (compared in full)."""
+        kept = self._last_recipients
+        if kept is not None and kept[0] == recipients:
+            return kept
+        checked = check_recipients(recipients)
+        encoded = [r.encode("utf-8") for r in checked]
+        kept = (checked, encoded, encode_recipient_block(encoded), ", ".join(checked))
+        self._last_recipients = kept
+        return kept
 
     async def wait_for_room(self) -> None:
         room = self._room
