@@ -111,23 +111,23 @@ class LocalHub(Hub):
             envelope = _crypto.as_envelope(envelope)
         recipient = envelope.recipient
         directory = self.directory
-        directory.uploads += 1
         holder = directory.holder(recipient)
         if not isinstance(holder, _AgentCore):
-            try:
+            try:  # (queued for a backend: enqueue counts the upload)
                 directory.enqueue(recipient, bytes(envelope.to_bytes()))
             except PeerNotFoundError:
                 raise ValueError(f"Peer {recipient!r} not found on hub") from None
             return
         directory.routed += 1
+        directory.uploads += 1
         if pairwise:
             holder.receive_pairwise(envelope)  # (the common case, without the kind check)
         else:
             holder.receive(envelope)
 
     def deliver_group(self, upload: GroupUpload) -> None:
-        """Fan one group message out to its recipients (one upload; each member's handlers
-        run in this thread, in the order of ``upload.recipients``). A member not found is
+        """Fan one group message out to its recipients (one upload; each LocalHub agent's
+        handlers run in this thread, a backend's copy is queued). A member not found is
         reported after the others got their copy: ValueError naming it."""
         refusals = self.directory.enqueue_group(upload.recipients, upload.data)
         if refusals:
