@@ -275,3 +275,31 @@ def test_a_recipient_list_changed_in_place_is_read_again(server: NetworkHubServe
             await x.close()
 
     run(go())
+
+
+def test_a_fan_out_past_16_mib_of_copies_is_split_into_several_uploads(
+    server: NetworkHubServer,
+) -> None:
+    alice = new_keypair("alice")
+    members = [new_keypair(f"big{i}") for i in range(5)]
+
+    async def go() -> None:
+        clients, collectors = [], []
+        for kp in members:
+            c, got = HubClient(HOST, server.port), Collector()
+            await c.register(kp, got)
+            clients.append(c)
+            collectors.append(got)
+        a = HubClient(HOST, server.port)
+        await a.register(alice, Collector())
+        message = group_message(alice, size=3_500_000)  # 5 copies: past 16 MiB in all
+        assert a.send_group_nowait([kp.agent_id for kp in members], message)
+        await a.flush(60)
+        for kp, got in zip(members, collectors, strict=True):
+            await got.wait_for(1, timeout=60)
+            assert got.raw == [address(message, kp.agent_id)]
+        assert (stats(server).fanout_uploads, stats(server).fanout_copies) == (2, 5)
+        for c in [a, *clients]:
+            await c.close()
+
+    run(go())
