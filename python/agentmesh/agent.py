@@ -152,6 +152,7 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
         self._closing_link: Any = None  # the network link this agent closed
         self._transport: Any = None
         self._transmit: Callable[[Any], Any] | None = None
+        self._transmit_expiring: Callable[[Any, int], Any] | None = None
         self._autosave = False
         self._next_save = 0.0
         # peer id -> its session's export, sealed at rest under the identity (Rust seals it: no
@@ -232,11 +233,13 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
         self.hub = hub
         self._transport = transport
         self._transmit = transport.send
+        self._transmit_expiring = transport.send_expiring
         self._autosave = bool(getattr(transport, "local", False)) and self.store is not None
         self.attached.set()
 
     def detach(self) -> None:
         self._transmit = None
+        self._transmit_expiring = None
         self._transport = None
 
     # -- handlers -------------------------------------------------------------------------------
@@ -279,9 +282,10 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
         self.transmit(env)
         return env
 
-    def transmit(self, env: Any) -> None:
+    def transmit(self, env: Any, expires_ms: int = 0) -> None:
         """Hand a sealed envelope to the hub (``MessageTooLargeError`` past the one limit
-        every hub shares: nothing is sent)."""
+        every hub shares: nothing is sent). ``expires_ms`` (ms since the epoch): the hub
+        should not deliver it after that (the sender's ``ttl``)."""
         size = len(env)
         if size > MAX_ENVELOPE_BYTES:
             raise MessageTooLargeError(
@@ -289,6 +293,11 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
                 f"{MAX_ENVELOPE_BYTES:,} bytes per message on every hub; send it in parts, or "
                 "pass a reference to where the data is (a path, a URL) instead"
             )
+        if expires_ms:
+            transmit_expiring = self._transmit_expiring
+            if transmit_expiring is not None:
+                transmit_expiring(env, expires_ms)
+                return
         transmit = self._transmit
         if transmit is not None:
             transmit(env)

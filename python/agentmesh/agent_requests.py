@@ -173,7 +173,12 @@ class _Requests(AgentCoreState):
         if isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not ttl > 0:
             raise ValueError(f"ttl must be a positive number of seconds, not {ttl!r}")
         check_no_meta(payload)
-        return self.send_payload(peer, {**payload, META_KEY: {"ttl_ms": round(ttl * 1000)}})
+        ttl_ms = round(ttl * 1000)
+        env = self.seal_for(peer, {**payload, META_KEY: {"ttl_ms": ttl_ms}})
+        # (the hub drops it undelivered after the expiry; the recipient checks it itself too,
+        # against the sender's signed time stamp and ttl)
+        self.transmit(env, int(env.timestamp) + ttl_ms)
+        return env
 
     def send_kind(self, peer: str, kind: str, payload: dict[str, Any]) -> Any:
         """Send ``payload`` as a message of ``kind`` (taken by the peer's interceptor)."""

@@ -96,8 +96,11 @@ class Backend(Protocol):
     async def list_agents(self) -> list[str]:
         """The registered agent ids."""
 
-    def send_nowait(self, recipient: str, envelope: bytes) -> bool:
-        """Queue an envelope; False when there is no room yet (see ``wait_for_room``)."""
+    def send_nowait(self, recipient: str, envelope: bytes, expires_ms: int = 0) -> bool:
+        """Queue an envelope; False when there is no room yet (see ``wait_for_room``).
+        ``expires_ms`` (ms since the epoch, 0: none): the sender's expiry (``ttl``), which the
+        recipient checks inside the message anyway; a backend that can should not deliver
+        the envelope after it (the network hub and LocalHub drop it)."""
 
     def send_group_nowait(self, recipients: list[str], envelope: bytes) -> bool:
         """Queue one group message (unaddressed form) for every recipient (distinct ids, at

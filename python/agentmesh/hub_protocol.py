@@ -55,6 +55,7 @@ __all__ = [
     "decode_send",
     "decode_send_ack",
     "decode_send_error",
+    "decode_send_expiring",
     "decode_send_group",
     "decode_send_group_error",
     "decode_welcome",
@@ -70,6 +71,7 @@ __all__ = [
     "encode_send",
     "encode_send_ack",
     "encode_send_error",
+    "encode_send_expiring",
     "encode_send_group",
     "encode_send_group_block",
     "encode_send_group_error",
@@ -95,6 +97,7 @@ _U64 = struct.Struct(">Q")
 _U32 = struct.Struct(">I")
 _U16 = struct.Struct(">H")
 _SEND_HEAD = struct.Struct(">IBQB")  # frame header + client seq + recipient length
+_SEND_EXPIRING_HEAD = struct.Struct(">IBQQB")  # ... + client seq + expires + recipient length
 _DELIVER_HEAD = struct.Struct(">IBQ")  # frame header + delivery id
 _SEND_GROUP_HEAD = struct.Struct(">IBQ")  # frame header + client seq
 _ACK_FRAME = struct.Struct(">IBQ")
@@ -136,6 +139,10 @@ class FrameType(IntEnum):
     # S: u64 client seq | u16 error code | u8 length | recipient | message (UTF-8): one member
     # of a SEND_GROUP refused (the others' copies are stored; SEND_ACK covers the seq)
     SEND_GROUP_ERROR = 0x16
+    # C: u64 client seq | u64 expires (ms since the epoch) | u8 recipient length | recipient |
+    # envelope: a SEND the hub must not deliver after ``expires`` (it drops it then). Only to a
+    # hub whose READY says ``expiry``.
+    SEND_EXPIRING = 0x17
     PING = 0x20  # either: opaque body (<= 64 bytes), answered by PONG with the same body
     PONG = 0x21  # either: echo of the PING body
     REQUEST = 0x30  # C: u32 request id | u8 op | argument (UTF-8)
@@ -419,6 +426,34 @@ def decode_send(body: bytes) -> tuple[int, str, bytes]:
     except UnicodeDecodeError:
         raise ProtocolError(ErrorCode.PROTOCOL, "recipient is not UTF-8") from None
     return seq, recipient, body[9 + rlen :]
+
+
+def encode_send_expiring(
+    client_seq: int, expires_ms: int, recipient: bytes, envelope: bytes
+) -> bytes:
+    """A SEND_EXPIRING frame: a SEND the hub drops, undelivered, after ``expires_ms`` (ms since
+    the epoch)."""
+    rlen = len(recipient)
+    return (
+        _SEND_EXPIRING_HEAD.pack(
+            1 + 16 + 1 + rlen + len(envelope),
+            FrameType.SEND_EXPIRING,
+            client_seq,
+            expires_ms,
+            rlen,
+        )
+        + recipient
+        + envelope
+    )
+
+
+def decode_send_expiring(body: bytes) -> tuple[int, int, str, bytes]:
+    """Return (client seq, expires in ms since the epoch, recipient, envelope)."""
+    if len(body) < 18:
+        raise ProtocolError(ErrorCode.PROTOCOL, "short SEND_EXPIRING frame")
+    expires = _U64.unpack_from(body, 8)[0]
+    seq, recipient, envelope = decode_send(body[:8] + body[16:])
+    return seq, expires, recipient, envelope
 
 
 def encode_send_group(client_seq: int, recipients: list[bytes], envelope: bytes) -> bytes:

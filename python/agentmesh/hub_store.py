@@ -37,7 +37,7 @@ log = logging.getLogger("agentmesh.hub")
 #: Sequence numbers are reserved durably in blocks of this size (see ``next_seq``).
 SEQ_BLOCK = 1 << 20
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: inbox.expires_at (a version-1 store is migrated when opened)
 
 
 @dataclass
@@ -150,7 +150,13 @@ class Inbox(ABC):
         envelope may be delivered before its own commit."""
 
     @abstractmethod
-    def put(self, recipient: str, seq: int, envelope: bytes, token: Any) -> None: ...
+    def put(
+        self, recipient: str, seq: int, envelope: bytes, token: Any, expires_ms: int = 0
+    ) -> None:
+        """Store ``envelope`` for ``recipient`` under ``seq`` with the next commit.
+        ``expires_ms`` (ms since the epoch; 0: never): when the sender's expiry passes, the
+        hub drops it instead of delivering it (it is kept, and returned by ``fetch``, until
+        then)."""
 
     @abstractmethod
     def put_many(self, rows: list[tuple[int, str, bytes]], token: Any) -> None:
@@ -168,8 +174,11 @@ class Inbox(ABC):
         agent's client session (see :attr:`BindResult.acked_seq`)."""
 
     @abstractmethod
-    async def fetch(self, recipient: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
-        """Committed, unacknowledged envelopes of ``recipient`` with seq > ``after_seq``."""
+    async def fetch(
+        self, recipient: str, after_seq: int, limit: int
+    ) -> list[tuple[int, bytes, int]]:
+        """Committed, unacknowledged envelopes of ``recipient`` with seq > ``after_seq``:
+        ``(seq, envelope, expires_ms)`` (0: no expiry)."""
 
     @abstractmethod
     async def barrier(self) -> None:

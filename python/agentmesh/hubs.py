@@ -76,6 +76,7 @@ class _LocalTransport:
     def __init__(self, hub: LocalHub) -> None:
         self.send = hub.deliver
         self.send_group = hub.deliver_group
+        self.send_expiring = hub.deliver_expiring
 
     def flush(self, timeout: float | None = None) -> None:
         return None
@@ -132,6 +133,20 @@ class LocalHub(Hub):
         refusals = self.directory.enqueue_group(upload.recipients, upload.data)
         if refusals:
             raise refused_members([(str(exc.recipient), str(exc)) for exc in refusals])
+
+    def deliver_expiring(self, envelope: Any, expires_ms: int) -> None:
+        """:meth:`deliver` for an envelope not to be delivered after ``expires_ms`` (ms since
+        the epoch): a LocalHub agent gets it now; one queued for a backend that is offline
+        is dropped once that time has passed."""
+        if type(envelope) is not Envelope:
+            envelope = _crypto.as_envelope(envelope)
+        if isinstance(self.directory.holder(envelope.recipient), _AgentCore):
+            self.deliver(envelope)
+            return
+        try:
+            self.directory.enqueue(envelope.recipient, bytes(envelope.to_bytes()), expires_ms)
+        except PeerNotFoundError:
+            raise ValueError(f"Peer {envelope.recipient!r} not found on hub") from None
 
     def local_agent(self, agent_id: str) -> _AgentCore | None:
         """The agent of this process registered as ``agent_id`` (None: none, or a backend)."""

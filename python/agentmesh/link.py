@@ -152,6 +152,21 @@ def _close_links_at_exit() -> None:
         link.shut_down.wait(5.0)
 
 
+class _Expiring:
+    """An envelope in the outbox with the time (ms since the epoch) after which the backend
+    should not deliver it."""
+
+    __slots__ = ("envelope", "expires_ms")
+
+    def __init__(self, envelope: Any, expires_ms: int) -> None:
+        self.envelope = envelope
+        self.expires_ms = expires_ms
+
+    @property
+    def counter(self) -> int:
+        return int(self.envelope.counter)
+
+
 def hub_error(exc: BaseException, what: str) -> HubError:
     if isinstance(exc, HubError):
         return exc
@@ -276,13 +291,18 @@ class AgentLink:
         if self._closing:
             raise RuntimeError(f"agent {self.core.agent_id!r} is closed")
         self._outbox.append(envelope)
-        if self._writer_thread is not None and envelope.counter == 0:
+        if self._writer_thread is not None and envelope.counter == 0:  # (an _Expiring too)
             # a new sending chain (a DH step or a set-up): its keys reach the disk right after
             # it leaves, so that the peer's answers to it stay readable after a crash
             self._writer_thread.after_send()
         if not self._scheduled:
             self._scheduled = True
             self.loop.call_soon_threadsafe(self._kick)
+
+    def send_expiring(self, envelope: Any, expires_ms: int) -> None:
+        """:meth:`send` for an envelope the backend should not deliver after ``expires_ms``
+        (ms since the epoch)."""
+        self.send(_Expiring(envelope, expires_ms))
 
     def send_group(self, upload: GroupUpload) -> None:
         """Queue one group message for all its recipients: one upload (``Backend.
@@ -331,9 +351,14 @@ class AgentLink:
         is reported (see flush) and ends the envelope's journey."""
         if type(env) is GroupUpload:
             return self._try_send_group(env)
+        expires_ms = 0
+        if type(env) is _Expiring:
+            env, expires_ms = env.envelope, env.expires_ms
         recipient, data = env.recipient, env.to_bytes()
         while True:
             try:
+                if expires_ms:
+                    return bool(self.backend.send_nowait(recipient, data, expires_ms))
                 return bool(self.backend.send_nowait(recipient, data))
             except Exception as exc:
                 self._note_error(exc, recipient)

@@ -23,6 +23,7 @@ import collections
 import contextlib
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ class _Inbox:
     queued: collections.OrderedDict[int, bytes] = field(default_factory=collections.OrderedDict)
     holder: Any = None  # the LocalBackend receiving for the id, or a LocalHub agent's core
     bytes: int = 0
+    # position -> when (ms since the epoch) the sender's expiry passes: dropped undelivered then
+    expiries: dict[int, int] = field(default_factory=dict)
 
 
 class LocalDirectory:
@@ -63,6 +66,7 @@ class LocalDirectory:
         self.routed = 0
         #: hand-overs by senders: one per envelope, and one per fan-out however many copies
         self.uploads = 0
+        self.expired = 0  # queued envelopes dropped undelivered: their expiry passed
         #: the ids held by a LocalHub agent (handed envelopes at once, never queued)
         self._local_agents: dict[str, Any] = {}
 
@@ -154,13 +158,16 @@ class LocalDirectory:
 
     # -- inboxes ------------------------------------------------------------------------------
 
-    def enqueue(self, recipient: str, envelope: bytes) -> int:
+    def enqueue(self, recipient: str, envelope: bytes, expires_ms: int = 0) -> int:
         """Queue ``envelope``; returns its position (0: handed straight to a ``LocalHub``
         agent, whose handlers ran in this thread, as ``LocalHub.deliver`` does). A refusal
-        names the recipient."""
+        names the recipient. ``expires_ms`` (ms since the epoch): a queued envelope still
+        undelivered then is dropped (counted in ``expired``)."""
         with self.lock:
             self.uploads += 1
             holder, position = self._queue(recipient, envelope)
+            if position and expires_ms:
+                self._inboxes[recipient].expiries[position] = expires_ms
         return self._hand_over(holder, position, envelope)
 
     def enqueue_group(self, recipients: list[str], envelope: bytes) -> list[HubRequestError]:
@@ -257,6 +264,8 @@ class LocalDirectory:
             inbox = self._inboxes.get(agent_id)
             if inbox is None:
                 return []
+            if inbox.expiries:
+                self._drop_expired(inbox)
             out: list[Delivery] = []
             for position, envelope in inbox.queued.items():
                 if position > after:
@@ -264,6 +273,17 @@ class LocalDirectory:
                     if len(out) >= limit:
                         break
             return out
+
+    def _drop_expired(self, inbox: _Inbox) -> None:
+        """(The caller holds the lock.) Drop the queued envelopes whose expiry has passed."""
+        now_ms = time.time() * 1000
+        for position, expires_ms in list(inbox.expiries.items()):
+            if expires_ms <= now_ms:
+                del inbox.expiries[position]
+                envelope = inbox.queued.pop(position, None)
+                if envelope is not None:
+                    inbox.bytes -= len(envelope)
+                    self.expired += 1
 
     def acknowledge(self, agent_id: str, positions: list[int]) -> None:
         with self.lock:
@@ -274,6 +294,7 @@ class LocalDirectory:
                 envelope = inbox.queued.pop(position, None)
                 if envelope is not None:
                     inbox.bytes -= len(envelope)
+                    inbox.expiries.pop(position, None)
 
 
 class LocalBackend:
@@ -367,10 +388,10 @@ class LocalBackend:
     async def list_agents(self) -> list[str]:
         return self.directory.agents()
 
-    def send_nowait(self, recipient: str, envelope: bytes) -> bool:
+    def send_nowait(self, recipient: str, envelope: bytes, expires_ms: int = 0) -> bool:
         self._registered()
         try:
-            self.directory.enqueue(recipient, envelope)
+            self.directory.enqueue(recipient, envelope, expires_ms)
         except HubError as exc:
             if self._error is None:
                 self._error = exc  # raised by flush, as the network hub's refusals are

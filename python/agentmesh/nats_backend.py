@@ -312,7 +312,8 @@ class NatsBackend:
         assert self.directory is not None
         return await self.directory.get_bundle(agent_id) is not None
 
-    def send_nowait(self, recipient: str, envelope: bytes) -> bool:
+    def send_nowait(self, recipient: str, envelope: bytes, expires_ms: int = 0) -> bool:
+        # (``expires_ms`` is not enforced by the cluster: the recipient drops what expired)
         sender = self._sender
         if self._closed:
             raise HubError("the NATS backend is closed")

@@ -28,6 +28,7 @@ from agentmesh.hub_protocol import (
     decode_send,
     decode_send_ack,
     decode_send_error,
+    decode_send_expiring,
     decode_welcome,
     encode_acks,
     encode_deliver,
@@ -40,6 +41,7 @@ from agentmesh.hub_protocol import (
     encode_send,
     encode_send_ack,
     encode_send_error,
+    encode_send_expiring,
     encode_welcome,
     error_for_code,
     iter_acks,
@@ -143,6 +145,16 @@ def test_send_deliver_acks_codecs() -> None:
     assert decode_send_ack(body) == 5
     _, body = one(encode_send_error(7, ErrorCode.INBOX_FULL, "inbox full"))
     assert decode_send_error(body) == (7, ErrorCode.INBOX_FULL, "inbox full")
+
+
+def test_send_expiring_codec() -> None:
+    ftype, body = one(encode_send_expiring(3, 1_700_000_000_123, b"bob", b"\x00env"))
+    assert ftype == FrameType.SEND_EXPIRING
+    assert decode_send_expiring(body) == (3, 1_700_000_000_123, "bob", b"\x00env")
+    with pytest.raises(ProtocolError, match="short SEND_EXPIRING"):
+        decode_send_expiring(b"\x00" * 17)
+    with pytest.raises(ProtocolError, match="bad recipient"):
+        decode_send_expiring(b"\x00" * 16 + b"\x05ab")
 
 
 def test_requests_responses_errors() -> None:

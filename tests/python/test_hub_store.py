@@ -59,7 +59,8 @@ def test_put_commit_fetch_ack(tmp_path: Path) -> None:
         assert rec.tokens == [("t", i) for i in range(100)]  # in submission order
         assert seqs == sorted(seqs) and len(set(seqs)) == 100
         rows = await store.fetch("bob", 0, 10)
-        assert [e for _, e in rows] == [b"env%d" % i for i in range(10)]
+        assert [e for _, e, _ in rows] == [b"env%d" % i for i in range(10)]
+        assert {x for _, _, x in rows} == {0}  # (no expiry given)
         rows = await store.fetch("bob", rows[-1][0], 1000)
         assert len(rows) == 90
         assert await store.fetch("carol", 0, 10) == []
@@ -115,7 +116,7 @@ def test_a_fan_outs_rows_commit_together_under_one_token(tmp_path: Path) -> None
         await store.barrier()
         assert commits == [["upload"]]  # one commit, reported once
         for seq, member, copy in rows:
-            assert await store.fetch(member, 0, 10) == [(seq, copy)]
+            assert await store.fetch(member, 0, 10) == [(seq, copy, 0)]
         assert store.message_count == 3
         await store.close()
         reopened = SQLiteBackend(tmp_path / "hub.db")
@@ -262,3 +263,36 @@ def test_default_store_path(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> 
 def test_bad_synchronous_setting() -> None:
     with pytest.raises(ValueError):
         SQLiteBackend("x.db", synchronous="OFF")
+
+
+def test_a_store_from_before_expiries_is_migrated_and_keeps_its_envelopes(tmp_path: Path) -> None:
+    path = tmp_path / "old.sqlite3"
+    db = sqlite3.connect(str(path))  # the version-1 layout of the inbox, one envelope queued
+    db.executescript(
+        """
+        CREATE TABLE meta (key TEXT PRIMARY KEY, value) WITHOUT ROWID;
+        CREATE TABLE inbox (seq INTEGER PRIMARY KEY, recipient TEXT NOT NULL,
+                            envelope BLOB NOT NULL, enqueued_at INTEGER NOT NULL);
+        INSERT INTO meta VALUES ('schema_version', 1);
+        INSERT INTO inbox VALUES (7, 'bob', x'656e76', 1);
+        """
+    )
+    db.commit()
+    db.close()
+
+    async def go() -> None:
+        store = SQLiteBackend(path)
+        state = await store.open()
+        assert state.queues == {"bob": (1, 3)}
+        assert await store.fetch("bob", 0, 10) == [(7, b"env", 0)]
+        seq, _ = store.next_seq()
+        store.put("bob", seq, b"later", None, 123)
+        await store.barrier()
+        assert await store.fetch("bob", 7, 10) == [(seq, b"later", 123)]
+        await store.close()
+
+    run(go)
+    version = sqlite3.connect(str(path)).execute(
+        "SELECT value FROM meta WHERE key = 'schema_version'"
+    ).fetchone()[0]
+    assert version == 2

@@ -198,6 +198,8 @@ class Connection(asyncio.Protocol):
                     self.pump.on_acks(body)
                 elif ftype == FrameType.SEND_GROUP:
                     self.intake.on_send_group(body)
+                elif ftype == FrameType.SEND_EXPIRING:
+                    self.intake.on_send_expiring(body)
                 else:
                     coro = self._on_other(ftype, body)
                     if coro is not None:

@@ -45,6 +45,7 @@ class HubStats:
         self.accepted_bytes = 0
         self.delivered = 0  # deliveries acknowledged by their recipients
         self.delivered_bytes = 0
+        self.expired = 0  # envelopes dropped undelivered: their sender's expiry passed
         self.refused: dict[str, int] = {}  # SEND_ERROR reason -> how many
 
     def refuse(self, reason: str) -> None:

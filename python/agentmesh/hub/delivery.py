@@ -15,6 +15,7 @@ the DELIVERY_ACKs that delete them.
 from __future__ import annotations
 
 import logging
+import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +25,7 @@ from agentmesh.hub_protocol import (
     ErrorCode,
     ProtocolError,
     decode_send,
+    decode_send_expiring,
     decode_send_group,
     encode_deliver,
     encode_send_ack,
@@ -124,6 +126,16 @@ class SendIntake:
 
     def on_send(self, body: bytes) -> None:
         cseq, recipient, envelope = decode_send(body)
+        self._accept(cseq, recipient, envelope, 0)
+
+    def on_send_expiring(self, body: bytes) -> None:
+        cseq, expires_ms, recipient, envelope = decode_send_expiring(body)
+        self._accept(cseq, recipient, envelope, expires_ms)
+
+    def _accept(self, cseq: int, recipient: str, envelope: bytes, expires_ms: int) -> None:
+        """Take one envelope for ``recipient`` (``expires_ms``: never delivered after it,
+        ms since the epoch; 0: no expiry). One that has expired already is stored and
+        acknowledged like the others, and dropped when its turn to be delivered comes."""
         if not self._admit(cseq):
             return
         ast = self.hub.agents.get(recipient)
@@ -147,10 +159,10 @@ class SendIntake:
         ast.bytes += size
         ast.uncommitted += 1
         ast.puts += 1
-        store.put(recipient, hseq, envelope, (self, cseq, size, ast))
+        store.put(recipient, hseq, envelope, (self, cseq, size, ast), expires_ms)
         store.note_progress(conn.agent_id, conn.session, cseq)  # type: ignore[arg-type]
         self._note_uncommitted(cseq, size)
-        _offer(ast, hseq, envelope, early)
+        _offer(ast, hseq, envelope, early, expires_ms)
 
     def _note_uncommitted(self, cseq: int, size: int) -> None:
         self.uncommitted.append(cseq)
@@ -245,16 +257,20 @@ class SendIntake:
             conn.write(encode_send_ack(cseq))
 
 
-def _offer(ast: AgentState, hseq: int, envelope: bytes, early: bool) -> None:
+def _offer(ast: AgentState, hseq: int, envelope: bytes, early: bool, expires_ms: int = 0) -> None:
     """Hand a new envelope to its recipient's pump at once when it is online and live."""
     rc = ast.conn
     if rc is not None:
         pump = rc.pump
         if not pump.db_mode:
             if early:
-                pump.offer(hseq, envelope)
+                pump.offer(hseq, envelope, expires_ms)
             else:
                 pump.enter_db_mode()
+
+
+def _expired(expires_ms: int) -> bool:
+    return expires_ms != 0 and expires_ms <= time.time() * 1000
 
 
 class FanoutToken:
@@ -325,7 +341,8 @@ class DeliveryPump:
         self.limits = conn.limits
         self.store = conn.hub.store
         self.inflight: dict[int, int] = {}  # delivery id -> size, sent and not acknowledged
-        self.mem: deque[tuple[int, bytes]] = deque()  # live envelopes beyond the window
+        # live envelopes beyond the window: (delivery id, envelope, expiry or 0)
+        self.mem: deque[tuple[int, bytes, int]] = deque()
         self.cursor = 0  # the last delivery id sent
         self.db_mode = False  # reading from the store (behind, or catching up after REGISTER)
         self.fetching = False
@@ -342,18 +359,21 @@ class DeliveryPump:
         self.inflight.clear()
         self.mem.clear()
 
-    def offer(self, hseq: int, envelope: bytes) -> None:
+    def offer(self, hseq: int, envelope: bytes, expires_ms: int = 0) -> None:
         """A new envelope for this (online, live-mode) recipient."""
         if (
             not self.mem
             and not self.conn.write_paused
             and len(self.inflight) < self.limits.delivery_window
         ):
-            self.inflight[hseq] = len(envelope)
             self.cursor = hseq
+            if expires_ms and _expired(expires_ms):
+                self._drop_expired(hseq, len(envelope))
+                return
+            self.inflight[hseq] = len(envelope)
             self.conn.write(encode_deliver(hseq, envelope))
             return
-        self.mem.append((hseq, envelope))
+        self.mem.append((hseq, envelope, expires_ms))
         if len(self.mem) > self.limits.delivery_buffer:
             self.enter_db_mode()
 
@@ -368,9 +388,12 @@ class DeliveryPump:
         mem = self.mem
         conn = self.conn
         while mem and len(inflight) < window and not conn.write_paused:
-            hseq, env = mem.popleft()
-            inflight[hseq] = len(env)
+            hseq, env, expires_ms = mem.popleft()
             self.cursor = hseq
+            if expires_ms and _expired(expires_ms):
+                self._drop_expired(hseq, len(env))
+                continue
+            inflight[hseq] = len(env)
             conn.write(encode_deliver(hseq, env))
         if self.db_mode and len(inflight) < window and not conn.write_paused:
             self.schedule_fetch()
@@ -414,10 +437,14 @@ class DeliveryPump:
             rows = await store.fetch(agent_id, self.cursor, want)
             if conn.state != AGENT or ast.conn is not conn:
                 return
-            for hseq, env in rows:
+            now_ms = time.time() * 1000
+            for hseq, env, expires_ms in rows:
                 if hseq > self.cursor:
-                    self.inflight[hseq] = len(env)
                     self.cursor = hseq
+                    if expires_ms and expires_ms <= now_ms:
+                        self._drop_expired(hseq, len(env))
+                        continue
+                    self.inflight[hseq] = len(env)
                     conn.write(encode_deliver(hseq, env))
             if len(rows) < want:
                 # Caught up with the store. Live delivery may resume if nothing accepted for
@@ -425,6 +452,16 @@ class DeliveryPump:
                 if ast.uncommitted == 0 and ast.puts == puts_before:
                     self.db_mode = False
                 return
+
+    def _drop_expired(self, hseq: int, size: int) -> None:
+        """An envelope whose sender's expiry has passed: deleted, never delivered."""
+        conn = self.conn
+        ast = conn.agent
+        assert ast is not None and conn.agent_id is not None
+        ast.count -= 1
+        ast.bytes -= size
+        conn.hub.stats.expired += 1
+        self.store.ack(conn.agent_id, hseq)
 
     def on_acks(self, body: bytes) -> None:
         ids = iter_acks(body)

@@ -87,6 +87,7 @@ def collect(hub: HubCore) -> Iterator[Any]:
         ("fanout_copies", stats.fanout_copies, "Copies those uploads stored, one per member"),
         ("delivered", stats.delivered, "Deliveries acknowledged by their recipients"),
         ("delivered_bytes", stats.delivered_bytes, "Bytes of the deliveries acknowledged"),
+        ("expired", stats.expired, "Envelopes dropped undelivered: their sender's expiry passed"),
     ):
         yield CounterMetricFamily(f"{PREFIX}_{name}", what, value=value)
     refused = CounterMetricFamily(

@@ -182,6 +182,8 @@ class Registrar:
                 "prekey_limit": limits.max_prekeys_per_agent,
                 # it takes SEND_GROUP, with up to this many recipients
                 "fanout": MAX_FANOUT_RECIPIENTS,
+                # it takes SEND_EXPIRING (and drops what expired before delivering it)
+                "expiry": True,
             }
         )
         log.info(

@@ -169,16 +169,21 @@ class HubClient(ClientLifecycle):
         then the next send raises)."""
         await self._sends.wait_for_room()
 
-    def send_nowait(self, recipient: str, envelope: bytes) -> bool:
+    def send_nowait(self, recipient: str, envelope: bytes, expires_ms: int = 0) -> bool:
         """:meth:`send` without waiting: False (nothing queued) when the client has no room
-        for another unacknowledged envelope; from the client's event loop thread only."""
+        for another unacknowledged envelope; from the client's event loop thread only.
+        ``expires_ms`` (ms since the epoch): the hub drops the envelope undelivered once it
+        has passed (a hub whose READY does not say ``expiry`` gets a plain SEND, and the
+        recipient alone enforces the expiry inside the message)."""
         self._check_usable()
         self._sends.raise_refusal()
         if self._mode != "agent":
             raise HubError("only a registered client can send: call register() first")
         w = self._welcome
         max_frame = w.max_frame_size if w is not None else DEFAULT_MAX_FRAME_SIZE
-        return self._sends.send_nowait(recipient, envelope, max_frame)
+        if not self.hub_expiry:
+            expires_ms = 0
+        return self._sends.send_nowait(recipient, envelope, max_frame, expires_ms)
 
     def send_group_nowait(self, recipients: list[str], envelope: bytes) -> bool:
         """One group message (unaddressed form, :mod:`agentmesh.fanout`) for every recipient:

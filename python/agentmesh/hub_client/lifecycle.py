@@ -114,6 +114,8 @@ class ClientLifecycle:
         self.prekey_limit: int | None = None
         #: Whether the hub takes SEND_GROUP (its READY says ``fanout``).
         self.hub_fanout = False
+        #: Whether the hub takes SEND_EXPIRING (its READY says ``expiry``).
+        self.hub_expiry = False
         #: Called (in the event loop) after every registration, also after a reconnect: the
         #: hub may be a different one now (a recreated store keeps no prekeys, for example).
         self.on_registered: Callable[[], None] | None = None
@@ -183,6 +185,7 @@ class ClientLifecycle:
             self.prekey_limit = limit if type(limit) is int else None
             fanout = info.get("fanout")
             self.hub_fanout = type(fanout) is int and fanout > 0
+            self.hub_expiry = info.get("expiry") is True
             self._deliveries.clamp_positions(welcome.hub_id, info.get("next_seq"))
             resent = self._sends.resend(int(info.get("acked_seq") or 0), conn)
             log.debug(

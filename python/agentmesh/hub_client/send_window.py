@@ -25,6 +25,7 @@ from agentmesh.hub_protocol import (
     PeerNotFoundError,
     encode_recipient_block,
     encode_send,
+    encode_send_expiring,
     encode_send_group,
     encode_send_group_block,
     error_for_code,
@@ -71,18 +72,25 @@ class SendWindow:
         if self._errors:
             raise self._errors.popleft()
 
-    def send_nowait(self, recipient: str, envelope: bytes, max_frame: int) -> bool:
-        """Queues and writes one envelope; False (nothing queued) when there is no room."""
-        rb = self._checked(recipient, envelope, max_frame)
+    def send_nowait(
+        self, recipient: str, envelope: bytes, max_frame: int, expires_ms: int = 0
+    ) -> bool:
+        """Queues and writes one envelope; False (nothing queued) when there is no room.
+        ``expires_ms``: a SEND_EXPIRING (the hub drops it undelivered after that time)."""
+        rb = self._checked(recipient, envelope, max_frame, 8 if expires_ms else 0)
         room = self._room
         assert room is not None
         if not room.is_set():
             return False
         self._seq += 1
-        self._write([(recipient, encode_send(self._seq, rb, bytes(envelope)))])
+        if expires_ms:
+            frame = encode_send_expiring(self._seq, expires_ms, rb, bytes(envelope))
+        else:
+            frame = encode_send(self._seq, rb, bytes(envelope))
+        self._write([(recipient, frame)])
         return True
 
-    def _checked(self, recipient: str, envelope: bytes, max_frame: int) -> bytes:
+    def _checked(self, recipient: str, envelope: bytes, max_frame: int, extra: int = 0) -> bytes:
         """The recipient's id as UTF-8, once the send is known to be one the hub could take."""
         missing = self._missing.get(recipient)
         if missing is not None:
@@ -98,7 +106,7 @@ class SendWindow:
         rb = recipient.encode("utf-8")
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             raise TypeError("envelope must be bytes")
-        if 1 + 8 + 1 + len(rb) + len(envelope) > max_frame:
+        if 1 + 8 + extra + 1 + len(rb) + len(envelope) > max_frame:
             raise HubError(
                 f"envelope of {len(envelope)} bytes exceeds the hub's frame limit of "
                 f"{max_frame} bytes"

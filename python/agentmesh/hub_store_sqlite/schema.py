@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS inbox (
     seq INTEGER PRIMARY KEY,
     recipient TEXT NOT NULL,
     envelope BLOB NOT NULL,
-    enqueued_at INTEGER NOT NULL
+    enqueued_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS inbox_by_recipient ON inbox (recipient, seq);
 CREATE TABLE IF NOT EXISTS senders (
@@ -71,6 +72,9 @@ def open_writer(path: Path, synchronous: str) -> OpenedStore:
         db.execute("PRAGMA journal_size_limit = 67108864")
         db.execute("PRAGMA busy_timeout = 5000")
         db.executescript(SCHEMA)
+        columns = {row[1] for row in db.execute("PRAGMA table_info(inbox)")}
+        if "expires_at" not in columns:  # a store from before expiring envelopes (version 1)
+            db.execute("ALTER TABLE inbox ADD COLUMN expires_at INTEGER NOT NULL DEFAULT 0")
         db.execute("BEGIN IMMEDIATE")
         meta = dict(db.execute("SELECT key, value FROM meta").fetchall())
         version = meta.get("schema_version")

@@ -142,9 +142,11 @@ class SQLiteBackend(HubBackend):
     def commit_stats(self) -> tuple[int, float]:
         return self._writer.commits, self._writer.commit_seconds
 
-    def put(self, recipient: str, seq: int, envelope: bytes, token: Any) -> None:
+    def put(
+        self, recipient: str, seq: int, envelope: bytes, token: Any, expires_ms: int = 0
+    ) -> None:
         b = self._writer.pending
-        b.inserts[seq] = (recipient, envelope)
+        b.inserts[seq] = (recipient, envelope, expires_ms)
         b.tokens.append(token)
         self._message_count += 1
         b.message_count = self._message_count
@@ -154,7 +156,7 @@ class SQLiteBackend(HubBackend):
         # (one batch: every row goes into the same transaction, see writer.py)
         b = self._writer.pending
         for seq, recipient, envelope in rows:
-            b.inserts[seq] = (recipient, envelope)
+            b.inserts[seq] = (recipient, envelope, 0)
         b.tokens.append(token)
         self._message_count += len(rows)
         b.message_count = self._message_count
@@ -171,15 +173,18 @@ class SQLiteBackend(HubBackend):
     def note_progress(self, agent_id: str, session: bytes, client_seq: int) -> None:
         self._writer.pending.progress[agent_id] = (session, client_seq)
 
-    async def fetch(self, recipient: str, after_seq: int, limit: int) -> list[tuple[int, bytes]]:
+    async def fetch(
+        self, recipient: str, after_seq: int, limit: int
+    ) -> list[tuple[int, bytes, int]]:
         if self._reader is None:
             return []
         deleting = self._writer.deleting
         rows = self._reader.execute(
-            "SELECT seq, envelope FROM inbox WHERE recipient = ? AND seq > ? ORDER BY seq LIMIT ?",
+            "SELECT seq, envelope, expires_at FROM inbox WHERE recipient = ? AND seq > ? "
+            "ORDER BY seq LIMIT ?",
             (recipient, after_seq, limit + len(deleting)),
         ).fetchall()
-        out = [(int(s), bytes(e)) for s, e in rows if s not in deleting]
+        out = [(int(s), bytes(e), int(x)) for s, e, x in rows if s not in deleting]
         return out[:limit]
 
     async def barrier(self) -> None:

@@ -34,7 +34,8 @@ T = TypeVar("T")
 
 @dataclass
 class Batch:
-    inserts: dict[int, tuple[str, bytes]] = field(default_factory=dict)
+    # seq -> (recipient, envelope, expires ms since the epoch or 0)
+    inserts: dict[int, tuple[str, bytes, int]] = field(default_factory=dict)
     deletes: list[int] = field(default_factory=list)
     progress: dict[str, tuple[bytes, int]] = field(default_factory=dict)
     binds: list[tuple[str, str, str, bytes, asyncio.Future[BindResult]]] = field(
@@ -257,9 +258,9 @@ class StoreWriter:
         with self._transaction() as db:
             if batch.inserts:
                 db.executemany(
-                    "INSERT OR REPLACE INTO inbox (seq, recipient, envelope, enqueued_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(s, r, e, now) for s, (r, e) in batch.inserts.items()],
+                    "INSERT OR REPLACE INTO inbox (seq, recipient, envelope, enqueued_at, "
+                    "expires_at) VALUES (?, ?, ?, ?, ?)",
+                    [(s, r, e, now, x) for s, (r, e, x) in batch.inserts.items()],
                 )
             if batch.deletes:
                 db.executemany("DELETE FROM inbox WHERE seq = ?", [(s,) for s in batch.deletes])
