@@ -135,7 +135,7 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
         self._unverified = set()  # restored sessions not yet re-checked on the hub
         self._handlers: tuple[Callable[[Message], Any], ...] = ()
         self._error_handlers = ()
-        self._dispatch = self.run_handlers  # (behind the group control filter: agent_groups.py)
+        self._user_dispatch = self.run_handlers  # (behind the group control filter: _dispatch)
         self._init_groups()
         self._pending = PendingRequests()
         self._unhandled = collections.Counter()

@@ -119,7 +119,6 @@ class GroupState(AgentCoreState):
     _group_exports_cache: dict[str, dict[str, Any]]
     _dirty_groups: set[str]
     _dirty_groups_lock: threading.Lock
-    _user_dispatch: Callable[[Message], Any]
     _transmit: Callable[[Any], Any] | None
     _transport: Any
 

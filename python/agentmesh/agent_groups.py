@@ -19,7 +19,6 @@ from __future__ import annotations
 import base64
 import collections
 import threading
-from collections.abc import Callable
 from typing import Any
 
 from . import crypto as _crypto
@@ -67,17 +66,9 @@ class _Groups(_GroupMembership, _GroupSending, _GroupReceiving):
 
     # -- the dispatch filter: control messages never reach a handler ----------------------------
 
-    @property  # type: ignore[override]
-    def _dispatch(self) -> Callable[[Message], Any]:
-        return self._dispatch_or_control
-
-    @_dispatch.setter
-    def _dispatch(self, fn: Callable[[Message], Any]) -> None:
-        # The faces install their dispatcher here (AsyncAgent replaces the core's): it becomes
-        # the one that group and ordinary messages reach once control messages are filtered out.
-        self._user_dispatch = fn
-
-    def _dispatch_or_control(self, msg: Message) -> None:
+    def _dispatch(self, msg: Message) -> None:
+        """Hand ``msg`` to the handlers (``_user_dispatch``, which the faces install), unless
+        it is a group control message: those are applied here and never reach a handler."""
         payload = msg.payload
         if msg.group is None and payload.get("type") == GROUP_CONTROL_TYPE:
             effects = _Effects()

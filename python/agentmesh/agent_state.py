@@ -38,7 +38,10 @@ class AgentCoreState:
     _inbound_only: collections.OrderedDict[str, None]
     _unhandled: collections.Counter[str]  # peer -> messages unsealed, handlers not run yet
     # handlers and counters
-    _dispatch: Callable[[Message], Any]
+    # what runs the handlers (the sync core's run_handlers, or the asyncio face's delivery);
+    # messages reach it through ``_dispatch`` (agent_groups.py), which keeps control messages
+    # from the handlers
+    _user_dispatch: Callable[[Message], Any]
     _pending: PendingRequests
     _interceptors: dict[str, Callable[[Message], None]]
     _error_handlers: tuple[Callable[[BaseException], Any], ...]
@@ -81,3 +84,4 @@ class AgentCoreState:
         def transmit(self, env: Any, expires_ms: int = 0) -> None: ...
         def report(self, exc: BaseException) -> None: ...
         def hand_over(self, msg: Message) -> None: ...
+        def _dispatch(self, msg: Message) -> None: ...

@@ -58,7 +58,7 @@ class AsyncAgent(_AgentFacade):
         )
         self._core = core
         self._delivery = AsyncDelivery(core, inbox_size)
-        core._dispatch = self._delivery.dispatch
+        core._user_dispatch = self._delivery.dispatch
         if resolved is not None:
             core.register_on(resolved, self, owned=resolved is not hub)
 

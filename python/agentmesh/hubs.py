@@ -112,9 +112,9 @@ class LocalHub(Hub):
             envelope = _crypto.as_envelope(envelope)
         recipient = envelope.recipient
         directory = self.directory
-        holder = directory.holder(recipient)
-        if not isinstance(holder, _AgentCore):
-            try:  # (queued for a backend: enqueue counts the upload)
+        holder = directory.local_agents.get(recipient)
+        if holder is None:
+            try:  # (queued for a backend, or refused: enqueue counts the upload)
                 directory.enqueue(recipient, bytes(envelope.to_bytes()))
             except PeerNotFoundError:
                 raise ValueError(f"Peer {recipient!r} not found on hub") from None

@@ -67,8 +67,9 @@ class LocalDirectory:
         #: hand-overs by senders: one per envelope, and one per fan-out however many copies
         self.uploads = 0
         self.expired = 0  # queued envelopes dropped undelivered: their expiry passed
-        #: the ids held by a LocalHub agent (handed envelopes at once, never queued)
-        self._local_agents: dict[str, Any] = {}
+        #: the ids held by a LocalHub agent -> its core (handed envelopes at once, never
+        #: queued); a plain dict, read without the lock on LocalHub's delivery path
+        self.local_agents: dict[str, Any] = {}
 
     # -- the directory ----------------------------------------------------------------------
 
@@ -97,10 +98,10 @@ class LocalDirectory:
             if inbox is None:
                 inbox = self._inboxes[agent_id] = _Inbox()
             inbox.holder = holder
-            if isinstance(holder, LocalBackend):
-                self._local_agents.pop(agent_id, None)
+            if holder is None or isinstance(holder, LocalBackend):
+                self.local_agents.pop(agent_id, None)
             else:
-                self._local_agents[agent_id] = holder
+                self.local_agents[agent_id] = holder
 
     def leave(self, agent_id: str, holder: Any, *, forget: bool = False) -> None:
         """``holder`` stops receiving for ``agent_id``; ``forget``: its bundle goes too (a
@@ -109,7 +110,7 @@ class LocalDirectory:
             inbox = self._inboxes.get(agent_id)
             if inbox is not None and inbox.holder is holder:
                 inbox.holder = None
-                self._local_agents.pop(agent_id, None)
+                self.local_agents.pop(agent_id, None)
                 if forget and not inbox.queued:
                     self._bundles.pop(agent_id, None)
                     del self._inboxes[agent_id]
@@ -176,7 +177,7 @@ class LocalDirectory:
         queued before any is handed to a ``LocalHub`` agent. Returns the refusals, one per
         member refused (the others' copies are queued all the same)."""
         copies = address_all(envelope, recipients)
-        local = self._local_agents
+        local = self.local_agents
         with self.lock:
             self.uploads += 1
             if local.keys() >= set(recipients):
@@ -204,7 +205,7 @@ class LocalDirectory:
         queued: list[tuple[Any, int, bytes]] = []
         refusals: list[HubRequestError] = []
         for recipient, copy in zip(recipients, copies, strict=True):
-            holder = self._local_agents.get(recipient)
+            holder = self.local_agents.get(recipient)
             if holder is not None:
                 self.routed += 1
                 holders.append(holder)
