@@ -22,8 +22,9 @@ from typing import Any, TypeVar
 
 from .backend import OnBatch
 from .crypto import Envelope, check_agent_id
-from .errors import HubError, HubRequestError, PeerNotFoundError
+from .errors import HubError, HubRequestError, NatsAuthError, PeerNotFoundError
 from .hub_protocol import ErrorCode
+from .nats_auth_client import Renewal, agent_options, claim_prekey, reader_options
 from .nats_directory import MAX_PREKEYS, NatsDirectory
 from .nats_layout import FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
 from .nats_receiver import InboxReceiver
@@ -48,6 +49,7 @@ async def connect(
     name: str,
     on_disconnect: Callable[[], None] | None = None,
     on_reconnect: Callable[[], None] | None = None,
+    options: Mapping[str, Any] | None = None,
 ) -> Any:
     """A nats-py connection that reconnects forever (quickly: a failover takes seconds)."""
     try:
@@ -79,9 +81,22 @@ async def connect(
             disconnected_cb=disconnected,
             reconnected_cb=reconnected,
             error_cb=error,
+            **dict(options or {}),
         )
     except Exception as exc:
+        if _refused(exc):
+            raise NatsAuthError(
+                f"the NATS servers {', '.join(servers)} refused the connection of {name} "
+                f"({exc or type(exc).__name__}): the agentmesh authorization service (agentmesh "
+                "nats-auth) is down or unreachable, or refused the proof (its log says which)"
+            ) from exc
         raise HubError(f"cannot connect to the NATS servers {', '.join(servers)}: {exc}") from exc
+
+
+def _refused(exc: BaseException) -> bool:
+    from nats.errors import AuthorizationError
+
+    return isinstance(exc, AuthorizationError) or "authorization" in str(exc).lower()
 
 
 class NatsBackend:
@@ -95,8 +110,11 @@ class NatsBackend:
         settings: NatsSettings | None = None,
         connect_timeout: float = 10.0,
         request_timeout: float = 10.0,
+        auth: bool = False,
     ) -> None:
         self.servers = list(servers)
+        self.auth = auth
+        self._renewal: Renewal | None = None
         self.settings = settings or NatsSettings()
         self.layout: NatsLayout = self.settings.layout
         self.connect_timeout = connect_timeout
@@ -137,8 +155,12 @@ class NatsBackend:
         if self._nc is not None:
             return
         self._nc = await connect(
-            self.servers, connect_timeout=self.connect_timeout, name="agentmesh-lookup"
+            self.servers,
+            connect_timeout=self.connect_timeout,
+            name="agentmesh-lookup",
+            options=reader_options() if self.auth else None,
         )
+        self._renew("lookups")
         self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
         replicas = check_server(self._nc, self.settings)
         await self._patiently(
@@ -195,7 +217,9 @@ class NatsBackend:
             name=f"agentmesh-{token_of(agent_id)[:32]}",
             on_disconnect=self._disconnected,
             on_reconnect=self._reconnected,
+            options=agent_options(self.layout, keypair) if self.auth else None,
         )
+        self._renew(repr(agent_id))
         try:
             self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
             replicas = check_server(self._nc, self.settings)
@@ -210,6 +234,8 @@ class NatsBackend:
             self._sender = OrderedSender(self._nc, self.layout.stream, self._is_registered)
             await self._sender.start()
         except BaseException:
+            if self._renewal is not None:
+                await self._renewal.stop()
             await self._nc.close()
             self._nc = None
             raise
@@ -231,8 +257,10 @@ class NatsBackend:
 
     async def _subscribe(self, agent_id: str) -> Any:
         """The agent's durable consumer (made if missing; the same settings again are
-        harmless) and a pull subscription bound to it."""
-        await self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id))
+        harmless; with the authorization service, the service made it) and a pull
+        subscription bound to it."""
+        if not self.auth:
+            await self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id))
         return await self._js.pull_subscribe_bind(
             durable=self.layout.consumer(agent_id),
             stream=self.layout.stream,
@@ -280,6 +308,12 @@ class NatsBackend:
             self._notify_registered()
             return
 
+    def _renew(self, what: str) -> None:
+        """With the authorization service: renew the connection's user before it expires."""
+        if self.auth:
+            self._renewal = Renewal(self._nc, what)
+            self._renewal.start()
+
     # -- receiving (see nats_receiver) -----------------------------------------------------
 
     async def _pending_deliveries(self) -> int:
@@ -297,6 +331,8 @@ class NatsBackend:
         unacknowledged until the ack wait)."""
         assert self._agent_id is not None
         log.info("the inbox of %r does not answer: making sure its consumer exists", self._agent_id)
+        if self.auth:
+            return  # the service makes it, at every connection
         config = consumer_config(self.layout, self._agent_id)
         try:
             await asyncio.wait_for(
@@ -344,7 +380,8 @@ class NatsBackend:
                 f"{self._agent_id!r} to {recipient!r}",
                 recipient=recipient,
             )
-        return sender.enqueue(recipient, self.layout.inbox_subject(recipient), data, env.id)
+        subject = self.layout.inbox_subject(recipient, self._agent_id)
+        return sender.enqueue(recipient, subject, data, env.id)
 
     async def wait_for_room(self) -> None:
         if self._sender is not None:
@@ -375,7 +412,12 @@ class NatsBackend:
         bundle = await directory.get_bundle(agent_id)
         if bundle is None or agent_id == self._agent_id or self._agent_id is None:
             return bundle
-        claimed = await directory.claim_prekey(agent_id)
+        if self.auth:
+            claimed = await claim_prekey(
+                self._nc, self.layout, self._agent_id, agent_id, self.request_timeout
+            )
+        else:
+            claimed = await directory.claim_prekey(agent_id)
         if claimed is not None:
             bundle["one_time_prekey"] = claimed
         return bundle
@@ -438,6 +480,8 @@ class NatsBackend:
                 await task
         if self._receiver is not None:
             await self._receiver.give_back()
+        if self._renewal is not None:
+            await self._renewal.stop()
         if self._sender is not None:
             await self._sender.close()
         if self._nc is not None:

@@ -151,6 +151,12 @@ def _check_stream(info: Any, replicas: int, settings: NatsSettings) -> None:
         raise HubError(
             f"{name} keeps its messages in {config.storage}; agentmesh needs file storage"
         )
+    if list(config.subjects or []) != [settings.layout.inbox_subjects]:
+        raise HubError(
+            f"{name} holds the subjects {config.subjects}, not {settings.layout.inbox_subjects!r} "
+            "(an inbox subject names recipient and sender since the authorization service): "
+            "recreate it, or use another prefix"
+        )
     if (config.duplicate_window or 0) < DUPLICATE_WINDOW / 2:
         raise HubError(
             f"{name} drops duplicate sends for {config.duplicate_window}s only; resends after a "
@@ -177,7 +183,7 @@ def consumer_config(layout: NatsLayout, agent_id: str) -> Any:
 
     return api.ConsumerConfig(
         durable_name=layout.consumer(agent_id),
-        filter_subject=layout.inbox_subject(agent_id),
+        filter_subject=layout.inbox_filter(agent_id),
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=ACK_WAIT,
