@@ -38,7 +38,7 @@ from .errors import HubError
 from .nats_auth_config import AUTH_TIMEOUT, AuthKeys
 from .nats_auth_jwt import Permissions, authorization_response, decode_jwt, user_jwt
 from .nats_auth_permissions import agent_permissions, reader_permissions
-from .nats_backend import connect
+from .nats_connection import connect
 from .nats_directory import NatsDirectory
 from .nats_layout import id_of_token
 from .nats_setup import NatsSettings, check_server, consumer_config, ensure_layout

@@ -22,9 +22,10 @@ from typing import Any, TypeVar
 
 from .backend import OnBatch
 from .crypto import Envelope, check_agent_id
-from .errors import HubError, HubRequestError, NatsAuthError, PeerNotFoundError
+from .errors import HubError, HubRequestError, PeerNotFoundError
 from .hub_protocol import ErrorCode
 from .nats_auth_client import Renewal, agent_options, claim_prekey, reader_options
+from .nats_connection import connect
 from .nats_directory import MAX_PREKEYS, NatsDirectory
 from .nats_layout import FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
 from .nats_receiver import InboxReceiver
@@ -40,63 +41,6 @@ T = TypeVar("T")
 #: Seconds one request to the cluster may take before it is asked again (a request made
 #: while a leader is elected can go unanswered; the patience around it is ``request_timeout``).
 ATTEMPT_TIMEOUT = 5.0
-
-
-async def connect(
-    servers: list[str],
-    *,
-    connect_timeout: float,
-    name: str,
-    on_disconnect: Callable[[], None] | None = None,
-    on_reconnect: Callable[[], None] | None = None,
-    options: Mapping[str, Any] | None = None,
-) -> Any:
-    """A nats-py connection that reconnects forever (quickly: a failover takes seconds)."""
-    try:
-        import nats
-    except ImportError as exc:
-        raise HubError("NatsHub needs nats-py: pip install 'agentmesh[nats]'") from exc
-
-    async def disconnected() -> None:
-        if on_disconnect is not None:
-            on_disconnect()
-
-    async def reconnected() -> None:
-        if on_reconnect is not None:
-            on_reconnect()
-
-    async def error(exc: Exception) -> None:
-        log.debug("NATS connection %s: %s", name, exc)
-
-    try:
-        return await nats.connect(
-            servers=servers,
-            name=name,
-            connect_timeout=connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            ping_interval=5,
-            max_outstanding_pings=3,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-            **dict(options or {}),
-        )
-    except Exception as exc:
-        if _refused(exc):
-            raise NatsAuthError(
-                f"the NATS servers {', '.join(servers)} refused the connection of {name} "
-                f"({exc or type(exc).__name__}): the agentmesh authorization service (agentmesh "
-                "nats-auth) is down or unreachable, or refused the proof (its log says which)"
-            ) from exc
-        raise HubError(f"cannot connect to the NATS servers {', '.join(servers)}: {exc}") from exc
-
-
-def _refused(exc: BaseException) -> bool:
-    from nats.errors import AuthorizationError
-
-    return isinstance(exc, AuthorizationError) or "authorization" in str(exc).lower()
 
 
 class NatsBackend:

@@ -1,0 +1,102 @@
+"""One nats-py connection of agentmesh: reconnecting forever (a failover takes seconds), and
+refused clearly when the cluster's authorization service does not let it in."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from .errors import HubError, NatsAuthError
+
+__all__ = ["connect"]
+
+log = logging.getLogger("agentmesh.nats")
+
+#: Refusals by the servers (on different attempts) after which a first connection gives up:
+#: one more than one, so that a service answering late once does not fail an agent's start.
+_REFUSALS = 2
+
+
+async def connect(
+    servers: list[str],
+    *,
+    connect_timeout: float,
+    name: str,
+    on_disconnect: Callable[[], None] | None = None,
+    on_reconnect: Callable[[], None] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> Any:
+    """A nats-py connection that reconnects forever. ``options``: more of nats-py's
+    (credentials). A first connection the servers keep refusing (``Authorization Violation``)
+    is a :class:`NatsAuthError` (nats-py alone would keep trying)."""
+    try:
+        import nats
+    except ImportError as exc:
+        raise HubError("NatsHub needs nats-py: pip install 'agentmesh[nats]'") from exc
+
+    refusals: list[BaseException] = []
+    refused = asyncio.Event()
+
+    async def disconnected() -> None:
+        if on_disconnect is not None:
+            on_disconnect()
+
+    async def reconnected() -> None:
+        if on_reconnect is not None:
+            on_reconnect()
+
+    async def error(exc: Exception) -> None:
+        log.debug("NATS connection %s: %s", name, exc)
+        if _refused(exc):
+            refusals.append(exc)
+            if len(refusals) >= _REFUSALS:
+                refused.set()
+
+    nc = nats.NATS()
+    connecting = asyncio.ensure_future(
+        nc.connect(
+            servers=servers,
+            name=name,
+            connect_timeout=connect_timeout,
+            allow_reconnect=True,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            ping_interval=5,
+            max_outstanding_pings=3,
+            disconnected_cb=disconnected,
+            reconnected_cb=reconnected,
+            error_cb=error,
+            **dict(options or {}),
+        )
+    )
+    giving_up = asyncio.ensure_future(refused.wait())
+    try:
+        await asyncio.wait({connecting, giving_up}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        giving_up.cancel()
+        if not connecting.done():
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+            with contextlib.suppress(Exception):
+                await nc.close()
+    if not connecting.cancelled() and connecting.exception() is None:
+        return nc
+    exc = refusals[-1] if connecting.cancelled() else connecting.exception()
+    assert exc is not None
+    if _refused(exc):
+        raise NatsAuthError(
+            f"the NATS servers {', '.join(servers)} refused the connection of {name} "
+            f"({exc or type(exc).__name__}): the agentmesh authorization service (agentmesh "
+            "nats-auth) is down or unreachable, or refused the proof (its log says which)"
+        ) from exc
+    raise HubError(f"cannot connect to the NATS servers {', '.join(servers)}: {exc}") from exc
+
+
+def _refused(exc: BaseException) -> bool:
+    from nats.errors import AuthorizationError
+
+    return isinstance(exc, AuthorizationError) or "authorization" in str(exc).lower()
