@@ -50,7 +50,9 @@ async def connect(
 
     async def error(exc: Exception) -> None:
         log.debug("NATS connection %s: %s", name, exc)
-        if _refused(exc):
+        # (a server whose callout got no answer in time drops the connection, no reason given)
+        dropped = options is not None and isinstance(exc, (ConnectionResetError, BrokenPipeError))
+        if _refused(exc) or dropped:
             refusals.append(exc)
             if len(refusals) >= _REFUSALS:
                 refused.set()
@@ -75,19 +77,26 @@ async def connect(
     giving_up = asyncio.ensure_future(refused.wait())
     try:
         await asyncio.wait({connecting, giving_up}, return_when=asyncio.FIRST_COMPLETED)
+        # (nats-py can return from connect() before the server has answered the CONNECT)
+        while connecting.done() and not connecting.exception() and not nc.is_connected:
+            if nc.is_closed or refused.is_set():
+                break
+            await asyncio.sleep(0.02)
     finally:
         giving_up.cancel()
-        if not connecting.done():
-            connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await connecting
-            with contextlib.suppress(Exception):
-                await nc.close()
-    if not connecting.cancelled() and connecting.exception() is None:
+    if connecting.done() and connecting.exception() is None and nc.is_connected:
         return nc
-    exc = refusals[-1] if connecting.cancelled() else connecting.exception()
-    assert exc is not None
-    if _refused(exc):
+    failure: BaseException | None = None
+    if connecting.done():
+        failure = connecting.exception()
+    else:
+        connecting.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await connecting
+    with contextlib.suppress(Exception):
+        await nc.close()
+    exc = failure or (refusals[-1] if refusals else ConnectionError("closed while connecting"))
+    if _refused(exc) or refusals:
         raise NatsAuthError(
             f"the NATS servers {', '.join(servers)} refused the connection of {name} "
             f"({exc or type(exc).__name__}): the agentmesh authorization service (agentmesh "

@@ -1,0 +1,108 @@
+"""The NATS authorization service's availability, on a real nats-server: with the service down
+a new connection fails with a clear error while existing ones carry on; of two services one
+is enough; users expire and connected agents renew theirs without losing a message."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+from natsutil import wait_until
+
+from agentmesh import Agent, NatsHub
+from agentmesh.errors import NatsAuthError
+from agentmesh.nats_auth_config import AuthKeys, authorization_block
+from agentmesh.nats_auth_process import AuthServiceProcess
+from agentmesh.nats_cluster import NatsCluster
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytest.importorskip("nats", reason="the NATS tests need nats-py (pip install -e '.[dev]')")
+pytest.importorskip("nkeys", reason="the authorization service needs nkeys (the dev extra)")
+
+
+def guarded_cluster(root, nodes: int = 1):
+    keys = AuthKeys.create(root / "keys")
+    return NatsCluster(root, nodes=nodes, authorization=authorization_block(keys))
+
+
+def services(cluster, root, count: int, lifetime: float = 600.0) -> list[AuthServiceProcess]:
+    return [
+        AuthServiceProcess(cluster.urls, root / "keys", root / f"auth{i}.log", lifetime=lifetime)
+        for i in range(count)
+    ]
+
+
+def exchange(alice: Agent, bob: Agent, got: list[str], count: int, pause: float = 0.0) -> None:
+    start = len(got)
+    for i in range(count):
+        alice.send("bob", text=f"m{i}")
+        if pause:
+            time.sleep(pause)
+    alice.flush(30)
+    wait_until(lambda: len(got) >= start + count, 30, "the messages")
+
+
+def test_service_down_new_connections_fail_clearly_existing_ones_carry_on(tmp_path):
+    with guarded_cluster(tmp_path) as cluster:
+        running = services(cluster, tmp_path, 2)
+        try:
+            for service in running:
+                service.start()
+            hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
+            got: list[str] = []
+            alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+            bob.on_message(lambda msg: got.append(msg.text))
+            exchange(alice, bob, got, 3)
+            for service in running:
+                service.kill()
+            started = time.monotonic()
+            with pytest.raises(NatsAuthError, match="authorization service"):
+                NatsHub(cluster.urls, auth=True, timeout=20.0, connect_timeout=5.0)
+            assert time.monotonic() - started < 30
+            with pytest.raises(NatsAuthError, match="nats-auth"):
+                Agent("carol", hub=hub)
+            exchange(alice, bob, got, 5)  # the connected ones carry on
+            assert got == [f"m{i}" for i in range(3)] + [f"m{i}" for i in range(5)]
+            alice.close(), bob.close(), hub.close()
+        finally:
+            for service in running:
+                service.stop()
+
+
+def test_of_two_services_one_is_enough(tmp_path):
+    with guarded_cluster(tmp_path, nodes=3) as cluster:
+        first, second = services(cluster, tmp_path, 2)
+        try:
+            first.start(), second.start()
+            first.kill()
+            hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
+            got: list[str] = []
+            agents = [Agent(f"a{i}", hub=hub) for i in range(4)]  # each a new connection
+            bob = Agent("bob", hub=hub)
+            bob.on_message(lambda msg: got.append(msg.text))
+            exchange(agents[0], bob, got, 3)
+            for agent in [*agents, bob]:
+                agent.close()
+            hub.close()
+        finally:
+            first.stop(), second.stop()
+
+
+def test_users_expire_and_connected_agents_renew_them(tmp_path):
+    with guarded_cluster(tmp_path) as cluster:
+        (service,) = services(cluster, tmp_path, 1, lifetime=3.0)
+        try:
+            service.start()
+            hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
+            got: list[str] = []
+            alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+            bob.on_message(lambda msg: got.append(msg.text))
+            exchange(alice, bob, got, 20, pause=0.5)  # 10 s: three lifetimes
+            assert got == [f"m{i}" for i in range(20)]
+            renewals = [link.backend._renewal.renewals for link in hub._links.values()]
+            assert all(count >= 2 for count in renewals), renewals
+            assert hub.list_agents() == ["alice", "bob"]  # the lookups renew theirs too
+            alice.close(), bob.close(), hub.close()
+        finally:
+            service.stop()
