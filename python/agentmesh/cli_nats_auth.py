@@ -41,6 +41,12 @@ def add_nats_auth_parser(add_command: Callable[..., argparse.ArgumentParser]) ->
         "--lifetime", type=float, default=600.0, help="seconds an issued user lasts (default 600)"
     )
     p.add_argument(
+        "--connect-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the cluster at start (default 30)",
+    )
+    p.add_argument(
         "--replicas", type=int, default=None, help="of the stream and buckets it creates"
     )
 
@@ -68,7 +74,7 @@ def cmd_nats_auth(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await service.start()
+        await service.start(args.connect_timeout)
         print(READY, flush=True)
         try:
             await stop.wait()

@@ -106,6 +106,6 @@ async def claim_prekey(
         answer = await nc.request(layout.claim_subject(requester), body, timeout=timeout)
         found = json.loads(answer.data).get("prekey")
     except Exception as exc:
-        log.info("claiming a prekey of %r through the authorization service failed: %s", target, exc)
+        log.info("claiming a prekey of %r through the service failed: %s", target, exc)
         return None
     return found if isinstance(found, dict) else None

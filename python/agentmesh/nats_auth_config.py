@@ -50,8 +50,11 @@ class AuthKeys:
                 "(make them with: agentmesh nats-auth --keys DIR --new-keys)"
             ) from None
         keys = cls(NkeyPair(issuer), NkeyPair(service))
-        if not keys.issuer.public_key.startswith("A") or not keys.service.public_key.startswith("U"):
-            raise HubError(f"{folder}: {ISSUER_FILE} must hold an account seed, {SERVICE_FILE} a user seed")
+        kinds = keys.issuer.public_key[:1] + keys.service.public_key[:1]
+        if kinds != "AU":
+            raise HubError(
+                f"{folder}: {ISSUER_FILE} must hold an account seed, {SERVICE_FILE} a user seed"
+            )
         return keys
 
     @classmethod

@@ -39,7 +39,9 @@ def _nkeys() -> Any:
     try:
         import nkeys
     except ImportError as exc:
-        raise HubError("the NATS authorization service needs nkeys: pip install 'agentmesh[nats]'") from exc
+        raise HubError(
+            "the NATS authorization service needs nkeys: pip install 'agentmesh[nats]'"
+        ) from exc
     return nkeys
 
 

@@ -72,7 +72,9 @@ class AuthServiceProcess:
                 raise RuntimeError(f"agentmesh nats-auth exited:\n{self.log_tail()}")
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"agentmesh nats-auth not ready in {timeout}s:\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"agentmesh nats-auth not ready in {timeout}s:\n{self.log_tail()}"
+                )
             time.sleep(0.05)
         return self
 

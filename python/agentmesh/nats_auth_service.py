@@ -110,13 +110,14 @@ class NatsAuthService:
         self._directory: NatsDirectory | None = None
         self.answered = 0
 
-    async def start(self) -> None:
+    async def start(self, connect_timeout: float = 30.0) -> None:
         """Connects (as the service user: no callout), makes the layout if missing, serves."""
         self._nc = await connect(
             self.servers,
-            connect_timeout=10.0,
+            connect_timeout=min(connect_timeout, 10.0),
             name="agentmesh-nats-auth",
             options={"nkeys_seed_str": self.keys.service.seed.decode("ascii")},
+            give_up_after=connect_timeout,
         )
         self._js = self._nc.jetstream(timeout=AUTH_TIMEOUT / 2)
         replicas = check_server(self._nc, self.settings)

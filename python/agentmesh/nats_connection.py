@@ -28,10 +28,12 @@ async def connect(
     on_disconnect: Callable[[], None] | None = None,
     on_reconnect: Callable[[], None] | None = None,
     options: Mapping[str, Any] | None = None,
+    give_up_after: float | None = None,
 ) -> Any:
     """A nats-py connection that reconnects forever. ``options``: more of nats-py's
     (credentials). A first connection the servers keep refusing (``Authorization Violation``)
-    is a :class:`NatsAuthError` (nats-py alone would keep trying)."""
+    is a :class:`NatsAuthError` (nats-py alone would keep trying); ``give_up_after``: seconds
+    after which a first connection that found no server is a :class:`HubError`."""
     try:
         import nats
     except ImportError as exc:
@@ -57,7 +59,7 @@ async def connect(
             if len(refusals) >= _REFUSALS:
                 refused.set()
 
-    nc = nats.NATS()
+    nc: Any = nats.NATS()
     connecting = asyncio.ensure_future(
         nc.connect(
             servers=servers,
@@ -76,12 +78,19 @@ async def connect(
     )
     giving_up = asyncio.ensure_future(refused.wait())
     try:
-        await asyncio.wait({connecting, giving_up}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            {connecting, giving_up}, timeout=give_up_after, return_when=asyncio.FIRST_COMPLETED
+        )
         # (nats-py can return from connect() before the server has answered the CONNECT)
         while connecting.done() and not connecting.exception() and not nc.is_connected:
             if nc.is_closed or refused.is_set():
                 break
             await asyncio.sleep(0.02)
+    except BaseException:  # cancelled from outside: nothing keeps trying behind the caller
+        connecting.cancel()
+        with contextlib.suppress(BaseException):
+            await nc.close()
+        raise
     finally:
         giving_up.cancel()
     if connecting.done() and connecting.exception() is None and nc.is_connected:
@@ -95,14 +104,16 @@ async def connect(
             await connecting
     with contextlib.suppress(Exception):
         await nc.close()
-    exc = failure or (refusals[-1] if refusals else ConnectionError("closed while connecting"))
-    if _refused(exc) or refusals:
+    cause = failure or (
+        refusals[-1] if refusals else ConnectionError(f"no server answered in {give_up_after}s")
+    )
+    if _refused(cause) or refusals:
         raise NatsAuthError(
             f"the NATS servers {', '.join(servers)} refused the connection of {name} "
-            f"({exc or type(exc).__name__}): the agentmesh authorization service (agentmesh "
+            f"({cause or type(cause).__name__}): the agentmesh authorization service (agentmesh "
             "nats-auth) is down or unreachable, or refused the proof (its log says which)"
-        ) from exc
-    raise HubError(f"cannot connect to the NATS servers {', '.join(servers)}: {exc}") from exc
+        ) from cause
+    raise HubError(f"cannot connect to the NATS servers {', '.join(servers)}: {cause}") from cause
 
 
 def _refused(exc: BaseException) -> bool:

@@ -39,10 +39,10 @@ class NatsHub(BackendHub):
     connect_timeout=10.0, timeout=30.0, auth=False)``. ``servers``: one URL or a list (any of the
     cluster's; the client learns the others). ``prefix`` names the stream and buckets (several
     deployments can share an account). ``replicas``: of the stream and buckets when this hub
-    creates them (None: 3 on a cluster, 1 on a lone server). ``timeout`` bounds lookups. ``auth=True``: the cluster is guarded
-    by the agentmesh authorization service (``agentmesh nats-auth``): each agent connects with a
-    proof of its identity key and gets only its own permissions (docs/nats.md); without it,
-    every client of the cluster is trusted.
+    creates them (None: 3 on a cluster, 1 on a lone server). ``timeout`` bounds lookups.
+    ``auth=True``: the cluster is guarded by the agentmesh authorization service (``agentmesh
+    nats-auth``): each agent connects with a proof of its identity key and gets only its own
+    permissions (docs/nats.md); without it, every client of the cluster is trusted.
 
     At start it connects, checks the settings it can see (server version, ``max_payload``,
     replicas; docs/nats.md) and creates the stream and buckets if they are missing: a

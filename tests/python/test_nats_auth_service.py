@@ -106,3 +106,22 @@ def test_users_expire_and_connected_agents_renew_them(tmp_path):
             alice.close(), bob.close(), hub.close()
         finally:
             service.stop()
+
+
+def test_new_keys_are_private_and_the_servers_config_is_printed(tmp_path, capsys):
+    from agentmesh.cli import main
+    from agentmesh.nats_cluster import free_ports
+
+    (port,) = free_ports(1)  # nothing listens there: the service cannot start
+    servers = f"nats://127.0.0.1:{port}"
+    command = ["nats-auth", "--servers", servers, "--keys", str(tmp_path / "k")]
+    code = main([*command, "--new-keys", "--connect-timeout", "1"])
+    out = capsys.readouterr()
+    assert code == 1 and "cannot connect" in out.err
+    keys = AuthKeys.load(tmp_path / "k")
+    assert f"issuer: {keys.issuer.public_key}" in out.out
+    assert f"auth_users: [ {keys.service.public_key} ]" in out.out
+    for name in ("issuer.nk", "service.nk"):
+        assert (tmp_path / "k" / name).stat().st_mode & 0o077 == 0
+    assert main([*command, "--new-keys"]) == 1  # never replaced
+    assert "exists: not replaced" in capsys.readouterr().err

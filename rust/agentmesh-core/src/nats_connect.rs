@@ -52,21 +52,3 @@ pub fn verify_nats_connect(
         "NATS connect proof does not match the identity key, id, nonce or bundle",
     )
 }
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use rand_core::OsRng;
-
-    #[test]
-    fn a_proof_verifies_for_its_nonce_and_bundle_only() {
-        let alice = IdentityKeyPair::generate("alice", &mut OsRng).expect("identity");
-        let mallory = IdentityKeyPair::generate("mallory", &mut OsRng).expect("identity");
-        let sig = sign_nats_connect(&alice, b"nonce-1").expect("sign");
-        assert!(verify_nats_connect(&alice.public_bundle(), b"nonce-1", &sig).is_ok());
-        assert!(verify_nats_connect(&alice.public_bundle(), b"nonce-2", &sig).is_err());
-        assert!(verify_nats_connect(&mallory.public_bundle(), b"nonce-1", &sig).is_err());
-        assert!(sign_nats_connect(&alice, b"").is_err());
-        assert!(sign_nats_connect(&alice, &[b'x'; MAX_NATS_NONCE_LEN + 1]).is_err());
-    }
-}
