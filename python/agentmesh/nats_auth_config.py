@@ -14,6 +14,7 @@ of the config is unchanged (docs/nats.md, "Deployment with the authorization ser
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,8 +22,10 @@ from pathlib import Path
 from ._native import write_private_file
 from .errors import HubError
 from .nats_auth_jwt import NkeyPair, new_account_seed, new_user_seed
+from .nats_auth_permissions import READER_REPLY_PREFIX, agent_permissions
+from .nats_layout import NatsLayout
 
-__all__ = ["AuthKeys", "authorization_block"]
+__all__ = ["AuthKeys", "authorization_block", "static_user"]
 
 ISSUER_FILE = "issuer.nk"
 SERVICE_FILE = "service.nk"
@@ -85,3 +88,22 @@ def authorization_block(keys: AuthKeys) -> str:
             "}",
         ]
     )
+
+
+def static_user(layout: NatsLayout, agent_id: str, password: str) -> str:
+    """One entry of a server's ``authorization { users: [...] }`` for ``agent_id`` without the
+    service (small setups, docs/nats.md): the agent's permissions, plus creating its own
+    consumer on its own inbox only, plus the lookups' replies."""
+    allowed = agent_permissions(layout, agent_id)
+    consumer = layout.consumer(agent_id)
+    publish = [
+        *allowed.publish,
+        f"$JS.API.CONSUMER.CREATE.{layout.stream}.{consumer}.{layout.inbox_filter(agent_id)}",
+    ]
+    subscribe = [*allowed.subscribe, f"{READER_REPLY_PREFIX}.>"]
+    return (
+        f"{{ user: {json.dumps(agent_id)}, password: {json.dumps(password)}, permissions: {{ "
+        f"publish: {{ allow: {json.dumps(publish)} }}, "
+        f"subscribe: {{ allow: {json.dumps(subscribe)} }} }} }}"
+    )
+

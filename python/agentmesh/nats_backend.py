@@ -102,7 +102,8 @@ class NatsBackend:
             self.servers,
             connect_timeout=self.connect_timeout,
             name="agentmesh-lookup",
-            options=reader_options() if self.auth else None,
+            options=reader_options(),
+            guarded=self.auth,
         )
         self._renew("lookups")
         self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
@@ -161,7 +162,13 @@ class NatsBackend:
             name=f"agentmesh-{token_of(agent_id)[:32]}",
             on_disconnect=self._disconnected,
             on_reconnect=self._reconnected,
-            options=agent_options(self.layout, keypair) if self.auth else None,
+            # (its own reply prefix also without the service: static users can be given it)
+            options=(
+                agent_options(self.layout, keypair)
+                if self.auth
+                else {"inbox_prefix": self.layout.reply_prefix(agent_id)}
+            ),
+            guarded=self.auth,
         )
         self._renew(repr(agent_id))
         try:

@@ -29,9 +29,11 @@ async def connect(
     on_reconnect: Callable[[], None] | None = None,
     options: Mapping[str, Any] | None = None,
     give_up_after: float | None = None,
+    guarded: bool = False,
 ) -> Any:
     """A nats-py connection that reconnects forever. ``options``: more of nats-py's
-    (credentials). A first connection the servers keep refusing (``Authorization Violation``)
+    (credentials). ``guarded``: the cluster runs the authorization service. A first connection
+    the servers keep refusing (``Authorization Violation``)
     is a :class:`NatsAuthError` (nats-py alone would keep trying); ``give_up_after``: seconds
     after which a first connection that found no server is a :class:`HubError`."""
     try:
@@ -53,7 +55,7 @@ async def connect(
     async def error(exc: Exception) -> None:
         log.debug("NATS connection %s: %s", name, exc)
         # (a server whose callout got no answer in time drops the connection, no reason given)
-        dropped = options is not None and isinstance(exc, (ConnectionResetError, BrokenPipeError))
+        dropped = guarded and isinstance(exc, (ConnectionResetError, BrokenPipeError))
         if _refused(exc) or dropped:
             refusals.append(exc)
             if len(refusals) >= _REFUSALS:

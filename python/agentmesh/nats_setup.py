@@ -182,6 +182,9 @@ def consumer_config(layout: NatsLayout, agent_id: str) -> Any:
     from .nats_layout import ACK_WAIT
 
     return api.ConsumerConfig(
+        # (the name too: nats-py then puts the filter in the request's subject, where a
+        # static user's permissions can pin it; the server checks the two agree)
+        name=layout.consumer(agent_id),
         durable_name=layout.consumer(agent_id),
         filter_subject=layout.inbox_filter(agent_id),
         ack_policy=api.AckPolicy.EXPLICIT,

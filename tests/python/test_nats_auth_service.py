@@ -125,3 +125,54 @@ def test_new_keys_are_private_and_the_servers_config_is_printed(tmp_path, capsys
         assert (tmp_path / "k" / name).stat().st_mode & 0o077 == 0
     assert main([*command, "--new-keys"]) == 1  # never replaced
     assert "exists: not replaced" in capsys.readouterr().err
+
+
+def test_static_users_the_alternative_for_small_setups(tmp_path):
+    """Without the service: a static user per agent (``static_user``); they talk, and an agent
+    cannot make its consumer read another's inbox (the filter is pinned by the subject)."""
+    import asyncio
+    import json as jsonlib
+
+    import nats
+
+    from agentmesh.nats_auth_config import static_user
+    from agentmesh.nats_layout import NatsLayout
+
+    layout = NatsLayout()
+    users = [static_user(layout, name, f"pw-{name}") for name in ("alice", "bob")]
+    admin = "{ user: admin, password: pw-admin }"
+    block = "authorization { users: [ " + "\n".join([admin, *users]) + " ] }"
+    with NatsCluster(tmp_path, nodes=1, authorization=block) as cluster:
+        port = cluster.nodes[0].port
+        NatsHub([f"nats://admin:pw-admin@127.0.0.1:{port}"]).close()  # the stream, buckets
+        hubs = [NatsHub([f"nats://{n}:pw-{n}@127.0.0.1:{port}"]) for n in ("alice", "bob")]
+        got: list[str] = []
+        bob = Agent("bob", hub=hubs[1])
+        bob.on_message(lambda msg: got.append(msg.text))
+        alice = Agent("alice", hub=hubs[0])
+        alice.send("bob", text="static")
+        alice.flush(30)
+        wait_until(lambda: got == ["static"], 30, "the message")
+
+        async def steal() -> bytes:
+            nc = await nats.connect(f"nats://alice:pw-alice@127.0.0.1:{port}",
+                                    inbox_prefix=layout.reply_prefix("alice"))
+            try:
+                consumer = layout.consumer("alice")
+                subject = (
+                    f"$JS.API.CONSUMER.CREATE.{layout.stream}.{consumer}."
+                    f"{layout.inbox_filter('alice')}"
+                )
+                config = {"name": consumer, "durable_name": consumer,
+                          "filter_subject": layout.inbox_filter("bob")}
+                body = jsonlib.dumps({"stream_name": layout.stream, "config": config})
+                return bytes((await nc.request(subject, body.encode(), timeout=5)).data)
+            finally:
+                await nc.close()
+
+        answer = jsonlib.loads(asyncio.run(steal()))
+        # "Consumer create request did not match filtered subject from create subject"
+        assert answer.get("error", {}).get("err_code") == 10131, answer
+        alice.close(), bob.close()
+        for hub in hubs:
+            hub.close()
