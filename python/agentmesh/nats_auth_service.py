@@ -30,7 +30,7 @@ import collections
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ._native import verify_bundle, verify_nats_connect
@@ -51,6 +51,9 @@ AUTH_SUBJECT = "$SYS.REQ.USER.AUTH"
 QUEUE = "agentmesh-auth"
 #: The account users are placed in (the servers' global account, when no accounts are set).
 ACCOUNT = "$G"
+#: Requests decided at once by one service (each reads the directory, and may write it): many
+#: agents connecting together, after a restart, must not wait in line past the servers' timeout.
+CONCURRENCY = 64
 
 
 class Refused(Exception):
@@ -108,6 +111,8 @@ class NatsAuthService:
         self._nc: Any = None
         self._js: Any = None
         self._directory: NatsDirectory | None = None
+        self._slots = asyncio.Semaphore(CONCURRENCY)
+        self._tasks: set[asyncio.Task[None]] = set()
         self.answered = 0
 
     async def start(self, connect_timeout: float = 30.0) -> None:
@@ -123,12 +128,31 @@ class NatsAuthService:
         replicas = check_server(self._nc, self.settings)
         await ensure_layout(self._js, self.settings, replicas)
         self._directory = NatsDirectory(self._js, self.layout, timeout=AUTH_TIMEOUT * 0.6)
-        await self._nc.subscribe(AUTH_SUBJECT, queue=QUEUE, cb=self._on_auth)
-        await self._nc.subscribe(self.layout.claim_subjects, queue=QUEUE, cb=self._on_claim)
+        await self._nc.subscribe(AUTH_SUBJECT, queue=QUEUE, cb=self._spawn(self._on_auth))
+        await self._nc.subscribe(
+            self.layout.claim_subjects, queue=QUEUE, cb=self._spawn(self._on_claim)
+        )
         await self._nc.flush()
         log.info("serving authorization on %s", ", ".join(self.servers))
 
+    def _spawn(self, handle: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
+        """A subscription callback that hands each message to a task of its own (nats-py runs
+        one subscription's callbacks one after the other)."""
+
+        async def run(msg: Any) -> None:
+            async with self._slots:
+                await handle(msg)
+
+        async def spawn(msg: Any) -> None:
+            task = asyncio.get_running_loop().create_task(run(msg))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+        return spawn
+
     async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
         if self._nc is not None:
             with contextlib.suppress(Exception):
                 await self._nc.close()
@@ -196,9 +220,19 @@ class NatsAuthService:
         if not verify_nats_connect(bundle, nonce.encode("utf-8"), proof):
             raise Refused(f"the connect proof of {agent_id!r} does not verify")
         await self._bind(agent_id, bundle)
-        assert self._js is not None
-        await self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id))
+        await self._ensure_consumer(agent_id)
         return f"agent:{agent_id}", agent_permissions(self.layout, agent_id)
+
+    async def _ensure_consumer(self, agent_id: str) -> None:
+        """The agent's consumer, made if missing (asked first: a renewal every few minutes per
+        agent should cost a read, not a write)."""
+        from nats.js.errors import NotFoundError
+
+        assert self._js is not None
+        try:
+            await self._js.consumer_info(self.layout.stream, self.layout.consumer(agent_id))
+        except NotFoundError:
+            await self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id))
 
     async def _bind(self, agent_id: str, bundle: dict[str, Any]) -> None:
         """Lets ``agent_id`` in only with the key its directory entry holds; binds a new id."""

@@ -83,9 +83,11 @@ async def connect(
         await asyncio.wait(
             {connecting, giving_up}, timeout=give_up_after, return_when=asyncio.FIRST_COMPLETED
         )
-        # (nats-py can return from connect() before the server has answered the CONNECT)
+        # (nats-py returns from connect() still connecting when the server closed the
+        # connection instead of answering its PING: wait until it is one or the other)
+        settle_by = asyncio.get_running_loop().time() + connect_timeout
         while connecting.done() and not connecting.exception() and not nc.is_connected:
-            if nc.is_closed or refused.is_set():
+            if nc.is_closed or refused.is_set() or asyncio.get_running_loop().time() > settle_by:
                 break
             await asyncio.sleep(0.02)
     except BaseException:  # cancelled from outside: nothing keeps trying behind the caller
@@ -98,6 +100,8 @@ async def connect(
     if connecting.done() and connecting.exception() is None and nc.is_connected:
         return nc
     failure: BaseException | None = None
+    # (a server drops a connection whose callout went unanswered: nats-py may not report it)
+    dropped_early = connecting.done() and not connecting.exception() and not nc.is_connected
     if connecting.done():
         failure = connecting.exception()
     else:
@@ -106,10 +110,16 @@ async def connect(
             await connecting
     with contextlib.suppress(Exception):
         await nc.close()
-    cause = failure or (
-        refusals[-1] if refusals else ConnectionError(f"no server answered in {give_up_after}s")
-    )
-    if _refused(cause) or refusals:
+    if failure is None and refusals:
+        failure = refusals[-1]
+    elif failure is None:
+        failure = ConnectionError(
+            "the server closed the connection"
+            if dropped_early
+            else f"no server answered in {give_up_after}s"
+        )
+    cause = failure
+    if _refused(cause) or refusals or (guarded and dropped_early):
         raise NatsAuthError(
             f"the NATS servers {', '.join(servers)} refused the connection of {name} "
             f"({cause or type(cause).__name__}): the agentmesh authorization service (agentmesh "

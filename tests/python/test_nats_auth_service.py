@@ -176,3 +176,37 @@ def test_static_users_the_alternative_for_small_setups(tmp_path):
         alice.close(), bob.close()
         for hub in hubs:
             hub.close()
+
+
+def test_many_agents_connecting_at_once_all_get_in(tmp_path):
+    """The service decides requests side by side: forty first connections together (each binds
+    an id and makes a consumer) all get in, within the servers' callout timeout."""
+    import asyncio
+
+    from agentmesh.crypto import AgentKeyPair
+    from agentmesh.nats_auth_client import agent_options
+    from agentmesh.nats_connection import connect
+    from agentmesh.nats_layout import NatsLayout
+
+    with guarded_cluster(tmp_path, nodes=3) as cluster:
+        (service,) = services(cluster, tmp_path, 1)
+        try:
+            service.start()
+            keypairs = [AgentKeyPair.generate(f"crowd{i}") for i in range(40)]
+
+            async def one(keypair) -> None:
+                options = agent_options(NatsLayout(), keypair)
+                nc = await connect(
+                    cluster.urls, connect_timeout=10, name="crowd", options=options, guarded=True
+                )
+                await nc.close()
+
+            async def crowd() -> None:
+                await asyncio.gather(*(one(keypair) for keypair in keypairs))
+
+            asyncio.run(crowd())
+            hub = NatsHub(cluster.urls, auth=True)
+            assert len(hub.list_agents()) == 40
+            hub.close()
+        finally:
+            service.stop()
