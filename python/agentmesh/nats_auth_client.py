@@ -6,7 +6,10 @@
 * :func:`reader_options`: a lookup connection sends nothing and is let in as a reader.
 * :class:`Renewal`: the service's users expire (minutes), and nats-server closes a connection
   whose user expired; nats-py then gives up on it. So each connection reconnects by itself
-  (a new nonce, a new proof, a new user) once three quarters of its user's life have passed.
+  (a new nonce, a new proof, a new user) once three quarters of its user's life have passed,
+  if a service answers then; if none does, it keeps its user (and carries on) until it
+  expires, and then keeps reconnecting until a service is back (nats_connection's client does
+  not give up on a dropped user as nats-py's does).
 * :func:`claim_prekey`: another agent's one-time prekey, claimed through the service.
 """
 
@@ -26,7 +29,7 @@ __all__ = ["Renewal", "agent_options", "claim_prekey", "reader_options"]
 
 log = logging.getLogger("agentmesh.nats")
 
-#: Seconds between two tries to learn a connection's expiry, or to renew it.
+#: Seconds between two tries to learn a connection's expiry, or to find a service.
 _RETRY = 1.0
 
 
@@ -54,8 +57,9 @@ def reader_options() -> dict[str, Any]:
 class Renewal:
     """Keeps one connection's user from expiring (see the module's doc)."""
 
-    def __init__(self, nc: Any, what: str) -> None:
+    def __init__(self, nc: Any, what: str, ping_subject: str) -> None:
         self.nc = nc
+        self.ping_subject = ping_subject
         self.what = what
         self.renewals = 0
         self._task: asyncio.Task[None] | None = None
@@ -74,6 +78,13 @@ class Renewal:
         expires = json.loads(answer.data).get("data", {}).get("expires")
         return float(expires) / 1e9 if expires else 0.0
 
+    async def _service_answers(self) -> bool:
+        try:
+            await self.nc.request(self.ping_subject, b"", timeout=_RETRY)
+        except Exception:
+            return False
+        return True
+
     async def _run(self) -> None:
         while not self.nc.is_closed:
             try:
@@ -84,13 +95,19 @@ class Renewal:
                 continue
             if remaining <= 0:
                 return  # a user without an expiry (no authorization service)
+            loop = asyncio.get_running_loop()
+            expires_at = loop.time() + remaining
             await asyncio.sleep(max(remaining * 0.75, 0.5))
-            log.info("%s: renewing its user before it expires", self.what)
-            try:
-                await self.nc.force_reconnect()
-            except Exception as exc:
-                log.info("%s: renewing failed (%s)", self.what, exc)
-            self.renewals += 1
+            while loop.time() < expires_at:
+                if await self._service_answers():
+                    log.info("%s: renewing its user before it expires", self.what)
+                    with contextlib.suppress(Exception):
+                        await self.nc.force_reconnect()
+                    self.renewals += 1
+                    break
+                log.warning("%s: no authorization service answers to renew its user", self.what)
+                await asyncio.sleep(_RETRY)
+            await asyncio.sleep(_RETRY / 4)  # (the expiry, or the renewal, under way)
             while not self.nc.is_connected and not self.nc.is_closed:
                 await asyncio.sleep(0.05)
 

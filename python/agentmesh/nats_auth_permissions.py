@@ -38,8 +38,10 @@ def _reading(layout: NatsLayout) -> list[str]:
         f"$JS.API.STREAM.MSG.GET.{directory}",
         # presence (is_online): another agent's consumer's waiting fetches; no payload
         f"$JS.API.CONSUMER.INFO.{stream}.*",
-        # the connection's own user (its expiry, to renew in time)
+        # the connection's own user (its expiry, to renew in time), and whether a service is
+        # there to renew it
         "$SYS.REQ.USER.INFO",
+        layout.service_ping,
     ]
 
 

@@ -132,6 +132,7 @@ class NatsAuthService:
         await self._nc.subscribe(
             self.layout.claim_subjects, queue=QUEUE, cb=self._spawn(self._on_claim)
         )
+        await self._nc.subscribe(self.layout.service_ping, queue=QUEUE, cb=_pong)
         await self._nc.flush()
         log.info("serving authorization on %s", ", ".join(self.servers))
 
@@ -266,6 +267,11 @@ class NatsAuthService:
             except HubError as exc:
                 log.info("a prekey claim of %r failed: %s", target, exc)
         await _respond(msg, {"prekey": claimed})
+
+
+async def _pong(msg: Any) -> None:
+    with contextlib.suppress(Exception):
+        await msg.respond(b"pong")
 
 
 async def _respond(msg: Any, body: dict[str, Any]) -> None:

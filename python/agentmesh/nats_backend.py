@@ -262,7 +262,7 @@ class NatsBackend:
     def _renew(self, what: str) -> None:
         """With the authorization service: renew the connection's user before it expires."""
         if self.auth:
-            self._renewal = Renewal(self._nc, what)
+            self._renewal = Renewal(self._nc, what, self.layout.service_ping)
             self._renewal.start()
 
     # -- receiving (see nats_receiver) -----------------------------------------------------

@@ -61,7 +61,7 @@ async def connect(
             if len(refusals) >= _REFUSALS:
                 refused.set()
 
-    nc: Any = nats.NATS()
+    nc: Any = _guarded_client()() if guarded else nats.NATS()
     connecting = asyncio.ensure_future(
         nc.connect(
             servers=servers,
@@ -126,6 +126,29 @@ async def connect(
             "nats-auth) is down or unreachable, or refused the proof (its log says which)"
         ) from cause
     raise HubError(f"cannot connect to the NATS servers {', '.join(servers)}: {cause}") from cause
+
+
+#: What nats-server says when it drops a connection's user: refused on a re-authentication, or
+#: its user expired (the authorization service's users do).
+_USER_DROPPED = ("authorization violation", "user authentication expired", "authentication timeout")
+
+
+def _guarded_client() -> type:
+    """nats-py's client, but one that reconnects (with a new proof) when the server drops its
+    user: nats-py closes a connection for good on those errors, which would end an agent whose
+    user expired while no authorization service could renew it."""
+    from nats.aio.client import Client
+    from nats.errors import AuthorizationError
+
+    class GuardedClient(Client):  # type: ignore[misc]
+        async def _process_err(self, err_msg: str) -> None:
+            if self.is_connected and any(m in err_msg.lower() for m in _USER_DROPPED):
+                log.info("NATS dropped the connection's user (%s): reconnecting", err_msg.strip())
+                await self._process_op_err(AuthorizationError())
+                return
+            await super()._process_err(err_msg)
+
+    return GuardedClient
 
 
 def _refused(exc: BaseException) -> bool:

@@ -125,6 +125,11 @@ class NatsLayout:
         return f"_INBOX.{self.agent_hash(agent_id)}"
 
     @property
+    def service_ping(self) -> str:
+        """Where the authorization service answers "are you there" (before a renewal)."""
+        return f"{self.prefix}.svc.ping"
+
+    @property
     def claim_subjects(self) -> str:
         """Where the authorization service takes one-time prekey claims."""
         return f"{self.prefix}.svc.claim.*"

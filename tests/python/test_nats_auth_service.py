@@ -210,3 +210,27 @@ def test_many_agents_connecting_at_once_all_get_in(tmp_path):
             hub.close()
         finally:
             service.stop()
+
+
+def test_agents_whose_users_expired_with_no_service_get_back_in_when_one_returns(tmp_path):
+    with guarded_cluster(tmp_path) as cluster:
+        (service,) = services(cluster, tmp_path, 1, lifetime=5.0)
+        try:
+            service.start()
+            hub = NatsHub(cluster.urls, auth=True, timeout=30.0)
+            got: list[str] = []
+            alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+            bob.on_message(lambda msg: got.append(msg.text))
+            exchange(alice, bob, got, 2)
+            service.kill()
+            alice.send("bob", text="while down")  # carries on until its user expires
+            wait_until(lambda: "while down" in got, 10, "a message with the service down")
+            time.sleep(8)  # every user has expired now; the agents keep reconnecting
+            alice.send("bob", text="after expiry")
+            service.start()
+            alice.flush(60)
+            wait_until(lambda: "after expiry" in got, 60, "the message after the service came back")
+            exchange(alice, bob, got, 3)
+            alice.close(), bob.close(), hub.close()
+        finally:
+            service.stop()
