@@ -4,7 +4,9 @@ interleaved round by round; medians over rounds of the per-process medians.
 
 Cases: a 64 B ping-pong (every message changes direction, so every message turns the DH
 ratchet: 2 X25519 and a key generation per message) and a 1 MiB seal+unseal (payload dict ->
-wire bytes -> payload dict). Contenders: agentmesh deniable and signed, and optionally
+wire bytes -> payload dict), once as text (``{"text": str}``, JSON) and once as binary
+(``{"data": bytes}``, carried as raw bytes: the like-for-like comparison with a peer that
+carries raw bytes). Contenders: agentmesh deniable and signed, and optionally
 
 * ``AGENTMESH_PLATFORM_PYTHON``: the python of an environment with Microsoft's
   ``agentmesh-platform`` (its ``SecureChannel``; it also imports as ``agentmesh``, so it never
@@ -32,18 +34,23 @@ BASE_SIGNED = "agentmesh signed (baseline build)"
 PLATFORM = "agentmesh-platform SecureChannel (unsigned)"
 
 PINGPONG = "pingpong 64 B"
-BIG = "seal+unseal 1 MiB"
+BIG = "seal+unseal 1 MiB text"
+BIG_BYTES = "seal+unseal 1 MiB bytes"
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _REPO = os.path.dirname(_HERE)
-_CASES = {PINGPONG: ("pingpong", 64), BIG: ("seal_unseal", 1 << 20)}
+_CASES = {
+    PINGPONG: ("pingpong", 64),
+    BIG: ("seal_unseal", 1 << 20),
+    BIG_BYTES: ("seal_unseal_bytes", 1 << 20),
+}
 
 
 def _ops(case: str, quick: bool) -> tuple[int, int]:
     """(operations per batch, batches) of one child process."""
     if case == PINGPONG:
         return (100, 3) if quick else (200, 5)
-    return (5, 3) if quick else (10, 5)
+    return (5, 3) if quick else (10, 5)  # (both 1 MiB cases)
 
 
 def _contenders() -> tuple[dict[str, list[str]], list[str]]:
@@ -149,10 +156,10 @@ def targets(res: dict[str, Any]) -> list[tuple[str, float, float, str]]:
                 f"{fmt_time(ours)} vs {fmt_time(peer)}",
             )
         )
-    ours, peer = _med(res, BIG, AM_SIGNED), _med(res, BIG, PLATFORM)
+    ours, peer = _med(res, BIG_BYTES, AM_SIGNED), _med(res, BIG_BYTES, PLATFORM)
     out.append(
         (
-            "fresh process: 1 MiB signed seal+unseal vs agentmesh-platform",
+            "fresh process: 1 MiB (bytes) signed seal+unseal vs agentmesh-platform",
             ours / peer,
             0.5,
             f"{fmt_time(ours)} vs {fmt_time(peer)}",
@@ -162,7 +169,7 @@ def targets(res: dict[str, Any]) -> list[tuple[str, float, float, str]]:
 
 
 def signed_big(res: dict[str, Any]) -> float:
-    return _med(res, BIG, AM_SIGNED)
+    return _med(res, BIG_BYTES, AM_SIGNED)
 
 
 def markdown(res: dict[str, Any]) -> list[str]:
@@ -178,9 +185,10 @@ def markdown(res: dict[str, Any]) -> list[str]:
         "timed in the process's CPU time (so another process's burst on a shared machine stays "
         f"out): the contenders' processes interleaved, {fr['rounds']} rounds, median of the "
         "per-process medians (min..max over rounds). Ping-pong: alice and bob answer each "
-        "other, so every message turns the DH ratchet. agentmesh carries a payload dict "
-        '(`{"text": ...}`, JSON inside the envelope); agentmesh-platform\'s `SecureChannel` '
-        "carries raw bytes and signs nothing. Children: `benches/fresh_child.py`, "
+        "other, so every message turns the DH ratchet. agentmesh carries a payload dict: "
+        '`{"text": ...}` (JSON inside the envelope), or for the bytes case `{"data": bytes}` '
+        "(raw bytes inside the envelope); agentmesh-platform's `SecureChannel` carries raw "
+        "bytes in both 1 MiB cases and signs nothing. Children: `benches/fresh_child.py`, "
         "`benches/peers/platform_child.py`.",
         "",
         "| contender | " + " | ".join(fr["cases"]) + " |",
@@ -198,11 +206,13 @@ def markdown(res: dict[str, Any]) -> list[str]:
         if any(c != "-" for c in cells):
             L.append(f"| {n} | " + " | ".join(cells) + " |")
     L.append("")
-    big = fr["cases"].get(BIG, {})
-    if big:
+    for case in (BIG, BIG_BYTES):
+        big = fr["cases"].get(case, {})
+        if not big:
+            continue
         L.append(
-            "Minor page faults per 1 MiB message (pages glibc gave back to the kernel and the "
-            "kernel mapped and zeroed again; Python's `bytes` and `str` of a megabyte are "
+            f"Minor page faults per message, {case} (pages glibc gave back to the kernel and "
+            "the kernel mapped and zeroed again; Python's `bytes` and `str` of a megabyte are "
             "allocated with glibc's malloc, which in a fresh process returns them between "
             "messages): " + ", ".join(f"{n} {s['faults_per_op']:.0f}" for n, s in big.items()) + "."
         )

@@ -1,5 +1,7 @@
 """One fresh process, default settings, one agentmesh case: ``python benches/fresh_child.py
-<pingpong|seal_unseal> <signed|deniable> <payload characters> <ops per batch> <batches>``.
+<pingpong|seal_unseal|seal_unseal_bytes> <signed|deniable> <payload size> <ops per batch>
+<batches>`` (``seal_unseal_bytes``: the payload is ``{"data": bytes}``, carried as binary; the
+others ``{"text": str}``).
 Prints JSON: CPU nanoseconds per message of each batch (``ns``) and minor page faults per
 message (``faults``). Imports only the installed
 agentmesh, as a user's program does (no benchmark helpers, no allocator settings)."""
@@ -21,7 +23,9 @@ def main() -> None:
     b = perform_key_exchange(bob, alice.public_bundle(), deniable=mode == "deniable")
     b.unseal(a.seal({"text": "hello"}).to_bytes())
     a.unseal(b.seal({"text": "hello"}).to_bytes())
-    payload = {"text": "a" * size}
+    payload: dict[str, object] = (
+        {"data": b"a" * size} if case.endswith("_bytes") else {"text": "a" * size}
+    )
 
     def pingpong() -> None:
         # Every message changes direction, so every message turns the DH ratchet.

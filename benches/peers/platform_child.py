@@ -45,6 +45,7 @@ def main() -> None:
     def seal_unseal() -> None:
         one_way(a, b)
 
+    # (seal_unseal and seal_unseal_bytes are the same here: SecureChannel carries raw bytes)
     op, per_call = (pingpong, 2) if case == "pingpong" else (seal_unseal, 1)
     op()
     out = []

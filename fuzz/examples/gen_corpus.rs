@@ -1,6 +1,7 @@
 //! Writes the seed corpora in fuzz/corpus/<target>/ and fuzz/fixtures/ from the deterministic
 //! fixture (and, for the two pure parsers, the hex envelopes and bundles of
-//! tests/vectors/protocol-v1.json). Deterministic: running it again rewrites identical files.
+//! tests/vectors/protocol-v1.json; for payload_decode, the plaintexts of
+//! tests/vectors/payload-v1.json). Deterministic: running it again rewrites identical files.
 //!
 //!     cd fuzz && cargo run --example gen_corpus
 //!
@@ -219,6 +220,13 @@ fn main() {
             &format!("edit_fixsum_{which}"),
             &[2 | which << 2],
         );
+    }
+
+    // payload_decode: the framed and malformed plaintexts of tests/vectors/payload-v1.json.
+    let payloads =
+        fs::read_to_string(root().join("../tests/vectors/payload-v1.json")).unwrap_or_default();
+    for (i, p) in vector_values(&payloads, "plaintext").iter().enumerate() {
+        write("payload_decode", &format!("vector_{i:02}"), p);
     }
 
     let total: u64 = walk(&root().join("corpus"));

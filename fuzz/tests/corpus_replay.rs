@@ -54,6 +54,11 @@ fn bundle_decode() {
 }
 
 #[test]
+fn payload_decode() {
+    replay("payload_decode", targets::payload_decode::run);
+}
+
+#[test]
 fn keyfile_load() {
     replay("keyfile_load", targets::keyfile_load::run);
 }

@@ -5,6 +5,7 @@ from os import PathLike
 from typing import Any, final
 
 __all__ = [
+    "BYTES_REFERENCE_KEY",
     "MAX_GROUP_MEMBERS",
     "MAX_GROUP_MESSAGE_GAP",
     "MAX_GROUP_SKIPPED_KEYS",
@@ -22,6 +23,8 @@ __all__ = [
     "check_agent_id",
     "fingerprint_of",
     "fingerprint_of_key",
+    "payload_from_bytes",
+    "payload_to_bytes",
     "perform_key_exchange",
     "sign_membership",
     "verify_bundle",
@@ -31,6 +34,7 @@ __all__ = [
     "write_private_file",
 ]
 
+BYTES_REFERENCE_KEY: str
 PROTOCOL_VERSION: int
 MAX_GROUP_MEMBERS: int
 MAX_GROUP_MESSAGE_GAP: int
@@ -166,6 +170,8 @@ def fingerprint_of(bundle: dict[str, Any]) -> str: ...
 def fingerprint_of_key(identity_key: bytes) -> str: ...
 def bundle_to_bytes(bundle: dict[str, Any]) -> bytes: ...
 def bundle_from_bytes(data: bytes) -> dict[str, Any]: ...
+def payload_to_bytes(payload: dict[str, Any]) -> bytes: ...
+def payload_from_bytes(data: bytes) -> dict[str, Any]: ...
 def write_private_file(path: str | PathLike[str], data: bytes) -> None: ...
 def check_agent_id(agent_id: object, what: str = "agent_id") -> None: ...
 

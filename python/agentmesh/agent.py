@@ -370,6 +370,18 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
             return [p for p in self._bundles if p != self.agent_id]
         return [a for a in hub.list_agents() if a != self.agent_id]
 
+    def counters(self) -> dict[str, int]:
+        """The agent's figures as plain numbers; safe to read from any thread (nothing is
+        iterated), for a metrics scrape."""
+        return {
+            "sent": self.sent,
+            "received": self.received,
+            "rejected": self.rejected,
+            "handler_errors": self.handler_errors,
+            "active_sessions": len(self._sessions),
+            "known_peers": len(self._pins),
+        }
+
     def status(self) -> dict[str, Any]:
         return {
             "agent_id": self.agent_id,
@@ -438,7 +450,9 @@ class Agent(_AgentFacade):
     # sending
     def send(self, recipient_id: str, /, text: str = "", **kwargs: Any) -> Any:
         """Send ``{"text": text, **kwargs}``; returns the sealed Envelope."""
-        return self.send_payload(recipient_id, {"text": text, **kwargs})
+        if kwargs:
+            check_no_meta(kwargs)
+        return self._core.send_payload(recipient_id, {"text": text, **kwargs})
 
     def send_payload(
         self, recipient_id: str, payload: dict[str, Any], *, ttl: float | None = None

@@ -78,6 +78,12 @@ class _AgentFacade:
         """True if this agent sets up deniable sessions (no per-message signature)."""
         return self._core.deniable
 
+    def counters(self) -> dict[str, int]:
+        """``sent``, ``received``, ``rejected``, ``handler_errors``, ``active_sessions`` and
+        ``known_peers`` as numbers: cheap and safe from any thread (what
+        :class:`agentmesh.agent_metrics.AgentMetrics` reports)."""
+        return self._core.counters()
+
     def on_error(self, handler: H) -> H:
         """Register a handler called with the exception of every rejected envelope."""
         return self._core.add_error_handler(handler)

@@ -29,9 +29,15 @@ from .message import Message
 Envelope = _crypto.Envelope
 perform_key_exchange = _crypto.perform_key_exchange
 
-# Set while receive_batch(dispatch=False) runs in this thread: what it unseals is held (not
-# saved) until ``handled_from`` says its handlers ran.
-_holding = threading.local()
+class _Holding(threading.local):
+    """``on`` while receive_batch(dispatch=False) runs in this thread: what it unseals is held
+    (not saved) until ``handled_from`` says its handlers ran. (A class default, so reading it
+    on every message is a plain attribute read.)"""
+
+    on = False
+
+
+_holding = _Holding()
 
 
 class Rejected:
@@ -50,6 +56,11 @@ class _Receiving(AgentCoreState):
 
     def receive(self, envelope: Any) -> Message | None:
         """Unseal, then dispatch; a rejection goes to the error handlers. Returns the message."""
+        return self.receive_pairwise(envelope)
+
+    def receive_pairwise(self, envelope: Any) -> Message | None:
+        """:meth:`receive` for an envelope known not to be a group message (the in-process
+        hub's path: rooms that handle other kinds of envelope override ``receive`` only)."""
         try:
             if type(envelope) is not Envelope:
                 envelope = _crypto.as_envelope(envelope)
@@ -162,7 +173,7 @@ class _Receiving(AgentCoreState):
                 if opened is not None:
                     count = sum(1 for payload in opened if type(payload) is dict)
                     self.received += count
-                    if getattr(_holding, "on", False):
+                    if _holding.on:
                         self._unhandled[sender] += count
                     if dirty is not None:
                         dirty.add(sender)
@@ -203,7 +214,7 @@ class _Receiving(AgentCoreState):
             with self._lock:
                 payload = session.unseal(env)
                 self.received += 1
-                if getattr(_holding, "on", False):
+                if _holding.on:
                     self._unhandled[sender] += 1
                 if dirty is not None:
                     dirty.add(sender)
@@ -238,7 +249,7 @@ class _Receiving(AgentCoreState):
                 self._commit_session(sender, session, bundle)
                 self._note_inbound_only(sender)
             self.received += 1
-            if getattr(_holding, "on", False):
+            if _holding.on:
                 self._unhandled[sender] += 1
         self.save_state_quietly()
         return Message(sender, self.agent_id, payload, env, self)

@@ -7,33 +7,23 @@ It shares the one implementation (:class:`~agentmesh.agent._AgentCore`) with the
 from __future__ import annotations
 
 import asyncio
-import collections
-import contextlib
 import functools
-import inspect
 import logging
 import os
-import threading
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
 from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade, _hub_of
 from .agent_requests import DEFAULT_REQUEST_TIMEOUT, check_no_meta
+from .async_delivery import AsyncDelivery, is_async_callable
 from .errors import ReplyTimeoutError
 from .groups import AsyncGroup
-from .link_receive_pool import waiting
 from .message import Message
 
 if TYPE_CHECKING:  # pragma: no cover
     from .hubs import Hub
 
 __all__ = ["AsyncAgent"]
-
-
-def _is_async_callable(handler: Any) -> bool:
-    return inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
-        getattr(handler, "__call__", None)  # noqa: B004
-    )
 
 
 class AsyncAgent(_AgentFacade):
@@ -67,165 +57,36 @@ class AsyncAgent(_AgentFacade):
             deniable=deniable,
         )
         self._core = core
-        core._dispatch = self._dispatch
-        self._inbox: collections.deque[Message] = collections.deque()
-        self._inbox_size = max(1, int(inbox_size))
-        self._inbox_cond = threading.Condition()
-        self._waiter: asyncio.Future[None] | None = None
-        self._iterating = False
-        self._has_async = False
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread: int | None = None
-        self._loop_bound = threading.Event()
-        self._chains: collections.deque[Message] = collections.deque()
-        self._chain_task: asyncio.Task[None] | None = None
-        self._dropped = 0
-        with contextlib.suppress(RuntimeError):
-            self._bind(asyncio.get_running_loop())
+        self._delivery = AsyncDelivery(core, inbox_size)
+        core._dispatch = self._delivery.dispatch
         if resolved is not None:
             core.register_on(resolved, self, owned=resolved is not hub)
 
-    # -- loop binding ---------------------------------------------------------------------------
-
-    def _bind(self, loop: asyncio.AbstractEventLoop) -> None:
-        if self._loop is None or self._loop.is_closed():
-            self._loop = loop
-            self._loop_thread = threading.get_ident()
-            self._loop_bound.set()
-            if self._chains:
-                loop.call_soon(self._ensure_chain_task)
-
-    def _bind_running(self) -> asyncio.AbstractEventLoop:
-        loop = asyncio.get_running_loop()
-        if self._loop is not loop:
-            self._bind(loop)
-        return loop
-
-    def _in_loop_thread(self) -> bool:
-        return self._loop is not None and threading.get_ident() == self._loop_thread
-
-    # -- dispatch (called by the core in whichever thread delivered the message) ----------------
-
-    def _dispatch(self, msg: Message) -> None:
-        core = self._core
-        if not self._has_async:
-            core.run_handlers(msg)
-            self._offer(msg)
-            return
-        loop = self._loop
-        if loop is not None and not self._in_loop_thread() and not loop.is_closed():
-            # a network worker: wait until the handlers ran, so the hub's ack comes after them
-            fut = asyncio.run_coroutine_threadsafe(self._run_chain(msg), loop)
-            try:
-                with waiting():  # an async handler may await a reply: let it through
-                    fut.result()
-            except Exception:
-                core.log.exception("agent %r: async dispatch failed", core.agent_id)
-            return
-        if loop is None and not self._in_loop_thread():
-            with contextlib.suppress(RuntimeError):
-                self._bind(asyncio.get_running_loop())
-        self._chains.append(msg)
-        if self._loop is not None and self._in_loop_thread():
-            self._ensure_chain_task()
-
-    def _ensure_chain_task(self) -> None:
-        if self._chain_task is None or self._chain_task.done():
-            assert self._loop is not None
-            self._chain_task = self._loop.create_task(self._drain_chains())
-
-    async def _drain_chains(self) -> None:
-        while self._chains:
-            await self._run_chain(self._chains.popleft())
-
-    async def _run_chain(self, msg: Message) -> None:
-        core = self._core
-        for handler in core._handlers:
-            try:
-                result = handler(msg)
-                if inspect.isawaitable(result):
-                    await result
-            except Exception:
-                core.handler_failed(handler, msg)
-        self._offer(msg)
-
-    def _offer(self, msg: Message) -> None:
-        if not (self._iterating or not self._core._handlers):
-            return
-        cond = self._inbox_cond
-        with cond:
-            if len(self._inbox) >= self._inbox_size:
-                loop = self._loop
-                if loop is not None and not loop.is_closed() and not self._in_loop_thread():
-                    # backpressure: a producer in another thread (a network worker: the hub
-                    # keeps the rest queued) waits until the consumer makes room
-                    while (
-                        len(self._inbox) >= self._inbox_size
-                        and not self._core.closed
-                        and not loop.is_closed()
-                    ):
-                        cond.wait(0.5)
-                if len(self._inbox) >= self._inbox_size:  # the loop's own thread cannot wait
-                    self._inbox.popleft()
-                    self._dropped += 1
-                    if self._dropped == 1 or self._dropped % 1000 == 0:
-                        self._core.log.warning(
-                            "agent %r: inbox full (%d), dropped %d oldest message(s)",
-                            self._core.agent_id,
-                            self._inbox_size,
-                            self._dropped,
-                        )
-            self._inbox.append(msg)
-            self._wake_locked()
-
-    def _wake_locked(self) -> None:
-        waiter = self._waiter
-        if waiter is None or waiter.done():
-            return
-        self._waiter = None
-        if self._in_loop_thread():
-            waiter.set_result(None)
-        else:
-            loop = waiter.get_loop()
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(_set_if_pending, waiter)
-
-    # -- iteration ------------------------------------------------------------------------------
+    # -- iteration (the inbox and the loop binding: async_delivery.py) ------------------------
 
     def __aiter__(self) -> AsyncIterator[Message]:
-        self._iterating = True
-        self._core.consumer_ready.set()
+        self._delivery.start_iterating()
         return self
 
     async def __anext__(self) -> Message:
-        self._iterating = True
-        self._core.consumer_ready.set()
-        loop = self._bind_running()
-        while True:
-            with self._inbox_cond:
-                if self._inbox:
-                    msg = self._inbox.popleft()
-                    self._inbox_cond.notify_all()
-                    return msg
-                if self._core.closed:
-                    raise StopAsyncIteration
-                fut: asyncio.Future[None] = loop.create_future()
-                self._waiter = fut
-            await fut
+        return await self._delivery.next()
 
     async def next_message(self, timeout: float | None = None) -> Message:
         """The next message (``asyncio.TimeoutError`` after ``timeout`` seconds)."""
         try:
-            return await asyncio.wait_for(self.__anext__(), timeout)
+            return await asyncio.wait_for(self._delivery.next(), timeout)
         except StopAsyncIteration:
             raise RuntimeError(f"agent {self.agent_id!r} is closed") from None
+
+    def _bind_running(self) -> asyncio.AbstractEventLoop:
+        return self._delivery.bind_running()
 
     # -- handlers -------------------------------------------------------------------------------
 
     def on_message(self, handler: H) -> H:
         """Register a handler (sync or ``async def``), as a decorator or a call."""
-        if _is_async_callable(handler):
-            self._has_async = True
+        if is_async_callable(handler):
+            self._delivery.has_async = True
         return self._core.add_handler(handler)
 
     # -- I/O ------------------------------------------------------------------------------------
@@ -328,8 +189,8 @@ class AsyncAgent(_AgentFacade):
 
     def status(self) -> dict[str, Any]:
         status = self._core.status()
-        status["inbox"] = len(self._inbox)
-        status["dropped"] = self._dropped
+        status["inbox"] = self._delivery.queued
+        status["dropped"] = self._delivery.dropped
         return status
 
     async def flush(self, timeout: float | None = None) -> None:
@@ -339,9 +200,7 @@ class AsyncAgent(_AgentFacade):
         try:
             await self._run(self._core.close, timeout)
         finally:
-            with self._inbox_cond:
-                self._inbox_cond.notify_all()
-                self._wake_locked()
+            self._delivery.wake_all()
 
     async def wait_for_peer(self, peer_id: str, timeout: float | None = 30.0) -> None:
         """Return once ``peer_id`` is online on the hub (see :meth:`Agent.wait_for_peer`)."""
@@ -378,7 +237,3 @@ class AsyncAgent(_AgentFacade):
         state = " closed" if self._core.closed else ""
         return f"<AsyncAgent {self.agent_id!r} {self.fingerprint}{state}>"
 
-
-def _set_if_pending(fut: asyncio.Future[None]) -> None:
-    if not fut.done():
-        fut.set_result(None)

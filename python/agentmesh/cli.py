@@ -146,7 +146,17 @@ def _payload_of(args: argparse.Namespace) -> dict[str, Any]:
     text = _text_of(args)
     if "text" in payload and (text or args.text_file is not None):
         raise _UsageError("--payload has a 'text' field and --text (or --text-file) gives one too")
-    return {"text": text, **payload}
+    if args.file is None:
+        return {"text": text, **payload}
+    from . import cli_files
+
+    clash = [k for k in cli_files.FILE_FIELDS if k in payload]
+    if clash:
+        raise _UsageError(f"--payload has a {clash[0]!r} field and --file sets it too")
+    try:
+        return {"text": text, **payload, **cli_files.file_fields(args.file)}
+    except ValueError as exc:
+        raise _UsageError(str(exc)) from None
 
 
 def _open_agent(args: argparse.Namespace, hub: Any, wait: float) -> Any:
@@ -207,7 +217,7 @@ def _cmd_request(args: argparse.Namespace) -> int:
     reply = _with_agent(
         args, lambda agent: agent.request_payload(args.to, payload, timeout=args.timeout)
     )
-    print(json.dumps(reply.to_dict()))
+    print(json.dumps(reply.to_dict(), ensure_ascii=False))
     return EXIT_OK
 
 
@@ -261,10 +271,13 @@ def _cmd_chat(args: argparse.Namespace) -> int:
 
 
 def _cmd_listen(args: argparse.Namespace) -> int:
+    from . import cli_files
     from .agent import Agent
 
     if args.count < 0:
         raise _UsageError("--count must be >= 0")
+    if args.save_dir is not None and not os.path.isdir(args.save_dir):
+        raise _UsageError(f"--save-dir {args.save_dir!r} is not a directory")
     passphrase = _passphrase(args)
     agent_id = _agent_id_of_key(args.key, passphrase)
     stop = threading.Event()
@@ -296,8 +309,11 @@ def _cmd_listen(args: argparse.Namespace) -> int:
                 return
             # Every message handled is printed, also past --count: it has been acknowledged to
             # the hub and would otherwise be lost to the next listener.
+            shown = msg.to_dict()
+            if args.save_dir is not None:
+                shown["payload"] = cli_files.saved_payload(msg, args.save_dir)
             with lock:
-                sys.stdout.write(json.dumps(msg.to_dict(), ensure_ascii=False) + "\n")
+                sys.stdout.write(json.dumps(shown, ensure_ascii=False) + "\n")
                 sys.stdout.flush()
                 count += 1
                 if args.count and count >= args.count:

@@ -79,8 +79,13 @@ def run(args: argparse.Namespace) -> str:
         parts = ", ".join(f"{labels.get('reason', '?')} {v:,.0f}" for labels, v in refused)
         lines.append(f"refused            {sum(v for _, v in refused):>12,.0f}  ({parts})")
     queues = sorted(samples.get(p + "agent_queued_envelopes", []), key=lambda s: -s[1])
+    ages = {
+        labels.get("agent"): age for labels, age in samples.get(p + "agent_queue_age_seconds", [])
+    }
     if queues:
-        lines.append("longest queues:")
+        lines.append("longest queues:                            envelopes   oldest waits")
         for labels, value in queues[: max(0, args.top)]:
-            lines.append(f"  {labels.get('agent', '?'):<40} {value:>10,.0f}")
+            agent = labels.get("agent", "?")
+            age = f"{ages[agent]:>12,.1f} s" if agent in ages else ""
+            lines.append(f"  {agent:<40} {value:>10,.0f} {age}")
     return "\n".join(lines)

@@ -133,7 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         "listen",
         help="print incoming messages as JSON lines until interrupted",
         description="Receive messages through a network hub and print each as one JSON line "
-        "on stdout, until Ctrl-C / SIGTERM (or --count messages).",
+        "on stdout, until Ctrl-C / SIGTERM (or --count messages). Binary payload values are "
+        'printed as {"bytes": size, "base64": ...}, or saved to files with --save-dir.',
     )
     _hub_args(p)
     _key_args(p)
@@ -159,6 +160,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="ID",
         help="print only messages from this agent (repeatable); the others are received and "
         "reported on stderr, not left for another listener",
+    )
+    p.add_argument(
+        "--save-dir",
+        metavar="DIR",
+        help="write each binary value of a message to a file in DIR (<id>-<filename>, or "
+        "<id>-<n>.bin) and print its path instead of its base64",
     )
 
     p = add_command(
@@ -209,6 +216,12 @@ def _message_args(p: argparse.ArgumentParser, text_help: str, timeout_help: str)
     p.add_argument("--to", required=True, metavar="ID", help="recipient agent id")
     p.add_argument("--text", default="", help=f"{text_help} ('-': read it from standard input)")
     p.add_argument("--text-file", metavar="PATH", help="read the text from this UTF-8 file")
+    p.add_argument(
+        "--file",
+        metavar="PATH",
+        help="attach this file: its bytes travel as binary payload field 'data' (no base64), "
+        "its name as 'filename' (at most 4 MiB)",
+    )
     p.add_argument(
         "--payload",
         metavar="JSON",

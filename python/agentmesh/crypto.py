@@ -118,6 +118,8 @@ def seal(
     The keypair and both ids must be the session's own (``IdentityError`` otherwise): a message
     can never be sealed under one identity and labelled with another. On a session of an
     identity made with ``AgentKeyPair()``, the first seal fixes the ids it is given for good.
+    ``bytes`` values anywhere in ``payload`` are sealed as raw bytes (not base64) and come back
+    from :func:`unseal` as ``bytes`` (docs/protocol.md, section 5.1).
     """
     return session.seal_as(sender_keypair, sender_id, recipient_id, payload)
 

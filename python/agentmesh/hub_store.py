@@ -175,6 +175,12 @@ class Inbox(ABC):
     def message_count(self) -> int:
         """Envelopes accepted since the store was created (persisted)."""
 
+    async def oldest_enqueued(self, recipients: list[str]) -> dict[str, int]:
+        """Per recipient of ``recipients`` with stored envelopes: when (ms since the epoch) the
+        oldest one still queued was committed, for the hub's queue-age metric. A store that
+        does not know says nothing (an empty dict)."""
+        return {}
+
 
 class HubBackend(Directory, Inbox):
     """Directory + inbox behind one object; the server needs nothing else."""

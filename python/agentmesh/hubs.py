@@ -97,7 +97,8 @@ class LocalHub(Hub):
         self.directory.leave(core.agent_id, core, forget=True)
 
     def deliver(self, envelope: Any) -> None:
-        if type(envelope) is not Envelope:
+        pairwise = type(envelope) is Envelope
+        if not pairwise:
             envelope = _crypto.as_envelope(envelope)
         recipient = envelope.recipient
         directory = self.directory
@@ -109,7 +110,10 @@ class LocalHub(Hub):
                 raise ValueError(f"Peer {recipient!r} not found on hub") from None
             return
         directory.routed += 1
-        holder.receive(envelope)
+        if pairwise:
+            holder.receive_pairwise(envelope)  # (the common case, without the kind check)
+        else:
+            holder.receive(envelope)
 
     def local_agent(self, agent_id: str) -> _AgentCore | None:
         """The agent of this process registered as ``agent_id`` (None: none, or a backend)."""

@@ -28,13 +28,12 @@ import contextlib
 import logging
 import threading
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from . import crypto as _crypto
 from .agent import _AgentCore
 from .agent_receiving import Rejected
 from .backend import Backend, Delivery
-from .errors import HubError
+from .link_opening import RECENT_IDS, Outcome, RecentIds, Retry, open_deliveries
 from .link_receive_pool import while_waiting
 from .link_state_writer import StateWriter, resolve
 from .message import Message
@@ -42,34 +41,13 @@ from .message import Message
 if TYPE_CHECKING:
     from .link import NetLoop
 
-__all__ = ["RECENT_IDS", "Receiver"]
+__all__ = ["RECENT_IDS", "Receiver"]  # (RECENT_IDS: from link_opening)
 
-Envelope = _crypto.Envelope
 log = logging.getLogger("agentmesh.link")
 
-#: How many accepted envelope ids an agent remembers to recognise redeliveries.
-RECENT_IDS = 4096
 
 # (batch, the store its positions count in, resolved once unsealed, resolved for the ack)
 _Item = tuple[list[Delivery], "bytes | None", "asyncio.Future[None]", "asyncio.Future[None]"]
-
-
-class Retry:
-    """An envelope that could not be read now, and must come again: the hub lookup of a new
-    sender failed (the hub unreachable, a cluster electing a leader), or reading the batch
-    failed unexpectedly. Its batch is not acknowledged, so the backend delivers it again (on
-    its next connection); rejecting it would lose it."""
-
-    __slots__ = ("error",)
-
-    def __init__(self, error: BaseException) -> None:
-        self.error = error
-
-
-# Per delivery of a batch: the Message for the handlers, the rejection to report in its
-# place, an envelope that must come again, or True (handled here or before: a reply, a
-# redelivery).
-_Outcome = Message | Rejected | Retry | bool
 
 
 class _Stage:
@@ -111,7 +89,7 @@ class Receiver:
         self._unseal = _Stage(self._drain_unseal)
         self._handle = _Stage(self._drain_handle)
         self._pending: collections.deque[_Item] = collections.deque()
-        self._unsealed: collections.deque[tuple[list[_Item], list[_Outcome]]] = collections.deque()
+        self._unsealed: collections.deque[tuple[list[_Item], list[Outcome]]] = collections.deque()
         # a stage is scheduled from when it is queued until its drain ends; the drainer is the
         # thread running it
         self._scheduled = {self._unseal: False, self._handle: False}
@@ -122,7 +100,7 @@ class Receiver:
         # "unsealed" futures of batches whose handlers run next (see _drain_unseal)
         self._opened_waiting: list[asyncio.Future[None]] = []
         # ids of envelopes accepted lately, to ignore a redelivery silently
-        self._recent: collections.OrderedDict[str, None] = collections.OrderedDict()
+        self._recent = RecentIds()
         core.consumer_ready.when_set(self._consumer_ready)
         core.attached.when_set(self._attached)
         core.on_reads_needed(self._replies_awaited)
@@ -216,7 +194,7 @@ class Receiver:
             datas = [data for batch, _hub, _unsealed, _acked in items for _did, data in batch]
             with self.between_batches:
                 try:
-                    outcomes, prekeys_used = self._open(datas)
+                    outcomes, prekeys_used = open_deliveries(core, self._recent, datas)
                 except Exception as exc:
                     # never acknowledged (that would lose it), and the backend not left
                     # waiting: the batch comes again on the next connection
@@ -231,7 +209,7 @@ class Receiver:
             # waits for the handlers (a restart must not skip those).
             direct: list[tuple[_Item, int, bool]] = []  # (batch, size, in order)
             queued: list[_Item] = []
-            queued_outcomes: list[_Outcome] = []
+            queued_outcomes: list[Outcome] = []
             at = 0
             with self._lock:
                 in_order = not self._unsealed and self._drainer[self._handle] is None
@@ -269,71 +247,6 @@ class Receiver:
                 self._unseal,
                 more=lambda: bool(self._pending) and not self._closing and self._may_unseal(),
             )
-
-    def _open(self, datas: list[bytes]) -> tuple[list[_Outcome], bool]:
-        """Unseal delivered envelopes, in order, skipping duplicates and taking replies off.
-        Returns an outcome per envelope, and whether a set-up used one of this agent's
-        one-time prekeys."""
-        core = self.core
-        recent = self._recent
-        todo: list[Any] = []
-        ids: list[str | None] = []
-        where: list[int] = []  # index in datas of each todo item
-        outcomes: list[_Outcome] = [True] * len(datas)
-        seen: set[str] = set()
-        for index, data in enumerate(datas):
-            try:
-                env = Envelope.from_bytes(data)
-            except Exception:
-                todo.append(data)  # rejected, in its place, by receive_batch
-                ids.append(None)
-                where.append(index)
-                continue
-            try:
-                envelope_id = env.id
-            except Exception:
-                envelope_id = None
-            if envelope_id is not None:
-                if envelope_id in recent or envelope_id in seen:
-                    # delivered again (e.g. a resend after a hub crash): already handled, so
-                    # acknowledge it silently instead of reporting a replay
-                    log.debug(
-                        "agent %r: duplicate delivery of %s ignored", core.agent_id, envelope_id
-                    )
-                    continue
-                seen.add(envelope_id)
-            todo.append(env)
-            ids.append(envelope_id)
-            where.append(index)
-        if not todo:
-            return outcomes, False
-        # a set-up (prekey message) may use one of this agent's one-time prekeys: look only then
-        setups = any(type(e) is Envelope and e.is_prekey for e in todo)
-        keys_before = len(core.keypair.one_time_prekey_ids()) if setups else 0
-        results = core.receive_batch(todo, dispatch=False)
-        prekeys_used = setups and len(core.keypair.one_time_prekey_ids()) != keys_before
-        for envelope_id, msg, index in zip(ids, results, where, strict=True):
-            if not isinstance(msg, Message):
-                if isinstance(msg, Rejected) and isinstance(msg.error, HubError):
-                    log.warning(
-                        "agent %r: could not look up a new sender now (%s); its envelope stays "
-                        "unacknowledged and comes again",
-                        core.agent_id,
-                        msg.error,
-                    )
-                    outcomes[index] = Retry(msg.error)
-                    continue
-                outcomes[index] = msg if msg is not None else False
-                continue
-            if envelope_id is not None:
-                recent[envelope_id] = None
-            if core.take_reply(msg):
-                core.handled_from(msg.sender)  # (a reply, or a message of an intercepted kind)
-            else:
-                outcomes[index] = msg
-        while len(recent) > RECENT_IDS:
-            recent.popitem(last=False)
-        return outcomes, prekeys_used
 
     # -- stage 2: handle --------------------------------------------------------------------------
 
@@ -374,7 +287,7 @@ class Receiver:
                 self.pool.schedule_next(self._unseal)
 
     def _acknowledge(
-        self, items: list[_Item], outcomes: list[_Outcome], note_positions: bool = True
+        self, items: list[_Item], outcomes: list[Outcome], note_positions: bool = True
     ) -> None:
         handled = [o is True or type(o) is Message for o in outcomes]
         retry: dict[int, BaseException] = {}  # item index -> why it must come again

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import base64
+from collections.abc import Callable
 from typing import Any
 
 from . import crypto as _crypto
 
-__all__ = ["META_KEY", "Message"]
+__all__ = ["META_KEY", "Message", "json_safe"]
 
 Envelope = _crypto.Envelope
 
@@ -14,6 +16,23 @@ Envelope = _crypto.Envelope
 #: reply's ``reply_to`` and error), inside the encrypted payload; never shown in
 #: ``Message.payload`` and refused in a user's payload.
 META_KEY = "_agentmesh"
+
+
+def _bytes_as_json(value: bytes) -> dict[str, Any]:
+    return {"bytes": len(value), "base64": base64.b64encode(value).decode("ascii")}
+
+
+def json_safe(value: Any, render_bytes: Callable[[bytes], Any] = _bytes_as_json) -> Any:
+    """``value`` with every ``bytes`` in it (nested in dicts and lists too) replaced by
+    ``render_bytes(value)``; by default ``{"bytes": size, "base64": ...}``. Binary values travel
+    as raw bytes; this is only for showing a payload as JSON."""
+    if isinstance(value, bytes):
+        return render_bytes(value)
+    if isinstance(value, dict):
+        return {k: json_safe(v, render_bytes) for k, v in value.items()}
+    if isinstance(value, list):
+        return [json_safe(v, render_bytes) for v in value]
+    return value
 
 
 def _take_meta(payload: dict[str, Any]) -> dict[str, Any] | None:
@@ -50,16 +69,16 @@ class Message:
         meta: dict[str, Any] | None = None,
         group: str | None = None,
     ):
-        _set = object.__setattr__
-        _set(self, "sender", sender)
-        _set(self, "recipient", recipient)
+        # (through the slots' own setters: ``__setattr__`` refuses, and this runs per message)
+        _set_sender(self, sender)
+        _set_recipient(self, recipient)
         if meta is None and META_KEY in payload:  # (rare: a request, a reply, a kind)
             meta = _take_meta(payload)
-        _set(self, "_meta", meta)
-        _set(self, "payload", payload)
-        _set(self, "_env", envelope)
-        _set(self, "_agent", agent)
-        _set(self, "group", group)
+        _set_meta(self, meta)
+        _set_payload(self, payload)
+        _set_env(self, envelope)
+        _set_agent(self, agent)
+        _set_group(self, group)
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Message is immutable")
@@ -76,6 +95,12 @@ class Message:
     def type(self) -> str:
         """``payload["type"]``, ``"message"`` by default."""
         return self.payload.get("type", "message")  # type: ignore[no-any-return]
+
+    @property
+    def data(self) -> bytes | None:
+        """``payload["data"]`` when it is binary (``send(peer, data=b"...")``), else None."""
+        value = self.payload.get("data")
+        return value if isinstance(value, bytes) else None
 
     @property
     def timestamp(self) -> int:
@@ -131,7 +156,8 @@ class Message:
         return self._env
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict of every field (what ``agentmesh listen`` prints)."""
+        """A JSON-safe dict of every field (what ``agentmesh listen`` prints); binary values
+        of the payload are shown as ``{"bytes": size, "base64": ...}`` (:func:`json_safe`)."""
         return {
             "id": self.id,
             "sender": self.sender,
@@ -140,7 +166,7 @@ class Message:
             "timestamp": self.timestamp,
             "type": self.type,
             "text": self.text,
-            "payload": self.payload,
+            "payload": json_safe(self.payload),
             "reply_to": self.reply_to,
         }
 
@@ -180,6 +206,12 @@ class Message:
             f"Message(sender={self.sender!r}, recipient={self.recipient!r}, {group}"
             f"type={self.type!r}, text={text!r}, id={self.id!r})"
         )
+
+
+_set_sender, _set_recipient, _set_meta, _set_payload, _set_env, _set_agent, _set_group = (
+    Message.__dict__[name].__set__
+    for name in ("sender", "recipient", "_meta", "payload", "_env", "_agent", "group")
+)
 
 
 def _message_from_bytes(

@@ -320,7 +320,9 @@ class Inbox:
 def _canonical(payload: dict[str, Any]) -> str:
     import json
 
-    return json.dumps(payload, sort_keys=True)
+    from .message import json_safe
+
+    return json.dumps(json_safe(payload), sort_keys=True)
 
 
 # --------------------------------------------------------------------------------------------
@@ -347,7 +349,7 @@ class HubProcess:
 
     ``port=0`` lets the hub pick a free port; :attr:`port` is read from the hub's listening
     line and kept, so :meth:`restart` comes back on the same port and store. ``extra_args``
-    go to the hub's command line (``["--idle-timeout", "5"]``). Every stderr line is kept in
+    go to the hub's command line (``["--idle-timeout", "60"]``). Every stderr line is kept in
     :attr:`lines` (the last ``keep_lines`` of them if given) and appended to ``log_file`` if
     given, with a marker line at each start and kill. ``new_session=True`` puts the hub in
     its own session, so that a Ctrl-C of the controlling terminal does not reach it (it is

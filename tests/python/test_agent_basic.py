@@ -175,7 +175,7 @@ def test_unserialisable_payload_is_a_type_error_and_nothing_is_sent(first_contac
         alice.send("bob", text="setup")
     before = alice.status()
     count = hub.message_count()
-    for bad in ({"text": _Opaque()}, {"set": {1, 2}}, {"b": b"bytes"}):
+    for bad in ({"text": _Opaque()}, {"set": {1, 2}}, {"m": memoryview(b"bytes")}):
         with pytest.raises(TypeError):
             alice.send_payload("bob", bad)
     with pytest.raises(TypeError):

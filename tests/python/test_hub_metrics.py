@@ -58,6 +58,7 @@ def test_metrics_follow_the_traffic_and_hub_stats_prints_them(tmp_path: Path) ->
             for i in range(3):
                 alice.send("bob", text=f"queued {i}")
             alice.flush(10)
+            time.sleep(0.3)  # (the queue's age is measured from the store's commit, in ms)
             values = scrape(url)
             assert values["agentmesh_hub_agents_registered"] == 2
             assert values["agentmesh_hub_agents_online"] == 1
@@ -66,6 +67,9 @@ def test_metrics_follow_the_traffic_and_hub_stats_prints_them(tmp_path: Path) ->
             assert values['agentmesh_hub_agent_queued_envelopes{agent="bob"}'] == 3
             assert values["agentmesh_hub_store_commits_total"] >= 1
             assert values["agentmesh_hub_delivered_total"] == 5
+            age = values['agentmesh_hub_agent_queue_age_seconds{agent="bob"}']
+            assert 0.2 <= age < 30
+            assert values["agentmesh_hub_queue_oldest_age_seconds"] == age
             stats = subprocess.run(
                 [sys.executable, "-m", "agentmesh.cli", "hub-stats", "--url", url],
                 capture_output=True,
@@ -75,7 +79,7 @@ def test_metrics_follow_the_traffic_and_hub_stats_prints_them(tmp_path: Path) ->
         assert stats.returncode == 0, stats.stderr
         assert re.search(r"agents online\s+1\b", stats.stdout)
         assert re.search(r"accepted\s+8\b", stats.stdout)
-        assert re.search(r"bob\s+3\b", stats.stdout)
+        assert re.search(r"bob\s+3\s+[\d.]+ s", stats.stdout)
     finally:
         hub.stop()
 

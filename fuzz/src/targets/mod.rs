@@ -6,5 +6,6 @@ pub mod bundle_decode;
 pub mod envelope_decode;
 pub mod group_open;
 pub mod keyfile_load;
+pub mod payload_decode;
 pub mod session_import;
 pub mod unseal_live_session;

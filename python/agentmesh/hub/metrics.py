@@ -1,7 +1,7 @@
 """The hub's metrics for Prometheus, served over HTTP when asked (``--metrics-port``), read from
 the running hub at each scrape: connections, registered and online agents, queued envelopes
-(in all and per agent), accepted, delivered and refused envelopes and their bytes, and the
-store's commits and the time they took.
+(in all and per agent, with the age of each agent's oldest), accepted, delivered and refused
+envelopes and their bytes, and the store's commits and the time they took.
 
 ``prometheus-client`` is an optional extra (``pip install 'agentmesh[metrics]'``); without it a
 hub asked for metrics refuses to start, saying so. Nothing here looks inside an envelope: the
@@ -11,7 +11,9 @@ told otherwise; who can reach it can see who has how much mail.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +29,8 @@ PREFIX = "agentmesh_hub"
 #: Per-agent queue series, at most (the longest queues): a big directory must not make every
 #: scrape huge.
 MAX_AGENT_SERIES = 1000
+#: Seconds a scrape waits for the store's queue ages before leaving them out.
+AGE_READ_TIMEOUT = 2.0
 
 
 def _require_client() -> Any:
@@ -70,9 +74,11 @@ def collect(hub: HubCore) -> Iterator[Any]:
         labels=["agent"],
     )
     busiest = sorted((a for a in agents if a[1].count), key=lambda a: -a[1].count)
-    for agent_id, ast in busiest[:MAX_AGENT_SERIES]:
+    busiest = busiest[:MAX_AGENT_SERIES]
+    for agent_id, ast in busiest:
         per_agent.add_metric([agent_id], ast.count)
     yield per_agent
+    yield from _queue_ages(hub, [agent_id for agent_id, _ in busiest])
     for name, value, what in (
         ("accepted", stats.accepted, "Envelopes accepted (committed to the store)"),
         ("accepted_bytes", stats.accepted_bytes, "Bytes of the envelopes accepted"),
@@ -91,6 +97,37 @@ def collect(hub: HubCore) -> Iterator[Any]:
     yield CounterMetricFamily(
         f"{PREFIX}_store_commit_seconds", "Time the store's commits took, in all", seconds
     )
+
+
+def _queue_ages(hub: HubCore, recipients: list[str]) -> Iterator[Any]:
+    """How long the oldest queued envelope of each of ``recipients`` has waited (read from the
+    store on the hub's event loop; left out if the hub does not answer in time)."""
+    from prometheus_client.core import GaugeMetricFamily
+
+    per_agent = GaugeMetricFamily(
+        f"{PREFIX}_agent_queue_age_seconds",
+        f"Age of the oldest queued envelope per agent (the {MAX_AGENT_SERIES} longest queues)",
+        labels=["agent"],
+    )
+    oldest = GaugeMetricFamily(
+        f"{PREFIX}_queue_oldest_age_seconds",
+        "Age of the oldest queued envelope of the longest queues (0 when none waits)",
+    )
+    ages: dict[str, int] = {}
+    if recipients:
+        try:
+            ages = asyncio.run_coroutine_threadsafe(
+                hub.store.oldest_enqueued(recipients), hub.loop
+            ).result(AGE_READ_TIMEOUT)
+        except Exception as exc:  # a busy or stopping hub: the other metrics still go out
+            log.debug("metrics: queue ages not read: %r", exc)
+    now_ms = time.time() * 1000
+    for agent_id in recipients:
+        if agent_id in ages:
+            per_agent.add_metric([agent_id], max(0.0, (now_ms - ages[agent_id]) / 1000))
+    oldest.add_metric([], max(0.0, (now_ms - min(ages.values())) / 1000) if ages else 0.0)
+    yield per_agent
+    yield oldest
 
 
 class MetricsEndpoint:

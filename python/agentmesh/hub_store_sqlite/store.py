@@ -175,6 +175,21 @@ class SQLiteBackend(HubBackend):
     async def barrier(self) -> None:
         await self._writer.barrier()
 
+    async def oldest_enqueued(self, recipients: list[str]) -> dict[str, int]:
+        if self._reader is None:
+            return {}
+        deleting = self._writer.deleting
+        out: dict[str, int] = {}
+        for recipient in recipients:  # (each an index probe on (recipient, seq))
+            rows = self._reader.execute(
+                "SELECT seq, enqueued_at FROM inbox WHERE recipient = ? ORDER BY seq LIMIT ?",
+                (recipient, min(1 + len(deleting), 256)),
+            ).fetchall()
+            oldest = next((int(at) for seq, at in rows if seq not in deleting), None)
+            if oldest is not None:
+                out[recipient] = oldest
+        return out
+
     # ---- directory ---------------------------------------------------------------------------
 
     def prekey_count(self, agent_id: str) -> int:

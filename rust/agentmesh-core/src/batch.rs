@@ -13,6 +13,7 @@ use crate::error::{Error, Result};
 use crate::handshake::Mode;
 use crate::kdf::chain_step;
 use crate::keys::IdentityKeyPair;
+use crate::payload::Payload;
 use crate::ratchet::Role;
 use crate::session::{
     check_message_type, decrypt, encrypt_message, message_signing_input, split_signature, Opened,
@@ -59,7 +60,9 @@ impl Session {
         let envelopes = jobs
             .into_par_iter()
             .with_min_len(MIN_ITEMS_PER_TASK)
-            .map(|(header, mk, payload)| encrypt_message(ours, header, &mk, payload))
+            .map(|(header, mk, payload)| {
+                encrypt_message(ours, header, &mk, &Payload::plain(payload))
+            })
             .collect::<Result<Vec<_>>>()?;
         if let Some(r) = self.active.as_deref_mut() {
             r.sending = Some(chain);

@@ -1,7 +1,7 @@
 //! agentmesh-core: the cryptographic protocol of agentmesh in pure Rust.
 //!
 //! Identities ([`IdentityKeyPair`], [`PublicBundle`]), the X3DH-style set-up and Double Ratchet
-//! ([`Session`]), the envelope codec ([`Envelope`]), and batch sealing/unsealing
+//! ([`Session`]), the envelope codec ([`Envelope`]), the payload framing ([`payload`]), and batch sealing/unsealing
 //! ([`Session::seal_many`], [`Session::unseal_many`]). The protocol is specified byte by byte
 //! in docs/protocol.md.
 //!
@@ -25,6 +25,8 @@ mod keyfile;
 mod keys;
 mod labels;
 mod nats_connect;
+/// The plaintext payload: pure JSON, or JSON with binary values framed (docs/protocol.md 5.1).
+pub mod payload;
 /// The one writer of secret files. Public because the Python glue writes the identity and
 /// state files with it (`agentmesh._native.write_private_file`, `AgentKeyPair.save`): the
 /// rule (owner-only, atomic, durable, no symlinks) lives here, not in the glue.

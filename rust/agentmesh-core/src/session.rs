@@ -15,6 +15,7 @@ use crate::handshake::{initiate, respond, Mode};
 use crate::kdf::MessageKey;
 use crate::keys::{verify_labelled, IdentityKeyPair, PublicBundle};
 use crate::labels;
+use crate::payload::Payload;
 use crate::ratchet::{Ratchet, Role, MAX_SKIPPED_KEYS};
 
 /// Ratchets of superseded set-ups kept to decrypt their late messages.
@@ -378,6 +379,18 @@ impl Session {
         timestamp_ms: u64,
         rng: &mut R,
     ) -> Result<Envelope> {
+        self.seal_payload(ours, &Payload::plain(payload), timestamp_ms, rng)
+    }
+
+    /// [`Session::seal`] of a payload laid out straight into the envelope (a framed payload's
+    /// binary values are copied once).
+    pub fn seal_payload<R: RngCore + CryptoRng>(
+        &mut self,
+        ours: &IdentityKeyPair,
+        payload: &Payload<'_>,
+        timestamp_ms: u64,
+        rng: &mut R,
+    ) -> Result<Envelope> {
         self.check_local(ours)?;
         self.sending_ratchet(ours, rng)?;
         let ratchet = self
@@ -593,22 +606,28 @@ pub(crate) fn check_message_type(ratchet: &Ratchet, h: &Header) -> Result<()> {
     }
 }
 
-/// Builds the envelope: header, then signature and payload encrypted in the same buffer.
+/// Builds the envelope: header, then signature and payload encrypted in the same buffer. The
+/// payload is written into it first (its one copy) and signed where it lies.
 pub(crate) fn encrypt_message(
     ours: &IdentityKeyPair,
     header: Header,
     mk: &MessageKey,
-    payload: &[u8],
+    payload: &Payload<'_>,
 ) -> Result<Envelope> {
     let sig_len = if header.signed { SIGNATURE_LEN } else { 0 };
     let ct_len = sig_len + payload.len() + TAG_LEN;
     let mut buf = header.encode(ct_len, ct_len)?;
     let ad_len = buf.len();
+    buf.resize(ad_len + sig_len, 0);
+    payload.write_into(&mut buf);
     if header.signed {
-        let sig = ours.sign_labelled(&[], &message_signing_input(&buf, payload));
-        buf.extend_from_slice(&sig);
+        let (ad, rest) = buf.split_at_mut(ad_len);
+        let (sig_slot, written) = rest
+            .split_at_mut_checked(SIGNATURE_LEN)
+            .ok_or(Error::InvalidInput("message layout"))?;
+        let sig = ours.sign_labelled(&[], &message_signing_input(ad, written));
+        sig_slot.copy_from_slice(&sig);
     }
-    buf.extend_from_slice(payload);
     let (ad, body) = buf.split_at_mut(ad_len);
     let tag = seal_separate_tag(mk, message_nonce(header.counter), ad, body)?;
     buf.extend_from_slice(&tag);

@@ -12,9 +12,10 @@ use pyo3::types::{PyBytes, PyDict};
 use rand_core::OsRng;
 
 use crate::errors::to_py;
-use crate::json::{json_to_py, payload_to_json};
+use crate::json::{payload_to_parts, plaintext_to_py};
 use crate::keypair::PyAgentKeyPair;
 use crate::locks;
+use crate::session::RELEASE_GIL_AT;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -168,12 +169,21 @@ impl PyGroupSession {
 
     /// Seals a payload dict once for every member (signed by this identity).
     fn seal(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<PyGroupEnvelope> {
-        let json = payload_to_json(payload)?;
+        let parts = payload_to_parts(payload)?;
         let kp = locks::read(py, &self.keypair.get().inner);
-        let env = locks::lock(py, &self.state)
-            .seal(&kp, &json, now_ms(), &mut OsRng)
-            .map_err(to_py)?;
-        Ok(PyGroupEnvelope { inner: env })
+        let mut state = locks::lock(py, &self.state);
+        let (s, k): (&mut GroupSession, &agentmesh_core::IdentityKeyPair) = (&mut state, &kp);
+        let ts = now_ms();
+        let env = parts.with_payload(|p| {
+            if p.len() >= RELEASE_GIL_AT {
+                py.allow_threads(|| s.seal_payload(k, p, ts, &mut OsRng))
+            } else {
+                s.seal_payload(k, p, ts, &mut OsRng)
+            }
+        })?;
+        Ok(PyGroupEnvelope {
+            inner: env.map_err(to_py)?,
+        })
     }
 
     /// Installs `sender`'s chain from a distribution it sent over the pairwise session;
@@ -207,7 +217,7 @@ impl PyGroupSession {
             locks::lock(py, &self.state).open(&env)
         }
         .map_err(to_py)?;
-        json_to_py(py, opened.payload())
+        plaintext_to_py(py, opened.payload())
     }
 
     /// Whether the state holds `sender`'s chain `chain_id` (see `GroupEnvelope.chain_id`).

@@ -1,13 +1,21 @@
-//! Python payload <-> JSON bytes, without a round trip through Python's json module. Only JSON
-//! types are accepted (dict with str keys, list/tuple, str, int within 64 bits, finite float,
-//! bool, None); anything else is a TypeError that names the value and where it sits.
+//! Python payload <-> plaintext payload bytes, without a round trip through Python's json
+//! module. JSON types (dict with str keys, list/tuple, str, int within 64 bits, finite float,
+//! bool, None) and binary values (bytes, bytearray; they come back as bytes) are accepted;
+//! anything else is a TypeError that names the value and where it sits. How binary values are
+//! laid out is the core's (`agentmesh_core::payload`): this file only converts objects.
 
+use std::cell::RefCell;
 use std::fmt::Write as _;
 
+use agentmesh_core::payload::{self, Blobs, Payload, BYTES_REFERENCE_KEY};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
+use pyo3::types::{
+    PyBool, PyByteArray, PyBytes, PyDict, PyFloat, PyInt, PyList, PyString, PyTuple,
+};
 use serde::de::{DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+
+use crate::errors::to_py;
 
 /// Deeper nesting than this is refused (JSON parsers commonly stop at 128 as well).
 const MAX_DEPTH: usize = 128;
@@ -46,8 +54,56 @@ fn bad_value(obj: &Bound<'_, PyAny>, path: &[String], why: &str) -> PyErr {
     ))
 }
 
-/// Serialises a payload dict to compact JSON.
-pub fn payload_to_json(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+/// The binary values of a payload being written, in reference order.
+enum Blob<'py> {
+    Bytes(Bound<'py, PyBytes>),
+    /// A bytearray is copied when met: it could change while the payload is sealed.
+    Copied(Vec<u8>),
+}
+
+impl Blob<'_> {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            Blob::Bytes(b) => b.as_bytes(),
+            Blob::Copied(v) => v,
+        }
+    }
+}
+
+/// A payload dict converted: its JSON (with a reference per binary value) and the binary
+/// values, which stay in their Python objects until the core lays them out.
+pub struct Out<'py> {
+    json: Vec<u8>,
+    blobs: Vec<Blob<'py>>,
+}
+
+impl Out<'_> {
+    /// The binary values in reference order (borrowed: they can be read with the GIL released).
+    pub fn blobs(&self) -> Vec<&[u8]> {
+        self.blobs.iter().map(Blob::as_slice).collect()
+    }
+
+    /// Runs `f` on the core's view of the payload (laid out by the core where it is sealed).
+    pub fn with_payload<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> PyResult<T> {
+        let blobs = self.blobs();
+        let payload = Payload::new(&self.json, &blobs).map_err(to_py)?;
+        Ok(f(&payload))
+    }
+
+    /// The plaintext form in one buffer.
+    pub fn into_plaintext(self) -> PyResult<Vec<u8>> {
+        if self.blobs.is_empty() {
+            return Ok(self.json);
+        }
+        let blobs = self.blobs();
+        Ok(payload::encode(&self.json, &blobs)
+            .map_err(to_py)?
+            .into_owned())
+    }
+}
+
+/// Converts a payload dict: compact JSON, and its binary values apart.
+pub fn payload_to_parts<'py>(payload: &Bound<'py, PyAny>) -> PyResult<Out<'py>> {
     let dict = payload.downcast::<PyDict>().map_err(|_| {
         PyTypeError::new_err(format!(
             "payload must be a dict, got {}",
@@ -58,10 +114,19 @@ pub fn payload_to_json(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
                 .unwrap_or_default()
         ))
     })?;
-    let mut out = Vec::with_capacity(64);
+    let mut out = Out {
+        json: Vec::with_capacity(64),
+        blobs: Vec::new(),
+    };
     let mut path = Vec::new();
     write_dict(dict, &mut out, &mut path)?;
     Ok(out)
+}
+
+/// Serialises a payload dict to its plaintext form: compact JSON, framed by the core when it
+/// holds binary values.
+pub fn payload_to_plaintext(payload: &Bound<'_, PyAny>) -> PyResult<Vec<u8>> {
+    payload_to_parts(payload)?.into_plaintext()
 }
 
 /// Bytes JSON requires escaped inside a string (serde_json escapes exactly these too).
@@ -114,35 +179,9 @@ fn write_str(s: &str, out: &mut Vec<u8>) -> PyResult<()> {
     Ok(())
 }
 
-fn write_dict(dict: &Bound<'_, PyDict>, out: &mut Vec<u8>, path: &mut Vec<String>) -> PyResult<()> {
-    if path.len() >= MAX_DEPTH {
-        return Err(PyValueError::new_err(format!(
-            "{} is nested deeper than {MAX_DEPTH} levels",
-            where_(path)
-        )));
-    }
-    out.push(b'{');
-    for (i, (k, v)) in dict.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        let key = k
-            .downcast::<PyString>()
-            .map_err(|_| bad_value(&k, path, "dict keys must be str"))?;
-        let key = key.to_str()?;
-        write_str(key, out)?;
-        out.push(b':');
-        path.push(format!("[{key:?}]"));
-        write_value(&v, out, path)?;
-        path.pop();
-    }
-    out.push(b'}');
-    Ok(())
-}
-
-fn write_seq<'py>(
-    items: impl Iterator<Item = Bound<'py, PyAny>>,
-    out: &mut Vec<u8>,
+fn write_dict<'py>(
+    dict: &Bound<'py, PyDict>,
+    out: &mut Out<'py>,
     path: &mut Vec<String>,
 ) -> PyResult<()> {
     if path.len() >= MAX_DEPTH {
@@ -151,38 +190,87 @@ fn write_seq<'py>(
             where_(path)
         )));
     }
-    out.push(b'[');
+    out.json.push(b'{');
+    for (i, (k, v)) in dict.iter().enumerate() {
+        if i > 0 {
+            out.json.push(b',');
+        }
+        let key = k
+            .downcast::<PyString>()
+            .map_err(|_| bad_value(&k, path, "dict keys must be str"))?;
+        let key = key.to_str()?;
+        if key == BYTES_REFERENCE_KEY {
+            return Err(PyValueError::new_err(format!(
+                "{} uses the key {BYTES_REFERENCE_KEY:?}, which is reserved for binary values",
+                where_(path)
+            )));
+        }
+        write_str(key, &mut out.json)?;
+        out.json.push(b':');
+        path.push(format!("[{key:?}]"));
+        write_value(&v, out, path)?;
+        path.pop();
+    }
+    out.json.push(b'}');
+    Ok(())
+}
+
+fn write_seq<'py>(
+    items: impl Iterator<Item = Bound<'py, PyAny>>,
+    out: &mut Out<'py>,
+    path: &mut Vec<String>,
+) -> PyResult<()> {
+    if path.len() >= MAX_DEPTH {
+        return Err(PyValueError::new_err(format!(
+            "{} is nested deeper than {MAX_DEPTH} levels",
+            where_(path)
+        )));
+    }
+    out.json.push(b'[');
     for (i, item) in items.enumerate() {
         if i > 0 {
-            out.push(b',');
+            out.json.push(b',');
         }
         path.push(format!("[{i}]"));
         write_value(&item, out, path)?;
         path.pop();
     }
-    out.push(b']');
+    out.json.push(b']');
     Ok(())
 }
 
-fn write_value(v: &Bound<'_, PyAny>, out: &mut Vec<u8>, path: &mut Vec<String>) -> PyResult<()> {
+fn write_value<'py>(
+    v: &Bound<'py, PyAny>,
+    out: &mut Out<'py>,
+    path: &mut Vec<String>,
+) -> PyResult<()> {
     if let Ok(s) = v.downcast::<PyString>() {
-        return write_str(s.to_str()?, out);
+        return write_str(s.to_str()?, &mut out.json);
     }
+    write_scalar(v, out, path)
+}
+
+fn write_scalar<'py>(
+    v: &Bound<'py, PyAny>,
+    out: &mut Out<'py>,
+    path: &mut Vec<String>,
+) -> PyResult<()> {
     if v.is_none() {
-        out.extend_from_slice(b"null");
+        out.json.extend_from_slice(b"null");
         return Ok(());
     }
     if let Ok(b) = v.downcast::<PyBool>() {
-        out.extend_from_slice(if b.is_true() { b"true" } else { b"false" });
+        out.json
+            .extend_from_slice(if b.is_true() { b"true" } else { b"false" });
         return Ok(());
     }
     if v.is_instance_of::<PyInt>() {
         if let Ok(i) = v.extract::<i64>() {
-            let _ = write!(Utf8Sink(out), "{i}");
+            let _ = write!(Utf8Sink(&mut out.json), "{i}");
             return Ok(());
         }
         if let Ok(u) = v.extract::<u64>() {
-            let _ = write!(Utf8Sink(out), "{u}");
+            let _ = write!(Utf8Sink(&mut out.json), "{u}");
             return Ok(());
         }
         return Err(bad_value(v, path, "integers must fit in 64 bits"));
@@ -192,7 +280,7 @@ fn write_value(v: &Bound<'_, PyAny>, out: &mut Vec<u8>, path: &mut Vec<String>) 
         if !x.is_finite() {
             return Err(bad_value(v, path, "NaN and infinity are not JSON"));
         }
-        return serde_json::to_writer(&mut *out, &x)
+        return serde_json::to_writer(&mut out.json, &x)
             .map_err(|e| PyValueError::new_err(e.to_string()));
     }
     if let Ok(d) = v.downcast::<PyDict>() {
@@ -204,11 +292,20 @@ fn write_value(v: &Bound<'_, PyAny>, out: &mut Vec<u8>, path: &mut Vec<String>) 
     if let Ok(t) = v.downcast::<PyTuple>() {
         return write_seq(t.iter(), out, path);
     }
-    Err(bad_value(
-        v,
-        path,
-        "only dict, list, tuple, str, int, float, bool and None are",
-    ))
+    let blob = if let Ok(b) = v.downcast::<PyBytes>() {
+        Blob::Bytes(b.clone())
+    } else if let Ok(b) = v.downcast::<PyByteArray>() {
+        Blob::Copied(b.to_vec())
+    } else {
+        return Err(bad_value(
+            v,
+            path,
+            "only dict, list, tuple, str, int, float, bool, None, bytes and bytearray are",
+        ));
+    };
+    payload::write_reference(&mut out.json, out.blobs.len());
+    out.blobs.push(blob);
+    Ok(())
 }
 
 struct Utf8Sink<'a>(&'a mut Vec<u8>);
@@ -220,21 +317,52 @@ impl std::fmt::Write for Utf8Sink<'_> {
     }
 }
 
-/// Parses JSON bytes straight into Python objects (dict order preserved).
-pub fn json_to_py<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
-    let mut de = serde_json::Deserializer::from_slice(data);
-    let value = PySeed(py)
-        .deserialize(&mut de)
-        .map_err(|e| PyValueError::new_err(format!("payload is not valid JSON: {e}")))?;
-    de.end()
-        .map_err(|e| PyValueError::new_err(format!("payload is not valid JSON: {e}")))?;
+/// Parses a plaintext payload straight into Python objects (dict order preserved): its JSON,
+/// with each reference of a framed payload replaced by its binary value as `bytes`.
+pub fn plaintext_to_py<'py>(py: Python<'py>, plaintext: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    let parts = payload::decode(plaintext).map_err(to_py)?;
+    let framing = Framing {
+        blobs: RefCell::new(parts.blobs),
+        problem: RefCell::new(None),
+    };
+    let mut de = serde_json::Deserializer::from_slice(parts.json);
+    let parsed = PySeed {
+        py,
+        framing: &framing,
+    }
+    .deserialize(&mut de)
+    .and_then(|value| de.end().map(|()| value));
+    if let Some(problem) = framing.problem.take() {
+        return Err(to_py(problem));
+    }
+    let value =
+        parsed.map_err(|e| PyValueError::new_err(format!("payload is not valid JSON: {e}")))?;
+    framing.blobs.borrow().finish().map_err(to_py)?;
     Ok(value)
 }
 
-#[derive(Clone, Copy)]
-struct PySeed<'py>(Python<'py>);
+/// The blobs of the payload being parsed, and the framing problem that stopped it, if any
+/// (reported as the core's error rather than as invalid JSON).
+struct Framing<'a> {
+    blobs: RefCell<Blobs<'a>>,
+    problem: RefCell<Option<agentmesh_core::Error>>,
+}
 
-impl<'de, 'py> DeserializeSeed<'de> for PySeed<'py> {
+impl Framing<'_> {
+    fn fail<E: serde::de::Error>(&self, problem: agentmesh_core::Error) -> E {
+        let err = E::custom(&problem);
+        *self.problem.borrow_mut() = Some(problem);
+        err
+    }
+}
+
+#[derive(Clone, Copy)]
+struct PySeed<'py, 'a> {
+    py: Python<'py>,
+    framing: &'a Framing<'a>,
+}
+
+impl<'de, 'py> DeserializeSeed<'de> for PySeed<'py, '_> {
     type Value = Bound<'py, PyAny>;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
         d.deserialize_any(self)
@@ -245,53 +373,81 @@ fn de_err<E: serde::de::Error>(e: PyErr) -> E {
     E::custom(e.to_string())
 }
 
-impl<'de, 'py> Visitor<'de> for PySeed<'py> {
+impl<'de, 'py> Visitor<'de> for PySeed<'py, '_> {
     type Value = Bound<'py, PyAny>;
 
     fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str("a JSON value")
     }
     fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
-        Ok(PyBool::new(self.0, v).to_owned().into_any())
+        Ok(PyBool::new(self.py, v).to_owned().into_any())
     }
     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Self::Value, E> {
-        match v.into_pyobject(self.0) {
+        match v.into_pyobject(self.py) {
             Ok(b) => Ok(b.into_any()),
             Err(never) => match never {},
         }
     }
     fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Self::Value, E> {
-        match v.into_pyobject(self.0) {
+        match v.into_pyobject(self.py) {
             Ok(b) => Ok(b.into_any()),
             Err(never) => match never {},
         }
     }
     fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Self::Value, E> {
-        Ok(PyFloat::new(self.0, v).into_any())
+        Ok(PyFloat::new(self.py, v).into_any())
     }
     fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
-        Ok(PyString::new(self.0, v).into_any())
+        Ok(PyString::new(self.py, v).into_any())
     }
     fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
-        Ok(self.0.None().into_bound(self.0))
+        Ok(self.py.None().into_bound(self.py))
     }
     fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
         self.visit_unit()
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        let list = PyList::empty(self.0);
+        let list = PyList::empty(self.py);
         while let Some(item) = seq.next_element_seed(self)? {
             list.append(item).map_err(de_err)?;
         }
         Ok(list.into_any())
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-        let dict = PyDict::new(self.0);
+        let dict = PyDict::new(self.py);
+        let framed = self.framing.blobs.borrow().framed();
+        let mut first = true;
         while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if framed && key == BYTES_REFERENCE_KEY {
+                if !first {
+                    return Err(self.framing.fail(payload::malformed_reference()));
+                }
+                return self.reference(map);
+            }
+            first = false;
             let value = map.next_value_seed(self)?;
-            dict.set_item(PyString::new(self.0, &key), value)
+            dict.set_item(PyString::new(self.py, &key), value)
                 .map_err(de_err)?;
         }
         Ok(dict.into_any())
+    }
+}
+
+impl<'py> PySeed<'py, '_> {
+    /// The rest of a reference object (its key read): its index, then nothing else.
+    fn reference<'de, A: MapAccess<'de>>(self, mut map: A) -> Result<Bound<'py, PyAny>, A::Error> {
+        let index = map
+            .next_value::<u64>()
+            .map_err(|_| self.framing.fail(payload::malformed_reference()))?;
+        if map
+            .next_key::<serde::de::IgnoredAny>()
+            .map_err(|_| self.framing.fail(payload::malformed_reference()))?
+            .is_some()
+        {
+            return Err(self.framing.fail(payload::malformed_reference()));
+        }
+        let taken = self.framing.blobs.borrow_mut().take(index);
+        let blob = taken.map_err(|e| self.framing.fail(e))?;
+        Ok(PyBytes::new(self.py, blob).into_any())
     }
 }

@@ -93,6 +93,22 @@ fn bundle_from_bytes<'py>(
     bundle::to_dict(py, &b)
 }
 
+/// The plaintext form of a payload dict, as `seal` encrypts it: its compact JSON, framed with
+/// its binary values when it holds any (docs/protocol.md, section 5.1; test vectors, tools).
+#[pyfunction]
+fn payload_to_bytes<'py>(
+    py: Python<'py>,
+    payload: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyBytes>> {
+    Ok(PyBytes::new(py, &json::payload_to_plaintext(payload)?))
+}
+
+/// The payload dict of a plaintext payload (`payload_to_bytes` reversed).
+#[pyfunction]
+fn payload_from_bytes<'py>(py: Python<'py>, data: &[u8]) -> PyResult<Bound<'py, PyAny>> {
+    json::plaintext_to_py(py, data)
+}
+
 /// Checks an agent id against the core's rule (agentmesh_core::agent_id_problem); a ValueError
 /// naming the problem, with `what` naming the value ("recipient id", "--id", ...). Anything but
 /// a str is a ValueError too, as for any other invalid id.
@@ -160,6 +176,12 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(fingerprint_of_key, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_to_bytes, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_from_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(payload_to_bytes, m)?)?;
+    m.add_function(wrap_pyfunction!(payload_from_bytes, m)?)?;
+    m.add(
+        "BYTES_REFERENCE_KEY",
+        agentmesh_core::payload::BYTES_REFERENCE_KEY,
+    )?;
     m.add_function(wrap_pyfunction!(write_private_file, m)?)?;
     m.add_function(wrap_pyfunction!(check_agent_id, m)?)?;
     m.add_class::<group::PyGroupSession>()?;

@@ -12,12 +12,12 @@ use rand_core::OsRng;
 use crate::bundle;
 use crate::envelope::{envelope_arg, EnvelopeArg, PyEnvelope};
 use crate::errors::{to_py, IdentityError};
-use crate::json::{json_to_py, payload_to_json};
+use crate::json::{payload_to_parts, payload_to_plaintext, plaintext_to_py};
 use crate::keypair::PyAgentKeyPair;
 use crate::locks;
 
 /// Work on payloads at least this large runs with the GIL released (as pyca/cryptography does).
-const RELEASE_GIL_AT: usize = 16 * 1024;
+pub(crate) const RELEASE_GIL_AT: usize = 16 * 1024;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -56,7 +56,7 @@ impl PyCryptoSession {
         if opened.accepted_setup().is_some() {
             locks::write(py, &self.keypair.get().inner).settle(&opened);
         }
-        json_to_py(py, opened.payload())
+        plaintext_to_py(py, opened.payload())
     }
 
     /// The (local, peer) ids; None while one is not fixed yet.
@@ -137,19 +137,22 @@ pub fn perform_key_exchange(
 impl PyCryptoSession {
     /// Encrypts (and in signed mode signs) a payload dict for the peer.
     fn seal(&self, py: Python<'_>, payload: &Bound<'_, PyAny>) -> PyResult<PyEnvelope> {
-        let json = payload_to_json(payload)?;
+        let parts = payload_to_parts(payload)?;
         let kp_obj = self.keypair.get();
         let ts = now_ms();
         let mut session = locks::lock(py, &self.session);
         let kp = locks::read(py, &kp_obj.inner);
-        let env = if json.len() >= RELEASE_GIL_AT {
-            let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-            py.allow_threads(|| s.seal(k, &json, ts, &mut OsRng))
-        } else {
-            session.seal(&kp, &json, ts, &mut OsRng)
-        }
-        .map_err(to_py)?;
-        Ok(PyEnvelope { inner: env })
+        let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
+        let env = parts.with_payload(|p| {
+            if p.len() >= RELEASE_GIL_AT {
+                py.allow_threads(|| s.seal_payload(k, p, ts, &mut OsRng))
+            } else {
+                s.seal_payload(k, p, ts, &mut OsRng)
+            }
+        })?;
+        Ok(PyEnvelope {
+            inner: env.map_err(to_py)?,
+        })
     }
 
     /// `seal(session, sender_keypair, sender_id, recipient_id, payload)`: the keypair and ids
@@ -162,7 +165,7 @@ impl PyCryptoSession {
         recipient_id: &str,
         payload: &Bound<'_, PyAny>,
     ) -> PyResult<PyEnvelope> {
-        let json = payload_to_json(payload)?;
+        let json = payload_to_plaintext(payload)?;
         let ts = now_ms();
         let sealed = {
             let mut session = locks::lock(py, &self.session);
@@ -241,7 +244,7 @@ impl PyCryptoSession {
     ) -> PyResult<Bound<'py, PyList>> {
         let jsons = payloads
             .try_iter()?
-            .map(|p| payload_to_json(&p?))
+            .map(|p| payload_to_plaintext(&p?))
             .collect::<PyResult<Vec<_>>>()?;
         let refs: Vec<&[u8]> = jsons.iter().map(Vec::as_slice).collect();
         let kp_obj = self.keypair.get();

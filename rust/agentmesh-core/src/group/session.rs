@@ -15,6 +15,7 @@ use crate::group::membership::MAX_GROUP_MEMBERS;
 use crate::kdf::{ChainKey, MessageKey};
 use crate::keys::{parse_identity_key, verify_labelled, IdentityKeyPair};
 use crate::labels;
+use crate::payload::Payload;
 use crate::session::SIGNATURE_LEN;
 
 /// One message may skip at most this many messages of its chain; a larger jump is refused
@@ -179,6 +180,18 @@ impl GroupSession {
         timestamp_ms: u64,
         rng: &mut R,
     ) -> Result<GroupEnvelope> {
+        self.seal_payload(ours, &Payload::plain(payload), timestamp_ms, rng)
+    }
+
+    /// [`GroupSession::seal`] of a payload laid out straight into the envelope (a framed
+    /// payload's binary values are copied once).
+    pub fn seal_payload<R: RngCore + CryptoRng>(
+        &mut self,
+        ours: &IdentityKeyPair,
+        payload: &Payload<'_>,
+        timestamp_ms: u64,
+        rng: &mut R,
+    ) -> Result<GroupEnvelope> {
         self.check_local(ours)?;
         let group = self.group.clone();
         let sender = self.local_id.clone();
@@ -201,10 +214,15 @@ impl GroupSession {
         let mut aad = Vec::with_capacity(prefix.len() + body.len());
         aad.extend_from_slice(&prefix);
         aad.extend_from_slice(&body);
-        let signature = ours.sign_labelled(labels::SIG_GROUP_MESSAGE, &signing_tail(&aad, payload));
         let ciphertext_offset = body.len();
-        body.extend_from_slice(&signature);
-        body.extend_from_slice(payload);
+        body.resize(ciphertext_offset + SIGNATURE_LEN, 0);
+        payload.write_into(&mut body);
+        let (sig_slot, written) = body
+            .get_mut(ciphertext_offset..)
+            .and_then(|plain| plain.split_at_mut_checked(SIGNATURE_LEN))
+            .ok_or(Error::InvalidInput("group message layout"))?;
+        let signature = ours.sign_labelled(labels::SIG_GROUP_MESSAGE, &signing_tail(&aad, written));
+        sig_slot.copy_from_slice(&signature);
         let plain = body
             .get_mut(ciphertext_offset..)
             .ok_or(Error::InvalidInput("group message layout"))?;

@@ -1,0 +1,121 @@
+"""The unseal stage's work on one batch of deliveries: what each envelope comes to.
+
+An envelope delivered again (a resend after a hub crash, a redelivery) is recognised by its
+envelope id among those accepted lately and acknowledged silently; the others are unsealed
+together (``_AgentCore.receive_batch`` without dispatch: the handlers run later, in the handle
+stage of :mod:`agentmesh.link_receiver`); replies a ``request()`` waits for are taken off here.
+A new sender whose lookup failed must come again (:class:`Retry`), never be rejected.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+from typing import TYPE_CHECKING, Any
+
+from . import crypto as _crypto
+from .agent_receiving import Rejected
+from .errors import HubError
+from .message import Message
+
+if TYPE_CHECKING:
+    from .agent import _AgentCore
+
+__all__ = ["RECENT_IDS", "Outcome", "RecentIds", "Retry", "open_deliveries"]
+
+Envelope = _crypto.Envelope
+log = logging.getLogger("agentmesh.link")
+
+#: How many accepted envelope ids an agent remembers to recognise redeliveries.
+RECENT_IDS = 4096
+
+
+class RecentIds(collections.OrderedDict[str, None]):
+    """Envelope ids accepted lately, oldest first (at most :data:`RECENT_IDS` after ``trim``)."""
+
+    def trim(self) -> None:
+        while len(self) > RECENT_IDS:
+            self.popitem(last=False)
+
+
+class Retry:
+    """An envelope that could not be read now, and must come again: the hub lookup of a new
+    sender failed (the hub unreachable, a cluster electing a leader), or reading the batch
+    failed unexpectedly. Its batch is not acknowledged, so the backend delivers it again (on
+    its next connection); rejecting it would lose it."""
+
+    __slots__ = ("error",)
+
+    def __init__(self, error: BaseException) -> None:
+        self.error = error
+
+
+# Per delivery of a batch: the Message for the handlers, the rejection to report in its
+# place, an envelope that must come again, or True (handled here or before: a reply, a
+# redelivery).
+Outcome = Message | Rejected | Retry | bool
+
+
+def open_deliveries(
+    core: _AgentCore, recent: RecentIds, datas: list[bytes]
+) -> tuple[list[Outcome], bool]:
+    """Unseal delivered envelopes, in order, skipping redeliveries (by envelope id) and
+    taking replies (and intercepted kinds) off. Returns an outcome per envelope, and
+    whether a set-up used one of this agent's one-time prekeys."""
+    todo: list[Any] = []
+    ids: list[str | None] = []
+    where: list[int] = []  # index in datas of each todo item
+    outcomes: list[Outcome] = [True] * len(datas)
+    seen: set[str] = set()
+    for index, data in enumerate(datas):
+        try:
+            env = Envelope.from_bytes(data)
+        except Exception:
+            todo.append(data)  # rejected, in its place, by receive_batch
+            ids.append(None)
+            where.append(index)
+            continue
+        try:
+            envelope_id = env.id
+        except Exception:
+            envelope_id = None
+        if envelope_id is not None:
+            if envelope_id in recent or envelope_id in seen:
+                # delivered again (e.g. a resend after a hub crash): already handled, so
+                # acknowledge it silently instead of reporting a replay
+                log.debug(
+                    "agent %r: duplicate delivery of %s ignored", core.agent_id, envelope_id
+                )
+                continue
+            seen.add(envelope_id)
+        todo.append(env)
+        ids.append(envelope_id)
+        where.append(index)
+    if not todo:
+        return outcomes, False
+    # a set-up (prekey message) may use one of this agent's one-time prekeys: look only then
+    setups = any(type(e) is Envelope and e.is_prekey for e in todo)
+    keys_before = len(core.keypair.one_time_prekey_ids()) if setups else 0
+    results = core.receive_batch(todo, dispatch=False)
+    prekeys_used = setups and len(core.keypair.one_time_prekey_ids()) != keys_before
+    for envelope_id, msg, index in zip(ids, results, where, strict=True):
+        if not isinstance(msg, Message):
+            if isinstance(msg, Rejected) and isinstance(msg.error, HubError):
+                log.warning(
+                    "agent %r: could not look up a new sender now (%s); its envelope stays "
+                    "unacknowledged and comes again",
+                    core.agent_id,
+                    msg.error,
+                )
+                outcomes[index] = Retry(msg.error)
+                continue
+            outcomes[index] = msg if msg is not None else False
+            continue
+        if envelope_id is not None:
+            recent[envelope_id] = None
+        if core.take_reply(msg):
+            core.handled_from(msg.sender)  # (a reply, or a message of an intercepted kind)
+        else:
+            outcomes[index] = msg
+    recent.trim()
+    return outcomes, prekeys_used
