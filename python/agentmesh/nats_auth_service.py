@@ -33,7 +33,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ._native import verify_bundle, verify_nats_connect
-from .errors import HubError
+from .errors import HubError, NatsAuthError
 from .nats_auth_config import AUTH_TIMEOUT, AuthKeys
 from .nats_auth_jwt import Permissions, authorization_response, decode_jwt, user_jwt
 from .nats_auth_permissions import agent_permissions, reader_permissions
@@ -55,10 +55,6 @@ ACCOUNT = "$G"
 #: Requests decided at once by one service (each reads the directory, and may write it): many
 #: agents connecting together, after a restart, must not wait in line past the servers' timeout.
 CONCURRENCY = 64
-
-
-class Refused(Exception):
-    """A connection the service does not let in (the reason goes to its log)."""
 
 
 class ClaimBudget:
@@ -126,7 +122,11 @@ class NatsAuthService:
         )
         self._js = self._nc.jetstream(timeout=AUTH_TIMEOUT / 2)
         replicas = check_server(self._nc, self.settings)
-        await ensure_layout(self._js, self.settings, replicas)
+        await self._patiently(
+            "setting up the stream and buckets",
+            lambda: ensure_layout(self._js, self.settings, replicas),
+            connect_timeout,
+        )
         self._directory = NatsDirectory(self._js, self.layout, timeout=AUTH_TIMEOUT * 0.6)
         await self._nc.subscribe(AUTH_SUBJECT, queue=QUEUE, cb=self._spawn(self._on_auth))
         await self._nc.subscribe(
@@ -135,6 +135,22 @@ class NatsAuthService:
         await self._nc.subscribe(self.layout.service_ping, queue=QUEUE, cb=_pong)
         await self._nc.flush()
         log.info("serving authorization on %s", ", ".join(self.servers))
+
+    @staticmethod
+    async def _patiently(what: str, attempt: Callable[[], Awaitable[Any]], patience: float) -> None:
+        """Right after a cluster starts its streams have no leader for a few seconds."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + patience
+        while True:
+            try:
+                await attempt()
+                return
+            except HubError:
+                raise
+            except Exception as exc:
+                if loop.time() > deadline:
+                    raise HubError(f"{what}: {type(exc).__name__}: {exc}") from exc
+                await asyncio.sleep(0.5)
 
     def _spawn(self, handle: Callable[[Any], Awaitable[None]]) -> Callable[[Any], Awaitable[None]]:
         """A subscription callback that hands each message to a task of its own (nats-py runs
@@ -173,7 +189,7 @@ class NatsAuthService:
             return
         try:
             name, permissions = await asyncio.wait_for(self._decide(request), AUTH_TIMEOUT * 0.8)
-        except Refused as exc:
+        except NatsAuthError as exc:
             log.warning("refused a connection from %s: %s", _client(request), exc)
             answer = authorization_response(
                 user_nkey=user_nkey, server_id=server_id, issuer=self.keys.issuer, error=str(exc)
@@ -208,18 +224,18 @@ class NatsAuthService:
         if not token and not signature:
             return "reader", reader_permissions(self.layout)
         if not token or not signature:
-            raise Refused("an agent connects with its bundle (token) and its proof (sig)")
+            raise NatsAuthError("an agent connects with its bundle (token) and its proof (sig)")
         nonce = str((request.get("client_info") or {}).get("nonce") or "")
         if not nonce:
-            raise Refused("the server sent no nonce (its config needs the service's nkey user)")
+            raise NatsAuthError("the server sent no nonce (its config needs the service's nkey user)")
         try:
             bundle = json.loads(token)
             agent_id = verify_bundle(bundle)
             proof = base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4))
         except Exception as exc:  # (json, base64, or the bundle's own checks)
-            raise Refused(f"the token is no valid agent bundle: {exc}") from None
+            raise NatsAuthError(f"the token is no valid agent bundle: {exc}") from None
         if not verify_nats_connect(bundle, nonce.encode("utf-8"), proof):
-            raise Refused(f"the connect proof of {agent_id!r} does not verify")
+            raise NatsAuthError(f"the connect proof of {agent_id!r} does not verify")
         await self._bind(agent_id, bundle)
         await self._ensure_consumer(agent_id)
         return f"agent:{agent_id}", agent_permissions(self.layout, agent_id)
@@ -243,9 +259,9 @@ class NatsAuthService:
             try:
                 await self._directory.bind(bundle)
             except HubError as exc:
-                raise Refused(f"binding {agent_id!r}: {exc}") from None
+                raise NatsAuthError(f"binding {agent_id!r}: {exc}") from None
         elif current.get("identity_key") != bundle.get("identity_key"):
-            raise Refused(f"agent id {agent_id!r} is bound to another identity key")
+            raise NatsAuthError(f"agent id {agent_id!r} is bound to another identity key")
 
     # -- prekey claims --------------------------------------------------------------------------
 
