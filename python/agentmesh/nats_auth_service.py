@@ -227,7 +227,9 @@ class NatsAuthService:
             raise NatsAuthError("an agent connects with its bundle (token) and its proof (sig)")
         nonce = str((request.get("client_info") or {}).get("nonce") or "")
         if not nonce:
-            raise NatsAuthError("the server sent no nonce (its config needs the service's nkey user)")
+            raise NatsAuthError(
+                "the server sent no nonce (its config needs the service's nkey user)"
+            )
         try:
             bundle = json.loads(token)
             agent_id = verify_bundle(bundle)
