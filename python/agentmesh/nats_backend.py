@@ -107,7 +107,7 @@ class NatsBackend:
         )
         self._renew("lookups")
         self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
-        replicas = check_server(self._nc, self.settings)
+        replicas = check_server(self._nc, self.settings, guarded=self.auth)
         await self._patiently(
             "setting up the stream", lambda: ensure_layout(self._js, self.settings, replicas)
         )
@@ -173,7 +173,7 @@ class NatsBackend:
         self._renew(repr(agent_id))
         try:
             self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
-            replicas = check_server(self._nc, self.settings)
+            replicas = check_server(self._nc, self.settings, guarded=self.auth)
             info = await self._patiently(
                 "setting up the stream", lambda: ensure_layout(self._js, self.settings, replicas)
             )

@@ -61,11 +61,18 @@ def server_version(info: dict[str, Any]) -> tuple[int, int, int]:
     return (major, minor, patch)
 
 
-def check_server(nc: Any, settings: NatsSettings) -> int:
+def check_server(nc: Any, settings: NatsSettings, guarded: bool = False) -> int:
     """Checks what the connected server tells about itself; returns the replica count to use.
-    HubError naming the setting when one would lose acknowledged data or refuse envelopes."""
+    HubError naming the setting when one would lose acknowledged data or refuse envelopes, or
+    when ``guarded`` (``NatsHub(auth=True)``) and the server lets anyone in."""
     info: dict[str, Any] = dict(getattr(nc, "_server_info", None) or {})
     where = f"the NATS server {info.get('server_name') or nc.connected_url}"
+    if guarded and not (info.get("auth_required") and info.get("nonce")):
+        raise HubError(
+            f"{where} lets clients in without authorization (or sends no nonce), so no "
+            "authorization service guards it: configure it (agentmesh nats-auth, docs/nats.md) "
+            "or connect without auth=True"
+        )
     version = server_version(info)
     if version < MIN_SERVER_VERSION and not settings.allow_unsafe:
         wanted = ".".join(map(str, MIN_SERVER_VERSION))

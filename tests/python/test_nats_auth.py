@@ -333,3 +333,11 @@ def test_a_reader_may_look_up_but_not_send(guarded):
             )
 
     asyncio.run(read())
+
+
+def test_auth_true_on_a_cluster_without_the_service_is_a_clear_error(tmp_path):
+    from agentmesh import HubError
+
+    refused = pytest.raises(HubError, match="no authorization service guards it")
+    with NatsCluster(tmp_path, nodes=1) as open_cluster, refused:
+        NatsHub(open_cluster.urls, auth=True, timeout=5.0)
