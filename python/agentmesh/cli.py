@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from .cli_nats import cmd_nats_dev
+from .cli_nats_auth import cmd_nats_auth
 from .cli_parser import CONNECT_TIMEOUT, build_parser
 from .errors import AgentMeshError
 
@@ -414,6 +415,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "peers": _cmd_peers,
         "demo": _cmd_demo,
         "nats-dev": cmd_nats_dev,
+        "nats-auth": cmd_nats_auth,
     }[args.command]
     try:
         return handler(args)

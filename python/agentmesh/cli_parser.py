@@ -7,6 +7,7 @@ import argparse
 from typing import Any
 
 from .cli_nats import add_nats_dev_parser
+from .cli_nats_auth import add_nats_auth_parser
 
 __all__ = ["CONNECT_TIMEOUT", "build_parser"]
 
@@ -26,6 +27,7 @@ examples:
   agentmesh peers --hub 127.0.0.1:7700 --online
   agentmesh hub-stats --url http://127.0.0.1:9464/metrics
   agentmesh nats-dev --nodes 3
+  agentmesh nats-auth --servers nats://10.0.0.1:4222 --keys /etc/agentmesh/nats-auth
 
 exit codes: 0 ok, 1 runtime failure, 2 usage error
 """
@@ -179,6 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_nats_dev_parser(add_command)
+    add_nats_auth_parser(add_command)
 
     add_command(
         "demo",

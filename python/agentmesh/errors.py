@@ -85,6 +85,11 @@ class HubError(AgentMeshError):
     """The hub refused a request or the connection to it failed."""
 
 
+class NatsAuthError(HubError):
+    """A NATS cluster guarded by the agentmesh authorization service refused the connection:
+    the service is down or unreachable, or it refused the agent's proof (its log says which)."""
+
+
 class FlushTimeoutError(HubError, TimeoutError):
     """flush() timed out before the hub acknowledged every envelope sent so far."""
 

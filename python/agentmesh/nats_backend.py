@@ -25,6 +25,8 @@ from .crypto import Envelope, as_envelope, check_agent_id
 from .errors import HubError, HubRequestError, PeerNotFoundError
 from .fanout import address, check_recipients
 from .hub_protocol import ErrorCode
+from .nats_auth_client import Renewal, agent_options, claim_prekey, reader_options
+from .nats_connection import connect
 from .nats_directory import MAX_PREKEYS, NatsDirectory
 from .nats_layout import FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
 from .nats_receiver import InboxReceiver
@@ -42,49 +44,6 @@ T = TypeVar("T")
 ATTEMPT_TIMEOUT = 5.0
 
 
-async def connect(
-    servers: list[str],
-    *,
-    connect_timeout: float,
-    name: str,
-    on_disconnect: Callable[[], None] | None = None,
-    on_reconnect: Callable[[], None] | None = None,
-) -> Any:
-    """A nats-py connection that reconnects forever (quickly: a failover takes seconds)."""
-    try:
-        import nats
-    except ImportError as exc:
-        raise HubError("NatsHub needs nats-py: pip install 'agentmesh[nats]'") from exc
-
-    async def disconnected() -> None:
-        if on_disconnect is not None:
-            on_disconnect()
-
-    async def reconnected() -> None:
-        if on_reconnect is not None:
-            on_reconnect()
-
-    async def error(exc: Exception) -> None:
-        log.debug("NATS connection %s: %s", name, exc)
-
-    try:
-        return await nats.connect(
-            servers=servers,
-            name=name,
-            connect_timeout=connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            ping_interval=5,
-            max_outstanding_pings=3,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-        )
-    except Exception as exc:
-        raise HubError(f"cannot connect to the NATS servers {', '.join(servers)}: {exc}") from exc
-
-
 class NatsBackend:
     """One agent's connection to agentmesh on NATS (asyncio; one event loop). ``servers``:
     ``nats://host:port`` URLs of the cluster; ``settings``: see :class:`NatsSettings`."""
@@ -96,8 +55,11 @@ class NatsBackend:
         settings: NatsSettings | None = None,
         connect_timeout: float = 10.0,
         request_timeout: float = 10.0,
+        auth: bool = False,
     ) -> None:
         self.servers = list(servers)
+        self.auth = auth
+        self._renewal: Renewal | None = None
         self.settings = settings or NatsSettings()
         self.layout: NatsLayout = self.settings.layout
         self.connect_timeout = connect_timeout
@@ -138,10 +100,15 @@ class NatsBackend:
         if self._nc is not None:
             return
         self._nc = await connect(
-            self.servers, connect_timeout=self.connect_timeout, name="agentmesh-lookup"
+            self.servers,
+            connect_timeout=self.connect_timeout,
+            name="agentmesh-lookup",
+            options=reader_options(),
+            guarded=self.auth,
         )
+        self._renew("lookups")
         self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
-        replicas = check_server(self._nc, self.settings)
+        replicas = check_server(self._nc, self.settings, guarded=self.auth)
         await self._patiently(
             "setting up the stream", lambda: ensure_layout(self._js, self.settings, replicas)
         )
@@ -196,10 +163,18 @@ class NatsBackend:
             name=f"agentmesh-{token_of(agent_id)[:32]}",
             on_disconnect=self._disconnected,
             on_reconnect=self._reconnected,
+            # (its own reply prefix also without the service: static users can be given it)
+            options=(
+                agent_options(self.layout, keypair)
+                if self.auth
+                else {"inbox_prefix": self.layout.reply_prefix(agent_id)}
+            ),
+            guarded=self.auth,
         )
+        self._renew(repr(agent_id))
         try:
             self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
-            replicas = check_server(self._nc, self.settings)
+            replicas = check_server(self._nc, self.settings, guarded=self.auth)
             info = await self._patiently(
                 "setting up the stream", lambda: ensure_layout(self._js, self.settings, replicas)
             )
@@ -211,6 +186,8 @@ class NatsBackend:
             self._sender = OrderedSender(self._nc, self.layout.stream, self._is_registered)
             await self._sender.start()
         except BaseException:
+            if self._renewal is not None:
+                await self._renewal.stop()
             await self._nc.close()
             self._nc = None
             raise
@@ -232,8 +209,10 @@ class NatsBackend:
 
     async def _subscribe(self, agent_id: str) -> Any:
         """The agent's durable consumer (made if missing; the same settings again are
-        harmless) and a pull subscription bound to it."""
-        await self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id))
+        harmless; with the authorization service, the service made it) and a pull
+        subscription bound to it."""
+        if not self.auth:
+            await self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id))
         return await self._js.pull_subscribe_bind(
             durable=self.layout.consumer(agent_id),
             stream=self.layout.stream,
@@ -281,6 +260,12 @@ class NatsBackend:
             self._notify_registered()
             return
 
+    def _renew(self, what: str) -> None:
+        """With the authorization service: renew the connection's user before it expires."""
+        if self.auth:
+            self._renewal = Renewal(self._nc, what, self.layout.service_ping)
+            self._renewal.start()
+
     # -- receiving (see nats_receiver) -----------------------------------------------------
 
     async def _pending_deliveries(self) -> int:
@@ -298,6 +283,8 @@ class NatsBackend:
         unacknowledged until the ack wait)."""
         assert self._agent_id is not None
         log.info("the inbox of %r does not answer: making sure its consumer exists", self._agent_id)
+        if self.auth:
+            return  # the service makes it, at every connection
         config = consumer_config(self.layout, self._agent_id)
         try:
             await asyncio.wait_for(
@@ -346,7 +333,8 @@ class NatsBackend:
                 f"{self._agent_id!r} to {recipient!r}",
                 recipient=recipient,
             )
-        return sender.enqueue(recipient, self.layout.inbox_subject(recipient), data, env.id)
+        subject = self.layout.inbox_subject(recipient, self._agent_id)
+        return sender.enqueue(recipient, subject, data, env.id)
 
     def send_group_nowait(self, recipients: list[str], envelope: bytes) -> bool:
         """One copy per recipient, published by the sender (``OrderedSender.enqueue_group``)."""
@@ -398,7 +386,12 @@ class NatsBackend:
         bundle = await directory.get_bundle(agent_id)
         if bundle is None or agent_id == self._agent_id or self._agent_id is None:
             return bundle
-        claimed = await directory.claim_prekey(agent_id)
+        if self.auth:
+            claimed = await claim_prekey(
+                self._nc, self.layout, self._agent_id, agent_id, self.request_timeout
+            )
+        else:
+            claimed = await directory.claim_prekey(agent_id)
         if claimed is not None:
             bundle["one_time_prekey"] = claimed
         return bundle
@@ -461,6 +454,8 @@ class NatsBackend:
                 await task
         if self._receiver is not None:
             await self._receiver.give_back()
+        if self._renewal is not None:
+            await self._renewal.stop()
         if self._sender is not None:
             await self._sender.close()
         if self._nc is not None:

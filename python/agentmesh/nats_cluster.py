@@ -104,7 +104,9 @@ class NatsNode:
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
-    def write_config(self, cluster_port: int | None, routes: Sequence[int]) -> None:
+    def write_config(
+        self, cluster_port: int | None, routes: Sequence[int], authorization: str = ""
+    ) -> None:
         lines = [
             f"server_name: {self.name}",
             f"listen: {HOST}:{self.port}",
@@ -128,6 +130,8 @@ class NatsNode:
                 f"  routes: [{route_list}]",
                 "}",
             ]
+        if authorization:
+            lines.append(authorization)
         self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
     def start(self) -> None:
@@ -186,7 +190,9 @@ class NatsCluster:
     logs under ``directory``. Ports are picked free at construction and kept, so a node
     restarts where it was. Stopped by process id (:meth:`stop`, also on ``with`` exit)."""
 
-    def __init__(self, directory: str | os.PathLike[str], nodes: int = 3) -> None:
+    def __init__(
+        self, directory: str | os.PathLike[str], nodes: int = 3, *, authorization: str = ""
+    ) -> None:
         if not isinstance(nodes, int) or nodes < 1:
             raise ValueError(f"nodes must be a positive int, not {nodes!r}")
         self.directory = Path(directory)
@@ -199,9 +205,10 @@ class NatsCluster:
         cluster_ports = [ports[3 * i + 2] for i in range(nodes)]
         for node, cluster_port in zip(self.nodes, cluster_ports, strict=True):
             if nodes == 1:
-                node.write_config(None, ())
+                node.write_config(None, (), authorization)
             else:
-                node.write_config(cluster_port, [p for p in cluster_ports if p != cluster_port])
+                others = [p for p in cluster_ports if p != cluster_port]
+                node.write_config(cluster_port, others, authorization)
 
     @property
     def urls(self) -> list[str]:

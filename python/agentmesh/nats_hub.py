@@ -36,10 +36,13 @@ class NatsHub(BackendHub):
     """Agents on a NATS JetStream cluster; same interface as :class:`LocalHub`.
 
     ``NatsHub(servers, *, prefix="agentmesh", replicas=None, max_queued_per_agent=100_000,
-    connect_timeout=10.0, timeout=30.0)``. ``servers``: one URL or a list (any of the
+    connect_timeout=10.0, timeout=30.0, auth=False)``. ``servers``: one URL or a list (any of the
     cluster's; the client learns the others). ``prefix`` names the stream and buckets (several
     deployments can share an account). ``replicas``: of the stream and buckets when this hub
     creates them (None: 3 on a cluster, 1 on a lone server). ``timeout`` bounds lookups.
+    ``auth=True``: the cluster is guarded by the agentmesh authorization service (``agentmesh
+    nats-auth``): each agent connects with a proof of its identity key and gets only its own
+    permissions (docs/nats.md); without it, every client of the cluster is trusted.
 
     At start it connects, checks the settings it can see (server version, ``max_payload``,
     replicas; docs/nats.md) and creates the stream and buckets if they are missing: a
@@ -55,8 +58,10 @@ class NatsHub(BackendHub):
         max_queued_per_agent: int = DEFAULT_MAX_QUEUED,
         connect_timeout: float = 10.0,
         timeout: float = 30.0,
+        auth: bool = False,
     ) -> None:
         self.servers = _check_servers(servers)
+        self.auth = bool(auth)
         self.settings = NatsSettings(
             layout=NatsLayout(prefix),
             replicas=replicas,
@@ -78,6 +83,7 @@ class NatsHub(BackendHub):
             settings=self.settings,
             connect_timeout=self.connect_timeout,
             request_timeout=self.timeout,
+            auth=self.auth,
         )
 
     @property

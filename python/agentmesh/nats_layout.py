@@ -3,8 +3,9 @@
 One :class:`NatsLayout` (a prefix, default ``agentmesh``) names everything:
 
 * ``<PREFIX>_INBOX``: the inbox stream, work-queue retention, subjects
-  ``<prefix>.inbox.<token>``, one per recipient; a durable pull consumer per recipient,
-  ``inbox_<hash>``, filtered to that subject;
+  ``<prefix>.inbox.<recipient token>.<sender token>``; a durable pull consumer per recipient,
+  ``inbox_<hash>``, filtered to ``<prefix>.inbox.<recipient token>.*`` (the sender's token in
+  the subject lets an authorization service allow each agent to publish as itself only);
 * ``<PREFIX>_DIRECTORY``: a KV bucket, key ``a.<token>`` holding the agent's bundle (the
   first create binds the id to its identity key);
 * ``<PREFIX>_PREKEYS``: a KV bucket, key ``p.<token>`` holding the agent's one-time prekeys.
@@ -98,15 +99,44 @@ class NatsLayout:
 
     @property
     def inbox_subjects(self) -> str:
-        return f"{self.prefix}.inbox.*"
+        return f"{self.prefix}.inbox.*.*"
 
-    def inbox_subject(self, agent_id: str) -> str:
-        return f"{self.prefix}.inbox.{token_of(agent_id)}"
+    def inbox_subject(self, recipient: str, sender: str) -> str:
+        """Where ``sender``'s envelopes for ``recipient`` are published."""
+        return f"{self.prefix}.inbox.{token_of(recipient)}.{token_of(sender)}"
+
+    def inbox_filter(self, agent_id: str) -> str:
+        """Every subject of ``agent_id``'s inbox (its consumer's filter)."""
+        return f"{self.prefix}.inbox.{token_of(agent_id)}.*"
+
+    @staticmethod
+    def agent_hash(agent_id: str) -> str:
+        """A short name of ``agent_id`` for NATS names with a length limit that a long id's
+        token would pass."""
+        return hashlib.sha256(agent_id.encode("utf-8")).hexdigest()[:40]
 
     def consumer(self, agent_id: str) -> str:
-        """The durable consumer of ``agent_id``'s inbox. Hashed: names have a length limit
-        that a long id's token would pass."""
-        return "inbox_" + hashlib.sha256(agent_id.encode("utf-8")).hexdigest()[:40]
+        """The durable consumer of ``agent_id``'s inbox."""
+        return "inbox_" + self.agent_hash(agent_id)
+
+    def reply_prefix(self, agent_id: str) -> str:
+        """The prefix of ``agent_id``'s reply subjects (nats-py's ``inbox_prefix``): only
+        its own connection may subscribe under it when the authorization service runs."""
+        return f"_INBOX.{self.agent_hash(agent_id)}"
+
+    @property
+    def service_ping(self) -> str:
+        """Where the authorization service answers "are you there" (before a renewal)."""
+        return f"{self.prefix}.svc.ping"
+
+    @property
+    def claim_subjects(self) -> str:
+        """Where the authorization service takes one-time prekey claims."""
+        return f"{self.prefix}.svc.claim.*"
+
+    def claim_subject(self, requester: str) -> str:
+        """Where ``requester`` asks the authorization service for another's prekey."""
+        return f"{self.prefix}.svc.claim.{token_of(requester)}"
 
     @staticmethod
     def directory_key(agent_id: str) -> str:

@@ -61,11 +61,18 @@ def server_version(info: dict[str, Any]) -> tuple[int, int, int]:
     return (major, minor, patch)
 
 
-def check_server(nc: Any, settings: NatsSettings) -> int:
+def check_server(nc: Any, settings: NatsSettings, guarded: bool = False) -> int:
     """Checks what the connected server tells about itself; returns the replica count to use.
-    HubError naming the setting when one would lose acknowledged data or refuse envelopes."""
+    HubError naming the setting when one would lose acknowledged data or refuse envelopes, or
+    when ``guarded`` (``NatsHub(auth=True)``) and the server lets anyone in."""
     info: dict[str, Any] = dict(getattr(nc, "_server_info", None) or {})
     where = f"the NATS server {info.get('server_name') or nc.connected_url}"
+    if guarded and not (info.get("auth_required") and info.get("nonce")):
+        raise HubError(
+            f"{where} lets clients in without authorization (or sends no nonce), so no "
+            "authorization service guards it: configure it (agentmesh nats-auth, docs/nats.md) "
+            "or connect without auth=True"
+        )
     version = server_version(info)
     if version < MIN_SERVER_VERSION and not settings.allow_unsafe:
         wanted = ".".join(map(str, MIN_SERVER_VERSION))
@@ -151,6 +158,12 @@ def _check_stream(info: Any, replicas: int, settings: NatsSettings) -> None:
         raise HubError(
             f"{name} keeps its messages in {config.storage}; agentmesh needs file storage"
         )
+    if list(config.subjects or []) != [settings.layout.inbox_subjects]:
+        raise HubError(
+            f"{name} holds the subjects {config.subjects}, not {settings.layout.inbox_subjects!r} "
+            "(an inbox subject names recipient and sender since the authorization service): "
+            "recreate it, or use another prefix"
+        )
     if (config.duplicate_window or 0) < DUPLICATE_WINDOW / 2:
         raise HubError(
             f"{name} drops duplicate sends for {config.duplicate_window}s only; resends after a "
@@ -176,8 +189,11 @@ def consumer_config(layout: NatsLayout, agent_id: str) -> Any:
     from .nats_layout import ACK_WAIT
 
     return api.ConsumerConfig(
+        # (the name too: nats-py then puts the filter in the request's subject, where a
+        # static user's permissions can pin it; the server checks the two agree)
+        name=layout.consumer(agent_id),
         durable_name=layout.consumer(agent_id),
-        filter_subject=layout.inbox_subject(agent_id),
+        filter_subject=layout.inbox_filter(agent_id),
         ack_policy=api.AckPolicy.EXPLICIT,
         deliver_policy=api.DeliverPolicy.ALL,
         ack_wait=ACK_WAIT,

@@ -6,7 +6,8 @@ unless the line right before its fence says otherwise with a marker::
     <!-- doc-test: continues -->   runs after the file's previous program, as one program
     <!-- doc-test: hub -->         needs a network hub: a real one is started, and the
                                    example's port 7700 becomes its port
-    <!-- doc-test: nats -->        needs a NATS cluster: a real one-node cluster is started, and
+    <!-- doc-test: nats -->        needs a NATS cluster: a real one-node cluster is started (with
+                                   the authorization service if the example says auth=True), and
                                    the example's list of nats:// servers becomes its own
     <!-- doc-test: fragment -->    part of a larger program (not runnable alone): compiled only
     <!-- doc-test: synopsis -->    a list of signatures, not Python: not run (on a text block:
@@ -117,8 +118,20 @@ def test_python_example_runs_as_shown(block, tmp_path, request):
         pytest.importorskip("nats", reason="the NATS example needs nats-py")
         from agentmesh.nats_cluster import NatsCluster
 
-        cluster = NatsCluster(tmp_path / "nats", nodes=1).start()
+        authorization = ""
+        if "auth=True" in code:  # guarded by the authorization service, as the example says
+            from agentmesh.nats_auth_config import AuthKeys, authorization_block
+
+            authorization = authorization_block(AuthKeys.create(tmp_path / "auth-keys"))
+        cluster = NatsCluster(tmp_path / "nats", nodes=1, authorization=authorization).start()
         request.addfinalizer(cluster.stop)
+        if authorization:
+            from agentmesh.nats_auth_process import AuthServiceProcess
+
+            keys, log = tmp_path / "auth-keys", tmp_path / "auth.log"
+            service = AuthServiceProcess(cluster.urls, keys, log)
+            request.addfinalizer(service.stop)
+            service.start()
         servers = re.compile(r"\[\s*\"nats://[^\]]*\]")
         assert servers.search(code), f"{block.where}: a NATS example without a server list"
         code = servers.sub(repr(cluster.urls), code, count=1)

@@ -1,8 +1,11 @@
-"""``agentmesh nats-dev`` through a real process: it starts a cluster, says how to connect,
-agents talk through it, and Ctrl-C stops every node."""
+"""``agentmesh nats-dev`` through a real process: it starts a cluster guarded by two
+authorization services, says how to connect, agents talk through it (a connection without a
+proof is refused), and Ctrl-C stops every node and service."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import os
 import re
 import signal
@@ -14,6 +17,8 @@ import pytest
 from natsutil import wait_until
 
 from agentmesh import Agent, NatsHub
+from agentmesh.crypto import AgentKeyPair
+from agentmesh.errors import NatsAuthError
 from agentmesh.testing import subprocess_env
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -26,6 +31,16 @@ def gone(pid: int) -> bool:
     except ProcessLookupError:
         return True
     return False
+
+
+async def connect_as_mallory(urls: list[str]) -> None:
+    """A connection claiming to be an agent with no valid proof."""
+    from agentmesh.nats_connection import connect
+
+    bundle = json.dumps(AgentKeyPair.generate("mallory").public_bundle())
+    options = {"token": bundle, "signature_cb": lambda nonce: b"AAAA"}
+    nc = await connect(urls, connect_timeout=5.0, name="mallory", options=options)
+    await nc.close()
 
 
 def test_nats_dev_runs_a_cluster_and_stops_it_on_ctrl_c(tmp_path):
@@ -45,10 +60,14 @@ def test_nats_dev_runs_a_cluster_and_stops_it_on_ctrl_c(tmp_path):
         text = "".join(lines)
         urls = re.findall(r"nats://127\.0\.0\.1:\d+", re.search(r"NatsHub\((.*)\)", text)[1])
         pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
-        assert len(urls) == 3 and len(pids) == 3
-        assert "sync_interval: always" in (tmp_path / "n1.conf").read_text()
+        assert len(urls) == 3 and len(pids) == 5  # three servers, two authorization services
+        assert "auth=True" in text
+        config = (tmp_path / "n1.conf").read_text()
+        assert "sync_interval: always" in config and "auth_callout" in config
 
-        hub = NatsHub(urls)
+        with pytest.raises(NatsAuthError):  # safe by default: an agent without a proof
+            asyncio.run(connect_as_mallory(urls))
+        hub = NatsHub(urls, auth=True)
         alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
         got: list = []
         bob.on_message(got.append)

@@ -32,3 +32,7 @@ pub const KDF_GROUP_CHAIN_STEP: &[u8] = b"agentmesh/v1/kdf/group-chain-step";
 pub const SIG_GROUP_MESSAGE: &[u8] = b"agentmesh/v1/sig/group-message\0";
 /// Signature purpose: a group membership record signed by the group's administrator.
 pub const SIG_GROUP_MEMBERSHIP: &[u8] = b"agentmesh/v1/sig/group-membership\0";
+/// Signature purpose: connecting to a NATS cluster as an agent (the server's nonce, the id and
+/// the bundle; docs/protocol.md). Its own label: NATS nkey authentication signs the raw nonce,
+/// so an identity key must never be used as an nkey.
+pub const SIG_NATS_CONNECT: &[u8] = b"agentmesh/v1/sig/nats-connect\0";

@@ -24,6 +24,7 @@ mod kdf;
 mod keyfile;
 mod keys;
 mod labels;
+mod nats_connect;
 /// The plaintext payload: pure JSON, or JSON with binary values framed (docs/protocol.md 5.1).
 pub mod payload;
 /// The one writer of secret files. Public because the Python glue writes the identity and
@@ -47,5 +48,6 @@ pub use keys::{
     Registration, BUNDLE_JSON_VERSION, HUB_ID_LEN, MAX_AGENT_ID_LEN, MAX_ONE_TIME_PREKEYS,
     MAX_SETUPS_PER_SIGNED_PREKEY, REGISTRATION_NONCE_LEN,
 };
+pub use nats_connect::{sign_nats_connect, verify_nats_connect, MAX_NATS_NONCE_LEN};
 pub use ratchet::{MAX_MESSAGE_GAP, MAX_RETIRED_RATCHET_KEYS, MAX_SKIPPED_KEYS};
 pub use session::{Opened, Session, MAX_ARCHIVED_SESSIONS, MAX_REMEMBERED_SESSIONS, SIGNATURE_LEN};

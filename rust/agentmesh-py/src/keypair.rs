@@ -186,6 +186,18 @@ impl PyAgentKeyPair {
         Ok(PyBytes::new(py, &sig))
     }
 
+    /// Proves possession of the identity key to the agentmesh NATS authorization service for
+    /// one connection (the server's `nonce`; the signed layout is in docs/protocol.md).
+    fn sign_nats_connect<'py>(
+        &self,
+        py: Python<'py>,
+        nonce: &[u8],
+    ) -> PyResult<Bound<'py, PyBytes>> {
+        let sig = agentmesh_core::sign_nats_connect(&locks::read(py, &self.inner), nonce)
+            .map_err(to_py)?;
+        Ok(PyBytes::new(py, &sig))
+    }
+
     /// A new signed prekey; the previous one keeps working for set-ups already in flight.
     fn rotate_signed_prekey(&self, py: Python<'_>) {
         locks::write(py, &self.inner).rotate_signed_prekey(&mut OsRng);

@@ -46,6 +46,20 @@ fn verify_registration(
     Ok(b.verify_registration(&reg, &sig).is_ok())
 }
 
+/// True when `signature` is the bundle owner's NATS connect proof for `nonce`.
+#[pyfunction]
+fn verify_nats_connect(
+    bundle: &Bound<'_, PyAny>,
+    nonce: &[u8],
+    signature: &[u8],
+) -> PyResult<bool> {
+    let b = bundle::from_dict(bundle)?;
+    let Ok(sig) = <[u8; 64]>::try_from(signature) else {
+        return Ok(false);
+    };
+    Ok(agentmesh_core::verify_nats_connect(&b, nonce, &sig).is_ok())
+}
+
 /// The fingerprint of a bundle's identity key (the bundle is verified first).
 #[pyfunction]
 fn fingerprint_of(bundle: &Bound<'_, PyAny>) -> PyResult<String> {
@@ -157,6 +171,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(session::perform_key_exchange, m)?)?;
     m.add_function(wrap_pyfunction!(verify_bundle, m)?)?;
     m.add_function(wrap_pyfunction!(verify_registration, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_nats_connect, m)?)?;
     m.add_function(wrap_pyfunction!(fingerprint_of, m)?)?;
     m.add_function(wrap_pyfunction!(fingerprint_of_key, m)?)?;
     m.add_function(wrap_pyfunction!(bundle_to_bytes, m)?)?;

@@ -1,0 +1,66 @@
+"""What a connection may do on a NATS cluster guarded by the agentmesh authorization service.
+
+Allow lists, templated from the layout (:mod:`agentmesh.nats_layout`); everything else is
+denied. An *agent* (one that proved its identity key) may:
+
+* publish envelopes as itself only: ``<prefix>.inbox.*.<own token>``;
+* consume only its own inbox: fetch from and acknowledge on its own consumer (which the
+  service creates: no agent may create, replace or delete a consumer);
+* read the directory and the prekey stock, write only its own directory and prekey keys;
+* ask the service for another agent's one-time prekey (``<prefix>.svc.claim.<own token>``);
+* receive replies only under its own reply prefix (``_INBOX.<own hash>``).
+
+A *reader* (a connection without a proof: ``NatsHub``'s lookups) may read the directory and
+stream, consumer and bucket information, and receive replies under ``_INBOX.reader``.
+
+Nobody may purge or delete a stream, touch another agent's consumer, subscribe to an inbox
+subject, or publish to any other JetStream API.
+"""
+
+from __future__ import annotations
+
+from .nats_auth_jwt import Permissions
+from .nats_layout import NatsLayout, token_of
+
+__all__ = ["READER_REPLY_PREFIX", "agent_permissions", "reader_permissions"]
+
+#: The reply prefix of connections without an agent (lookups).
+READER_REPLY_PREFIX = "_INBOX.reader"
+
+
+def _reading(layout: NatsLayout) -> list[str]:
+    stream, directory = layout.stream, f"KV_{layout.directory_bucket}"
+    return [
+        f"$JS.API.STREAM.INFO.{stream}",
+        f"$JS.API.STREAM.INFO.{directory}",
+        f"$JS.API.STREAM.INFO.KV_{layout.prekey_bucket}",
+        f"$JS.API.DIRECT.GET.{directory}.>",
+        f"$JS.API.STREAM.MSG.GET.{directory}",
+        # presence (is_online): another agent's consumer's waiting fetches; no payload
+        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        # the connection's own user (its expiry, to renew in time), and whether a service is
+        # there to renew it
+        "$SYS.REQ.USER.INFO",
+        layout.service_ping,
+    ]
+
+
+def reader_permissions(layout: NatsLayout) -> Permissions:
+    return Permissions(publish=tuple(_reading(layout)), subscribe=(f"{READER_REPLY_PREFIX}.>",))
+
+
+def agent_permissions(layout: NatsLayout, agent_id: str) -> Permissions:
+    token, stream, consumer = token_of(agent_id), layout.stream, layout.consumer(agent_id)
+    prekeys = f"KV_{layout.prekey_bucket}"
+    publish = [
+        *_reading(layout),
+        f"{layout.prefix}.inbox.*.{token}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.ACK.{stream}.{consumer}.>",
+        f"$JS.API.DIRECT.GET.{prekeys}.>",
+        f"$JS.API.STREAM.MSG.GET.{prekeys}",
+        f"$KV.{layout.directory_bucket}.{layout.directory_key(agent_id)}",
+        f"$KV.{layout.prekey_bucket}.{layout.prekey_key(agent_id)}",
+        layout.claim_subject(agent_id),
+    ]
+    return Permissions(publish=tuple(publish), subscribe=(f"{layout.reply_prefix(agent_id)}.>",))

@@ -1,0 +1,236 @@
+"""The NATS authorization service's availability, on a real nats-server: with the service down
+a new connection fails with a clear error while existing ones carry on; of two services one
+is enough; users expire and connected agents renew theirs without losing a message."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+from natsutil import wait_until
+
+from agentmesh import Agent, NatsHub
+from agentmesh.errors import NatsAuthError
+from agentmesh.nats_auth_config import AuthKeys, authorization_block
+from agentmesh.nats_auth_process import AuthServiceProcess
+from agentmesh.nats_cluster import NatsCluster
+
+pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
+pytest.importorskip("nats", reason="the NATS tests need nats-py (pip install -e '.[dev]')")
+pytest.importorskip("nkeys", reason="the authorization service needs nkeys (the dev extra)")
+
+
+def guarded_cluster(root, nodes: int = 1):
+    keys = AuthKeys.create(root / "keys")
+    return NatsCluster(root, nodes=nodes, authorization=authorization_block(keys))
+
+
+def services(cluster, root, count: int, lifetime: float = 600.0) -> list[AuthServiceProcess]:
+    return [
+        AuthServiceProcess(cluster.urls, root / "keys", root / f"auth{i}.log", lifetime=lifetime)
+        for i in range(count)
+    ]
+
+
+def exchange(alice: Agent, bob: Agent, got: list[str], count: int, pause: float = 0.0) -> None:
+    start = len(got)
+    for i in range(count):
+        alice.send("bob", text=f"m{i}")
+        if pause:
+            time.sleep(pause)
+    alice.flush(30)
+    wait_until(lambda: len(got) >= start + count, 30, "the messages")
+
+
+def test_service_down_new_connections_fail_clearly_existing_ones_carry_on(tmp_path):
+    with guarded_cluster(tmp_path) as cluster:
+        running = services(cluster, tmp_path, 2)
+        try:
+            for service in running:
+                service.start()
+            hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
+            got: list[str] = []
+            alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+            bob.on_message(lambda msg: got.append(msg.text))
+            exchange(alice, bob, got, 3)
+            for service in running:
+                service.kill()
+            started = time.monotonic()
+            with pytest.raises(NatsAuthError, match="authorization service"):
+                NatsHub(cluster.urls, auth=True, timeout=20.0, connect_timeout=5.0)
+            assert time.monotonic() - started < 30
+            with pytest.raises(NatsAuthError, match="nats-auth"):
+                Agent("carol", hub=hub)
+            exchange(alice, bob, got, 5)  # the connected ones carry on
+            assert got == [f"m{i}" for i in range(3)] + [f"m{i}" for i in range(5)]
+            alice.close(), bob.close(), hub.close()
+        finally:
+            for service in running:
+                service.stop()
+
+
+def test_of_two_services_one_is_enough(tmp_path):
+    with guarded_cluster(tmp_path, nodes=3) as cluster:
+        first, second = services(cluster, tmp_path, 2)
+        try:
+            first.start(), second.start()
+            first.kill()
+            hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
+            got: list[str] = []
+            agents = [Agent(f"a{i}", hub=hub) for i in range(4)]  # each a new connection
+            bob = Agent("bob", hub=hub)
+            bob.on_message(lambda msg: got.append(msg.text))
+            exchange(agents[0], bob, got, 3)
+            for agent in [*agents, bob]:
+                agent.close()
+            hub.close()
+        finally:
+            first.stop(), second.stop()
+
+
+def test_users_expire_and_connected_agents_renew_them(tmp_path):
+    with guarded_cluster(tmp_path) as cluster:
+        (service,) = services(cluster, tmp_path, 1, lifetime=3.0)
+        try:
+            service.start()
+            hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
+            got: list[str] = []
+            alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+            bob.on_message(lambda msg: got.append(msg.text))
+            exchange(alice, bob, got, 20, pause=0.5)  # 10 s: three lifetimes
+            assert got == [f"m{i}" for i in range(20)]
+            renewals = [link.backend._renewal.renewals for link in hub._links.values()]
+            assert all(count >= 2 for count in renewals), renewals
+            assert hub.list_agents() == ["alice", "bob"]  # the lookups renew theirs too
+            alice.close(), bob.close(), hub.close()
+        finally:
+            service.stop()
+
+
+def test_new_keys_are_private_and_the_servers_config_is_printed(tmp_path, capsys):
+    from agentmesh.cli import main
+    from agentmesh.nats_cluster import free_ports
+
+    (port,) = free_ports(1)  # nothing listens there: the service cannot start
+    servers = f"nats://127.0.0.1:{port}"
+    command = ["nats-auth", "--servers", servers, "--keys", str(tmp_path / "k")]
+    code = main([*command, "--new-keys", "--connect-timeout", "1"])
+    out = capsys.readouterr()
+    assert code == 1 and "cannot connect" in out.err
+    keys = AuthKeys.load(tmp_path / "k")
+    assert f"issuer: {keys.issuer.public_key}" in out.out
+    assert f"auth_users: [ {keys.service.public_key} ]" in out.out
+    for name in ("issuer.nk", "service.nk"):
+        assert (tmp_path / "k" / name).stat().st_mode & 0o077 == 0
+    assert main([*command, "--new-keys"]) == 1  # never replaced
+    assert "exists: not replaced" in capsys.readouterr().err
+
+
+def test_static_users_the_alternative_for_small_setups(tmp_path):
+    """Without the service: a static user per agent (``static_user``); they talk, and an agent
+    cannot make its consumer read another's inbox (the filter is pinned by the subject)."""
+    import asyncio
+    import json as jsonlib
+
+    import nats
+
+    from agentmesh.nats_auth_config import static_user
+    from agentmesh.nats_layout import NatsLayout
+
+    layout = NatsLayout()
+    users = [static_user(layout, name, f"pw-{name}") for name in ("alice", "bob")]
+    admin = "{ user: admin, password: pw-admin }"
+    block = "authorization { users: [ " + "\n".join([admin, *users]) + " ] }"
+    with NatsCluster(tmp_path, nodes=1, authorization=block) as cluster:
+        port = cluster.nodes[0].port
+        NatsHub([f"nats://admin:pw-admin@127.0.0.1:{port}"]).close()  # the stream, buckets
+        hubs = [NatsHub([f"nats://{n}:pw-{n}@127.0.0.1:{port}"]) for n in ("alice", "bob")]
+        got: list[str] = []
+        bob = Agent("bob", hub=hubs[1])
+        bob.on_message(lambda msg: got.append(msg.text))
+        alice = Agent("alice", hub=hubs[0])
+        alice.send("bob", text="static")
+        alice.flush(30)
+        wait_until(lambda: got == ["static"], 30, "the message")
+
+        async def steal() -> bytes:
+            nc = await nats.connect(f"nats://alice:pw-alice@127.0.0.1:{port}",
+                                    inbox_prefix=layout.reply_prefix("alice"))
+            try:
+                consumer = layout.consumer("alice")
+                subject = (
+                    f"$JS.API.CONSUMER.CREATE.{layout.stream}.{consumer}."
+                    f"{layout.inbox_filter('alice')}"
+                )
+                config = {"name": consumer, "durable_name": consumer,
+                          "filter_subject": layout.inbox_filter("bob")}
+                body = jsonlib.dumps({"stream_name": layout.stream, "config": config})
+                return bytes((await nc.request(subject, body.encode(), timeout=5)).data)
+            finally:
+                await nc.close()
+
+        answer = jsonlib.loads(asyncio.run(steal()))
+        # "Consumer create request did not match filtered subject from create subject"
+        assert answer.get("error", {}).get("err_code") == 10131, answer
+        alice.close(), bob.close()
+        for hub in hubs:
+            hub.close()
+
+
+def test_many_agents_connecting_at_once_all_get_in(tmp_path):
+    """The service decides requests side by side: forty first connections together (each binds
+    an id and makes a consumer) all get in, within the servers' callout timeout."""
+    import asyncio
+
+    from agentmesh.crypto import AgentKeyPair
+    from agentmesh.nats_auth_client import agent_options
+    from agentmesh.nats_connection import connect
+    from agentmesh.nats_layout import NatsLayout
+
+    with guarded_cluster(tmp_path, nodes=3) as cluster:
+        (service,) = services(cluster, tmp_path, 1)
+        try:
+            service.start()
+            keypairs = [AgentKeyPair.generate(f"crowd{i}") for i in range(40)]
+
+            async def one(keypair) -> None:
+                options = agent_options(NatsLayout(), keypair)
+                nc = await connect(
+                    cluster.urls, connect_timeout=10, name="crowd", options=options, guarded=True
+                )
+                await nc.close()
+
+            async def crowd() -> None:
+                await asyncio.gather(*(one(keypair) for keypair in keypairs))
+
+            asyncio.run(crowd())
+            hub = NatsHub(cluster.urls, auth=True)
+            assert len(hub.list_agents()) == 40
+            hub.close()
+        finally:
+            service.stop()
+
+
+def test_agents_whose_users_expired_with_no_service_get_back_in_when_one_returns(tmp_path):
+    with guarded_cluster(tmp_path) as cluster:
+        (service,) = services(cluster, tmp_path, 1, lifetime=5.0)
+        try:
+            service.start()
+            hub = NatsHub(cluster.urls, auth=True, timeout=30.0)
+            got: list[str] = []
+            alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+            bob.on_message(lambda msg: got.append(msg.text))
+            exchange(alice, bob, got, 2)
+            service.kill()
+            alice.send("bob", text="while down")  # carries on until its user expires
+            wait_until(lambda: "while down" in got, 10, "a message with the service down")
+            time.sleep(8)  # every user has expired now; the agents keep reconnecting
+            alice.send("bob", text="after expiry")
+            service.start()
+            alice.flush(60)
+            wait_until(lambda: "after expiry" in got, 60, "the message after the service came back")
+            exchange(alice, bob, got, 3)
+            alice.close(), bob.close(), hub.close()
+        finally:
+            service.stop()
