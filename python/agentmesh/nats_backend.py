@@ -355,7 +355,10 @@ class NatsBackend:
                 f"a group message from {env.sender!r} of {len(data)} bytes: not this agent's "
                 f"({self._agent_id!r}), or over {MAX_ENVELOPE} bytes",
             )
-        return sender.enqueue_group(recipients, self.layout.inbox_subject, data, env.id)
+        me, layout = self._agent_id, self.layout
+        return sender.enqueue_group(
+            recipients, lambda recipient: layout.inbox_subject(recipient, me), data, env.id
+        )
 
     async def wait_for_room(self) -> None:
         if self._sender is not None:

@@ -175,12 +175,7 @@ class HubClient(ClientLifecycle):
         ``expires_ms`` (ms since the epoch): the hub drops the envelope undelivered once it
         has passed (a hub whose READY does not say ``expiry`` gets a plain SEND, and the
         recipient alone enforces the expiry inside the message)."""
-        self._check_usable()
-        self._sends.raise_refusal()
-        if self._mode != "agent":
-            raise HubError("only a registered client can send: call register() first")
-        w = self._welcome
-        max_frame = w.max_frame_size if w is not None else DEFAULT_MAX_FRAME_SIZE
+        max_frame = self._ready_to_send()
         if not self.hub_expiry:
             expires_ms = 0
         return self._sends.send_nowait(recipient, envelope, max_frame, expires_ms)
@@ -190,13 +185,18 @@ class HubClient(ClientLifecycle):
         one SEND_GROUP upload; the hub stores a copy for each member (a hub that does not
         say ``fanout`` in READY gets one SEND per member). Refusals as for
         :meth:`send_nowait`, one per member refused, naming it."""
+        max_frame = self._ready_to_send()
+        return self._sends.send_group_nowait(recipients, envelope, max_frame, self.hub_fanout)
+
+    def _ready_to_send(self) -> int:
+        """Raise what keeps this client from sending (closed, not registered, an earlier
+        refusal not yet raised); else the hub's frame limit."""
         self._check_usable()
         self._sends.raise_refusal()
         if self._mode != "agent":
             raise HubError("only a registered client can send: call register() first")
         w = self._welcome
-        max_frame = w.max_frame_size if w is not None else DEFAULT_MAX_FRAME_SIZE
-        return self._sends.send_group_nowait(recipients, envelope, max_frame, self.hub_fanout)
+        return w.max_frame_size if w is not None else DEFAULT_MAX_FRAME_SIZE
 
     def push(self) -> None:
         """Writes what :meth:`send_nowait` queued now instead of in the next loop iteration
