@@ -241,19 +241,22 @@ class NatsDirectory:
         from nats.errors import TimeoutError as NatsTimeout
         from nats.js.errors import KeyWrongLastSequenceError
 
-        for _ in range(_CAS_TRIES):
-            stock, revision = await self._retrying(
-                f"claiming a prekey of {agent_id!r}", lambda: self._prekeys(agent_id)
-            )
-            if not stock:
-                return None
-            claimed, rest = stock[0], stock[1:]
-            try:
-                await self._store_prekeys(agent_id, rest, revision)
-            except KeyWrongLastSequenceError:
-                continue  # another claimer (or the owner) was first
-            except (NatsTimeout, asyncio.TimeoutError):
-                # it may have been removed: hand it out never rather than twice
-                return None
-            return claimed
-        return None
+        async def attempt() -> dict[str, Any] | None:
+            for _ in range(_CAS_TRIES):
+                stock, revision = await self._prekeys(agent_id)
+                if not stock:
+                    return None
+                claimed, rest = stock[0], stock[1:]
+                try:
+                    await self._store_prekeys(agent_id, rest, revision)
+                except KeyWrongLastSequenceError:
+                    continue  # another claimer (or the owner) was first
+                except (NatsTimeout, asyncio.TimeoutError):
+                    # it may have been removed: hand it out never rather than twice
+                    return None
+                return claimed
+            return None
+
+        # (no responders, no leader: the removal reached no stream, so it is tried again, on a
+        # fresh read, until the cluster answers; a timeout above is not, it may have landed)
+        return await self._retrying(f"claiming a prekey of {agent_id!r}", attempt)
