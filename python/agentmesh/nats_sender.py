@@ -38,6 +38,7 @@ from typing import Any
 
 from .errors import FlushTimeoutError, HubError, HubRequestError, PeerNotFoundError
 from .fanout import address
+from .flush_waiters import FlushWaiters
 from .hub_protocol import ErrorCode
 
 __all__ = ["OrderedSender", "Outgoing"]
@@ -98,7 +99,7 @@ class OrderedSender:
         self._recipients: dict[str, bool] = {}
         self._missing_at: dict[str, float] = {}
         self.errors: deque[HubRequestError] = deque()
-        self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._flushes = FlushWaiters()
         self.room = asyncio.Event()
         self.room.set()
         self._closed = False
@@ -373,17 +374,7 @@ class OrderedSender:
         return min(present) if present else None
 
     def _wake_flushers(self) -> None:
-        if not self._flush_waiters:
-            return
-        first = self._first_unsettled()
-        keep = []
-        for target, fut in self._flush_waiters:
-            if first is None or first > target:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((target, fut))
-        self._flush_waiters[:] = keep
+        self._flushes.settled(self._first_unsettled())
 
     async def flush(self, timeout: float | None, where: str) -> None:
         if self.errors:
@@ -393,12 +384,9 @@ class OrderedSender:
         if first is not None and first <= target:
             if self._closed:
                 raise HubError("the NATS backend is closed")
-            fut: asyncio.Future[None] = self.loop.create_future()
-            entry = (target, fut)
-            self._flush_waiters.append(entry)
             try:
-                await asyncio.wait_for(fut, timeout)
-            except (asyncio.TimeoutError, TimeoutError):
+                await self._flushes.wait(self.loop, target, timeout)
+            except TimeoutError:
                 pending = sum(
                     1
                     for item in (*self._queue, *self._inflight.values(), *self._failed)
@@ -408,9 +396,6 @@ class OrderedSender:
                     f"{pending} envelope(s) not acknowledged by {where} within {timeout}s "
                     "(a stream without a leader: are most of its nodes down?)"
                 ) from None
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._flush_waiters.remove(entry)
         if self.errors:
             raise self.errors.popleft()
 
@@ -421,11 +406,7 @@ class OrderedSender:
         for item in self._inflight.values():
             if item.timer is not None:
                 item.timer.cancel()
-        closed = HubError("the NATS backend is closed")
-        for _target, fut in self._flush_waiters:
-            if not fut.done():
-                fut.set_exception(closed)
-        self._flush_waiters.clear()
+        self._flushes.fail(HubError("the NATS backend is closed"))
         self.room.set()
         if self._reply_sub is not None:
             with contextlib.suppress(Exception):

@@ -10,7 +10,6 @@ than ``max_unacked`` envelopes wait and the connection's write buffer is not ful
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from collections.abc import Callable
 from agentmesh.crypto import check_agent_id
 from agentmesh.errors import FlushTimeoutError, HubError
 from agentmesh.fanout import address_all, check_recipients
+from agentmesh.flush_waiters import FlushWaiters
 from agentmesh.hub_client.connection import Connection
 from agentmesh.hub_protocol import (
     ErrorCode,
@@ -50,7 +50,7 @@ class SendWindow:
         self._unacked: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
         self._errors: deque[HubRequestError] = deque()
         self._missing: dict[str, float] = {}
-        self._flush_waiters: list[tuple[int, asyncio.Future[None]]] = []
+        self._flushes = FlushWaiters()
         self._room: asyncio.Event | None = None
         self._last_recipients: tuple[list[str], list[bytes], bytes, str] | None = None
         self.sent = 0
@@ -279,43 +279,24 @@ class SendWindow:
             if failure is not None:
                 raise failure
             assert self._loop is not None
-            fut: asyncio.Future[None] = self._loop.create_future()
-            entry = (target, fut)
-            self._flush_waiters.append(entry)
             try:
-                await asyncio.wait_for(fut, timeout)
-            except (asyncio.TimeoutError, TimeoutError):
+                await self._flushes.wait(self._loop, target, timeout)
+            except TimeoutError:
                 n = sum(1 for s in u if s <= target)
                 raise FlushTimeoutError(
                     f"{n} envelope(s) not acknowledged by the hub {hub} within {timeout}s"
                 ) from None
-            finally:
-                with contextlib.suppress(ValueError):
-                    self._flush_waiters.remove(entry)
         if self._errors:
             raise self._errors.popleft()
 
     def _wake_flushers(self) -> None:
-        if not self._flush_waiters:
-            return
         u = self._unacked
-        first = next(iter(u)) if u else None
-        keep = []
-        for target, fut in self._flush_waiters:
-            if first is None or first > target:
-                if not fut.done():
-                    fut.set_result(None)
-            else:
-                keep.append((target, fut))
-        self._flush_waiters[:] = keep
+        self._flushes.settled(next(iter(u)) if u else None)
 
     def fail(self, err: HubError) -> None:
         """The client stopped (failed for good or closed): every flush waiting raises ``err``,
         and senders waiting for room wake up (to raise it too)."""
-        for _seq, fut in self._flush_waiters:
-            if not fut.done():
-                fut.set_exception(err)
-        self._flush_waiters.clear()
+        self._flushes.fail(err)
         if self._room is not None:
             self._room.set()
 
