@@ -109,6 +109,8 @@ _SEND_ERR = struct.Struct(">QH")
 _ERR = struct.Struct(">H")
 
 CHALLENGE_SIZE = 32
+#: Largest expiry a SEND_EXPIRING may carry (ms since the epoch; far beyond any real one).
+MAX_EXPIRY_MS = 2**62
 HUB_ID_SIZE = 16
 SESSION_ID_SIZE = 16
 CLIENT_NONCE_SIZE = 32
@@ -452,6 +454,11 @@ def decode_send_expiring(body: bytes) -> tuple[int, int, str, bytes]:
     if len(body) < 18:
         raise ProtocolError(ErrorCode.PROTOCOL, "short SEND_EXPIRING frame")
     expires = _U64.unpack_from(body, 8)[0]
+    if expires > MAX_EXPIRY_MS:
+        # (a store keeps it as a signed 64-bit integer: an out-of-range one must never reach it)
+        raise ProtocolError(
+            ErrorCode.PROTOCOL, f"SEND_EXPIRING expiry {expires} is out of range (0..2**62)"
+        )
     seq, recipient, envelope = decode_send(body[:8] + body[16:])
     return seq, expires, recipient, envelope
 

@@ -155,6 +155,9 @@ def test_send_expiring_codec() -> None:
         decode_send_expiring(b"\x00" * 17)
     with pytest.raises(ProtocolError, match="bad recipient"):
         decode_send_expiring(b"\x00" * 16 + b"\x05ab")
+    _, body = one(encode_send_expiring(3, 2**64 - 1, b"bob", b"env"))
+    with pytest.raises(ProtocolError, match="out of range"):
+        decode_send_expiring(body)
 
 
 def test_requests_responses_errors() -> None:

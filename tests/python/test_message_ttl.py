@@ -10,9 +10,11 @@ import time
 from pathlib import Path
 
 import pytest
+from hubutil import Collector, seal_bytes, session
 
-from agentmesh import Agent, AsyncAgent, LocalHub, MessageExpiredError
+from agentmesh import Agent, AsyncAgent, HubError, LocalHub, MessageExpiredError
 from agentmesh.crypto import AgentKeyPair
+from agentmesh.hub_client import HubClient
 from agentmesh.hub_server import NetworkHubServer
 from agentmesh.local_backend import LocalDirectory
 from agentmesh.testing import HostileHub, HubProcess, Rule
@@ -135,3 +137,37 @@ def test_ttl_must_be_positive_and_works_on_async_agents() -> None:
         await sender.close()
 
     asyncio.run(main())
+
+
+def test_an_expiry_out_of_range_is_refused_and_the_hub_goes_on(tmp_path: Path) -> None:
+    # Before the range check, the store could not write the row (a signed 64-bit column) and
+    # its failure stopped the hub for every agent.
+    server = NetworkHubServer("127.0.0.1", 0, store_path=tmp_path / "hub.sqlite3")
+    server.start(block=False)
+    try:
+        alice_kp, bob_kp, carol_kp = (AgentKeyPair.generate(n) for n in ("alice", "bob", "carol"))
+
+        async def go() -> None:
+            bob = HubClient("127.0.0.1", server.port)
+            got = Collector(session(bob_kp, carol_kp))
+            await bob.register(bob_kp, got)
+            alice = HubClient("127.0.0.1", server.port, reconnect=False)
+            await alice.register(alice_kp, Collector())
+            envelope = seal_bytes(session(alice_kp, bob_kp), {"text": "forever"})
+            alice._sends.send_nowait("bob", envelope, 1 << 22, 2**64 - 1)
+            with pytest.raises(HubError, match="out of range"):
+                await alice.flush(10)
+            with pytest.raises(HubError, match="never acknowledged"):
+                await alice.close()
+            carol = HubClient("127.0.0.1", server.port)
+            await carol.register(carol_kp, Collector())
+            carol.send_nowait("bob", seal_bytes(session(carol_kp, bob_kp), {"text": "still here"}))
+            await carol.flush(10)
+            await got.wait_for(1)
+            assert [p["text"] for p in got.payloads] == ["still here"]
+            await carol.close()
+            await bob.close()
+
+        asyncio.run(asyncio.wait_for(go(), 60))
+    finally:
+        server.stop()
