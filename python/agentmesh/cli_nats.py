@@ -83,6 +83,11 @@ def cmd_nats_dev(args: argparse.Namespace) -> int:
             print(f"  {node.name}: {node.url} (pid {node.pid}, log {node.log})")
         for service in services:
             print(f"  authorization service: pid {service.pid}, log {service.log}")
+        if not auth:
+            print(
+                "  no authorization service (--no-auth): every client of the cluster is "
+                "trusted, and can read or delete any agent's inbox (docs/nats.md)"
+            )
         print("connect with:")
         print("  from agentmesh import Agent, NatsHub")
         print(f"  hub = NatsHub([{servers}]{', auth=True' if auth else ''})")

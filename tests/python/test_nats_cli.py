@@ -43,21 +43,47 @@ async def connect_as_mallory(urls: list[str]) -> None:
     await nc.close()
 
 
-def test_nats_dev_runs_a_cluster_and_stops_it_on_ctrl_c(tmp_path):
+def start_nats_dev(tmp_path, *args: str) -> tuple[subprocess.Popen[str], str]:
+    """``agentmesh nats-dev ARGS`` started; (its process, what it printed until it is up)."""
     proc = subprocess.Popen(
-        [sys.executable, "-m", "agentmesh.cli", "nats-dev", "--nodes", "3", "--dir", str(tmp_path)],
+        [sys.executable, "-m", "agentmesh.cli", "nats-dev", *args, "--dir", str(tmp_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         env=subprocess_env(),
     )
+    lines: list[str] = []
+    deadline = time.monotonic() + 60
+    while not any("Ctrl-C" in line for line in lines):
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError(proc.stderr.read() if proc.stderr else "nats-dev did not start")
+        lines.append(proc.stdout.readline() if proc.stdout else "")
+    return proc, "".join(lines)
+
+
+def talk_through(hub: NatsHub) -> None:
+    alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
+    got: list = []
+    bob.on_message(got.append)
+    alice.send("bob", text="through nats-dev")
+    wait_until(lambda: got, what="the message")
+    assert got[0].text == "through nats-dev"
+    alice.close(), bob.close()
+    hub.close()
+
+
+def stop_with_ctrl_c(proc: subprocess.Popen[str], pids: list[int]) -> None:
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert "stopped" in out
+    assert all(gone(pid) for pid in pids)
+
+
+def test_nats_dev_runs_a_cluster_and_stops_it_on_ctrl_c(tmp_path):
+    proc, text = start_nats_dev(tmp_path, "--nodes", "3")
     try:
-        lines: list[str] = []
-        deadline = time.monotonic() + 60
-        while not any("Ctrl-C" in line for line in lines):
-            assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read()
-            lines.append(proc.stdout.readline())
-        text = "".join(lines)
         urls = re.findall(r"nats://127\.0\.0\.1:\d+", re.search(r"NatsHub\((.*)\)", text)[1])
         pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
         assert len(urls) == 3 and len(pids) == 5  # three servers, two authorization services
@@ -67,21 +93,25 @@ def test_nats_dev_runs_a_cluster_and_stops_it_on_ctrl_c(tmp_path):
 
         with pytest.raises(NatsAuthError):  # safe by default: an agent without a proof
             asyncio.run(connect_as_mallory(urls))
-        hub = NatsHub(urls, auth=True)
-        alice, bob = Agent("alice", hub=hub), Agent("bob", hub=hub)
-        got: list = []
-        bob.on_message(got.append)
-        alice.send("bob", text="through nats-dev")
-        wait_until(lambda: got, what="the message")
-        assert got[0].text == "through nats-dev"
-        alice.close(), bob.close()
-        hub.close()
+        talk_through(NatsHub(urls, auth=True))
+        stop_with_ctrl_c(proc, pids)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
 
-        proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
-        assert proc.returncode == 0, err
-        assert "stopped" in out
-        assert all(gone(pid) for pid in pids)
+
+def test_nats_dev_without_auth_trusts_every_client_and_says_so(tmp_path):
+    proc, text = start_nats_dev(tmp_path, "--nodes", "1", "--no-auth")
+    try:
+        urls = re.findall(r"nats://127\.0\.0\.1:\d+", re.search(r"NatsHub\((.*)\)", text)[1])
+        pids = [int(p) for p in re.findall(r"pid (\d+)", text)]
+        assert len(urls) == 1 and len(pids) == 1  # one server, no authorization service
+        assert "auth=True" not in text and "every client of the cluster is trusted" in text
+        assert "auth_callout" not in (tmp_path / "n1.conf").read_text()
+        asyncio.run(connect_as_mallory(urls))  # (trusting: any client gets in)
+        talk_through(NatsHub(urls))
+        stop_with_ctrl_c(proc, pids)
     finally:
         if proc.poll() is None:
             proc.kill()
