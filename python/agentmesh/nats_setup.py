@@ -141,7 +141,20 @@ async def ensure_layout(js: Any, settings: NatsSettings, replicas: int) -> Any:
             log.info("created bucket %s with %d replica(s)", bucket, replicas)
         bucket_info = await js.stream_info(f"KV_{bucket}")
         _check_replicas(f"bucket {bucket}", bucket_info.config.num_replicas, replicas, settings)
+        await _forbid_rollups(js, bucket_info.config)
     return info
+
+
+async def _forbid_rollups(js: Any, config: Any) -> None:
+    """A KV bucket takes ``Nats-Rollup`` headers by default: one publish to a key the writer
+    may write (an agent's own directory entry) would then purge every other key of the bucket
+    (every other agent's binding and prekeys). agentmesh never rolls up or purges its buckets,
+    so both are switched off, on buckets made earlier too."""
+    if config.allow_rollup_hdrs or not config.deny_purge:
+        config.allow_rollup_hdrs = False
+        config.deny_purge = True
+        await js.update_stream(config)
+        log.info("bucket stream %s: rollups and purges switched off", config.name)
 
 
 def _check_stream(info: Any, replicas: int, settings: NatsSettings) -> None:

@@ -209,6 +209,14 @@ def test_a_connected_agent_cannot_touch_another_agents_inbox_directory_or_prekey
                 "claiming a prekey as bob",
                 lambda: m.nc.request(LAYOUT.claim_subject("bob"), b'{"agent_id":"alice"}', 1.0),
             )
+            for bucket, key in (
+                (LAYOUT.directory_bucket, LAYOUT.directory_key("mallory")),
+                (LAYOUT.prekey_bucket, LAYOUT.prekey_key("mallory")),
+            ):
+                # its own key, but with a rollup header: that would purge every other key of
+                # the bucket (the bucket refuses rollups; bob's entry is checked below)
+                with pytest.raises(Exception, match="rollup not permitted"):
+                    await js.publish(f"$KV.{bucket}.{key}", b"[]", headers={"Nats-Rollup": "all"})
             await m.refused(
                 "answering authorization requests",
                 lambda: m.nc.request("$SYS.REQ.USER.AUTH", b"", 1.0),
