@@ -234,6 +234,8 @@ class LocalDirectory:
             self.routed += 1
             return holder, 0
         lim = self.limits
+        if inbox.expiries:  # (what expired makes room: it is never delivered anyway)
+            self._drop_expired(inbox)
         if (
             len(inbox.queued) >= lim.max_queued_per_agent
             or inbox.bytes + len(envelope) > lim.max_queued_bytes_per_agent

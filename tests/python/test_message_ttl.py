@@ -15,7 +15,7 @@ from hubutil import Collector, seal_bytes, session
 from agentmesh import Agent, AsyncAgent, HubError, LocalHub, MessageExpiredError
 from agentmesh.crypto import AgentKeyPair
 from agentmesh.hub_client import HubClient
-from agentmesh.hub_server import NetworkHubServer
+from agentmesh.hub_server import HubLimits, NetworkHubServer
 from agentmesh.local_backend import LocalDirectory
 from agentmesh.testing import HostileHub, HubProcess, Rule
 
@@ -171,3 +171,17 @@ def test_an_expiry_out_of_range_is_refused_and_the_hub_goes_on(tmp_path: Path) -
         asyncio.run(asyncio.wait_for(go(), 60))
     finally:
         server.stop()
+
+
+def test_what_expired_makes_room_in_an_in_process_queue() -> None:
+    directory = LocalDirectory(HubLimits(max_queued_per_agent=2))
+    directory.bind(AgentKeyPair.generate("bob").public_bundle(), None)
+    soon = int(time.time() * 1000) + 100
+    directory.enqueue("bob", b"stale 1", soon)
+    directory.enqueue("bob", b"stale 2", soon)
+    with pytest.raises(HubError, match="inbox full"):
+        directory.enqueue("bob", b"too early")
+    time.sleep(0.2)
+    directory.enqueue("bob", b"after")
+    assert [env for _, env in directory.pending("bob", 0, 10)] == [b"after"]
+    assert directory.expired == 2
