@@ -220,7 +220,11 @@ class SendIntake:
                     f"inbox full: {recipient!r} has {ast.count} envelopes queued",
                 )
                 continue
-            copy = first if recipient == recipients[0] else address(data, recipient)
+            try:  # (before any count moves: a member that cannot be addressed is refused alone)
+                copy = first if recipient == recipients[0] else address(data, recipient)
+            except ValueError as exc:
+                self._refuse_member(cseq, recipient, ErrorCode.BAD_REQUEST, str(exc))
+                continue
             hseq, early = store.next_seq()
             ast.count += 1
             ast.bytes += copy_size
