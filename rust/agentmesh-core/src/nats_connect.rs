@@ -5,7 +5,7 @@
 use sha2::{Digest, Sha256};
 
 use crate::error::{Error, Result};
-use crate::keys::{verify_labelled, IdentityKeyPair, PublicBundle};
+use crate::keys::{parse_identity_key, verify_labelled, IdentityKeyPair, PublicBundle};
 use crate::labels;
 
 /// Longest nonce accepted (nats-server sends 22 characters); bounds the signing input.
@@ -42,8 +42,7 @@ pub fn verify_nats_connect(
     signature: &[u8; 64],
 ) -> Result<()> {
     let input = signature_input(bundle, nonce)?;
-    let key = ed25519_dalek::VerifyingKey::from_bytes(&bundle.identity_key())
-        .map_err(|_| Error::Signature("the bundle's identity key is not a valid Ed25519 key"))?;
+    let key = parse_identity_key(&bundle.identity_key())?;
     verify_labelled(
         &key,
         labels::SIG_NATS_CONNECT,

@@ -128,7 +128,10 @@ impl MessageParts<'_> {
             Ciphertext::InPlace(buf) => {
                 let len = open_in_place(mk, nonce, self.associated_data, buf)?;
                 let plain: &'c [u8] = buf;
-                Ok(Plaintext::InPlace(plain.get(..len).unwrap_or_default()))
+                // (AEAD returns a length within the buffer; if not, nothing is accepted)
+                Ok(Plaintext::InPlace(
+                    plain.get(..len).ok_or(Error::Authentication)?,
+                ))
             }
         }
     }

@@ -300,6 +300,12 @@ fn a_frame_without_blobs_is_never_written() {
     // (so that every payload has exactly one encoding)
     let plain = encode(b"{}", &[]).unwrap();
     assert!(!plain.starts_with(b"AMP"));
+    // ... and a framing without blobs, made by hand, is refused on reading
+    let mut empty = b"AMP\x01".to_vec();
+    empty.extend_from_slice(&0u32.to_be_bytes());
+    empty.extend_from_slice(&2u32.to_be_bytes());
+    empty.extend_from_slice(b"{}");
+    assert!(matches!(decode(&empty), Err(Error::Format(_))));
 }
 
 #[test]

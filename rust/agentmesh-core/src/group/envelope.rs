@@ -55,9 +55,9 @@ impl std::fmt::Debug for GroupEnvelope {
     }
 }
 
-/// Where `id(sender)` ends in an unaddressed group message (its recipient field goes there).
-fn unaddressed_sender_end(data: &[u8]) -> Result<usize> {
-    let mut r = Reader::new(data, "unaddressed group message is truncated");
+/// Reads what every group message starts with (magic, version, type 0x03, the signed flag)
+/// and returns the sender's id that follows, both in the addressed and the unaddressed form.
+fn read_head(r: &mut Reader<'_>) -> Result<String> {
     if r.bytes(2)? != MAGIC {
         return Err(Error::Format("not an agentmesh envelope (bad magic)"));
     }
@@ -74,7 +74,13 @@ fn unaddressed_sender_end(data: &[u8]) -> Result<usize> {
             "group message flags must be exactly 0x01 (group messages are always signed)",
         ));
     }
-    r.agent_id()?;
+    r.agent_id()
+}
+
+/// Where `id(sender)` ends in an unaddressed group message (its recipient field goes there).
+fn unaddressed_sender_end(data: &[u8]) -> Result<usize> {
+    let mut r = Reader::new(data, "unaddressed group message is truncated");
+    read_head(&mut r)?;
     if r.remaining() == 0 {
         return Err(Error::Format(
             "unaddressed group message ends after its sender id",
@@ -137,23 +143,7 @@ impl GroupEnvelope {
     /// Parses the wire form. Never panics; never allocates more than a copy of its input.
     pub fn from_bytes(data: &[u8]) -> Result<Self> {
         let mut r = Reader::new(data, "group envelope is truncated");
-        if r.bytes(2)? != MAGIC {
-            return Err(Error::Format("not an agentmesh envelope (bad magic)"));
-        }
-        if r.u8()? != VERSION {
-            return Err(Error::Version("envelope version is not 1"));
-        }
-        if r.u8()? != GROUP_MESSAGE_TYPE {
-            return Err(Error::Format(
-                "not a group message (envelope type is not 0x03)",
-            ));
-        }
-        if r.u8()? != FLAG_SIGNED {
-            return Err(Error::Format(
-                "group message flags must be exactly 0x01 (group messages are always signed)",
-            ));
-        }
-        let sender = r.agent_id()?;
+        let sender = read_head(&mut r)?;
         let prefix_len = data.len() - r.remaining();
         let recipient = r.agent_id()?;
         let body_start = data.len() - r.remaining();
