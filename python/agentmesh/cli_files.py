@@ -16,6 +16,9 @@ __all__ = ["FILE_FIELDS", "file_fields", "saved_payload"]
 FILE_FIELDS = ("data", "filename")
 
 
+#: Longest sender-given file name kept (in UTF-8 bytes; file systems allow 255).
+MAX_NAME_BYTES = 200
+
 def file_fields(path: str) -> dict[str, Any]:
     """``{"data": <the file's bytes>, "filename": <its base name>}``; ValueError naming the
     problem for a file that cannot be read or cannot fit in one message."""
@@ -38,12 +41,15 @@ def _safe_name(name: Any) -> str | None:
     if not isinstance(name, str):
         return None
     base = os.path.basename(name.replace("\\", "/")).replace("\0", "")
-    return base if base not in ("", ".", "..") else None
+    if base in ("", ".", "..") or len(base.encode("utf-8", "replace")) > MAX_NAME_BYTES:
+        return None  # (a name the file system could refuse: the message's own name instead)
+    return base
 
 
 def _write_private(path: str, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0), 0o600)
     with os.fdopen(fd, "wb") as f:
+        os.fchmod(f.fileno(), 0o600)  # (a file that was there already keeps no looser mode)
         f.write(data)
 
 
@@ -64,7 +70,12 @@ def saved_payload(msg: Message, save_dir: str) -> Any:
             name = f"{msg.id}-{count}.bin"
             count += 1
         path = os.path.join(save_dir, name)
-        _write_private(path, value)
+        try:
+            _write_private(path, value)
+        except OSError as exc:  # the message is acknowledged: its data goes out on the line
+            shown = json_safe(value)
+            shown["error"] = f"not saved to {path}: {exc.strerror or exc}"
+            return shown
         return {"bytes": len(value), "saved": path}
 
     return json_safe(msg.payload, save)

@@ -13,8 +13,9 @@ import sys
 import pytest
 from test_cli import hub, run_cli  # noqa: F401 (the hub fixture)
 
-from agentmesh import Agent
+from agentmesh import Agent, LocalHub, Message
 from agentmesh.agent_rules import MAX_ENVELOPE_BYTES
+from agentmesh.cli_files import saved_payload
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX file modes")
 
@@ -73,7 +74,34 @@ def test_a_sender_chosen_file_name_never_leaves_the_save_dir(tmp_path, hub) -> N
     (line,) = listen(tmp_path, hub, "--save-dir", str(saved))
     assert sorted(os.listdir(saved)) == sorted([f"{line['id']}-escape.txt", f"{line['id']}-0.bin"])
     assert line["payload"]["more"]["saved"] == str(saved / f"{line['id']}-0.bin")
-    assert not (tmp_path.parent / "escape.txt").exists()
+    assert line["payload"]["data"]["saved"] == str(saved / f"{line['id']}-escape.txt")
+
+
+def _one_message(**payload) -> Message:
+    local = LocalHub()
+    alice, bob = Agent("alice", hub=local), Agent("bob", hub=local)
+    got: list[Message] = []
+    bob.on_message(got.append)
+    alice.send("bob", **payload)
+    return got[0]
+
+
+def test_saving_keeps_files_private_and_names_short_and_loses_nothing(tmp_path) -> None:
+    msg = _one_message(data=b"x", filename="n" * 300 + ".txt")
+    saved = tmp_path / "inbox"
+    saved.mkdir()
+    loose = saved / f"{msg.id}-0.bin"
+    loose.write_bytes(b"old")
+    loose.chmod(0o644)
+    shown = saved_payload(msg, str(saved))
+    # a name too long for a file system gives way to the message's own; an existing file
+    # written again is owner-only like a new one
+    assert shown["data"] == {"bytes": 1, "saved": str(loose)}
+    assert loose.read_bytes() == b"x" and stat.S_IMODE(loose.stat().st_mode) == 0o600
+    # a file that cannot be written: the data goes out on the line, with the reason
+    shown = saved_payload(msg, str(tmp_path / "missing"))
+    assert shown["data"]["base64"] == base64.b64encode(b"x").decode()
+    assert "not saved" in shown["data"]["error"]
 
 
 def test_send_file_usage_errors(tmp_path, hub) -> None:  # noqa: F811
