@@ -32,7 +32,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ._native import verify_bundle, verify_nats_connect
+from ._native import check_agent_id, verify_bundle, verify_nats_connect
 from .errors import HubError, NatsAuthError
 from .nats_auth_config import AUTH_TIMEOUT, AuthKeys
 from .nats_auth_jwt import Permissions, authorization_response, decode_jwt, user_jwt
@@ -57,31 +57,58 @@ ACCOUNT = "$G"
 CONCURRENCY = 64
 
 
+def _when(record: tuple[float, str] | float) -> float:
+    return record[0] if isinstance(record, tuple) else record
+
+
 class ClaimBudget:
     """At most ``per_requester`` claims a minute by one agent (one per target), at most
     ``per_target`` out of one agent's stock: fresh ids cannot empty a stock faster."""
 
-    def __init__(self, per_requester: int = 60, per_target: int = 30) -> None:
+    def __init__(self, per_requester: int = 60, per_target: int = 30, sweep: int = 1024) -> None:
         self.per_requester, self.per_target = per_requester, per_target
         self._by_requester: dict[str, collections.deque[tuple[float, str]]] = {}
         self._by_target: dict[str, collections.deque[float]] = {}
+        self._sweep_floor = sweep  # records kept before a sweep of minute-old ones, at least
+        self._sweep_at = sweep
 
     def allow(self, requester: str, target: str, now: float) -> bool:
-        mine = self._by_requester.setdefault(requester, collections.deque())
-        theirs = self._by_target.setdefault(target, collections.deque())
+        # (a refused claim leaves nothing behind, and a minute-old record goes: what is kept
+        # is bounded by the claims granted in the last minute, whatever names are asked for)
+        mine = self._by_requester.pop(requester, None) or collections.deque()
+        theirs = self._by_target.pop(target, None) or collections.deque()
         while mine and now - mine[0][0] >= 60.0:
             mine.popleft()
         while theirs and now - theirs[0] >= 60.0:
             theirs.popleft()
-        if (
+        granted = not (
             len(mine) >= self.per_requester
             or len(theirs) >= self.per_target
             or any(peer == target for _, peer in mine)
-        ):
-            return False
-        mine.append((now, target))
-        theirs.append(now)
-        return True
+        )
+        if granted:
+            mine.append((now, target))
+            theirs.append(now)
+        if mine:
+            self._by_requester[requester] = mine
+        if theirs:
+            self._by_target[target] = theirs
+        if len(self._by_requester) + len(self._by_target) > self._sweep_at:
+            self._sweep(now)
+        return granted
+
+    def _sweep(self, now: float) -> None:
+        """Drop every record a minute old (amortized: the next sweep waits for twice as many
+        records), so what is kept stays bounded by the claims of the last minute."""
+        for records in (self._by_requester, self._by_target):
+            for key in list(records):
+                held = records[key]
+                while held and now - _when(held[0]) >= 60.0:
+                    held.popleft()
+                if not held:
+                    del records[key]
+        kept = len(self._by_requester) + len(self._by_target)
+        self._sweep_at = max(self._sweep_floor, 2 * kept)
 
 
 class NatsAuthService:
@@ -273,6 +300,7 @@ class NatsAuthService:
             target = json.loads(msg.data)["agent_id"]
             if not isinstance(target, str) or requester is None:
                 raise TypeError("agent_id must be a string")
+            check_agent_id(target)
         except (ValueError, KeyError, TypeError) as exc:
             await _respond(msg, {"error": f"bad claim: {exc}"})
             return

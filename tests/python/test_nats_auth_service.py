@@ -234,3 +234,20 @@ def test_agents_whose_users_expired_with_no_service_get_back_in_when_one_returns
             alice.close(), bob.close(), hub.close()
         finally:
             service.stop()
+
+
+def test_claim_budgets_keep_nothing_for_refused_or_old_claims():
+    from agentmesh.nats_auth_service import ClaimBudget
+
+    budget = ClaimBudget(per_requester=2, per_target=30, sweep=2)
+    assert budget.allow("eve", "carol", 0.0)
+    assert not budget.allow("eve", "carol", 1.0)  # one per peer a minute
+    assert budget.allow("eve", "dave", 2.0)
+    for i in range(1000):  # a flood of refused claims with new names leaves no record
+        assert not budget.allow("eve", f"nobody-{i}", 3.0)
+    assert set(budget._by_target) == {"carol", "dave"}
+    assert budget.allow("eve", "frank", 61.0)  # the minute has passed
+    for i in range(10):  # (the sweeps come as records are added, amortized)
+        assert budget.allow(f"r{i}", f"t{i}", 63.0)
+    assert "carol" not in budget._by_target and "dave" not in budget._by_target
+    assert len(budget._by_requester["eve"]) == 1
