@@ -210,3 +210,9 @@ def _hub_protocol() -> ModuleType:
     from agentmesh import hub_protocol
 
     return hub_protocol
+
+
+class IdentityRotationError(AgentMeshError, RuntimeError):
+    """``rotate_identity`` cannot move this agent to a new identity key (its hub cannot re-bind
+    the id, it is in a group, it is closed, or its keystore is unfinished business). Nothing
+    was changed unless the message says so."""

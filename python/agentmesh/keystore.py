@@ -247,9 +247,15 @@ class KeyStore:
         )
 
     def load_or_create_identity(self, agent_id: str) -> tuple[Any, bool]:
-        """Return ``(keypair, created)``. The identity's agent id must be ``agent_id``."""
+        """Return ``(keypair, created)``. The identity's agent id must be ``agent_id``. A
+        rotation that a crash interrupted is finished first, or undone if it had not reached
+        its commit point (``keystore_rotation``)."""
+        from . import keystore_rotation
+
+        keystore_rotation.finish_interrupted(self)
         if self.path.exists() or self.path.is_symlink():
             kp = self.load_identity()
+            keystore_rotation.attach_chain(self, kp)
             if kp.agent_id != agent_id:
                 raise ValueError(
                     f"identity file {str(self.path)!r} belongs to agent {kp.agent_id!r}, "
@@ -323,8 +329,9 @@ class KeyStore:
             raise KeyFileError(f"{where} is corrupt ({exc}){advice}") from exc
         return state
 
-    def save_state(self, keypair: Any, state: PersistedState) -> None:
-        """Write the whole state atomically (0600), sealed at rest when the build supports it."""
+    def save_state(self, keypair: Any, state: PersistedState, path: Path | None = None) -> None:
+        """Write the whole state atomically (0600), sealed at rest when the build supports it
+        (to ``path`` instead of the state file: a rotation prepares the next one)."""
         doc = {
             "v": _STATE_VERSION,
             "agent_id": keypair.agent_id,
@@ -351,4 +358,4 @@ class KeyStore:
             )
         else:
             data = _MAGIC + _PLAIN + body
-        write_private_file(self.state_path, data)
+        write_private_file(self.state_path if path is None else path, data)

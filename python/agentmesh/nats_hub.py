@@ -49,6 +49,10 @@ class NatsHub(BackendHub):
     cluster that would lose acknowledged envelopes is a :class:`HubError` naming the setting.
     """
 
+    # its directory bucket and the auth service do not check succession statements (yet):
+    # rotate_identity() is refused before anything changes
+    rotates_identities = False
+
     def __init__(
         self,
         servers: Sequence[str] | str,

@@ -28,6 +28,8 @@ class NetworkHub(BackendHub):
     ``list_agents``, ``message_count``).
     """
 
+    rotates_identities = True
+
     def __init__(
         self,
         host: str,

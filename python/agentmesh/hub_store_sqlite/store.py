@@ -24,11 +24,12 @@ import json
 import logging
 import os
 import sqlite3
+import time
 from pathlib import Path
 from typing import Any
 
 from agentmesh.hub_store import SEQ_BLOCK, BindResult, HubBackend, StoreState
-from agentmesh.hub_store_sqlite.directory import add_prekeys, claim_prekey
+from agentmesh.hub_store_sqlite.directory import add_prekeys, claim_prekey, rebind_agent
 from agentmesh.hub_store_sqlite.schema import lock_store, unlock_store
 from agentmesh.hub_store_sqlite.writer import StoreWriter
 
@@ -229,6 +230,18 @@ class SQLiteBackend(HubBackend):
     ) -> BindResult:
         data = json.dumps(bundle, separators=(",", ":"), sort_keys=True)
         return await self._writer.bind(agent_id, identity_key, data, session)
+
+    async def rebind_agent(
+        self, agent_id: str, old_key: str, new_key: str, bundle: dict[str, Any]
+    ) -> bool:
+        data = json.dumps(bundle, separators=(",", ":"), sort_keys=True)
+        now = int(time.time() * 1000)
+        moved = await self._writer.in_transaction(
+            rebind_agent, agent_id, old_key, new_key, data, now
+        )
+        if moved:
+            self._prekeys[agent_id] = 0
+        return bool(moved)
 
     async def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
         if self._reader is None:
