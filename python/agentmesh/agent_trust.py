@@ -51,9 +51,9 @@ class _Trust(AgentCoreState):
             if bundle is not None:
                 self._check_bundle(peer_id, bundle)
                 # (a followed succession retired the session: the send sets up a new one)
-                current = self._sessions.get(peer_id)
-                if renews and current is not None and current is session:
-                    current.refresh_peer(bundle)
+                still_current = self._sessions.get(peer_id) is session
+                if renews and session is not None and still_current:
+                    session.refresh_peer(bundle)
             self._unverified.discard(peer_id)
 
     def _check_bundle(self, peer_id: str, bundle: Any) -> None:
