@@ -188,7 +188,7 @@ class _Receiving(AgentCoreState):
                 elif isinstance(payload, ReplayError):
                     results.append(payload)
                 elif isinstance(payload, CryptoError):
-                    results.append(self._recover(env, sender, payload))
+                    results.append(self._recover(env, sender, payload, current))
                 elif isinstance(payload, BaseException):
                     results.append(payload)
                 else:  # pragma: no cover - the binding returns a dict or an exception
@@ -228,7 +228,7 @@ class _Receiving(AgentCoreState):
         except ReplayError:
             raise
         except CryptoError as exc:
-            outcome = self._recover(env, sender, exc)
+            outcome = self._recover(env, sender, exc, session)
             if isinstance(outcome, BaseException):
                 raise outcome from None
             return outcome
@@ -303,11 +303,20 @@ class _Receiving(AgentCoreState):
                 MAX_INBOUND_ONLY_SESSIONS,
             )
 
-    def _recover(self, env: Any, sender: str, exc: CryptoError) -> Message | BaseException:
-        """An envelope the sender's session refused: a message sealed before a succession
-        (opened by the retired session), a set-up by a peer that moved to a new identity key
-        with statements signed by the pinned one (followed, then accepted like a first
-        contact), or else the refusal, explained (:meth:`_explain_rejection`)."""
+    def _recover(
+        self, env: Any, sender: str, exc: CryptoError, refused_by: Any
+    ) -> Message | BaseException:
+        """An envelope the sender's session ``refused_by`` refused: one for the session that
+        replaced it meanwhile (an earlier envelope of the batch made it), a message sealed
+        before a succession (opened by the retired session), a set-up by a peer that moved to
+        a new identity key with statements signed by the pinned one (followed, then accepted
+        like a first contact), or else the refusal, explained (:meth:`_explain_rejection`)."""
+        current = self._sessions.get(sender)
+        if current is not None and current is not refused_by:
+            try:
+                return self.accept(env)
+            except Exception as again:
+                return again
         if not env.is_prekey:
             if self._retired and sender in self._retired:
                 return self._open_retired(env, sender)
@@ -344,6 +353,8 @@ class _Receiving(AgentCoreState):
             return None
         self._retired[sender] = session
         self.received += 1
+        if _holding.on:
+            self._unhandled[sender] += 1
         return Message(sender, self.agent_id, payload, env, self)
 
     def _open_retired(self, env: Any, sender: str) -> Message | CryptoError:
@@ -358,6 +369,8 @@ class _Receiving(AgentCoreState):
             except CryptoError as exc:
                 return exc
             self.received += 1
+            if _holding.on:  # (counted like any other, so handled_from stays balanced)
+                self._unhandled[sender] += 1
         return Message(sender, self.agent_id, payload, env, self)
 
     def _explain_rejection(self, env: Any, sender: str, exc: CryptoError) -> CryptoError:

@@ -87,7 +87,13 @@ def test_what_was_sealed_for_the_old_key_still_opens() -> None:
         assert bob._core._pins["alice"] == key_of(alice)
         to_new = bob._core.seal_for("alice", {"text": "to the new key"})
         assert alice.receive(to_new).text == "to the new key"
+        # carol follows on a batch: its first envelope makes the new session, the others
+        # (refused by her old session in the same batch) open with it
+        batch = [alice._core.seal_for("carol", {"text": f"batch {i}"}) for i in range(5)]
+        opened = carol._core.receive_batch(batch)
+        assert [m.text for m in opened] == [f"batch {i}" for i in range(5)]
         assert alice.status()["rejected"] == bob.status()["rejected"] == 0
+        assert carol.status()["rejected"] == 0
 
 
 def test_a_new_key_without_statements_is_still_an_identity_change() -> None:
