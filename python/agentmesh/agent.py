@@ -166,6 +166,8 @@ class _AgentCore(
         self._inbound_only = collections.OrderedDict()
         self._retired = {}
         self._retired_keypair = None
+        self._retired_until = 0
+        self._retired_exports = {}
         self._meta_dirty = False
         self.created_identity = False
 

@@ -13,8 +13,10 @@ from typing import Any
 from . import crypto as _crypto
 from .agent_rules import (
     MAX_INBOUND_ONLY_SESSIONS,
+    RETIRED_GRACE_MS,
     UNSEAL_MANY_MAX,
     UNSEAL_MANY_MIN,
+    _now_ms,
 )
 from .agent_state import AgentCoreState
 from .errors import (
@@ -352,9 +354,11 @@ class _Receiving(AgentCoreState):
         except CryptoError:
             return None
         self._retired[sender] = session
+        self._retired_until = max(self._retired_until, _now_ms() + RETIRED_GRACE_MS)
         self.received += 1
         if _holding.on:
             self._unhandled[sender] += 1
+        self._meta_dirty = True
         return Message(sender, self.agent_id, payload, env, self)
 
     def _open_retired(self, env: Any, sender: str) -> Message | CryptoError:
@@ -371,6 +375,7 @@ class _Receiving(AgentCoreState):
             self.received += 1
             if _holding.on:  # (counted like any other, so handled_from stays balanced)
                 self._unhandled[sender] += 1
+            self._meta_dirty = True  # (its export is written before the acknowledgement)
         return Message(sender, self.agent_id, payload, env, self)
 
     def _explain_rejection(self, env: Any, sender: str, exc: CryptoError) -> CryptoError:

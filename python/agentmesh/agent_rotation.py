@@ -14,7 +14,7 @@ import contextlib
 from . import crypto as _crypto
 from ._native import MAX_SUCCESSION_CHAIN, sign_succession, verify_succession
 from .agent_group_state import GroupState
-from .agent_rules import _now_ms
+from .agent_rules import RETIRED_GRACE_MS, _now_ms
 from .errors import IdentityRotationError
 from .keystore import PersistedState
 from .keystore_rotation import commit_rotation
@@ -84,20 +84,32 @@ class _Rotation(GroupState):
         retired (it still opens what peers sealed before they follow; never seals again)."""
         spk_id = int(new.public_bundle()["signed_prekey_id"])  # type: ignore[attr-defined]
         now = _now_ms()
+        until = now + RETIRED_GRACE_MS
         with self._save_lock:
             with self._lock:
+                # every session retires: its export (sealed under the old identity) goes to the
+                # new state file with the old identity, for the grace period
+                retired_exports = {**self._retired_exports, **self._exports}
+                for peer, session in self._sessions.items():
+                    if peer not in self._unhandled:
+                        retired_exports[peer] = session.export_sealed()
                 state = PersistedState(
                     pins=dict(self._pins),
                     bundles=dict(self._bundles),
                     delivered=dict(self._delivered),
                     signed_prekey_since=now,
                     signed_prekey_id=spk_id,
+                    retired_identity=bytes(self.keypair.to_bytes()),
+                    retired_sessions=retired_exports,
+                    retired_until=until,
                 )
             if self.store is not None and not self._released:
                 commit_rotation(self.store, new, chain, state)
             with self._lock:
                 self._retired.update(self._sessions)
                 self._retired_keypair = self.keypair
+                self._retired_until = until
+                self._retired_exports = retired_exports
                 self._sessions.clear()
                 self._exports.clear()
                 self._unverified.clear()

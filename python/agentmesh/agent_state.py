@@ -41,6 +41,8 @@ class AgentCoreState:
     # open what was sealed before a succession; never used to seal
     _retired: dict[str, Any]
     _retired_keypair: Any  # this agent's previous identity after rotate_identity (or None)
+    _retired_until: int  # ms: when the retired sessions and identity are dropped
+    _retired_exports: dict[str, bytes]  # the retired sessions' sealed exports, as last saved
     _unhandled: collections.Counter[str]  # peer -> messages unsealed, handlers not run yet
     # handlers and counters
     # what runs the handlers (the sync core's run_handlers, or the asyncio face's delivery);

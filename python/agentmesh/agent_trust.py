@@ -10,8 +10,10 @@ from typing import Any
 
 from . import crypto as _crypto
 from .agent_rules import (
+    RETIRED_GRACE_MS,
     _fingerprint_of_key,
     _normalize_fingerprint,
+    _now_ms,
     _public_bundle_copy,
     _same_key,
     validate_agent_id,
@@ -95,6 +97,7 @@ class _Trust(AgentCoreState):
             session = self._sessions.pop(peer_id, None)
             if session is not None:
                 self._retired[peer_id] = session
+                self._retired_until = _now_ms() + RETIRED_GRACE_MS
             self._bundles[peer_id] = _public_bundle_copy(bundle)
             self._pending_identity.pop(peer_id, None)
             self._unverified.discard(peer_id)

@@ -17,6 +17,7 @@ from agentmesh import crypto as c
 from agentmesh._native import sign_succession
 from agentmesh.errors import HubError, IdentityRotationError
 from agentmesh.hubs import NetworkHub
+from agentmesh.keystore import KeyStore
 
 
 def key_of(agent: Agent) -> str:
@@ -318,3 +319,54 @@ def test_rotation_inside_a_handler_is_refused(every_hub) -> None:
         assert errors == []  # (a LocalHub handler runs in the sender's thread: it can)
     else:
         assert isinstance(errors[0], IdentityRotationError)
+
+
+def test_what_was_sealed_for_the_old_key_opens_after_a_restart(tmp_path: Path) -> None:
+    hub = LocalHub()
+    alice_key, bob_key = tmp_path / "alice.key", tmp_path / "bob.key"
+    with Agent("carol", hub=hub) as carol:
+        alice = Agent("alice", hub=hub, keypair_path=alice_key)
+        bob = Agent("bob", hub=hub, keypair_path=bob_key)
+        assert alice.receive(bob._core.seal_for("alice", {"text": "hi"})) is not None
+        assert bob.receive(alice._core.seal_for("bob", {"text": "hi"})) is not None
+        to_old = bob._core.seal_for("alice", {"text": "in flight to the old key"})
+        from_old = alice._core.seal_for("bob", {"text": "in flight from the old key"})
+        first_contact = carol._core.seal_for("alice", {"text": "a set-up for the old key"})
+        alice.rotate_identity()
+        bob.connect("alice")  # bob follows (and retires his session with the old key)
+        alice.close()
+        bob.close()
+        alice = Agent("alice", hub=hub, keypair_path=alice_key)
+        bob = Agent("bob", hub=hub, keypair_path=bob_key)
+        try:
+            assert alice.receive(to_old).text == "in flight to the old key"
+            assert alice.receive(first_contact).text == "a set-up for the old key"
+            assert bob.receive(from_old).text == "in flight from the old key"
+            assert alice.status()["rejected"] == bob.status()["rejected"] == 0
+        finally:
+            alice.close()
+            bob.close()
+
+
+def test_retired_sessions_go_after_their_grace_period(tmp_path: Path, monkeypatch) -> None:
+    from agentmesh import agent_persistence
+    from agentmesh.agent_rules import RETIRED_GRACE_MS
+
+    hub = LocalHub()
+    path = tmp_path / "alice.key"
+    with Agent("bob", hub=hub) as bob:
+        alice = Agent("alice", hub=hub, keypair_path=path)
+        assert alice.receive(bob._core.seal_for("alice", {"text": "hi"})) is not None
+        late = bob._core.seal_for("alice", {"text": "too late"})
+        alice.rotate_identity()
+        alice.close()
+        later = agent_persistence._now_ms() + RETIRED_GRACE_MS + 1
+        monkeypatch.setattr(agent_persistence, "_now_ms", lambda: later)
+        errors: list = []
+        with Agent("alice", hub=hub, keypair_path=path) as alice:
+            alice.on_error(errors.append)
+            assert alice.receive(late) is None
+            assert len(errors) == 1
+        store = KeyStore(path)
+        state = store.load_state(store.load_identity())
+        assert state.retired_identity is None and not state.retired_sessions
