@@ -32,7 +32,7 @@ class _Rotation(GroupState):
         if hub is not None and not getattr(hub, "rotates_identities", False):
             raise IdentityRotationError(
                 f"{type(hub).__name__} cannot move agent id {me!r} to a new identity key "
-                "(LocalHub and NetworkHub can); nothing was changed"
+                "(LocalHub, NetworkHub and NatsHub can); nothing was changed"
             )
         if self._groups:
             raise IdentityRotationError(

@@ -49,9 +49,9 @@ class NatsHub(BackendHub):
     cluster that would lose acknowledged envelopes is a :class:`HubError` naming the setting.
     """
 
-    # its directory bucket and the auth service do not check succession statements (yet):
-    # rotate_identity() is refused before anything changes
-    rotates_identities = False
+    # the directory re-binds an id on succession statements from its bound key (and so does
+    # the authorization service, which lets the new key in)
+    rotates_identities = True
 
     def __init__(
         self,

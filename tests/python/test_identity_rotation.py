@@ -275,12 +275,6 @@ def test_a_rotation_is_refused_where_it_cannot_be_completed() -> None:
         alice.rotate_identity()
 
 
-def test_nats_hub_refuses_rotation_before_changing_anything() -> None:
-    from agentmesh.nats_hub import NatsHub
-
-    assert NatsHub.rotates_identities is False
-
-
 def test_the_asyncio_face_rotates_too() -> None:
     import asyncio
 
