@@ -211,20 +211,12 @@ fn build() -> Value {
 
 #[test]
 fn payload_vectors_are_reproduced_byte_for_byte() {
-    let fresh = build();
-    if std::env::var_os("AGENTMESH_WRITE_VECTORS").is_some() {
-        std::fs::write(PATH, serde_json::to_string_pretty(&fresh).unwrap() + "\n").unwrap();
-    }
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
-    assert_eq!(
-        fresh, frozen,
-        "framing output differs from tests/vectors/payload-v1.json"
-    );
+    common::check_frozen_vectors(PATH, &build(), "framing");
 }
 
 #[test]
 fn frozen_framings_decode_to_their_parts() {
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let frozen = common::frozen_vectors(PATH);
     for case in frozen["framing"].as_array().unwrap() {
         let plaintext = hex::decode(case["plaintext"].as_str().unwrap()).unwrap();
         let (json, blobs) = read(&plaintext).unwrap();
@@ -241,7 +233,7 @@ fn frozen_framings_decode_to_their_parts() {
 
 #[test]
 fn frozen_malformed_framings_are_refused_with_their_error() {
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let frozen = common::frozen_vectors(PATH);
     for case in frozen["malformed"].as_array().unwrap() {
         let plaintext = hex::decode(case["plaintext"].as_str().unwrap()).unwrap();
         let err = read(&plaintext).expect_err(case["name"].as_str().unwrap());
@@ -257,7 +249,7 @@ fn frozen_malformed_framings_are_refused_with_their_error() {
 
 #[test]
 fn frozen_sealed_example_opens_to_its_framing() {
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let frozen = common::frozen_vectors(PATH);
     let ex = &frozen["sealed"];
     let field = |k: &str| hex::decode(ex[k].as_str().unwrap()).unwrap();
     let bob = IdentityKeyPair::from_secret_bytes(&field("receiver_secret_file"), None).unwrap();

@@ -52,20 +52,12 @@ fn build() -> Value {
 
 #[test]
 fn succession_vectors_are_reproduced_byte_for_byte() {
-    let fresh = build();
-    if std::env::var_os("AGENTMESH_WRITE_VECTORS").is_some() {
-        std::fs::write(PATH, serde_json::to_string_pretty(&fresh).unwrap() + "\n").unwrap();
-    }
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
-    assert_eq!(
-        fresh, frozen,
-        "succession output differs from tests/vectors/succession-v1.json"
-    );
+    common::check_frozen_vectors(PATH, &build(), "succession");
 }
 
 #[test]
 fn frozen_statements_verify_and_carry_the_first_key_to_the_last() {
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let frozen = common::frozen_vectors(PATH);
     let key = |i: usize| -> [u8; 32] {
         hex::decode(frozen["identities"][i]["identity_key"].as_str().unwrap())
             .unwrap()
