@@ -71,7 +71,7 @@ class _Rotation(GroupState):
             raise
         if hub is not None:
             hub.register(self)  # the bundle carries the statements: the hub re-binds the id
-        self.log.warning(
+        self.log.info(
             "agent %r moved to the new identity %s (generation %d)",
             self.agent_id,
             new.fingerprint,
