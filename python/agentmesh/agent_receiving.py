@@ -362,8 +362,8 @@ class _Receiving(AgentCoreState):
         return Message(sender, self.agent_id, payload, env, self)
 
     def _open_retired(self, env: Any, sender: str) -> Message | CryptoError:
-        """Open ``env`` with the session a succession retired (the refusal otherwise). What
-        it opens is not saved: a retired session lives in memory only (docs/agents.md)."""
+        """Open ``env`` with the session a succession retired (the refusal otherwise); the
+        retired session is written with the next state write, for its grace period."""
         with self._lock:
             retired = self._retired.get(sender)
             if retired is None:

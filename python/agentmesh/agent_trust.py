@@ -87,8 +87,8 @@ class _Trust(AgentCoreState):
     def _follow_succession(self, peer_id: str, pinned: str, bundle: dict[str, Any]) -> None:
         """The peer moved to a new identity key with statements signed by the pinned one: pin
         the new key (saved at once) and retire the session with the old one. A retired session
-        only opens what the peer sealed before it learnt of the move (``_open_retired``); the
-        next send sets up a session with the new key."""
+        only opens what the peer sealed before the move (``_open_retired``), for a grace period;
+        the next send sets up a session with the new key."""
         key = str(bundle["identity_key"])
         with self._lock:
             if not _same_key(self._pins.get(peer_id, ""), pinned):
