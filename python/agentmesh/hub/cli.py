@@ -21,27 +21,18 @@ __all__ = ["main"]
 log = logging.getLogger("agentmesh.hub")
 
 
-def _not_negative(kind: type) -> Callable[[str], Any]:
+def _positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number above 0 (or 0 too, with ``zero``)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value < 0:
-            raise argparse.ArgumentTypeError(f"must be 0 or more: {text!r}")
-        return value
-
-    return parse
-
-
-def _positive(kind: type) -> Callable[[str], Any]:
-    def parse(text: str) -> Any:
-        try:
-            value = kind(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(
+                f"must be {'0 or more' if zero else 'positive'}: {text!r}"
+            )
         return value
 
     return parse
@@ -113,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-fanout-bytes",
-        type=_not_negative(int),
+        type=_positive(int, zero=True),
         default=d.max_fanout_bytes,
         help=f"bytes of copies one group upload may store in all (members x message size); "
         f"clients split a larger fan-out; 0 turns fan-out off, and clients then send each "
