@@ -86,8 +86,12 @@ impl Out<'_> {
     /// Runs `f` on the core's view of the payload (laid out by the core where it is sealed).
     pub fn with_payload<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> PyResult<T> {
         let blobs = self.blobs();
-        let payload = Payload::new(&self.json, &blobs).map_err(to_py)?;
-        Ok(f(&payload))
+        Ok(f(&self.payload(&blobs)?))
+    }
+
+    /// The core's view of the payload, given its [`Out::blobs`] (for several payloads at once).
+    pub fn payload<'a>(&'a self, blobs: &'a [&'a [u8]]) -> PyResult<Payload<'a>> {
+        Payload::new(&self.json, blobs).map_err(to_py)
     }
 
     /// The plaintext form in one buffer.
@@ -153,9 +157,13 @@ fn write_escape(b: u8, out: &mut Vec<u8>) {
     }
 }
 
+/// Room reserved past a string for what usually follows it (closing quotes and brackets), so
+/// a megabyte string is not copied again when the buffer grows by a byte.
+const STR_SLACK: usize = 64;
+
 fn write_str(s: &str, out: &mut Vec<u8>) -> PyResult<()> {
     let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
+    out.reserve(bytes.len() + STR_SLACK);
     out.push(b'"');
     let mut clean_from = 0;
     for (block_index, block) in bytes.chunks(SCAN_BLOCK).enumerate() {
