@@ -125,10 +125,12 @@ pub struct PayloadParts<'a> {
 
 /// Splits a plaintext payload. A framed one must be exactly its framing (no trailing bytes)
 /// and hold at least one blob (a payload without any is always pure JSON, one encoding each).
+/// Either way its JSON must be an object: it must open with `{` (after JSON whitespace), so a
+/// JSON text that parses is one (the caller's parser checks the rest).
 pub fn decode(payload: &[u8]) -> Result<PayloadParts<'_>> {
     let Some(rest) = payload.strip_prefix(&BINARY_PAYLOAD_MAGIC[..3]) else {
         return Ok(PayloadParts {
-            json: payload,
+            json: object_text(payload)?,
             blobs: Blobs::default(),
         });
     };
@@ -145,7 +147,7 @@ pub fn decode(payload: &[u8]) -> Result<PayloadParts<'_>> {
         ));
     }
     let json_len = r.u32()? as usize;
-    let json = r.bytes(json_len)?;
+    let json = object_text(r.bytes(json_len)?)?;
     let mut items = Vec::with_capacity(n);
     for _ in 0..n {
         let len = r.u32()? as usize;
@@ -156,6 +158,19 @@ pub fn decode(payload: &[u8]) -> Result<PayloadParts<'_>> {
         json,
         blobs: Blobs { items, next: 0 },
     })
+}
+
+/// `json` if it opens an object; a payload is always one (a list, string, number or `null` at
+/// the top would reach the application as something other than the dict it expects).
+fn object_text(json: &[u8]) -> Result<&[u8]> {
+    let first = json
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'{') {
+        Ok(json)
+    } else {
+        Err(Error::Format("payload is not a JSON object"))
+    }
 }
 
 /// The error for an object that uses [`BYTES_REFERENCE_KEY`] in a framed payload without
