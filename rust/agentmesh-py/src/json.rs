@@ -157,13 +157,20 @@ fn write_escape(b: u8, out: &mut Vec<u8>) {
     }
 }
 
-/// Room reserved past a string for what usually follows it (closing quotes and brackets), so
-/// a megabyte string is not copied again when the buffer grows by a byte.
-const STR_SLACK: usize = 64;
+/// Room reserved past a long string for what usually follows it (closing brackets), so a
+/// megabyte string is not copied again when the buffer grows by a byte; short ones get none
+/// (the buffer's first capacity holds a small payload whole).
+const LONG_STR: usize = 4096;
+const LONG_STR_SLACK: usize = 64;
 
 fn write_str(s: &str, out: &mut Vec<u8>) -> PyResult<()> {
     let bytes = s.as_bytes();
-    out.reserve(bytes.len() + STR_SLACK);
+    let slack = if bytes.len() >= LONG_STR {
+        LONG_STR_SLACK
+    } else {
+        0
+    };
+    out.reserve(bytes.len() + 2 + slack);
     out.push(b'"');
     let mut clean_from = 0;
     for (block_index, block) in bytes.chunks(SCAN_BLOCK).enumerate() {
