@@ -383,3 +383,24 @@ fn a_payload_that_is_not_a_json_object_is_refused() {
     let opened = b.unseal(&bob, &env).unwrap();
     assert!(matches!(decode(opened.payload()), Err(Error::Format(_))));
 }
+
+#[test]
+fn a_json_text_in_pieces_lays_out_as_its_concatenation() {
+    let long = vec![b'x'; 70_000];
+    let pieces: [&[u8]; 5] = [
+        br#"{"a":""#,
+        &long,
+        br#"","b":["#,
+        br#"{"_agentmesh_bytes":0}"#,
+        b"]}",
+    ];
+    let json = pieces.concat();
+    for blobs in [&[][..], &[&b"blob"[..]][..]] {
+        let payload = Payload::from_pieces(&pieces, blobs).unwrap();
+        let mut laid_out = Vec::new();
+        payload.write_into(&mut laid_out);
+        assert_eq!(laid_out, &*encode(&json, blobs).unwrap());
+        assert_eq!(payload.len(), laid_out.len());
+    }
+    assert_eq!(Payload::from_pieces(&[], &[]).unwrap().len(), 0);
+}

@@ -247,11 +247,15 @@ impl PyCryptoSession {
             .try_iter()?
             .map(|p| payload_to_parts(&p?))
             .collect::<PyResult<Vec<_>>>()?;
+        let pieces = parts
+            .iter()
+            .map(|p| p.pieces())
+            .collect::<PyResult<Vec<_>>>()?;
         let blobs: Vec<Vec<&[u8]>> = parts.iter().map(|p| p.blobs()).collect();
         let laid_out = parts
             .iter()
-            .zip(&blobs)
-            .map(|(p, b)| p.payload(b))
+            .zip(pieces.iter().zip(&blobs))
+            .map(|(p, (j, b))| p.payload(j, b))
             .collect::<PyResult<Vec<_>>>()?;
         let kp_obj = self.keypair.get();
         let ts = now_ms();
