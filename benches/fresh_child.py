@@ -9,10 +9,9 @@ benchmark helpers, no allocator settings; with ``keep``, the program opts in to
 
 from __future__ import annotations
 
-import json
-import resource
 import sys
-import time
+
+from child_timing import measure
 
 import agentmesh
 from agentmesh.crypto import AgentKeyPair, perform_key_exchange
@@ -40,17 +39,7 @@ def main() -> None:
         b.unseal(a.seal(payload).to_bytes())
 
     op, per_call = (pingpong, 2) if case == "pingpong" else (seal_unseal, 1)
-    op()
-    out = []
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(batches):
-        # CPU time of this process: on a shared machine, other processes' bursts stay out.
-        t0 = time.process_time_ns()
-        for _ in range(ops):
-            op()
-        out.append((time.process_time_ns() - t0) / (ops * per_call))
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-    print(json.dumps({"ns": out, "faults": faults / (batches * ops * per_call)}))
+    measure(op, per_call, ops, batches)
 
 
 if __name__ == "__main__":

@@ -10,10 +10,9 @@ fresh pages in the next one. ``python benches/fresh_objects_child.py
 
 from __future__ import annotations
 
-import json
-import resource
 import sys
-import time
+
+from child_timing import measure
 
 # A signed envelope's header, signature and tag (an upper bound; a few bytes do not matter).
 ENVELOPE_OVERHEAD = 256
@@ -29,16 +28,7 @@ def main() -> None:
         value = str(source[:size], "ascii") if as_text else bytes(source[:size])
         del wire, value  # (the order ``b.unseal(a.seal(p).to_bytes())`` drops them in)
 
-    message()
-    out = []
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(batches):
-        t0 = time.process_time_ns()
-        for _ in range(ops):
-            message()
-        out.append((time.process_time_ns() - t0) / ops)
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-    print(json.dumps({"ns": out, "faults": faults / (batches * ops)}))
+    measure(message, 1, ops, batches)
 
 
 if __name__ == "__main__":
