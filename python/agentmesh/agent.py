@@ -286,7 +286,11 @@ class _AgentCore(
     def send_payload(self, recipient: str, payload: dict[str, Any]) -> Any:
         """Seal ``payload`` for ``recipient`` and hand it to the hub; return the Envelope."""
         env = self.seal_for(recipient, payload)
-        self.transmit(env)
+        transmit = self._transmit
+        if transmit is not None and len(env) <= MAX_ENVELOPE_BYTES:
+            transmit(env)  # (the common case, without a call to ``transmit``)
+        else:
+            self.transmit(env)
         return env
 
     def transmit(self, env: Any, expires_ms: int = 0) -> None:

@@ -11,6 +11,7 @@ import threading
 from typing import Any
 
 from . import crypto as _crypto
+from .agent_group_state import GROUP_CONTROL_TYPE
 from .agent_rules import (
     MAX_INBOUND_ONLY_SESSIONS,
     RETIRED_GRACE_MS,
@@ -70,8 +71,8 @@ class _Receiving(AgentCoreState):
         except CryptoError as exc:
             self.reject(exc, envelope)
             return None
-        if msg._meta is None:
-            self._dispatch(msg)  # (the common case: nothing to take off first)
+        if msg._meta is None and msg.payload.get("type") != GROUP_CONTROL_TYPE:
+            self._user_dispatch(msg)  # (the common case: no reply, no group control message)
         else:
             self.hand_over(msg)
         return msg

@@ -200,21 +200,22 @@ class Registrar:
         if conn.transport is not None:
             conn.transport.set_write_buffer_limits(high=conn.high_water, low=conn.high_water // 4)
         ast.conn = conn
-        conn.ready(
-            {
-                "mode": "agent",
-                "agent_id": agent_id,
-                "acked_seq": acked,
-                "queued": ast.count,
-                "next_seq": hub.store.peek_next_seq(),
-                "prekeys": hub.store.prekey_count(agent_id),
-                "prekey_limit": limits.max_prekeys_per_agent,
-                # it takes SEND_GROUP, with up to this many recipients
-                "fanout": MAX_FANOUT_RECIPIENTS,
-                # it takes SEND_EXPIRING (and drops what expired before delivering it)
-                "expiry": True,
-            }
-        )
+        ready: dict[str, object] = {
+            "mode": "agent",
+            "agent_id": agent_id,
+            "acked_seq": acked,
+            "queued": ast.count,
+            "next_seq": hub.store.peek_next_seq(),
+            "prekeys": hub.store.prekey_count(agent_id),
+            "prekey_limit": limits.max_prekeys_per_agent,
+            # it takes SEND_EXPIRING (and drops what expired before delivering it)
+            "expiry": True,
+        }
+        if limits.max_fanout_bytes:
+            # it takes SEND_GROUP, with up to this many recipients and bytes of copies
+            ready["fanout"] = MAX_FANOUT_RECIPIENTS
+            ready["fanout_bytes"] = limits.max_fanout_bytes
+        conn.ready(ready)
         log.info(
             "agent %r registered from %s (%s, %d queued)",
             agent_id,
