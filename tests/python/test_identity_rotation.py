@@ -256,6 +256,15 @@ def test_a_crash_after_the_commit_point_finishes_the_rotation(tmp_path, monkeypa
     assert not (tmp_path / "alice.key.state.next").exists()
 
 
+def test_a_crash_between_the_two_renames_finishes_the_rotation(tmp_path, monkeypatch) -> None:
+    _, new = crash_during_rotation(tmp_path, monkeypatch, ".state.next")
+    assert not (tmp_path / "alice.key.next").exists()  # the identity was renamed, its state not
+    assert (tmp_path / "alice.key.state.next").exists()
+    with Agent("alice", keypair_path=tmp_path / "alice.key") as agent:
+        assert agent.fingerprint == new
+    assert not (tmp_path / "alice.key.state.next").exists()
+
+
 def test_a_rotation_is_refused_where_it_cannot_be_completed() -> None:
     class NoRebinding(LocalHub):
         rotates_identities = False
