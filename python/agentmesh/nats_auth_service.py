@@ -16,7 +16,9 @@ requests as one queue group), any of them answers.
 * Anything else is refused, with the reason in this service's log (the client is told only
   "Authorization Violation").
 
-It also takes one-time prekey **claims** (``<prefix>.svc.claim.<requester token>``, which only
+It answers agents' questions about the inbox stream and presence
+(:mod:`agentmesh.nats_auth_queries`), which they may not ask the cluster directly, and it takes
+one-time prekey **claims** (``<prefix>.svc.claim.<requester token>``, which only
 the requester may publish to): agents cannot write each other's prekey stock, so the service
 removes one for them, within per-requester and per-target budgets per minute.
 """
@@ -37,6 +39,7 @@ from .nats_auth_budgets import ClaimBudget, RegistrationBudget
 from .nats_auth_config import AUTH_TIMEOUT, AuthKeys
 from .nats_auth_jwt import Permissions, authorization_response, decode_jwt, user_jwt
 from .nats_auth_permissions import agent_permissions, reader_permissions
+from .nats_auth_queries import answer_presence, answer_stream
 from .nats_connection import connect
 from .nats_directory import NatsDirectory
 from .nats_layout import id_of_token
@@ -108,6 +111,16 @@ class NatsAuthService:
             self.layout.claim_subjects, queue=QUEUE, cb=self._spawn(self._on_claim)
         )
         await self._nc.subscribe(self.layout.service_ping, queue=QUEUE, cb=_pong)
+        await self._nc.subscribe(
+            self.layout.service_stream,
+            queue=QUEUE,
+            cb=self._spawn(lambda m: answer_stream(self._nc, self.layout, m, AUTH_TIMEOUT / 2)),
+        )
+        await self._nc.subscribe(
+            self.layout.service_presence,
+            queue=QUEUE,
+            cb=self._spawn(lambda m: answer_presence(self._js, self.layout, m)),
+        )
         await self._nc.flush()
         log.info("serving authorization on %s", ", ".join(self.servers))
 

@@ -130,6 +130,18 @@ class NatsLayout:
         return f"{self.prefix}.svc.ping"
 
     @property
+    def service_stream(self) -> str:
+        """Where the authorization service answers with the inbox stream's settings and
+        counts (no per-subject state: that would name who has queued envelopes for whom)."""
+        return f"{self.prefix}.svc.stream"
+
+    @property
+    def service_presence(self) -> str:
+        """Where the authorization service answers whether an agent is polling its inbox
+        (another agent's consumer information would tell its traffic, not only that)."""
+        return f"{self.prefix}.svc.presence"
+
+    @property
     def claim_subjects(self) -> str:
         """Where the authorization service takes one-time prekey claims."""
         return f"{self.prefix}.svc.claim.*"
