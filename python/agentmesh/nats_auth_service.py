@@ -2,8 +2,9 @@
 
 Every server of the cluster hands each new connection to this service (``$SYS.REQ.USER.AUTH``)
 and lets it in with the permissions the service answers with, as a user that expires after
-``lifetime`` seconds. Stateless but for the claim budgets: run two or more (they share the
-requests as one queue group), any of them answers.
+``lifetime`` seconds. Stateless but for its budgets (prekey claims, new ids,
+:mod:`agentmesh.nats_auth_budgets`): run two or more (they share the requests as one queue
+group), any of them answers.
 
 * A connection that carries an **agent proof** (its bundle as the token, and as the signature
   its identity key's signature under the label ``agentmesh/v1/sig/nats-connect`` over the
