@@ -8,13 +8,12 @@ import sys
 import time
 
 import pytest
-from natsutil import wait_until
+from natsutil import auth_services, wait_until
 
 from agentmesh import Agent, NatsHub
 from agentmesh.errors import NatsAuthError
 from agentmesh.nats_auth_budgets import RegistrationBudget
 from agentmesh.nats_auth_config import AuthKeys, authorization_block
-from agentmesh.nats_auth_process import AuthServiceProcess
 from agentmesh.nats_cluster import NatsCluster
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -25,13 +24,6 @@ pytest.importorskip("nkeys", reason="the authorization service needs nkeys (the 
 def guarded_cluster(root, nodes: int = 1):
     keys = AuthKeys.create(root / "keys")
     return NatsCluster(root, nodes=nodes, authorization=authorization_block(keys))
-
-
-def services(cluster, root, count: int, lifetime: float = 600.0) -> list[AuthServiceProcess]:
-    return [
-        AuthServiceProcess(cluster.urls, root / "keys", root / f"auth{i}.log", lifetime=lifetime)
-        for i in range(count)
-    ]
 
 
 def exchange(alice: Agent, bob: Agent, got: list[str], count: int, pause: float = 0.0) -> None:
@@ -46,7 +38,7 @@ def exchange(alice: Agent, bob: Agent, got: list[str], count: int, pause: float 
 
 def test_service_down_new_connections_fail_clearly_existing_ones_carry_on(tmp_path):
     with guarded_cluster(tmp_path) as cluster:
-        running = services(cluster, tmp_path, 2)
+        running = auth_services(cluster, tmp_path, 2)
         try:
             for service in running:
                 service.start()
@@ -73,7 +65,7 @@ def test_service_down_new_connections_fail_clearly_existing_ones_carry_on(tmp_pa
 
 def test_of_two_services_one_is_enough(tmp_path):
     with guarded_cluster(tmp_path, nodes=3) as cluster:
-        first, second = services(cluster, tmp_path, 2)
+        first, second = auth_services(cluster, tmp_path, 2)
         try:
             first.start(), second.start()
             first.kill()
@@ -92,7 +84,7 @@ def test_of_two_services_one_is_enough(tmp_path):
 
 def test_users_expire_and_connected_agents_renew_them(tmp_path):
     with guarded_cluster(tmp_path) as cluster:
-        (service,) = services(cluster, tmp_path, 1, lifetime=3.0)
+        (service,) = auth_services(cluster, tmp_path, 1, lifetime=3.0)
         try:
             service.start()
             hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
@@ -135,7 +127,7 @@ def rebind(urls: list[str], seed: bytes, agent_id: str) -> None:
 
 def test_a_refused_renewal_is_counted_as_failed_not_as_a_renewal(tmp_path):
     with guarded_cluster(tmp_path) as cluster:
-        (service,) = services(cluster, tmp_path, 1, lifetime=3.0)
+        (service,) = auth_services(cluster, tmp_path, 1, lifetime=3.0)
         try:
             service.start()
             hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
@@ -157,9 +149,7 @@ def test_a_refused_renewal_is_counted_as_failed_not_as_a_renewal(tmp_path):
 
 def test_one_client_cannot_mint_new_agent_ids_without_bound(tmp_path):
     with guarded_cluster(tmp_path) as cluster:
-        options = ["--new-ids-per-source", "3"]
-        log = tmp_path / "auth.log"
-        service = AuthServiceProcess(cluster.urls, tmp_path / "keys", log, options=options)
+        (service,) = auth_services(cluster, tmp_path, 1, options=["--new-ids-per-source", "3"])
         try:
             service.start()
             hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
@@ -272,7 +262,7 @@ def test_many_agents_connecting_at_once_all_get_in(tmp_path):
     from agentmesh.nats_layout import NatsLayout
 
     with guarded_cluster(tmp_path, nodes=3) as cluster:
-        (service,) = services(cluster, tmp_path, 1)
+        (service,) = auth_services(cluster, tmp_path, 1)
         try:
             service.start()
             keypairs = [AgentKeyPair.generate(f"crowd{i}") for i in range(40)]
@@ -297,7 +287,7 @@ def test_many_agents_connecting_at_once_all_get_in(tmp_path):
 
 def test_agents_whose_users_expired_with_no_service_get_back_in_when_one_returns(tmp_path):
     with guarded_cluster(tmp_path) as cluster:
-        (service,) = services(cluster, tmp_path, 1, lifetime=5.0)
+        (service,) = auth_services(cluster, tmp_path, 1, lifetime=5.0)
         try:
             service.start()
             hub = NatsHub(cluster.urls, auth=True, timeout=30.0)

@@ -15,11 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from natsutil import wait_until
+from natsutil import auth_services, wait_until
 
 from agentmesh import Agent, NatsHub
 from agentmesh.nats_auth_config import AuthKeys, authorization_block, authorization_text
-from agentmesh.nats_auth_process import AuthServiceProcess
 from agentmesh.nats_cluster import NatsCluster
 from agentmesh.nats_server_config import ServerTls, TlsFiles, server_config
 
@@ -133,10 +132,7 @@ def test_agents_talk_through_a_tls_cluster_guarded_by_the_service(tmp_path, monk
         assert all(server_requires_tls(url) for url in cluster.urls)
         config = cluster.nodes[0].config.read_text("utf-8")
         assert "verify: true" in config and config.count("tls {") == 2
-        services = [
-            AuthServiceProcess(cluster.urls, tmp_path / "keys", tmp_path / f"auth{i}.log")
-            for i in (1, 2)
-        ]
+        services = auth_services(cluster, tmp_path, 2)
         try:
             for service in services:
                 service.start()
