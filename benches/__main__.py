@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 from . import nats_jetstream
 
-                res["nats_jetstream"] = nats_jetstream.run(count=2000 if quick else 5000)
+                res["nats_jetstream"] = nats_jetstream.run(count=2000 if quick else 20000)
                 print(nats_jetstream.table(res["nats_jetstream"]), file=sys.stderr)
             except ImportError as exc:
                 res["notes"].append(f"NATS JetStream not measured: {exc}")

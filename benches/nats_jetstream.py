@@ -1,6 +1,6 @@
 """agentmesh on NATS JetStream next to raw JetStream and next to agentmesh's own hub, in one run.
 
-    python -m benches.nats_jetstream [--count 5000] [--rtt 300] [--size 64] [--nodes 1 3]
+    python -m benches.nats_jetstream [--count 20000] [--rtt 300] [--size 64] [--nodes 1 3]
     python -m benches --only nats_jetstream      (the same, as a section of the report)
 
 For each cluster size (``--nodes``; the cluster is started here with
@@ -113,7 +113,7 @@ RAW, OURS, HUB = "raw JetStream", "agentmesh NatsHub", "agentmesh hub (1 process
 
 
 def run(
-    count: int = 5000, rtt_count: int = 300, size: int = 64, nodes: tuple[int, ...] = (1, 3)
+    count: int = 20000, rtt_count: int = 300, size: int = 64, nodes: tuple[int, ...] = (1, 3)
 ) -> dict[str, Any]:
     """Every figure of one run: ``rows`` of (label, nodes or None, msg/s, p50 us, p99 us)."""
     from agentmesh import NatsHub
@@ -177,7 +177,7 @@ def table(res: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benches.nats_jetstream", description=__doc__)
-    p.add_argument("--count", type=int, default=5000, help="one-way messages per run")
+    p.add_argument("--count", type=int, default=20000, help="one-way messages per run")
     p.add_argument("--rtt", type=int, default=300, help="round trips per run")
     p.add_argument("--size", type=int, default=64, help="payload text bytes")
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 3])
