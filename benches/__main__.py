@@ -36,6 +36,7 @@ SECTIONS = [
     "many_agents",
     "mcp",
     "groups",
+    "nats_jetstream",
 ]
 
 
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     steps += len(many_ks) if "many_agents" in only else 0
     steps += 1 if "mcp" in only else 0
     steps += 1 if "groups" in only else 0
+    steps += 1 if "nats_jetstream" in only else 0
 
     command = "python -m benches" + ("".join(" " + shlex.quote(a) for a in argv) if argv else "")
     res: dict[str, Any] = {
@@ -149,6 +151,18 @@ def main(argv: list[str] | None = None) -> int:
         if "groups" in only:
             progress.describe("group messages: one upload next to pairwise sends")
             res["groups"] = groups.run(quick)
+            progress.step()
+        if "nats_jetstream" in only:
+            progress.describe("agentmesh on NATS JetStream next to raw JetStream")
+            try:
+                import nats  # noqa: F401  (the bench extra's nats-py)
+
+                from . import nats_jetstream
+
+                res["nats_jetstream"] = nats_jetstream.run(count=2000 if quick else 20000)
+                print(nats_jetstream.table(res["nats_jetstream"]), file=sys.stderr)
+            except ImportError as exc:
+                res["notes"].append(f"NATS JetStream not measured: {exc}")
             progress.step()
     finally:
         progress.close()

@@ -1,6 +1,7 @@
 """agentmesh on NATS JetStream next to raw JetStream and next to agentmesh's own hub, in one run.
 
-    python -m benches.nats_jetstream [--count 5000] [--rtt 300] [--size 64] [--nodes 1 3]
+    python -m benches.nats_jetstream [--count 20000] [--rtt 300] [--size 64] [--nodes 1 3]
+    python -m benches --only nats_jetstream      (the same, as a section of the report)
 
 For each cluster size (``--nodes``; the cluster is started here with
 :class:`agentmesh.nats_cluster.NatsCluster`, ``sync_interval: always``, and stopped by pid):
@@ -106,48 +107,82 @@ async def _raw_stream(urls: list[str], replicas: int) -> None:
         await nc.close()
 
 
+#: The issue's bar: agentmesh's one-way rate over raw JetStream's, same settings.
+TARGET_RATIO = 0.8
+RAW, OURS, HUB = "raw JetStream", "agentmesh NatsHub", "agentmesh hub (1 process)"
+
+
+def run(
+    count: int = 20000, rtt_count: int = 300, size: int = 64, nodes: tuple[int, ...] = (1, 3)
+) -> dict[str, Any]:
+    """Every figure of one run: ``rows`` of (label, nodes or None, msg/s, p50 us, p99 us)."""
+    from agentmesh import NatsHub
+    from agentmesh.nats_cluster import NatsCluster
+
+    wire = envelope_size(size)
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="agentmesh-bench-nats-") as tmp:
+        for n in nodes:
+            with NatsCluster(Path(tmp) / f"n{n}", nodes=n) as cluster:
+                NatsHub(cluster.urls).close()  # the stream and buckets, checked
+                asyncio.run(_raw_stream(cluster.urls, 3 if n > 1 else 1))
+                for kind, label in (("js", RAW), ("am", OURS)):
+                    rate = one_way(kind, cluster.urls, wire if kind == "js" else size, count)
+                    rtt = round_trip(kind, cluster.urls, wire if kind == "js" else size, rtt_count)
+                    rows.append({"label": label, "nodes": n, "rate": rate["rate"], **rtt})
+        hub, port = start_hub(tmp)  # type: ignore[misc]
+        try:
+            rate = hub_one_way("hub", port, size, count, 300.0)
+            rtt = ping_pong("hub", port, size, rtt_count, 300.0)
+            rows.append(
+                {"label": HUB, "nodes": None, "rate": rate["rate"]}
+                | {k: rtt[k] / 1e3 for k in ("p50", "p99")}
+            )
+        finally:
+            hub.stop()
+    return {"payload": size, "envelope": wire, "count": count, "rtt_count": rtt_count,
+            "rows": rows}
+
+
+def ratios(res: dict[str, Any]) -> list[dict[str, Any]]:
+    """Per cluster size: agentmesh over raw JetStream, one-way rate and round trip p50."""
+    out = []
+    by = {(row["label"], row["nodes"]): row for row in res["rows"]}
+    for n in sorted({row["nodes"] for row in res["rows"] if row["nodes"] is not None}):
+        raw, ours = by.get((RAW, n)), by.get((OURS, n))
+        if raw and ours:
+            out.append(
+                {"nodes": n, "rate": ours["rate"] / raw["rate"], "p50": ours["p50"] / raw["p50"],
+                 "ours": ours["rate"], "raw": raw["rate"]}
+            )
+    return out
+
+
+def table(res: dict[str, Any]) -> str:
+    lines = [
+        f"payload {res['payload']} B text, envelope {res['envelope']} B; {res['count']} one-way, "
+        f"{res['rtt_count']} round trips",
+        f"{'':34} {'msg/s':>9} {'p50 us':>9} {'p99 us':>9}",
+    ]
+    for row in res["rows"]:
+        label = row["label"] + (f", {row['nodes']} node(s)" if row["nodes"] else "")
+        lines.append(f"{label:34} {row['rate']:9.0f} {row['p50']:9.0f} {row['p99']:9.0f}")
+    for r in ratios(res):
+        lines.append(
+            f"{r['nodes']} node(s): agentmesh/raw one-way {r['rate']:.2f}, "
+            f"round trip p50 {r['p50']:.2f}x"
+        )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benches.nats_jetstream", description=__doc__)
-    p.add_argument("--count", type=int, default=5000, help="one-way messages per run")
+    p.add_argument("--count", type=int, default=20000, help="one-way messages per run")
     p.add_argument("--rtt", type=int, default=300, help="round trips per run")
     p.add_argument("--size", type=int, default=64, help="payload text bytes")
     p.add_argument("--nodes", type=int, nargs="+", default=[1, 3])
     ns = p.parse_args(argv)
-    from agentmesh import NatsHub
-    from agentmesh.nats_cluster import NatsCluster
-
-    wire = envelope_size(ns.size)
-    rows: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
-    with tempfile.TemporaryDirectory(prefix="agentmesh-bench-nats-") as tmp:
-        for nodes in ns.nodes:
-            with NatsCluster(Path(tmp) / f"n{nodes}", nodes=nodes) as cluster:
-                NatsHub(cluster.urls).close()  # the stream and buckets, checked
-                asyncio.run(_raw_stream(cluster.urls, 3 if nodes > 1 else 1))
-                for kind, label in (("js", "raw JetStream"), ("am", "agentmesh NatsHub")):
-                    size = wire if kind == "js" else ns.size
-                    rate = one_way(kind, cluster.urls, size, ns.count)
-                    rtt = round_trip(kind, cluster.urls, size, ns.rtt)
-                    rows.append((f"{label}, {nodes} node(s)", rate, rtt))
-        hub, port = start_hub(tmp)  # type: ignore[misc]
-        try:
-            rate = hub_one_way("hub", port, ns.size, ns.count, 300.0)
-            rtt = ping_pong("hub", port, ns.size, ns.rtt, 300.0)
-            rows.append(
-                ("agentmesh hub (1 process)", rate, {k: rtt[k] / 1e3 for k in ("p50", "p99")})
-            )
-        finally:
-            hub.stop()
-    print(f"payload {ns.size} B text, envelope {wire} B; {ns.count} one-way, {ns.rtt} round trips")
-    print(f"{'':34} {'msg/s':>9} {'p50 us':>9} {'p99 us':>9}")
-    for label, rate, rtt in rows:
-        print(f"{label:34} {rate['rate']:9.0f} {rtt['p50']:9.0f} {rtt['p99']:9.0f}")
-    for nodes in ns.nodes:
-        raw = next(r for r in rows if r[0] == f"raw JetStream, {nodes} node(s)")
-        ours = next(r for r in rows if r[0] == f"agentmesh NatsHub, {nodes} node(s)")
-        print(
-            f"{nodes} node(s): agentmesh/raw one-way {ours[1]['rate'] / raw[1]['rate']:.2f}, "
-            f"round trip p50 {ours[2]['p50'] / raw[2]['p50']:.2f}x"
-        )
+    print(table(run(ns.count, ns.rtt, ns.size, tuple(ns.nodes))))
     return 0
 
 

@@ -8,7 +8,7 @@ import os
 from typing import Any
 
 from . import crypto as c
-from . import fresh, report_agents, report_groups
+from . import fresh, report_agents, report_groups, report_nats
 from .harness import SIZES, fmt_bytes, fmt_rate, fmt_time, size_label
 
 NAN = float("nan")
@@ -183,6 +183,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
     for what, ratio, bar, higher_is_better, detail in report_agents.targets(res):
         add(what, ratio, bar, higher_is_better, detail)
     for what, ratio, bar, higher_is_better, detail in report_groups.targets(res):
+        add(what, ratio, bar, higher_is_better, detail)
+    for what, ratio, bar, higher_is_better, detail in report_nats.targets(res):
         add(what, ratio, bar, higher_is_better, detail)
     return out
 
@@ -707,6 +709,7 @@ def markdown(res: dict[str, Any], img_rel: str) -> str:
             w("")
     L.extend(report_agents.sections(res))
     L.extend(report_groups.sections(res))
+    L.extend(report_nats.sections(res))
     return "\n".join(L).rstrip() + "\n"
 
 

@@ -49,9 +49,22 @@ def add_nats_auth_parser(add_command: Callable[..., argparse.ArgumentParser]) ->
     p.add_argument(
         "--replicas", type=int, default=None, help="of the stream and buckets it creates"
     )
+    p.add_argument(
+        "--new-ids-per-source",
+        type=int,
+        default=60,
+        help="new agent ids one source address may bind a minute (default 60)",
+    )
+    p.add_argument(
+        "--new-ids-per-minute",
+        type=int,
+        default=600,
+        help="new agent ids all sources together may bind a minute (default 600)",
+    )
 
 
 def cmd_nats_auth(args: argparse.Namespace) -> int:
+    from .nats_auth_budgets import RegistrationBudget
     from .nats_auth_config import AuthKeys, authorization_block
     from .nats_auth_service import NatsAuthService
     from .nats_layout import NatsLayout
@@ -69,7 +82,13 @@ def cmd_nats_auth(args: argparse.Namespace) -> int:
         logging.getLogger("agentmesh.nats.auth").setLevel(logging.INFO)
 
     async def serve() -> None:
-        service = NatsAuthService(servers, keys, settings=settings, lifetime=args.lifetime)
+        service = NatsAuthService(
+            servers,
+            keys,
+            settings=settings,
+            lifetime=args.lifetime,
+            registrations=RegistrationBudget(args.new_ids_per_source, args.new_ids_per_minute),
+        )
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -33,6 +33,11 @@ class FlushWaiters:
             with contextlib.suppress(ValueError):
                 self._waiting.remove(entry)
 
+    @property
+    def waiting(self) -> bool:
+        """Whether any flush waits (if none, what has settled need not be worked out)."""
+        return bool(self._waiting)
+
     def settled(self, first_unsettled: int | None) -> None:
         """Every send below ``first_unsettled`` (all of them: None) has settled."""
         if not self._waiting:

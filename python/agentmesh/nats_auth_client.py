@@ -34,6 +34,9 @@ _RETRY = 1.0
 #: Longest bundle token sent (bytes of JSON): with the proof and the other CONNECT fields it
 #: stays within nats-server's default control line of 4 KiB.
 _MAX_TOKEN = 3000
+#: Seconds a renewed user must outlive the old one by (the same user, asked again, differs by
+#: the time between two asks only).
+_RENEWED_BY = 0.5
 
 
 def agent_options(layout: NatsLayout, keypair: Any) -> dict[str, Any]:
@@ -74,7 +77,10 @@ class Renewal:
         self.nc = nc
         self.ping_subject = ping_subject
         self.what = what
+        #: Reconnects that brought a new user, and those that did not (refused, or not back
+        #: before the old user expired).
         self.renewals = 0
+        self.failed_renewals = 0
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -98,6 +104,27 @@ class Renewal:
             return False
         return True
 
+    async def _renewed(self, expires_at: float) -> bool:
+        """Reconnects; True only once the connection is back with a user that expires later
+        than the old one (a refused or unanswered reconnect is no renewal)."""
+        loop = asyncio.get_running_loop()
+        reconnects = self.nc.stats["reconnects"]
+        try:
+            await self.nc.force_reconnect()
+        except Exception as exc:
+            log.debug("%s: reconnecting failed (%s)", self.what, exc)
+            return False
+        while not self.nc.is_connected or self.nc.stats["reconnects"] == reconnects:
+            if self.nc.is_closed or loop.time() >= expires_at + _RETRY:
+                return False
+            await asyncio.sleep(0.05)
+        try:
+            remaining = await self._remaining()
+        except Exception as exc:
+            log.debug("%s: cannot learn its new user's expiry (%s)", self.what, exc)
+            return False
+        return loop.time() + remaining > expires_at + _RENEWED_BY
+
     async def _run(self) -> None:
         while not self.nc.is_closed:
             try:
@@ -114,9 +141,11 @@ class Renewal:
             while loop.time() < expires_at:
                 if await self._service_answers():
                     log.info("%s: renewing its user before it expires", self.what)
-                    with contextlib.suppress(Exception):
-                        await self.nc.force_reconnect()
-                    self.renewals += 1
+                    if await self._renewed(expires_at):
+                        self.renewals += 1
+                    else:
+                        self.failed_renewals += 1
+                        log.warning("%s: the renewal of its user failed", self.what)
                     break
                 log.warning("%s: no authorization service answers to renew its user", self.what)
                 await asyncio.sleep(_RETRY)

@@ -25,7 +25,7 @@ from .nats_auth_jwt import NkeyPair, new_account_seed, new_user_seed
 from .nats_auth_permissions import READER_REPLY_PREFIX, agent_permissions
 from .nats_layout import NatsLayout
 
-__all__ = ["AuthKeys", "authorization_block", "static_user"]
+__all__ = ["AuthKeys", "authorization_block", "authorization_text", "static_user"]
 
 ISSUER_FILE = "issuer.nk"
 SERVICE_FILE = "service.nk"
@@ -75,14 +75,19 @@ class AuthKeys:
 
 def authorization_block(keys: AuthKeys) -> str:
     """The ``authorization`` block every server of the cluster needs."""
-    service = keys.service.public_key
+    return authorization_text(keys.service.public_key, keys.issuer.public_key)
+
+
+def authorization_text(service: str, issuer: str) -> str:
+    """The ``authorization`` block for the service's public nkey ``service`` and the issuer's
+    public key ``issuer`` (docs/nats.md shows it with placeholders)."""
     return "\n".join(
         [
             "authorization {",
             f"  timeout: {AUTH_TIMEOUT:g}",
             f"  users: [ {{ nkey: {service} }} ]",
             "  auth_callout {",
-            f"    issuer: {keys.issuer.public_key}",
+            f"    issuer: {issuer}",
             f"    auth_users: [ {service} ]",
             "  }",
             "}",
@@ -93,12 +98,15 @@ def authorization_block(keys: AuthKeys) -> str:
 def static_user(layout: NatsLayout, agent_id: str, password: str) -> str:
     """One entry of a server's ``authorization { users: [...] }`` for ``agent_id`` without the
     service (small setups, docs/nats.md): the agent's permissions, plus creating its own
-    consumer on its own inbox only, plus the lookups' replies."""
+    consumer on its own inbox only, plus the lookups' replies, plus (no service answers them
+    here) the inbox stream's and every consumer's information."""
     allowed = agent_permissions(layout, agent_id)
     consumer = layout.consumer(agent_id)
     publish = [
         *allowed.publish,
         f"$JS.API.CONSUMER.CREATE.{layout.stream}.{consumer}.{layout.inbox_filter(agent_id)}",
+        f"$JS.API.STREAM.INFO.{layout.stream}",
+        f"$JS.API.CONSUMER.INFO.{layout.stream}.*",
     ]
     subscribe = [*allowed.subscribe, f"{READER_REPLY_PREFIX}.>"]
     return (

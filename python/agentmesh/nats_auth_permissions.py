@@ -11,7 +11,11 @@ denied. An *agent* (one that proved its identity key) may:
 * receive replies only under its own reply prefix (``_INBOX.<own hash>``).
 
 A *reader* (a connection without a proof: ``NatsHub``'s lookups) may read the directory and
-stream, consumer and bucket information, and receive replies under ``_INBOX.reader``.
+the buckets' information, ask the service for the inbox stream's settings and for presence,
+and receive replies under ``_INBOX.reader``.
+
+Nobody may read the inbox stream's information or another agent's consumer's: the first
+counts envelopes per inbox subject (recipient and sender), the second tells an agent's traffic.
 
 Nobody may purge or delete a stream, touch another agent's consumer, subscribe to an inbox
 subject, or publish to any other JetStream API.
@@ -29,15 +33,18 @@ READER_REPLY_PREFIX = "_INBOX.reader"
 
 
 def _reading(layout: NatsLayout) -> list[str]:
-    stream, directory = layout.stream, f"KV_{layout.directory_bucket}"
+    directory = f"KV_{layout.directory_bucket}"
+    # Not the inbox stream's information: asked with a subjects filter it counts the envelopes
+    # queued per subject, and an inbox subject names recipient and sender; nor any consumer's:
+    # its counters and times tell an agent's traffic. The service answers both questions
+    # agents have (the stream's settings, and whether an agent is online) without either.
     return [
-        f"$JS.API.STREAM.INFO.{stream}",
         f"$JS.API.STREAM.INFO.{directory}",
         f"$JS.API.STREAM.INFO.KV_{layout.prekey_bucket}",
         f"$JS.API.DIRECT.GET.{directory}.>",
         f"$JS.API.STREAM.MSG.GET.{directory}",
-        # presence (is_online): another agent's consumer's waiting fetches; no payload
-        f"$JS.API.CONSUMER.INFO.{stream}.*",
+        layout.service_stream,
+        layout.service_presence,
         # the connection's own user (its expiry, to renew in time), and whether a service is
         # there to renew it
         "$SYS.REQ.USER.INFO",
@@ -56,6 +63,7 @@ def agent_permissions(layout: NatsLayout, agent_id: str) -> Permissions:
         *_reading(layout),
         f"{layout.prefix}.inbox.*.{token}",
         f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}",
+        f"$JS.API.CONSUMER.INFO.{stream}.{consumer}",
         f"$JS.ACK.{stream}.{consumer}.>",
         f"$JS.API.DIRECT.GET.{prekeys}.>",
         f"$JS.API.STREAM.MSG.GET.{prekeys}",

@@ -18,7 +18,7 @@ __all__ = ["AuthServiceProcess"]
 
 class AuthServiceProcess:
     """One authorization service for ``servers``, its keys in ``keys`` (a directory), its
-    output in ``log``."""
+    output in ``log``; ``options``: more of ``agentmesh nats-auth``'s options."""
 
     def __init__(
         self,
@@ -28,6 +28,7 @@ class AuthServiceProcess:
         *,
         lifetime: float = 600.0,
         prefix: str = "agentmesh",
+        options: Sequence[str] = (),
     ) -> None:
         self.command = [
             sys.executable,
@@ -42,6 +43,7 @@ class AuthServiceProcess:
             str(lifetime),
             "--prefix",
             prefix,
+            *options,
         ]
         self.log = Path(log)
         self.proc: subprocess.Popen[bytes] | None = None

@@ -2,8 +2,9 @@
 
 Every server of the cluster hands each new connection to this service (``$SYS.REQ.USER.AUTH``)
 and lets it in with the permissions the service answers with, as a user that expires after
-``lifetime`` seconds. Stateless but for the claim budgets: run two or more (they share the
-requests as one queue group), any of them answers.
+``lifetime`` seconds. Stateless but for its budgets (prekey claims, new ids,
+:mod:`agentmesh.nats_auth_budgets`): run two or more (they share the requests as one queue
+group), any of them answers.
 
 * A connection that carries an **agent proof** (its bundle as the token, and as the signature
   its identity key's signature under the label ``agentmesh/v1/sig/nats-connect`` over the
@@ -16,7 +17,9 @@ requests as one queue group), any of them answers.
 * Anything else is refused, with the reason in this service's log (the client is told only
   "Authorization Violation").
 
-It also takes one-time prekey **claims** (``<prefix>.svc.claim.<requester token>``, which only
+It answers agents' questions about the inbox stream and presence
+(:mod:`agentmesh.nats_auth_queries`), which they may not ask the cluster directly, and it takes
+one-time prekey **claims** (``<prefix>.svc.claim.<requester token>``, which only
 the requester may publish to): agents cannot write each other's prekey stock, so the service
 removes one for them, within per-requester and per-target budgets per minute.
 """
@@ -25,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import collections
 import contextlib
 import json
 import logging
@@ -34,16 +36,18 @@ from typing import Any
 
 from ._native import check_agent_id, verify_bundle, verify_nats_connect
 from .errors import HubError, NatsAuthError
+from .nats_auth_budgets import ClaimBudget, RegistrationBudget
 from .nats_auth_config import AUTH_TIMEOUT, AuthKeys
 from .nats_auth_jwt import Permissions, authorization_response, decode_jwt, user_jwt
 from .nats_auth_permissions import agent_permissions, reader_permissions
+from .nats_auth_queries import answer_presence, answer_stream
 from .nats_connection import connect
 from .nats_directory import NatsDirectory
 from .nats_layout import id_of_token
 from .nats_setup import NatsSettings, check_server, consumer_config, ensure_layout
 from .succession import succession_problem
 
-__all__ = ["ClaimBudget", "NatsAuthService"]
+__all__ = ["ClaimBudget", "NatsAuthService", "RegistrationBudget"]
 
 log = logging.getLogger("agentmesh.nats.auth")
 
@@ -58,60 +62,6 @@ ACCOUNT = "$G"
 CONCURRENCY = 64
 
 
-def _when(record: tuple[float, str] | float) -> float:
-    return record[0] if isinstance(record, tuple) else record
-
-
-class ClaimBudget:
-    """At most ``per_requester`` claims a minute by one agent (one per target), at most
-    ``per_target`` out of one agent's stock: fresh ids cannot empty a stock faster."""
-
-    def __init__(self, per_requester: int = 60, per_target: int = 30, sweep: int = 1024) -> None:
-        self.per_requester, self.per_target = per_requester, per_target
-        self._by_requester: dict[str, collections.deque[tuple[float, str]]] = {}
-        self._by_target: dict[str, collections.deque[float]] = {}
-        self._sweep_floor = sweep  # records kept before a sweep of minute-old ones, at least
-        self._sweep_at = sweep
-
-    def allow(self, requester: str, target: str, now: float) -> bool:
-        # (a refused claim leaves nothing behind, and a minute-old record goes: what is kept
-        # is bounded by the claims granted in the last minute, whatever names are asked for)
-        mine = self._by_requester.pop(requester, None) or collections.deque()
-        theirs = self._by_target.pop(target, None) or collections.deque()
-        while mine and now - mine[0][0] >= 60.0:
-            mine.popleft()
-        while theirs and now - theirs[0] >= 60.0:
-            theirs.popleft()
-        granted = not (
-            len(mine) >= self.per_requester
-            or len(theirs) >= self.per_target
-            or any(peer == target for _, peer in mine)
-        )
-        if granted:
-            mine.append((now, target))
-            theirs.append(now)
-        if mine:
-            self._by_requester[requester] = mine
-        if theirs:
-            self._by_target[target] = theirs
-        if len(self._by_requester) + len(self._by_target) > self._sweep_at:
-            self._sweep(now)
-        return granted
-
-    def _sweep(self, now: float) -> None:
-        """Drop every record a minute old (amortized: the next sweep waits for twice as many
-        records), so what is kept stays bounded by the claims of the last minute."""
-        for records in (self._by_requester, self._by_target):
-            for key in list(records):
-                held = records[key]
-                while held and now - _when(held[0]) >= 60.0:
-                    held.popleft()
-                if not held:
-                    del records[key]
-        kept = len(self._by_requester) + len(self._by_target)
-        self._sweep_at = max(self._sweep_floor, 2 * kept)
-
-
 class NatsAuthService:
     """One instance of the service (asyncio). ``keys``: see :class:`AuthKeys`; ``lifetime``:
     seconds an issued user lasts (agents renew before it ends)."""
@@ -124,6 +74,7 @@ class NatsAuthService:
         settings: NatsSettings | None = None,
         lifetime: float = 600.0,
         budget: ClaimBudget | None = None,
+        registrations: RegistrationBudget | None = None,
     ) -> None:
         if lifetime < 2:
             raise ValueError(f"lifetime must be at least 2 seconds, not {lifetime!r}")
@@ -133,6 +84,7 @@ class NatsAuthService:
         self.layout = self.settings.layout
         self.lifetime = float(lifetime)
         self.budget = budget or ClaimBudget()
+        self.registrations = registrations or RegistrationBudget()
         self._nc: Any = None
         self._js: Any = None
         self._directory: NatsDirectory | None = None
@@ -161,6 +113,16 @@ class NatsAuthService:
             self.layout.claim_subjects, queue=QUEUE, cb=self._spawn(self._on_claim)
         )
         await self._nc.subscribe(self.layout.service_ping, queue=QUEUE, cb=_pong)
+        await self._nc.subscribe(
+            self.layout.service_stream,
+            queue=QUEUE,
+            cb=self._spawn(lambda m: answer_stream(self._nc, self.layout, m, AUTH_TIMEOUT / 2)),
+        )
+        await self._nc.subscribe(
+            self.layout.service_presence,
+            queue=QUEUE,
+            cb=self._spawn(lambda m: answer_presence(self._js, self.layout, m)),
+        )
         await self._nc.flush()
         log.info("serving authorization on %s", ", ".join(self.servers))
 
@@ -266,7 +228,7 @@ class NatsAuthService:
             raise NatsAuthError(f"the token is no valid agent bundle: {exc}") from None
         if not verify_nats_connect(bundle, nonce.encode("utf-8"), proof):
             raise NatsAuthError(f"the connect proof of {agent_id!r} does not verify")
-        await self._bind(agent_id, bundle)
+        await self._bind(agent_id, bundle, _source(request))
         await self._ensure_consumer(agent_id)
         return f"agent:{agent_id}", agent_permissions(self.layout, agent_id)
 
@@ -281,11 +243,19 @@ class NatsAuthService:
         except NotFoundError:
             await self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id))
 
-    async def _bind(self, agent_id: str, bundle: dict[str, Any]) -> None:
-        """Lets ``agent_id`` in only with the key its directory entry holds; binds a new id."""
+    async def _bind(self, agent_id: str, bundle: dict[str, Any], source: str) -> None:
+        """Lets ``agent_id`` in only with the key its directory entry holds; binds a new id,
+        within the registration budget of the connection's source address."""
         assert self._directory is not None
         current = await self._directory.get_bundle(agent_id)
         if current is None:
+            now = asyncio.get_running_loop().time()
+            if not self.registrations.allow(source, now):
+                raise NatsAuthError(
+                    f"too many new agent ids from {source} in the last minute (at most "
+                    f"{self.registrations.per_source} from one address, "
+                    f"{self.registrations.in_all} in all): {agent_id!r} not bound, try later"
+                )
             try:
                 await self._directory.bind(bundle)
             except HubError as exc:
@@ -339,6 +309,11 @@ async def _pong(msg: Any) -> None:
 async def _respond(msg: Any, body: dict[str, Any]) -> None:
     with contextlib.suppress(Exception):
         await msg.respond(json.dumps(body, separators=(",", ":")).encode())
+
+
+def _source(request: dict[str, Any]) -> str:
+    """The address a connection comes from, as the server saw it."""
+    return str((request.get("client_info") or {}).get("host") or "?")
 
 
 def _client(request: dict[str, Any]) -> str:

@@ -20,6 +20,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
+from . import nats_auth_queries as auth_queries
 from .backend import OnBatch
 from .crypto import Envelope, as_envelope, check_agent_id
 from .errors import HubError, HubRequestError, PeerNotFoundError
@@ -109,10 +110,22 @@ class NatsBackend:
         self._renew("lookups")
         self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
         replicas = check_server(self._nc, self.settings, guarded=self.auth)
-        await self._patiently(
-            "setting up the stream", lambda: ensure_layout(self._js, self.settings, replicas)
-        )
+        await self._patiently("setting up the stream", lambda: self._ensure_layout(replicas))
         self.directory = NatsDirectory(self._js, self.layout, timeout=self.request_timeout)
+
+    async def _ensure_layout(self, replicas: int) -> Any:
+        return await ensure_layout(
+            self._js, self.settings, replicas, self._read_stream if self.auth else None
+        )
+
+    async def _read_stream(self) -> Any:
+        """The inbox stream's info; with the authorization service through it (an agent may
+        not read it: nats_auth_queries)."""
+        if self.auth:
+            return await auth_queries.stream_info(
+                self._nc, self.layout, min(self.request_timeout, ATTEMPT_TIMEOUT)
+            )
+        return await self._js.stream_info(self.layout.stream)
 
     async def _patiently(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """Runs ``attempt`` again after any failure but a refusal (HubError) until
@@ -176,7 +189,7 @@ class NatsBackend:
             self._js = self._nc.jetstream(timeout=min(self.request_timeout, ATTEMPT_TIMEOUT))
             replicas = check_server(self._nc, self.settings, guarded=self.auth)
             info = await self._patiently(
-                "setting up the stream", lambda: ensure_layout(self._js, self.settings, replicas)
+                "setting up the stream", lambda: self._ensure_layout(replicas)
             )
             self.directory = NatsDirectory(self._js, self.layout, timeout=self.request_timeout)
             await self.directory.bind(keypair.public_bundle())
@@ -419,6 +432,10 @@ class NatsBackend:
         always has a fetch waiting at its consumer, but for a moment between two)."""
         if await self._directory().get_bundle(agent_id) is None:
             return False
+        if self.auth:
+            return await auth_queries.is_online(
+                self._nc, self.layout, agent_id, self.request_timeout
+            )
         from nats.js.errors import NotFoundError
 
         try:
@@ -435,7 +452,7 @@ class NatsBackend:
     async def message_count(self) -> int:
         """Envelopes the inbox stream has accepted since it was created."""
         self._directory()
-        info = await self._in_time("counting messages", self._js.stream_info(self.layout.stream))
+        info = await self._in_time("counting messages", self._read_stream())
         return int(info.state.last_seq or 0)
 
     # -- closing --------------------------------------------------------------------------------

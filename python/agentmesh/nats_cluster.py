@@ -16,10 +16,9 @@ development; the tests and benchmarks use it too::
         alice.flush(30)                  # replicated to a majority of the three, on disk
         alice.close(), bob.close(), hub.close()
 
-Every node is written with the settings that keep acknowledged data (docs/nats.md):
-``sync_interval: always`` (each JetStream write is fsynced before it is acknowledged), a
-``max_payload`` that fits the largest envelope, and a monitoring port whose ``/healthz``
-tells when the node's JetStream is ready.
+Every node's config is written by :func:`agentmesh.nats_server_config.server_config`, the
+one docs/nats.md shows (the settings that keep acknowledged data; TLS with ``tls=``), plus a
+monitoring port whose ``/healthz`` tells when the node's JetStream is ready.
 """
 
 from __future__ import annotations
@@ -38,12 +37,11 @@ import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
 
-from .nats_layout import MAX_PAYLOAD
+from .nats_server_config import ServerTls, server_config
 
 __all__ = ["NatsCluster", "NatsNode", "nats_server_path"]
 
 HOST = "127.0.0.1"
-CLUSTER_NAME = "agentmesh"
 
 
 def nats_server_path() -> str:
@@ -89,11 +87,12 @@ class NatsNode:
         self.config = directory / f"{name}.conf"
         self.store = directory / name
         self.log = directory / f"{name}.log"
+        self.tls = False
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"nats://{HOST}:{self.port}"
+        return f"{'tls' if self.tls else 'nats'}://{HOST}:{self.port}"
 
     @property
     def pid(self) -> int:
@@ -105,34 +104,26 @@ class NatsNode:
         return self.proc is not None and self.proc.poll() is None
 
     def write_config(
-        self, cluster_port: int | None, routes: Sequence[int], authorization: str = ""
+        self,
+        cluster_port: int | None,
+        routes: Sequence[int],
+        authorization: str = "",
+        tls: ServerTls | None = None,
     ) -> None:
-        lines = [
-            f"server_name: {self.name}",
-            f"listen: {HOST}:{self.port}",
-            f"http: {HOST}:{self.monitor_port}",
-            f"max_payload: {MAX_PAYLOAD}",
-            # (the default pending limit is 64 MiB; a few large envelopes must fit)
-            "max_pending: 256MB",
-            "jetstream {",
-            f"  store_dir: {str(self.store)!r}",
-            # fsync every write before it is acknowledged: the default (every 2 minutes) lost
-            # acknowledged writes when nodes died together in Jepsen's analysis of NATS 2.12
-            "  sync_interval: always",
-            "}",
-        ]
-        if cluster_port is not None:
-            route_list = ", ".join(f'"nats-route://{HOST}:{p}"' for p in routes)
-            lines += [
-                "cluster {",
-                f"  name: {CLUSTER_NAME}",
-                f"  listen: {HOST}:{cluster_port}",
-                f"  routes: [{route_list}]",
-                "}",
-            ]
-        if authorization:
-            lines.append(authorization)
-        self.config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.tls = tls is not None
+        text = server_config(
+            name=self.name,
+            listen=f"{HOST}:{self.port}",
+            store_dir=str(self.store),
+            cluster_listen=None if cluster_port is None else f"{HOST}:{cluster_port}",
+            routes=[f"nats-route://{HOST}:{port}" for port in routes],
+            tls=tls,
+            authorization=authorization,
+            # (the monitoring port tells when the node is ready; the default pending limit of
+            # 64 MiB must hold a few large envelopes)
+            extra=[f"http: {HOST}:{self.monitor_port}", "max_pending: 256MB"],
+        )
+        self.config.write_text(text, encoding="utf-8")
 
     def start(self) -> None:
         if self.alive():
@@ -191,7 +182,12 @@ class NatsCluster:
     restarts where it was. Stopped by process id (:meth:`stop`, also on ``with`` exit)."""
 
     def __init__(
-        self, directory: str | os.PathLike[str], nodes: int = 3, *, authorization: str = ""
+        self,
+        directory: str | os.PathLike[str],
+        nodes: int = 3,
+        *,
+        authorization: str = "",
+        tls: ServerTls | None = None,
     ) -> None:
         if not isinstance(nodes, int) or nodes < 1:
             raise ValueError(f"nodes must be a positive int, not {nodes!r}")
@@ -205,10 +201,10 @@ class NatsCluster:
         cluster_ports = [ports[3 * i + 2] for i in range(nodes)]
         for node, cluster_port in zip(self.nodes, cluster_ports, strict=True):
             if nodes == 1:
-                node.write_config(None, (), authorization)
+                node.write_config(None, (), authorization, tls)
             else:
                 others = [p for p in cluster_ports if p != cluster_port]
-                node.write_config(cluster_port, others, authorization)
+                node.write_config(cluster_port, others, authorization, tls)
 
     @property
     def urls(self) -> list[str]:

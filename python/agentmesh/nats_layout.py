@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 from dataclasses import dataclass
 
@@ -58,6 +59,7 @@ MIN_SERVER_VERSION = (2, 12, 0)
 DEFAULT_MAX_QUEUED = 100_000
 
 
+@functools.lru_cache(maxsize=4096)  # (every envelope's subject names two: keep the busy ones)
 def token_of(agent_id: str) -> str:
     """The subject/KV token of ``agent_id``: lowercase base32 of its UTF-8, no padding."""
     return base64.b32encode(agent_id.encode("utf-8")).decode("ascii").rstrip("=").lower()
@@ -128,6 +130,18 @@ class NatsLayout:
     def service_ping(self) -> str:
         """Where the authorization service answers "are you there" (before a renewal)."""
         return f"{self.prefix}.svc.ping"
+
+    @property
+    def service_stream(self) -> str:
+        """Where the authorization service answers with the inbox stream's settings and
+        counts (no per-subject state: that would name who has queued envelopes for whom)."""
+        return f"{self.prefix}.svc.stream"
+
+    @property
+    def service_presence(self) -> str:
+        """Where the authorization service answers whether an agent is polling its inbox
+        (another agent's consumer information would tell its traffic, not only that)."""
+        return f"{self.prefix}.svc.presence"
 
     @property
     def claim_subjects(self) -> str:

@@ -33,7 +33,7 @@ import json
 import logging
 from collections import OrderedDict, deque
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from .errors import FlushTimeoutError, HubError, HubRequestError, PeerNotFoundError
@@ -66,7 +66,6 @@ class Outgoing:
     msg_id: str
     sent_at: float = 0.0
     attempts: int = 0
-    timer: asyncio.TimerHandle | None = field(default=None, repr=False)
 
 
 class OrderedSender:
@@ -104,6 +103,7 @@ class OrderedSender:
         self.room.set()
         self._closed = False
         self._stall_timer: asyncio.TimerHandle | None = None
+        self._watchdog: asyncio.TimerHandle | None = None
         self._to_write: deque[Outgoing] = deque()
         self._writer: asyncio.Task[None] | None = None
 
@@ -219,7 +219,8 @@ class OrderedSender:
         item.sent_at = self.loop.time()
         item.attempts += 1
         self._inflight[item.seq] = item
-        item.timer = self.loop.call_later(PUBLISH_TIMEOUT, self._timed_out, item.seq)
+        if self._watchdog is None:
+            self._arm_watchdog()
         self._to_write.append(item)
         if self._writer is None or self._writer.done():
             self._writer = self.loop.create_task(self._write_all())
@@ -243,11 +244,24 @@ class OrderedSender:
             except Exception as exc:  # (closed, or the buffer full: its timer resends it)
                 log.debug("publish of envelope %d failed: %s", item.seq, exc)
 
-    def _timed_out(self, seq: int) -> None:
-        item = self._inflight.get(seq)
-        if item is not None:
-            item.timer = None
-            self._lost(item, "no acknowledgement in time")
+    def _arm_watchdog(self) -> None:
+        """One timer for every publish in flight, due when the oldest one's time is up (they
+        are in flight in the order they were sent; a timer each cost one per envelope)."""
+        oldest = next(iter(self._inflight.values()), None)
+        if oldest is not None:
+            due = oldest.sent_at + PUBLISH_TIMEOUT
+            self._watchdog = self.loop.call_at(due, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._watchdog = None
+        now = self.loop.time()
+        for item in list(self._inflight.values()):
+            if now - item.sent_at < PUBLISH_TIMEOUT:
+                break
+            if self._inflight.get(item.seq) is item:
+                self._lost(item, "no acknowledgement in time")
+        if self._watchdog is None and not self._closed:
+            self._arm_watchdog()
 
     async def _on_reply(self, msg: Any) -> None:
         try:
@@ -260,6 +274,10 @@ class OrderedSender:
         status = (msg.headers or {}).get("Status")
         if status == "503":
             self._lost(item, "the stream has no leader")
+            return
+        data = msg.data
+        if data.startswith(b'{"stream":') and b'"error"' not in data and b',"seq":' in data:
+            self._accepted(item)  # (the common answer, read without building a dict)
             return
         try:
             answer = json.loads(msg.data)
@@ -280,9 +298,6 @@ class OrderedSender:
 
     def _done(self, item: Outgoing) -> None:
         self._inflight.pop(item.seq, None)
-        if item.timer is not None:
-            item.timer.cancel()
-            item.timer = None
 
     def _accepted(self, item: Outgoing) -> None:
         self._done(item)
@@ -374,7 +389,8 @@ class OrderedSender:
         return min(present) if present else None
 
     def _wake_flushers(self) -> None:
-        self._flushes.settled(self._first_unsettled())
+        if self._flushes.waiting:  # (every acknowledgement comes here: mostly nobody waits)
+            self._flushes.settled(self._first_unsettled())
 
     async def flush(self, timeout: float | None, where: str) -> None:
         if self.errors:
@@ -403,9 +419,8 @@ class OrderedSender:
         self._closed = True
         if self._stall_timer is not None:
             self._stall_timer.cancel()
-        for item in self._inflight.values():
-            if item.timer is not None:
-                item.timer.cancel()
+        if self._watchdog is not None:
+            self._watchdog.cancel()
         self._flushes.fail(HubError("the NATS backend is closed"))
         self.room.set()
         if self._reply_sub is not None:

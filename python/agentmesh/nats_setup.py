@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,9 +98,16 @@ def check_server(nc: Any, settings: NatsSettings, guarded: bool = False) -> int:
     return replicas
 
 
-async def ensure_layout(js: Any, settings: NatsSettings, replicas: int) -> Any:
+async def ensure_layout(
+    js: Any,
+    settings: NatsSettings,
+    replicas: int,
+    read_stream: Callable[[], Awaitable[Any]] | None = None,
+) -> Any:
     """Creates the inbox stream and both buckets if missing (creating them twice with the
-    same settings is harmless), then checks the ones found; returns the stream's info."""
+    same settings is harmless), then checks the ones found; returns the stream's info.
+    ``read_stream``: how to read the stream's info where a client may not (through the
+    authorization service, which has made it)."""
     from nats.js import api
     from nats.js.errors import BucketNotFoundError, NotFoundError
 
@@ -120,7 +128,7 @@ async def ensure_layout(js: Any, settings: NatsSettings, replicas: int) -> Any:
         deny_purge=True,
     )
     try:
-        info = await js.stream_info(layout.stream)
+        info = await (read_stream() if read_stream is not None else js.stream_info(layout.stream))
     except NotFoundError:
         info = await js.add_stream(stream_config)
         log.info("created stream %s with %d replica(s)", layout.stream, replicas)

@@ -17,6 +17,25 @@ def fresh_prefix() -> str:
     return f"t{next(_prefixes)}x{int(time.time() * 1000) % 100000}"
 
 
+def auth_services(
+    cluster: Any, root: Any, count: int, lifetime: float = 600.0, options: Any = ()
+) -> list[Any]:
+    """``count`` authorization services (not started) for ``cluster``, keys in ``root/keys``,
+    logs ``root/auth<i>.log``; ``options``: more of ``agentmesh nats-auth``'s options."""
+    from agentmesh.nats_auth_process import AuthServiceProcess
+
+    return [
+        AuthServiceProcess(
+            cluster.urls,
+            root / "keys",
+            root / f"auth{i}.log",
+            lifetime=lifetime,
+            options=options,
+        )
+        for i in range(count)
+    ]
+
+
 def wait_until(condition: Callable[[], bool], timeout: float = 30.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():

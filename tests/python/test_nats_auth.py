@@ -240,6 +240,59 @@ def test_a_connected_agent_cannot_touch_another_agents_inbox_directory_or_prekey
         hub.close()
 
 
+def test_nobody_can_learn_who_has_queued_envelopes_for_whom(guarded):
+    cluster, _ = guarded
+    hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
+    rita = Agent("rita", hub=hub)
+    rita.close()  # offline: what peggy sends waits in her inbox, under (rita, peggy)
+    peggy = Agent("peggy", hub=hub)
+    peggy.send("rita", text="between us")
+    peggy.flush(20)
+    stream = LAYOUT.stream
+    try:
+
+        async def spy(raw: Raw) -> None:
+            async with raw as r:
+                js = r.nc.jetstream(timeout=1.0)
+                await r.refused(
+                    "counting envelopes per inbox subject (recipient and sender)",
+                    lambda: js.stream_info(stream, subjects_filter=">"),
+                )
+                await r.refused(
+                    "reading rita's consumer (her traffic)",
+                    lambda: js.consumer_info(stream, LAYOUT.consumer("rita")),
+                )
+                await r.refused(
+                    "listing the consumers",
+                    lambda: r.nc.request(f"$JS.API.CONSUMER.LIST.{stream}", b"{}", 1.0),
+                )
+                await r.refused(
+                    "listing the consumers' names",
+                    lambda: r.nc.request(f"$JS.API.CONSUMER.NAMES.{stream}", b"{}", 1.0),
+                )
+                # what the service answers instead: the stream's settings, no subjects
+                asked = json.dumps({"subjects_filter": ">"}).encode()
+                answer = json.loads((await r.nc.request(LAYOUT.service_stream, asked, 5.0)).data)
+                assert answer["config"]["name"] == stream and answer["state"]["last_seq"] >= 1
+                assert "subjects" not in answer["state"], answer["state"]
+                assert token_of("peggy") not in json.dumps(answer)
+
+        asyncio.run(spy(agent_raw(cluster.urls, AgentKeyPair.generate("trudy"))))
+        asyncio.run(spy(Raw(cluster.urls, reader_options())))
+        # presence and the message count still answer, through the service
+        assert hub.is_online("rita") is False
+        assert hub.message_count() >= 1
+        got: list[str] = []
+        rita = Agent("rita", hub=hub, keypair=rita.keypair)
+        rita.on_message(lambda msg: got.append(msg.text))
+        wait_until(lambda: got == ["between us"], 30, "rita's message")
+        wait_until(lambda: hub.is_online("rita"), 10, "rita online")
+    finally:
+        peggy.close()
+        rita.close()
+        hub.close()
+
+
 def test_prekey_claims_go_through_the_service_within_a_budget(guarded):
     cluster, services = guarded
     hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
@@ -334,7 +387,8 @@ def test_a_reader_may_look_up_but_not_send(guarded):
     async def read() -> None:
         async with Raw(cluster.urls, reader_options()) as r:
             js = r.nc.jetstream(timeout=1.0)
-            assert (await js.stream_info(LAYOUT.stream)).config.name == LAYOUT.stream
+            directory = f"KV_{LAYOUT.directory_bucket}"
+            assert (await js.stream_info(directory)).config.name == directory
             await r.refused(
                 "a reader sending",
                 lambda: js.publish(f"{LAYOUT.prefix}.inbox.{token_of('bob')}.x", b"x"),

@@ -8,12 +8,12 @@ import sys
 import time
 
 import pytest
-from natsutil import wait_until
+from natsutil import auth_services, wait_until
 
 from agentmesh import Agent, NatsHub
 from agentmesh.errors import NatsAuthError
+from agentmesh.nats_auth_budgets import RegistrationBudget
 from agentmesh.nats_auth_config import AuthKeys, authorization_block
-from agentmesh.nats_auth_process import AuthServiceProcess
 from agentmesh.nats_cluster import NatsCluster
 
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
@@ -24,13 +24,6 @@ pytest.importorskip("nkeys", reason="the authorization service needs nkeys (the 
 def guarded_cluster(root, nodes: int = 1):
     keys = AuthKeys.create(root / "keys")
     return NatsCluster(root, nodes=nodes, authorization=authorization_block(keys))
-
-
-def services(cluster, root, count: int, lifetime: float = 600.0) -> list[AuthServiceProcess]:
-    return [
-        AuthServiceProcess(cluster.urls, root / "keys", root / f"auth{i}.log", lifetime=lifetime)
-        for i in range(count)
-    ]
 
 
 def exchange(alice: Agent, bob: Agent, got: list[str], count: int, pause: float = 0.0) -> None:
@@ -45,7 +38,7 @@ def exchange(alice: Agent, bob: Agent, got: list[str], count: int, pause: float 
 
 def test_service_down_new_connections_fail_clearly_existing_ones_carry_on(tmp_path):
     with guarded_cluster(tmp_path) as cluster:
-        running = services(cluster, tmp_path, 2)
+        running = auth_services(cluster, tmp_path, 2)
         try:
             for service in running:
                 service.start()
@@ -72,7 +65,7 @@ def test_service_down_new_connections_fail_clearly_existing_ones_carry_on(tmp_pa
 
 def test_of_two_services_one_is_enough(tmp_path):
     with guarded_cluster(tmp_path, nodes=3) as cluster:
-        first, second = services(cluster, tmp_path, 2)
+        first, second = auth_services(cluster, tmp_path, 2)
         try:
             first.start(), second.start()
             first.kill()
@@ -91,7 +84,7 @@ def test_of_two_services_one_is_enough(tmp_path):
 
 def test_users_expire_and_connected_agents_renew_them(tmp_path):
     with guarded_cluster(tmp_path) as cluster:
-        (service,) = services(cluster, tmp_path, 1, lifetime=3.0)
+        (service,) = auth_services(cluster, tmp_path, 1, lifetime=3.0)
         try:
             service.start()
             hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
@@ -106,6 +99,86 @@ def test_users_expire_and_connected_agents_renew_them(tmp_path):
             alice.close(), bob.close(), hub.close()
         finally:
             service.stop()
+
+
+def rebind(urls: list[str], seed: bytes, agent_id: str) -> None:
+    """As an operator (the service's own user): binds ``agent_id`` to another key."""
+    import asyncio
+    import json
+
+    import nats
+
+    from agentmesh.crypto import AgentKeyPair
+    from agentmesh.nats_layout import NatsLayout
+
+    async def put() -> None:
+        nc = await nats.connect(urls, connect_timeout=5, nkeys_seed_str=seed.decode("ascii"))
+        try:
+            layout = NatsLayout()
+            kv = await nc.jetstream(timeout=5).key_value(layout.directory_bucket)
+            bundle = AgentKeyPair.generate(agent_id).public_bundle()
+            value = json.dumps(bundle, separators=(",", ":"), sort_keys=True).encode()
+            await kv.put(layout.directory_key(agent_id), value)
+        finally:
+            await nc.close()
+
+    asyncio.run(put())
+
+
+def test_a_refused_renewal_is_counted_as_failed_not_as_a_renewal(tmp_path):
+    with guarded_cluster(tmp_path) as cluster:
+        (service,) = auth_services(cluster, tmp_path, 1, lifetime=3.0)
+        try:
+            service.start()
+            hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
+            alice = Agent("alice", hub=hub)
+            renewal = hub._links["alice"].backend._renewal
+            wait_until(lambda: renewal.renewals >= 1, 20, "a first renewal")
+            rebind(cluster.urls, AuthKeys.load(tmp_path / "keys").service.seed, "alice")
+            before = renewal.renewals
+            # (the service answers its pings, and refuses alice's reconnect: bound elsewhere)
+            refused = "'alice' is bound to another identity key"
+            wait_until(lambda: refused in service.log_tail(), 20, "the refused reconnect")
+            time.sleep(1.0)
+            assert renewal.renewals == before
+            wait_until(lambda: getattr(renewal, "failed_renewals", 0) >= 1, 10, "a failure")
+            alice.close(), hub.close()
+        finally:
+            service.stop()
+
+
+def test_one_client_cannot_mint_new_agent_ids_without_bound(tmp_path):
+    with guarded_cluster(tmp_path) as cluster:
+        (service,) = auth_services(cluster, tmp_path, 1, options=["--new-ids-per-source", "3"])
+        try:
+            service.start()
+            hub = NatsHub(cluster.urls, auth=True, timeout=20.0)
+            first = Agent("a0", hub=hub, keypair_path=tmp_path / "a0.key")
+            others = [Agent(f"a{i}", hub=hub) for i in (1, 2)]
+            with pytest.raises(NatsAuthError, match="nats-auth"):
+                Agent("a3", hub=hub)  # a fourth new id from 127.0.0.1 within the minute
+            reason = "too many new agent ids from 127.0.0.1"
+            wait_until(lambda: reason in service.log_tail(), 5, "the reason in the log")
+            first.close()
+            # an id already bound is no new one: its owner gets back in
+            first = Agent("a0", hub=hub, keypair_path=tmp_path / "a0.key")
+            assert hub.list_agents() == ["a0", "a1", "a2"]
+            for agent in [first, *others]:
+                agent.close()
+            hub.close()
+        finally:
+            service.stop()
+
+
+def test_the_registration_budget_counts_per_source_and_in_all_for_a_minute():
+    budget = RegistrationBudget(per_source=2, in_all=3)
+    assert budget.allow("10.0.0.1", 0.0) and budget.allow("10.0.0.1", 1.0)
+    assert not budget.allow("10.0.0.1", 2.0)  # its own budget spent
+    assert budget.allow("10.0.0.2", 3.0)
+    assert not budget.allow("10.0.0.3", 4.0)  # everyone's budget spent
+    assert budget.allow("10.0.0.1", 60.5)  # a minute after its first
+    with pytest.raises(ValueError, match="at least 1"):
+        RegistrationBudget(per_source=0)
 
 
 def test_new_keys_are_private_and_the_servers_config_is_printed(tmp_path, capsys):
@@ -189,7 +262,7 @@ def test_many_agents_connecting_at_once_all_get_in(tmp_path):
     from agentmesh.nats_layout import NatsLayout
 
     with guarded_cluster(tmp_path, nodes=3) as cluster:
-        (service,) = services(cluster, tmp_path, 1)
+        (service,) = auth_services(cluster, tmp_path, 1)
         try:
             service.start()
             keypairs = [AgentKeyPair.generate(f"crowd{i}") for i in range(40)]
@@ -214,7 +287,7 @@ def test_many_agents_connecting_at_once_all_get_in(tmp_path):
 
 def test_agents_whose_users_expired_with_no_service_get_back_in_when_one_returns(tmp_path):
     with guarded_cluster(tmp_path) as cluster:
-        (service,) = services(cluster, tmp_path, 1, lifetime=5.0)
+        (service,) = auth_services(cluster, tmp_path, 1, lifetime=5.0)
         try:
             service.start()
             hub = NatsHub(cluster.urls, auth=True, timeout=30.0)

@@ -149,3 +149,42 @@ def test_a_delivery_held_by_a_dead_process_is_not_overtaken(tmp_path):
 
     with NatsCluster(tmp_path / "nats", nodes=1) as cluster:
         assert asyncio.run(asyncio.wait_for(main(), 90)) == envelopes
+
+
+def test_publishes_left_unanswered_time_out_and_are_resent_in_order(tmp_path):
+    """A server that stops answering (SIGSTOP: the connection stays up, silent) leaves every
+    publish in flight without an acknowledgement: each times out, is resent in order once
+    the server answers again, and the stream drops the resends of what it stored after all."""
+    import logging
+    import os
+    import signal
+
+    with NatsCluster(tmp_path / "nats", nodes=1) as single:
+        hub = NatsHub(single.urls, timeout=30.0)
+        got: list = []
+        bob = Agent("bob", hub=hub)
+        bob.on_message(got.append)
+        alice = Agent("alice", hub=hub)
+        alice.send("bob", text="x", n=0)
+        alice.flush(20)
+        records: list[str] = []
+        handler = logging.Handler()
+        handler.emit = lambda record: records.append(record.getMessage())  # type: ignore[method-assign]
+        logging.getLogger("agentmesh.nats").addHandler(handler)
+        logging.getLogger("agentmesh.nats").setLevel(logging.INFO)
+        node = single.nodes[0]
+        os.kill(node.pid, signal.SIGSTOP)
+        try:
+            for n in range(1, 51):
+                alice.send("bob", text="x", n=n)
+            with pytest.raises(FlushTimeoutError):
+                alice.flush(6.5)  # (a publish counts as lost after 5 s)
+        finally:
+            os.kill(node.pid, signal.SIGCONT)
+            logging.getLogger("agentmesh.nats").removeHandler(handler)
+        alice.flush(30)
+        wait_until(lambda: len(got) >= 51, 30, "bob's messages")
+        time.sleep(0.5)
+        assert [msg.payload["n"] for msg in got] == list(range(51))
+        assert any("no acknowledgement in time" in line for line in records), records
+        alice.close(), bob.close(), hub.close()
