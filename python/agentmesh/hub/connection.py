@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, cast
 from agentmesh.hub.delivery import DeliveryPump, SendIntake
 from agentmesh.hub.requests import RequestHandler
 from agentmesh.hub.states import AGENT, AWAIT_AUTH, AWAIT_HELLO, CLOSED, CLOSING, LOOKUP
+from agentmesh.hub_channels import CHANNEL_OVERHEAD
 from agentmesh.hub_protocol import (
     ErrorCode,
     FrameDecoder,
@@ -38,6 +39,7 @@ from agentmesh.hub_protocol import (
 )
 
 if TYPE_CHECKING:
+    from agentmesh.hub.channels import ChannelTable
     from agentmesh.hub.core import AgentState, HubCore
 
 __all__ = ["Connection", "OutputQueue"]
@@ -97,6 +99,8 @@ class Connection(asyncio.Protocol):
         self.intake = SendIntake(self)
         self.pump = DeliveryPump(self)
         self.requests = RequestHandler(self)
+        #: the agents this (lookup) connection carries as channels (agentmesh.hub.channels)
+        self.channels: ChannelTable | None = None
 
     def __repr__(self) -> str:
         who = self.agent_id if self.agent_id is not None else "-"
@@ -137,6 +141,8 @@ class Connection(asyncio.Protocol):
         self.pump.clear()
         self.backlog.clear()
         self.out.clear()
+        if self.channels is not None:
+            self.channels.lost()
         if self.agent_id is not None:
             log.info("agent %r disconnected (%s)", self.agent_id, self.peer)
         else:
@@ -152,6 +158,8 @@ class Connection(asyncio.Protocol):
         if self.state == AGENT:
             self.pump.refill()
         self._drain_backlog()
+        if self.channels is not None:
+            self.channels.writable()
 
     def eof_received(self) -> bool:
         # A half-closed client gets nothing more: close our side too.
@@ -200,6 +208,8 @@ class Connection(asyncio.Protocol):
                     self.intake.on_send_group(body)
                 elif ftype == FrameType.SEND_EXPIRING:
                     self.intake.on_send_expiring(body)
+                elif ftype == FrameType.CHANNEL and self.channels is not None:
+                    self.channels.on_frame(body)
                 else:
                     coro = self._on_other(ftype, body)
                     if coro is not None:
@@ -260,7 +270,7 @@ class Connection(asyncio.Protocol):
             self.hub.registrar.welcome(self, body)
             return None
         if ftype == FrameType.REGISTER:
-            if state not in (AWAIT_AUTH, LOOKUP):
+            if state not in (AWAIT_AUTH, LOOKUP) or (self.channels and self.channels.highest):
                 raise ProtocolError(ErrorCode.PROTOCOL, "REGISTER not allowed now")
             return self.hub.registrar.register(self, body)
         if ftype == FrameType.LOOKUP:
@@ -270,7 +280,7 @@ class Connection(asyncio.Protocol):
                 raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many lookup connections")
             self.state = LOOKUP
             self.hub.connections.count_as(self, "lookup")
-            self.ready({"mode": "lookup"})
+            self.ready(self._offer_channels())
             log.debug("lookup connection from %s", self.peer)
             return None
         if ftype == FrameType.REQUEST:
@@ -286,6 +296,25 @@ class Connection(asyncio.Protocol):
         raise ProtocolError(
             ErrorCode.PROTOCOL, f"frame type 0x{ftype:02x} is not accepted by the hub"
         )
+
+    def _offer_channels(self) -> dict[str, Any]:
+        """A lookup connection may carry agents as channels (agentmesh.hub.channels)."""
+        limit = self.limits.max_channels_per_connection
+        if not limit:
+            return {"mode": "lookup"}
+        from agentmesh.hub.channels import ChannelTable
+
+        self.channels = ChannelTable(self)
+        self.decoder.max_frame_size += CHANNEL_OVERHEAD
+        return {"mode": "lookup", "channels": limit}
+
+    def became_agent(self) -> None:
+        """A registration on this connection (or on a channel it carries) succeeded: it counts
+        as an agent's connection, with an agent's output buffer."""
+        self.hub.connections.count_as(self, None)
+        self.high_water = self.limits.max_write_buffer
+        if self.transport is not None:
+            self.transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 4)
 
     def ready(self, info: dict[str, Any]) -> None:
         self.write(encode_frame(FrameType.READY, json.dumps(info).encode()))

@@ -27,6 +27,9 @@ class HubLimits:
     max_handshaking: int = 128
     #: Lookup-only connections (unauthenticated, kept alive by answering pings).
     max_lookup_connections: int = 128
+    #: Agents one connection may carry as channels (docs/hub.md#shared-connections); 0: the
+    #: hub offers no channels, so every agent holds a connection of its own.
+    max_channels_per_connection: int = 1024
     #: Handshaking plus lookup connections from one IP address.
     max_unauthenticated_per_address: int = 32
     #: Outgoing bytes buffered for a handshaking or lookup connection before the hub stops
@@ -78,7 +81,9 @@ class HubLimits:
     def validate(self) -> HubLimits:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"HubLimits.{f.name} must be a positive number, got {value!r}")
+            if value == 0 and f.name != "max_channels_per_connection":
                 raise ValueError(f"HubLimits.{f.name} must be a positive number, got {value!r}")
         if self.ping_interval >= self.idle_timeout:
             raise ValueError("HubLimits.ping_interval must be smaller than idle_timeout")

@@ -23,7 +23,7 @@ from agentmesh.hub_protocol import (
     encode_register,
 )
 
-__all__ = ["FATAL_CODES", "open_connection", "reconnect", "register_frame"]
+__all__ = ["FATAL_CODES", "handshake", "open_connection", "reconnect", "register_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -53,12 +53,14 @@ async def open_connection(
     timeout: float,
     handlers: FrameHandlers,
     introduce: Callable[[Connection, Welcome], bytes],
+    make: Callable[[FrameHandlers, str, asyncio.AbstractEventLoop], Connection] = Connection,
 ) -> Connected:
     """Connects, says HELLO, checks the hub's protocol version, sends what ``introduce``
     returns for the hub's WELCOME (REGISTER or LOOKUP) and waits for READY; each step within
-    ``timeout`` seconds. Raises :class:`HubError` (a :class:`HubRequestError` for a refusal)."""
+    ``timeout`` seconds. Raises :class:`HubError` (a :class:`HubRequestError` for a refusal).
+    ``make`` makes the connection (a :class:`~agentmesh.hub_client.channels.Carrier`, say)."""
     loop = asyncio.get_running_loop()
-    conn = Connection(handlers, f"{host}:{port}", loop)
+    conn = make(handlers, f"{host}:{port}", loop)
     try:
         await asyncio.wait_for(
             loop.create_connection(
@@ -70,6 +72,24 @@ async def open_connection(
             ),
             timeout,
         )
+    except (asyncio.TimeoutError, TimeoutError):
+        conn.abort()
+        raise HubError(f"hub {host}:{port} did not answer in time") from None
+    except (OSError, _ssl.SSLError) as exc:
+        conn.abort()
+        raise HubError(f"cannot connect to hub {host}:{port}: {exc}") from exc
+    except BaseException:
+        conn.abort()
+        raise
+    return await handshake(conn, f"{host}:{port}", timeout, introduce)
+
+
+async def handshake(
+    conn: Connection, hub: str, timeout: float, introduce: Callable[[Connection, Welcome], bytes]
+) -> Connected:
+    """HELLO, the hub's WELCOME (its protocol version checked), what ``introduce`` says, READY:
+    on a connection of its own or on a channel of a shared one."""
+    try:
         conn.write(encode_hello())
         welcome = await asyncio.wait_for(asyncio.shield(conn.welcome), timeout)
         if welcome.version != PROTOCOL_VERSION:
@@ -77,7 +97,7 @@ async def open_connection(
             # to another hub and register there as this agent.
             raise HubRequestError(
                 ErrorCode.UNSUPPORTED_VERSION,
-                f"hub {host}:{port} speaks protocol version {welcome.version}; "
+                f"hub {hub} speaks protocol version {welcome.version}; "
                 f"this client speaks only version {PROTOCOL_VERSION}",
             )
         conn.write(introduce(conn, welcome))
@@ -87,10 +107,10 @@ async def open_connection(
         raise
     except (asyncio.TimeoutError, TimeoutError):
         conn.abort()
-        raise HubError(f"hub {host}:{port} did not answer in time") from None
+        raise HubError(f"hub {hub} did not answer in time") from None
     except (OSError, _ssl.SSLError) as exc:
         conn.abort()
-        raise HubError(f"cannot connect to hub {host}:{port}: {exc}") from exc
+        raise HubError(f"cannot connect to hub {hub}: {exc}") from exc
     except BaseException:
         conn.abort()
         raise

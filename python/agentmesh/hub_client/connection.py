@@ -139,10 +139,15 @@ class Connection(asyncio.Protocol):
         if not frames:
             return
         self.last_rx = self.loop.time()
+        self.handle_frames(frames)
+
+    def handle_frames(self, frames: list[tuple[int, bytes]]) -> None:
         handlers = self.handlers
         try:
             for ftype, body in frames:
-                if ftype == FrameType.DELIVER:
+                if ftype == FrameType.CHANNEL:
+                    self.on_channel(body)
+                elif ftype == FrameType.DELIVER:
                     did, env = decode_deliver(body)
                     handlers.deliver(self, did, env)
                 elif ftype == FrameType.SEND_ACK:
@@ -184,6 +189,11 @@ class Connection(asyncio.Protocol):
         except (ProtocolError, ValueError) as exc:
             log.error("bad frame from the hub: %s", exc)
             self.abort()
+
+    def on_channel(self, body: bytes) -> None:
+        """A CHANNEL frame: only a connection carrying channels takes them
+        (agentmesh.hub_client.channels)."""
+        raise ProtocolError(ErrorCode.PROTOCOL, "CHANNEL frame on a connection without channels")
 
     # ---- liveness ----------------------------------------------------------------------------
 

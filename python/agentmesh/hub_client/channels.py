@@ -1,0 +1,232 @@
+"""Agents of one process sharing a hub connection, on the client's side.
+
+A :class:`CarrierPool` (one per :class:`~agentmesh.network_hub.NetworkHub`) holds the
+process's connection to the hub: a lookup connection (a :class:`Carrier`) whose READY offers
+``channels``. Every agent's :class:`~agentmesh.hub_client.HubClient` then opens a channel on it
+(:class:`ChannelLink`, which the client uses exactly like a connection of its own: the same
+handshake with its own challenge and proof, sends, deliveries, acknowledgements, requests),
+and the frames of all of them leave in one write per event loop iteration and arrive in one
+read. The frame is in :mod:`agentmesh.hub_channels`.
+
+A hub that offers no channels (an older one, or one configured without) gets a connection per
+agent, as before. When the shared connection is lost, every agent on it reconnects as it would
+alone: each opens a channel on the next shared connection, registers again and is sent again
+what it had not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as _ssl
+from typing import Any
+
+from agentmesh.hub_channels import decode_channel, wrap
+from agentmesh.hub_client.connecting import open_connection
+from agentmesh.hub_client.connection import Connection, FrameHandlers
+from agentmesh.hub_protocol import ErrorCode, FrameType, encode_acks, encode_error, encode_frame
+
+__all__ = ["Carrier", "CarrierPool", "ChannelLink"]
+
+log = logging.getLogger(__name__)
+
+
+def _nothing(*args: Any) -> None:
+    pass
+
+
+def _no_frames_here(*args: Any) -> None:
+    raise ValueError("an agent's frame outside any channel")
+
+
+#: A carrying connection registers no agent of its own: agents' frames outside a channel are
+#: a protocol error.
+_CARRIER_HANDLERS = FrameHandlers(
+    deliver=_no_frames_here,
+    send_ack=_no_frames_here,
+    send_error=_no_frames_here,
+    send_group_error=_no_frames_here,
+    response=_no_frames_here,
+    writable=_nothing,
+)
+
+
+class Carrier(Connection):
+    """The shared connection: carries the channels, pings the hub, writes for all of them."""
+
+    def __init__(self, handlers: FrameHandlers, hub: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(handlers, hub, loop)
+        self.links: dict[int, ChannelLink] = {}
+        self.next_channel = 1
+        self.room = 0  # channels the hub lets this connection carry (its READY)
+        self.acking: list[ChannelLink] = []  # links with acknowledgements to write
+
+    def full(self) -> bool:
+        return len(self.links) >= self.room
+
+    def open_link(self, handlers: FrameHandlers) -> ChannelLink:
+        channel = self.next_channel
+        self.next_channel += 1
+        link = self.links[channel] = ChannelLink(self, channel, handlers)
+        return link
+
+    def forget(self, link: ChannelLink) -> None:
+        self.links.pop(link.channel, None)
+        if not self.links:
+            self.close()  # the last agent left: the connection is not kept open for nothing
+
+    def on_channel(self, body: bytes) -> None:
+        channel, ftype, inner = decode_channel(body)
+        link = self.links.get(channel)
+        if link is not None:  # (None: closed already; what was in flight is dropped)
+            link.handle_frames([(ftype, inner)])
+
+    def flush(self) -> None:
+        acking = self.acking
+        if acking:
+            self.acking = []
+            for link in acking:
+                link.scheduled = False
+                if link.acks and not link.is_closed:
+                    self.out.append(wrap(link.channel, encode_acks(link.acks)))
+                link.acks = []
+        super().flush()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        for link in list(self.links.values()):
+            link.handlers.writable()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        links = list(self.links.values())
+        self.links.clear()
+        for link in links:
+            if link.error is None:
+                link.error = self.error
+            link.connection_lost(exc)
+
+
+class ChannelLink(Connection):
+    """One agent's channel on a :class:`Carrier`: what its HubClient uses as its connection."""
+
+    def __init__(self, carrier: Carrier, channel: int, handlers: FrameHandlers) -> None:
+        self.carrier = carrier
+        self.channel = channel
+        super().__init__(handlers, carrier.hub, carrier.loop)
+        self.hub_id = carrier.hub_id
+
+    @property  # type: ignore[override]
+    def write_paused(self) -> bool:
+        return self.carrier.write_paused
+
+    @write_paused.setter
+    def write_paused(self, value: bool) -> None:
+        pass  # the carrying connection's
+
+    def tls_certificate_sha256(self) -> bytes | None:
+        return self.carrier.tls_certificate_sha256()
+
+    def _arm_watchdog(self) -> None:
+        pass  # the carrying connection pings for every channel
+
+    def write(self, data: bytes) -> None:
+        if not self.is_closed:
+            self.carrier.write(wrap(self.channel, data))
+
+    def ack(self, delivery_id: int) -> None:
+        if self.is_closed:
+            return
+        self.acks.append(delivery_id)
+        if not self.scheduled:
+            self.scheduled = True
+            carrier = self.carrier
+            carrier.acking.append(self)
+            if not carrier.scheduled:
+                carrier.scheduled = True
+                self.loop.call_soon(carrier.flush)
+
+    def flush(self) -> None:
+        self.carrier.flush()
+
+    def close(self) -> None:
+        """Closes this channel (the hub takes the agent offline); the connection carries on."""
+        if self.is_closed:
+            return
+        if not self.carrier.is_closed:
+            self.carrier.flush()  # its acknowledgements first
+            self.carrier.write(
+                wrap(self.channel, encode_error(ErrorCode.SHUTTING_DOWN, "channel closed"))
+            )
+        self.carrier.forget(self)
+        self.connection_lost(None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class CarrierPool:
+    """The shared connections of one NetworkHub's agents (one event loop's)."""
+
+    def __init__(
+        self, host: str, port: int, ssl: _ssl.SSLContext | None, connect_timeout: float
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self.connect_timeout = connect_timeout
+        self.carrier: Carrier | None = None
+        self.offered: bool | None = None  # None: not known yet
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._lock: asyncio.Lock | None = None
+
+    async def link(self, handlers: FrameHandlers) -> ChannelLink | None:
+        """A new channel for an agent, on the shared connection (made if there is none or it
+        is full); None when the hub offers no channels (or from another event loop): then the
+        agent connects alone. Raises :class:`HubError` if the hub cannot be reached."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+            self._lock = asyncio.Lock()
+        if self._loop is not loop or self.offered is False or self._lock is None:
+            return None
+        async with self._lock:
+            carrier = self.carrier
+            if carrier is None or carrier.is_closed or carrier.full():
+                carrier = await self._open()
+                if carrier is None:
+                    return None
+                self.carrier = carrier
+            return carrier.open_link(handlers)
+
+    async def _open(self) -> Carrier | None:
+        conn, _welcome, info = await open_connection(
+            self.host,
+            self.port,
+            self.ssl,
+            self.connect_timeout,
+            _CARRIER_HANDLERS,
+            lambda _conn, _welcome: encode_frame(FrameType.LOOKUP),
+            Carrier,
+        )
+        assert isinstance(conn, Carrier)
+        room = info.get("channels")
+        if type(room) is not int or room <= 0:
+            log.info("the hub at %s:%d offers no channels: a connection per agent", *self._at)
+            self.offered = False
+            conn.close()
+            return None
+        self.offered = True
+        conn.room = room
+        return conn
+
+    @property
+    def _at(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def close(self) -> None:
+        carrier, self.carrier = self.carrier, None
+        if carrier is not None:
+            for link in list(carrier.links.values()):
+                link.close()
+            carrier.close()
