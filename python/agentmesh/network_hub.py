@@ -29,9 +29,10 @@ class NetworkHub(BackendHub):
     :mod:`agentmesh.hub_address` (``"host:port"``, ``"agentmesh+tls://host:port"``, ...).
     ``ssl`` is an ``ssl.SSLContext`` (or ``True`` for the default client context) for TLS to
     the hub. ``timeout`` bounds lookups (``get_bundle``, ``list_agents``, ``message_count``).
-    ``share_connection``: the agents registered through this object share one connection to
-    the hub, each on a channel of its own (:mod:`agentmesh.hub_client.channels`), when the hub
-    offers channels; ``False`` gives every agent a connection of its own.
+    ``share_connection``: the agents registered through this object (all but the first, which
+    keeps a connection of its own) share one connection to the hub, each on a channel of its
+    own (:mod:`agentmesh.hub_client.channels`), when the hub offers channels; ``False`` gives
+    every agent a connection of its own.
     """
 
     def __init__(

@@ -60,7 +60,7 @@ class SharedHubDeployment(HubDeployment):
         from agentmesh.hub_client.channels import CarrierPool
 
         super().__init__(tmp, extra_args)
-        self.carriers = CarrierPool("127.0.0.1", self.process.port, None, 5.0)
+        self.carriers = CarrierPool("127.0.0.1", self.process.port, None, 5.0, first_alone=False)
 
     def new_backend(self) -> Backend:
         from agentmesh.hub_client import HubClient

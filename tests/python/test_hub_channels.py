@@ -8,13 +8,14 @@ from __future__ import annotations
 import asyncio
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
-import pytest
+from conftest import ServerFactory
 from hubutil import HOST, Collector, new_keypair, read_frames, seal_bytes, session
+from test_hub_server import run
 
+from agentmesh import Agent
 from agentmesh.hub_channels import decode_channel, wrap
 from agentmesh.hub_client import HubClient
 from agentmesh.hub_client.channels import CarrierPool
@@ -32,35 +33,11 @@ from agentmesh.hub_protocol import (
     encode_send,
 )
 from agentmesh.hub_server import NetworkHubServer
-
-ServerFactory = Callable[..., NetworkHubServer]
-
-
-def run(coro: Awaitable[Any], timeout: float = 120.0) -> Any:
-    async def main() -> Any:
-        return await asyncio.wait_for(coro, timeout)
-
-    return asyncio.run(main())
-
-
-@pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
-    servers: list[NetworkHubServer] = []
-
-    def factory(**kw: Any) -> NetworkHubServer:
-        kw.setdefault("store_path", tmp_path / f"hub{len(servers)}.db")
-        srv = NetworkHubServer(HOST, 0, **kw)
-        srv.start(block=False)
-        servers.append(srv)
-        return srv
-
-    yield factory
-    for srv in servers:
-        srv.stop()
+from agentmesh.network_hub import NetworkHub
 
 
 def shared(srv: NetworkHubServer) -> tuple[CarrierPool, Callable[[], HubClient]]:
-    pool = CarrierPool(HOST, srv.port, None, 5.0)
+    pool = CarrierPool(HOST, srv.port, None, 5.0, first_alone=False)
     return pool, lambda: HubClient(HOST, srv.port, max_backoff=0.2, carriers=pool)
 
 
@@ -325,3 +302,32 @@ def test_a_frame_on_a_channel_never_opened_closes_the_connection(make_server: Se
         writer.close()
 
     run(go())
+
+
+def test_a_network_hubs_first_agent_connects_alone_and_the_others_share(
+    make_server: ServerFactory,
+):
+    """Through a NetworkHub, the first agent holds a connection of its own (one agent per
+    process pays nothing for channels) and every further agent shares one: four agents, two
+    connections, messages both ways between the lone agent and the sharing ones."""
+    srv = make_server()
+    hub = NetworkHub(HOST, srv.port)
+    got: dict[str, list[Any]] = {}
+    agents = [Agent(f"n{i}", hub=hub) for i in range(4)]
+    try:
+        for agent in agents:
+            inbox = got.setdefault(agent.agent_id, [])
+            agent.on_message(lambda msg, inbox=inbox: inbox.append(msg.payload))
+        for i, agent in enumerate(agents):
+            agent.send_payload(f"n{(i + 1) % 4}", {"from": i})
+        for agent in agents:
+            agent.flush(30)
+        deadline = time.monotonic() + 30
+        while any(len(v) < 1 for v in got.values()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert got == {
+            f"n{(i + 1) % 4}": [{"from": i}] for i in range(4)
+        }
+        assert srv.connection_stats()["agents"] == 2
+    finally:
+        hub.close()

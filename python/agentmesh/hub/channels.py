@@ -43,23 +43,58 @@ class ChannelTable:
         self.highest = 0
         self.limit = carrier.limits.max_channels_per_connection
 
+    def on_frames(self, frames: list[tuple[int, bytes]]) -> None:
+        """A batch of the carrying connection's frames: each run of consecutive frames of one
+        channel goes to that channel in one piece (as a batch of its own connection would)."""
+        carrier = self.carrier
+        i, n = 0, len(frames)
+        try:
+            while i < n and carrier.state < CLOSING:
+                ftype, body = frames[i]
+                i += 1
+                if ftype != FrameType.CHANNEL:
+                    carrier._process([(ftype, body)])
+                    continue
+                channel, ftype, inner = decode_channel(body)
+                run = [(ftype, inner)]
+                while i < n and frames[i][0] == FrameType.CHANNEL:
+                    following, ftype, inner = decode_channel(frames[i][1])
+                    if following != channel:
+                        break
+                    run.append((ftype, inner))
+                    i += 1
+                chan = self._channel(channel, run[0][0])
+                if chan is not None:
+                    chan.receive(run)
+        except ProtocolError as exc:
+            carrier.fail(exc.code, exc.message)
+
     def on_frame(self, body: bytes) -> None:
+        """One CHANNEL frame taken from the carrying connection's backlog."""
         channel, ftype, inner = decode_channel(body)
+        chan = self._channel(channel, ftype)
+        if chan is not None:
+            chan.receive([(ftype, inner)])
+
+    def _channel(self, channel: int, ftype: int) -> ChannelConnection | None:
+        """The open channel of this number; a new one for its HELLO; None for one closed
+        already (what was still in flight is dropped) or refused."""
         chan = self.open.get(channel)
-        if chan is None:
-            if channel <= self.highest:
-                return  # closed already, by either side: frames still in flight are dropped
-            if ftype != FrameType.HELLO:
-                raise ProtocolError(
-                    ErrorCode.PROTOCOL, f"frame 0x{ftype:02x} on channel {channel} before HELLO"
-                )
-            self.highest = channel
-            if len(self.open) >= self.limit:
-                why = f"this connection carries {len(self.open)} channels, the most it may"
-                self.carrier.write(wrap(channel, encode_error(ErrorCode.TOO_MANY_CONNECTIONS, why)))
-                return
-            chan = self.open[channel] = ChannelConnection(self.carrier, channel)
-        chan.receive(ftype, inner)
+        if chan is not None:
+            return chan
+        if channel <= self.highest:
+            return None
+        if ftype != FrameType.HELLO:
+            raise ProtocolError(
+                ErrorCode.PROTOCOL, f"frame 0x{ftype:02x} on channel {channel} before HELLO"
+            )
+        self.highest = channel
+        if len(self.open) >= self.limit:
+            why = f"this connection carries {len(self.open)} channels, the most it may"
+            self.carrier.write(wrap(channel, encode_error(ErrorCode.TOO_MANY_CONNECTIONS, why)))
+            return None
+        chan = self.open[channel] = ChannelConnection(self.carrier, channel)
+        return chan
 
     def forget(self, chan: ChannelConnection) -> None:
         self.open.pop(chan.channel, None)
@@ -115,14 +150,14 @@ class ChannelConnection(Connection):
         who = self.agent_id if self.agent_id is not None else "-"
         return f"<channel {self.peer} agent={who}>"
 
-    def receive(self, ftype: int, body: bytes) -> None:
-        """One frame of this channel, from the carrying connection."""
+    def receive(self, frames: list[tuple[int, bytes]]) -> None:
+        """Frames of this channel, from the carrying connection."""
         if self.state >= CLOSING:
             return
         if self.blocked or self.backlog or self.write_paused:
-            self.backlog.append((ftype, body))
+            self.backlog.extend(frames)
             return
-        self._process([(ftype, body)])
+        self._process(frames)
 
     def _on_other(self, ftype: int, body: bytes) -> Coroutine[Any, Any, None] | None:
         if ftype == FrameType.LOOKUP:

@@ -1,8 +1,10 @@
 """Agents of one process sharing a hub connection, on the client's side.
 
 A :class:`CarrierPool` (one per :class:`~agentmesh.network_hub.NetworkHub`) holds the
-process's connection to the hub: a lookup connection (a :class:`Carrier`) whose READY offers
-``channels``. Every agent's :class:`~agentmesh.hub_client.HubClient` then opens a channel on it
+process's shared connection to the hub: a lookup connection (a :class:`Carrier`) whose READY
+offers ``channels``. The first agent connects alone, as before (one agent per process pays
+nothing for channels); every further agent's :class:`~agentmesh.hub_client.HubClient` opens a
+channel on the shared connection
 (:class:`ChannelLink`, which the client uses exactly like a connection of its own: the same
 handshake with its own challenge and proof, sends, deliveries, acknowledgements, requests),
 and the frames of all of them leave in one write per event loop iteration and arrive in one
@@ -21,10 +23,18 @@ import logging
 import ssl as _ssl
 from typing import Any
 
+from agentmesh.errors import HubError
 from agentmesh.hub_channels import decode_channel, wrap
 from agentmesh.hub_client.connecting import open_connection
 from agentmesh.hub_client.connection import Connection, FrameHandlers
-from agentmesh.hub_protocol import ErrorCode, FrameType, encode_acks, encode_error, encode_frame
+from agentmesh.hub_protocol import (
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    encode_acks,
+    encode_error,
+    encode_frame,
+)
 
 __all__ = ["Carrier", "CarrierPool", "ChannelLink"]
 
@@ -75,11 +85,30 @@ class Carrier(Connection):
         if not self.links:
             self.close()  # the last agent left: the connection is not kept open for nothing
 
-    def on_channel(self, body: bytes) -> None:
-        channel, ftype, inner = decode_channel(body)
-        link = self.links.get(channel)
-        if link is not None:  # (None: closed already; what was in flight is dropped)
-            link.handle_frames([(ftype, inner)])
+    def handle_frames(self, frames: list[tuple[int, bytes]]) -> None:
+        """Each run of consecutive frames of one channel goes to its link in one piece."""
+        i, n = 0, len(frames)
+        try:
+            while i < n and not self.is_closed:
+                ftype, body = frames[i]
+                i += 1
+                if ftype != FrameType.CHANNEL:
+                    super().handle_frames([(ftype, body)])
+                    continue
+                channel, ftype, inner = decode_channel(body)
+                run = [(ftype, inner)]
+                while i < n and frames[i][0] == FrameType.CHANNEL:
+                    following, ftype, inner = decode_channel(frames[i][1])
+                    if following != channel:
+                        break
+                    run.append((ftype, inner))
+                    i += 1
+                link = self.links.get(channel)
+                if link is not None:  # (None: closed already; what was in flight is dropped)
+                    link.handle_frames(run)
+        except ProtocolError as exc:
+            log.error("bad frame from the hub: %s", exc)
+            self.abort()
 
     def flush(self) -> None:
         acking = self.acking
@@ -134,17 +163,13 @@ class ChannelLink(Connection):
         if not self.is_closed:
             self.carrier.write(wrap(self.channel, data))
 
-    def ack(self, delivery_id: int) -> None:
-        if self.is_closed:
-            return
-        self.acks.append(delivery_id)
-        if not self.scheduled:
-            self.scheduled = True
-            carrier = self.carrier
-            carrier.acking.append(self)
-            if not carrier.scheduled:
-                carrier.scheduled = True
-                self.loop.call_soon(carrier.flush)
+    def _acks_due(self) -> None:
+        # the carrying connection writes every channel's acknowledgements in its flush
+        carrier = self.carrier
+        carrier.acking.append(self)
+        if not carrier.scheduled:
+            carrier.scheduled = True
+            self.loop.call_soon(carrier.flush)
 
     def flush(self) -> None:
         self.carrier.flush()
@@ -169,7 +194,13 @@ class CarrierPool:
     """The shared connections of one NetworkHub's agents (one event loop's)."""
 
     def __init__(
-        self, host: str, port: int, ssl: _ssl.SSLContext | None, connect_timeout: float
+        self,
+        host: str,
+        port: int,
+        ssl: _ssl.SSLContext | None,
+        connect_timeout: float,
+        *,
+        first_alone: bool = True,
     ) -> None:
         self.host = host
         self.port = port
@@ -178,28 +209,47 @@ class CarrierPool:
         self.carrier: Carrier | None = None
         self.offered: bool | None = None  # None: not known yet
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._lock: asyncio.Lock | None = None
+        self._opening: asyncio.Task[None] | None = None  # a new shared connection on its way
+        # The first agent connects alone (as if there were no channels), so that a process with
+        # one agent pays nothing for them (a frame in a channel costs a wrapping on each side);
+        # its handlers name it across its reconnects.
+        self._alone: FrameHandlers | None = None
+        self._first_alone = first_alone
 
     async def link(self, handlers: FrameHandlers) -> ChannelLink | None:
         """A new channel for an agent, on the shared connection (made if there is none or it
-        is full); None when the hub offers no channels (or from another event loop): then the
-        agent connects alone. Raises :class:`HubError` if the hub cannot be reached."""
+        is full); None when the agent connects alone: the first agent (unless ``first_alone``
+        is false), every agent when the hub offers no channels, or from another event loop.
+        Raises :class:`HubError` if the hub cannot be reached: every agent waiting for the same
+        new connection gets that error at once, rather than each trying again in turn."""
         loop = asyncio.get_running_loop()
         if self._loop is None:
             self._loop = loop
-            self._lock = asyncio.Lock()
-        if self._loop is not loop or self.offered is False or self._lock is None:
+        if self._loop is not loop:
             return None
-        async with self._lock:
+        if self._first_alone and self._alone in (None, handlers):
+            self._alone = handlers
+            return None
+        for _ in range(3):
+            if self.offered is False:
+                return None
             carrier = self.carrier
-            if carrier is None or carrier.is_closed or carrier.full():
-                carrier = await self._open()
-                if carrier is None:
-                    return None
-                self.carrier = carrier
-            return carrier.open_link(handlers)
+            if carrier is not None and not carrier.is_closed and not carrier.full():
+                return carrier.open_link(handlers)
+            opening = self._opening
+            if opening is None or opening.done():
+                opening = self._opening = loop.create_task(self._open())
+                opening.add_done_callback(self._opened)
+            await asyncio.shield(opening)
+        raise HubError(f"the shared connection to the hub at {self.host}:{self.port} kept closing")
 
-    async def _open(self) -> Carrier | None:
+    def _opened(self, task: asyncio.Task[None]) -> None:
+        if self._opening is task:
+            self._opening = None
+        if not task.cancelled():
+            task.exception()  # (retrieved: every waiter got it)
+
+    async def _open(self) -> None:
         conn, _welcome, info = await open_connection(
             self.host,
             self.port,
@@ -215,10 +265,10 @@ class CarrierPool:
             log.info("the hub at %s:%d offers no channels: a connection per agent", *self._at)
             self.offered = False
             conn.close()
-            return None
+            return
         self.offered = True
         conn.room = room
-        return conn
+        self.carrier = conn
 
     @property
     def _at(self) -> tuple[str, int]:

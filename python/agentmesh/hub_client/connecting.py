@@ -4,11 +4,12 @@ reconnecting with backoff after a connection is lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import ssl as _ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from agentmesh.errors import HubError
@@ -61,7 +62,7 @@ async def open_connection(
     ``make`` makes the connection (a :class:`~agentmesh.hub_client.channels.Carrier`, say)."""
     loop = asyncio.get_running_loop()
     conn = make(handlers, f"{host}:{port}", loop)
-    try:
+    with _aborted_on_failure(conn, f"{host}:{port}"):
         await asyncio.wait_for(
             loop.create_connection(
                 lambda: conn,
@@ -72,15 +73,6 @@ async def open_connection(
             ),
             timeout,
         )
-    except (asyncio.TimeoutError, TimeoutError):
-        conn.abort()
-        raise HubError(f"hub {host}:{port} did not answer in time") from None
-    except (OSError, _ssl.SSLError) as exc:
-        conn.abort()
-        raise HubError(f"cannot connect to hub {host}:{port}: {exc}") from exc
-    except BaseException:
-        conn.abort()
-        raise
     return await handshake(conn, f"{host}:{port}", timeout, introduce)
 
 
@@ -89,7 +81,7 @@ async def handshake(
 ) -> Connected:
     """HELLO, the hub's WELCOME (its protocol version checked), what ``introduce`` says, READY:
     on a connection of its own or on a channel of a shared one."""
-    try:
+    with _aborted_on_failure(conn, hub):
         conn.write(encode_hello())
         welcome = await asyncio.wait_for(asyncio.shield(conn.welcome), timeout)
         if welcome.version != PROTOCOL_VERSION:
@@ -102,6 +94,14 @@ async def handshake(
             )
         conn.write(introduce(conn, welcome))
         info = await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
+    return conn, welcome, info
+
+
+@contextlib.contextmanager
+def _aborted_on_failure(conn: Connection, hub: str) -> Iterator[None]:
+    """Aborts ``conn`` if the block fails, with a :class:`HubError` naming ``hub``."""
+    try:
+        yield
     except HubError:
         conn.abort()
         raise
@@ -114,7 +114,6 @@ async def handshake(
     except BaseException:
         conn.abort()
         raise
-    return conn, welcome, info
 
 
 def register_frame(keypair: Any, session: bytes, conn: Connection, welcome: Welcome) -> bytes:

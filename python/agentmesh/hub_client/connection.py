@@ -228,7 +228,11 @@ class Connection(asyncio.Protocol):
         self.acks.append(delivery_id)
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self.flush)
+            self._acks_due()
+
+    def _acks_due(self) -> None:
+        """Acknowledgements wait: have them written (with the rest) in this loop iteration."""
+        self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False
