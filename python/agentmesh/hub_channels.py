@@ -16,10 +16,11 @@ describes the exchange and which errors close the whole connection.
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from agentmesh.hub_protocol import ErrorCode, FrameType, ProtocolError
 
-__all__ = ["CHANNEL_OVERHEAD", "decode_channel", "wrap"]
+__all__ = ["CHANNEL_OVERHEAD", "decode_channel", "runs", "wrap"]
 
 _CHANNEL_HEAD = struct.Struct(">IBI")  # frame header + channel number
 _CHANNEL_NO = struct.Struct(">I")
@@ -45,6 +46,28 @@ def decode_channel(body: bytes) -> tuple[int, int, bytes]:
             ErrorCode.UNKNOWN_FRAME, f"frame type 0x{ftype:02x} cannot travel in a channel"
         )
     return channel, ftype, body[5:]
+
+
+def runs(frames: list[tuple[int, bytes]]) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
+    """A batch of a shared connection's frames as runs: ``(channel, its consecutive frames)``
+    for CHANNEL frames, unwrapped, and ``(0, [frame])`` for each frame of the connection
+    itself. ProtocolError at the first malformed CHANNEL frame."""
+    i, n = 0, len(frames)
+    while i < n:
+        ftype, body = frames[i]
+        i += 1
+        if ftype != FrameType.CHANNEL:
+            yield 0, [(ftype, body)]
+            continue
+        channel, ftype, inner = decode_channel(body)
+        run = [(ftype, inner)]
+        while i < n and frames[i][0] == FrameType.CHANNEL:
+            following, ftype, inner = decode_channel(frames[i][1])
+            if following != channel:
+                break
+            run.append((ftype, inner))
+            i += 1
+        yield channel, run
 
 
 _INNER_TYPES = frozenset(int(t) for t in FrameType) - {int(FrameType.CHANNEL)}

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentmesh.hub.connection import Connection
 from agentmesh.hub.states import CLOSED, CLOSING
-from agentmesh.hub_channels import decode_channel, wrap
+from agentmesh.hub_channels import decode_channel, runs, wrap
 from agentmesh.hub_protocol import ErrorCode, FrameType, ProtocolError, encode_error
 
 if TYPE_CHECKING:
@@ -47,22 +47,13 @@ class ChannelTable:
         """A batch of the carrying connection's frames: each run of consecutive frames of one
         channel goes to that channel in one piece (as a batch of its own connection would)."""
         carrier = self.carrier
-        i, n = 0, len(frames)
         try:
-            while i < n and carrier.state < CLOSING:
-                ftype, body = frames[i]
-                i += 1
-                if ftype != FrameType.CHANNEL:
-                    carrier._process([(ftype, body)])
+            for channel, run in runs(frames):
+                if carrier.state >= CLOSING:
+                    return
+                if not channel:
+                    carrier._process(run)
                     continue
-                channel, ftype, inner = decode_channel(body)
-                run = [(ftype, inner)]
-                while i < n and frames[i][0] == FrameType.CHANNEL:
-                    following, ftype, inner = decode_channel(frames[i][1])
-                    if following != channel:
-                        break
-                    run.append((ftype, inner))
-                    i += 1
                 chan = self._channel(channel, run[0][0])
                 if chan is not None:
                     chan.receive(run)

@@ -24,7 +24,7 @@ import ssl as _ssl
 from typing import Any
 
 from agentmesh.errors import HubError
-from agentmesh.hub_channels import decode_channel, wrap
+from agentmesh.hub_channels import runs, wrap
 from agentmesh.hub_client.connecting import open_connection
 from agentmesh.hub_client.connection import Connection, FrameHandlers
 from agentmesh.hub_protocol import (
@@ -87,22 +87,13 @@ class Carrier(Connection):
 
     def handle_frames(self, frames: list[tuple[int, bytes]]) -> None:
         """Each run of consecutive frames of one channel goes to its link in one piece."""
-        i, n = 0, len(frames)
         try:
-            while i < n and not self.is_closed:
-                ftype, body = frames[i]
-                i += 1
-                if ftype != FrameType.CHANNEL:
-                    super().handle_frames([(ftype, body)])
+            for channel, run in runs(frames):
+                if self.is_closed:
+                    return
+                if not channel:
+                    super().handle_frames(run)
                     continue
-                channel, ftype, inner = decode_channel(body)
-                run = [(ftype, inner)]
-                while i < n and frames[i][0] == FrameType.CHANNEL:
-                    following, ftype, inner = decode_channel(frames[i][1])
-                    if following != channel:
-                        break
-                    run.append((ftype, inner))
-                    i += 1
                 link = self.links.get(channel)
                 if link is not None:  # (None: closed already; what was in flight is dropped)
                     link.handle_frames(run)
