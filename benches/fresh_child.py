@@ -1,23 +1,26 @@
 """One fresh process, default settings, one agentmesh case: ``python benches/fresh_child.py
 <pingpong|seal_unseal|seal_unseal_bytes> <signed|deniable> <payload size> <ops per batch>
-<batches>`` (``seal_unseal_bytes``: the payload is ``{"data": bytes}``, carried as binary; the
-others ``{"text": str}``).
+<batches> [keep]`` (``seal_unseal_bytes``: the payload is ``{"data": bytes}``, carried as
+binary; the others ``{"text": str}``).
 Prints JSON: CPU nanoseconds per message of each batch (``ns``) and minor page faults per
-message (``faults``). Imports only the installed
-agentmesh, as a user's program does (no benchmark helpers, no allocator settings)."""
+message (``faults``). Imports only the installed agentmesh, as a user's program does (no
+benchmark helpers, no allocator settings; with ``keep``, the program opts in to
+``agentmesh.keep_freed_memory()`` first)."""
 
 from __future__ import annotations
 
-import json
-import resource
 import sys
-import time
 
+from child_timing import measure
+
+import agentmesh
 from agentmesh.crypto import AgentKeyPair, perform_key_exchange
 
 
 def main() -> None:
     case, mode, size, ops, batches = sys.argv[1], sys.argv[2], *map(int, sys.argv[3:6])
+    if sys.argv[6:] == ["keep"] and not agentmesh.keep_freed_memory():
+        raise SystemExit("keep_freed_memory() changed nothing here (not glibc)")
     alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
     a = perform_key_exchange(alice, bob.public_bundle(), deniable=mode == "deniable")
     b = perform_key_exchange(bob, alice.public_bundle(), deniable=mode == "deniable")
@@ -36,17 +39,7 @@ def main() -> None:
         b.unseal(a.seal(payload).to_bytes())
 
     op, per_call = (pingpong, 2) if case == "pingpong" else (seal_unseal, 1)
-    op()
-    out = []
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(batches):
-        # CPU time of this process: on a shared machine, other processes' bursts stay out.
-        t0 = time.process_time_ns()
-        for _ in range(ops):
-            op()
-        out.append((time.process_time_ns() - t0) / (ops * per_call))
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-    print(json.dumps({"ns": out, "faults": faults / (batches * ops * per_call)}))
+    measure(op, per_call, ops, batches)
 
 
 if __name__ == "__main__":

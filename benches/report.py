@@ -92,6 +92,8 @@ def targets(res: dict[str, Any]) -> list[dict[str, Any]]:
             False,
             f"{fmt_time(big)} vs floor {fmt_time(floor)}",
         )
+        what, ratio, bar, detail = fresh.fresh_floor_target(res, floor)
+        add(what, ratio, bar, False, detail)
     s64, d64 = _med(res, 64, c.AM_SIGNED), _med(res, 64, c.AM_DENIABLE)
     s1m, d1m = _med(res, 1 << 20, c.AM_SIGNED), _med(res, 1 << 20, c.AM_DENIABLE)
     add(
@@ -417,7 +419,7 @@ def markdown(res: dict[str, Any], img_rel: str) -> str:
         )
         w("")
 
-    L.extend(fresh.markdown(res))
+    L.extend(fresh.markdown(res, _med(res, 1 << 20, c.FLOOR_SIGNED)))
 
     su = res.get("seal_unseal")
     if su:
@@ -746,8 +748,8 @@ def findings(res: dict[str, Any]) -> list[str]:
             f"{fmt_time(aes)}. Interleaved: floor {fmt_time(f1)}, Rust core {fmt_time(c1)}, Python call "
             f"{fmt_time(s1)}: the core is {_x(c1 / f1)} its floor, the {fmt_time(s1 - c1)} above it are the "
             f"Python glue: JSON of the 1 MiB string (writing and parsing it, UTF-8 checks) and "
-            f"copies of 1 MiB buffers (the JSON, the envelope, its `bytes`, the parsed copy, the "
-            f"plaintext, the `str`; {fmt_time(p['copy_to_fresh_buffer'])} each when warm); the "
+            f"copies of 1 MiB buffers (the string into the envelope, the envelope into its `bytes`, "
+            f"those into the parsed copy that is decrypted in place, the `str`; {fmt_time(p['copy_to_fresh_buffer'])} each when warm); the "
             f"profile below has the shares. Minor page faults per seal+unseal in this "
             f"(long-running) process: {one.get('minor_faults_per_op', float('nan')):.0f}; a fresh "
             f"process is another story (next point)."

@@ -23,7 +23,7 @@ export RUSTC_BOOTSTRAP="${RUSTC_BOOTSTRAP:-1}"
 if [ "$#" -gt 0 ]; then
     TARGETS=("$@")
 else
-    TARGETS=(envelope_decode group_open bundle_decode keyfile_load session_import unseal_live_session payload_decode hub_frames)
+    TARGETS=(envelope_decode group_open bundle_decode keyfile_load session_import unseal_live_session payload_decode succession_decode hub_frames)
 fi
 
 WORK="$(mktemp -d "${TMPDIR:-/tmp}/agentmesh-fuzz-smoke.XXXXXX")"

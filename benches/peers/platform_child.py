@@ -7,15 +7,17 @@ message (``faults``)."""
 
 from __future__ import annotations
 
-import json
-import resource
+import os
 import sys
-import time
 
 from agentmesh.encryption.channel import SecureChannel
 from agentmesh.encryption.ratchet import EncryptedMessage
 from agentmesh.encryption.x3dh import X3DHKeyManager
 from nacl.signing import SigningKey
+
+# The measurement is the other children's (benches/child_timing.py, standard library only).
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from child_timing import measure
 
 
 def _manager() -> X3DHKeyManager:
@@ -47,17 +49,7 @@ def main() -> None:
 
     # (seal_unseal and seal_unseal_bytes are the same here: SecureChannel carries raw bytes)
     op, per_call = (pingpong, 2) if case == "pingpong" else (seal_unseal, 1)
-    op()
-    out = []
-    faults0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    for _ in range(batches):
-        # CPU time of this process: on a shared machine, other processes' bursts stay out.
-        t0 = time.process_time_ns()
-        for _ in range(ops):
-            op()
-        out.append((time.process_time_ns() - t0) / (ops * per_call))
-    faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults0
-    print(json.dumps({"ns": out, "faults": faults / (batches * ops * per_call)}))
+    measure(op, per_call, ops, batches)
 
 
 if __name__ == "__main__":

@@ -182,6 +182,30 @@ fn main() {
         write("bundle_decode", &format!("edit_{i}"), &[1 | i << 1]);
     }
 
+    // succession_decode: the genuine statement raw, the vectors' statements, an empty edit
+    // program.
+    write(
+        "succession_decode",
+        "raw_genuine",
+        &with_sel(
+            0,
+            agentmesh_core_fuzz::targets::succession_decode::genuine(),
+        ),
+    );
+    let succession_vectors =
+        fs::read_to_string(root().join("../tests/vectors/succession-v1.json")).unwrap_or_default();
+    for (i, b) in vector_values(&succession_vectors, "bytes")
+        .iter()
+        .enumerate()
+    {
+        write(
+            "succession_decode",
+            &format!("raw_vector_{i}"),
+            &with_sel(0, b),
+        );
+    }
+    write("succession_decode", "edit_0", &[1]);
+
     // keyfile_load: raw files, the at-rest blob, empty edit programs per base input.
     let mut rng = TestRng::new("keyfile_load");
     let alice_plain = fx.alice.to_secret_bytes(None, &mut rng).unwrap();

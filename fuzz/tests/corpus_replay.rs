@@ -72,3 +72,8 @@ fn session_import() {
 fn unseal_live_session() {
     replay("unseal_live_session", targets::unseal_live_session::run);
 }
+
+#[test]
+fn succession_decode() {
+    replay("succession_decode", targets::succession_decode::run);
+}

@@ -1,6 +1,7 @@
 """agentmesh: end-to-end encrypted messaging for AI agents."""
 
 from agentmesh.agent import Agent
+from agentmesh.allocator import keep_freed_memory
 from agentmesh.async_agent import AsyncAgent
 from agentmesh.errors import (
     AgentMeshError,
@@ -87,4 +88,5 @@ __all__ = [
     "UnknownSenderError",
     "VersionError",
     "__version__",
+    "keep_freed_memory",
 ]

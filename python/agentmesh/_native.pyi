@@ -12,6 +12,7 @@ __all__ = [
     "MAX_MESSAGE_GAP",
     "MAX_SETUPS_PER_SIGNED_PREKEY",
     "MAX_SKIPPED_KEYS",
+    "MAX_SUCCESSION_CHAIN",
     "PROTOCOL_VERSION",
     "AgentKeyPair",
     "CryptoSession",
@@ -23,14 +24,17 @@ __all__ = [
     "check_agent_id",
     "fingerprint_of",
     "fingerprint_of_key",
+    "follow_succession",
     "payload_from_bytes",
     "payload_to_bytes",
     "perform_key_exchange",
     "sign_membership",
+    "sign_succession",
     "verify_bundle",
     "verify_membership",
     "verify_nats_connect",
     "verify_registration",
+    "verify_succession",
     "write_private_file",
 ]
 
@@ -41,6 +45,7 @@ MAX_GROUP_MESSAGE_GAP: int
 MAX_GROUP_SKIPPED_KEYS: int
 MAX_MESSAGE_GAP: int
 MAX_SETUPS_PER_SIGNED_PREKEY: int
+MAX_SUCCESSION_CHAIN: int
 MAX_SKIPPED_KEYS: int
 
 @final
@@ -66,6 +71,8 @@ class AgentKeyPair:
     @property
     def identity_key(self) -> bytes: ...
     def public_bundle(self) -> dict[str, Any]: ...
+    def succession(self) -> list[bytes]: ...
+    def set_succession(self, chain: list[bytes]) -> None: ...
     def sign_registration(
         self,
         bundle: dict[str, Any],
@@ -228,3 +235,10 @@ def sign_membership(
     admin_keypair: AgentKeyPair, group_id: str, epoch: int, members: list[str]
 ) -> bytes: ...
 def verify_membership(record: bytes, admin_identity_key: bytes) -> dict[str, Any]: ...
+def sign_succession(
+    old_keypair: AgentKeyPair, new_keypair: AgentKeyPair, generation: int, timestamp_ms: int
+) -> bytes: ...
+def verify_succession(statement: bytes) -> dict[str, Any]: ...
+def follow_succession(
+    agent_id: str, from_key: bytes, to_key: bytes, chain: list[bytes]
+) -> int: ...

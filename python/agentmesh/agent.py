@@ -33,6 +33,7 @@ from .agent_persistence import _Persistence
 from .agent_prekeys import _Prekeys
 from .agent_receiving import _Receiving
 from .agent_requests import DEFAULT_REQUEST_TIMEOUT, PendingRequests, _Requests, check_no_meta
+from .agent_rotation import _Rotation
 from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
     AUTOSAVE_INTERVAL,
     CLOSE_TIMEOUT,
@@ -98,7 +99,9 @@ class ReadyEvent(threading.Event):
                 callback()
 
 
-class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Requests):
+class _AgentCore(
+    _Groups, _Rotation, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Requests
+):
     """Identity, sessions, pins, handlers and counters of one agent. No I/O of its own."""
 
     def __init__(
@@ -161,6 +164,10 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
         # sessions opened by others and never answered, oldest first (bounded: see
         # _note_inbound_only)
         self._inbound_only = collections.OrderedDict()
+        self._retired = {}
+        self._retired_keypair = None
+        self._retired_until = 0
+        self._retired_exports = {}
         self._meta_dirty = False
         self.created_identity = False
 
@@ -279,7 +286,11 @@ class _AgentCore(_Groups, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys,
     def send_payload(self, recipient: str, payload: dict[str, Any]) -> Any:
         """Seal ``payload`` for ``recipient`` and hand it to the hub; return the Envelope."""
         env = self.seal_for(recipient, payload)
-        self.transmit(env)
+        transmit = self._transmit
+        if transmit is not None and len(env) <= MAX_ENVELOPE_BYTES:
+            transmit(env)  # (the common case, without a call to ``transmit``)
+        else:
+            self.transmit(env)
         return env
 
     def transmit(self, env: Any, expires_ms: int = 0) -> None:
@@ -528,6 +539,11 @@ class Agent(_AgentFacade):
     def trust_new_identity(self, peer_id: str, fingerprint: str) -> None:
         """Accept that ``peer_id`` now has the identity ``fingerprint`` (check it first!)."""
         self._core.trust_new_identity(peer_id, fingerprint)
+
+    def rotate_identity(self) -> str:
+        """Move to a new identity key, signed over by the current one (peers follow without
+        the identity-changed error); returns the new fingerprint."""
+        return self._core.rotate_identity()
 
     def receive(self, envelope: Any) -> Message | None:
         """Process an envelope handed over out of band (bytes or Envelope), like a hub would.

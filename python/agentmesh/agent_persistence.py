@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import collections
 import time
+from typing import Any
 
 from . import crypto as _crypto
 from .agent_rules import (
@@ -19,6 +20,7 @@ from .agent_state import AgentCoreState
 from .keystore import PersistedState
 
 CryptoSession = _crypto.CryptoSession
+AgentKeyPair = _crypto.AgentKeyPair
 
 
 class _Persistence(AgentCoreState):
@@ -52,6 +54,7 @@ class _Persistence(AgentCoreState):
         self._pins = dict(state.pins)
         self._bundles = dict(state.bundles)
         self._delivered = dict(state.delivered)
+        self._load_retired(state)
         self._load_groups(state.groups)
         self._signed_prekey_id = int(self.keypair.public_bundle()["signed_prekey_id"])
         if (
@@ -65,6 +68,50 @@ class _Persistence(AgentCoreState):
             # not written after it (a crash in between): count from now rather than rotate at
             # once past a key the hub may still be serving
             self._meta_dirty = True
+
+    def _load_retired(self, state: PersistedState) -> None:
+        """The sessions a rotation retired and the previous identity, while their grace
+        period lasts (``RETIRED_GRACE_MS``); past it they are dropped at the next write."""
+        if not state.retired_sessions and state.retired_identity is None:
+            return
+        if _now_ms() >= state.retired_until:
+            self._meta_dirty = True
+            return
+        old = None
+        if state.retired_identity is not None:
+            old = AgentKeyPair.from_bytes(state.retired_identity)
+        retired = {}
+        for peer, data in state.retired_sessions.items():
+            # (a session this agent retired for a peer's rotation is sealed under this
+            # identity; one retired by this agent's own rotation, under the previous one)
+            for keypair in (self.keypair, old):
+                if keypair is None:
+                    continue
+                try:
+                    retired[peer] = CryptoSession.import_state(keypair, data)
+                    break
+                except Exception:
+                    continue
+        self._retired = retired
+        self._retired_keypair = old
+        self._retired_until = state.retired_until
+        self._retired_exports = {p: state.retired_sessions[p] for p in retired}
+
+    def _retired_state(self, held: Any) -> tuple[bytes | None, dict[str, bytes]]:
+        """The previous identity and the retired sessions to write (``_lock`` held): dropped
+        once their grace period is over; a session with messages whose handlers have not run
+        keeps its saved export (like any other, see ``handled_from``)."""
+        if (self._retired or self._retired_keypair is not None) and (
+            _now_ms() >= self._retired_until
+        ):
+            self._retired.clear()
+            self._retired_keypair = None
+            self._retired_exports.clear()
+        for peer, session in self._retired.items():
+            if peer not in held:
+                self._retired_exports[peer] = session.export_sealed()
+        old = self._retired_keypair
+        return (bytes(old.to_bytes()) if old is not None else None), dict(self._retired_exports)
 
     def _maybe_autosave(self) -> None:
         now = time.monotonic()
@@ -108,6 +155,7 @@ class _Persistence(AgentCoreState):
                         self._exports[peer] = session.export_sealed()
                 dirty.intersection_update(held)
                 self._meta_dirty = False
+                retired_identity, retired_sessions = self._retired_state(held)
                 state = PersistedState(
                     sessions=dict(self._exports),
                     pins=dict(self._pins),
@@ -117,6 +165,9 @@ class _Persistence(AgentCoreState):
                     signed_prekey_id=self._signed_prekey_id,
                     inbound_only=list(self._inbound_only),
                     groups=self._group_exports(),
+                    retired_identity=retired_identity,
+                    retired_sessions=retired_sessions,
+                    retired_until=self._retired_until,
                 )
         if state is not None:
             try:

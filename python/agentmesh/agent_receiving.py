@@ -11,10 +11,13 @@ import threading
 from typing import Any
 
 from . import crypto as _crypto
+from .agent_group_state import GROUP_CONTROL_TYPE
 from .agent_rules import (
     MAX_INBOUND_ONLY_SESSIONS,
+    RETIRED_GRACE_MS,
     UNSEAL_MANY_MAX,
     UNSEAL_MANY_MIN,
+    _now_ms,
 )
 from .agent_state import AgentCoreState
 from .errors import (
@@ -68,8 +71,8 @@ class _Receiving(AgentCoreState):
         except CryptoError as exc:
             self.reject(exc, envelope)
             return None
-        if msg._meta is None:
-            self._dispatch(msg)  # (the common case: nothing to take off first)
+        if msg._meta is None and msg.payload.get("type") != GROUP_CONTROL_TYPE:
+            self._user_dispatch(msg)  # (the common case: no reply, no group control message)
         else:
             self.hand_over(msg)
         return msg
@@ -188,7 +191,7 @@ class _Receiving(AgentCoreState):
                 elif isinstance(payload, ReplayError):
                     results.append(payload)
                 elif isinstance(payload, CryptoError):
-                    results.append(self._explain_rejection(env, sender, payload))
+                    results.append(self._recover(env, sender, payload, current))
                 elif isinstance(payload, BaseException):
                     results.append(payload)
                 else:  # pragma: no cover - the binding returns a dict or an exception
@@ -208,6 +211,11 @@ class _Receiving(AgentCoreState):
         sender = env.sender
         session = self._sessions.get(sender)
         if session is None:
+            if self._retired and sender in self._retired and not env.is_prekey:
+                opened = self._open_retired(env, sender)
+                if isinstance(opened, BaseException):
+                    raise opened
+                return opened
             return self._accept_first(env, sender)
         dirty = self._dirty
         try:
@@ -223,7 +231,10 @@ class _Receiving(AgentCoreState):
         except ReplayError:
             raise
         except CryptoError as exc:
-            raise self._explain_rejection(env, sender, exc) from None
+            outcome = self._recover(env, sender, exc, session)
+            if isinstance(outcome, BaseException):
+                raise outcome from None
+            return outcome
         if dirty is not None and self._autosave:
             self._maybe_autosave()
         return Message(sender, self.agent_id, payload, env, self)
@@ -245,7 +256,13 @@ class _Receiving(AgentCoreState):
             if existing is not None:
                 payload = existing.unseal(env)
             else:
-                payload = session.unseal(env)
+                try:
+                    payload = session.unseal(env)
+                except CryptoError:
+                    opened = self._open_for_retired_identity(env, sender, bundle)
+                    if opened is None:
+                        raise
+                    return opened
                 self._commit_session(sender, session, bundle)
                 self._note_inbound_only(sender)
             self.received += 1
@@ -288,6 +305,79 @@ class _Receiving(AgentCoreState):
                 evicted,
                 MAX_INBOUND_ONLY_SESSIONS,
             )
+
+    def _recover(
+        self, env: Any, sender: str, exc: CryptoError, refused_by: Any
+    ) -> Message | BaseException:
+        """An envelope the sender's session ``refused_by`` refused: one for the session that
+        replaced it meanwhile (an earlier envelope of the batch made it), a message sealed
+        before a succession (opened by the retired session), a set-up by a peer that moved to
+        a new identity key with statements signed by the pinned one (followed, then accepted
+        like a first contact), or else the refusal, explained (:meth:`_explain_rejection`)."""
+        current = self._sessions.get(sender)
+        if current is not None and current is not refused_by:
+            try:
+                return self.accept(env)
+            except Exception as again:
+                return again
+        if not env.is_prekey:
+            if self._retired and sender in self._retired:
+                return self._open_retired(env, sender)
+            return exc
+        explained = self._explain_rejection(env, sender, exc)
+        if explained is exc and sender not in self._sessions:
+            # (the bundle check followed a succession and retired the session)
+            try:
+                return self._accept_first(env, sender)
+            except Exception as again:
+                return again
+        if explained is exc and self._retired_keypair is not None:
+            bundle = self._bundles.get(sender)
+            if bundle is not None:
+                with self._lock:
+                    opened = self._open_for_retired_identity(env, sender, bundle)
+                if opened is not None:
+                    return opened
+        return explained
+
+    def _open_for_retired_identity(
+        self, env: Any, sender: str, bundle: dict[str, Any]
+    ) -> Message | None:
+        """A set-up sealed for this agent's previous identity key (before its rotation): a
+        session of the retired identity opens it and, retired, what follows on it. None when
+        it does not open. The caller holds ``_lock`` and has checked ``bundle``."""
+        old = self._retired_keypair
+        if old is None:
+            return None
+        try:
+            session = perform_key_exchange(old, bundle, self.deniable)
+            payload = session.unseal(env)
+        except CryptoError:
+            return None
+        self._retired[sender] = session
+        self._retired_until = max(self._retired_until, _now_ms() + RETIRED_GRACE_MS)
+        self.received += 1
+        if _holding.on:
+            self._unhandled[sender] += 1
+        self._meta_dirty = True
+        return Message(sender, self.agent_id, payload, env, self)
+
+    def _open_retired(self, env: Any, sender: str) -> Message | CryptoError:
+        """Open ``env`` with the session a succession retired (the refusal otherwise); the
+        retired session is written with the next state write, for its grace period."""
+        with self._lock:
+            retired = self._retired.get(sender)
+            if retired is None:
+                return UnknownSenderError(f"no session with {sender!r} opens this envelope")
+            try:
+                payload = retired.unseal(env)
+            except CryptoError as exc:
+                return exc
+            self.received += 1
+            if _holding.on:  # (counted like any other, so handled_from stays balanced)
+                self._unhandled[sender] += 1
+            self._meta_dirty = True  # (its export is written before the acknowledgement)
+        return Message(sender, self.agent_id, payload, env, self)
 
     def _explain_rejection(self, env: Any, sender: str, exc: CryptoError) -> CryptoError:
         """A session-initiating envelope the current session refused may come from a peer that

@@ -32,6 +32,9 @@ MAX_DELIVERED_HUBS = 16
 #: Most sessions an agent keeps that other agents opened and it never answered (any agent on
 #: the hub can open one); past it the oldest is forgotten.
 MAX_INBOUND_ONLY_SESSIONS = 1000
+#: How long (ms) sessions retired by an identity rotation, and the previous identity, are kept
+#: (also across restarts) to open what was sealed for them before the rotation was known.
+RETIRED_GRACE_MS = 7 * 24 * 3600 * 1000
 #: One-time prekeys a hub handed out and no set-up used yet that an agent keeps; older ones are
 #: deleted when it makes new ones (see ``new_prekeys``).
 KEEP_HANDED_OUT_PREKEYS = 200

@@ -35,6 +35,9 @@ class _Sessions(AgentCoreState):
             return self._seal_first(peer_id, payload)
         if self._pending_identity or self._unverified:
             self._verify_before_send(peer_id)
+            session = self._sessions.get(peer_id)
+            if session is None:  # the peer moved to a new identity key (succession)
+                return self._seal_first(peer_id, payload)
         if not isinstance(payload, dict):
             raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
         dirty = self._dirty
@@ -127,8 +130,11 @@ class _Sessions(AgentCoreState):
                 if bundle is not None:
                     self._check_bundle(peer_id, bundle)
                     self._unverified.discard(peer_id)
-                    return str(_crypto.fingerprint_of(bundle))
-            return _fingerprint_of_key(self._pins.get(peer_id, ""))
+                    if peer_id in self._sessions:
+                        return str(_crypto.fingerprint_of(bundle))
+                    # (the peer moved to a new identity key: set up a session with it)
+            if peer_id in self._sessions:
+                return _fingerprint_of_key(self._pins.get(peer_id, ""))
         session, bundle = self._new_session_for_send(peer_id)
         with self._lock:
             if peer_id not in self._sessions:

@@ -25,6 +25,7 @@ class AgentCoreState:
 
     # identity and mode
     agent_id: str
+    fingerprint: str
     deniable: bool
     keypair: Any
     log: logging.Logger
@@ -36,6 +37,12 @@ class AgentCoreState:
     _pending_identity: dict[str, dict[str, Any]]
     _unverified: set[str]
     _inbound_only: collections.OrderedDict[str, None]
+    # sessions with a peer's or this agent's previous identity key, kept (in memory only) to
+    # open what was sealed before a succession; never used to seal
+    _retired: dict[str, Any]
+    _retired_keypair: Any  # this agent's previous identity after rotate_identity (or None)
+    _retired_until: int  # ms: when the retired sessions and identity are dropped
+    _retired_exports: dict[str, bytes]  # the retired sessions' sealed exports, as last saved
     _unhandled: collections.Counter[str]  # peer -> messages unsealed, handlers not run yet
     # handlers and counters
     # what runs the handlers (the sync core's run_handlers, or the asyncio face's delivery);
@@ -50,6 +57,7 @@ class AgentCoreState:
     rejected: int
     closed: bool
     hub: Hub | None
+    _transport: Any
     # persistence (writes serialised by _save_lock; None/absent without keypair_path)
     store: KeyStore | None
     _save_lock: threading.Lock
@@ -79,6 +87,8 @@ class AgentCoreState:
         def _write_identity(self) -> None: ...
         def save_state(self) -> None: ...
         def save_state_quietly(self) -> None: ...
+        def _accept_first(self, env: Any, sender: str) -> Message: ...
+        def flush(self, timeout: float | None = None) -> None: ...
         def seal_for(self, peer_id: str, payload: dict[str, Any]) -> Any: ...
         def send_payload(self, recipient: str, payload: dict[str, Any]) -> Any: ...
         def transmit(self, env: Any, expires_ms: int = 0) -> None: ...

@@ -10,8 +10,10 @@ from typing import Any
 
 from . import crypto as _crypto
 from .agent_rules import (
+    RETIRED_GRACE_MS,
     _fingerprint_of_key,
     _normalize_fingerprint,
+    _now_ms,
     _public_bundle_copy,
     _same_key,
     validate_agent_id,
@@ -22,6 +24,7 @@ from .errors import (
     IdentityChangedError,
     IdentityError,
 )
+from .succession import succession_problem
 
 perform_key_exchange = _crypto.perform_key_exchange
 verify_bundle = _crypto.verify_bundle
@@ -49,7 +52,9 @@ class _Trust(AgentCoreState):
             bundle = self._fetch_bundle(peer_id, claim=renews)
             if bundle is not None:
                 self._check_bundle(peer_id, bundle)
-                if renews and session is not None:
+                # (a followed succession retired the session: the send sets up a new one)
+                still_current = self._sessions.get(peer_id) is session
+                if renews and session is not None and still_current:
                     session.refresh_peer(bundle)
             self._unverified.discard(peer_id)
 
@@ -63,10 +68,51 @@ class _Trust(AgentCoreState):
         key = bundle.get("identity_key")
         pinned = self._pins.get(peer_id)
         if pinned is not None and not _same_key(pinned, key):
+            problem = succession_problem(peer_id, pinned, bundle) if "succession" in bundle else ""
+            if problem is None:
+                self._follow_succession(peer_id, pinned, bundle)
+                return
+            if problem:
+                self.log.warning(
+                    "agent %r refused the succession statements of peer %r: %s",
+                    self.agent_id,
+                    peer_id,
+                    problem,
+                )
             self._pending_identity[peer_id] = _public_bundle_copy(bundle)
             raise IdentityChangedError(
                 peer_id, _fingerprint_of_key(pinned), _fingerprint_of_key(str(key))
             )
+
+    def _follow_succession(self, peer_id: str, pinned: str, bundle: dict[str, Any]) -> None:
+        """The peer moved to a new identity key with statements signed by the pinned one: pin
+        the new key (saved at once) and retire the session with the old one. A retired session
+        only opens what the peer sealed before the move (``_open_retired``), for a grace period;
+        the next send sets up a session with the new key."""
+        key = str(bundle["identity_key"])
+        with self._lock:
+            if not _same_key(self._pins.get(peer_id, ""), pinned):
+                return  # another thread followed it meanwhile
+            self._pins[peer_id] = key
+            session = self._sessions.pop(peer_id, None)
+            if session is not None:
+                self._retired[peer_id] = session
+                self._retired_until = _now_ms() + RETIRED_GRACE_MS
+            self._bundles[peer_id] = _public_bundle_copy(bundle)
+            self._pending_identity.pop(peer_id, None)
+            self._unverified.discard(peer_id)
+            self._inbound_only.pop(peer_id, None)
+            self._meta_dirty = True
+            if self._dirty is not None:
+                self._dirty.add(peer_id)
+        self.log.info(
+            "agent %r follows peer %r to its new identity %s (signed by the pinned %s)",
+            self.agent_id,
+            peer_id,
+            _fingerprint_of_key(key),
+            _fingerprint_of_key(pinned),
+        )
+        self.save_state_quietly()
 
     def _lookup_bundle(self, peer_id: str) -> dict[str, Any] | None:
         hub = self.hub

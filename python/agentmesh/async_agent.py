@@ -181,6 +181,9 @@ class AsyncAgent(_AgentFacade):
     async def trust_new_identity(self, peer_id: str, fingerprint: str) -> None:
         await self._run(self._core.trust_new_identity, peer_id, fingerprint)
 
+    async def rotate_identity(self) -> str:
+        return await self._run(self._core.rotate_identity)  # type: ignore[no-any-return]
+
     async def receive(self, envelope: Any) -> Message | None:
         return await self._run(self._core.receive, envelope)  # type: ignore[no-any-return]
 

@@ -7,17 +7,24 @@ receive worker for a network hub, the sender's thread for a LocalHub). From a wo
 until the handlers ran on the loop, so that the hub's acknowledgement comes after them, and a
 full inbox holds the worker back (the hub keeps the rest queued); on the loop's own thread
 nothing may wait, so a full inbox drops its oldest message (counted in ``dropped``).
+
+A message from a hub that acknowledges it once ``dispatch`` returns is never acknowledged
+unless its handlers ran to the end: a worker with no loop to run them on waits for one, and a
+loop cancelled or closed under them (``asyncio.run`` ending) raises
+:class:`~agentmesh.errors.HandlersNotRunError`, which leaves it for the next connection.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import contextlib
 import inspect
 import threading
 from typing import TYPE_CHECKING
 
+from .errors import HandlersNotRunError
 from .link_receive_pool import waiting
 from .message import Message
 
@@ -25,6 +32,9 @@ if TYPE_CHECKING:
     from .agent import _AgentCore
 
 __all__ = ["AsyncDelivery", "is_async_callable"]
+
+#: Seconds between checks, while a receive worker waits on a loop, that the loop is alive.
+_LOOP_CHECK_INTERVAL = 0.5
 
 
 def is_async_callable(handler: object) -> bool:
@@ -66,6 +76,8 @@ class AsyncDelivery:
             self._loop_thread = threading.get_ident()
             if self._chains:
                 loop.call_soon(self._ensure_chain_task)
+            with self._inbox_cond:  # (a receive worker may wait for a loop)
+                self._inbox_cond.notify_all()
 
     def bind_running(self) -> asyncio.AbstractEventLoop:
         """Bind to the running loop (the one the agent's coroutines are awaited on)."""
@@ -85,22 +97,67 @@ class AsyncDelivery:
             core.run_handlers(msg)
             self._offer(msg)
             return
-        loop = self._loop
-        if loop is not None and not self._in_loop_thread() and not loop.is_closed():
-            # a network worker: wait until the handlers ran, so the hub's ack comes after them
-            fut = asyncio.run_coroutine_threadsafe(self._run_chain(msg), loop)
-            try:
-                with waiting():  # an async handler may await a reply: let it through
-                    fut.result()
-            except Exception:
-                core.log.exception("agent %r: async dispatch failed", core.agent_id)
-            return
-        if loop is None and not self._in_loop_thread():
-            with contextlib.suppress(RuntimeError):
-                self._bind(asyncio.get_running_loop())
-        self._chains.append(msg)
-        if self._loop is not None and self._in_loop_thread():
+        loop = self._live_loop()
+        if loop is not None and self._in_loop_thread():
+            self._chains.append(msg)  # (nothing may wait on the loop's own thread)
             self._ensure_chain_task()
+            return
+        if loop is None and not self._acknowledged_after():
+            # an in-process hub acknowledges nothing: the chain runs once a loop binds
+            self._chains.append(msg)
+            return
+        if loop is None:
+            loop = self._wait_for_loop()
+        # a receive worker: wait until the handlers ran, so the hub's ack comes after them
+        fut = asyncio.run_coroutine_threadsafe(self._run_chain(msg), loop)
+        try:
+            with waiting():  # an async handler may await a reply: let it through
+                while True:
+                    try:
+                        fut.result(_LOOP_CHECK_INTERVAL)
+                        return
+                    except concurrent.futures.TimeoutError:
+                        if loop.is_closed():  # (closed before it ran our coroutine)
+                            fut.cancel()
+                            raise
+        except Exception as exc:
+            if not self._acknowledged_after():
+                core.log.exception("agent %r: async dispatch failed", core.agent_id)
+                return
+            # cancelled or closed under its handlers: acknowledging it would lose it
+            raise HandlersNotRunError(
+                f"agent {core.agent_id!r}: the event loop of its async handlers stopped "
+                f"before they ran the message from {msg.sender!r} to the end; it stays "
+                "unacknowledged and comes again on the agent's next connection"
+            ) from exc
+
+    def _acknowledged_after(self) -> bool:
+        """Whether a backend acknowledges a message once ``dispatch`` returns (a network hub,
+        NATS), rather than an in-process hub that keeps nothing."""
+        return not getattr(self._core._transport, "local", False)
+
+    def _live_loop(self) -> asyncio.AbstractEventLoop | None:
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # (this thread runs a loop of its own)
+                self._bind(asyncio.get_running_loop())
+            loop = self._loop
+        return None if loop is None or loop.is_closed() else loop
+
+    def _wait_for_loop(self) -> asyncio.AbstractEventLoop:
+        """Hold a receive worker (the hub keeps the rest queued) until the agent is used in
+        a running event loop, which binds it; the agent closing first is HandlersNotRunError."""
+        with self._inbox_cond:
+            while True:
+                loop = self._loop
+                if loop is not None and not loop.is_closed():
+                    return loop
+                if self._core.closed:
+                    raise HandlersNotRunError(
+                        f"agent {self._core.agent_id!r} closed before an event loop ran its "
+                        "async handlers; the message comes again on its next connection"
+                    )
+                self._inbox_cond.wait(_LOOP_CHECK_INTERVAL)
 
     def _ensure_chain_task(self) -> None:
         if self._chain_task is None or self._chain_task.done():

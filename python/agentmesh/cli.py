@@ -116,6 +116,22 @@ def _cmd_fingerprint(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_rotate_key(args: argparse.Namespace) -> int:
+    from .agent import Agent
+
+    passphrase = _passphrase(args)
+    agent_id = _agent_id_of_key(args.key, passphrase)
+    hub = _hub(args) if args.hub else None
+    with Agent(agent_id, hub=hub, keypair_path=args.key, passphrase=passphrase) as agent:
+        old = agent.fingerprint
+        new = agent.rotate_identity()
+    if args.json:
+        print(json.dumps({"agent_id": agent_id, "old_fingerprint": old, "fingerprint": new}))
+    else:
+        print(f"{old} -> {new}")
+    return EXIT_OK
+
+
 def _text_of(args: argparse.Namespace) -> str:
     """``--text`` ("-": standard input) or ``--text-file``, as UTF-8 text."""
     if args.text_file is not None:
@@ -407,6 +423,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = {
         "keygen": _cmd_keygen,
         "fingerprint": _cmd_fingerprint,
+        "rotate-key": _cmd_rotate_key,
         "send": _cmd_send,
         "request": _cmd_request,
         "chat": _cmd_chat,

@@ -20,6 +20,7 @@ examples:
   agentmesh hub --port 7700 --store ./hub.sqlite3
   agentmesh keygen --path alice.key --id alice
   agentmesh fingerprint --path alice.key
+  agentmesh rotate-key --key alice.key --hub 127.0.0.1:7700
   agentmesh listen --hub 127.0.0.1:7700 --key bob.key
   agentmesh send --hub 127.0.0.1:7700 --key alice.key --to bob --text "hello"
   agentmesh request --hub 127.0.0.1:7700 --key alice.key --to bob --text "hello"
@@ -85,6 +86,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--path", required=True, help="the key file")
     p.add_argument("--json", action="store_true", help="print agent id and fingerprint as JSON")
     _passphrase_arg(p)
+
+    p = add_command(
+        "rotate-key",
+        help="move an identity to a new key that its old key signs over",
+        description="Replace the identity key in --key by a new one, with a succession "
+        "statement signed by the old key and the new one: peers that pinned the old key "
+        "follow without the identity-changed error, and the hub re-binds the id. With --hub "
+        "the new key is registered at once; without it, at the identity's next connection. "
+        "Prints the old and the new fingerprint. Run it while no agent uses the key file.",
+    )
+    _key_args(p)
+    p.add_argument("--hub", metavar="HOST:PORT", help="network hub to register the new key on")
+    p.add_argument("--tls", action="store_true", help="connect with TLS (system trust store)")
+    p.add_argument(
+        "--cafile", metavar="PEM", help="connect with TLS, trusting this CA / certificate"
+    )
+    p.add_argument(
+        "--timeout", type=float, default=30.0, help="seconds to wait for the hub (default 30)"
+    )
+    p.add_argument("--json", action="store_true", help="print the fingerprints as JSON")
 
     p = add_command(
         "send",

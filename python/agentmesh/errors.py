@@ -199,6 +199,13 @@ class LateReplyError(AgentMeshError):
         self.reply_to = reply_to
 
 
+class HandlersNotRunError(AgentMeshError, RuntimeError):
+    """An :class:`AsyncAgent`'s handlers could not run a delivered message to the end: the
+    event loop they run on was cancelled or closed under them, or the agent closed while the
+    message waited for a loop. The message is not acknowledged, so the hub delivers it again
+    to the agent's next connection (also a RuntimeError)."""
+
+
 class StoreError(AgentMeshError):
     """The hub's store cannot be opened (locked by another hub, corrupt, unwritable) or a commit
     failed for good."""
@@ -210,3 +217,9 @@ def _hub_protocol() -> ModuleType:
     from agentmesh import hub_protocol
 
     return hub_protocol
+
+
+class IdentityRotationError(AgentMeshError, RuntimeError):
+    """``rotate_identity`` cannot move this agent to a new identity key (its hub cannot re-bind
+    the id, it is in a group, it is closed, or its keystore is unfinished business). Nothing
+    was changed unless the message says so."""

@@ -10,6 +10,10 @@ __all__ = ["Hub"]
 class Hub:
     """The interface every hub implements."""
 
+    #: whether it re-binds an id to a new identity key on succession statements its bound key
+    #: signed (``rotate_identity``); a hub that cannot is refused before anything changes
+    rotates_identities: bool = False
+
     def register(self, agent: Any) -> None:
         """Make ``agent`` reachable (agents call this themselves when given ``hub=``)."""
         raise NotImplementedError

@@ -89,7 +89,8 @@ def default_store_path(host: str, port: int) -> Path:
 
 
 class Directory(ABC):
-    """Agent id -> identity key and public bundle. An id stays bound to its first key."""
+    """Agent id -> identity key and public bundle. An id stays bound to its first key, unless
+    that key signed its succession (``rebind_agent``)."""
 
     @abstractmethod
     async def bind_agent(
@@ -99,6 +100,15 @@ class Directory(ABC):
         bound to the same key; refuse (``ok=False``) when it is bound to another key. Durable
         when it returns, and ordered after every envelope submitted before it (so
         ``acked_seq`` covers every send already accepted from this client session)."""
+
+    @abstractmethod
+    async def rebind_agent(
+        self, agent_id: str, old_key: str, new_key: str, bundle: dict[str, Any]
+    ) -> bool:
+        """Move ``agent_id`` from ``old_key`` to ``new_key`` (the caller checked the bundle's
+        succession statements: signed by ``old_key``) and store ``bundle``; the one-time
+        prekeys of the old key go. False, changing nothing, when the id is not bound to
+        ``old_key`` any more. Durable when it returns."""
 
     @abstractmethod
     async def get_bundle(self, agent_id: str) -> dict[str, Any] | None: ...

@@ -88,6 +88,8 @@ class LocalHub(Hub):
     handlers ran; it keeps no copy of any envelope for its agents. (Backends on the same
     directory, :class:`~agentmesh.local_backend.LocalBackend`, get queued deliveries.)"""
 
+    rotates_identities = True
+
     def __init__(self) -> None:
         self.directory = LocalDirectory()
 

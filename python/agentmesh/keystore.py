@@ -8,7 +8,8 @@ Layout, for ``keypair_path="alice.key"``:
   restart: one ``CryptoSession.export_state()`` per peer, the pinned identity key of every peer
   (trust on first use) and the last bundle seen for each. The body is sealed at rest with a
   key derived from the identity (``agentmesh.crypto.seal_at_rest``), so with a passphrase on the
-  identity both files are protected by it.
+  identity both files are protected by it. After an identity rotation it also holds, for a
+  grace period, the previous identity and the sessions the rotation retired.
 
 Both files are written by one writer, ``agentmesh._native.write_private_file`` (the Rust core's
 ``private_file``): mode 0600 whatever was there before, a randomly named temp file created
@@ -106,6 +107,12 @@ class PersistedState:
     #: group id -> the group's record (membership, signed record, sealed sender-key state;
     #: JSON-safe, see agent_groups.py)
     groups: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: after an identity rotation: the previous identity (``AgentKeyPair.to_bytes()``, SECRET),
+    #: the sessions retired by a rotation (this agent's or a peer's; sealed exports, SECRET),
+    #: and until when (ms) they are kept to open what was sealed before it
+    retired_identity: bytes | None = None
+    retired_sessions: dict[str, bytes] = field(default_factory=dict)
+    retired_until: int = 0
 
 
 def _delivered_from_doc(value: Any) -> dict[bytes, int]:
@@ -126,6 +133,38 @@ def _optional_uint_from_doc(value: Any) -> int | None:
     if type(value) is not int or value < 0:
         raise ValueError(f"signed prekey record: bad value {value!r}")
     return value
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _retired_to_doc(state: PersistedState) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "until": state.retired_until,
+        "sessions": {p: _b64(v) for p, v in state.retired_sessions.items()},
+    }
+    if state.retired_identity is not None:
+        doc["identity"] = _b64(state.retired_identity)
+    return doc
+
+
+def _retired_from_doc(value: Any, state: PersistedState) -> None:
+    """The state file's ``retired`` record into ``state`` (nothing when there is none)."""
+    if value is None:
+        return
+    record = dict(value)
+    until = record.get("until")
+    if type(until) is not int or until < 0:
+        raise ValueError(f"retired: bad time {until!r}")
+    state.retired_until = until
+    state.retired_sessions = {
+        str(p): base64.b64decode(v, validate=True)
+        for p, v in dict(record.get("sessions", {})).items()
+    }
+    identity = record.get("identity")
+    if identity is not None:
+        state.retired_identity = base64.b64decode(identity, validate=True)
 
 
 class KeyStore:
@@ -247,9 +286,15 @@ class KeyStore:
         )
 
     def load_or_create_identity(self, agent_id: str) -> tuple[Any, bool]:
-        """Return ``(keypair, created)``. The identity's agent id must be ``agent_id``."""
+        """Return ``(keypair, created)``. The identity's agent id must be ``agent_id``. A
+        rotation that a crash interrupted is finished first, or undone if it had not reached
+        its commit point (``keystore_rotation``)."""
+        from . import keystore_rotation
+
+        keystore_rotation.finish_interrupted(self)
         if self.path.exists() or self.path.is_symlink():
             kp = self.load_identity()
+            keystore_rotation.attach_chain(self, kp)
             if kp.agent_id != agent_id:
                 raise ValueError(
                     f"identity file {str(self.path)!r} belongs to agent {kp.agent_id!r}, "
@@ -317,14 +362,16 @@ class KeyStore:
                 inbound_only=[str(p) for p in list(doc.get("inbound_only", []))],
                 groups={str(g): dict(v) for g, v in dict(doc.get("groups", {})).items()},
             )
+            _retired_from_doc(doc.get("retired"), state)
         except KeyFileError:
             raise
         except (ValueError, TypeError, AttributeError, binascii.Error, UnicodeError) as exc:
             raise KeyFileError(f"{where} is corrupt ({exc}){advice}") from exc
         return state
 
-    def save_state(self, keypair: Any, state: PersistedState) -> None:
-        """Write the whole state atomically (0600), sealed at rest when the build supports it."""
+    def save_state(self, keypair: Any, state: PersistedState, path: Path | None = None) -> None:
+        """Write the whole state atomically (0600), sealed at rest when the build supports it
+        (to ``path`` instead of the state file: a rotation prepares the next one)."""
         doc = {
             "v": _STATE_VERSION,
             "agent_id": keypair.agent_id,
@@ -336,6 +383,8 @@ class KeyStore:
             "inbound_only": state.inbound_only,
             "groups": state.groups,
         }
+        if state.retired_sessions or state.retired_identity is not None:
+            doc["retired"] = _retired_to_doc(state)
         if state.signed_prekey_since is not None:
             doc["signed_prekey_since"] = state.signed_prekey_since
             doc["signed_prekey_id"] = state.signed_prekey_id
@@ -351,4 +400,4 @@ class KeyStore:
             )
         else:
             data = _MAGIC + _PLAIN + body
-        write_private_file(self.state_path, data)
+        write_private_file(self.state_path if path is None else path, data)

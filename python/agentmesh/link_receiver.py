@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 from .agent import _AgentCore
 from .agent_receiving import Rejected
 from .backend import Backend, Delivery
+from .errors import HandlersNotRunError
 from .link_opening import RECENT_IDS, Outcome, RecentIds, Retry, open_deliveries
 from .link_receive_pool import while_waiting
 from .link_state_writer import StateWriter, resolve
@@ -47,6 +48,9 @@ log = logging.getLogger("agentmesh.link")
 
 
 # (batch, the store its positions count in, resolved once unsealed, resolved for the ack)
+#: Seconds between the log lines of a ``close`` that waits for a running handler.
+CLOSE_WAIT_NOTICE = 30.0
+
 _Item = tuple[list[Delivery], "bytes | None", "asyncio.Future[None]", "asyncio.Future[None]"]
 
 
@@ -265,13 +269,18 @@ class Receiver:
             core = self.core
             dispatch = core._dispatch
             with while_waiting(self._on_handler_wait):
-                for items, outcomes in work:
-                    for outcome in outcomes:
+                for at, (items, outcomes) in enumerate(work):
+                    for index, outcome in enumerate(outcomes):
                         if type(outcome) is Message:
                             try:
                                 dispatch(outcome)
-                            finally:
+                            except HandlersNotRunError as exc:
+                                self._give_back(work[at:], index, exc)
+                                return
+                            except BaseException:
                                 core.handled_from(outcome.sender)
+                                raise
+                            core.handled_from(outcome.sender)
                         elif type(outcome) is Rejected:
                             core.reject(outcome.error, outcome.envelope)
                     self._acknowledge(items, outcomes)
@@ -285,6 +294,28 @@ class Receiver:
                 schedule = bool(self._pending) and self._claim(self._unseal)
             if schedule:
                 self.pool.schedule_next(self._unseal)
+
+    def _give_back(
+        self, rest: list[tuple[list[_Item], list[Outcome]]], index: int, error: BaseException
+    ) -> None:
+        """The handlers could not run ``rest[0]``'s outcome ``index`` (their event loop is
+        gone): it and everything after it stay unacknowledged for the next connection, their
+        sessions held back from every save (``handled_from`` is never called for them), and
+        this receiver stops taking batches: acknowledging a later message while an earlier one
+        waits would let a save move its session past the one that must come again."""
+        log.error("%s; agent %r stops receiving until it is restarted", error, self.core.agent_id)
+        with self._lock:
+            self._closing = True
+            self._pending.clear()
+            self._unsealed.clear()
+        items, outcomes = rest[0]
+        if self.state_writer is not None:
+            # what ran before it is skipped by position when the batch comes again
+            done = [o is True or type(o) is Message for o in outcomes[:index]]
+            self._note_delivered(items, done + [False] * (len(outcomes) - index))
+        failed = [(item[3], error) for group, _outcomes in rest for item in group]
+        with contextlib.suppress(RuntimeError):
+            self.net.call_soon_batched(_fail_all, failed)
 
     def _acknowledge(
         self, items: list[_Item], outcomes: list[Outcome], note_positions: bool = True
@@ -366,7 +397,12 @@ class Receiver:
         acknowledged); batches they have not started are dropped: never acknowledged, so the
         backend delivers them again to the next connection, and readable then (their
         sessions' advance was held back from every save). Returns True when called from this
-        agent's own handler: then the ``on_closed`` callback runs once the handlers are done."""
+        agent's own handler: then the ``on_closed`` callback runs once the handlers are done.
+
+        ``timeout=None`` waits for running handlers however long they take (logging while it
+        waits): one that returned after the agent let go of its connection and its state
+        would have run without its acknowledgement or its session's advance being kept, so
+        the next start would hand it the same message again."""
         with self._lock:
             self._closing = True
             self._pending.clear()
@@ -378,7 +414,18 @@ class Receiver:
             if threading.get_ident() in self._drainer.values():
                 self._close_after_drain = True
                 return True
-            self._idle.wait_for(self._quiet, 30.0 if timeout is None else timeout)
+            if timeout is not None:
+                self._idle.wait_for(self._quiet, timeout)
+                return False
+            waited = 0.0
+            while not self._idle.wait_for(self._quiet, CLOSE_WAIT_NOTICE):
+                waited += CLOSE_WAIT_NOTICE
+                log.warning(
+                    "agent %r: closing waits for its running handler (%.0f s so far); it "
+                    "cannot be interrupted, and its message must be kept as handled",
+                    self.core.agent_id,
+                    waited,
+                )
         return False
 
 

@@ -34,6 +34,7 @@ from .fanout import address, address_all, check_recipients
 from .hub.limits import HubLimits
 from .hub.registration import older_bundle
 from .hub_protocol import ErrorCode, error_for_code
+from .succession import succession_problem
 
 __all__ = ["BATCH_LIMIT", "LocalBackend", "LocalDirectory"]
 
@@ -87,9 +88,17 @@ class LocalDirectory:
             bound = self._keys.get(agent_id)
             inbox = self._inboxes.get(agent_id)
             if bound is not None and bound != identity_key:
-                if inbox is not None and (inbox.holder is not None or inbox.queued):
-                    raise HubError(f"agent id {agent_id!r} is registered with another identity key")
-                self._prekeys.pop(agent_id, None)  # released: the old key's prekeys go with it
+                # moved by succession statements its bound key signed, or released
+                refusal = (
+                    succession_problem(agent_id, bound, bundle) if "succession" in bundle else ""
+                )
+                held = inbox is not None and (inbox.holder is not None or inbox.queued)
+                if refusal is not None and held:
+                    raise HubError(
+                        f"agent id {agent_id!r} is registered with another identity key"
+                        + (f"; its succession statements are refused: {refusal}" if refusal else "")
+                    )
+                self._prekeys.pop(agent_id, None)  # the old key's prekeys go with it
             problem = older_bundle(self._bundles.get(agent_id), bundle)
             if problem is not None:
                 raise HubError(problem)

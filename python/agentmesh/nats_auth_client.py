@@ -31,6 +31,9 @@ log = logging.getLogger("agentmesh.nats")
 
 #: Seconds between two tries to learn a connection's expiry, or to find a service.
 _RETRY = 1.0
+#: Longest bundle token sent (bytes of JSON): with the proof and the other CONNECT fields it
+#: stays within nats-server's default control line of 4 KiB.
+_MAX_TOKEN = 3000
 
 
 def agent_options(layout: NatsLayout, keypair: Any) -> dict[str, Any]:
@@ -41,7 +44,17 @@ def agent_options(layout: NatsLayout, keypair: Any) -> dict[str, Any]:
         return base64.urlsafe_b64encode(signature).rstrip(b"=")
 
     def bundle() -> str:
-        return json.dumps(keypair.public_bundle(), separators=(",", ":"), sort_keys=True)
+        published = keypair.public_bundle()
+        text = json.dumps(published, separators=(",", ":"), sort_keys=True)
+        # the token travels in CONNECT, a control line (4 KiB by default on nats-server):
+        # succession statements beyond what fits go, oldest first (a service whose binding is
+        # older than the ones kept refuses the key, as if it had none)
+        while len(text) > _MAX_TOKEN and published.get("succession"):
+            published["succession"] = published["succession"][1:] or None
+            if published["succession"] is None:
+                del published["succession"]
+            text = json.dumps(published, separators=(",", ":"), sort_keys=True)
+        return text
 
     return {
         "signature_cb": proof,

@@ -41,6 +41,7 @@ from .nats_connection import connect
 from .nats_directory import NatsDirectory
 from .nats_layout import id_of_token
 from .nats_setup import NatsSettings, check_server, consumer_config, ensure_layout
+from .succession import succession_problem
 
 __all__ = ["ClaimBudget", "NatsAuthService"]
 
@@ -290,7 +291,22 @@ class NatsAuthService:
             except HubError as exc:
                 raise NatsAuthError(f"binding {agent_id!r}: {exc}") from None
         elif current.get("identity_key") != bundle.get("identity_key"):
-            raise NatsAuthError(f"agent id {agent_id!r} is bound to another identity key")
+            # another key gets in only with succession statements from the bound key; the
+            # directory checks them again when it re-binds the id
+            refusal = (
+                succession_problem(agent_id, str(current.get("identity_key")), bundle)
+                if "succession" in bundle
+                else ""
+            )
+            if refusal is not None:
+                raise NatsAuthError(
+                    f"agent id {agent_id!r} is bound to another identity key"
+                    + (f" (succession statements refused: {refusal})" if refusal else "")
+                )
+            try:
+                await self._directory.bind(bundle)
+            except HubError as exc:
+                raise NatsAuthError(f"re-binding {agent_id!r}: {exc}") from None
 
     # -- prekey claims --------------------------------------------------------------------------
 

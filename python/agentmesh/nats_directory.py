@@ -5,6 +5,9 @@
   during a leader election) the bundle is read back and compared, never assumed.
 * **Newer bundles** replace the served one by a revision-checked update, and only with the
   same identity key and a newer signed prekey (``older_bundle``, the hub's rule).
+* **Another identity key** replaces the bound one (a revision-checked update) only when the
+  bundle's succession statements lead from the bound key to it (``rotate_identity``); the old
+  key's one-time prekeys are dropped first.
 * **One-time prekeys** of an agent are one KV value (a JSON list); a claim removes one by a
   revision-checked update, so of many concurrent claimers exactly one gets each key. An
   ambiguous answer hands out nothing (the key may be spent unused: never twice).
@@ -27,6 +30,7 @@ from .errors import HubError, HubRequestError
 from .hub.registration import older_bundle
 from .hub_protocol import ErrorCode, parse_prekeys
 from .nats_layout import NatsLayout
+from .succession import succession_problem
 
 __all__ = ["MAX_PREKEYS", "NatsDirectory"]
 
@@ -146,11 +150,23 @@ class NatsDirectory:
                     log.info("bound agent id %r to its identity key", agent_id)
                     return
                 current, revision = found
-                if current.get("identity_key") != bundle.get("identity_key"):
-                    raise HubRequestError(
-                        ErrorCode.ID_TAKEN,
-                        f"agent id {agent_id!r} is bound to another identity key",
+                bound = current.get("identity_key")
+                if bound != bundle.get("identity_key"):
+                    refusal = (
+                        succession_problem(agent_id, str(bound), bundle)
+                        if "succession" in bundle
+                        else ""
                     )
+                    if refusal is not None:
+                        why = f"; succession statements refused: {refusal}" if refusal else ""
+                        raise HubRequestError(
+                            ErrorCode.ID_TAKEN,
+                            f"agent id {agent_id!r} is bound to another identity key{why}",
+                        )
+                    await self._drop_prekeys(agent_id)
+                    await bucket.update(key, _encode(bundle), last=revision)
+                    log.info("agent id %r moved to a new identity key (succession)", agent_id)
+                    return
                 if current == bundle:
                     return
                 problem = older_bundle(current, bundle)
@@ -205,6 +221,22 @@ class NatsDirectory:
             await bucket.create(key, _encode(stock))
         else:
             await bucket.update(key, _encode(stock), last=revision)
+
+    async def _drop_prekeys(self, agent_id: str) -> None:
+        """Empties the agent's one-time prekey stock (a rotation: they belong to the old key,
+        and the new key's ids start again, so one could be handed out for the wrong key)."""
+        from nats.js.errors import KeyWrongLastSequenceError
+
+        for _ in range(_CAS_TRIES):
+            stock, revision = await self._prekeys(agent_id)
+            if not stock:
+                return
+            try:
+                await self._store_prekeys(agent_id, [], revision)
+                return
+            except KeyWrongLastSequenceError:
+                continue
+        raise HubError(f"dropping the prekeys of {agent_id!r}: the stock keeps changing")
 
     async def add_prekeys(self, agent_id: str, prekeys: list[dict[str, Any]]) -> int:
         """Adds the agent's own one-time prekeys (up to :data:`MAX_PREKEYS` held; the rest is

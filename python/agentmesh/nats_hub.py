@@ -49,6 +49,10 @@ class NatsHub(BackendHub):
     cluster that would lose acknowledged envelopes is a :class:`HubError` naming the setting.
     """
 
+    # the directory re-binds an id on succession statements from its bound key (and so does
+    # the authorization service, which lets the new key in)
+    rotates_identities = True
+
     def __init__(
         self,
         servers: Sequence[str] | str,

@@ -35,6 +35,8 @@ class NetworkHub(BackendHub):
     every agent a connection of its own.
     """
 
+    rotates_identities = True
+
     def __init__(
         self,
         host: str,

@@ -207,6 +207,19 @@ def test_an_older_peers_reference_lookalike_stays_a_dict() -> None:
     }
 
 
+@pytest.mark.parametrize("text", [b"[1, 2]", b'"text"', b"3", b"null", b"", b" [{}]"])
+def test_a_payload_that_is_not_a_json_object_is_a_format_error(text: bytes) -> None:
+    # What unseal reads after decrypting: a peer's list or string must not reach the
+    # application where it expects the payload dict.
+    with pytest.raises(FormatError, match="payload is not a JSON object"):
+        native.payload_from_bytes(text)
+    framed = b"AMP\x01" + (1).to_bytes(4, "big") + (25).to_bytes(4, "big")
+    framed += b'[{"_agentmesh_bytes":0}]' + b" " + (1).to_bytes(4, "big") + b"x"
+    with pytest.raises(FormatError, match="payload is not a JSON object"):
+        native.payload_from_bytes(framed)
+    assert native.payload_from_bytes(b' \n{"a": 1}') == {"a": 1}
+
+
 def test_malformed_framing_is_a_format_error_naming_it() -> None:
     good = native.payload_to_bytes({"data": b"blob"})
     with pytest.raises(FormatError, match="binary payload"):

@@ -152,6 +152,8 @@ def test_a_fan_out_over_the_hubs_size_bound_is_refused_as_a_whole(tmp_path: Path
             await c.close()
         a = HubClient(HOST, srv.port)
         await a.register(alice, Collector())
+        assert a.hub_fanout_bytes == 20_000
+        a.hub_fanout_bytes = 16 * 1024 * 1024  # (a client that does not read it from READY)
         a.send_group_nowait([kp.agent_id for kp in members], group_message(alice, size=2000))
         with pytest.raises(HubRequestError, match="exceeds the hub's limit of 20000 bytes"):
             await a.flush(30)
@@ -301,5 +303,122 @@ def test_a_fan_out_past_16_mib_of_copies_is_split_into_several_uploads(
         assert (stats(server).fanout_uploads, stats(server).fanout_copies) == (2, 5)
         for c in [a, *clients]:
             await c.close()
+
+    run(go())
+
+
+def test_a_hub_with_a_lower_fanout_bound_gets_the_upload_split_to_fit(tmp_path: Path) -> None:
+    """READY says the hub's ``max_fanout_bytes``; the client splits a larger fan-out into
+    uploads under it (before, it split at a fixed 16 MiB, and such a hub refused it whole)."""
+    srv = NetworkHubServer(HOST, 0, store_path=tmp_path / "hub.db", max_fanout_bytes=64 * 1024)
+    srv.start(block=False)
+    alice = new_keypair("alice")
+    members = [new_keypair(f"m{i}") for i in range(8)]
+
+    async def go() -> None:
+        clients, collectors = [], []
+        for kp in members:
+            c, got = HubClient(HOST, srv.port), Collector()
+            await c.register(kp, got)
+            clients.append(c)
+            collectors.append(got)
+        a = HubClient(HOST, srv.port)
+        await a.register(alice, Collector())
+        assert a.hub_fanout_bytes == 64 * 1024
+        message = group_message(alice, size=20_000)  # 8 copies: about 160 KB
+        assert a.send_group_nowait([kp.agent_id for kp in members], message)
+        await a.flush(30)
+        for kp, got in zip(members, collectors, strict=True):
+            await got.wait_for(1)
+            assert got.raw == [address(message, kp.agent_id)]
+        assert stats(srv).fanout_uploads >= 3
+        for c in [a, *clients]:
+            await c.close()
+
+    try:
+        run(go())
+    finally:
+        srv.stop()
+
+
+def test_a_hub_with_fanout_off_gets_a_send_per_member(tmp_path: Path) -> None:
+    srv = NetworkHubServer(HOST, 0, store_path=tmp_path / "hub.db", max_fanout_bytes=0)
+    srv.start(block=False)
+    alice, bob = new_keypair("alice"), new_keypair("bob")
+
+    async def go() -> None:
+        b, a = HubClient(HOST, srv.port), HubClient(HOST, srv.port)
+        got = Collector()
+        await b.register(bob, got)
+        await a.register(alice, Collector())
+        assert not a.hub_fanout
+        message = group_message(alice)
+        assert a.send_group_nowait(["bob"], message)
+        await a.flush(30)
+        await got.wait_for(1)
+        assert (stats(srv).fanout_uploads, stats(srv).accepted) == (0, 1)
+        for c in (a, b):
+            await c.close()
+
+    try:
+        run(go())
+    finally:
+        srv.stop()
+    with pytest.raises(ValueError, match="max_frame_size must be a positive number"):
+        HubLimits(max_frame_size=0).validate()
+    with pytest.raises(ValueError, match="max_fanout_bytes must be 0 or more"):
+        HubLimits(max_fanout_bytes=-1).validate()
+
+
+def test_what_waits_for_a_hub_that_took_an_older_ones_place_is_fitted_to_it(
+    tmp_path: Path,
+) -> None:
+    """A hub replaced, between a send and its acknowledgement, by one that no longer offers
+    fan-out or expiry: the client's resend turns a SEND_EXPIRING into the same SEND under the
+    same number, and refuses a SEND_GROUP naming its members, instead of writing frames the
+    hub refuses at every reconnect."""
+    alice, bob = new_keypair("alice"), new_keypair("bob")
+    store = tmp_path / "hub.db"
+    first = NetworkHubServer(HOST, 0, store_path=store)
+    first.start(block=False)
+    port = first.port
+
+    async def go() -> None:
+        nonlocal first
+        b, a = HubClient(HOST, port), HubClient(HOST, port)
+        got = Collector()
+        await b.register(bob, got)
+        await a.register(alice, Collector())
+        assert a.hub_fanout and a.hub_expiry
+        await b.close()
+        first.stop()
+        await asyncio.sleep(0.2)
+        sess = session(alice, bob)
+        expiring = seal_bytes(sess, {"text": "expiring"})
+        # (sent while no hub runs: they wait in the window, in the old hub's frames)
+        assert a.send_nowait("bob", expiring, expires_ms=int(time.time() * 1000) + 600_000)
+        assert a.send_group_nowait(["bob"], group_message(alice))
+        window = a._sends
+        seqs = list(window._unacked)
+        # every hub of this version says expiry: the SEND_EXPIRING's turn, by hand
+        window._fit_to_older_hub(fanout=True, expiry=False)
+        assert list(window._unacked) == seqs
+        assert window._unacked[seqs[0]][1][4] == FrameType.SEND
+        assert window._unacked[seqs[1]][1][4] == FrameType.SEND_GROUP
+        older = NetworkHubServer(HOST, port, store_path=store, max_fanout_bytes=0)
+        older.start(block=False)
+        try:
+            with pytest.raises(HubRequestError, match="group message to bob not sent"):
+                await a.flush(30)
+            await a.flush(30)
+            b2 = HubClient(HOST, port)
+            got2 = Collector()
+            await b2.register(bob, got2)
+            await got2.wait_for(1)
+            assert got2.raw == [expiring]
+            await b2.close()
+            await a.close()
+        finally:
+            older.stop()
 
     run(go())

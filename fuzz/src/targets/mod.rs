@@ -8,4 +8,5 @@ pub mod group_open;
 pub mod keyfile_load;
 pub mod payload_decode;
 pub mod session_import;
+pub mod succession_decode;
 pub mod unseal_live_session;

@@ -21,14 +21,18 @@ __all__ = ["main"]
 log = logging.getLogger("agentmesh.hub")
 
 
-def _positive(kind: type) -> Callable[[str], Any]:
+def _positive(kind: type, *, zero: bool = False) -> Callable[[str], Any]:
+    """An argparse type: a number above 0 (or 0 too, with ``zero``)."""
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
             raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
-        if value <= 0:
-            raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+        if value < 0 or (value == 0 and not zero):
+            raise argparse.ArgumentTypeError(
+                f"must be {'0 or more' if zero else 'positive'}: {text!r}"
+            )
         return value
 
     return parse
@@ -97,6 +101,14 @@ def _parser() -> argparse.ArgumentParser:
         default=d.max_queued_per_agent,
         help=f"envelopes queued per recipient before sends to it are refused as 'inbox full' "
         f"(default {d.max_queued_per_agent:,})",
+    )
+    p.add_argument(
+        "--max-fanout-bytes",
+        type=_positive(int, zero=True),
+        default=d.max_fanout_bytes,
+        help=f"bytes of copies one group upload may store in all (members x message size); "
+        f"clients split a larger fan-out; 0 turns fan-out off, and clients then send each "
+        f"member's copy on its own (default {d.max_fanout_bytes:,})",
     )
     p.add_argument(
         "--handshake-timeout",
@@ -198,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
             max_connections=args.max_connections,
             max_frame_size=args.max_frame_size,
             max_queued_per_agent=args.max_queued,
+            max_fanout_bytes=args.max_fanout_bytes,
             handshake_timeout=args.handshake_timeout,
             idle_timeout=args.idle_timeout,
             ping_interval=args.ping_interval,

@@ -191,12 +191,14 @@ class SendIntake:
         total = sum(extra + len(rb) for rb in encoded)
         lim = self.limits
         if total > lim.max_fanout_bytes:
-            self._reject(
-                cseq,
-                ErrorCode.FRAME_TOO_LARGE,
-                f"fan-out of {len(recipients)} copies of {len(data)} bytes ({total} bytes in "
-                f"all) exceeds the hub's limit of {lim.max_fanout_bytes} bytes per SEND_GROUP",
+            why = (
+                "this hub takes no SEND_GROUP (max_fanout_bytes is 0; its READY does not "
+                "offer fan-out): send each member's copy"
+                if not lim.max_fanout_bytes
+                else f"fan-out of {len(recipients)} copies of {len(data)} bytes ({total} bytes "
+                f"in all) exceeds the hub's limit of {lim.max_fanout_bytes} bytes per SEND_GROUP"
             )
+            self._reject(cseq, ErrorCode.FRAME_TOO_LARGE, why)
             return
         conn = self.conn
         hub = self.hub

@@ -12,6 +12,9 @@ __all__ = ["HubLimits", "MiB"]
 
 MiB = 1024 * 1024
 
+#: Limits where 0 means "off" rather than nothing allowed.
+_MAY_BE_ZERO = frozenset({"max_fanout_bytes", "max_channels_per_connection"})
+
 
 @dataclass
 class HubLimits:
@@ -61,7 +64,8 @@ class HubLimits:
     #: stops reading from that connection until the store catches up.
     max_uncommitted_bytes: int = 32 * MiB
     #: Bytes of the copies one SEND_GROUP may store in all (members x envelope size); past
-    #: it the whole upload is refused (SEND_ERROR). Clients split a larger fan-out.
+    #: it the whole upload is refused (SEND_ERROR). READY tells clients, which split a larger
+    #: fan-out. 0 turns fan-out off: clients then send each member's copy as its own SEND.
     max_fanout_bytes: int = 64 * MiB
     #: Distinct agent ids the directory accepts.
     max_agents: int = 1_000_000
@@ -81,10 +85,11 @@ class HubLimits:
     def validate(self) -> HubLimits:
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
-                raise ValueError(f"HubLimits.{f.name} must be a positive number, got {value!r}")
-            if value == 0 and f.name != "max_channels_per_connection":
-                raise ValueError(f"HubLimits.{f.name} must be a positive number, got {value!r}")
+            if not isinstance(value, (int, float)) or isinstance(value, bool):
+                raise ValueError(f"HubLimits.{f.name} must be a number, got {value!r}")
+            if value < 0 or (value == 0 and f.name not in _MAY_BE_ZERO):
+                what = "0 or more" if f.name in _MAY_BE_ZERO else "a positive number"
+                raise ValueError(f"HubLimits.{f.name} must be {what}, got {value!r}")
         if self.ping_interval >= self.idle_timeout:
             raise ValueError("HubLimits.ping_interval must be smaller than idle_timeout")
         if self.max_frame_size < 4096:

@@ -27,6 +27,7 @@ from agentmesh.hub_protocol import (
     decode_register,
     encode_welcome,
 )
+from agentmesh.succession import succession_problem
 
 if TYPE_CHECKING:
     from agentmesh.hub.connection import Connection
@@ -88,6 +89,26 @@ class Registrar:
         )
         conn.state = AWAIT_AUTH
 
+    async def _rebind_if_succeeded(
+        self, agent_id: str, current: dict[str, Any] | None, bundle: dict[str, Any]
+    ) -> str:
+        """A bundle of another identity key than the bound one re-binds the id only with
+        succession statements that carry it from the bound key (the hub itself cannot move an
+        id: the statements are the bound key's signature). Returns why it was refused ("" when
+        there was nothing to do or it was re-bound)."""
+        bound = current.get("identity_key") if current is not None else None
+        new = bundle.get("identity_key")
+        if not isinstance(bound, str) or bound == new or "succession" not in bundle:
+            return ""
+        problem = succession_problem(agent_id, bound, bundle)
+        if problem is not None:
+            return problem
+        assert isinstance(new, str)
+        if not await self.hub.store.rebind_agent(agent_id, bound, new, bundle):
+            return "the id was re-bound meanwhile"
+        log.info("agent id %r moved to a new identity key (succession statements)", agent_id)
+        return ""
+
     async def register(self, conn: Connection, body: bytes) -> None:
         """Handles one REGISTER frame of ``conn`` (later frames wait until it is done)."""
         signature, session, client_nonce, bundle = decode_register(body)
@@ -126,7 +147,8 @@ class Registrar:
         if not isinstance(identity_key, str):
             raise ProtocolError(ErrorCode.BAD_REGISTRATION, "bundle has no identity_key")
         bundle.pop("one_time_prekey", None)
-        problem = older_bundle(await hub.store.get_bundle(agent_id), bundle)
+        current = await hub.store.get_bundle(agent_id)
+        problem = older_bundle(current, bundle)
         if conn.state >= CLOSING:
             return
         if problem is not None:
@@ -134,16 +156,23 @@ class Registrar:
         limits = hub.limits
         if agent_id not in hub.agents and len(hub.agents) >= limits.max_agents:
             raise ProtocolError(ErrorCode.TOO_MANY_AGENTS, "the hub's directory is full")
+        refusal = await self._rebind_if_succeeded(agent_id, current, bundle)
+        if conn.state >= CLOSING:
+            return
         result = await hub.store.bind_agent(agent_id, identity_key, bundle, session)
         if conn.state >= CLOSING:
             return
         if not result.ok:
             log.warning(
-                "refused %s: agent id %r is bound to another identity key", conn.peer, agent_id
+                "refused %s: agent id %r is bound to another identity key%s",
+                conn.peer,
+                agent_id,
+                f" ({refusal})" if refusal else "",
             )
             raise ProtocolError(
                 ErrorCode.ID_TAKEN,
-                f"agent id {agent_id!r} is registered with another identity key",
+                f"agent id {agent_id!r} is registered with another identity key"
+                + (f"; its succession statements are refused: {refusal}" if refusal else ""),
             )
         ast = hub.add_agent(agent_id)
         old = ast.conn
@@ -168,21 +197,22 @@ class Registrar:
         conn.state = AGENT
         conn.became_agent()
         ast.conn = conn
-        conn.ready(
-            {
-                "mode": "agent",
-                "agent_id": agent_id,
-                "acked_seq": acked,
-                "queued": ast.count,
-                "next_seq": hub.store.peek_next_seq(),
-                "prekeys": hub.store.prekey_count(agent_id),
-                "prekey_limit": limits.max_prekeys_per_agent,
-                # it takes SEND_GROUP, with up to this many recipients
-                "fanout": MAX_FANOUT_RECIPIENTS,
-                # it takes SEND_EXPIRING (and drops what expired before delivering it)
-                "expiry": True,
-            }
-        )
+        ready: dict[str, object] = {
+            "mode": "agent",
+            "agent_id": agent_id,
+            "acked_seq": acked,
+            "queued": ast.count,
+            "next_seq": hub.store.peek_next_seq(),
+            "prekeys": hub.store.prekey_count(agent_id),
+            "prekey_limit": limits.max_prekeys_per_agent,
+            # it takes SEND_EXPIRING (and drops what expired before delivering it)
+            "expiry": True,
+        }
+        if limits.max_fanout_bytes:
+            # it takes SEND_GROUP, with up to this many recipients and bytes of copies
+            ready["fanout"] = MAX_FANOUT_RECIPIENTS
+            ready["fanout_bytes"] = limits.max_fanout_bytes
+        conn.ready(ready)
         log.info(
             "agent %r registered from %s (%s, %d queued)",
             agent_id,

@@ -186,7 +186,9 @@ class HubClient(ClientLifecycle):
         say ``fanout`` in READY gets one SEND per member). Refusals as for
         :meth:`send_nowait`, one per member refused, naming it."""
         max_frame = self._ready_to_send()
-        return self._sends.send_group_nowait(recipients, envelope, max_frame, self.hub_fanout)
+        return self._sends.send_group_nowait(
+            recipients, envelope, max_frame, self.hub_fanout, self.hub_fanout_bytes
+        )
 
     def _ready_to_send(self) -> int:
         """Raise what keeps this client from sending (closed, not registered, an earlier

@@ -31,7 +31,7 @@ from agentmesh.hub_client.connecting import (
 from agentmesh.hub_client.connection import Connection, FrameHandlers
 from agentmesh.hub_client.delivery import DeliveryStream
 from agentmesh.hub_client.requests import RequestTable
-from agentmesh.hub_client.send_window import SendWindow
+from agentmesh.hub_client.send_window import FANOUT_BYTES_PER_FRAME, SendWindow
 from agentmesh.hub_protocol import (
     DEFAULT_PORT,
     SESSION_ID_SIZE,
@@ -119,8 +119,10 @@ class ClientLifecycle:
         #: how many it keeps (None before one, or from a hub that keeps none).
         self.prekeys_held: int | None = None
         self.prekey_limit: int | None = None
-        #: Whether the hub takes SEND_GROUP (its READY says ``fanout``).
+        #: Whether the hub takes SEND_GROUP (its READY says ``fanout``), and the bytes of
+        #: copies one upload may make there (``fanout_bytes``; a hub that does not say: 16 MiB).
         self.hub_fanout = False
+        self.hub_fanout_bytes = FANOUT_BYTES_PER_FRAME
         #: Whether the hub takes SEND_EXPIRING (its READY says ``expiry``).
         self.hub_expiry = False
         #: Called (in the event loop) after every registration, also after a reconnect: the
@@ -197,9 +199,20 @@ class ClientLifecycle:
             self.prekey_limit = limit if type(limit) is int else None
             fanout = info.get("fanout")
             self.hub_fanout = type(fanout) is int and fanout > 0
+            fanout_bytes = info.get("fanout_bytes")
+            self.hub_fanout_bytes = (
+                min(fanout_bytes, FANOUT_BYTES_PER_FRAME)
+                if type(fanout_bytes) is int and fanout_bytes > 0
+                else FANOUT_BYTES_PER_FRAME
+            )
             self.hub_expiry = info.get("expiry") is True
             self._deliveries.clamp_positions(welcome.hub_id, info.get("next_seq"))
-            resent = self._sends.resend(int(info.get("acked_seq") or 0), conn)
+            resent = self._sends.resend(
+                int(info.get("acked_seq") or 0),
+                conn,
+                fanout=self.hub_fanout,
+                expiry=self.hub_expiry,
+            )
             log.debug(
                 "registered %r on %s:%d (%d resent, %s queued)",
                 self._agent_id,

@@ -21,8 +21,10 @@ from agentmesh.flush_waiters import FlushWaiters
 from agentmesh.hub_client.connection import Connection
 from agentmesh.hub_protocol import (
     ErrorCode,
+    FrameType,
     HubRequestError,
     PeerNotFoundError,
+    decode_send_expiring,
     encode_recipient_block,
     encode_send,
     encode_send_expiring,
@@ -31,9 +33,17 @@ from agentmesh.hub_protocol import (
     error_for_code,
 )
 
-__all__ = ["SendWindow"]
+__all__ = ["FANOUT_BYTES_PER_FRAME", "SendWindow"]
 
 log = logging.getLogger(__name__)
+
+#: Bytes of copies one SEND_GROUP asks the hub to store, at most (less when the hub's own
+#: bound, ``HubLimits.max_fanout_bytes`` in READY, is lower): a larger fan-out is split.
+FANOUT_BYTES_PER_FRAME = 16 * 1024 * 1024
+
+#: Where a frame's type byte is, and where its body starts (after the u32 length).
+_FRAME_TYPE_AT = 4
+_BODY_AT = 5
 
 #: A recipient the hub reported unknown is refused at once for this long (seconds).
 _PEER_MISSING_TTL = 2.0
@@ -130,23 +140,30 @@ class SendWindow:
             room.clear()
 
     def send_group_nowait(
-        self, recipients: list[str], envelope: bytes, max_frame: int, fanout: bool
+        self,
+        recipients: list[str],
+        envelope: bytes,
+        max_frame: int,
+        fanout: bool,
+        fanout_bytes: int = FANOUT_BYTES_PER_FRAME,
     ) -> bool:
         """Queues and writes one group message for every recipient; False (nothing queued)
         when there is no room. With ``fanout`` (the hub said so in READY) one SEND_GROUP
-        frame (more when the copies' bytes exceed ``FANOUT_BYTES_PER_FRAME`` or the frame
-        limit); from a hub without it, one SEND of each member's copy."""
+        frame (more when the copies' bytes exceed ``fanout_bytes``, the hub's bound, or the
+        frame limit); from a hub without it, or one whose bound is below a single copy, one
+        SEND of each member's copy."""
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             raise TypeError("envelope must be bytes")
         data = bytes(envelope)
         recipients, encoded, block, label = self._recipients(recipients)
         missing: list[PeerNotFoundError] = []
+        fanout = fanout and len(data) + 256 <= fanout_bytes
         whole = (
-            len(encoded) * (len(data) + 256) <= FANOUT_BYTES_PER_FRAME
+            len(encoded) * (len(data) + 256) <= fanout_bytes
             and 1 + 8 + len(block) + len(data) <= max_frame
         )
         if fanout and not whole:
-            parts = _fanout_parts(encoded, len(data), max_frame)
+            parts = _fanout_parts(encoded, len(data), max_frame, fanout_bytes)
         elif not fanout:
             copies = address_all(data, recipients)
             kept = []
@@ -214,14 +231,43 @@ class SendWindow:
         """``agent_id`` exists after all (the hub has its bundle): stop refusing sends to it."""
         self._missing.pop(agent_id, None)
 
-    def resend(self, acked: int, connection: Connection) -> int:
+    def resend(
+        self, acked: int, connection: Connection, *, fanout: bool = True, expiry: bool = True
+    ) -> int:
         """After a (re)registration: drops what the hub acknowledged (``acked``) and writes the
-        rest on the new connection; returns how many were written again."""
+        rest on the new connection; returns how many were written again. ``fanout`` and
+        ``expiry``: what this hub's READY offers (a hub replaced by an older version may not)."""
         self._drop_acknowledged(acked)
+        if not (fanout and expiry):
+            self._fit_to_older_hub(fanout, expiry)
         for _recipient, frame in self._unacked.values():
             connection.write(frame)
         self._wake_flushers()
         return len(self._unacked)
+
+    def _fit_to_older_hub(self, fanout: bool, expiry: bool) -> None:
+        """Frames the hub no longer takes would be refused at every reconnect: a SEND_EXPIRING
+        becomes the same SEND, under the same number (its recipient still drops it late: the
+        expiry is under the signature); a SEND_GROUP, which cannot become per-member SENDs
+        without moving after later sends, is refused here, naming its members."""
+        u = self._unacked
+        for seq, (label, frame) in list(u.items()):
+            kind = frame[_FRAME_TYPE_AT]
+            if kind == FrameType.SEND_EXPIRING and not expiry:
+                _seq, _expires, recipient, envelope = decode_send_expiring(frame[_BODY_AT:])
+                u[seq] = (label, encode_send(seq, recipient.encode("utf-8"), envelope))
+            elif kind == FrameType.SEND_GROUP and not fanout:
+                del u[seq]
+                self._errors.append(
+                    HubRequestError(
+                        ErrorCode.BAD_REQUEST,
+                        f"group message to {label} not sent: the hub no longer takes group "
+                        "uploads (an older hub took its place before it was stored); send it "
+                        "again",
+                        recipient=label,
+                        client_seq=seq,
+                    )
+                )
 
     # ---- the hub's answers -------------------------------------------------------------------
 
@@ -301,14 +347,13 @@ class SendWindow:
             self._room.set()
 
 
-#: Bytes of copies one SEND_GROUP asks the hub to store, at most (the hub's own bound,
-#: ``HubLimits.max_fanout_bytes``, is larger by default): a larger fan-out is split.
-FANOUT_BYTES_PER_FRAME = 16 * 1024 * 1024
 
 
-def _fanout_parts(recipients: list[bytes], size: int, max_frame: int) -> list[list[bytes]]:
+def _fanout_parts(
+    recipients: list[bytes], size: int, max_frame: int, fanout_bytes: int
+) -> list[list[bytes]]:
     """``recipients`` in runs whose copies (``size`` + 1 + id bytes each) stay within
-    FANOUT_BYTES_PER_FRAME and whose SEND_GROUP frame stays within ``max_frame``."""
+    ``fanout_bytes`` and whose SEND_GROUP frame stays within ``max_frame``."""
     if 1 + 8 + 2 + 256 + size > max_frame:
         raise HubError(
             f"group message of {size} bytes exceeds the hub's frame limit of {max_frame} bytes"
@@ -319,7 +364,7 @@ def _fanout_parts(recipients: list[bytes], size: int, max_frame: int) -> list[li
         copy, listed = size + 1 + len(rb), 1 + len(rb)
         part = parts[-1]
         if part and (
-            copies + copy > FANOUT_BYTES_PER_FRAME or 11 + frame + listed + size > max_frame
+            copies + copy > fanout_bytes or 11 + frame + listed + size > max_frame
         ):
             part = []
             parts.append(part)

@@ -8,7 +8,7 @@ import sqlite3
 
 from agentmesh.hub_store import BindResult
 
-__all__ = ["add_prekeys", "bind_agent", "claim_prekey", "prekeys_of"]
+__all__ = ["add_prekeys", "bind_agent", "claim_prekey", "prekeys_of", "rebind_agent"]
 
 
 def bind_agent(
@@ -42,6 +42,23 @@ def bind_agent(
     ).fetchone()
     acked = int(prog[1]) if prog is not None and bytes(prog[0]) == session else 0
     return BindResult(ok=True, acked_seq=acked, created=created)
+
+
+def rebind_agent(
+    db: sqlite3.Connection, agent_id: str, old_key: str, new_key: str, data: str, now: int
+) -> bool:
+    """Moves ``agent_id`` from ``old_key`` to ``new_key`` (its succession was checked by the
+    caller) with the bundle ``data``; the old key's one-time prekeys go. False, changing
+    nothing, if the id is not bound to ``old_key``."""
+    cur = db.execute(
+        "UPDATE agents SET identity_key = ?, bundle = ?, updated_at = ? "
+        "WHERE agent_id = ? AND identity_key = ?",
+        (new_key, data, now, agent_id, old_key),
+    )
+    if cur.rowcount != 1:
+        return False
+    db.execute("DELETE FROM prekeys WHERE agent_id = ?", (agent_id,))
+    return True
 
 
 def add_prekeys(

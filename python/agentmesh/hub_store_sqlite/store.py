@@ -19,16 +19,19 @@ operations, the reads), :mod:`.writer` (the writer thread and group commit), :mo
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from agentmesh.hub_store import SEQ_BLOCK, BindResult, HubBackend, StoreState
-from agentmesh.hub_store_sqlite.directory import add_prekeys, claim_prekey
+from agentmesh.hub_store_sqlite.directory import add_prekeys, claim_prekey, rebind_agent
 from agentmesh.hub_store_sqlite.schema import lock_store, unlock_store
 from agentmesh.hub_store_sqlite.writer import StoreWriter
 
@@ -61,6 +64,8 @@ class SQLiteBackend(HubBackend):
             lambda tokens: self.on_commit(tokens), lambda err: self.on_fatal(err)
         )
         self._reader: sqlite3.Connection | None = None
+        self._ages_reader: sqlite3.Connection | None = None  # (metrics, on a worker thread)
+        self._ages_lock = threading.Lock()
         self._lock_fd: int | None = None
         self._closed = False
         self._next_seq = 1
@@ -109,6 +114,10 @@ class SQLiteBackend(HubBackend):
         if self._reader is not None:
             self._reader.close()
             self._reader = None
+        with self._ages_lock:
+            if self._ages_reader is not None:
+                self._ages_reader.close()
+                self._ages_reader = None
         await self._writer.shutdown()
         self._release_lock()
         if self.ephemeral:
@@ -193,17 +202,31 @@ class SQLiteBackend(HubBackend):
     async def oldest_enqueued(self, recipients: list[str]) -> dict[str, int]:
         if self._reader is None:
             return {}
-        deleting = self._writer.deleting
-        out: dict[str, int] = {}
-        for recipient in recipients:  # (each an index probe on (recipient, seq))
-            rows = self._reader.execute(
-                "SELECT seq, enqueued_at FROM inbox WHERE recipient = ? ORDER BY seq LIMIT ?",
-                (recipient, min(1 + len(deleting), 256)),
-            ).fetchall()
-            oldest = next((int(at) for seq, at in rows if seq not in deleting), None)
-            if oldest is not None:
-                out[recipient] = oldest
-        return out
+        # up to a thousand index probes: on a thread of their own, with a connection of
+        # their own, so that a metrics scrape never stalls the hub's event loop
+        deleting = frozenset(self._writer.deleting)
+        return await asyncio.to_thread(self._oldest_enqueued, recipients, deleting)
+
+    def _oldest_enqueued(self, recipients: list[str], deleting: frozenset[int]) -> dict[str, int]:
+        with self._ages_lock:
+            if self._closed:
+                return {}
+            if self._ages_reader is None:
+                self._ages_reader = sqlite3.connect(
+                    str(self.path), isolation_level=None, check_same_thread=False
+                )
+                self._ages_reader.execute("PRAGMA query_only = ON")
+            reader = self._ages_reader
+            out: dict[str, int] = {}
+            for recipient in recipients:  # (each an index probe on (recipient, seq))
+                rows = reader.execute(
+                    "SELECT seq, enqueued_at FROM inbox WHERE recipient = ? ORDER BY seq LIMIT ?",
+                    (recipient, min(1 + len(deleting), 256)),
+                ).fetchall()
+                oldest = next((int(at) for seq, at in rows if seq not in deleting), None)
+                if oldest is not None:
+                    out[recipient] = oldest
+            return out
 
     # ---- directory ---------------------------------------------------------------------------
 
@@ -229,6 +252,18 @@ class SQLiteBackend(HubBackend):
     ) -> BindResult:
         data = json.dumps(bundle, separators=(",", ":"), sort_keys=True)
         return await self._writer.bind(agent_id, identity_key, data, session)
+
+    async def rebind_agent(
+        self, agent_id: str, old_key: str, new_key: str, bundle: dict[str, Any]
+    ) -> bool:
+        data = json.dumps(bundle, separators=(",", ":"), sort_keys=True)
+        now = int(time.time() * 1000)
+        moved = await self._writer.in_transaction(
+            rebind_agent, agent_id, old_key, new_key, data, now
+        )
+        if moved:
+            self._prekeys[agent_id] = 0
+        return bool(moved)
 
     async def get_bundle(self, agent_id: str) -> dict[str, Any] | None:
         if self._reader is None:

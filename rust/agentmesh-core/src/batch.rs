@@ -33,6 +33,19 @@ impl Session {
         timestamp_ms: u64,
         rng: &mut R,
     ) -> Result<Vec<Envelope>> {
+        let payloads: Vec<Payload<'_>> = payloads.iter().map(|p| Payload::plain(p)).collect();
+        self.seal_payloads_many(ours, &payloads, timestamp_ms, rng)
+    }
+
+    /// [`Session::seal_many`] of payloads laid out straight into their envelopes (as
+    /// [`Session::seal_payload`]: a framed payload's binary values are copied once).
+    pub fn seal_payloads_many<R: RngCore + CryptoRng>(
+        &mut self,
+        ours: &IdentityKeyPair,
+        payloads: &[Payload<'_>],
+        timestamp_ms: u64,
+        rng: &mut R,
+    ) -> Result<Vec<Envelope>> {
         self.check_local(ours)?;
         self.sending_ratchet(ours, rng)?;
         let ratchet = self
@@ -52,7 +65,7 @@ impl Session {
             jobs.push((
                 self.next_header(ratchet, counter, timestamp_ms),
                 mk,
-                *payload,
+                payload,
             ));
             chain = next;
             counter += 1;
@@ -60,9 +73,7 @@ impl Session {
         let envelopes = jobs
             .into_par_iter()
             .with_min_len(MIN_ITEMS_PER_TASK)
-            .map(|(header, mk, payload)| {
-                encrypt_message(ours, header, &mk, &Payload::plain(payload))
-            })
+            .map(|(header, mk, payload)| encrypt_message(ours, header, &mk, payload))
             .collect::<Result<Vec<_>>>()?;
         if let Some(r) = self.active.as_deref_mut() {
             r.sending = Some(chain);

@@ -8,6 +8,7 @@ use rand_core::{CryptoRng, RngCore};
 use crate::envelope::Envelope;
 use crate::error::{Error, Result};
 use crate::keys::{check_agent_id, IdentityKeyPair, PublicBundle};
+use crate::payload::Payload;
 use crate::session::{Accepted, Ciphertext, MessageParts, Session};
 
 /// Which ids one call filled in, so that a failed call can open them again.
@@ -83,6 +84,21 @@ impl Session {
         timestamp_ms: u64,
         rng: &mut R,
     ) -> Result<Envelope> {
+        let payload = Payload::plain(payload);
+        self.seal_payload_as(ours, sender_id, recipient_id, &payload, timestamp_ms, rng)
+    }
+
+    /// [`Session::seal_as`] of a payload laid out straight into the envelope (as
+    /// [`Session::seal_payload`]: a framed payload's binary values are copied once).
+    pub fn seal_payload_as<R: RngCore + CryptoRng>(
+        &mut self,
+        ours: &IdentityKeyPair,
+        sender_id: &str,
+        recipient_id: &str,
+        payload: &Payload<'_>,
+        timestamp_ms: u64,
+        rng: &mut R,
+    ) -> Result<Envelope> {
         if ours.identity_key() != self.local_identity_key {
             return Err(Error::Identity(
                 "sender_keypair is not the identity this session was created with",
@@ -97,10 +113,10 @@ impl Session {
             return Err(Error::Identity("recipient_id is not this session's peer"));
         }
         if !self.has_open_ids() {
-            return self.seal(ours, payload, timestamp_ms, rng);
+            return self.seal_payload(ours, payload, timestamp_ms, rng);
         }
         let filled = self.fill_open_ids(sender_id, recipient_id)?;
-        let sealed = self.seal(ours, payload, timestamp_ms, rng);
+        let sealed = self.seal_payload(ours, payload, timestamp_ms, rng);
         // Once a set-up exists its transcript holds the ids: they can no longer be reopened.
         if sealed.is_err() && self.active.is_none() {
             self.reopen_ids(filled);

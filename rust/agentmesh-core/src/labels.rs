@@ -36,3 +36,9 @@ pub const SIG_GROUP_MEMBERSHIP: &[u8] = b"agentmesh/v1/sig/group-membership\0";
 /// the bundle; docs/protocol.md). Its own label: NATS nkey authentication signs the raw nonce,
 /// so an identity key must never be used as an nkey.
 pub const SIG_NATS_CONNECT: &[u8] = b"agentmesh/v1/sig/nats-connect\0";
+/// Signature purpose: an identity key hands its agent id over to its successor key (the old key
+/// signs the succession statement; docs/protocol.md, "Succession statement").
+pub const SIG_SUCCESSION: &[u8] = b"agentmesh/v1/sig/succession\0";
+/// Signature purpose: the successor key accepts the same succession statement, proving that
+/// whoever rotated holds its secret (a statement cannot name a key its signer does not own).
+pub const SIG_SUCCESSION_ACCEPT: &[u8] = b"agentmesh/v1/sig/succession-accept\0";

@@ -34,6 +34,7 @@ pub mod private_file;
 mod ratchet;
 mod session;
 mod state;
+mod succession;
 mod wire;
 mod x25519;
 
@@ -51,3 +52,6 @@ pub use keys::{
 pub use nats_connect::{sign_nats_connect, verify_nats_connect, MAX_NATS_NONCE_LEN};
 pub use ratchet::{MAX_MESSAGE_GAP, MAX_RETIRED_RATCHET_KEYS, MAX_SKIPPED_KEYS};
 pub use session::{Opened, Session, MAX_ARCHIVED_SESSIONS, MAX_REMEMBERED_SESSIONS, SIGNATURE_LEN};
+pub use succession::{
+    follow_succession, sign_succession, Succession, MAX_SUCCESSION_CHAIN, SUCCESSION_VERSION,
+};

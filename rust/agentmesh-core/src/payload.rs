@@ -43,16 +43,50 @@ fn len_u32(len: usize, what: &'static str) -> Result<u32> {
 /// envelope). `json` holds one reference per blob, numbered in order.
 #[derive(Debug, Clone, Copy)]
 pub struct Payload<'a> {
-    json: &'a [u8],
+    json: JsonText<'a>,
+    json_len: usize,
     blobs: &'a [&'a [u8]],
     len: usize,
+}
+
+/// A payload's JSON text: one buffer, or pieces laid end to end (so a caller can leave a long
+/// string where it is instead of copying it next to the text around it: it is copied once,
+/// into the envelope).
+#[derive(Debug, Clone, Copy)]
+enum JsonText<'a> {
+    Whole(&'a [u8]),
+    Pieces(&'a [&'a [u8]]),
+}
+
+impl JsonText<'_> {
+    fn len(&self) -> Result<usize> {
+        match self {
+            JsonText::Whole(json) => Ok(json.len()),
+            JsonText::Pieces(pieces) => pieces.iter().try_fold(0usize, |n, p| {
+                n.checked_add(p.len())
+                    .ok_or(Error::InvalidInput("payload JSON is too large"))
+            }),
+        }
+    }
+
+    fn write_into(&self, out: &mut Vec<u8>) {
+        match self {
+            JsonText::Whole(json) => out.extend_from_slice(json),
+            JsonText::Pieces(pieces) => {
+                for piece in *pieces {
+                    out.extend_from_slice(piece);
+                }
+            }
+        }
+    }
 }
 
 impl<'a> Payload<'a> {
     /// Plaintext bytes as they are (the pure-JSON form, or a framing made already).
     pub fn plain(bytes: &'a [u8]) -> Self {
         Self {
-            json: bytes,
+            json: JsonText::Whole(bytes),
+            json_len: bytes.len(),
             blobs: &[],
             len: bytes.len(),
         }
@@ -60,19 +94,40 @@ impl<'a> Payload<'a> {
 
     /// JSON with references and the blobs they name; without blobs, the JSON as it is.
     pub fn new(json: &'a [u8], blobs: &'a [&'a [u8]]) -> Result<Self> {
+        Self::with_text(JsonText::Whole(json), blobs)
+    }
+
+    /// [`Payload::new`] of a JSON text given in pieces, laid end to end in order (the same
+    /// plaintext as their concatenation, byte for byte).
+    pub fn from_pieces(json: &'a [&'a [u8]], blobs: &'a [&'a [u8]]) -> Result<Self> {
+        Self::with_text(JsonText::Pieces(json), blobs)
+    }
+
+    fn with_text(json: JsonText<'a>, blobs: &'a [&'a [u8]]) -> Result<Self> {
+        let json_len = json.len()?;
         if blobs.is_empty() {
-            return Ok(Self::plain(json));
+            return Ok(Self {
+                json,
+                json_len,
+                blobs,
+                len: json_len,
+            });
         }
         len_u32(blobs.len(), "too many binary values in one payload")?;
-        len_u32(json.len(), "payload JSON is too large")?;
-        let mut len = BINARY_PAYLOAD_MAGIC.len() + 8 + json.len();
+        len_u32(json_len, "payload JSON is too large")?;
+        let mut len = BINARY_PAYLOAD_MAGIC.len() + 8 + json_len;
         for blob in blobs {
             len_u32(blob.len(), "binary value is too large")?;
             len = len
                 .checked_add(4 + blob.len())
                 .ok_or(Error::InvalidInput("binary payload is too large"))?;
         }
-        Ok(Self { json, blobs, len })
+        Ok(Self {
+            json,
+            json_len,
+            blobs,
+            len,
+        })
     }
 
     /// The length of the plaintext form.
@@ -86,17 +141,17 @@ impl<'a> Payload<'a> {
 
     /// Appends the plaintext form to `out`.
     pub fn write_into(&self, out: &mut Vec<u8>) {
+        out.reserve(self.len);
         if self.blobs.is_empty() {
-            out.extend_from_slice(self.json);
+            self.json.write_into(out);
             return;
         }
         // (sizes checked in `new`)
         let be32 = |n: usize| u32::try_from(n).unwrap_or(u32::MAX).to_be_bytes();
-        out.reserve(self.len);
         out.extend_from_slice(&BINARY_PAYLOAD_MAGIC);
         out.extend_from_slice(&be32(self.blobs.len()));
-        out.extend_from_slice(&be32(self.json.len()));
-        out.extend_from_slice(self.json);
+        out.extend_from_slice(&be32(self.json_len));
+        self.json.write_into(out);
         for blob in self.blobs {
             out.extend_from_slice(&be32(blob.len()));
             out.extend_from_slice(blob);
@@ -125,10 +180,12 @@ pub struct PayloadParts<'a> {
 
 /// Splits a plaintext payload. A framed one must be exactly its framing (no trailing bytes)
 /// and hold at least one blob (a payload without any is always pure JSON, one encoding each).
+/// Either way its JSON must be an object: it must open with `{` (after JSON whitespace), so a
+/// JSON text that parses is one (the caller's parser checks the rest).
 pub fn decode(payload: &[u8]) -> Result<PayloadParts<'_>> {
     let Some(rest) = payload.strip_prefix(&BINARY_PAYLOAD_MAGIC[..3]) else {
         return Ok(PayloadParts {
-            json: payload,
+            json: object_text(payload)?,
             blobs: Blobs::default(),
         });
     };
@@ -145,7 +202,7 @@ pub fn decode(payload: &[u8]) -> Result<PayloadParts<'_>> {
         ));
     }
     let json_len = r.u32()? as usize;
-    let json = r.bytes(json_len)?;
+    let json = object_text(r.bytes(json_len)?)?;
     let mut items = Vec::with_capacity(n);
     for _ in 0..n {
         let len = r.u32()? as usize;
@@ -156,6 +213,19 @@ pub fn decode(payload: &[u8]) -> Result<PayloadParts<'_>> {
         json,
         blobs: Blobs { items, next: 0 },
     })
+}
+
+/// `json` if it opens an object; a payload is always one (a list, string, number or `null` at
+/// the top would reach the application as something other than the dict it expects).
+fn object_text(json: &[u8]) -> Result<&[u8]> {
+    let first = json
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first == Some(&b'{') {
+        Ok(json)
+    } else {
+        Err(Error::Format("payload is not a JSON object"))
+    }
 }
 
 /// The error for an object that uses [`BYTES_REFERENCE_KEY`] in a framed payload without

@@ -211,20 +211,12 @@ fn build() -> Value {
 
 #[test]
 fn payload_vectors_are_reproduced_byte_for_byte() {
-    let fresh = build();
-    if std::env::var_os("AGENTMESH_WRITE_VECTORS").is_some() {
-        std::fs::write(PATH, serde_json::to_string_pretty(&fresh).unwrap() + "\n").unwrap();
-    }
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
-    assert_eq!(
-        fresh, frozen,
-        "framing output differs from tests/vectors/payload-v1.json"
-    );
+    common::check_frozen_vectors(PATH, &build(), "framing");
 }
 
 #[test]
 fn frozen_framings_decode_to_their_parts() {
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let frozen = common::frozen_vectors(PATH);
     for case in frozen["framing"].as_array().unwrap() {
         let plaintext = hex::decode(case["plaintext"].as_str().unwrap()).unwrap();
         let (json, blobs) = read(&plaintext).unwrap();
@@ -241,7 +233,7 @@ fn frozen_framings_decode_to_their_parts() {
 
 #[test]
 fn frozen_malformed_framings_are_refused_with_their_error() {
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let frozen = common::frozen_vectors(PATH);
     for case in frozen["malformed"].as_array().unwrap() {
         let plaintext = hex::decode(case["plaintext"].as_str().unwrap()).unwrap();
         let err = read(&plaintext).expect_err(case["name"].as_str().unwrap());
@@ -257,7 +249,7 @@ fn frozen_malformed_framings_are_refused_with_their_error() {
 
 #[test]
 fn frozen_sealed_example_opens_to_its_framing() {
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let frozen = common::frozen_vectors(PATH);
     let ex = &frozen["sealed"];
     let field = |k: &str| hex::decode(ex[k].as_str().unwrap()).unwrap();
     let bob = IdentityKeyPair::from_secret_bytes(&field("receiver_secret_file"), None).unwrap();
@@ -344,4 +336,63 @@ fn seal_payload_lays_out_the_same_plaintext_in_both_modes() {
             .unwrap();
         assert_eq!(b.unseal(&bob, &plain).unwrap().payload(), b"{}");
     }
+}
+
+#[test]
+fn a_payload_that_is_not_a_json_object_is_refused() {
+    for text in [
+        &b"[1,2]"[..],
+        b"\"text\"",
+        b"3",
+        b"null",
+        b"true",
+        b"",
+        b"  ",
+        b" [{}]",
+    ] {
+        assert!(
+            matches!(decode(text), Err(Error::Format(_))),
+            "{:?} was accepted as a payload",
+            String::from_utf8_lossy(text)
+        );
+    }
+    for json in [
+        &br#"[{"_agentmesh_bytes":0}]"#[..],
+        br#" [{"_agentmesh_bytes":0}]"#,
+    ] {
+        let framed = encode(json, &[b"x"]).unwrap().into_owned();
+        assert!(matches!(decode(&framed), Err(Error::Format(_))));
+    }
+    // JSON whitespace may open an object (another writer's JSON need not be compact)
+    assert_eq!(decode(b" \n\t\r{}").unwrap().json, b" \n\t\r{}");
+    // what a peer sealed arrives as it was sent; reading it as a payload refuses it
+    let mut rng = TestRng::new("not an object");
+    let alice = IdentityKeyPair::generate("alice", &mut rng).unwrap();
+    let bob = IdentityKeyPair::generate("bob", &mut rng).unwrap();
+    let mut a = Session::new(&alice, bob.public_bundle(), Mode::Signed).unwrap();
+    let mut b = Session::new(&bob, alice.public_bundle(), Mode::Signed).unwrap();
+    let env = a.seal(&alice, b"[1,2]", T0, &mut rng).unwrap();
+    let opened = b.unseal(&bob, &env).unwrap();
+    assert!(matches!(decode(opened.payload()), Err(Error::Format(_))));
+}
+
+#[test]
+fn a_json_text_in_pieces_lays_out_as_its_concatenation() {
+    let long = vec![b'x'; 70_000];
+    let pieces: [&[u8]; 5] = [
+        br#"{"a":""#,
+        &long,
+        br#"","b":["#,
+        br#"{"_agentmesh_bytes":0}"#,
+        b"]}",
+    ];
+    let json = pieces.concat();
+    for blobs in [&[][..], &[&b"blob"[..]][..]] {
+        let payload = Payload::from_pieces(&pieces, blobs).unwrap();
+        let mut laid_out = Vec::new();
+        payload.write_into(&mut laid_out);
+        assert_eq!(laid_out, &*encode(&json, blobs).unwrap());
+        assert_eq!(payload.len(), laid_out.len());
+    }
+    assert_eq!(Payload::from_pieces(&[], &[]).unwrap().len(), 0);
 }

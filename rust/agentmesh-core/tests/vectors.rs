@@ -129,20 +129,12 @@ fn build() -> Value {
 
 #[test]
 fn protocol_vectors_are_reproduced_byte_for_byte() {
-    let fresh = build();
-    if std::env::var_os("AGENTMESH_WRITE_VECTORS").is_some() {
-        std::fs::write(PATH, serde_json::to_string_pretty(&fresh).unwrap() + "\n").unwrap();
-    }
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
-    assert_eq!(
-        fresh, frozen,
-        "protocol output differs from tests/vectors/protocol-v1.json"
-    );
+    common::check_frozen_vectors(PATH, &build(), "protocol");
 }
 
 #[test]
 fn frozen_envelopes_open_from_frozen_state() {
-    let frozen: Value = serde_json::from_str(&std::fs::read_to_string(PATH).unwrap()).unwrap();
+    let frozen = common::frozen_vectors(PATH);
     let load = |name: &str| {
         let secret =
             hex::decode(frozen["identities"][name]["secret_file"].as_str().unwrap()).unwrap();

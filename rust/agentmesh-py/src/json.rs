@@ -71,9 +71,11 @@ impl Blob<'_> {
 }
 
 /// A payload dict converted: its JSON (with a reference per binary value) and the binary
-/// values, which stay in their Python objects until the core lays them out.
+/// values, which stay in their Python objects until the core lays them out; so do long strings
+/// that need no escaping (the JSON has their quotes, `spliced` says where their text goes).
 pub struct Out<'py> {
     json: Vec<u8>,
+    spliced: Vec<(usize, Bound<'py, PyString>)>,
     blobs: Vec<Blob<'py>>,
 }
 
@@ -83,22 +85,53 @@ impl Out<'_> {
         self.blobs.iter().map(Blob::as_slice).collect()
     }
 
-    /// Runs `f` on the core's view of the payload (laid out by the core where it is sealed).
+    /// The JSON text in pieces, long strings borrowed where they are (read with the GIL
+    /// released, as the blobs); empty when no string was left in place.
+    pub fn pieces(&self) -> PyResult<Vec<&[u8]>> {
+        if self.spliced.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pieces = Vec::with_capacity(2 * self.spliced.len() + 1);
+        let mut from = 0;
+        for (at, text) in &self.spliced {
+            pieces.push(self.json.get(from..*at).unwrap_or_default());
+            pieces.push(text.to_str()?.as_bytes());
+            from = *at;
+        }
+        pieces.push(self.json.get(from..).unwrap_or_default());
+        Ok(pieces)
+    }
+
+    /// The core's view of the payload, given its [`Out::pieces`] and [`Out::blobs`] (laid out
+    /// by the core where it is sealed).
+    pub fn payload<'a>(
+        &'a self,
+        pieces: &'a [&'a [u8]],
+        blobs: &'a [&'a [u8]],
+    ) -> PyResult<Payload<'a>> {
+        if self.spliced.is_empty() {
+            Payload::new(&self.json, blobs)
+        } else {
+            Payload::from_pieces(pieces, blobs)
+        }
+        .map_err(to_py)
+    }
+
+    /// Runs `f` on the core's view of the payload.
     pub fn with_payload<T>(&self, f: impl FnOnce(&Payload<'_>) -> T) -> PyResult<T> {
-        let blobs = self.blobs();
-        let payload = Payload::new(&self.json, &blobs).map_err(to_py)?;
-        Ok(f(&payload))
+        let (pieces, blobs) = (self.pieces()?, self.blobs());
+        Ok(f(&self.payload(&pieces, &blobs)?))
     }
 
     /// The plaintext form in one buffer.
     pub fn into_plaintext(self) -> PyResult<Vec<u8>> {
-        if self.blobs.is_empty() {
-            return Ok(self.json);
-        }
+        let json = if self.spliced.is_empty() {
+            std::borrow::Cow::Borrowed(&self.json)
+        } else {
+            std::borrow::Cow::Owned(self.pieces()?.concat())
+        };
         let blobs = self.blobs();
-        Ok(payload::encode(&self.json, &blobs)
-            .map_err(to_py)?
-            .into_owned())
+        Ok(payload::encode(&json, &blobs).map_err(to_py)?.into_owned())
     }
 }
 
@@ -116,6 +149,7 @@ pub fn payload_to_parts<'py>(payload: &Bound<'py, PyAny>) -> PyResult<Out<'py>> 
     })?;
     let mut out = Out {
         json: Vec::with_capacity(64),
+        spliced: Vec::new(),
         blobs: Vec::new(),
     };
     let mut path = Vec::new();
@@ -153,16 +187,45 @@ fn write_escape(b: u8, out: &mut Vec<u8>) {
     }
 }
 
+/// Room reserved past a long string for what usually follows it (closing brackets), so a
+/// megabyte string is not copied again when the buffer grows by a byte; short ones get none
+/// (the buffer's first capacity holds a small payload whole).
+const LONG_STR: usize = 4096;
+const LONG_STR_SLACK: usize = 64;
+
+/// Strings at least this long that need no escaping are not copied into the JSON buffer: the
+/// core copies them once, straight into the envelope.
+const LEAVE_IN_PLACE: usize = 16 * 1024;
+
+fn is_clean(block: &[u8]) -> bool {
+    !block
+        .iter()
+        .fold(false, |dirty, &b| dirty | needs_escape(b))
+}
+
+fn write_str_value<'py>(s: &Bound<'py, PyString>, out: &mut Out<'py>) -> PyResult<()> {
+    let text = s.to_str()?;
+    if text.len() >= LEAVE_IN_PLACE && text.as_bytes().chunks(SCAN_BLOCK).all(is_clean) {
+        out.json.push(b'"');
+        out.spliced.push((out.json.len(), s.clone()));
+        out.json.push(b'"');
+        return Ok(());
+    }
+    write_str(text, &mut out.json)
+}
+
 fn write_str(s: &str, out: &mut Vec<u8>) -> PyResult<()> {
     let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
+    let slack = if bytes.len() >= LONG_STR {
+        LONG_STR_SLACK
+    } else {
+        0
+    };
+    out.reserve(bytes.len() + 2 + slack);
     out.push(b'"');
     let mut clean_from = 0;
     for (block_index, block) in bytes.chunks(SCAN_BLOCK).enumerate() {
-        if !block
-            .iter()
-            .fold(false, |dirty, &b| dirty | needs_escape(b))
-        {
+        if is_clean(block) {
             continue;
         }
         let base = block_index * SCAN_BLOCK;
@@ -245,7 +308,7 @@ fn write_value<'py>(
     path: &mut Vec<String>,
 ) -> PyResult<()> {
     if let Ok(s) = v.downcast::<PyString>() {
-        return write_str(s.to_str()?, &mut out.json);
+        return write_str_value(s, out);
     }
     write_scalar(v, out, path)
 }

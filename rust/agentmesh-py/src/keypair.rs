@@ -21,6 +21,9 @@ pub struct PyAgentKeyPair {
     agent_id: Option<String>,
     fingerprint: String,
     identity_key: [u8; 32],
+    /// The succession statements leading to this identity key (oldest first), published in
+    /// its bundle so that peers which pinned an older key can follow (empty: none).
+    succession: RwLock<Vec<Vec<u8>>>,
 }
 
 impl PyAgentKeyPair {
@@ -30,6 +33,7 @@ impl PyAgentKeyPair {
             fingerprint: kp.fingerprint(),
             identity_key: kp.identity_key(),
             inner: RwLock::new(kp),
+            succession: RwLock::new(Vec::new()),
         }
     }
 
@@ -163,7 +167,42 @@ impl PyAgentKeyPair {
     /// The public, self-certifying bundle (a JSON-safe dict).
     fn public_bundle<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let b = locks::read(py, &self.inner).public_bundle();
-        bundle::to_dict(py, &b)
+        let d = bundle::to_dict(py, &b)?;
+        let chain = locks::read(py, &self.succession);
+        if !chain.is_empty() {
+            let list = PyList::new(py, chain.iter().map(|s| bundle::b64(s)))?;
+            d.set_item("succession", list)?;
+        }
+        Ok(d)
+    }
+
+    /// The succession statements published with this identity (oldest first).
+    fn succession<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyList>> {
+        let chain = locks::read(py, &self.succession);
+        PyList::new(py, chain.iter().map(|s| PyBytes::new(py, s)))
+    }
+
+    /// Sets the statements published with this identity: they must lead, one after the other,
+    /// to this identity key (the core's chain check, from the first statement's old key).
+    fn set_succession(&self, py: Python<'_>, chain: Vec<Vec<u8>>) -> PyResult<()> {
+        if let Some(first) = chain.first() {
+            let start = agentmesh_core::Succession::verify(first).map_err(to_py)?;
+            let refs: Vec<&[u8]> = chain.iter().map(Vec::as_slice).collect();
+            agentmesh_core::follow_succession(
+                &start.agent_id,
+                &start.old_identity_key,
+                &self.identity_key,
+                &refs,
+            )
+            .map_err(to_py)?;
+            if self.agent_id.as_deref() != Some(start.agent_id.as_str()) {
+                return Err(to_py(agentmesh_core::Error::Identity(
+                    "the succession statements are for another agent id",
+                )));
+            }
+        }
+        *locks::write(py, &self.succession) = chain;
+        Ok(())
     }
 
     /// Proves possession of the identity key to one hub for one connection and one bundle

@@ -10,6 +10,7 @@ mod json;
 mod keypair;
 mod locks;
 mod session;
+mod succession;
 
 use agentmesh_core::AgentIdProblem;
 use pyo3::exceptions::PyValueError;
@@ -184,6 +185,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     )?;
     m.add_function(wrap_pyfunction!(write_private_file, m)?)?;
     m.add_function(wrap_pyfunction!(check_agent_id, m)?)?;
+    m.add_function(wrap_pyfunction!(succession::sign_succession, m)?)?;
+    m.add_function(wrap_pyfunction!(succession::verify_succession, m)?)?;
+    m.add_function(wrap_pyfunction!(succession::follow_succession, m)?)?;
+    m.add("MAX_SUCCESSION_CHAIN", agentmesh_core::MAX_SUCCESSION_CHAIN)?;
     m.add_class::<group::PyGroupSession>()?;
     m.add_class::<group::PyGroupEnvelope>()?;
     m.add_function(wrap_pyfunction!(group::sign_membership, m)?)?;

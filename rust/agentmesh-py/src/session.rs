@@ -12,7 +12,7 @@ use rand_core::OsRng;
 use crate::bundle;
 use crate::envelope::{envelope_arg, EnvelopeArg, PyEnvelope};
 use crate::errors::{to_py, IdentityError};
-use crate::json::{payload_to_parts, payload_to_plaintext, plaintext_to_py};
+use crate::json::{payload_to_parts, plaintext_to_py};
 use crate::keypair::PyAgentKeyPair;
 use crate::locks;
 
@@ -165,20 +165,21 @@ impl PyCryptoSession {
         recipient_id: &str,
         payload: &Bound<'_, PyAny>,
     ) -> PyResult<PyEnvelope> {
-        let json = payload_to_plaintext(payload)?;
+        let parts = payload_to_parts(payload)?;
         let ts = now_ms();
         let sealed = {
             let mut session = locks::lock(py, &self.session);
             let kp = locks::read(py, &sender_keypair.get().inner);
             let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-            let big = json.len() >= RELEASE_GIL_AT;
-            let json = json.as_slice();
-            let mut seal = move || s.seal_as(k, sender_id, recipient_id, json, ts, &mut OsRng);
-            if big {
-                py.allow_threads(seal)
-            } else {
-                seal()
-            }
+            parts.with_payload(|p| {
+                let mut seal =
+                    move || s.seal_payload_as(k, sender_id, recipient_id, p, ts, &mut OsRng);
+                if p.len() >= RELEASE_GIL_AT {
+                    py.allow_threads(seal)
+                } else {
+                    seal()
+                }
+            })?
         };
         match sealed {
             Ok(inner) => Ok(PyEnvelope { inner }),
@@ -242,18 +243,27 @@ impl PyCryptoSession {
         py: Python<'py>,
         payloads: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let jsons = payloads
+        let parts = payloads
             .try_iter()?
-            .map(|p| payload_to_plaintext(&p?))
+            .map(|p| payload_to_parts(&p?))
             .collect::<PyResult<Vec<_>>>()?;
-        let refs: Vec<&[u8]> = jsons.iter().map(Vec::as_slice).collect();
+        let pieces = parts
+            .iter()
+            .map(|p| p.pieces())
+            .collect::<PyResult<Vec<_>>>()?;
+        let blobs: Vec<Vec<&[u8]>> = parts.iter().map(|p| p.blobs()).collect();
+        let laid_out = parts
+            .iter()
+            .zip(pieces.iter().zip(&blobs))
+            .map(|(p, (j, b))| p.payload(j, b))
+            .collect::<PyResult<Vec<_>>>()?;
         let kp_obj = self.keypair.get();
         let ts = now_ms();
         let envs = {
             let mut session = locks::lock(py, &self.session);
             let kp = locks::read(py, &kp_obj.inner);
             let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-            py.allow_threads(|| s.seal_many(k, &refs, ts, &mut OsRng))
+            py.allow_threads(|| s.seal_payloads_many(k, &laid_out, ts, &mut OsRng))
         }
         .map_err(to_py)?;
         let list = PyList::empty(py);

@@ -123,3 +123,19 @@ impl Pair {
         self.a_open(&e).unwrap();
     }
 }
+
+/// A frozen vector file (tests/vectors/*.json), parsed.
+pub fn frozen_vectors(path: &str) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// Compares vectors built afresh with the frozen file at `path`, so that any change of the
+/// format shows up; with AGENTMESH_WRITE_VECTORS set, rewrites the file first (after an
+/// intended protocol change). `what` names the output in the failure.
+pub fn check_frozen_vectors(path: &str, fresh: &serde_json::Value, what: &str) {
+    if std::env::var_os("AGENTMESH_WRITE_VECTORS").is_some() {
+        std::fs::write(path, serde_json::to_string_pretty(fresh).unwrap() + "\n").unwrap();
+    }
+    let frozen = frozen_vectors(path);
+    assert_eq!(fresh, &frozen, "{what} output differs from {path}");
+}
