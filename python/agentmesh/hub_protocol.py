@@ -149,6 +149,9 @@ class FrameType(IntEnum):
     PONG = 0x21  # either: echo of the PING body
     REQUEST = 0x30  # C: u32 request id | u8 op | argument (UTF-8)
     RESPONSE = 0x31  # S: u32 request id | u8 status (0 ok, else error code low byte) | JSON
+    # either: u32 channel | u8 frame type | body: a frame of one agent on a shared connection
+    # (agentmesh.hub_channels). Only on a lookup connection whose READY says ``channels``.
+    CHANNEL = 0x40
     ERROR = 0x7F  # S: u16 error code | message (UTF-8); connection-level, usually then closed
 
 

@@ -105,6 +105,7 @@ class ReceivePool:
         self._spawned = 0
         self._last_start = time.monotonic()
         self._watcher: threading.Thread | None = None
+        self._watch_timed = False  # the watcher waits with a deadline: it looks again anyway
 
     @property
     def workers(self) -> int:
@@ -146,7 +147,10 @@ class ReceivePool:
                         target=self._watch, name=f"{self._name}-watch", daemon=True
                     )
                     self._watcher.start()
-                self._watch_cv.notify()
+                # (waking it for every agent queued behind a busy worker cost a thread switch per
+                # agent: a process hosting hundreds paid that on nearly every message)
+                if not self._watch_timed:
+                    self._watch_cv.notify()
 
     def _spawn(self) -> None:
         self._workers += 1
@@ -200,6 +204,8 @@ class ReceivePool:
                         self._spawn()
                         self._last_start = time.monotonic()
                         continue
+                    self._watch_timed = True
                     cv.wait(max(STUCK_AFTER - waited, 0.001))
+                    self._watch_timed = False
                 else:
                     cv.wait()

@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .backend import Backend
 from .backend_hub import BackendHub
 from .hub_address import HubAddress
+
+if TYPE_CHECKING:
+    from .hub_client.channels import CarrierPool
 
 __all__ = ["NetworkHub"]
 
@@ -21,11 +24,15 @@ log = logging.getLogger("agentmesh.hubs")
 class NetworkHub(BackendHub):
     """The client side of a network hub; same interface as :class:`~agentmesh.hubs.LocalHub`.
 
-    ``NetworkHub(host, port=7700, *, ssl=None, connect_timeout=10.0, timeout=30.0)``, or
-    ``NetworkHub(address)`` with any address of :mod:`agentmesh.hub_address` (``"host:port"``,
-    ``"agentmesh+tls://host:port"``, ...). ``ssl`` is an ``ssl.SSLContext`` (or ``True`` for the
-    default client context) for TLS to the hub. ``timeout`` bounds lookups (``get_bundle``,
-    ``list_agents``, ``message_count``).
+    ``NetworkHub(host, port=7700, *, ssl=None, connect_timeout=10.0, timeout=30.0,
+    share_connection=True)``, or ``NetworkHub(address)`` with any address of
+    :mod:`agentmesh.hub_address` (``"host:port"``, ``"agentmesh+tls://host:port"``, ...).
+    ``ssl`` is an ``ssl.SSLContext`` (or ``True`` for the default client context) for TLS to
+    the hub. ``timeout`` bounds lookups (``get_bundle``, ``list_agents``, ``message_count``).
+    ``share_connection``: the agents registered through this object (all but the first, which
+    keeps a connection of its own) share one connection to the hub, each on a channel of its
+    own (:mod:`agentmesh.hub_client.channels`), when the hub offers channels; ``False`` gives
+    every agent a connection of its own.
     """
 
     rotates_identities = True
@@ -38,6 +45,7 @@ class NetworkHub(BackendHub):
         ssl: Any = None,
         connect_timeout: float = 10.0,
         timeout: float = 30.0,
+        share_connection: bool = True,
     ) -> None:
         if not isinstance(host, str) or not host.strip():
             raise ValueError("host must be a non-empty str (a host name or a hub address)")
@@ -67,6 +75,11 @@ class NetworkHub(BackendHub):
         self._lookup: Any = None
         self._lookup_lock: asyncio.Lock | None = None
         self._claims_unsupported = False
+        self._carriers: CarrierPool | None = None
+        if share_connection:
+            from .hub_client.channels import CarrierPool
+
+            self._carriers = CarrierPool(host, port, ssl, self.connect_timeout)
 
     def __repr__(self) -> str:
         return f"<NetworkHub {self.host}:{self.port} agents={len(self._links)}>"
@@ -128,12 +141,25 @@ class NetworkHub(BackendHub):
     def _new_backend(self) -> Backend:
         from .hub_client import HubClient
 
-        return HubClient(self.host, self.port, ssl=self.ssl, connect_timeout=self.connect_timeout)
+        return HubClient(
+            self.host,
+            self.port,
+            ssl=self.ssl,
+            connect_timeout=self.connect_timeout,
+            carriers=self._carriers,
+        )
 
     def _close_lookups(self) -> None:
         lookup, self._lookup = self._lookup, None
         if lookup is not None:
             self._net.run(lookup.close(), timeout=5.0)
+        carriers = self._carriers
+        if carriers is not None:
+
+            async def close_carriers() -> None:
+                carriers.close()
+
+            self._net.run(close_carriers(), timeout=5.0)
 
     def __enter__(self) -> NetworkHub:
         return self

@@ -49,6 +49,27 @@ class HubDeployment:
         self.process.stop()
 
 
+class SharedHubDeployment(HubDeployment):
+    """The network hub with every client's agent on a channel of one shared connection (the
+    way a NetworkHub's agents connect): each must behave exactly as on a connection of its
+    own, through the hub's crashes too."""
+
+    name = "hub-channels"
+
+    def __init__(self, tmp: Path, extra_args: tuple[str, ...] = ()) -> None:
+        from agentmesh.hub_client.channels import CarrierPool
+
+        super().__init__(tmp, extra_args)
+        self.carriers = CarrierPool("127.0.0.1", self.process.port, None, 5.0, first_alone=False)
+
+    def new_backend(self) -> Backend:
+        from agentmesh.hub_client import HubClient
+
+        return HubClient(
+            "127.0.0.1", self.process.port, connect_timeout=5.0, carriers=self.carriers
+        )
+
+
 class LocalDeployment:
     """The in-process hub's directory and its backend, ``LocalBackend``. Its state is this
     process's memory: there is no server to crash and no connection to lose, so the tests of
@@ -121,7 +142,11 @@ class NatsClusterDeployment(NatsDeployment):
     nodes = 3
 
 
-DEPLOYMENTS: dict[str, Callable[..., Any]] = {"hub": HubDeployment, "local": LocalDeployment}
+DEPLOYMENTS: dict[str, Callable[..., Any]] = {
+    "hub": HubDeployment,
+    "hub-channels": SharedHubDeployment,
+    "local": LocalDeployment,
+}
 if importlib.util.find_spec("nats") is not None:  # (nats-py: in the dev extra)
     DEPLOYMENTS.update(nats=NatsDeployment, nats3=NatsClusterDeployment)
 

@@ -11,11 +11,12 @@ import socket
 import ssl
 import struct
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import ServerFactory
 from hubutil import (
     HOST,
     Collector,
@@ -46,30 +47,12 @@ from agentmesh.hub_protocol import (
 from agentmesh.hub_server import HubLimits, NetworkHubServer
 from agentmesh.hub_store import default_store_path
 
-ServerFactory = Callable[..., NetworkHubServer]
-
 
 def run(coro: Awaitable[Any], timeout: float = 120.0) -> Any:
     async def main() -> Any:
         return await asyncio.wait_for(coro, timeout)
 
     return asyncio.run(main())
-
-
-@pytest.fixture
-def make_server(tmp_path: Path) -> Iterator[ServerFactory]:
-    servers: list[NetworkHubServer] = []
-
-    def factory(**kw: Any) -> NetworkHubServer:
-        kw.setdefault("store_path", tmp_path / f"hub{len(servers)}.db")
-        srv = NetworkHubServer(HOST, 0, **kw)
-        srv.start(block=False)
-        servers.append(srv)
-        return srv
-
-    yield factory
-    for srv in servers:
-        srv.stop()
 
 
 @pytest.fixture

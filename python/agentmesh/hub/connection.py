@@ -8,9 +8,7 @@ its collaborators: the hub's :class:`~agentmesh.hub.registration.Registrar` (HEL
 Frames that must wait (a registration in progress, unread output) are held in a backlog, and
 reading pauses while any reason to pause holds.
 
-Output is batched: :meth:`Connection.write` only collects frames; the hub's
-:class:`OutputQueue` writes each connection's frames in one ``transport.write`` at the end of
-the batch of work that produced them.
+Its output and the pausing of its reads are :class:`~agentmesh.hub.output.ConnectionOutput`.
 """
 
 from __future__ import annotations
@@ -26,45 +24,28 @@ from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
 from agentmesh.hub.delivery import DeliveryPump, SendIntake
+from agentmesh.hub.output import ConnectionOutput, OutputQueue
 from agentmesh.hub.requests import RequestHandler
 from agentmesh.hub.states import AGENT, AWAIT_AUTH, AWAIT_HELLO, CLOSED, CLOSING, LOOKUP
+from agentmesh.hub_channels import CHANNEL_OVERHEAD
 from agentmesh.hub_protocol import (
     ErrorCode,
     FrameDecoder,
     FrameType,
     ProtocolError,
-    encode_error,
     encode_frame,
 )
 
 if TYPE_CHECKING:
+    from agentmesh.hub.channels import ChannelTable
     from agentmesh.hub.core import AgentState, HubCore
 
-__all__ = ["Connection", "OutputQueue"]
+__all__ = ["Connection", "OutputQueue"]  # (OutputQueue: agentmesh.hub.output)
 
 log = logging.getLogger("agentmesh.hub")
 
 
-class OutputQueue:
-    """The connections with frames waiting in their ``out``: written out together, one write
-    per connection per batch of work (at the latest in the next loop iteration)."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.unflushed: list[Connection] = []
-
-    def add(self, conn: Connection) -> None:
-        self.unflushed.append(conn)
-        if len(self.unflushed) == 1:
-            self.loop.call_soon(self.flush)
-
-    def flush(self) -> None:
-        conns, self.unflushed = self.unflushed, []
-        for c in conns:
-            c.flush_out()
-
-
-class Connection(asyncio.Protocol):
+class Connection(ConnectionOutput, asyncio.Protocol):
     """One client connection (server side)."""
 
     def __init__(self, hub: HubCore) -> None:
@@ -97,6 +78,8 @@ class Connection(asyncio.Protocol):
         self.intake = SendIntake(self)
         self.pump = DeliveryPump(self)
         self.requests = RequestHandler(self)
+        #: the agents this (lookup) connection carries as channels (agentmesh.hub.channels)
+        self.channels: ChannelTable | None = None
 
     def __repr__(self) -> str:
         who = self.agent_id if self.agent_id is not None else "-"
@@ -137,6 +120,8 @@ class Connection(asyncio.Protocol):
         self.pump.clear()
         self.backlog.clear()
         self.out.clear()
+        if self.channels is not None:
+            self.channels.lost()
         if self.agent_id is not None:
             log.info("agent %r disconnected (%s)", self.agent_id, self.peer)
         else:
@@ -152,6 +137,8 @@ class Connection(asyncio.Protocol):
         if self.state == AGENT:
             self.pump.refill()
         self._drain_backlog()
+        if self.channels is not None:
+            self.channels.writable()
 
     def eof_received(self) -> bool:
         # A half-closed client gets nothing more: close our side too.
@@ -171,7 +158,10 @@ class Connection(asyncio.Protocol):
         if self.blocked or self.backlog or self.write_paused:
             self.backlog.extend(frames)
             return
-        self._process(frames)
+        if self.channels is not None:
+            self.channels.on_frames(frames)
+        else:
+            self._process(frames)
         # What these frames produced (deliveries to their recipients, acknowledgements) leaves
         # now rather than one loop iteration later: a round trip crosses the hub twice.
         self.output.flush()
@@ -200,6 +190,8 @@ class Connection(asyncio.Protocol):
                     self.intake.on_send_group(body)
                 elif ftype == FrameType.SEND_EXPIRING:
                     self.intake.on_send_expiring(body)
+                elif ftype == FrameType.CHANNEL and self.channels is not None:
+                    self.channels.on_frame(body)
                 else:
                     coro = self._on_other(ftype, body)
                     if coro is not None:
@@ -260,7 +252,7 @@ class Connection(asyncio.Protocol):
             self.hub.registrar.welcome(self, body)
             return None
         if ftype == FrameType.REGISTER:
-            if state not in (AWAIT_AUTH, LOOKUP):
+            if state not in (AWAIT_AUTH, LOOKUP) or (self.channels and self.channels.highest):
                 raise ProtocolError(ErrorCode.PROTOCOL, "REGISTER not allowed now")
             return self.hub.registrar.register(self, body)
         if ftype == FrameType.LOOKUP:
@@ -270,7 +262,7 @@ class Connection(asyncio.Protocol):
                 raise ProtocolError(ErrorCode.TOO_MANY_CONNECTIONS, "too many lookup connections")
             self.state = LOOKUP
             self.hub.connections.count_as(self, "lookup")
-            self.ready({"mode": "lookup"})
+            self.ready(self._offer_channels())
             log.debug("lookup connection from %s", self.peer)
             return None
         if ftype == FrameType.REQUEST:
@@ -287,68 +279,24 @@ class Connection(asyncio.Protocol):
             ErrorCode.PROTOCOL, f"frame type 0x{ftype:02x} is not accepted by the hub"
         )
 
+    def _offer_channels(self) -> dict[str, Any]:
+        """A lookup connection may carry agents as channels (agentmesh.hub.channels)."""
+        limit = self.limits.max_channels_per_connection
+        if not limit:
+            return {"mode": "lookup"}
+        from agentmesh.hub.channels import ChannelTable
+
+        self.channels = ChannelTable(self)
+        self.decoder.max_frame_size += CHANNEL_OVERHEAD
+        return {"mode": "lookup", "channels": limit}
+
+    def became_agent(self) -> None:
+        """A registration on this connection (or on a channel it carries) succeeded: it counts
+        as an agent's connection, with an agent's output buffer."""
+        self.hub.connections.count_as(self, None)
+        self.high_water = self.limits.max_write_buffer
+        if self.transport is not None:
+            self.transport.set_write_buffer_limits(high=self.high_water, low=self.high_water // 4)
+
     def ready(self, info: dict[str, Any]) -> None:
         self.write(encode_frame(FrameType.READY, json.dumps(info).encode()))
-
-    # ---- output and closing ------------------------------------------------------------------
-
-    def write(self, data: bytes) -> None:
-        if self.state >= CLOSED:
-            return
-        self.out.append(data)
-        self.out_bytes += len(data)
-        if not self.out_scheduled:
-            self.out_scheduled = True
-            self.output.add(self)
-
-    def flush_out(self) -> None:
-        self.out_scheduled = False
-        self.out_bytes = 0
-        out = self.out
-        if not out:
-            return
-        t = self.transport
-        if t is None or self.state >= CLOSED or t.is_closing():
-            out.clear()
-            return
-        data = out[0] if len(out) == 1 else b"".join(out)
-        out.clear()
-        t.write(data)
-
-    def pause(self, reason: str) -> None:
-        if not self.paused_by and self.transport is not None and self.state < CLOSING:
-            with contextlib.suppress(Exception):
-                self.transport.pause_reading()
-        self.paused_by.add(reason)
-
-    def resume(self, reason: str) -> None:
-        if reason not in self.paused_by:
-            return
-        self.paused_by.discard(reason)
-        if not self.paused_by and self.transport is not None and self.state < CLOSING:
-            with contextlib.suppress(Exception):
-                self.transport.resume_reading()
-
-    def fail(self, code: int, message: str, level: int = logging.INFO) -> None:
-        """Send an ERROR frame and close."""
-        if self.state >= CLOSING:
-            return
-        log.log(level, "closing %r: %s", self, message)
-        self.write(encode_error(code, message))
-        self.flush_out()
-        self.close()
-
-    def close(self) -> None:
-        if self.state >= CLOSING:
-            return
-        self.state = CLOSING
-        t = self.transport
-        if t is None:
-            return
-        t.close()
-        # A peer that never reads would keep the transport (and its buffer) forever.
-        self.loop.call_later(2.0, self.abort)
-
-    def abort(self) -> None:
-        if self.state != CLOSED and self.transport is not None:
-            self.transport.abort()

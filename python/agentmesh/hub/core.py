@@ -3,7 +3,7 @@
 :class:`HubCore` holds the store, the limits, the known agents (:class:`AgentState`: queue
 size and current delivery connection of each), the senders' committed progress, and the
 hub-wide collaborators: the :class:`~agentmesh.hub.connection_table.ConnectionTable`, the
-:class:`~agentmesh.hub.connection.OutputQueue`, the
+:class:`~agentmesh.hub.output.OutputQueue`, the
 :class:`~agentmesh.hub.registration.Registrar` and the
 :class:`~agentmesh.hub.requests.Directory`. It runs the housekeeping clock and the orderly
 shutdown. Connections (:class:`~agentmesh.hub.connection.Connection`) are made with it.
@@ -19,10 +19,10 @@ from collections.abc import Callable
 from types import ModuleType
 from typing import TYPE_CHECKING
 
-from agentmesh.hub.connection import OutputQueue
 from agentmesh.hub.connection_table import ConnectionTable
 from agentmesh.hub.delivery import commit_done
 from agentmesh.hub.limits import HubLimits
+from agentmesh.hub.output import OutputQueue
 from agentmesh.hub.registration import Registrar
 from agentmesh.hub.requests import Directory
 from agentmesh.hub_protocol import ErrorCode, FrameType, encode_frame

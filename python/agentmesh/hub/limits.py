@@ -13,7 +13,7 @@ __all__ = ["HubLimits", "MiB"]
 MiB = 1024 * 1024
 
 #: Limits where 0 means "off" rather than nothing allowed.
-_MAY_BE_ZERO = frozenset({"max_fanout_bytes"})
+_MAY_BE_ZERO = frozenset({"max_fanout_bytes", "max_channels_per_connection"})
 
 
 @dataclass
@@ -30,6 +30,9 @@ class HubLimits:
     max_handshaking: int = 128
     #: Lookup-only connections (unauthenticated, kept alive by answering pings).
     max_lookup_connections: int = 128
+    #: Agents one connection may carry as channels (docs/hub.md#shared-connections); 0: the
+    #: hub offers no channels, so every agent holds a connection of its own.
+    max_channels_per_connection: int = 1024
     #: Handshaking plus lookup connections from one IP address.
     max_unauthenticated_per_address: int = 32
     #: Outgoing bytes buffered for a handshaking or lookup connection before the hub stops

@@ -195,10 +195,7 @@ class Registrar:
         conn.session = session
         conn.intake.start(acked)
         conn.state = AGENT
-        hub.connections.count_as(conn, None)
-        conn.high_water = limits.max_write_buffer
-        if conn.transport is not None:
-            conn.transport.set_write_buffer_limits(high=conn.high_water, low=conn.high_water // 4)
+        conn.became_agent()
         ast.conn = conn
         ready: dict[str, object] = {
             "mode": "agent",

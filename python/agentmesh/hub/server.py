@@ -1,13 +1,12 @@
-"""The server object: :class:`NetworkHubServer` listens, runs the hub's event loop (in the
-calling thread or a background one) and stops it in order.
+"""The server object: :class:`NetworkHubServer` holds the hub's settings, runs its event loop
+(in the calling thread or a background one) and stops it in order.
 
-Starting opens the store (SQLite by default, or any :class:`agentmesh.hub_store.HubBackend`),
-makes the :class:`~agentmesh.hub.core.HubCore` and listens (TCP, or TLS with the certificate's
-hash bound into registrations); every accepted socket becomes a
-:class:`~agentmesh.hub.connection.Connection`. Stopping (``stop()``, SIGTERM/SIGINT, or a fatal
-store error) refuses new connections, commits and acknowledges everything accepted, closes the
-connections and the store. The common hub interface of the server object (``register``,
-``deliver``, ``get_bundle``, ...) lives in :mod:`agentmesh.hub.in_process`.
+Starting opens one :class:`~agentmesh.hub.opening.HubRun` (the store, SQLite by default or any
+:class:`agentmesh.hub_store.HubBackend`; the core; the listening socket; metrics). Stopping
+(``stop()``, SIGTERM/SIGINT, or a fatal store error) closes that run: new connections refused,
+everything accepted committed and acknowledged, the connections and the store closed. The
+common hub interface of the server object (``register``, ``deliver``, ``get_bundle``, ...)
+lives in :mod:`agentmesh.hub.in_process`.
 """
 
 from __future__ import annotations
@@ -15,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import hashlib
 import logging
 import os
 import signal
@@ -23,15 +21,14 @@ import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
-from agentmesh._eventloop import loop_name, new_event_loop
-from agentmesh.hub.connection import Connection
+from agentmesh._eventloop import new_event_loop
 from agentmesh.hub.core import HubCore
 from agentmesh.hub.in_process import InProcessHub
 from agentmesh.hub.limits import HubLimits
 from agentmesh.hub.metrics import MetricsEndpoint
+from agentmesh.hub.opening import HubRun
 from agentmesh.hub_protocol import DEFAULT_PORT
 from agentmesh.hub_store import HubBackend, default_store_path, ephemeral_store_path
 from agentmesh.hub_store_sqlite import SQLiteBackend
@@ -111,7 +108,7 @@ class NetworkHubServer:
         self._thread: threading.Thread | None = None
         self._stop_event: asyncio.Event | None = None
         self._hub: HubCore | None = None
-        self._server: asyncio.AbstractServer | None = None
+        self._run: HubRun | None = None
         self._started = threading.Event()
         self._stopped = threading.Event()
         self._start_error: BaseException | None = None
@@ -253,74 +250,43 @@ class NetworkHubServer:
             self._stop_event.set()
 
     async def _startup(self) -> None:
-        loop = asyncio.get_running_loop()
-        crypto = _load_crypto()
-        ssl_ctx = _server_ssl_context(self.tls_cert, self.tls_key)
-        backend = self._backend
-        if backend is None:
-            path = self.store_path
-            if path is None:
-                if self.requested_port == 0:
-                    path = ephemeral_store_path()
-                    self._ephemeral = True
-                else:
-                    path = default_store_path(self.host, self.requested_port)
-            self.store_path = path
-            backend = SQLiteBackend(path, synchronous=self.synchronous, ephemeral=self._ephemeral)
-        state = await backend.open()
-        cert_sha256 = _certificate_sha256(self.tls_cert)
-        hub = HubCore(loop, backend, state, self.limits, crypto, self._fatal, cert_sha256)
-        try:
-            server = await loop.create_server(
-                lambda: Connection(hub),
-                self.host,
-                self.requested_port,
-                ssl=ssl_ctx,
-                ssl_handshake_timeout=self.limits.handshake_timeout if ssl_ctx else None,
-                backlog=min(4096, max(128, self.limits.max_connections)),
-                reuse_address=True,
-            )
-        except BaseException:
-            await backend.close()
-            raise
-        sockets = server.sockets or ()
-        if sockets:
-            self.port = int(sockets[0].getsockname()[1])
-        self._server = server
-        self._hub = hub
-        if self.metrics_port is not None:
-            try:
-                self.metrics = MetricsEndpoint(hub, self.metrics_host, self.metrics_port)
-            except BaseException:
-                server.close()
-                await backend.close()
-                raise
-        hub.start_housekeeping()
-        log.info(
-            "hub listening on %s:%d (%s%s, %s loop)",
+        self._run = await HubRun.open(
+            self._open_backend(),
+            self.limits,
             self.host,
-            self.port,
-            backend.description,
-            ", tls" if ssl_ctx else "",
-            loop_name(asyncio.get_running_loop()),
+            self.requested_port,
+            tls_cert=self.tls_cert,
+            tls_key=self.tls_key,
+            metrics_at=(
+                (self.metrics_host, self.metrics_port) if self.metrics_port is not None else None
+            ),
+            on_fatal=self._fatal,
         )
+        self.port = self._run.port
+        self._hub = self._run.hub
+        self.metrics = self._run.metrics
+
+    def _open_backend(self) -> HubBackend:
+        """The store given, or SQLite at the path given, the default one of a fixed port, or a
+        private temporary one for port 0."""
+        if self._backend is not None:
+            return self._backend
+        path = self.store_path
+        if path is None:
+            if self.requested_port == 0:
+                path = ephemeral_store_path()
+                self._ephemeral = True
+            else:
+                path = default_store_path(self.host, self.requested_port)
+        self.store_path = path
+        return SQLiteBackend(path, synchronous=self.synchronous, ephemeral=self._ephemeral)
 
     async def _shutdown(self) -> None:
-        server, hub = self._server, self._hub
-        metrics, self.metrics = self.metrics, None
-        if metrics is not None:
-            metrics.stop()
-        if server is not None:
-            server.close()
-        if hub is not None:
-            await hub.shutdown()
-            await hub.store.close()
-        if server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(server.wait_closed(), 2.0)
-        self._server = None
+        run, self._run = self._run, None
+        self.metrics = None
+        if run is not None:
+            await run.close()
         self._hub = None
-        log.info("hub stopped")
 
     def stop(self, timeout: float = 30.0) -> None:
         """Stop serving: commit and acknowledge what was accepted, close every connection and
@@ -375,32 +341,3 @@ class NetworkHubServer:
         ``unauthenticated_addresses`` (addresses holding handshaking or lookup connections)."""
         return self._in_process.connection_stats()
 
-
-def _load_crypto() -> ModuleType:
-    from agentmesh import crypto
-
-    return crypto
-
-
-def _server_ssl_context(cert: Path | None, key: Path | None) -> ssl.SSLContext | None:
-    if cert is None or key is None:
-        return None
-    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
-    ctx.load_cert_chain(str(cert), str(key))
-    return ctx
-
-
-def _certificate_sha256(cert: Path | None) -> bytes | None:
-    """SHA-256 of the first (leaf) certificate of ``cert``, in DER: what a client's
-    ``getpeercert(binary_form=True)`` returns for this hub."""
-    if cert is None:
-        return None
-    text = cert.read_text("ascii", "replace")
-    start = text.find("-----BEGIN CERTIFICATE-----")
-    end_marker = "-----END CERTIFICATE-----"
-    end = text.find(end_marker, start)
-    if start < 0 or end < 0:
-        raise ssl.SSLError(f"no PEM certificate in {cert}")
-    der = ssl.PEM_cert_to_DER_cert(text[start : end + len(end_marker)] + "\n")
-    return hashlib.sha256(der).digest()

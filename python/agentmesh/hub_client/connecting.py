@@ -4,11 +4,12 @@ reconnecting with backoff after a connection is lost."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import random
 import ssl as _ssl
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 from agentmesh.errors import HubError
@@ -23,7 +24,7 @@ from agentmesh.hub_protocol import (
     encode_register,
 )
 
-__all__ = ["FATAL_CODES", "open_connection", "reconnect", "register_frame"]
+__all__ = ["FATAL_CODES", "handshake", "open_connection", "reconnect", "register_frame"]
 
 log = logging.getLogger(__name__)
 
@@ -53,13 +54,15 @@ async def open_connection(
     timeout: float,
     handlers: FrameHandlers,
     introduce: Callable[[Connection, Welcome], bytes],
+    make: Callable[[FrameHandlers, str, asyncio.AbstractEventLoop], Connection] = Connection,
 ) -> Connected:
     """Connects, says HELLO, checks the hub's protocol version, sends what ``introduce``
     returns for the hub's WELCOME (REGISTER or LOOKUP) and waits for READY; each step within
-    ``timeout`` seconds. Raises :class:`HubError` (a :class:`HubRequestError` for a refusal)."""
+    ``timeout`` seconds. Raises :class:`HubError` (a :class:`HubRequestError` for a refusal).
+    ``make`` makes the connection (a :class:`~agentmesh.hub_client.channels.Carrier`, say)."""
     loop = asyncio.get_running_loop()
-    conn = Connection(handlers, f"{host}:{port}", loop)
-    try:
+    conn = make(handlers, f"{host}:{port}", loop)
+    with _aborted_on_failure(conn, f"{host}:{port}"):
         await asyncio.wait_for(
             loop.create_connection(
                 lambda: conn,
@@ -70,6 +73,15 @@ async def open_connection(
             ),
             timeout,
         )
+    return await handshake(conn, f"{host}:{port}", timeout, introduce)
+
+
+async def handshake(
+    conn: Connection, hub: str, timeout: float, introduce: Callable[[Connection, Welcome], bytes]
+) -> Connected:
+    """HELLO, the hub's WELCOME (its protocol version checked), what ``introduce`` says, READY:
+    on a connection of its own or on a channel of a shared one."""
+    with _aborted_on_failure(conn, hub):
         conn.write(encode_hello())
         welcome = await asyncio.wait_for(asyncio.shield(conn.welcome), timeout)
         if welcome.version != PROTOCOL_VERSION:
@@ -77,24 +89,31 @@ async def open_connection(
             # to another hub and register there as this agent.
             raise HubRequestError(
                 ErrorCode.UNSUPPORTED_VERSION,
-                f"hub {host}:{port} speaks protocol version {welcome.version}; "
+                f"hub {hub} speaks protocol version {welcome.version}; "
                 f"this client speaks only version {PROTOCOL_VERSION}",
             )
         conn.write(introduce(conn, welcome))
         info = await asyncio.wait_for(asyncio.shield(conn.ready), timeout)
+    return conn, welcome, info
+
+
+@contextlib.contextmanager
+def _aborted_on_failure(conn: Connection, hub: str) -> Iterator[None]:
+    """Aborts ``conn`` if the block fails, with a :class:`HubError` naming ``hub``."""
+    try:
+        yield
     except HubError:
         conn.abort()
         raise
     except (asyncio.TimeoutError, TimeoutError):
         conn.abort()
-        raise HubError(f"hub {host}:{port} did not answer in time") from None
+        raise HubError(f"hub {hub} did not answer in time") from None
     except (OSError, _ssl.SSLError) as exc:
         conn.abort()
-        raise HubError(f"cannot connect to hub {host}:{port}: {exc}") from exc
+        raise HubError(f"cannot connect to hub {hub}: {exc}") from exc
     except BaseException:
         conn.abort()
         raise
-    return conn, welcome, info
 
 
 def register_frame(keypair: Any, session: bytes, conn: Connection, welcome: Welcome) -> bytes:

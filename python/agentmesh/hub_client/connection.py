@@ -139,10 +139,15 @@ class Connection(asyncio.Protocol):
         if not frames:
             return
         self.last_rx = self.loop.time()
+        self.handle_frames(frames)
+
+    def handle_frames(self, frames: list[tuple[int, bytes]]) -> None:
         handlers = self.handlers
         try:
             for ftype, body in frames:
-                if ftype == FrameType.DELIVER:
+                if ftype == FrameType.CHANNEL:
+                    self.on_channel(body)
+                elif ftype == FrameType.DELIVER:
                     did, env = decode_deliver(body)
                     handlers.deliver(self, did, env)
                 elif ftype == FrameType.SEND_ACK:
@@ -185,6 +190,11 @@ class Connection(asyncio.Protocol):
             log.error("bad frame from the hub: %s", exc)
             self.abort()
 
+    def on_channel(self, body: bytes) -> None:
+        """A CHANNEL frame: only a connection carrying channels takes them
+        (agentmesh.hub_client.channels)."""
+        raise ProtocolError(ErrorCode.PROTOCOL, "CHANNEL frame on a connection without channels")
+
     # ---- liveness ----------------------------------------------------------------------------
 
     def _arm_watchdog(self) -> None:
@@ -218,7 +228,11 @@ class Connection(asyncio.Protocol):
         self.acks.append(delivery_id)
         if not self.scheduled:
             self.scheduled = True
-            self.loop.call_soon(self.flush)
+            self._acks_due()
+
+    def _acks_due(self) -> None:
+        """Acknowledgements wait: have them written (with the rest) in this loop iteration."""
+        self.loop.call_soon(self.flush)
 
     def flush(self) -> None:
         self.scheduled = False

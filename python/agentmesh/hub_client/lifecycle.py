@@ -17,12 +17,13 @@ import logging
 import os
 import ssl as _ssl
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from agentmesh.errors import HubError
 from agentmesh.hub_client.connecting import (
     FATAL_CODES,
     Connected,
+    handshake,
     open_connection,
     reconnect,
     register_frame,
@@ -39,6 +40,9 @@ from agentmesh.hub_protocol import (
     Welcome,
     encode_frame,
 )
+
+if TYPE_CHECKING:
+    from agentmesh.hub_client.channels import CarrierPool
 
 __all__ = ["ClientLifecycle"]
 
@@ -68,6 +72,7 @@ class ClientLifecycle:
         max_backoff: float = 5.0,
         request_timeout: float = 30.0,
         max_unacked: int = 100_000,
+        carriers: CarrierPool | None = None,
     ) -> None:
         self.host = host
         self.port = port
@@ -83,6 +88,8 @@ class ClientLifecycle:
         self.reconnect = reconnect
         self.max_backoff = max_backoff
         self.request_timeout = request_timeout
+        #: the shared connections this client's agent registers on (as a channel), if any
+        self._carriers = carriers
         self._loop: asyncio.AbstractEventLoop | None = None
         self._mode: str | None = None  # None, "lookup" or "agent"
         self._conn: Connection | None = None
@@ -168,6 +175,11 @@ class ClientLifecycle:
             self._ready_event.clear()
 
     async def _connect_once(self) -> Connected:
+        pool = self._carriers
+        if pool is not None and self._mode == "agent":
+            link = await pool.link(self._handlers)
+            if link is not None:
+                return await handshake(link, self._hub, self.connect_timeout, self._introduce)
         return await open_connection(
             self.host, self.port, self._ssl, self.connect_timeout, self._handlers, self._introduce
         )

@@ -1,0 +1,73 @@
+"""Channels: several agents on one hub connection (the CHANNEL frame's codec).
+
+A process hosting hundreds of agents would otherwise hold a connection per agent, and every
+message would cost a read and a write of its own on both ends. On a shared connection each
+agent's frames travel wrapped in a CHANNEL frame::
+
+    u32 length | u8 CHANNEL (0x40) | u32 channel | u8 frame type | body
+
+that is, the agent's own frame with the channel number put in front of its type. Inside a
+channel everything is exactly as on a connection of its own (HELLO, WELCOME with a fresh
+challenge, REGISTER, READY, SEND, DELIVER, ...); the connection itself is a lookup connection
+whose READY offers ``channels`` (how many it may carry). ``docs/protocol.md#shared-connections``
+describes the exchange and which errors close the whole connection.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+from agentmesh.hub_protocol import ErrorCode, FrameType, ProtocolError
+
+__all__ = ["CHANNEL_OVERHEAD", "decode_channel", "runs", "wrap"]
+
+_CHANNEL_HEAD = struct.Struct(">IBI")  # frame header + channel number
+_CHANNEL_NO = struct.Struct(">I")
+#: Bytes a CHANNEL frame adds to the frame it carries.
+CHANNEL_OVERHEAD = 5
+
+
+def wrap(channel: int, frame: bytes) -> bytes:
+    """The encoded ``frame`` (header included) as a CHANNEL frame of ``channel``."""
+    return _CHANNEL_HEAD.pack(len(frame) + 1, FrameType.CHANNEL, channel) + frame[4:]
+
+
+def decode_channel(body: bytes) -> tuple[int, int, bytes]:
+    """(channel, frame type, body) of a CHANNEL frame's body; ProtocolError if malformed."""
+    if len(body) < 5:
+        raise ProtocolError(ErrorCode.PROTOCOL, "CHANNEL frame shorter than 5 bytes")
+    channel = _CHANNEL_NO.unpack_from(body)[0]
+    ftype = body[4]
+    if channel == 0:
+        raise ProtocolError(ErrorCode.PROTOCOL, "CHANNEL frame for channel 0")
+    if ftype == FrameType.CHANNEL or ftype not in _INNER_TYPES:
+        raise ProtocolError(
+            ErrorCode.UNKNOWN_FRAME, f"frame type 0x{ftype:02x} cannot travel in a channel"
+        )
+    return channel, ftype, body[5:]
+
+
+def runs(frames: list[tuple[int, bytes]]) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
+    """A batch of a shared connection's frames as runs: ``(channel, its consecutive frames)``
+    for CHANNEL frames, unwrapped, and ``(0, [frame])`` for each frame of the connection
+    itself. ProtocolError at the first malformed CHANNEL frame."""
+    i, n = 0, len(frames)
+    while i < n:
+        ftype, body = frames[i]
+        i += 1
+        if ftype != FrameType.CHANNEL:
+            yield 0, [(ftype, body)]
+            continue
+        channel, ftype, inner = decode_channel(body)
+        run = [(ftype, inner)]
+        while i < n and frames[i][0] == FrameType.CHANNEL:
+            following, ftype, inner = decode_channel(frames[i][1])
+            if following != channel:
+                break
+            run.append((ftype, inner))
+            i += 1
+        yield channel, run
+
+
+_INNER_TYPES = frozenset(int(t) for t in FrameType) - {int(FrameType.CHANNEL)}

@@ -1,0 +1,273 @@
+"""Agents of one process sharing a hub connection, on the client's side.
+
+A :class:`CarrierPool` (one per :class:`~agentmesh.network_hub.NetworkHub`) holds the
+process's shared connection to the hub: a lookup connection (a :class:`Carrier`) whose READY
+offers ``channels``. The first agent connects alone, as before (one agent per process pays
+nothing for channels); every further agent's :class:`~agentmesh.hub_client.HubClient` opens a
+channel on the shared connection
+(:class:`ChannelLink`, which the client uses exactly like a connection of its own: the same
+handshake with its own challenge and proof, sends, deliveries, acknowledgements, requests),
+and the frames of all of them leave in one write per event loop iteration and arrive in one
+read. The frame is in :mod:`agentmesh.hub_channels`.
+
+A hub that offers no channels (an older one, or one configured without) gets a connection per
+agent, as before. When the shared connection is lost, every agent on it reconnects as it would
+alone: each opens a channel on the next shared connection, registers again and is sent again
+what it had not acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl as _ssl
+from typing import Any
+
+from agentmesh.errors import HubError
+from agentmesh.hub_channels import runs, wrap
+from agentmesh.hub_client.connecting import open_connection
+from agentmesh.hub_client.connection import Connection, FrameHandlers
+from agentmesh.hub_protocol import (
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    encode_acks,
+    encode_error,
+    encode_frame,
+)
+
+__all__ = ["Carrier", "CarrierPool", "ChannelLink"]
+
+log = logging.getLogger(__name__)
+
+
+def _nothing(*args: Any) -> None:
+    pass
+
+
+def _no_frames_here(*args: Any) -> None:
+    raise ValueError("an agent's frame outside any channel")
+
+
+#: A carrying connection registers no agent of its own: agents' frames outside a channel are
+#: a protocol error.
+_CARRIER_HANDLERS = FrameHandlers(
+    deliver=_no_frames_here,
+    send_ack=_no_frames_here,
+    send_error=_no_frames_here,
+    send_group_error=_no_frames_here,
+    response=_no_frames_here,
+    writable=_nothing,
+)
+
+
+class Carrier(Connection):
+    """The shared connection: carries the channels, pings the hub, writes for all of them."""
+
+    def __init__(self, handlers: FrameHandlers, hub: str, loop: asyncio.AbstractEventLoop) -> None:
+        super().__init__(handlers, hub, loop)
+        self.links: dict[int, ChannelLink] = {}
+        self.next_channel = 1
+        self.room = 0  # channels the hub lets this connection carry (its READY)
+        self.acking: list[ChannelLink] = []  # links with acknowledgements to write
+
+    def full(self) -> bool:
+        return len(self.links) >= self.room
+
+    def open_link(self, handlers: FrameHandlers) -> ChannelLink:
+        channel = self.next_channel
+        self.next_channel += 1
+        link = self.links[channel] = ChannelLink(self, channel, handlers)
+        return link
+
+    def forget(self, link: ChannelLink) -> None:
+        self.links.pop(link.channel, None)
+        if not self.links:
+            self.close()  # the last agent left: the connection is not kept open for nothing
+
+    def handle_frames(self, frames: list[tuple[int, bytes]]) -> None:
+        """Each run of consecutive frames of one channel goes to its link in one piece."""
+        try:
+            for channel, run in runs(frames):
+                if self.is_closed:
+                    return
+                if not channel:
+                    super().handle_frames(run)
+                    continue
+                link = self.links.get(channel)
+                if link is not None:  # (None: closed already; what was in flight is dropped)
+                    link.handle_frames(run)
+        except ProtocolError as exc:
+            log.error("bad frame from the hub: %s", exc)
+            self.abort()
+
+    def flush(self) -> None:
+        acking = self.acking
+        if acking:
+            self.acking = []
+            for link in acking:
+                link.scheduled = False
+                if link.acks and not link.is_closed:
+                    self.out.append(wrap(link.channel, encode_acks(link.acks)))
+                link.acks = []
+        super().flush()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        for link in list(self.links.values()):
+            link.handlers.writable()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        links = list(self.links.values())
+        self.links.clear()
+        for link in links:
+            if link.error is None:
+                link.error = self.error
+            link.connection_lost(exc)
+
+
+class ChannelLink(Connection):
+    """One agent's channel on a :class:`Carrier`: what its HubClient uses as its connection."""
+
+    def __init__(self, carrier: Carrier, channel: int, handlers: FrameHandlers) -> None:
+        self.carrier = carrier
+        self.channel = channel
+        super().__init__(handlers, carrier.hub, carrier.loop)
+        self.hub_id = carrier.hub_id
+
+    @property  # type: ignore[override]
+    def write_paused(self) -> bool:
+        return self.carrier.write_paused
+
+    @write_paused.setter
+    def write_paused(self, value: bool) -> None:
+        pass  # the carrying connection's
+
+    def tls_certificate_sha256(self) -> bytes | None:
+        return self.carrier.tls_certificate_sha256()
+
+    def _arm_watchdog(self) -> None:
+        pass  # the carrying connection pings for every channel
+
+    def write(self, data: bytes) -> None:
+        if not self.is_closed:
+            self.carrier.write(wrap(self.channel, data))
+
+    def _acks_due(self) -> None:
+        # the carrying connection writes every channel's acknowledgements in its flush
+        carrier = self.carrier
+        carrier.acking.append(self)
+        if not carrier.scheduled:
+            carrier.scheduled = True
+            self.loop.call_soon(carrier.flush)
+
+    def flush(self) -> None:
+        self.carrier.flush()
+
+    def close(self) -> None:
+        """Closes this channel (the hub takes the agent offline); the connection carries on."""
+        if self.is_closed:
+            return
+        if not self.carrier.is_closed:
+            self.carrier.flush()  # its acknowledgements first
+            self.carrier.write(
+                wrap(self.channel, encode_error(ErrorCode.SHUTTING_DOWN, "channel closed"))
+            )
+        self.carrier.forget(self)
+        self.connection_lost(None)
+
+    def abort(self) -> None:
+        self.close()
+
+
+class CarrierPool:
+    """The shared connections of one NetworkHub's agents (one event loop's)."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        ssl: _ssl.SSLContext | None,
+        connect_timeout: float,
+        *,
+        first_alone: bool = True,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.ssl = ssl
+        self.connect_timeout = connect_timeout
+        self.carrier: Carrier | None = None
+        self.offered: bool | None = None  # None: not known yet
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._opening: asyncio.Task[None] | None = None  # a new shared connection on its way
+        # The first agent connects alone (as if there were no channels), so that a process with
+        # one agent pays nothing for them (a frame in a channel costs a wrapping on each side);
+        # its handlers name it across its reconnects.
+        self._alone: FrameHandlers | None = None
+        self._first_alone = first_alone
+
+    async def link(self, handlers: FrameHandlers) -> ChannelLink | None:
+        """A new channel for an agent, on the shared connection (made if there is none or it
+        is full); None when the agent connects alone: the first agent (unless ``first_alone``
+        is false), every agent when the hub offers no channels, or from another event loop.
+        Raises :class:`HubError` if the hub cannot be reached: every agent waiting for the same
+        new connection gets that error at once, rather than each trying again in turn."""
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        if self._loop is not loop:
+            return None
+        if self._first_alone and self._alone in (None, handlers):
+            self._alone = handlers
+            return None
+        for _ in range(3):
+            if self.offered is False:
+                return None
+            carrier = self.carrier
+            if carrier is not None and not carrier.is_closed and not carrier.full():
+                return carrier.open_link(handlers)
+            opening = self._opening
+            if opening is None or opening.done():
+                opening = self._opening = loop.create_task(self._open())
+                opening.add_done_callback(self._opened)
+            await asyncio.shield(opening)
+        raise HubError(f"the shared connection to the hub at {self.host}:{self.port} kept closing")
+
+    def _opened(self, task: asyncio.Task[None]) -> None:
+        if self._opening is task:
+            self._opening = None
+        if not task.cancelled():
+            task.exception()  # (retrieved: every waiter got it)
+
+    async def _open(self) -> None:
+        conn, _welcome, info = await open_connection(
+            self.host,
+            self.port,
+            self.ssl,
+            self.connect_timeout,
+            _CARRIER_HANDLERS,
+            lambda _conn, _welcome: encode_frame(FrameType.LOOKUP),
+            Carrier,
+        )
+        assert isinstance(conn, Carrier)
+        room = info.get("channels")
+        if type(room) is not int or room <= 0:
+            log.info("the hub at %s:%d offers no channels: a connection per agent", *self._at)
+            self.offered = False
+            conn.close()
+            return
+        self.offered = True
+        conn.room = room
+        self.carrier = conn
+
+    @property
+    def _at(self) -> tuple[str, int]:
+        return self.host, self.port
+
+    def close(self) -> None:
+        carrier, self.carrier = self.carrier, None
+        if carrier is not None:
+            for link in list(carrier.links.values()):
+                link.close()
+            carrier.close()
