@@ -373,3 +373,32 @@ def test_retired_sessions_go_after_their_grace_period(tmp_path: Path, monkeypatc
         store = KeyStore(path)
         state = store.load_state(store.load_identity())
         assert state.retired_identity is None and not state.retired_sessions
+
+
+def test_a_sender_that_never_hears_back_is_not_lost_after_the_grace_period(
+    tmp_path: Path, monkeypatch
+) -> None:
+    # bob only ever sends to alice (a worker reporting to a coordinator that rotated): his
+    # session with her old key is never re-checked against the hub, so once alice's grace
+    # period is over every message he sends is refused at her side, acknowledged by the hub
+    from agentmesh import agent_persistence
+    from agentmesh.agent_rules import RETIRED_GRACE_MS
+
+    hub = LocalHub()
+    path = tmp_path / "alice.key"
+    with Agent("bob", hub=hub) as bob:
+        alice = Agent("alice", hub=hub, keypair_path=path)
+        bob.send("alice", text="before")
+        alice.rotate_identity()
+        bob.send("alice", text="within the grace period")  # opened by the retired session
+        alice.close()
+        later = agent_persistence._now_ms() + RETIRED_GRACE_MS + 1
+        monkeypatch.setattr(agent_persistence, "_now_ms", lambda: later)
+        got: list = []
+        errors: list = []
+        with Agent("alice", hub=hub, keypair_path=path) as alice:
+            alice.on_message(lambda m: got.append(m.text))
+            alice.on_error(errors.append)
+            for i in range(3):
+                bob.send("alice", text=f"after the grace period {i}")
+            assert got == [f"after the grace period {i}" for i in range(3)], errors

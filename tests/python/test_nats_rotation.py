@@ -4,6 +4,7 @@ key; behind the authorization service, the service lets the new key in on the sa
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import threading
 from itertools import pairwise
@@ -134,3 +135,56 @@ def test_the_connect_token_stays_within_a_control_line() -> None:
     assert verify_bundle(bundle) == agent_id
     assert 0 < len(bundle["succession"]) < MAX_SUCCESSION_CHAIN  # the newest kept
     assert bundle["succession"][-1] == keys[-1].public_bundle()["succession"][-1]
+
+
+def test_a_stolen_old_key_connected_before_the_rotation_cannot_rebind_the_id(tmp_path) -> None:
+    """A thief holding alice's old key, connected while she rotates, keeps its user (and with
+    it the permission to write alice's directory key) until the user expires: it must still
+    not be able to move the id to a key of its own (the hub cannot re-key an agent)."""
+    pytest.importorskip("nkeys", reason="the authorization service needs nkeys (the dev extra)")
+    import asyncio
+    import json
+
+    from agentmesh.nats_auth_client import agent_options
+    from agentmesh.nats_auth_config import AuthKeys, authorization_block
+    from agentmesh.nats_auth_process import AuthServiceProcess
+    from agentmesh.nats_connection import connect
+    from agentmesh.nats_layout import NatsLayout
+
+    keys = AuthKeys.create(tmp_path / "keys")
+    layout = NatsLayout()
+    original = AgentKeyPair.generate("alice")
+    stolen = AgentKeyPair.from_bytes(original.to_bytes())
+    mallory = AgentKeyPair.generate("alice")
+    mallory.set_succession([sign_succession(stolen, mallory, 1, 1)])
+
+    async def overwrite(thief) -> None:
+        kv = await thief.jetstream().key_value(layout.directory_bucket)
+        doc = json.dumps(mallory.public_bundle(), separators=(",", ":"))
+        await kv.put(layout.directory_key("alice"), doc.encode())
+
+    with NatsCluster(tmp_path, nodes=1, authorization=authorization_block(keys)) as guarded:
+        service = AuthServiceProcess(guarded.urls, tmp_path / "keys", tmp_path / "auth.log")
+        service.start()
+        hub = NatsHub(guarded.urls, auth=True, timeout=20.0)
+        loop = asyncio.new_event_loop()
+        thief = None
+        try:
+            with Agent("alice", hub=hub, keypair=original) as alice:
+                options = agent_options(layout, stolen)
+                thief = loop.run_until_complete(
+                    connect(guarded.urls, connect_timeout=10, name="thief", options=options)
+                )
+                alice.rotate_identity()
+                rotated = alice.public_bundle["identity_key"]
+                assert hub.get_bundle("alice")["identity_key"] == rotated
+                with contextlib.suppress(Exception):  # a refused write is the right outcome
+                    loop.run_until_complete(asyncio.wait_for(overwrite(thief), 10))
+                served = hub.get_bundle("alice")["identity_key"]
+                assert served == rotated, "the old key's live connection re-bound the id"
+        finally:
+            if thief is not None:
+                loop.run_until_complete(thief.close())
+            loop.close()
+            hub.close()
+            service.stop()
