@@ -402,3 +402,13 @@ def test_a_sender_that_never_hears_back_is_not_lost_after_the_grace_period(
             for i in range(3):
                 bob.send("alice", text=f"after the grace period {i}")
             assert got == [f"after the grace period {i}" for i in range(3)], errors
+
+
+def test_a_first_contact_sealed_by_the_old_key_still_opens() -> None:
+    # alice's first message to dave (a set-up) was sealed and acknowledged by the hub before
+    # she rotated; dave receives it afterwards, when the hub serves her new key
+    hub = LocalHub()
+    with Agent("alice", hub=hub) as alice, Agent("dave", hub=hub) as dave:
+        in_flight = alice._core.seal_for("dave", {"text": "a set-up from the old key"})
+        alice.rotate_identity()
+        assert dave.receive(in_flight).text == "a set-up from the old key"
