@@ -412,3 +412,17 @@ def test_a_first_contact_sealed_by_the_old_key_still_opens() -> None:
         in_flight = alice._core.seal_for("dave", {"text": "a set-up from the old key"})
         alice.rotate_identity()
         assert dave.receive(in_flight).text == "a set-up from the old key"
+
+
+def test_a_stale_old_key_bundle_does_not_block_a_peer_that_followed() -> None:
+    # bob followed alice's rotation; a hub (or a lagging replica) then serves her old bundle
+    # once: refused, but seeing her current bundle again must let bob send again, without
+    # asking him to "trust" the key she rotated away from
+    alice, bob = pair()
+    old = dict(alice.public_bundle)
+    alice.rotate_identity()
+    bob.connect_with_bundle(alice.public_bundle)
+    with pytest.raises(IdentityChangedError):
+        bob.connect_with_bundle(old)
+    bob.connect_with_bundle(alice.public_bundle)
+    assert alice.receive(bob._core.seal_for("alice", {"text": "still talking"})) is not None
