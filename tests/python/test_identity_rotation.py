@@ -6,6 +6,7 @@ without a valid chain from the pinned key is refused exactly as before."""
 from __future__ import annotations
 
 import base64
+import contextlib
 import threading
 import time
 from pathlib import Path
@@ -426,3 +427,39 @@ def test_a_stale_old_key_bundle_does_not_block_a_peer_that_followed() -> None:
         bob.connect_with_bundle(old)
     bob.connect_with_bundle(alice.public_bundle)
     assert alice.receive(bob._core.seal_for("alice", {"text": "still talking"})) is not None
+
+
+def test_two_rotations_at_once_do_not_fork_the_chain(every_hub, monkeypatch) -> None:
+    # both calls read the current key before either has switched: the old key then signs two
+    # successors, the hub binds one and the agent ends on the other (locked out of its id)
+    from agentmesh import agent_rotation
+
+    both_read = threading.Barrier(2, timeout=5)
+    generate = c.AgentKeyPair.generate
+
+    def generate_together(agent_id: str):
+        with contextlib.suppress(threading.BrokenBarrierError):
+            both_read.wait()
+        return generate(agent_id)
+
+    errors: list = []
+    done: list = []
+    with Agent("alice", hub=every_hub) as alice:
+        monkeypatch.setattr(agent_rotation._crypto.AgentKeyPair, "generate", generate_together)
+
+        def rotate() -> None:
+            try:
+                done.append(alice.rotate_identity())
+            except IdentityRotationError:
+                pass  # refusing the second rotation is fine
+            except Exception as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=rotate) for _ in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert errors == []
+        assert len(alice.public_bundle["succession"]) == len(done)  # one statement each
+        assert every_hub.get_bundle("alice")["identity_key"] == key_of(alice)
