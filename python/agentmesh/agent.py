@@ -125,6 +125,7 @@ class _AgentCore(
         self.owner = owner
         self._lock = threading.Lock()  # guards sessions/pins and every seal/unseal
         self._save_lock = threading.Lock()  # serialises state writes
+        self._rotation_lock = threading.Lock()  # one rotate_identity() at a time
         self._sessions = {}
         self._pins = {}
         self._bundles = {}

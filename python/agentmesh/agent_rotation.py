@@ -48,6 +48,19 @@ class _Rotation(GroupState):
     def rotate_identity(self) -> str:
         """Move this agent to a new identity key signed over by the current one; returns the
         new fingerprint. See docs/agents.md ("Rotating the identity key")."""
+        # two rotations at once would both sign from the same old key: a forked chain, the hub
+        # binding one successor while the agent keeps the other
+        if not self._rotation_lock.acquire(blocking=False):
+            raise IdentityRotationError(
+                f"another rotate_identity() of agent {self.agent_id!r} is in progress; "
+                "nothing was changed"
+            )
+        try:
+            return self._rotate_identity_locked()
+        finally:
+            self._rotation_lock.release()
+
+    def _rotate_identity_locked(self) -> str:
         self._refuse_rotation()
         self.flush()  # every send is with the hub and the state is on disk
         if self._unhandled:

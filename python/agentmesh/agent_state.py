@@ -61,6 +61,7 @@ class AgentCoreState:
     # persistence (writes serialised by _save_lock; None/absent without keypair_path)
     store: KeyStore | None
     _save_lock: threading.Lock
+    _rotation_lock: threading.Lock  # held for a whole rotate_identity()
     _released: bool
     _dirty: set[str] | None
     _meta_dirty: bool
