@@ -23,8 +23,9 @@ from .errors import (
     FormatError,
     IdentityChangedError,
     IdentityError,
+    IdentityRolledBackError,
 )
-from .succession import succession_problem
+from .succession import retired_by, succession_problem
 
 perform_key_exchange = _crypto.perform_key_exchange
 verify_bundle = _crypto.verify_bundle
@@ -67,7 +68,18 @@ class _Trust(AgentCoreState):
             raise IdentityError(f"the bundle offered for peer {peer_id!r} belongs to {bundle_id!r}")
         key = bundle.get("identity_key")
         pinned = self._pins.get(peer_id)
-        if pinned is not None and not _same_key(pinned, key):
+        if pinned is not None and _same_key(pinned, key):
+            if peer_id in self._pending_identity:  # (a stale or passing bundle seen before)
+                with self._lock:
+                    self._pending_identity.pop(peer_id, None)
+            return
+        if pinned is not None:
+            current = self._bundles.get(peer_id)
+            if current is not None and _same_key(pinned, current.get("identity_key")):
+                if retired_by(current, key):
+                    raise IdentityRolledBackError(
+                        peer_id, _fingerprint_of_key(pinned), _fingerprint_of_key(str(key))
+                    )
             problem = succession_problem(peer_id, pinned, bundle) if "succession" in bundle else ""
             if problem is None:
                 self._follow_succession(peer_id, pinned, bundle)

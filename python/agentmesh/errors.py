@@ -67,6 +67,23 @@ class IdentityChangedError(IdentityError):
         self.new_fingerprint = new_fingerprint
 
 
+class IdentityRolledBackError(IdentityChangedError):
+    """A peer presents an identity key that its own succession statements (on the key this
+    agent pinned) retired: a stale or replayed bundle, or a stolen old key. Nothing to trust:
+    the pinned key stays, and sending goes on once the current bundle is seen again."""
+
+    def __init__(self, peer_id: str, pinned_fingerprint: str, retired_fingerprint: str) -> None:
+        IdentityError.__init__(
+            self,
+            f"peer {peer_id!r} presents the identity {retired_fingerprint}, which it retired "
+            f"by a signed succession to the pinned {pinned_fingerprint}: refused as rolled "
+            "back to a retired key (a stale bundle, or someone holding the old key)",
+        )
+        self.peer_id = peer_id
+        self.old_fingerprint = pinned_fingerprint
+        self.new_fingerprint = retired_fingerprint
+
+
 class KeyFileError(CryptoError):
     """An identity or state file is corrupt, truncated, unreadable or the passphrase is wrong."""
 

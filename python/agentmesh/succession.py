@@ -11,10 +11,10 @@ import base64
 import binascii
 from typing import Any
 
-from ._native import MAX_SUCCESSION_CHAIN, follow_succession
+from ._native import MAX_SUCCESSION_CHAIN, follow_succession, verify_succession
 from .errors import CryptoError, FormatError, IdentityError
 
-__all__ = ["chain_of", "succession_problem", "successor_generation"]
+__all__ = ["chain_of", "retired_by", "succession_problem", "successor_generation"]
 
 
 def chain_of(bundle: dict[str, Any]) -> list[bytes]:
@@ -75,3 +75,22 @@ def succession_problem(agent_id: str, trusted_key: str, bundle: dict[str, Any]) 
     except (CryptoError, ValueError) as exc:  # (IdentityError, FormatError, SignatureError)
         return str(exc)
     return None
+
+
+def retired_by(bundle: dict[str, Any], key: object) -> bool:
+    """Whether ``key`` (base64) is an old identity key that the bundle's own succession
+    statements moved away from. The bundle is one the caller already trusts (the pinned
+    key's); a statement that does not verify counts as not retiring anything."""
+    try:
+        chain = chain_of(bundle)
+        raw = _raw_key(str(key), "the presented identity key")
+    except FormatError:
+        return False
+    for statement in chain:
+        try:
+            old = verify_succession(statement)["old_identity_key"]
+            if _raw_key(str(old), "a statement's old identity key") == raw:
+                return True
+        except (CryptoError, ValueError):
+            continue
+    return False

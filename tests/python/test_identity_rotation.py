@@ -16,7 +16,7 @@ import pytest
 from agentmesh import Agent, AsyncAgent, IdentityChangedError, LocalHub
 from agentmesh import crypto as c
 from agentmesh._native import sign_succession
-from agentmesh.errors import HubError, IdentityRotationError
+from agentmesh.errors import HubError, IdentityRolledBackError, IdentityRotationError
 from agentmesh.hubs import NetworkHub
 from agentmesh.keystore import KeyStore
 
@@ -423,8 +423,10 @@ def test_a_stale_old_key_bundle_does_not_block_a_peer_that_followed() -> None:
     old = dict(alice.public_bundle)
     alice.rotate_identity()
     bob.connect_with_bundle(alice.public_bundle)
-    with pytest.raises(IdentityChangedError):
+    with pytest.raises(IdentityChangedError) as refused:
         bob.connect_with_bundle(old)
+    assert isinstance(refused.value, IdentityRolledBackError)  # her own chain retired that key
+    assert "trust_new_identity" not in str(refused.value)
     bob.connect_with_bundle(alice.public_bundle)
     assert alice.receive(bob._core.seal_for("alice", {"text": "still talking"})) is not None
 
