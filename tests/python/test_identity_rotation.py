@@ -353,7 +353,7 @@ def test_what_was_sealed_for_the_old_key_opens_after_a_restart(tmp_path: Path) -
 
 
 def test_retired_sessions_go_after_their_grace_period(tmp_path: Path, monkeypatch) -> None:
-    from agentmesh import agent_persistence
+    from agentmesh import agent_persistence, agent_sessions
     from agentmesh.agent_rules import RETIRED_GRACE_MS
 
     hub = LocalHub()
@@ -366,6 +366,7 @@ def test_retired_sessions_go_after_their_grace_period(tmp_path: Path, monkeypatc
         alice.close()
         later = agent_persistence._now_ms() + RETIRED_GRACE_MS + 1
         monkeypatch.setattr(agent_persistence, "_now_ms", lambda: later)
+        monkeypatch.setattr(agent_sessions, "_now_ms", lambda: later)  # (the re-check's clock)
         errors: list = []
         with Agent("alice", hub=hub, keypair_path=path) as alice:
             alice.on_error(errors.append)
@@ -382,7 +383,7 @@ def test_a_sender_that_never_hears_back_is_not_lost_after_the_grace_period(
     # bob only ever sends to alice (a worker reporting to a coordinator that rotated): his
     # session with her old key is never re-checked against the hub, so once alice's grace
     # period is over every message he sends is refused at her side, acknowledged by the hub
-    from agentmesh import agent_persistence
+    from agentmesh import agent_persistence, agent_sessions
     from agentmesh.agent_rules import RETIRED_GRACE_MS
 
     hub = LocalHub()
@@ -395,6 +396,7 @@ def test_a_sender_that_never_hears_back_is_not_lost_after_the_grace_period(
         alice.close()
         later = agent_persistence._now_ms() + RETIRED_GRACE_MS + 1
         monkeypatch.setattr(agent_persistence, "_now_ms", lambda: later)
+        monkeypatch.setattr(agent_sessions, "_now_ms", lambda: later)  # (the re-check's clock)
         got: list = []
         errors: list = []
         with Agent("alice", hub=hub, keypair_path=path) as alice:
