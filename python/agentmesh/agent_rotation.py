@@ -30,9 +30,10 @@ class _Rotation(GroupState):
             raise IdentityRotationError(f"agent {me!r} is closed")
         hub = self.hub
         if hub is not None and not getattr(hub, "rotates_identities", False):
+            why = getattr(hub, "rotation_refused_because", "") or "LocalHub and NetworkHub can"
             raise IdentityRotationError(
                 f"{type(hub).__name__} cannot move agent id {me!r} to a new identity key "
-                "(LocalHub, NetworkHub and NatsHub can); nothing was changed"
+                f"({why}); nothing was changed"
             )
         if self._groups:
             raise IdentityRotationError(

@@ -75,11 +75,14 @@ class _Trust(AgentCoreState):
             return
         if pinned is not None:
             current = self._bundles.get(peer_id)
-            if current is not None and _same_key(pinned, current.get("identity_key")):
-                if retired_by(current, key):
-                    raise IdentityRolledBackError(
-                        peer_id, _fingerprint_of_key(pinned), _fingerprint_of_key(str(key))
-                    )
+            if (
+                current is not None
+                and _same_key(pinned, current.get("identity_key"))
+                and retired_by(current, key)
+            ):
+                raise IdentityRolledBackError(
+                    peer_id, _fingerprint_of_key(pinned), _fingerprint_of_key(str(key))
+                )
             problem = succession_problem(peer_id, pinned, bundle) if "succession" in bundle else ""
             if problem is None:
                 self._follow_succession(peer_id, pinned, bundle)

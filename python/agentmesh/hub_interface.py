@@ -13,6 +13,8 @@ class Hub:
     #: whether it re-binds an id to a new identity key on succession statements its bound key
     #: signed (``rotate_identity``); a hub that cannot is refused before anything changes
     rotates_identities: bool = False
+    #: why it cannot (said by the refusal), when there is more to say than the class's name
+    rotation_refused_because: str = ""
 
     def register(self, agent: Any) -> None:
         """Make ``agent`` reachable (agents call this themselves when given ``hub=``)."""

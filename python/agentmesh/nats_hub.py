@@ -49,9 +49,18 @@ class NatsHub(BackendHub):
     cluster that would lose acknowledged envelopes is a :class:`HubError` naming the setting.
     """
 
-    # the directory re-binds an id on succession statements from its bound key (and so does
-    # the authorization service, which lets the new key in)
-    rotates_identities = True
+    # The directory and the authorization service re-bind an id on succession statements from
+    # its bound key, but an agent writes its own directory entry directly and its NATS user
+    # outlives a rotation (up to its lifetime): a thief connected with the old key before the
+    # rotation could still write a statement from that key to one of his own, which peers
+    # pinned to the old key would follow. Until bundle writes go through the service (which
+    # would check them against the bound key), rotate_identity is refused here.
+    rotates_identities = False
+    rotation_refused_because = (
+        "rotation on NATS is not yet supported: agents write their own directory entry, and a "
+        "connection made with the old key before the rotation could still re-bind the id to "
+        "another key; rotate on a LocalHub or network hub, or start a new id"
+    )
 
     def __init__(
         self,
