@@ -407,6 +407,12 @@ def test_a_sender_that_never_hears_back_is_not_lost_after_the_grace_period(
             assert got == [f"after the grace period {i}" for i in range(3)], errors
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known limit (docs/agents.md, 'Rotating the identity key'): a succession statement "
+    "binds only the Ed25519 identity keys, and the hub serves only the new bundle, so a peer "
+    "that never saw the old bundle has no old exchange key to open a set-up sealed with it",
+)
 def test_a_first_contact_sealed_by_the_old_key_still_opens() -> None:
     # alice's first message to dave (a set-up) was sealed and acknowledged by the hub before
     # she rotated; dave receives it afterwards, when the hub serves her new key
