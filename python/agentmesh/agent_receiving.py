@@ -211,11 +211,14 @@ class _Receiving(AgentCoreState):
         sender = env.sender
         session = self._sessions.get(sender)
         if session is None:
-            if self._retired and sender in self._retired and not env.is_prekey:
+            if self._retired and sender in self._retired:
+                # (a sender that has not heard back yet still sends set-ups on its session: so
+                # a set-up is tried on the retired session too, before as a new first contact)
                 opened = self._open_retired(env, sender)
-                if isinstance(opened, BaseException):
+                if not isinstance(opened, BaseException):
+                    return opened
+                if not env.is_prekey:
                     raise opened
-                return opened
             return self._accept_first(env, sender)
         dirty = self._dirty
         try:

@@ -392,7 +392,11 @@ def test_a_sender_that_never_hears_back_is_not_lost_after_the_grace_period(
         alice = Agent("alice", hub=hub, keypair_path=path)
         bob.send("alice", text="before")
         alice.rotate_identity()
+        heard: list = []
+        alice.on_message(lambda m: heard.append(m.text))
         bob.send("alice", text="within the grace period")  # opened by the retired session
+        wait_for(heard, 1)
+        assert heard == ["within the grace period"]
         alice.close()
         later = agent_persistence._now_ms() + RETIRED_GRACE_MS + 1
         monkeypatch.setattr(agent_persistence, "_now_ms", lambda: later)
@@ -473,3 +477,42 @@ def test_two_rotations_at_once_do_not_fork_the_chain(every_hub, monkeypatch) -> 
         assert errors == []
         assert len(alice.public_bundle["succession"]) == len(done)  # one statement each
         assert every_hub.get_bundle("alice")["identity_key"] == key_of(alice)
+
+
+def test_an_async_sender_rechecks_its_sessions_hourly_and_not_before(monkeypatch) -> None:
+    # the async send's no-I/O fast path must not skip the hourly re-check, and within the
+    # hour a send looks nothing up
+    import asyncio
+
+    from agentmesh import agent_sessions, async_agent
+    from agentmesh.agent_rules import SESSION_RECHECK_MS, _now_ms
+
+    hub = LocalHub()
+    lookups: list[str] = []
+    get_bundle = hub.get_bundle
+
+    def counted(agent_id: str):
+        lookups.append(agent_id)
+        return get_bundle(agent_id)
+
+    async def run() -> None:
+        got: list = []
+        with Agent("alice", hub=hub) as alice:
+            alice.on_message(lambda m: got.append(m.text))
+            async with AsyncAgent("bob", hub=hub) as bob:
+                await bob.send("alice", text="one")
+                await asyncio.to_thread(wait_for, got, 1)
+                alice.rotate_identity()
+                monkeypatch.setattr(hub, "get_bundle", counted)
+                await bob.send("alice", text="within the hour")
+                assert lookups == []
+                later = _now_ms() + SESSION_RECHECK_MS + 1
+                for module in (agent_sessions, async_agent):
+                    monkeypatch.setattr(module, "_now_ms", lambda: later)
+                await bob.send("alice", text="an hour later")
+                await asyncio.to_thread(wait_for, got, 3)
+                assert bob._core._pins["alice"] == key_of(alice)  # followed the rotation
+                assert "alice" in lookups
+                assert got == ["one", "within the hour", "an hour later"]
+
+    asyncio.run(run())
