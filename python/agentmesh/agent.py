@@ -42,11 +42,12 @@ from .agent_rules import (  # noqa: F401 (the bounds keep their old import path)
     MAX_DELIVERED_HUBS,
     MAX_ENVELOPE_BYTES,
     MAX_INBOUND_ONLY_SESSIONS,
-    SESSION_RECHECK_MS,
+    SESSION_RECHECK_S,
     UNSEAL_MANY_MAX,
     UNSEAL_MANY_MIN,
     _fingerprint_of_key,
     _now_ms,
+    _recheck_clock,
     validate_agent_id,
 )
 from .agent_sessions import _Sessions
@@ -138,7 +139,8 @@ class _AgentCore(
         self._signed_prekey_id = None
         self._pending_identity = {}
         self._unverified = set()  # restored sessions not yet re-checked on the hub
-        self._next_recheck = _now_ms() + SESSION_RECHECK_MS  # (see _mark_sessions_for_recheck)
+        # (see _mark_sessions_for_recheck)
+        self._next_recheck = _recheck_clock() + SESSION_RECHECK_S
         self._handlers: tuple[Callable[[Message], Any], ...] = ()
         self._error_handlers = ()
         self._user_dispatch = self.run_handlers  # (behind the group control filter: _dispatch)

@@ -37,7 +37,9 @@ MAX_INBOUND_ONLY_SESSIONS = 1000
 RETIRED_GRACE_MS = 7 * 24 * 3600 * 1000
 # how long a live session goes without its peer's bundle being looked up again: a sender that
 # never hears back learns of a rotation this way, well within RETIRED_GRACE_MS
-SESSION_RECHECK_MS = 3600 * 1000
+SESSION_RECHECK_S = 3600.0
+#: The re-check's clock (monotonic seconds: one C call per send, no conversion).
+_recheck_clock = time.monotonic
 #: One-time prekeys a hub handed out and no set-up used yet that an agent keeps; older ones are
 #: deleted when it makes new ones (see ``new_prekeys``).
 KEEP_HANDED_OUT_PREKEYS = 200

@@ -10,10 +10,10 @@ from typing import Any
 
 from . import crypto as _crypto
 from .agent_rules import (
-    SESSION_RECHECK_MS,
+    SESSION_RECHECK_S,
     _fingerprint_of_key,
-    _now_ms,
     _public_bundle_copy,
+    _recheck_clock,
     validate_agent_id,
 )
 from .agent_state import AgentCoreState
@@ -35,7 +35,7 @@ class _Sessions(AgentCoreState):
             session = None  # unhashable id: validated (and refused) below
         if session is None:
             return self._seal_first(peer_id, payload)
-        if _now_ms() >= self._next_recheck:
+        if _recheck_clock() >= self._next_recheck:
             self._mark_sessions_for_recheck()
         if self._pending_identity or self._unverified:
             self._verify_before_send(peer_id)
@@ -59,11 +59,11 @@ class _Sessions(AgentCoreState):
 
     def _mark_sessions_for_recheck(self) -> None:
         """Have the next send to every peer with a live session look its bundle up again (at
-        most once per SESSION_RECHECK_MS): a peer that rotated its identity key is followed and
+        most once per SESSION_RECHECK_S): a peer that rotated its identity key is followed and
         a new session set up, even by a sender that never hears back from it (whose retired
         session would otherwise be refused once the peer's grace period ends)."""
         with self._lock:
-            self._next_recheck = _now_ms() + SESSION_RECHECK_MS
+            self._next_recheck = _recheck_clock() + SESSION_RECHECK_S
             self._unverified.update(self._sessions)
 
     def _seal_first(self, peer_id: str, payload: dict[str, Any]) -> Any:

@@ -36,7 +36,7 @@ class AgentCoreState:
     _bundles: dict[str, dict[str, Any]]
     _pending_identity: dict[str, dict[str, Any]]
     _unverified: set[str]
-    _next_recheck: int  # ms: when every live session's peer is looked up on the hub again
+    _next_recheck: float  # monotonic s: when every live session's peer is looked up again
     _inbound_only: collections.OrderedDict[str, None]
     # sessions with a peer's or this agent's previous identity key, kept (in memory only) to
     # open what was sealed before a succession; never used to seal

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade, _hub_of
 from .agent_requests import DEFAULT_REQUEST_TIMEOUT, check_no_meta
-from .agent_rules import _now_ms
+from .agent_rules import _recheck_clock
 from .async_delivery import AsyncDelivery, is_async_callable
 from .errors import ReplyTimeoutError
 from .groups import AsyncGroup
@@ -116,7 +116,7 @@ class AsyncAgent(_AgentFacade):
             check_no_meta(payload)
             if ttl is not None:
                 send = functools.partial(core.send_expiring, ttl=ttl)
-        if _now_ms() >= core._next_recheck:
+        if _recheck_clock() >= core._next_recheck:
             core._mark_sessions_for_recheck()  # (the send below then looks bundles up: off-loop)
         if (
             isinstance(recipient_id, str)
@@ -146,7 +146,7 @@ class AsyncAgent(_AgentFacade):
         """:meth:`request` with a whole payload dict."""
         self._bind_running()
         core = self._core
-        if _now_ms() >= core._next_recheck:
+        if _recheck_clock() >= core._next_recheck:
             core._mark_sessions_for_recheck()
         if recipient_id in core._sessions and recipient_id not in core._unverified:
             env, future = core.open_request(recipient_id, payload)  # no I/O on this path

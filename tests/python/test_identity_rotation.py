@@ -16,6 +16,7 @@ import pytest
 from agentmesh import Agent, AsyncAgent, IdentityChangedError, LocalHub
 from agentmesh import crypto as c
 from agentmesh._native import sign_succession
+from agentmesh.agent_rules import SESSION_RECHECK_S
 from agentmesh.errors import HubError, IdentityRolledBackError, IdentityRotationError
 from agentmesh.hubs import NetworkHub
 from agentmesh.keystore import KeyStore
@@ -366,7 +367,8 @@ def test_retired_sessions_go_after_their_grace_period(tmp_path: Path, monkeypatc
         alice.close()
         later = agent_persistence._now_ms() + RETIRED_GRACE_MS + 1
         monkeypatch.setattr(agent_persistence, "_now_ms", lambda: later)
-        monkeypatch.setattr(agent_sessions, "_now_ms", lambda: later)  # (the re-check's clock)
+        recheck = agent_sessions._recheck_clock() + SESSION_RECHECK_S + 1
+        monkeypatch.setattr(agent_sessions, "_recheck_clock", lambda: recheck)
         errors: list = []
         with Agent("alice", hub=hub, keypair_path=path) as alice:
             alice.on_error(errors.append)
@@ -400,7 +402,8 @@ def test_a_sender_that_never_hears_back_is_not_lost_after_the_grace_period(
         alice.close()
         later = agent_persistence._now_ms() + RETIRED_GRACE_MS + 1
         monkeypatch.setattr(agent_persistence, "_now_ms", lambda: later)
-        monkeypatch.setattr(agent_sessions, "_now_ms", lambda: later)  # (the re-check's clock)
+        recheck = agent_sessions._recheck_clock() + SESSION_RECHECK_S + 1
+        monkeypatch.setattr(agent_sessions, "_recheck_clock", lambda: recheck)
         got: list = []
         errors: list = []
         with Agent("alice", hub=hub, keypair_path=path) as alice:
@@ -485,7 +488,7 @@ def test_an_async_sender_rechecks_its_sessions_hourly_and_not_before(monkeypatch
     import asyncio
 
     from agentmesh import agent_sessions, async_agent
-    from agentmesh.agent_rules import SESSION_RECHECK_MS, _now_ms
+    from agentmesh.agent_rules import SESSION_RECHECK_S, _recheck_clock
 
     hub = LocalHub()
     lookups: list[str] = []
@@ -506,9 +509,9 @@ def test_an_async_sender_rechecks_its_sessions_hourly_and_not_before(monkeypatch
                 monkeypatch.setattr(hub, "get_bundle", counted)
                 await bob.send("alice", text="within the hour")
                 assert lookups == []
-                later = _now_ms() + SESSION_RECHECK_MS + 1
+                later = _recheck_clock() + SESSION_RECHECK_S + 1
                 for module in (agent_sessions, async_agent):
-                    monkeypatch.setattr(module, "_now_ms", lambda: later)
+                    monkeypatch.setattr(module, "_recheck_clock", lambda: later)
                 await bob.send("alice", text="an hour later")
                 await asyncio.to_thread(wait_for, got, 3)
                 assert bob._core._pins["alice"] == key_of(alice)  # followed the rotation
