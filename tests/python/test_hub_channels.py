@@ -331,3 +331,25 @@ def test_a_network_hubs_first_agent_connects_alone_and_the_others_share(
         assert srv.connection_stats()["agents"] == 2
     finally:
         hub.close()
+
+
+def test_the_hub_command_sets_the_channels_a_connection_may_carry(tmp_path):
+    """``agentmesh-hub --max-channels 0``: the hub offers no channels (each agent connects on
+    its own); a negative number is a usage error naming the flag."""
+    from agentmesh.hub.cli import main
+    from agentmesh.testing import HubProcess
+
+    assert main(["--max-channels", "-1"]) == 2
+    keys = [new_keypair(f"c{i}") for i in range(2)]
+    with HubProcess(tmp_path / "hub.sqlite3", extra_args=["--max-channels", "0"]) as hub:
+
+        async def go() -> None:
+            pool = CarrierPool(HOST, hub.port, None, 5.0, first_alone=False)
+            clients = [HubClient(HOST, hub.port, carriers=pool) for _ in keys]
+            for c, kp in zip(clients, keys, strict=True):
+                await c.register(kp, Collector())
+            assert pool.offered is False
+            for c in clients:
+                await c.close()
+
+        run(go())

@@ -111,6 +111,14 @@ def _parser() -> argparse.ArgumentParser:
         f"member's copy on its own (default {d.max_fanout_bytes:,})",
     )
     p.add_argument(
+        "--max-channels",
+        type=_positive(int, zero=True),
+        default=d.max_channels_per_connection,
+        help=f"agents one connection may carry as channels (agents of one process share a "
+        f"connection); 0: the hub offers no channels, and each agent connects on its own "
+        f"(default {d.max_channels_per_connection:,})",
+    )
+    p.add_argument(
         "--handshake-timeout",
         type=_positive(float),
         default=d.handshake_timeout,
@@ -211,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             max_frame_size=args.max_frame_size,
             max_queued_per_agent=args.max_queued,
             max_fanout_bytes=args.max_fanout_bytes,
+            max_channels_per_connection=args.max_channels,
             handshake_timeout=args.handshake_timeout,
             idle_timeout=args.idle_timeout,
             ping_interval=args.ping_interval,
