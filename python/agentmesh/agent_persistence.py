@@ -92,6 +92,16 @@ class _Persistence(AgentCoreState):
                     break
                 except Exception:
                     continue
+            else:
+                # (what was sealed for it before the move can no longer be opened: say so,
+                # rather than have those messages refused later with no word why)
+                self.log.warning(
+                    "agent %r: the retired session with %r does not load under this identity "
+                    "or the previous one; messages sealed on it before the rotation will be "
+                    "refused",
+                    self.agent_id,
+                    peer,
+                )
         self._retired = retired
         self._retired_keypair = old
         self._retired_until = state.retired_until

@@ -55,17 +55,23 @@ def stats(srv: NetworkHubServer) -> Any:
     return srv._hub.stats  # type: ignore[union-attr]
 
 
+async def registered(port: int, keys: list[Any]) -> tuple[list[HubClient], list[Collector]]:
+    """A registered client and its inbox for each of ``keys``."""
+    clients, collectors = [], []
+    for kp in keys:
+        c, got = HubClient(HOST, port), Collector()
+        await c.register(kp, got)
+        clients.append(c)
+        collectors.append(got)
+    return clients, collectors
+
+
 def test_one_upload_stores_a_copy_for_each_member_in_one_commit(server: NetworkHubServer) -> None:
     alice = new_keypair("alice")
     members = [new_keypair(f"m{i}") for i in range(10)]
 
     async def go() -> None:
-        clients, collectors = [], []
-        for kp in members:
-            c, got = HubClient(HOST, server.port), Collector()
-            await c.register(kp, got)
-            clients.append(c)
-            collectors.append(got)
+        clients, collectors = await registered(server.port, members)
         a = HubClient(HOST, server.port)
         await a.register(alice, Collector())
         message = group_message(alice)
@@ -286,12 +292,7 @@ def test_a_fan_out_past_16_mib_of_copies_is_split_into_several_uploads(
     members = [new_keypair(f"big{i}") for i in range(5)]
 
     async def go() -> None:
-        clients, collectors = [], []
-        for kp in members:
-            c, got = HubClient(HOST, server.port), Collector()
-            await c.register(kp, got)
-            clients.append(c)
-            collectors.append(got)
+        clients, collectors = await registered(server.port, members)
         a = HubClient(HOST, server.port)
         await a.register(alice, Collector())
         message = group_message(alice, size=3_500_000)  # 5 copies: past 16 MiB in all
@@ -316,12 +317,7 @@ def test_a_hub_with_a_lower_fanout_bound_gets_the_upload_split_to_fit(tmp_path: 
     members = [new_keypair(f"m{i}") for i in range(8)]
 
     async def go() -> None:
-        clients, collectors = [], []
-        for kp in members:
-            c, got = HubClient(HOST, srv.port), Collector()
-            await c.register(kp, got)
-            clients.append(c)
-            collectors.append(got)
+        clients, collectors = await registered(srv.port, members)
         a = HubClient(HOST, srv.port)
         await a.register(alice, Collector())
         assert a.hub_fanout_bytes == 64 * 1024
