@@ -99,8 +99,9 @@ def static_user(layout: NatsLayout, agent_id: str, password: str) -> str:
     """One entry of a server's ``authorization { users: [...] }`` for ``agent_id`` without the
     service (small setups, docs/nats.md): the agent's permissions, plus creating its own
     consumer on its own inbox only, plus the lookups' replies, plus (no service answers them
-    here) the inbox stream's and every consumer's information."""
-    allowed = agent_permissions(layout, agent_id)
+    here) the inbox stream's and every consumer's information. It writes its own directory entry
+    and prekeys itself, so a key it rotated away from keeps that right as long as the password."""
+    allowed = agent_permissions(layout, agent_id, None)
     consumer = layout.consumer(agent_id)
     publish = [
         *allowed.publish,

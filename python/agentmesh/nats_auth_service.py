@@ -21,7 +21,9 @@ It answers agents' questions about the inbox stream and presence
 (:mod:`agentmesh.nats_auth_queries`), which they may not ask the cluster directly, and it takes
 one-time prekey **claims** (``<prefix>.svc.claim.<requester token>``, which only
 the requester may publish to): agents cannot write each other's prekey stock, so the service
-removes one for them, within per-requester and per-target budgets per minute.
+removes one for them, within per-requester and per-target budgets per minute. It also writes
+each agent's own bundle and prekeys for it, and only for the key the directory binds
+(:mod:`agentmesh.nats_auth_writes`): agents write nothing in the directory themselves.
 """
 
 from __future__ import annotations
@@ -34,13 +36,14 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ._native import check_agent_id, verify_bundle, verify_nats_connect
+from ._native import check_agent_id, fingerprint_of, verify_bundle, verify_nats_connect
 from .errors import HubError, NatsAuthError
 from .nats_auth_budgets import ClaimBudget, RegistrationBudget
 from .nats_auth_config import AUTH_TIMEOUT, AuthKeys
 from .nats_auth_jwt import Permissions, authorization_response, decode_jwt, user_jwt
 from .nats_auth_permissions import agent_permissions, reader_permissions
 from .nats_auth_queries import answer_presence, answer_stream
+from .nats_auth_writes import answer_write
 from .nats_connection import connect
 from .nats_directory import NatsDirectory
 from .nats_layout import id_of_token
@@ -107,10 +110,17 @@ class NatsAuthService:
             lambda: ensure_layout(self._js, self.settings, replicas),
             connect_timeout,
         )
-        self._directory = NatsDirectory(self._js, self.layout, timeout=AUTH_TIMEOUT * 0.6)
+        directory = self._directory = NatsDirectory(
+            self._js, self.layout, timeout=AUTH_TIMEOUT * 0.6
+        )
         await self._nc.subscribe(AUTH_SUBJECT, queue=QUEUE, cb=self._spawn(self._on_auth))
         await self._nc.subscribe(
             self.layout.claim_subjects, queue=QUEUE, cb=self._spawn(self._on_claim)
+        )
+        await self._nc.subscribe(
+            self.layout.write_subjects,
+            queue=QUEUE,
+            cb=self._spawn(lambda m: answer_write(directory, m)),
         )
         await self._nc.subscribe(self.layout.service_ping, queue=QUEUE, cb=_pong)
         await self._nc.subscribe(
@@ -230,7 +240,8 @@ class NatsAuthService:
             raise NatsAuthError(f"the connect proof of {agent_id!r} does not verify")
         await self._bind(agent_id, bundle, _source(request))
         await self._ensure_consumer(agent_id)
-        return f"agent:{agent_id}", agent_permissions(self.layout, agent_id)
+        fingerprint = str(fingerprint_of(bundle))
+        return f"agent:{agent_id}", agent_permissions(self.layout, agent_id, fingerprint)
 
     async def _ensure_consumer(self, agent_id: str) -> None:
         """The agent's consumer, made if missing (asked first: a renewal every few minutes per

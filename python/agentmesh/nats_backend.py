@@ -2,7 +2,8 @@
 
 One :class:`NatsBackend` is one agent's connection to the cluster (nats-py, reconnecting by
 itself to any server it knows). It registers by publishing its bundle to the directory
-(:mod:`agentmesh.nats_directory`; the first identity key binds the id), sends through an
+(:mod:`agentmesh.nats_directory`; the first identity key binds the id; behind the
+authorization service, the service writes it: :mod:`agentmesh.nats_auth_writes`), sends through an
 :class:`~agentmesh.nats_sender.OrderedSender`, and receives from its durable pull consumer
 through an :class:`~agentmesh.nats_receiver.InboxReceiver`: batches in order of position (the
 stream sequence; ``delivery_hub_id`` names the stream and the moment it was created, as a
@@ -27,6 +28,7 @@ from .errors import HubError, HubRequestError, PeerNotFoundError
 from .fanout import address, check_recipients
 from .hub_protocol import ErrorCode
 from .nats_auth_client import Renewal, agent_options, claim_prekey, reader_options
+from .nats_auth_writes import write_bundle, write_prekeys
 from .nats_connection import connect
 from .nats_directory import MAX_PREKEYS, NatsDirectory
 from .nats_layout import FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
@@ -192,7 +194,7 @@ class NatsBackend:
                 "setting up the stream", lambda: self._ensure_layout(replicas)
             )
             self.directory = NatsDirectory(self._js, self.layout, timeout=self.request_timeout)
-            await self.directory.bind(keypair.public_bundle())
+            await self._publish_bundle(keypair, keypair.public_bundle())
             self._pull = await self._patiently(
                 f"making the inbox of {agent_id!r}", lambda: self._subscribe(agent_id)
             )
@@ -261,7 +263,7 @@ class NatsBackend:
         delay = 0.1
         while not self._closed:
             try:
-                await self.directory.bind(self._keypair.public_bundle())
+                await self._publish_bundle(self._keypair, self._keypair.public_bundle())
             except HubRequestError as exc:
                 log.error("registering %r again was refused: %s", self._agent_id, exc)
                 return
@@ -272,6 +274,18 @@ class NatsBackend:
                 continue
             self._notify_registered()
             return
+
+    async def _publish_bundle(self, keypair: Any, bundle: dict[str, Any]) -> None:
+        """Binds the id or publishes a newer bundle: with the authorization service through it
+        (an agent writes nothing in the directory itself, nats_auth_writes), else directly."""
+        if not self.auth:
+            await self._directory().bind(bundle)
+            return
+        timeout = min(self.request_timeout, ATTEMPT_TIMEOUT)
+        await self._patiently(
+            f"publishing the bundle of {keypair.agent_id!r}",
+            lambda: write_bundle(self._nc, self.layout, keypair, bundle, timeout),
+        )
 
     def _renew(self, what: str) -> None:
         """With the authorization service: renew the connection's user before it expires."""
@@ -415,14 +429,20 @@ class NatsBackend:
     async def add_prekeys(self, prekeys: list[dict[str, Any]]) -> int:
         if self._agent_id is None:
             raise HubError("only a registered backend can add its prekeys")
-        return await self._directory().add_prekeys(self._agent_id, prekeys)
+        if not self.auth:
+            return await self._directory().add_prekeys(self._agent_id, prekeys)
+        timeout = min(self.request_timeout, ATTEMPT_TIMEOUT)
+        return await self._patiently(
+            f"adding prekeys of {self._agent_id!r}",
+            lambda: write_prekeys(self._nc, self.layout, self._keypair, prekeys, timeout),
+        )
 
     async def update_bundle(self, bundle: dict[str, Any]) -> None:
         if self._agent_id is None:
             raise HubError("only a registered backend can publish its bundle")
         if bundle.get("agent_id") != self._agent_id:
             raise HubRequestError(ErrorCode.BAD_REQUEST, "the bundle is not this agent's")
-        await self._directory().bind(bundle)
+        await self._publish_bundle(self._keypair, bundle)
 
     async def list_agents(self) -> list[str]:
         return await self._directory().list_agents()

@@ -163,7 +163,7 @@ class NatsDirectory:
                             ErrorCode.ID_TAKEN,
                             f"agent id {agent_id!r} is bound to another identity key{why}",
                         )
-                    await self._drop_prekeys(agent_id)
+                    await self.drop_prekeys(agent_id)
                     await bucket.update(key, _encode(bundle), last=revision)
                     log.info("agent id %r moved to a new identity key (succession)", agent_id)
                     return
@@ -222,7 +222,7 @@ class NatsDirectory:
         else:
             await bucket.update(key, _encode(stock), last=revision)
 
-    async def _drop_prekeys(self, agent_id: str) -> None:
+    async def drop_prekeys(self, agent_id: str) -> None:
         """Empties the agent's one-time prekey stock (a rotation: they belong to the old key,
         and the new key's ids start again, so one could be handed out for the wrong key)."""
         from nats.js.errors import KeyWrongLastSequenceError

@@ -49,17 +49,17 @@ class NatsHub(BackendHub):
     cluster that would lose acknowledged envelopes is a :class:`HubError` naming the setting.
     """
 
-    # The directory and the authorization service re-bind an id on succession statements from
-    # its bound key, but an agent writes its own directory entry directly and its NATS user
-    # outlives a rotation (up to its lifetime): a thief connected with the old key before the
-    # rotation could still write a statement from that key to one of his own, which peers
-    # pinned to the old key would follow. Until bundle writes go through the service (which
-    # would check them against the bound key), rotate_identity is refused here.
-    rotates_identities = False
+    # The directory re-binds an id only on succession statements from its bound key, but on a
+    # cluster without the authorization service any client may write the directory's keys: a
+    # thief holding a key its agent rotated away from could write a statement from it to a
+    # key of his own, which peers not yet following the rotation would follow. Behind the
+    # service agents write nothing there themselves, and the service writes only for the key
+    # the directory binds (nats_auth_writes): rotation is offered there only (``__init__``).
     rotation_refused_because = (
-        "rotation on NATS is not yet supported: agents write their own directory entry, and a "
-        "connection made with the old key before the rotation could still re-bind the id to "
-        "another key; rotate on a LocalHub or network hub, or start a new id"
+        "rotation on NATS needs the authorization service (NatsHub(..., auth=True)): without "
+        "it every client of the cluster may write the directory, so the key rotated away from "
+        "could still sign the id over to another; rotate behind the service, on a LocalHub or "
+        "network hub, or start a new id"
     )
 
     def __init__(
@@ -75,6 +75,7 @@ class NatsHub(BackendHub):
     ) -> None:
         self.servers = _check_servers(servers)
         self.auth = bool(auth)
+        self.rotates_identities = self.auth
         self.settings = NatsSettings(
             layout=NatsLayout(prefix),
             replicas=replicas,

@@ -34,6 +34,7 @@ __all__ = [
     "MIN_SERVER_VERSION",
     "NatsLayout",
     "id_of_token",
+    "key_token",
     "token_of",
 ]
 
@@ -72,6 +73,11 @@ def id_of_token(token: str) -> str | None:
         return base64.b32decode(padded.encode("ascii")).decode("utf-8")
     except (binascii.Error, UnicodeError, ValueError):
         return None
+
+
+def key_token(fingerprint: str) -> str:
+    """The subject token of an identity key: its fingerprint's 32 hex digits."""
+    return fingerprint.replace(":", "")
 
 
 @dataclass(frozen=True)
@@ -151,6 +157,18 @@ class NatsLayout:
     def claim_subject(self, requester: str) -> str:
         """Where ``requester`` asks the authorization service for another's prekey."""
         return f"{self.prefix}.svc.claim.{token_of(requester)}"
+
+    @property
+    def write_subjects(self) -> str:
+        """Where the authorization service takes agents' own directory writes (bundles and
+        one-time prekeys): ``<prefix>.svc.write.<kind>.<agent token>.<key token>``."""
+        return f"{self.prefix}.svc.write.*.*.*"
+
+    def write_subject(self, kind: str, agent_id: str, fingerprint: str) -> str:
+        """Where ``agent_id``, connected with the identity key of ``fingerprint``, asks the
+        service to write its ``kind`` (``bundle`` or ``prekeys``): the key is in the subject
+        (and in the permission), so the service knows which key the writer proved."""
+        return f"{self.prefix}.svc.write.{kind}.{token_of(agent_id)}.{key_token(fingerprint)}"
 
     @staticmethod
     def directory_key(agent_id: str) -> str:

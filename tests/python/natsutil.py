@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 _prefixes = itertools.count(1)
@@ -81,3 +81,47 @@ def raw_kv_put(urls: list[str], bucket: str, key: str, value: bytes) -> Any:
             await nc.close()
 
     return asyncio.run(put())
+
+
+class Raw:
+    """A raw nats-py connection with the options of an agent (or a reader), recording the
+    server's permission errors."""
+
+    def __init__(self, urls: list[str], options: dict[str, Any]) -> None:
+        self.urls, self.options = urls, options
+        self.errors: list[str] = []
+        self.nc: Any = None
+
+    async def __aenter__(self) -> Raw:
+        import nats
+
+        async def on_error(exc: Exception) -> None:
+            self.errors.append(str(exc))
+
+        self.nc = await nats.connect(
+            self.urls,
+            connect_timeout=5,
+            max_reconnect_attempts=0,
+            allow_reconnect=False,
+            error_cb=on_error,
+            **self.options,
+        )
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.nc.close()
+
+    async def refused(self, what: str, action: Callable[[], Awaitable[Any]]) -> None:
+        """``action`` fails and the server reports a permissions violation for it."""
+        self.errors.clear()
+        try:
+            await asyncio.wait_for(action(), 5.0)
+        except Exception:
+            pass
+        else:
+            raise AssertionError(f"{what}: allowed")
+        for _ in range(100):
+            if any("permissions violation" in e.lower() for e in self.errors):
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError(f"{what}: no permissions violation reported ({self.errors})")
