@@ -45,6 +45,12 @@ def add_nats_dev_parser(add_command: Callable[..., argparse.ArgumentParser]) -> 
     )
 
 
+#: New agent ids the development cluster's services bind per minute: every agent of a local
+#: cluster comes from one address, and a test or a demo may start hundreds at once (the
+#: production default, 60 per address, would refuse them).
+DEV_NEW_IDS = 10_000
+
+
 def cmd_nats_dev(args: argparse.Namespace) -> int:
     from .errors import AgentMeshError
     from .nats_auth_config import AuthKeys, authorization_block
@@ -70,8 +76,11 @@ def cmd_nats_dev(args: argparse.Namespace) -> int:
     try:
         cluster.start()
         if auth:  # two, for availability; they create the stream and buckets
+            budget = [f"--new-ids-per-{each}={DEV_NEW_IDS}" for each in ("source", "minute")]
             services = [
-                AuthServiceProcess(cluster.urls, keys_dir, Path(directory) / f"auth{i}.log")
+                AuthServiceProcess(
+                    cluster.urls, keys_dir, Path(directory) / f"auth{i}.log", options=budget
+                )
                 for i in (1, 2)
             ]
             for service in services:
@@ -83,6 +92,11 @@ def cmd_nats_dev(args: argparse.Namespace) -> int:
             print(f"  {node.name}: {node.url} (pid {node.pid}, log {node.log})")
         for service in services:
             print(f"  authorization service: pid {service.pid}, log {service.log}")
+        if services:
+            print(
+                f"  new agent ids: up to {DEV_NEW_IDS:,} a minute (a development budget; "
+                "agentmesh nats-auth binds 60 a minute per address by default)"
+            )
         if not auth:
             print(
                 "  no authorization service (--no-auth): every client of the cluster is "

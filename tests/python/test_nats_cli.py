@@ -43,6 +43,32 @@ async def connect_as_mallory(urls: list[str]) -> None:
     await nc.close()
 
 
+async def connect_new_agents(urls: list[str], count: int) -> int:
+    """How many of ``count`` agents with new ids, connecting together, get in."""
+    from agentmesh.nats_auth_client import agent_options
+    from agentmesh.nats_connection import connect
+    from agentmesh.nats_layout import NatsLayout
+
+    async def one(i: int) -> bool:
+        keypair = AgentKeyPair.generate(f"dev-agent-{i}")
+        options = agent_options(NatsLayout(), keypair)
+        try:
+            nc = await connect(
+                urls, connect_timeout=20.0, name=f"dev-{i}", options=options, guarded=True
+            )
+        except NatsAuthError:
+            return False
+        await nc.close()
+        return True
+
+    # (ten at a time: each binds an id and makes a replicated consumer, and a server drops a
+    # connection whose callout is not answered within 5 s, which a busy machine can miss)
+    got = 0
+    for first in range(0, count, 10):
+        got += sum(await asyncio.gather(*(one(i) for i in range(first, min(first + 10, count)))))
+    return got
+
+
 def start_nats_dev(tmp_path, *args: str) -> tuple[subprocess.Popen[str], str]:
     """``agentmesh nats-dev ARGS`` started; (its process, what it printed until it is up)."""
     proc = subprocess.Popen(
@@ -94,6 +120,9 @@ def test_nats_dev_runs_a_cluster_and_stops_it_on_ctrl_c(tmp_path):
         with pytest.raises(NatsAuthError):  # safe by default: an agent without a proof
             asyncio.run(connect_as_mallory(urls))
         talk_through(NatsHub(urls, auth=True))
+        # a local cluster's agents all come from one address: more than the production
+        # budget of new ids a minute (60 per address, each of the two services) get in
+        assert asyncio.run(connect_new_agents(urls, 130)) == 130
         stop_with_ctrl_c(proc, pids)
     finally:
         if proc.poll() is None:
