@@ -16,11 +16,10 @@ describes the exchange and which errors close the whole connection.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 from agentmesh.hub_protocol import ErrorCode, FrameType, ProtocolError
 
-__all__ = ["CHANNEL_OVERHEAD", "decode_channel", "runs", "wrap"]
+__all__ = ["CHANNEL_OVERHEAD", "by_channel", "decode_channel", "wrap"]
 
 _CHANNEL_HEAD = struct.Struct(">IBI")  # frame header + channel number
 _CHANNEL_NO = struct.Struct(">I")
@@ -48,26 +47,31 @@ def decode_channel(body: bytes) -> tuple[int, int, bytes]:
     return channel, ftype, body[5:]
 
 
-def runs(frames: list[tuple[int, bytes]]) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
-    """A batch of a shared connection's frames as runs: ``(channel, its consecutive frames)``
-    for CHANNEL frames, unwrapped, and ``(0, [frame])`` for each frame of the connection
-    itself. ProtocolError at the first malformed CHANNEL frame."""
-    i, n = 0, len(frames)
-    while i < n:
-        ftype, body = frames[i]
-        i += 1
+def by_channel(frames: list[tuple[int, bytes]]) -> list[tuple[int, list[tuple[int, bytes]]]]:
+    """A batch of a shared connection's frames, grouped: ``(channel, its frames, unwrapped)``
+    for the CHANNEL frames, and ``(0, [frame])`` for each frame of the connection itself.
+
+    The frames of one channel stay in their order, and so do the connection's own frames
+    relative to everything else; only frames of *different* channels between two of the
+    connection's own frames are regrouped (channel by channel, in order of first appearance).
+    The peer interleaves its agents' frames (each agent sending in turn gives runs of one
+    frame), and each channel's frames are then handled in one piece, as a batch read on its own
+    connection would be. ProtocolError at a malformed CHANNEL frame, before anything is handed
+    over."""
+    out: list[tuple[int, list[tuple[int, bytes]]]] = []
+    groups: dict[int, list[tuple[int, bytes]]] = {}
+    for ftype, body in frames:
         if ftype != FrameType.CHANNEL:
-            yield 0, [(ftype, body)]
+            groups = {}  # (what comes after it is grouped anew, behind it)
+            out.append((0, [(ftype, body)]))
             continue
-        channel, ftype, inner = decode_channel(body)
-        run = [(ftype, inner)]
-        while i < n and frames[i][0] == FrameType.CHANNEL:
-            following, ftype, inner = decode_channel(frames[i][1])
-            if following != channel:
-                break
-            run.append((ftype, inner))
-            i += 1
-        yield channel, run
+        channel, inner_type, inner = decode_channel(body)
+        group = groups.get(channel)
+        if group is None:
+            group = groups[channel] = []
+            out.append((channel, group))
+        group.append((inner_type, inner))
+    return out
 
 
 _INNER_TYPES = frozenset(int(t) for t in FrameType) - {int(FrameType.CHANNEL)}
