@@ -60,12 +60,20 @@ def by_channel(frames: list[tuple[int, bytes]]) -> list[tuple[int, list[tuple[in
     over."""
     out: list[tuple[int, list[tuple[int, bytes]]]] = []
     groups: dict[int, list[tuple[int, bytes]]] = {}
+    number = _CHANNEL_NO.unpack_from
+    inner_types = _INNER_TYPES
     for ftype, body in frames:
         if ftype != FrameType.CHANNEL:
             groups = {}  # (what comes after it is grouped anew, behind it)
             out.append((0, [(ftype, body)]))
             continue
-        channel, inner_type, inner = decode_channel(body)
+        # (decode_channel inlined: this runs for every frame of every agent)
+        if len(body) < 5 or body[4] not in inner_types:
+            decode_channel(body)  # raises the error that names the problem
+        channel = number(body)[0]
+        if not channel:
+            decode_channel(body)  # (channel 0)
+        inner_type, inner = body[4], body[5:]
         group = groups.get(channel)
         if group is None:
             group = groups[channel] = []
