@@ -19,10 +19,12 @@ import struct
 
 from agentmesh.hub_protocol import ErrorCode, FrameType, ProtocolError
 
-__all__ = ["CHANNEL_OVERHEAD", "by_channel", "decode_channel", "wrap"]
+__all__ = ["CHANNEL_OVERHEAD", "by_channel", "decode_channel", "wrap", "wrap_deliver"]
 
 _CHANNEL_HEAD = struct.Struct(">IBI")  # frame header + channel number
 _CHANNEL_NO = struct.Struct(">I")
+# frame header, channel number, then the DELIVER inside: type and delivery id
+_CHANNEL_DELIVER_HEAD = struct.Struct(">IBIBQ")
 #: Bytes a CHANNEL frame adds to the frame it carries.
 CHANNEL_OVERHEAD = 5
 
@@ -30,6 +32,17 @@ CHANNEL_OVERHEAD = 5
 def wrap(channel: int, frame: bytes) -> bytes:
     """The encoded ``frame`` (header included) as a CHANNEL frame of ``channel``."""
     return _CHANNEL_HEAD.pack(len(frame) + 1, FrameType.CHANNEL, channel) + frame[4:]
+
+
+def wrap_deliver(channel: int, delivery_id: int, envelope: bytes) -> bytes:
+    """``wrap(channel, encode_deliver(delivery_id, envelope))`` in one piece (one copy of the
+    envelope instead of two: the hub writes one per message it delivers on a channel)."""
+    return (
+        _CHANNEL_DELIVER_HEAD.pack(
+            14 + len(envelope), FrameType.CHANNEL, channel, FrameType.DELIVER, delivery_id
+        )
+        + envelope
+    )
 
 
 def decode_channel(body: bytes) -> tuple[int, int, bytes]:

@@ -17,7 +17,7 @@ from hubutil import HOST, Collector, new_keypair, read_frames, seal_bytes, sessi
 from test_hub_server import run
 
 from agentmesh import Agent
-from agentmesh.hub_channels import by_channel, decode_channel, wrap
+from agentmesh.hub_channels import by_channel, decode_channel, wrap, wrap_deliver
 from agentmesh.hub_client import HubClient
 from agentmesh.hub_client.channels import CarrierPool
 from agentmesh.hub_protocol import (
@@ -29,6 +29,7 @@ from agentmesh.hub_protocol import (
     ProtocolError,
     decode_error,
     decode_welcome,
+    encode_deliver,
     encode_frame,
     encode_hello,
     encode_register,
@@ -384,3 +385,8 @@ def test_a_batch_of_interleaved_channels_is_grouped_per_channel_in_order():
     ]
     with pytest.raises(ProtocolError, match="channel 0"):
         by_channel([(FrameType.CHANNEL, b"\0\0\0\0" + bytes([FrameType.SEND]))])
+
+
+def test_a_delivery_wrapped_in_one_piece_is_the_wrapped_deliver_frame():
+    for channel, did, envelope in [(1, 1, b""), (7, 2**40 + 3, b"envelope"), (2**32 - 1, 5, b"x")]:
+        assert wrap_deliver(channel, did, envelope) == wrap(channel, encode_deliver(did, envelope))

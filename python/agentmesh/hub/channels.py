@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentmesh.hub.connection import Connection
 from agentmesh.hub.states import CLOSED, CLOSING
-from agentmesh.hub_channels import by_channel, decode_channel, wrap
+from agentmesh.hub_channels import by_channel, decode_channel, wrap, wrap_deliver
 from agentmesh.hub_protocol import ErrorCode, FrameType, ProtocolError, encode_error
 
 if TYPE_CHECKING:
@@ -162,6 +162,11 @@ class ChannelConnection(Connection):
         if self.state >= CLOSED:
             return
         self.carrier.write(wrap(self.channel, data))
+
+    def write_deliver(self, delivery_id: int, envelope: bytes) -> None:
+        if self.state >= CLOSED:
+            return
+        self.carrier.write(wrap_deliver(self.channel, delivery_id, envelope))
 
     def flush_out(self) -> None:
         pass  # the carrying connection writes everything in its batch
