@@ -16,14 +16,15 @@ describes the exchange and which errors close the whole connection.
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
 
 from agentmesh.hub_protocol import ErrorCode, FrameType, ProtocolError
 
-__all__ = ["CHANNEL_OVERHEAD", "decode_channel", "runs", "wrap"]
+__all__ = ["CHANNEL_OVERHEAD", "by_channel", "decode_channel", "wrap", "wrap_deliver"]
 
 _CHANNEL_HEAD = struct.Struct(">IBI")  # frame header + channel number
 _CHANNEL_NO = struct.Struct(">I")
+# frame header, channel number, then the DELIVER inside: type and delivery id
+_CHANNEL_DELIVER_HEAD = struct.Struct(">IBIBQ")
 #: Bytes a CHANNEL frame adds to the frame it carries.
 CHANNEL_OVERHEAD = 5
 
@@ -31,6 +32,17 @@ CHANNEL_OVERHEAD = 5
 def wrap(channel: int, frame: bytes) -> bytes:
     """The encoded ``frame`` (header included) as a CHANNEL frame of ``channel``."""
     return _CHANNEL_HEAD.pack(len(frame) + 1, FrameType.CHANNEL, channel) + frame[4:]
+
+
+def wrap_deliver(channel: int, delivery_id: int, envelope: bytes) -> bytes:
+    """``wrap(channel, encode_deliver(delivery_id, envelope))`` in one piece (one copy of the
+    envelope instead of two: the hub writes one per message it delivers on a channel)."""
+    return (
+        _CHANNEL_DELIVER_HEAD.pack(
+            14 + len(envelope), FrameType.CHANNEL, channel, FrameType.DELIVER, delivery_id
+        )
+        + envelope
+    )
 
 
 def decode_channel(body: bytes) -> tuple[int, int, bytes]:
@@ -48,26 +60,39 @@ def decode_channel(body: bytes) -> tuple[int, int, bytes]:
     return channel, ftype, body[5:]
 
 
-def runs(frames: list[tuple[int, bytes]]) -> Iterator[tuple[int, list[tuple[int, bytes]]]]:
-    """A batch of a shared connection's frames as runs: ``(channel, its consecutive frames)``
-    for CHANNEL frames, unwrapped, and ``(0, [frame])`` for each frame of the connection
-    itself. ProtocolError at the first malformed CHANNEL frame."""
-    i, n = 0, len(frames)
-    while i < n:
-        ftype, body = frames[i]
-        i += 1
+def by_channel(frames: list[tuple[int, bytes]]) -> list[tuple[int, list[tuple[int, bytes]]]]:
+    """A batch of a shared connection's frames, grouped: ``(channel, its frames, unwrapped)``
+    for the CHANNEL frames, and ``(0, [frame])`` for each frame of the connection itself.
+
+    The frames of one channel stay in their order, and so do the connection's own frames
+    relative to everything else; only frames of *different* channels between two of the
+    connection's own frames are regrouped (channel by channel, in order of first appearance).
+    The peer interleaves its agents' frames (each agent sending in turn gives runs of one
+    frame), and each channel's frames are then handled in one piece, as a batch read on its own
+    connection would be. ProtocolError at a malformed CHANNEL frame, before anything is handed
+    over."""
+    out: list[tuple[int, list[tuple[int, bytes]]]] = []
+    groups: dict[int, list[tuple[int, bytes]]] = {}
+    number = _CHANNEL_NO.unpack_from
+    inner_types = _INNER_TYPES
+    for ftype, body in frames:
         if ftype != FrameType.CHANNEL:
-            yield 0, [(ftype, body)]
+            groups = {}  # (what comes after it is grouped anew, behind it)
+            out.append((0, [(ftype, body)]))
             continue
-        channel, ftype, inner = decode_channel(body)
-        run = [(ftype, inner)]
-        while i < n and frames[i][0] == FrameType.CHANNEL:
-            following, ftype, inner = decode_channel(frames[i][1])
-            if following != channel:
-                break
-            run.append((ftype, inner))
-            i += 1
-        yield channel, run
+        # (decode_channel inlined: this runs for every frame of every agent)
+        if len(body) < 5 or body[4] not in inner_types:
+            decode_channel(body)  # raises the error that names the problem
+        channel = number(body)[0]
+        if not channel:
+            decode_channel(body)  # (channel 0)
+        inner_type, inner = body[4], body[5:]
+        group = groups.get(channel)
+        if group is None:
+            group = groups[channel] = []
+            out.append((channel, group))
+        group.append((inner_type, inner))
+    return out
 
 
 _INNER_TYPES = frozenset(int(t) for t in FrameType) - {int(FrameType.CHANNEL)}

@@ -154,5 +154,38 @@ def test_pool_grows_only_when_its_workers_are_stuck() -> None:
     gate.set()
 
 
+def test_a_worker_started_for_a_stuck_one_leaves_once_that_one_goes_on() -> None:
+    """The extra worker is there while the first is stuck; once it goes on, one of the two
+    leaves at once (not after IDLE_EXIT): a pause of the whole process must not leave two
+    workers fighting for the interpreter lock."""
+    pool = ReceivePool(name="test-pool-shrinks")
+    gate = threading.Event()
+    ran = threading.Event()
+
+    class Blocking:
+        def drain(self) -> None:
+            gate.wait(20)
+
+    class Quick:
+        def drain(self) -> None:
+            ran.set()
+
+    pool.schedule(Blocking())
+    time.sleep(STUCK_AFTER * 3)
+    pool.schedule(Quick())
+    assert ran.wait(5), "a task waited behind a stuck worker"
+    assert pool.workers == 2  # (the first one is still stuck: the second stays)
+    time.sleep(STUCK_AFTER * 2)
+    assert pool.workers == 2
+    gate.set()
+    deadline = time.monotonic() + 5
+    while pool.workers > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pool.workers == 1
+    ran.clear()
+    pool.schedule(Quick())
+    assert ran.wait(5), "the remaining worker takes new work"
+
+
 def test_the_network_loop_owns_one_pool_per_process() -> None:
     assert NetLoop.get().receive_pool is NetLoop.get().receive_pool

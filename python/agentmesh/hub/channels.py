@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from agentmesh.hub.connection import Connection
 from agentmesh.hub.states import CLOSED, CLOSING
-from agentmesh.hub_channels import decode_channel, runs, wrap
+from agentmesh.hub_channels import by_channel, decode_channel, wrap, wrap_deliver
 from agentmesh.hub_protocol import ErrorCode, FrameType, ProtocolError, encode_error
 
 if TYPE_CHECKING:
@@ -44,11 +44,11 @@ class ChannelTable:
         self.limit = carrier.limits.max_channels_per_connection
 
     def on_frames(self, frames: list[tuple[int, bytes]]) -> None:
-        """A batch of the carrying connection's frames: each run of consecutive frames of one
-        channel goes to that channel in one piece (as a batch of its own connection would)."""
+        """A batch of the carrying connection's frames: each channel's frames go to that channel
+        in one piece (``by_channel``), as a batch read on its own connection would."""
         carrier = self.carrier
         try:
-            for channel, run in runs(frames):
+            for channel, run in by_channel(frames):
                 if carrier.state >= CLOSING:
                     return
                 if not channel:
@@ -162,6 +162,11 @@ class ChannelConnection(Connection):
         if self.state >= CLOSED:
             return
         self.carrier.write(wrap(self.channel, data))
+
+    def write_deliver(self, delivery_id: int, envelope: bytes) -> None:
+        if self.state >= CLOSED:
+            return
+        self.carrier.write(wrap_deliver(self.channel, delivery_id, envelope))
 
     def flush_out(self) -> None:
         pass  # the carrying connection writes everything in its batch

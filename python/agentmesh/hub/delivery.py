@@ -27,7 +27,6 @@ from agentmesh.hub_protocol import (
     decode_send,
     decode_send_expiring,
     decode_send_group,
-    encode_deliver,
     encode_send_ack,
     encode_send_error,
     encode_send_group_error,
@@ -377,7 +376,7 @@ class DeliveryPump:
                 self._drop_expired(hseq, len(envelope))
                 return
             self.inflight[hseq] = len(envelope)
-            self.conn.write(encode_deliver(hseq, envelope))
+            self.conn.write_deliver(hseq, envelope)
             return
         self.mem.append((hseq, envelope, expires_ms))
         if len(self.mem) > self.limits.delivery_buffer:
@@ -400,7 +399,7 @@ class DeliveryPump:
                 self._drop_expired(hseq, len(env))
                 continue
             inflight[hseq] = len(env)
-            conn.write(encode_deliver(hseq, env))
+            conn.write_deliver(hseq, env)
         if self.db_mode and len(inflight) < window and not conn.write_paused:
             self.schedule_fetch()
 
@@ -451,7 +450,7 @@ class DeliveryPump:
                         self._drop_expired(hseq, len(env))
                         continue
                     self.inflight[hseq] = len(env)
-                    conn.write(encode_deliver(hseq, env))
+                    conn.write_deliver(hseq, env)
             if len(rows) < want:
                 # Caught up with the store. Live delivery may resume if nothing accepted for
                 # this recipient is still waiting for its commit (else the commit re-pumps).

@@ -13,7 +13,7 @@ import contextlib
 import logging
 
 from agentmesh.hub.states import CLOSED, CLOSING
-from agentmesh.hub_protocol import encode_error
+from agentmesh.hub_protocol import encode_deliver, encode_error
 
 __all__ = ["ConnectionOutput", "OutputQueue"]
 
@@ -51,6 +51,10 @@ class ConnectionOutput:
     out_scheduled: bool
     out_bytes: int
     paused_by: set[str]
+
+    def write_deliver(self, delivery_id: int, envelope: bytes) -> None:
+        """A DELIVER frame (a channel writes it wrapped, in one piece)."""
+        self.write(encode_deliver(delivery_id, envelope))
 
     def write(self, data: bytes) -> None:
         if self.state >= CLOSED:

@@ -24,7 +24,7 @@ import ssl as _ssl
 from typing import Any
 
 from agentmesh.errors import HubError
-from agentmesh.hub_channels import runs, wrap
+from agentmesh.hub_channels import by_channel, wrap
 from agentmesh.hub_client.connecting import open_connection
 from agentmesh.hub_client.connection import Connection, FrameHandlers
 from agentmesh.hub_protocol import (
@@ -86,9 +86,9 @@ class Carrier(Connection):
             self.close()  # the last agent left: the connection is not kept open for nothing
 
     def handle_frames(self, frames: list[tuple[int, bytes]]) -> None:
-        """Each run of consecutive frames of one channel goes to its link in one piece."""
+        """Each channel's frames of the batch go to its link in one piece (``by_channel``)."""
         try:
-            for channel, run in runs(frames):
+            for channel, run in by_channel(frames):
                 if self.is_closed:
                     return
                 if not channel:

@@ -13,6 +13,7 @@ import hashlib
 import json
 import logging
 import socket
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -42,14 +43,16 @@ __all__ = ["Connection", "FrameHandlers"]
 log = logging.getLogger(__name__)
 
 _PING = encode_frame(FrameType.PING)
+_U64 = struct.Struct(">Q")
 
 
 @dataclass(frozen=True)
 class FrameHandlers:
     """Where a connection hands what the hub sends (the client's rooms)."""
 
-    #: DELIVER: (the connection it came on, delivery id, envelope)
-    deliver: Callable[[Connection, int, bytes], None]
+    #: DELIVER: (the connection they came on, every ``(delivery id, envelope)`` of one read,
+    #: in order): one call per read, however many envelopes it brought
+    deliver: Callable[[Connection, list[tuple[int, bytes]]], None]
     #: SEND_ACK: every send up to this sequence number is durable
     send_ack: Callable[[int], None]
     #: SEND_ERROR: (sequence number, error code, message)
@@ -143,13 +146,20 @@ class Connection(asyncio.Protocol):
 
     def handle_frames(self, frames: list[tuple[int, bytes]]) -> None:
         handlers = self.handlers
+        u64 = _U64.unpack_from
+        delivered: list[tuple[int, bytes]] = []  # handed over together, before any other frame
         try:
             for ftype, body in frames:
+                if ftype == FrameType.DELIVER and len(body) > 8:  # (decode_deliver, inlined)
+                    delivered.append((u64(body)[0], body[8:]))
+                    continue
+                if delivered:
+                    handlers.deliver(self, delivered)
+                    delivered = []
                 if ftype == FrameType.CHANNEL:
                     self.on_channel(body)
                 elif ftype == FrameType.DELIVER:
-                    did, env = decode_deliver(body)
-                    handlers.deliver(self, did, env)
+                    decode_deliver(body)  # (too short: raises the error that names it)
                 elif ftype == FrameType.SEND_ACK:
                     handlers.send_ack(decode_send_ack(body))
                 elif ftype == FrameType.SEND_ERROR:
@@ -186,6 +196,8 @@ class Connection(asyncio.Protocol):
                     return
                 else:
                     raise ProtocolError(ErrorCode.PROTOCOL, f"unexpected frame 0x{ftype:02x}")
+            if delivered:
+                handlers.deliver(self, delivered)
         except (ProtocolError, ValueError) as exc:
             log.error("bad frame from the hub: %s", exc)
             self.abort()
@@ -226,6 +238,14 @@ class Connection(asyncio.Protocol):
         if self.is_closed:
             return
         self.acks.append(delivery_id)
+        if not self.scheduled:
+            self.scheduled = True
+            self._acks_due()
+
+    def ack_many(self, delivery_ids: list[int]) -> None:
+        if self.is_closed or not delivery_ids:
+            return
+        self.acks.extend(delivery_ids)
         if not self.scheduled:
             self.scheduled = True
             self._acks_due()

@@ -1,9 +1,10 @@
 """The delivery path of a HubClient: batches to ``on_batch``, skipping, acknowledgements.
 
-Deliveries wait in an inbox until the consumer hands them to ``on_batch``: up to 256 at a time,
-all from one hub store, in inbox order. A redelivery of what was handled already (at or below
-the last position handled in that store) is acknowledged without being handed over. A batch is
-acknowledged, on the connection each delivery came from, once ``on_batch`` returns, or once the
+Deliveries wait in an inbox (as each read brought them) until the consumer hands them to
+``on_batch``: up to 256 at a time, all from one hub store, in inbox order. A redelivery of
+what was handled already (at or below the last position handled in that store) is
+acknowledged without being handed over. A batch is acknowledged, on the connection each
+delivery came from, once ``on_batch`` returns, or once the
 future it returns completes; never if either fails, so the hub delivers it again.
 """
 
@@ -23,10 +24,13 @@ __all__ = ["DeliveryStream"]
 
 log = logging.getLogger(__name__)
 
+#: Most deliveries handed to ``on_batch`` at once.
+MAX_BATCH = 256
 
-def _ack_all(acks: list[tuple[Connection, int]]) -> None:
-    for conn, did in acks:
-        conn.ack(did)  # on the connection it came from (a no-op if that one is gone)
+
+def _ack_all(acks: list[tuple[Connection, list[int]]]) -> None:
+    for conn, dids in acks:
+        conn.ack_many(dids)  # on the connection they came from (a no-op if that one is gone)
 
 
 class DeliveryStream:
@@ -34,7 +38,8 @@ class DeliveryStream:
 
     def __init__(self) -> None:
         self._on_batch: OnBatch | None = None
-        self._inbox: deque[tuple[Connection, int, bytes]] = deque()
+        # what each read brought: (the connection, its deliveries in order)
+        self._inbox: deque[tuple[Connection, list[tuple[int, bytes]]]] = deque()
         self._inbox_event: asyncio.Event | None = None
         self._seen_hub = b""
         self._seen_id = 0
@@ -56,8 +61,8 @@ class DeliveryStream:
     def delivery_hub_id(self) -> bytes | None:
         return self._delivery_hub_id
 
-    def on_deliver(self, conn: Connection, delivery_id: int, envelope: bytes) -> None:
-        self._inbox.append((conn, delivery_id, envelope))
+    def on_deliver(self, conn: Connection, deliveries: list[tuple[int, bytes]]) -> None:
+        self._inbox.append((conn, deliveries))
         ev = self._inbox_event
         if ev is not None and not ev.is_set():
             ev.set()
@@ -101,17 +106,25 @@ class DeliveryStream:
         position); acknowledges each on the connection it came from."""
         inbox = self._inbox
         batch: list[tuple[int, bytes]] = []
-        conns: list[Connection] = []
+        acks: list[tuple[Connection, list[int]]] = []  # the batch's ids, by connection
         hub_id = inbox[0][0].hub_id
         seen = self._last_handled(hub_id)
-        while inbox and len(batch) < 256 and inbox[0][0].hub_id == hub_id:
-            conn, did, env = inbox.popleft()
-            if did <= seen:
-                conn.ack(did)
-                continue
-            batch.append((did, env))
-            conns.append(conn)
-            seen = did
+        while inbox and len(batch) < MAX_BATCH and inbox[0][0].hub_id == hub_id:
+            conn, deliveries = inbox.popleft()
+            room = MAX_BATCH - len(batch)
+            if len(deliveries) > room:  # the rest waits for the next batch, first in line
+                inbox.appendleft((conn, deliveries[room:]))
+                deliveries = deliveries[:room]
+            ids: list[int] = []
+            for did, env in deliveries:
+                if did <= seen:
+                    conn.ack(did)
+                    continue
+                batch.append((did, env))
+                ids.append(did)
+                seen = did
+            if ids:
+                acks.append((conn, ids))
         if not batch:
             return
         handler = self._on_batch
@@ -131,14 +144,20 @@ class DeliveryStream:
         self.received += len(batch)
         self._seen_hub = hub_id
         self._seen_id = batch[-1][0]
-        acks = [(conn, did) for conn, (did, _env) in zip(conns, batch, strict=True)]
         if durable is None:
             _ack_all(acks)
         else:
-            durable.add_done_callback(functools.partial(self._ack_when_durable, hub_id, acks))
+            first = batch[0][0]
+            durable.add_done_callback(
+                functools.partial(self._ack_when_durable, hub_id, first, acks)
+            )
 
     def _ack_when_durable(
-        self, hub_id: bytes, acks: list[tuple[Connection, int]], durable: asyncio.Future[None]
+        self,
+        hub_id: bytes,
+        first: int,
+        acks: list[tuple[Connection, list[int]]],
+        durable: asyncio.Future[None],
     ) -> None:
         if not durable.cancelled() and durable.exception() is None:
             _ack_all(acks)
@@ -146,8 +165,9 @@ class DeliveryStream:
         # Never made durable: no acknowledgement, so the hub delivers them again after a
         # reconnect; the position goes back before them, or that redelivery would be skipped
         # (and acknowledged) as already handled.
-        log.error("%d deliveries left unacknowledged: %s", len(acks), durable.exception())
+        count = sum(len(ids) for _conn, ids in acks)
+        log.error("%d deliveries left unacknowledged: %s", count, durable.exception())
         if self._seen_hub == hub_id:
-            self._seen_id = min(self._seen_id, acks[0][1] - 1)
-        if self._handled.get(hub_id, 0) >= acks[0][1]:
-            self._handled[hub_id] = acks[0][1] - 1
+            self._seen_id = min(self._seen_id, first - 1)
+        if self._handled.get(hub_id, 0) >= first:
+            self._handled[hub_id] = first - 1

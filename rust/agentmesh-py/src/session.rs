@@ -18,6 +18,12 @@ use crate::locks;
 
 /// Work on payloads at least this large runs with the GIL released (as pyca/cryptography does).
 pub(crate) const RELEASE_GIL_AT: usize = 16 * 1024;
+/// `unseal_many` of at least this many envelopes (or of this many bytes: [`RELEASE_GIL_AT`])
+/// runs with the GIL released. A smaller batch of small messages is under a millisecond of
+/// work: letting go of the GIL for it invites a switch to another thread and back, which in a
+/// process unsealing many small batches (many agents, each a few messages at a time) cost more
+/// CPU than the unsealing.
+const RELEASE_GIL_AT_COUNT: usize = 64;
 
 fn now_ms() -> u64 {
     SystemTime::now()
@@ -292,12 +298,18 @@ impl PyCryptoSession {
             }
         }
         let envs: Vec<&agentmesh_core::Envelope> = parsed.iter().map(|a| a.get()).collect();
+        let large = envs.len() >= RELEASE_GIL_AT_COUNT
+            || envs.iter().map(|e| e.as_bytes().len()).sum::<usize>() >= RELEASE_GIL_AT;
         let kp_obj = self.keypair.get();
         let mut results = {
             let mut session = locks::lock(py, &self.session);
             let kp = locks::read(py, &kp_obj.inner);
             let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
-            py.allow_threads(|| s.unseal_many(k, envs.as_slice()))
+            if large {
+                py.allow_threads(|| s.unseal_many(k, envs.as_slice()))
+            } else {
+                s.unseal_many(k, envs.as_slice())
+            }
         }
         .into_iter()
         .map(Some)
