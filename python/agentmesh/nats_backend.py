@@ -32,7 +32,8 @@ from .nats_auth_writes import write_bundle, write_prekeys
 from .nats_connection import connect
 from .nats_directory import MAX_PREKEYS, NatsDirectory
 from .nats_layout import FETCH_BATCH, MAX_ENVELOPE, NatsLayout, token_of
-from .nats_receiver import InboxReceiver
+from .nats_pull import InboxPuller
+from .nats_receiver import FETCH_WAIT, InboxReceiver
 from .nats_sender import OrderedSender
 from .nats_setup import NatsSettings, check_server, consumer_config, ensure_layout
 
@@ -78,7 +79,6 @@ class NatsBackend:
         self._hub_id: bytes = b""
         self._receiver: InboxReceiver | None = None
         self._tasks: list[asyncio.Task[Any]] = []
-        self._pull: Any = None
         self._closed = False
 
     def __repr__(self) -> str:
@@ -195,9 +195,20 @@ class NatsBackend:
             )
             self.directory = NatsDirectory(self._js, self.layout, timeout=self.request_timeout)
             await self._publish_bundle(keypair, keypair.public_bundle())
-            self._pull = await self._patiently(
-                f"making the inbox of {agent_id!r}", lambda: self._subscribe(agent_id)
+            if not self.auth:  # (with the authorization service, the service made it)
+                await self._patiently(
+                    f"making the inbox of {agent_id!r}",
+                    lambda: self._js.add_consumer(
+                        self.layout.stream, consumer_config(self.layout, agent_id)
+                    ),
+                )
+            puller = InboxPuller(
+                self._nc,
+                f"$JS.API.CONSUMER.MSG.NEXT.{self.layout.stream}.{self.layout.consumer(agent_id)}",
+                FETCH_BATCH,
+                FETCH_WAIT,
             )
+            await puller.start()
             self._sender = OrderedSender(self._nc, self.layout.stream, self._is_registered)
             await self._sender.start()
         except BaseException:
@@ -212,7 +223,7 @@ class NatsBackend:
         # (a position beyond what this stream ever held came from a recreated one: lowered)
         self._receiver = InboxReceiver(
             agent_id,
-            self._pull,
+            puller,
             on_batch,
             hub_id=self._hub_id,
             seen=min(int((handled or {}).get(self._hub_id, 0)), last),
@@ -221,19 +232,6 @@ class NatsBackend:
         )
         self._tasks.append(asyncio.get_running_loop().create_task(self._receiver.run()))
         self._notify_registered()
-
-    async def _subscribe(self, agent_id: str) -> Any:
-        """The agent's durable consumer (made if missing; the same settings again are
-        harmless; with the authorization service, the service made it) and a pull
-        subscription bound to it."""
-        if not self.auth:
-            await self._js.add_consumer(self.layout.stream, consumer_config(self.layout, agent_id))
-        return await self._js.pull_subscribe_bind(
-            durable=self.layout.consumer(agent_id),
-            stream=self.layout.stream,
-            pending_msgs_limit=4 * FETCH_BATCH,
-            pending_bytes_limit=1 << 30,
-        )
 
     def _notify_registered(self) -> None:
         if self.on_registered is not None:

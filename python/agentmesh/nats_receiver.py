@@ -32,6 +32,7 @@ from typing import Any
 
 from .backend import OnBatch
 from .nats_layout import ACK_WAIT, FETCH_BATCH
+from .nats_pull import InboxPuller, positions
 
 __all__ = ["InboxReceiver"]
 
@@ -46,14 +47,14 @@ RETRY_PAUSE = 1.0
 
 
 class InboxReceiver:
-    """Fetches ``pull`` (a nats-py pull subscription), hands batches to ``on_batch``.
+    """Takes deliveries from ``puller``, hands batches to ``on_batch``.
     ``pending()`` asks the consumer how many deliveries it counts as pending;
     ``resubscribe()`` makes sure the consumer exists after fetches failed for a while."""
 
     def __init__(
         self,
         agent_id: str,
-        pull: Any,
+        puller: InboxPuller,
         on_batch: OnBatch,
         *,
         hub_id: bytes,
@@ -62,7 +63,7 @@ class InboxReceiver:
         resubscribe: Callable[[], Any],
     ) -> None:
         self.agent_id = agent_id
-        self.pull = pull
+        self.puller = puller
         self.on_batch = on_batch
         self.hub_id = hub_id
         self.seen = seen  # the last position handled
@@ -77,24 +78,18 @@ class InboxReceiver:
     def connection_changed(self) -> None:
         """After a reconnect: a fetch answered meanwhile may have been lost."""
         self.verify = True
+        self.puller.connection_changed()
 
     async def run(self) -> None:
-        from nats.errors import TimeoutError as NatsTimeout
-
         loop = asyncio.get_running_loop()
         keepalive = loop.create_task(self._keep_alive())
         failing_since: float | None = None
         try:
             while True:
                 wait = VERIFY_WAIT if self.verify and self.held else FETCH_WAIT
-                try:
-                    messages = await self.pull.fetch(FETCH_BATCH, timeout=wait)
-                except (NatsTimeout, asyncio.TimeoutError):
-                    messages = []
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    log.debug("fetch failed (%s): trying again", exc)
+                messages = await self.puller.take(wait)
+                if self.puller.failed:
+                    self.puller.failed = False
                     self.verify = True
                     now = loop.time()
                     if failing_since is None:
@@ -102,9 +97,11 @@ class InboxReceiver:
                     elif now - failing_since > 2 * FETCH_WAIT:
                         failing_since = now
                         await self.resubscribe()
-                    await asyncio.sleep(0.25)
-                    continue
-                failing_since = None
+                    if not messages:
+                        await asyncio.sleep(0.25)
+                        continue
+                else:
+                    failing_since = None
                 await self._take(messages)
                 if not self.held or (self.verify and not await self._verified()):
                     continue
@@ -116,12 +113,14 @@ class InboxReceiver:
 
     async def _take(self, messages: list[Any]) -> None:
         for msg in messages:
-            meta = msg.metadata
-            delivery = int(meta.sequence.consumer)
+            try:
+                delivery, position = positions(msg.reply)
+            except ValueError:
+                log.warning("%r: a delivery without positions: ignored", self.agent_id)
+                continue
             if delivery > self._last_delivery + 1:
                 self.verify = True  # a delivery went missing on its way
             self._last_delivery = max(self._last_delivery, delivery)
-            position = int(meta.sequence.stream)
             if position <= self.seen:
                 log.debug("%r: position %d handled before: acknowledged", self.agent_id, position)
                 await settle(msg, "ack")  # a redelivery of what was handled
@@ -179,7 +178,7 @@ class InboxReceiver:
         """Tells the cluster, for what is held or being handled, not to hand it out again."""
         while True:
             await asyncio.sleep(ACK_WAIT / 3)
-            for msg in list(self.held.values()):
+            for msg in [*self.held.values(), *self.puller.arrived]:
                 with contextlib.suppress(Exception):
                     await msg.in_progress()
 
@@ -187,9 +186,7 @@ class InboxReceiver:
         """On close: what is held goes back now, not after the ack wait."""
         leftovers = list(self.held.values())
         self.held.clear()
-        queue = getattr(getattr(self.pull, "_sub", None), "_pending_queue", None)
-        while queue is not None and not queue.empty():
-            leftovers.append(queue.get_nowait())
+        leftovers += await self.puller.close()
         for msg in leftovers:
             if getattr(msg, "reply", None):
                 await settle(msg, "nak")
