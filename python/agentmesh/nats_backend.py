@@ -204,7 +204,8 @@ class NatsBackend:
                 )
             puller = InboxPuller(
                 self._nc,
-                f"$JS.API.CONSUMER.MSG.NEXT.{self.layout.stream}.{self.layout.consumer(agent_id)}",
+                self.layout.stream,
+                self.layout.consumer(agent_id),
                 FETCH_BATCH,
                 FETCH_WAIT,
             )

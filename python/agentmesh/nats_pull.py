@@ -26,6 +26,8 @@ import logging
 from collections import deque
 from typing import Any
 
+from . import nats_wire
+
 __all__ = ["InboxPuller", "positions"]
 
 log = logging.getLogger("agentmesh.nats")
@@ -36,10 +38,11 @@ REQUEST_GRACE = 2.0
 _ENDED = frozenset({"408", "404"})
 
 
-def positions(reply: str) -> tuple[int, int]:
-    """(the consumer's delivery sequence, the stream sequence) of a delivery, read from its
-    acknowledgement subject ``$JS.ACK.[<domain>.<account>.]<stream>.<consumer>.<delivered>.
-    <stream seq>.<consumer seq>.<time>.<pending>[.<token>]``."""
+def positions(reply: str, stream: str, consumer: str) -> tuple[int, int]:
+    """(the consumer's delivery sequence, the stream sequence) of a delivery of ``consumer``
+    on ``stream``, read from its acknowledgement subject ``$JS.ACK.[<domain>.<account>.]
+    <stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>[.<token>]``;
+    ValueError if it is not one."""
     tokens = reply.split(".")
     if len(tokens) == 9:
         first = 4
@@ -47,16 +50,20 @@ def positions(reply: str) -> tuple[int, int]:
         first = 6
     else:
         raise ValueError(f"not a JetStream acknowledgement subject: {reply!r}")
+    if tokens[:2] != ["$JS", "ACK"] or tokens[first - 2 : first] != [stream, consumer]:
+        raise ValueError(f"not a delivery of {stream}/{consumer}: {reply!r}")
     return int(tokens[first + 2]), int(tokens[first + 1])
 
 
 class InboxPuller:
-    """Keeps one request for ``batch`` deliveries waiting at the consumer whose ``MSG.NEXT``
-    subject is ``next_subject``; ``take`` returns what has arrived."""
+    """Keeps one request for ``batch`` deliveries waiting at ``consumer`` of ``stream``;
+    ``take`` returns what has arrived."""
 
-    def __init__(self, nc: Any, next_subject: str, batch: int, expires: float) -> None:
+    def __init__(self, nc: Any, stream: str, consumer: str, batch: int, expires: float) -> None:
         self.nc = nc
-        self.next_subject = next_subject
+        self.stream = stream
+        self.consumer = consumer
+        self.next_subject = f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"
         self.batch = batch
         self.expires = expires
         self.inbox = nc.new_inbox()
@@ -146,6 +153,18 @@ class InboxPuller:
             # (a leadership change is no failure, only the end of the request)
             self.failed = self.failed or "Leadership" not in description
         self._wakeup.set()
+
+    async def acknowledge(self, deliveries: list[Any]) -> None:
+        """Acknowledges every one of ``deliveries``, in one write (one publish each)."""
+        try:
+            if nats_wire.can_write(self.nc):
+                commands = nats_wire.ack_commands([msg.reply for msg in deliveries])
+                await nats_wire.write(self.nc, commands)
+            else:
+                for msg in deliveries:
+                    await msg.ack()
+        except Exception as exc:  # (lost: each comes again, and is skipped by position)
+            log.debug("acknowledgements lost: %s", exc)
 
     async def close(self) -> list[Any]:
         """Stops taking deliveries; returns those not taken."""

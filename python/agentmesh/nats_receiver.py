@@ -114,9 +114,9 @@ class InboxReceiver:
     async def _take(self, messages: list[Any]) -> None:
         for msg in messages:
             try:
-                delivery, position = positions(msg.reply)
-            except ValueError:
-                log.warning("%r: a delivery without positions: ignored", self.agent_id)
+                delivery, position = positions(msg.reply, self.puller.stream, self.puller.consumer)
+            except ValueError as exc:
+                log.warning("%r: ignored: %s", self.agent_id, exc)
                 continue
             if delivery > self._last_delivery + 1:
                 self.verify = True  # a delivery went missing on its way
@@ -170,8 +170,7 @@ class InboxReceiver:
             finally:
                 self.delivery_hub_id = None
             self.seen = chunk[-1]
-            for position in chunk:
-                await settle(self.held.pop(position), "ack")
+            await self.puller.acknowledge([self.held.pop(position) for position in chunk])
         return True
 
     async def _keep_alive(self) -> None:

@@ -36,6 +36,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from . import nats_wire
 from .errors import FlushTimeoutError, HubError, HubRequestError, PeerNotFoundError
 from .fanout import address
 from .flush_waiters import FlushWaiters
@@ -229,18 +230,19 @@ class OrderedSender:
         """The one writer: publishes leave in the order they were taken, even when the
         client's write buffer makes a publish wait."""
         to_write, nc = self._to_write, self.nc
+        direct = nats_wire.can_write(nc)
         while to_write:
             item = to_write.popleft()
             if self._inflight.get(item.seq) is not item or not nc.is_connected:
                 continue  # given up already, or lost with the connection (resent later)
             headers = {"Nats-Msg-Id": item.msg_id, "Nats-Expected-Stream": self.stream}
+            reply = f"{self._reply_prefix}{item.seq}"
             try:
-                await nc.publish(
-                    item.subject,
-                    item.data,
-                    reply=f"{self._reply_prefix}{item.seq}",
-                    headers=headers,
-                )
+                if direct and nats_wire.header_value_ok(item.msg_id):
+                    command = nats_wire.publish_command(item.subject, reply, headers, item.data)
+                    await nats_wire.write(nc, command)
+                else:
+                    await nc.publish(item.subject, item.data, reply=reply, headers=headers)
             except Exception as exc:  # (closed, or the buffer full: its timer resends it)
                 log.debug("publish of envelope %d failed: %s", item.seq, exc)
 

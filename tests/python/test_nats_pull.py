@@ -14,13 +14,20 @@ from agentmesh.nats_cluster import NatsCluster
 from agentmesh.nats_pull import positions
 
 
-def test_positions_are_read_from_both_forms_of_the_acknowledgement_subject():
-    assert positions("$JS.ACK.S.c.1.57.12.1712345678901234567.3") == (12, 57)
+def test_positions_are_read_from_the_acknowledgement_subject_of_this_consumer_only():
+    assert positions("$JS.ACK.S.c.1.57.12.1712345678901234567.3", "S", "c") == (12, 57)
     domain = "$JS.ACK.hub.ACCOUNTHASH.S.c.2.58.13.1712345678901234567.0.tok"
-    assert positions(domain) == (13, 58)
-    for bad in ("$JS.ACK.S.c.1", "_INBOX.abc.1", "$JS.ACK.S.c.1.x.12.1.3"):
+    assert positions(domain, "S", "c") == (13, 58)
+    for bad in (
+        "$JS.ACK.S.c.1",
+        "_INBOX.abc.1",
+        "$JS.ACK.S.c.1.x.12.1.3",
+        "$JS.ACK.S.other.1.57.12.1712345678901234567.3",  # another consumer's
+        "$JS.ACK.T.c.1.57.12.1712345678901234567.3",
+        "_INBOX.ACK.S.c.1.57.12.1712345678901234567.3",
+    ):
         with pytest.raises(ValueError):
-            positions(bad)
+            positions(bad, "S", "c")
 
 
 def test_deliveries_held_by_a_dead_pipelined_receiver_are_not_overtaken(tmp_path):
