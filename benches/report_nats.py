@@ -45,11 +45,13 @@ def sections(res: dict[str, Any]) -> list[str]:
     ]
     for row in section["rows"]:
         label = row["label"] + (f", {row['nodes']} node(s)" if row["nodes"] else "")
-        lines.append(f"| {label} | {row['rate']:,.0f} | {row['p50']:,.0f} | {row['p99']:,.0f} |")
+        p50, p99 = (f"{row[k]:,.0f}" if row[k] is not None else "-" for k in ("p50", "p99"))
+        lines.append(f"| {label} | {row['rate']:,.0f} | {p50} | {p99} |")
     lines.append("")
     for r in nats_jetstream.ratios(section):
+        tuned = f", over the tuned raw client {r['tuned']:.2f}" if r["tuned"] is not None else ""
         lines.append(
-            f"{r['nodes']} node(s): agentmesh/raw one-way {r['rate']:.2f}, "
+            f"{r['nodes']} node(s): agentmesh/raw one-way {r['rate']:.2f}{tuned}, "
             f"round trip p50 {r['p50']:.2f}x.  "
         )
     lines.append("")

@@ -9,13 +9,19 @@
     ... js-send --servers URLS --id rx --count N --size B
     ... js-echo --servers URLS --id rx --count N
     ... js-ping --servers URLS --id tx --peer rx --count N --size B
+    ... js-tuned-recv --servers URLS --id rx --count N
+    ... js-tuned-send --servers URLS --id rx --count N --size B
 
 ``am-*``: agentmesh Agents on NatsHub (seal, sign, ordered durable publish, pull, unseal,
 handler). ``js-*``: raw nats-py on a stream with the same settings (work queue, file storage,
 the cluster's replicas, a durable pull consumer with explicit acks, ``max_ack_pending`` equal
 to the fetch batch, a ``Nats-Msg-Id`` on every publish, every publish acknowledged) carrying
-bytes of the same size as the envelope. Receivers and echoes print ``READY``; every role prints
-one JSON line with its results. Times are ``time.time()``.
+bytes of the same size as the envelope, through nats-py's JetStream API as an application
+would use it (``publish_async``, ``fetch``, ``ack``). ``js-tuned-*``: the same, with the two
+client techniques agentmesh's NATS backend uses: its pull requests (the next batch asked for
+while this one is handled, a batch's acknowledgements in one write: ``agentmesh.nats_pull``)
+and publishes written as protocol commands (``agentmesh.nats_wire``). Receivers and echoes
+print ``READY``; every role prints one JSON line with its results. Times are ``time.time()``.
 """
 
 from __future__ import annotations
@@ -116,6 +122,11 @@ async def _js(ns: argparse.Namespace) -> tuple[Any, Any]:
 
 
 async def _consumer(js: Any, agent_id: str) -> Any:
+    await _add_consumer(js, agent_id)
+    return await js.pull_subscribe_bind(durable=f"raw_{agent_id}", stream=RAW_STREAM)
+
+
+async def _add_consumer(js: Any, agent_id: str) -> None:
     from nats.js import api
 
     config = api.ConsumerConfig(
@@ -126,7 +137,6 @@ async def _consumer(js: Any, agent_id: str) -> Any:
         ack_wait=10,
     )
     await js.add_consumer(RAW_STREAM, config)
-    return await js.pull_subscribe_bind(durable=f"raw_{agent_id}", stream=RAW_STREAM)
 
 
 async def js_receiver(ns: argparse.Namespace, echo: bool) -> dict[str, Any]:
@@ -171,6 +181,60 @@ async def js_sender(ns: argparse.Namespace) -> dict[str, Any]:
     return {"start": start, "flushed": flushed}
 
 
+async def js_tuned_receiver(ns: argparse.Namespace) -> dict[str, Any]:
+    from agentmesh.nats_pull import InboxPuller
+
+    nc, js = await _js(ns)
+    await _add_consumer(js, ns.id)
+    puller = InboxPuller(nc, RAW_STREAM, f"raw_{ns.id}", FETCH, 2.0)
+    await puller.start()
+    print("READY", flush=True)
+    times: list[float] = []
+    deadline = time.monotonic() + ns.timeout
+    while len(times) < ns.count and time.monotonic() < deadline:
+        msgs = await puller.take(2.0)
+        now = time.time()
+        times.extend(now for _ in msgs)
+        await puller.acknowledge(msgs)
+    await nc.close()
+    if len(times) < ns.count:
+        raise SystemExit(f"timed out with {len(times)} of {ns.count}")
+    return {"count": len(times), "first": times[0], "last": times[-1]}
+
+
+async def js_tuned_sender(ns: argparse.Namespace) -> dict[str, Any]:
+    from agentmesh import nats_wire
+
+    nc, _ = await _js(ns)
+    inbox = nc.new_inbox()
+    window = asyncio.Semaphore(1024)  # (our window)
+    done = asyncio.Event()
+    answers: list[bytes] = []
+
+    async def on_answer(msg: Any) -> None:
+        answers.append(msg.data)
+        window.release()
+        if len(answers) == ns.count:
+            done.set()
+
+    await nc.subscribe(inbox + ".*", cb=on_answer)
+    data = os.urandom(ns.size)
+    subject = f"benchraw.{ns.id}"
+    start = time.time()
+    for i in range(ns.count):
+        await window.acquire()
+        headers = {"Nats-Msg-Id": os.urandom(16).hex()}
+        command = nats_wire.publish_command(subject, f"{inbox}.{i}", headers, data)
+        await nats_wire.write(nc, command)
+    await asyncio.wait_for(done.wait(), ns.timeout)
+    flushed = time.time()
+    await nc.close()
+    refused = [a for a in answers if b'"error"' in a or not a.startswith(b'{"stream"')]
+    if refused:
+        raise SystemExit(f"{len(refused)} publishes not stored: {refused[0]!r}")
+    return {"start": start, "flushed": flushed}
+
+
 async def js_ping(ns: argparse.Namespace) -> dict[str, Any]:
     nc, js = await _js(ns)
     pull = await _consumer(js, ns.id)
@@ -211,6 +275,8 @@ def main(argv: list[str] | None = None) -> int:
             "js-send",
             "js-echo",
             "js-ping",
+            "js-tuned-recv",
+            "js-tuned-send",
         ],
     )
     p.add_argument("--servers", required=True)
@@ -236,6 +302,10 @@ def main(argv: list[str] | None = None) -> int:
         out = _run(js_receiver(ns, echo=role == "js-echo"))
     elif role == "js-send":
         out = _run(js_sender(ns))
+    elif role == "js-tuned-recv":
+        out = _run(js_tuned_receiver(ns))
+    elif role == "js-tuned-send":
+        out = _run(js_tuned_sender(ns))
     else:
         out = _run(js_ping(ns))
     print(json.dumps(out), flush=True)
