@@ -34,7 +34,8 @@ log = logging.getLogger("agentmesh.nats")
 
 #: Seconds past a request's ``expires`` without a word about it before it counts as lost.
 REQUEST_GRACE = 2.0
-#: Statuses that end a request normally (it expired; nothing available).
+#: Statuses that end a request normally (it expired; nothing available); any other (503 no
+#: consumer leader, 409 leadership change or consumer deleted) counts as a failure.
 _ENDED = frozenset({"408", "404"})
 
 
@@ -90,6 +91,7 @@ class InboxPuller:
     def connection_changed(self) -> None:
         """A request (or its answer) may have been lost with the connection: ask again."""
         self._live = False
+        self._wakeup.set()
 
     @property
     def arrived(self) -> list[Any]:
@@ -148,10 +150,9 @@ class InboxPuller:
             return  # (an idle heartbeat)
         self._live = False
         if status not in _ENDED:
-            description = (msg.headers or {}).get("Description", "")
-            log.debug("pull request ended: %s %s", status, description)
-            # (a leadership change is no failure, only the end of the request)
-            self.failed = self.failed or "Leadership" not in description
+            # (a leadership change too: a delivery may have been lost with the old leader)
+            log.debug("pull request ended: %s %s", status, (msg.headers or {}).get("Description"))
+            self.failed = True
         self._wakeup.set()
 
     async def acknowledge(self, deliveries: list[Any]) -> None:
