@@ -172,12 +172,12 @@ def table(res: dict[str, Any]) -> str:
     lines = [
         f"payload {res['payload']} B text, envelope {res['envelope']} B; {res['count']} one-way, "
         f"{res['rtt_count']} round trips",
-        f"{'':34} {'msg/s':>9} {'p50 us':>9} {'p99 us':>9}",
+        f"{'':40} {'msg/s':>9} {'p50 us':>9} {'p99 us':>9}",
     ]
     for row in res["rows"]:
         label = row["label"] + (f", {row['nodes']} node(s)" if row["nodes"] else "")
         p50, p99 = (f"{row[k]:9.0f}" if row[k] is not None else f"{'-':>9}" for k in ("p50", "p99"))
-        lines.append(f"{label:34} {row['rate']:9.0f} {p50} {p99}")
+        lines.append(f"{label:40} {row['rate']:9.0f} {p50} {p99}")
     for r in ratios(res):
         tuned = f", agentmesh/tuned raw {r['tuned']:.2f}" if r["tuned"] is not None else ""
         lines.append(

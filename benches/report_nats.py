@@ -38,7 +38,9 @@ def sections(res: dict[str, Any]) -> list[str]:
         f"{section['payload']} B text payload ({section['envelope']} B envelope; raw JetStream "
         "carries bytes of that size with the same stream settings, acknowledgements and window), "
         "on clusters started for the run with `sync_interval: always` "
-        "(`benches/nats_jetstream.py`).",
+        "(`benches/nats_jetstream.py`). Raw JetStream uses nats-py's JetStream API; the tuned "
+        "raw client (one-way only) uses the backend's own pull requests and directly written "
+        "publishes, so agentmesh over it is agentmesh's own cost.",
         "",
         "| | one-way msg/s | round trip p50 µs | p99 µs |",
         "|---|---:|---:|---:|",
