@@ -259,6 +259,14 @@ def _run(coro: Any) -> Any:
     try:
         return loop.run_until_complete(coro)
     finally:
+        # (as asyncio.run does: nats-py leaves tasks behind at close, which would otherwise
+        # run into the closed loop, "Event loop is closed", and fail the peer)
+        left = asyncio.all_tasks(loop)
+        for task in left:
+            task.cancel()
+        if left:
+            loop.run_until_complete(asyncio.gather(*left, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
 
 
