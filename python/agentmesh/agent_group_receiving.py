@@ -22,7 +22,7 @@ from .agent_group_state import (
 )
 from .agent_receiving import Rejected
 from .errors import AuthenticationError, CryptoError
-from .message import META_KEY, Message
+from .message import META_KEY, Message, new_message
 
 Envelope = _crypto.Envelope
 GroupEnvelope = _crypto.GroupEnvelope
@@ -133,7 +133,7 @@ class _GroupReceiving(GroupState):
                 "a group message may not carry a control payload or agentmesh's own fields"
             )
             return Rejected(error, env)
-        msg = Message(env.sender, self.agent_id, payload, env, self, {}, env.group)
+        msg = new_message(env.sender, self.agent_id, payload, env, self, {}, env.group)
         if dispatch:
             effects.messages.append(msg)
         return msg

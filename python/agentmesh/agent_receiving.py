@@ -27,7 +27,7 @@ from .errors import (
     ReplayError,
     UnknownSenderError,
 )
-from .message import Message
+from .message import Message, new_message
 
 Envelope = _crypto.Envelope
 perform_key_exchange = _crypto.perform_key_exchange
@@ -187,7 +187,7 @@ class _Receiving(AgentCoreState):
                 continue
             for env, payload in zip(chunk, opened, strict=True):
                 if type(payload) is dict:
-                    results.append(Message(sender, me, payload, env, self))
+                    results.append(new_message(sender, me, payload, env, self))
                 elif isinstance(payload, ReplayError):
                     results.append(payload)
                 elif isinstance(payload, CryptoError):
@@ -240,7 +240,7 @@ class _Receiving(AgentCoreState):
             return outcome
         if dirty is not None and self._autosave:
             self._maybe_autosave()
-        return Message(sender, self.agent_id, payload, env, self)
+        return new_message(sender, self.agent_id, payload, env, self)
 
     def _accept_first(self, env: Any, sender: str) -> Message:
         if self.closed:
@@ -272,7 +272,7 @@ class _Receiving(AgentCoreState):
             if _holding.on:
                 self._unhandled[sender] += 1
         self.save_state_quietly()
-        return Message(sender, self.agent_id, payload, env, self)
+        return new_message(sender, self.agent_id, payload, env, self)
 
     def handled_from(self, sender: str, count: int = 1) -> None:
         """``count`` messages of ``sender`` unsealed with ``receive_batch(dispatch=False)``
@@ -363,7 +363,7 @@ class _Receiving(AgentCoreState):
         if _holding.on:
             self._unhandled[sender] += 1
         self._meta_dirty = True
-        return Message(sender, self.agent_id, payload, env, self)
+        return new_message(sender, self.agent_id, payload, env, self)
 
     def _open_retired(self, env: Any, sender: str) -> Message | CryptoError:
         """Open ``env`` with the session a succession retired (the refusal otherwise); the
@@ -380,7 +380,7 @@ class _Receiving(AgentCoreState):
             if _holding.on:  # (counted like any other, so handled_from stays balanced)
                 self._unhandled[sender] += 1
             self._meta_dirty = True  # (its export is written before the acknowledgement)
-        return Message(sender, self.agent_id, payload, env, self)
+        return new_message(sender, self.agent_id, payload, env, self)
 
     def _explain_rejection(self, env: Any, sender: str, exc: CryptoError) -> CryptoError:
         """A session-initiating envelope the current session refused may come from a peer that
