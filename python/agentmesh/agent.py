@@ -147,6 +147,7 @@ class _AgentCore(
         self._init_groups()
         self._pending = PendingRequests()
         self._unhandled = collections.Counter()
+        self._holders = []  # one entry per receive_batch(dispatch=False) running, any thread
         self._interceptors = {}
         self.consumer_ready = ReadyEvent()  # a NetworkHub link runs handlers once this is set
         self.attached = ReadyEvent()  # set once a hub's register attached the agent
@@ -169,6 +170,7 @@ class _AgentCore(
         # sessions opened by others and never answered, oldest first (bounded: see
         # _note_inbound_only)
         self._inbound_only = collections.OrderedDict()
+        self._inbound_last = None
         self._retired = {}
         self._retired_keypair = None
         self._retired_until = 0
@@ -477,7 +479,8 @@ class Agent(_AgentFacade):
         """Send ``{"text": text, **kwargs}``; returns the sealed Envelope."""
         if kwargs:
             check_no_meta(kwargs)
-        return self._core.send_payload(recipient_id, {"text": text, **kwargs})
+            return self._core.send_payload(recipient_id, {"text": text, **kwargs})
+        return self._core.send_payload(recipient_id, {"text": text})
 
     def send_payload(
         self, recipient_id: str, payload: dict[str, Any], *, ttl: float | None = None

@@ -26,6 +26,7 @@ from .message import META_KEY, Message, new_message
 
 Envelope = _crypto.Envelope
 GroupEnvelope = _crypto.GroupEnvelope
+_PAIRWISE_ONLY = {Envelope}
 
 
 def _is_group_envelope(item: Any) -> bool:
@@ -57,6 +58,8 @@ class _GroupReceiving(GroupState):
         ``dispatch=False`` (the network receive path, which runs the handlers later) a group
         message counts as unhandled like a pairwise one, so no group state is saved past it
         before its handlers ran (``_group_exports``)."""
+        if {*map(type, envelopes)} == _PAIRWISE_ONLY:  # (the usual batch: parsed, pairwise)
+            return super().receive_batch(envelopes, dispatch)  # type: ignore[misc, no-any-return]
         kinds = [_is_group_envelope(e) for e in envelopes]
         if not any(kinds):
             return super().receive_batch(envelopes, dispatch)  # type: ignore[misc, no-any-return]

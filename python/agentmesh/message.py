@@ -48,6 +48,14 @@ class _MessageFields:
 
     __slots__ = ("_agent", "_env", "_meta", "group", "payload", "recipient", "sender")
 
+    sender: str
+    recipient: str
+    payload: dict[str, Any]
+    group: str | None
+    _env: Any
+    _meta: dict[str, Any] | None
+    _agent: Any
+
 
 class Message(_MessageFields):
     """One decrypted, authenticated message. Immutable.
@@ -59,14 +67,6 @@ class Message(_MessageFields):
     """
 
     __slots__ = ()
-
-    sender: str
-    recipient: str
-    payload: dict[str, Any]
-    group: str | None
-    _env: Any
-    _meta: dict[str, Any] | None
-    _agent: Any
 
     def __new__(
         cls,
@@ -227,7 +227,7 @@ def new_message(
     group: str | None = None,
 ) -> Message:
     """``Message(...)`` without the class call (the receiving paths' way: once per message)."""
-    msg = _new_object(_MessageFields)
+    msg = _MessageFields()
     msg.sender = sender
     msg.recipient = recipient
     if meta is None and META_KEY in payload:  # (rare: a request, a reply, a kind)

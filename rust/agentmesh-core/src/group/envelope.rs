@@ -5,7 +5,6 @@
 //! Without it, the message is in its *unaddressed form*, what a sender uploads once for all the
 //! members; a hub writes each member's copy with [`GroupEnvelope::address`] (section 9.1).
 
-
 use crate::aead::TAG_LEN;
 use crate::envelope::{FLAG_SIGNED, MAGIC, MAX_CIPHERTEXT_LEN, VERSION};
 use crate::error::{Error, Result};
