@@ -47,6 +47,8 @@ class _GroupReceiving(GroupState):
     """Opening group messages (see the module)."""
 
     def receive(self, envelope: Any) -> Message | None:
+        if type(envelope) is Envelope:  # (parsed: pairwise)
+            return self.receive_pairwise(envelope)  # type: ignore[attr-defined, no-any-return]
         if _is_group_envelope(envelope):
             return self._receive_group(envelope)
         return super().receive(envelope)  # type: ignore[misc, no-any-return]

@@ -227,12 +227,13 @@ impl Envelope {
 /// for every delivered envelope, to recognise redeliveries: written without a `format!` per
 /// byte, which cost more than the hash.)
 pub(crate) fn message_id_of(header: &[u8]) -> String {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
     let digest = Sha256::digest(header);
     let mut id = String::with_capacity(32);
     for b in digest.iter().take(16) {
-        id.push(char::from(HEX[usize::from(b >> 4)]));
-        id.push(char::from(HEX[usize::from(b & 0x0f)]));
+        for nibble in [b >> 4, b & 0x0f] {
+            // (a nibble is always a hex digit: the fallback is never taken)
+            id.push(char::from_digit(u32::from(nibble), 16).unwrap_or('0'));
+        }
     }
     id
 }
