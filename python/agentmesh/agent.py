@@ -55,7 +55,7 @@ from .agent_trust import _Trust
 from .errors import MessageTooLargeError
 from .groups import Group
 from .keystore import KeyStore
-from .message import Message, _message_from_bytes  # noqa: F401 (old pickles name it here)
+from .message import META_KEY, Message, _message_from_bytes  # noqa: F401 (old pickles name it here)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .hubs import Hub
@@ -488,6 +488,8 @@ class Agent(_AgentFacade):
         """Send a payload dict as it is; ``TypeError`` (nothing sent) if it cannot be serialised.
         ``ttl``: seconds within which it must be handled, or not at all (the recipient drops
         a late one and reports ``MessageExpiredError``; the expiry is under the signature)."""
+        if type(payload) is dict and ttl is None and META_KEY not in payload:
+            return self._core.send_payload(recipient_id, payload)  # (the common case)
         if isinstance(payload, dict):
             check_no_meta(payload)
             if ttl is not None:
