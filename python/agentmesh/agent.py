@@ -55,7 +55,7 @@ from .agent_trust import _Trust
 from .errors import MessageTooLargeError
 from .groups import Group
 from .keystore import KeyStore
-from .message import Message, _message_from_bytes  # noqa: F401 (old pickles name it here)
+from .message import META_KEY, Message, _message_from_bytes  # noqa: F401 (old pickles name it here)
 
 if TYPE_CHECKING:  # pragma: no cover
     from .hubs import Hub
@@ -147,6 +147,7 @@ class _AgentCore(
         self._init_groups()
         self._pending = PendingRequests()
         self._unhandled = collections.Counter()
+        self._holders = []  # one entry per receive_batch(dispatch=False) running, any thread
         self._interceptors = {}
         self.consumer_ready = ReadyEvent()  # a NetworkHub link runs handlers once this is set
         self.attached = ReadyEvent()  # set once a hub's register attached the agent
@@ -169,6 +170,7 @@ class _AgentCore(
         # sessions opened by others and never answered, oldest first (bounded: see
         # _note_inbound_only)
         self._inbound_only = collections.OrderedDict()
+        self._inbound_last = None
         self._retired = {}
         self._retired_keypair = None
         self._retired_until = 0
@@ -477,7 +479,8 @@ class Agent(_AgentFacade):
         """Send ``{"text": text, **kwargs}``; returns the sealed Envelope."""
         if kwargs:
             check_no_meta(kwargs)
-        return self._core.send_payload(recipient_id, {"text": text, **kwargs})
+            return self._core.send_payload(recipient_id, {"text": text, **kwargs})
+        return self._core.send_payload(recipient_id, {"text": text})
 
     def send_payload(
         self, recipient_id: str, payload: dict[str, Any], *, ttl: float | None = None
@@ -485,6 +488,8 @@ class Agent(_AgentFacade):
         """Send a payload dict as it is; ``TypeError`` (nothing sent) if it cannot be serialised.
         ``ttl``: seconds within which it must be handled, or not at all (the recipient drops
         a late one and reports ``MessageExpiredError``; the expiry is under the signature)."""
+        if type(payload) is dict and ttl is None and META_KEY not in payload:
+            return self._core.send_payload(recipient_id, payload)  # (the common case)
         if isinstance(payload, dict):
             check_no_meta(payload)
             if ttl is not None:

@@ -22,10 +22,11 @@ from .agent_group_state import (
 )
 from .agent_receiving import Rejected
 from .errors import AuthenticationError, CryptoError
-from .message import META_KEY, Message
+from .message import META_KEY, Message, new_message
 
 Envelope = _crypto.Envelope
 GroupEnvelope = _crypto.GroupEnvelope
+_PAIRWISE_ONLY = {Envelope}
 
 
 def _is_group_envelope(item: Any) -> bool:
@@ -46,6 +47,8 @@ class _GroupReceiving(GroupState):
     """Opening group messages (see the module)."""
 
     def receive(self, envelope: Any) -> Message | None:
+        if type(envelope) is Envelope:  # (parsed: pairwise)
+            return self.receive_pairwise(envelope)  # type: ignore[attr-defined, no-any-return]
         if _is_group_envelope(envelope):
             return self._receive_group(envelope)
         return super().receive(envelope)  # type: ignore[misc, no-any-return]
@@ -57,6 +60,8 @@ class _GroupReceiving(GroupState):
         ``dispatch=False`` (the network receive path, which runs the handlers later) a group
         message counts as unhandled like a pairwise one, so no group state is saved past it
         before its handlers ran (``_group_exports``)."""
+        if {*map(type, envelopes)} == _PAIRWISE_ONLY:  # (the usual batch: parsed, pairwise)
+            return super().receive_batch(envelopes, dispatch)  # type: ignore[misc, no-any-return]
         kinds = [_is_group_envelope(e) for e in envelopes]
         if not any(kinds):
             return super().receive_batch(envelopes, dispatch)  # type: ignore[misc, no-any-return]
@@ -133,7 +138,7 @@ class _GroupReceiving(GroupState):
                 "a group message may not carry a control payload or agentmesh's own fields"
             )
             return Rejected(error, env)
-        msg = Message(env.sender, self.agent_id, payload, env, self, {}, env.group)
+        msg = new_message(env.sender, self.agent_id, payload, env, self, {}, env.group)
         if dispatch:
             effects.messages.append(msg)
         return msg

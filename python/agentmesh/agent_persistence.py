@@ -51,6 +51,7 @@ class _Persistence(AgentCoreState):
         self._inbound_only = collections.OrderedDict(
             (peer, None) for peer in state.inbound_only if peer in sessions
         )
+        self._inbound_last = None
         self._pins = dict(state.pins)
         self._bundles = dict(state.bundles)
         self._delivered = dict(state.delivered)

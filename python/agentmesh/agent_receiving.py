@@ -27,7 +27,7 @@ from .errors import (
     ReplayError,
     UnknownSenderError,
 )
-from .message import Message
+from .message import Message, new_message
 
 Envelope = _crypto.Envelope
 perform_key_exchange = _crypto.perform_key_exchange
@@ -91,11 +91,14 @@ class _Receiving(AgentCoreState):
         :class:`Rejected` in its place, itself.
         """
         if not dispatch:
+            holders = self._holders
+            holders.append(None)  # (accept reads the thread-local only while some batch holds)
             _holding.on = True
             try:
                 return self._receive_batch(envelopes, dispatch)
             finally:
                 _holding.on = False
+                holders.pop()
         return self._receive_batch(envelopes, dispatch)
 
     def _receive_batch(
@@ -130,13 +133,17 @@ class _Receiving(AgentCoreState):
                 runs.setdefault(item.sender, []).append(index)
             except TypeError:  # pragma: no cover - the codec guarantees str ids
                 outcomes[index] = FormatError("envelope without a sender id")
-        for sender, indexes in runs.items():
-            results = self._accept_run(sender, [items[i] for i in indexes])
-            for index, result in zip(indexes, results, strict=True):
-                outcomes[index] = result
+        if len(runs) == 1 and len(indexes := next(iter(runs.values()))) == n:
+            # (the usual batch: every envelope from one sender)
+            outcomes = self._accept_run(next(iter(runs)), items)
+        else:
+            for sender, indexes in runs.items():
+                results = self._accept_run(sender, [items[i] for i in indexes])
+                for index, result in zip(indexes, results, strict=True):
+                    outcomes[index] = result
         out: list[Message | Rejected | None] = []
         for item, outcome in zip(items, outcomes, strict=True):
-            if isinstance(outcome, Message):
+            if type(outcome) is Message:
                 if dispatch:
                     self.hand_over(outcome)
                 out.append(outcome)
@@ -163,7 +170,12 @@ class _Receiving(AgentCoreState):
         if session is None or len(rest) < UNSEAL_MANY_MIN or session.deniable:
             # nothing to batch-verify: one call per envelope is as fast (and holds the lock
             # for less time)
-            results.extend(self._accept_or_error(env) for env in rest)
+            accept = self.accept
+            for env in rest:
+                try:
+                    results.append(accept(env))
+                except Exception as exc:  # a CryptoError, or a hub lookup failing
+                    results.append(exc)
             return results
         me = self.agent_id
         dirty = self._dirty
@@ -182,12 +194,13 @@ class _Receiving(AgentCoreState):
                         dirty.add(sender)
                     if self._inbound_only and sender in self._inbound_only:
                         self._inbound_only.move_to_end(sender)
+                        self._inbound_last = sender
             if opened is None:
                 results.extend(self._accept_or_error(env) for env in chunk)
                 continue
             for env, payload in zip(chunk, opened, strict=True):
                 if type(payload) is dict:
-                    results.append(Message(sender, me, payload, env, self))
+                    results.append(new_message(sender, me, payload, env, self))
                 elif isinstance(payload, ReplayError):
                     results.append(payload)
                 elif isinstance(payload, CryptoError):
@@ -225,12 +238,14 @@ class _Receiving(AgentCoreState):
             with self._lock:
                 payload = session.unseal(env)
                 self.received += 1
-                if _holding.on:
+                if self._holders and _holding.on:
                     self._unhandled[sender] += 1
                 if dirty is not None:
                     dirty.add(sender)
-                if self._inbound_only and sender in self._inbound_only:
-                    self._inbound_only.move_to_end(sender)  # (least recently heard goes first)
+                inbound = self._inbound_only
+                if inbound and sender != self._inbound_last and sender in inbound:
+                    inbound.move_to_end(sender)  # (least recently heard goes first)
+                    self._inbound_last = sender
         except ReplayError:
             raise
         except CryptoError as exc:
@@ -240,7 +255,7 @@ class _Receiving(AgentCoreState):
             return outcome
         if dirty is not None and self._autosave:
             self._maybe_autosave()
-        return Message(sender, self.agent_id, payload, env, self)
+        return new_message(sender, self.agent_id, payload, env, self)
 
     def _accept_first(self, env: Any, sender: str) -> Message:
         if self.closed:
@@ -272,7 +287,7 @@ class _Receiving(AgentCoreState):
             if _holding.on:
                 self._unhandled[sender] += 1
         self.save_state_quietly()
-        return Message(sender, self.agent_id, payload, env, self)
+        return new_message(sender, self.agent_id, payload, env, self)
 
     def handled_from(self, sender: str, count: int = 1) -> None:
         """``count`` messages of ``sender`` unsealed with ``receive_batch(dispatch=False)``
@@ -294,6 +309,7 @@ class _Receiving(AgentCoreState):
         starts a new set-up). The caller holds ``_lock``."""
         inbound = self._inbound_only
         inbound[sender] = None
+        self._inbound_last = None
         while len(inbound) > MAX_INBOUND_ONLY_SESSIONS:
             evicted = next(iter(inbound))
             del inbound[evicted]
@@ -363,7 +379,7 @@ class _Receiving(AgentCoreState):
         if _holding.on:
             self._unhandled[sender] += 1
         self._meta_dirty = True
-        return Message(sender, self.agent_id, payload, env, self)
+        return new_message(sender, self.agent_id, payload, env, self)
 
     def _open_retired(self, env: Any, sender: str) -> Message | CryptoError:
         """Open ``env`` with the session a succession retired (the refusal otherwise); the
@@ -380,7 +396,7 @@ class _Receiving(AgentCoreState):
             if _holding.on:  # (counted like any other, so handled_from stays balanced)
                 self._unhandled[sender] += 1
             self._meta_dirty = True  # (its export is written before the acknowledgement)
-        return Message(sender, self.agent_id, payload, env, self)
+        return new_message(sender, self.agent_id, payload, env, self)
 
     def _explain_rejection(self, env: Any, sender: str, exc: CryptoError) -> CryptoError:
         """A session-initiating envelope the current session refused may come from a peer that

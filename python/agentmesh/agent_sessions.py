@@ -42,11 +42,9 @@ class _Sessions(AgentCoreState):
             session = self._sessions.get(peer_id)
             if session is None:  # the peer moved to a new identity key (succession)
                 return self._seal_first(peer_id, payload)
-        if not isinstance(payload, dict):
-            raise TypeError(f"payload must be a dict, not {type(payload).__name__}")
         dirty = self._dirty
         with self._lock:
-            env = session.seal(payload)
+            env = session.seal(payload)  # (TypeError, nothing sealed, unless a dict)
             self.sent += 1
             if dirty is not None:
                 # (under the lock save_state holds while it exports and clears the marks)

@@ -38,6 +38,10 @@ class AgentCoreState:
     _unverified: set[str]
     _next_recheck: float  # monotonic s: when every live session's peer is looked up again
     _inbound_only: collections.OrderedDict[str, None]
+    # the key last moved to the end of _inbound_only, or None: it is still last or gone (each
+    # other change that adds a key or reorders them sets None), so a run of messages from one
+    # sender moves it once
+    _inbound_last: str | None
     # sessions with a peer's or this agent's previous identity key, kept (in memory only) to
     # open what was sealed before a succession; never used to seal
     _retired: dict[str, Any]
@@ -45,6 +49,7 @@ class AgentCoreState:
     _retired_until: int  # ms: when the retired sessions and identity are dropped
     _retired_exports: dict[str, bytes]  # the retired sessions' sealed exports, as last saved
     _unhandled: collections.Counter[str]  # peer -> messages unsealed, handlers not run yet
+    _holders: list[None]  # one entry per receive_batch(dispatch=False) running
     # handlers and counters
     # what runs the handlers (the sync core's run_handlers, or the asyncio face's delivery);
     # messages reach it through ``_dispatch`` (agent_groups.py), which keeps control messages

@@ -92,6 +92,7 @@ class LocalHub(Hub):
 
     def __init__(self) -> None:
         self.directory = LocalDirectory()
+        self._local_agents = self.directory.local_agents  # (one dict for the directory's life)
 
     def register(self, agent: Any) -> None:
         core = _core_of(agent)
@@ -113,16 +114,15 @@ class LocalHub(Hub):
         if not pairwise:
             envelope = _crypto.as_envelope(envelope)
         recipient = envelope.recipient
+        holder = self._local_agents.get(recipient)
         directory = self.directory
-        holder = directory.local_agents.get(recipient)
         if holder is None:
             try:  # (queued for a backend, or refused: enqueue counts the upload)
                 directory.enqueue(recipient, bytes(envelope.to_bytes()))
             except PeerNotFoundError:
                 raise ValueError(f"Peer {recipient!r} not found on hub") from None
             return
-        directory.routed += 1
-        directory.uploads += 1
+        directory.handed += 1  # (a delivery and an upload)
         if pairwise:
             holder.receive_pairwise(envelope)  # (the common case, without the kind check)
         else:

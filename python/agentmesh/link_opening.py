@@ -9,7 +9,6 @@ A new sender whose lookup failed must come again (:class:`Retry`), never be reje
 
 from __future__ import annotations
 
-import collections
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -30,12 +29,27 @@ log = logging.getLogger("agentmesh.link")
 RECENT_IDS = 4096
 
 
-class RecentIds(collections.OrderedDict[str, None]):
-    """Envelope ids accepted lately, oldest first (at most :data:`RECENT_IDS` after ``trim``)."""
+class RecentIds:
+    """Envelope ids accepted lately: the last :data:`RECENT_IDS` at least, in two generations
+    (the older is dropped when the newer fills), so each id costs one set insertion."""
 
-    def trim(self) -> None:
-        while len(self) > RECENT_IDS:
-            self.popitem(last=False)
+    __slots__ = ("newer", "older")
+
+    def __init__(self) -> None:
+        self.newer: set[str] = set()
+        self.older: set[str] = set()
+
+    def __contains__(self, envelope_id: object) -> bool:
+        return envelope_id in self.newer or envelope_id in self.older
+
+    def __len__(self) -> int:
+        return len(self.newer) + len(self.older)
+
+    def add_all(self, envelope_ids: list[str]) -> None:
+        newer = self.newer
+        newer.update(envelope_ids)
+        if len(newer) >= RECENT_IDS:
+            self.older, self.newer = newer, set()
 
 
 class Retry:
@@ -67,6 +81,9 @@ def open_deliveries(
     where: list[int] = []  # index in datas of each todo item
     outcomes: list[Outcome] = [True] * len(datas)
     seen: set[str] = set()
+    newer, older = recent.newer, recent.older
+    # a set-up (prekey message) may use one of this agent's one-time prekeys: look only then
+    setups = False
     for index, data in enumerate(datas):
         try:
             env = Envelope.from_bytes(data)
@@ -80,7 +97,7 @@ def open_deliveries(
         except Exception:
             envelope_id = None
         if envelope_id is not None:
-            if envelope_id in recent or envelope_id in seen:
+            if envelope_id in newer or envelope_id in older or envelope_id in seen:
                 # delivered again (e.g. a resend after a hub crash): already handled, so
                 # acknowledge it silently instead of reporting a replay
                 log.debug(
@@ -88,16 +105,17 @@ def open_deliveries(
                 )
                 continue
             seen.add(envelope_id)
+        if env.is_prekey:
+            setups = True
         todo.append(env)
         ids.append(envelope_id)
         where.append(index)
     if not todo:
         return outcomes, False
-    # a set-up (prekey message) may use one of this agent's one-time prekeys: look only then
-    setups = any(type(e) is Envelope and e.is_prekey for e in todo)
     keys_before = len(core.keypair.one_time_prekey_ids()) if setups else 0
     results = core.receive_batch(todo, dispatch=False)
     prekeys_used = setups and len(core.keypair.one_time_prekey_ids()) != keys_before
+    accepted: list[str] = []
     for envelope_id, msg, index in zip(ids, results, where, strict=True):
         if not isinstance(msg, Message):
             if isinstance(msg, Rejected) and isinstance(msg.error, HubError):
@@ -112,10 +130,10 @@ def open_deliveries(
             outcomes[index] = msg if msg is not None else False
             continue
         if envelope_id is not None:
-            recent[envelope_id] = None
-        if core.take_reply(msg):
+            accepted.append(envelope_id)
+        if msg._meta is not None and core.take_reply(msg):
             core.handled_from(msg.sender)  # (a reply, or a message of an intercepted kind)
         else:
             outcomes[index] = msg
-    recent.trim()
+    recent.add_all(accepted)
     return outcomes, prekeys_used

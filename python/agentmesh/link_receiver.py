@@ -270,19 +270,27 @@ class Receiver:
             dispatch = core._dispatch
             with while_waiting(self._on_handler_wait):
                 for at, (items, outcomes) in enumerate(work):
-                    for index, outcome in enumerate(outcomes):
-                        if type(outcome) is Message:
-                            try:
-                                dispatch(outcome)
-                            except HandlersNotRunError as exc:
-                                self._give_back(work[at:], index, exc)
-                                return
-                            except BaseException:
-                                core.handled_from(outcome.sender)
-                                raise
-                            core.handled_from(outcome.sender)
-                        elif type(outcome) is Rejected:
-                            core.reject(outcome.error, outcome.envelope)
+                    # per sender, the messages whose handlers ran: counted down together
+                    # before the acknowledgement (one take of the core's lock per batch)
+                    handled: dict[str, int] = {}
+                    try:
+                        for index, outcome in enumerate(outcomes):
+                            if type(outcome) is Message:
+                                sender = outcome.sender
+                                try:
+                                    dispatch(outcome)
+                                except HandlersNotRunError as exc:
+                                    self._give_back(work[at:], index, exc)
+                                    return
+                                except BaseException:
+                                    handled[sender] = handled.get(sender, 0) + 1
+                                    raise
+                                handled[sender] = handled.get(sender, 0) + 1
+                            elif type(outcome) is Rejected:
+                                core.reject(outcome.error, outcome.envelope)
+                    finally:
+                        for sender, count in handled.items():
+                            core.handled_from(sender, count)
                     self._acknowledge(items, outcomes)
         finally:
             with self._lock:

@@ -63,14 +63,33 @@ class LocalDirectory:
         self._prekeys: dict[str, collections.OrderedDict[int, str]] = {}
         self._inboxes: dict[str, _Inbox] = {}
         self._next_position = 1
-        #: deliveries (a copy in an inbox, or handed to a LocalHub agent)
-        self.routed = 0
-        #: hand-overs by senders: one per envelope, and one per fan-out however many copies
-        self.uploads = 0
+        self._routed = 0  # (see routed)
+        self._uploads = 0  # (see uploads)
+        #: envelopes ``LocalHub.deliver`` handed straight to one of its agents: each is both
+        #: a delivery and an upload (one count on that path, read into both)
+        self.handed = 0
         self.expired = 0  # queued envelopes dropped undelivered: their expiry passed
         #: the ids held by a LocalHub agent -> its core (handed envelopes at once, never
         #: queued); a plain dict, read without the lock on LocalHub's delivery path
         self.local_agents: dict[str, Any] = {}
+
+    @property
+    def routed(self) -> int:
+        """Deliveries (a copy in an inbox, or handed to a LocalHub agent)."""
+        return self._routed + self.handed
+
+    @routed.setter
+    def routed(self, value: int) -> None:
+        self._routed = value - self.handed
+
+    @property
+    def uploads(self) -> int:
+        """Hand-overs by senders: one per envelope, and one per fan-out however many copies."""
+        return self._uploads + self.handed
+
+    @uploads.setter
+    def uploads(self, value: int) -> None:
+        self._uploads = value - self.handed
 
     # -- the directory ----------------------------------------------------------------------
 
@@ -174,7 +193,7 @@ class LocalDirectory:
         names the recipient. ``expires_ms`` (ms since the epoch): a queued envelope still
         undelivered then is dropped (counted in ``expired``)."""
         with self.lock:
-            self.uploads += 1
+            self._uploads += 1
             holder, position = self._queue(recipient, envelope)
             if position and expires_ms:
                 self._inboxes[recipient].expiries[position] = expires_ms
@@ -188,11 +207,11 @@ class LocalDirectory:
         copies = address_all(envelope, recipients)
         local = self.local_agents
         with self.lock:
-            self.uploads += 1
+            self._uploads += 1
             if local.keys() >= set(recipients):
                 # every member a LocalHub agent (the usual case): handed over, never queued
                 holders = [local[r] for r in recipients]
-                self.routed += len(holders)
+                self._routed += len(holders)
                 refusals: list[HubRequestError] = []
                 queued: list[tuple[Any, int, bytes]] = []
             else:
@@ -216,7 +235,7 @@ class LocalDirectory:
         for recipient, copy in zip(recipients, copies, strict=True):
             holder = self.local_agents.get(recipient)
             if holder is not None:
-                self.routed += 1
+                self._routed += 1
                 holders.append(holder)
                 handed.append(copy)
                 continue
@@ -240,7 +259,7 @@ class LocalDirectory:
             )
         holder = inbox.holder
         if holder is not None and not isinstance(holder, LocalBackend):
-            self.routed += 1
+            self._routed += 1
             return holder, 0
         lim = self.limits
         if inbox.expiries:  # (what expired makes room: it is never delivered anyway)
@@ -258,7 +277,7 @@ class LocalDirectory:
         self._next_position += 1
         inbox.queued[position] = envelope
         inbox.bytes += len(envelope)
-        self.routed += 1
+        self._routed += 1
         return holder, position
 
     @staticmethod

@@ -40,14 +40,11 @@ def _take_meta(payload: dict[str, Any]) -> dict[str, Any] | None:
     return meta if isinstance(meta, dict) else None
 
 
-class Message:
-    """One decrypted, authenticated message. Immutable.
-
-    ``timestamp`` (ms since the epoch) and ``id`` come from the envelope and are covered by the
-    sender's signature. ``group`` is the group id of a group message (None for a pairwise one).
-    A message received by an agent can be answered: :meth:`reply`, :meth:`reply_payload`,
-    :meth:`reply_error` (now or later, from any thread).
-    """
+class _MessageFields:
+    """A :class:`Message`'s slots, without its refusal to be changed: a message is filled in as
+    one of these, then made a Message by one class switch (:func:`new_message`; seven slot
+    setters called through their descriptors cost more than the rest of receiving a message in
+    Python)."""
 
     __slots__ = ("_agent", "_env", "_meta", "group", "payload", "recipient", "sender")
 
@@ -59,8 +56,20 @@ class Message:
     _meta: dict[str, Any] | None
     _agent: Any
 
-    def __init__(
-        self,
+
+class Message(_MessageFields):
+    """One decrypted, authenticated message. Immutable.
+
+    ``timestamp`` (ms since the epoch) and ``id`` come from the envelope and are covered by the
+    sender's signature. ``group`` is the group id of a group message (None for a pairwise one).
+    A message received by an agent can be answered: :meth:`reply`, :meth:`reply_payload`,
+    :meth:`reply_error` (now or later, from any thread).
+    """
+
+    __slots__ = ()
+
+    def __new__(
+        cls,
         sender: str,
         recipient: str,
         payload: dict[str, Any],
@@ -68,17 +77,14 @@ class Message:
         agent: Any = None,
         meta: dict[str, Any] | None = None,
         group: str | None = None,
-    ):
-        # (through the slots' own setters: ``__setattr__`` refuses, and this runs per message)
-        _set_sender(self, sender)
-        _set_recipient(self, recipient)
-        if meta is None and META_KEY in payload:  # (rare: a request, a reply, a kind)
-            meta = _take_meta(payload)
-        _set_meta(self, meta)
-        _set_payload(self, payload)
-        _set_env(self, envelope)
-        _set_agent(self, agent)
-        _set_group(self, group)
+    ) -> Message:
+        msg = new_message(sender, recipient, payload, envelope, agent, meta, group)
+        if cls is not Message:  # (a subclass's instance: the slots set through their setters)
+            fields = _new_object(cls)
+            for name in _MessageFields.__slots__:
+                _MessageFields.__dict__[name].__set__(fields, getattr(msg, name))
+            return fields
+        return msg
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError("Message is immutable")
@@ -208,10 +214,31 @@ class Message:
         )
 
 
-_set_sender, _set_recipient, _set_meta, _set_payload, _set_env, _set_agent, _set_group = (
-    Message.__dict__[name].__set__
-    for name in ("sender", "recipient", "_meta", "payload", "_env", "_agent", "group")
-)
+_new_object = object.__new__
+
+
+def new_message(
+    sender: str,
+    recipient: str,
+    payload: dict[str, Any],
+    envelope: Any,
+    agent: Any = None,
+    meta: dict[str, Any] | None = None,
+    group: str | None = None,
+) -> Message:
+    """``Message(...)`` without the class call (the receiving paths' way: once per message)."""
+    msg = _MessageFields()
+    msg.sender = sender
+    msg.recipient = recipient
+    if meta is None and META_KEY in payload:  # (rare: a request, a reply, a kind)
+        meta = _take_meta(payload)
+    msg._meta = meta
+    msg.payload = payload
+    msg._env = envelope
+    msg._agent = agent
+    msg.group = group
+    msg.__class__ = Message
+    return msg  # type: ignore[return-value]
 
 
 def _message_from_bytes(

@@ -277,6 +277,33 @@ def test_sessions_opened_by_unknown_senders_are_bounded(tmp_path, monkeypatch):
     bob.close()
 
 
+def test_the_unanswered_session_heard_from_least_recently_is_forgotten_first(monkeypatch):
+    import agentmesh.agent_receiving as agent_module
+
+    monkeypatch.setattr(agent_module, "MAX_INBOUND_ONLY_SESSIONS", 3)
+    hub = LocalHub()
+    bob = Agent("bob", hub=hub)
+    bob.on_message(lambda m: None)
+    senders = {f"s{i}": Agent(f"s{i}", hub=hub) for i in range(6)}
+
+    def sessions() -> list[str]:
+        return sorted(bob.status()["active_sessions"])
+
+    for name in ("s0", "s1", "s2"):
+        senders[name].send("bob", text="hi")
+    senders["s0"].send("bob", text="again")  # s1 is now the one heard from least recently
+    senders["s3"].send("bob", text="hi")
+    assert sessions() == ["s0", "s2", "s3"]
+    # s0 again, after a new session was added behind it: it moves back to the end
+    senders["s0"].send("bob", text="again")
+    senders["s4"].send("bob", text="hi")
+    assert sessions() == ["s0", "s3", "s4"]
+    senders["s5"].send("bob", text="hi")
+    assert sessions() == ["s0", "s4", "s5"]
+    for agent in (bob, *senders.values()):
+        agent.close()
+
+
 # -- 9. fewer secrets in Python memory ---------------------------------------------------------
 
 

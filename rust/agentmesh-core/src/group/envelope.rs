@@ -5,8 +5,6 @@
 //! Without it, the message is in its *unaddressed form*, what a sender uploads once for all the
 //! members; a hub writes each member's copy with [`GroupEnvelope::address`] (section 9.1).
 
-use sha2::{Digest, Sha256};
-
 use crate::aead::TAG_LEN;
 use crate::envelope::{FLAG_SIGNED, MAGIC, MAX_CIPHERTEXT_LEN, VERSION};
 use crate::error::{Error, Result};
@@ -265,8 +263,7 @@ impl GroupEnvelope {
 
     /// hex(SHA-256(associated data)[0..16]): the same for every member it was addressed to.
     pub fn message_id(&self) -> String {
-        let digest = Sha256::digest(self.associated_data());
-        digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+        crate::envelope::message_id_of(&self.associated_data())
     }
 
     /// Whether `data` claims to be a group message (magic, version and type), without parsing it.
