@@ -45,6 +45,8 @@ FANOUT_BYTES_PER_FRAME = 16 * 1024 * 1024
 _FRAME_TYPE_AT = 4
 _BODY_AT = 5
 
+#: Recipient ids kept checked and encoded (the id rule is checked once per recipient).
+_ENCODED_KEPT = 4096
 #: A recipient the hub reported unknown is refused at once for this long (seconds).
 _PEER_MISSING_TTL = 2.0
 
@@ -60,6 +62,7 @@ class SendWindow:
         self._unacked: OrderedDict[int, tuple[str, bytes]] = OrderedDict()
         self._errors: deque[HubRequestError] = deque()
         self._missing: dict[str, float] = {}
+        self._encoded: dict[str, bytes] = {}  # recipient ids checked, as UTF-8
         self._flushes = FlushWaiters()
         self._room: asyncio.Event | None = None
         self._last_recipients: tuple[list[str], list[bytes], bytes, str] | None = None
@@ -97,8 +100,19 @@ class SendWindow:
             frame = encode_send_expiring(self._seq, expires_ms, rb, bytes(envelope))
         else:
             frame = encode_send(self._seq, rb, bytes(envelope))
-        self._write([(recipient, frame)])
+        # (one frame: _write without its list, once per message)
+        self._unacked[self._seq] = (recipient, frame)
+        self.sent += 1
+        p = self._connection()
+        if p is not None and not p.is_closed:
+            p.write(frame)
+        self._fill(room, p)
         return True
+
+    def _fill(self, room: asyncio.Event, p: Connection | None) -> None:
+        """No more room once the window or the connection's write buffer is full."""
+        if len(self._unacked) >= self.max_unacked or (p is not None and p.write_paused):
+            room.clear()
 
     def _checked(self, recipient: str, envelope: bytes, max_frame: int, extra: int = 0) -> bytes:
         """The recipient's id as UTF-8, once the send is known to be one the hub could take."""
@@ -112,8 +126,13 @@ class SendWindow:
                     recipient=recipient,
                 )
             del self._missing[recipient]
-        check_agent_id(recipient, "recipient id")
-        rb = recipient.encode("utf-8")
+        rb = self._encoded.get(recipient)
+        if rb is None:
+            check_agent_id(recipient, "recipient id")
+            rb = recipient.encode("utf-8")
+            if len(self._encoded) >= _ENCODED_KEPT:
+                self._encoded.clear()
+            self._encoded[recipient] = rb
         if not isinstance(envelope, (bytes, bytearray, memoryview)):
             raise TypeError("envelope must be bytes")
         if 1 + 8 + extra + 1 + len(rb) + len(envelope) > max_frame:
@@ -134,10 +153,8 @@ class SendWindow:
         if p is not None and not p.is_closed:
             for _, frame in frames:
                 p.write(frame)
-        room = self._room
-        assert room is not None
-        if len(self._unacked) >= self.max_unacked or (p is not None and p.write_paused):
-            room.clear()
+        assert self._room is not None
+        self._fill(self._room, p)
 
     def send_group_nowait(
         self,
