@@ -56,3 +56,70 @@ def test_one_read_of_300_deliveries_goes_in_batches_of_256_skipping_what_was_han
     assert handed == list(range(4, 304))
     assert all(env == b"env%d" % did for batch in batches for did, env in batch)
     assert acks == list(range(1, 304))  # the skipped ones at once, then each batch's
+
+
+def _connection(stream: DeliveryStream, hub_id: bytes, loop: asyncio.AbstractEventLoop) -> Any:
+    handlers = FrameHandlers(
+        deliver=stream.on_deliver,
+        send_ack=_not_expected,
+        send_error=_not_expected,
+        send_group_error=_not_expected,
+        response=_not_expected,
+        writable=lambda: None,
+    )
+    conn = Connection(handlers, "127.0.0.1:1", loop)
+    conn.hub_id = hub_id
+    conn.scheduled = True  # (no transport: the acknowledgements stay in conn.acks)
+    return conn
+
+
+def _redelivered_while_in_flight(outcome: str) -> tuple[list[int], list[int], list[list[int]]]:
+    """Deliveries 1 and 2 handed over; before their batch is durable the connection is
+    replaced and the hub delivers both again; then the batch becomes durable, or fails to.
+    (acks on the first connection, acks on the second, batches handed over)"""
+    hub_id = b"h" * 16
+    batches: list[list[int]] = []
+    durable: list[asyncio.Future[None]] = []
+
+    async def on_batch(batch: list[tuple[int, bytes]]) -> asyncio.Future[None]:
+        batches.append([did for did, _env in batch])
+        durable.append(asyncio.get_running_loop().create_future())
+        return durable[-1]
+
+    async def go() -> tuple[list[int], list[int]]:
+        loop = asyncio.get_running_loop()
+        stream = DeliveryStream()
+        stream.bind()
+        stream.set_handler(on_batch, {})
+        consumer = loop.create_task(stream.consume())
+        first = _connection(stream, hub_id, loop)
+        first.handle_frames(FrameDecoder().feed(encode_deliver(1, b"a") + encode_deliver(2, b"b")))
+        while not durable:
+            await asyncio.sleep(0.01)
+        second = _connection(stream, hub_id, loop)  # a reconnect: the hub delivers both again
+        second.handle_frames(FrameDecoder().feed(encode_deliver(1, b"a") + encode_deliver(2, b"b")))
+        await asyncio.sleep(0.1)
+        assert list(second.acks) == [], "a redelivery acknowledged before the batch is durable"
+        if outcome == "durable":
+            durable[0].set_result(None)
+        else:
+            durable[0].set_exception(OSError("No space left on device"))
+        await asyncio.sleep(0.05)
+        consumer.cancel()
+        return list(first.acks), list(second.acks)
+
+    first_acks, second_acks = asyncio.run(go())
+    return first_acks, second_acks, batches
+
+
+def test_a_redelivery_is_acknowledged_only_once_what_it_repeats_is_durable() -> None:
+    first, second, batches = _redelivered_while_in_flight("durable")
+    assert batches == [[1, 2]]  # handed over once
+    assert first == [1, 2] and second == [1, 2]
+
+
+def test_a_redelivery_of_a_batch_that_never_became_durable_stays_with_the_hub() -> None:
+    # (a crash, or a state write that failed: acknowledged, the hub would have deleted them)
+    first, second, batches = _redelivered_while_in_flight("failed")
+    assert batches == [[1, 2]]
+    assert first == [] and second == []

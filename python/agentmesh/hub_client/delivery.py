@@ -3,8 +3,8 @@
 Deliveries wait in an inbox (as each read brought them) until the consumer hands them to
 ``on_batch``: up to 256 at a time, all from one hub store, in inbox order. A redelivery of
 what was handled already (at or below the last position handled in that store) is
-acknowledged without being handed over. A batch is acknowledged, on the connection each
-delivery came from, once ``on_batch`` returns, or once the
+acknowledged without being handed over, once what it repeats is durable. A batch is
+acknowledged, on the connection each delivery came from, once ``on_batch`` returns, or once the
 future it returns completes; never if either fails, so the hub delivers it again.
 """
 
@@ -28,6 +28,12 @@ log = logging.getLogger(__name__)
 MAX_BATCH = 256
 
 
+def _ack_if_durable(conn: Connection, did: int, durable: asyncio.Future[None]) -> None:
+    if not durable.cancelled() and durable.exception() is None:
+        conn.ack(did)
+    # (else unacknowledged: the hub keeps it, and the position went back before it)
+
+
 def _ack_all(acks: list[tuple[Connection, list[int]]]) -> None:
     for conn, dids in acks:
         conn.ack_many(dids)  # on the connection they came from (a no-op if that one is gone)
@@ -46,6 +52,8 @@ class DeliveryStream:
         # hub_id -> last delivery id handled before this client existed (restored by the owner)
         self._handled: dict[bytes, int] = {}
         self._delivery_hub_id: bytes | None = None
+        # batches handed over and not yet durable: (hub id, first id, last id, when durable)
+        self._in_flight: deque[tuple[bytes, int, int, asyncio.Future[None]]] = deque()
         self.received = 0
 
     def bind(self) -> None:
@@ -118,7 +126,7 @@ class DeliveryStream:
             ids: list[int] = []
             for did, env in deliveries:
                 if did <= seen:
-                    conn.ack(did)
+                    self._ack_redelivery(hub_id, conn, did)
                     continue
                 batch.append((did, env))
                 ids.append(did)
@@ -148,17 +156,31 @@ class DeliveryStream:
             _ack_all(acks)
         else:
             first = batch[0][0]
+            in_flight = (hub_id, first, self._seen_id, durable)
+            self._in_flight.append(in_flight)
             durable.add_done_callback(
-                functools.partial(self._ack_when_durable, hub_id, first, acks)
+                functools.partial(self._ack_when_durable, in_flight, acks)
             )
+
+    def _ack_redelivery(self, hub_id: bytes, conn: Connection, did: int) -> None:
+        """A redelivery (after a reconnect) of what was handed over already: acknowledged
+        once the batch it was handed over in is durable, at once if it is. Never before: the
+        hub would delete it, and a crash or a failed state write before that batch is durable
+        would lose it (the batch's handlers may not even have run)."""
+        for held_hub, first, last, durable in self._in_flight:
+            if held_hub == hub_id and first <= did <= last and not durable.done():
+                durable.add_done_callback(functools.partial(_ack_if_durable, conn, did))
+                return
+        conn.ack(did)
 
     def _ack_when_durable(
         self,
-        hub_id: bytes,
-        first: int,
+        in_flight: tuple[bytes, int, int, asyncio.Future[None]],
         acks: list[tuple[Connection, list[int]]],
         durable: asyncio.Future[None],
     ) -> None:
+        self._in_flight.remove(in_flight)
+        hub_id, first = in_flight[0], in_flight[1]
         if not durable.cancelled() and durable.exception() is None:
             _ack_all(acks)
             return
