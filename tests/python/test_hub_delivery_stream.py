@@ -18,6 +18,21 @@ def _not_expected(*args: Any) -> None:
     raise AssertionError(f"unexpected frame: {args!r}")
 
 
+def _connection(stream: DeliveryStream, hub_id: bytes, loop: asyncio.AbstractEventLoop) -> Any:
+    handlers = FrameHandlers(
+        deliver=stream.on_deliver,
+        send_ack=_not_expected,
+        send_error=_not_expected,
+        send_group_error=_not_expected,
+        response=_not_expected,
+        writable=lambda: None,
+    )
+    conn = Connection(handlers, "127.0.0.1:1", loop)
+    conn.hub_id = hub_id
+    conn.scheduled = True  # (no transport: the acknowledgements stay in conn.acks)
+    return conn
+
+
 def test_one_read_of_300_deliveries_goes_in_batches_of_256_skipping_what_was_handled() -> None:
     hub_id = b"h" * 16
     batches: list[list[tuple[int, bytes]]] = []
@@ -30,17 +45,7 @@ def test_one_read_of_300_deliveries_goes_in_batches_of_256_skipping_what_was_han
         stream = DeliveryStream()
         stream.bind()
         stream.set_handler(on_batch, {hub_id: 3})  # 1 to 3 were handled by an earlier client
-        handlers = FrameHandlers(
-            deliver=stream.on_deliver,
-            send_ack=_not_expected,
-            send_error=_not_expected,
-            send_group_error=_not_expected,
-            response=_not_expected,
-            writable=lambda: None,
-        )
-        conn = Connection(handlers, "127.0.0.1:1", loop)
-        conn.hub_id = hub_id
-        conn.scheduled = True  # (no transport: the acknowledgements stay in conn.acks)
+        conn = _connection(stream, hub_id, loop)
         read = b"".join(encode_deliver(i, b"env%d" % i) for i in range(1, 304))
         conn.handle_frames(FrameDecoder().feed(read))
         consumer = loop.create_task(stream.consume())
@@ -56,21 +61,6 @@ def test_one_read_of_300_deliveries_goes_in_batches_of_256_skipping_what_was_han
     assert handed == list(range(4, 304))
     assert all(env == b"env%d" % did for batch in batches for did, env in batch)
     assert acks == list(range(1, 304))  # the skipped ones at once, then each batch's
-
-
-def _connection(stream: DeliveryStream, hub_id: bytes, loop: asyncio.AbstractEventLoop) -> Any:
-    handlers = FrameHandlers(
-        deliver=stream.on_deliver,
-        send_ack=_not_expected,
-        send_error=_not_expected,
-        send_group_error=_not_expected,
-        response=_not_expected,
-        writable=lambda: None,
-    )
-    conn = Connection(handlers, "127.0.0.1:1", loop)
-    conn.hub_id = hub_id
-    conn.scheduled = True  # (no transport: the acknowledgements stay in conn.acks)
-    return conn
 
 
 def _redelivered_while_in_flight(outcome: str) -> tuple[list[int], list[int], list[list[int]]]:
