@@ -132,24 +132,37 @@ def test_one_agent_is_never_handled_on_two_workers_at_once(hub: NetworkHub) -> N
             a.close()
 
 
-def test_pool_grows_only_when_its_workers_are_stuck() -> None:
-    pool = ReceivePool(name="test-pool")
-    gate = threading.Event()
-    ran = threading.Event()
+class _Blocking:
+    def __init__(self, gate: threading.Event) -> None:
+        self.gate = gate
 
-    class Blocking:
-        def drain(self) -> None:
-            gate.wait(20)
+    def drain(self) -> None:
+        self.gate.wait(20)
 
-    class Quick:
-        def drain(self) -> None:
-            ran.set()
 
-    pool.schedule(Blocking())
+class _Quick:
+    def __init__(self, ran: threading.Event) -> None:
+        self.ran = ran
+
+    def drain(self) -> None:
+        self.ran.set()
+
+
+def _pool_with_a_stuck_worker(name: str) -> tuple[ReceivePool, threading.Event, threading.Event]:
+    """A pool whose first worker is stuck (until ``gate`` is set), and a quick task scheduled
+    after it; (the pool, gate, set when the quick task ran)."""
+    pool = ReceivePool(name=name)
+    gate, ran = threading.Event(), threading.Event()
+    pool.schedule(_Blocking(gate))
     time.sleep(STUCK_AFTER * 3)
     assert pool.workers == 1
-    pool.schedule(Quick())
+    pool.schedule(_Quick(ran))
     assert ran.wait(5), "a task waited behind a stuck worker"
+    return pool, gate, ran
+
+
+def test_pool_grows_only_when_its_workers_are_stuck() -> None:
+    pool, gate, _ran = _pool_with_a_stuck_worker("test-pool")
     assert pool.workers == 2
     gate.set()
 
@@ -158,22 +171,7 @@ def test_a_worker_started_for_a_stuck_one_leaves_once_that_one_goes_on() -> None
     """The extra worker is there while the first is stuck; once it goes on, one of the two
     leaves at once (not after IDLE_EXIT): a pause of the whole process must not leave two
     workers fighting for the interpreter lock."""
-    pool = ReceivePool(name="test-pool-shrinks")
-    gate = threading.Event()
-    ran = threading.Event()
-
-    class Blocking:
-        def drain(self) -> None:
-            gate.wait(20)
-
-    class Quick:
-        def drain(self) -> None:
-            ran.set()
-
-    pool.schedule(Blocking())
-    time.sleep(STUCK_AFTER * 3)
-    pool.schedule(Quick())
-    assert ran.wait(5), "a task waited behind a stuck worker"
+    pool, gate, ran = _pool_with_a_stuck_worker("test-pool-shrinks")
     assert pool.workers == 2  # (the first one is still stuck: the second stays)
     time.sleep(STUCK_AFTER * 2)
     assert pool.workers == 2
@@ -183,7 +181,7 @@ def test_a_worker_started_for_a_stuck_one_leaves_once_that_one_goes_on() -> None
         time.sleep(0.01)
     assert pool.workers == 1
     ran.clear()
-    pool.schedule(Quick())
+    pool.schedule(_Quick(ran))
     assert ran.wait(5), "the remaining worker takes new work"
 
 
