@@ -113,3 +113,33 @@ def test_a_redelivery_of_a_batch_that_never_became_durable_stays_with_the_hub() 
     first, second, batches = _redelivered_while_in_flight("failed")
     assert batches == [[1, 2]]
     assert first == [] and second == []
+
+
+def test_a_redelivery_read_before_a_failed_batch_lowered_its_position_is_not_acknowledged() -> None:
+    # the batch's write failed, and the stream looks at a redelivery before the failure's
+    # callbacks have run (the position still covers it): it must stay with the hub
+    hub_id = b"h" * 16
+    durable: list[asyncio.Future[None]] = []
+
+    async def on_batch(batch: list[tuple[int, bytes]]) -> asyncio.Future[None]:
+        durable.append(asyncio.get_running_loop().create_future())
+        return durable[-1]
+
+    async def go() -> list[int]:
+        loop = asyncio.get_running_loop()
+        stream = DeliveryStream()
+        stream.bind()
+        stream.set_handler(on_batch, {})
+        consumer = loop.create_task(stream.consume())
+        first = _connection(stream, hub_id, loop)
+        first.handle_frames(FrameDecoder().feed(encode_deliver(1, b"a")))
+        while not durable:
+            await asyncio.sleep(0.01)
+        second = _connection(stream, hub_id, loop)
+        durable[0].set_exception(OSError("No space left on device"))
+        stream._ack_redelivery(hub_id, second, 1)  # (before the loop runs the callbacks)
+        await asyncio.sleep(0.05)
+        consumer.cancel()
+        return list(first.acks) + list(second.acks)
+
+    assert asyncio.run(go()) == []

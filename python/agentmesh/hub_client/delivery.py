@@ -168,8 +168,12 @@ class DeliveryStream:
         hub would delete it, and a crash or a failed state write before that batch is durable
         would lose it (the batch's handlers may not even have run)."""
         for held_hub, first, last, durable in self._in_flight:
-            if held_hub == hub_id and first <= did <= last and not durable.done():
-                durable.add_done_callback(functools.partial(_ack_if_durable, conn, did))
+            if held_hub == hub_id and first <= did <= last:
+                # (done but its callbacks not run yet: the position may not be lowered yet)
+                if durable.done():
+                    _ack_if_durable(conn, did, durable)
+                else:
+                    durable.add_done_callback(functools.partial(_ack_if_durable, conn, did))
                 return
         conn.ack(did)
 
