@@ -81,7 +81,7 @@ async def _write(directory: NatsDirectory, subject: str, data: bytes) -> dict[st
         held = await directory.add_prekeys(agent_id, prekeys)
         try:
             await _require_bound(directory, agent_id, key)
-        except HubRequestError:
+        except HubError:  # (rotated meanwhile, or not known: dropped rather than kept unsure)
             await directory.drop_prekeys(agent_id)
             raise
         return {"held": held}
