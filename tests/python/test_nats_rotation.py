@@ -183,6 +183,7 @@ def test_a_key_rotated_away_from_cannot_write_the_directory(guarded, tmp_path) -
     directly, not through the service for the old key, and he may not name the new one."""
     from agentmesh.nats_auth_client import agent_options
     from agentmesh.nats_auth_writes import write_bundle, write_prekeys
+    from agentmesh.nats_connection import connect
     from agentmesh.nats_layout import NatsLayout
 
     layout = NatsLayout()
@@ -219,6 +220,15 @@ def test_a_key_rotated_away_from_cannot_write_the_directory(guarded, tmp_path) -
                         lambda: thief.nc.request(
                             layout.write_subject("bundle", "alice", new_fingerprint), forged, 1.0
                         ),
+                    )
+                # and no new connection (a renewal) with the old key gets in
+                with pytest.raises(NatsAuthError):
+                    await connect(
+                        guarded.urls,
+                        connect_timeout=5.0,
+                        name="thief-again",
+                        options=agent_options(layout, old),
+                        guarded=True,
                     )
 
             asyncio.run(steal())
