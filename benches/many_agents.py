@@ -8,7 +8,9 @@ last message reaches its handler:
 
 * the rate (messages / wall second);
 * the CPU time per message of the receiving process (all its threads: ``time.process_time``),
-  of the hub (``/proc/<pid>/stat``) and of the sending process.
+  of the hub (``/proc/<pid>/stat``) and of the sending process;
+* the receiving process's CPU per message by thread (its network thread, its receive
+  workers), to tell which side of it grows with K.
 
 The figure that matters is the ratio of K agents to one pair, measured in the same run: a
 platform hosting 200 agents per process should not pay much more per message than one agent.
@@ -58,7 +60,24 @@ def _agents(prefix: str, k: int, port: int) -> list[Any]:
 
 
 def _cpu_seconds_of(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
+    return _cpu_seconds_in(f"/proc/{pid}/stat")
+
+
+def _thread_cpu_seconds() -> dict[str, float]:
+    """CPU seconds of this process's threads, summed by name (the receive workers by role)."""
+    out: dict[str, float] = {}
+    for t in threading.enumerate():
+        name = "receive workers" if t.name.startswith("agentmesh-receive") else t.name
+        try:
+            cpu = _cpu_seconds_in(f"/proc/self/task/{t.native_id}/stat")
+        except OSError:  # the thread ended meanwhile
+            continue
+        out[name] = out.get(name, 0.0) + cpu
+    return out
+
+
+def _cpu_seconds_in(stat_path: str) -> float:
+    with open(stat_path) as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # utime and stime are fields 14 and 15 of the whole line (1-based), in clock ticks
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
@@ -78,6 +97,8 @@ def _peer_receivers(ns: argparse.Namespace) -> None:
     warm = threading.Event()
     done = threading.Event()
     marks: dict[str, float] = {}
+    threads0: dict[str, float] = {}
+    threads1: dict[str, float] = {}
 
     def handler_for(slot: int) -> Any:
         def handle(msg: Any) -> None:
@@ -91,12 +112,14 @@ def _peer_receivers(ns: argparse.Namespace) -> None:
                     state["warm"] += 1
                     if state["warm"] == ns.k:
                         marks["cpu0"] = time.process_time()
+                        threads0.update(_thread_cpu_seconds())
                         marks["t0"] = time.perf_counter()
                         warm.set()
                 if n == expected:
                     state["done"] += 1
                     if state["done"] == ns.k:
                         marks["cpu1"] = time.process_time()
+                        threads1.update(_thread_cpu_seconds())
                         marks["t1"] = time.perf_counter()
                         done.set()
 
@@ -125,6 +148,9 @@ def _peer_receivers(ns: argparse.Namespace) -> None:
     if ok:
         result["cpu_s"] = marks["cpu1"] - marks["cpu0"]
         result["t1"] = marks["t1"]
+        result["thread_cpu_s"] = {
+            name: cpu - threads0.get(name, 0.0) for name, cpu in threads1.items()
+        }
     for agent in agents:
         agent.close(10)
     _emit(result)
@@ -197,6 +223,9 @@ def run_one(k: int, total: int, timeout: float) -> dict[str, Any]:
         "receiver_us": rec["cpu_s"] / n * 1e6,
         "hub_us": (hub_cpu1 - hub_cpu0) / n * 1e6,
         "sender_us": snd["cpu_s"] / n * 1e6,
+        "receiver_thread_us": {
+            name: cpu / n * 1e6 for name, cpu in rec.get("thread_cpu_s", {}).items()
+        },
         "receiver_threads": rec["threads"],
         "out_of_order": rec["out_of_order"],
         "rejected": rec["rejected"],
@@ -220,12 +249,17 @@ def run(
                 progress.step()
     table = []
     for k in ks:
-        row = {"k": k}
+        row: dict[str, Any] = {"k": k}
         for key in ("rate", "receiver_us", "hub_us", "sender_us"):
             row[key] = statistics.median(r[key] for r in runs[k])
         row["out_of_order"] = sum(r["out_of_order"] for r in runs[k])
         row["rejected"] = sum(r["rejected"] for r in runs[k])
         row["receiver_threads"] = max(r["receiver_threads"] for r in runs[k])
+        names = {name for r in runs[k] for name in r["receiver_thread_us"]}
+        row["receiver_thread_us"] = {
+            name: statistics.median(r["receiver_thread_us"].get(name, 0.0) for r in runs[k])
+            for name in sorted(names)
+        }
         table.append(row)
     one = table[0]
     for row in table:
@@ -243,14 +277,19 @@ def run(
 def format_table(res: dict[str, Any]) -> str:
     lines = [
         f"{'K pairs':>8} {'msg/s':>9} {'receiver µs/msg':>16} {'hub µs/msg':>13} "
-        f"{'sender µs/msg':>14} {'threads':>8}",
+        f"{'sender µs/msg':>14} {'threads':>8}  receiver by thread (µs/msg)",
     ]
     for r in res["rows"]:
         lines.append(
             f"{r['k']:>8} {r['rate']:>9.0f} {r['receiver_us']:>9.1f} "
             f"({r['receiver_us_ratio']:.2f}x)"
             f" {r['hub_us']:>6.1f} ({r['hub_us_ratio']:.2f}x) {r['sender_us']:>7.1f} "
-            f"({r['sender_us_ratio']:.2f}x) {r['receiver_threads']:>8}"
+            f"({r['sender_us_ratio']:.2f}x) {r['receiver_threads']:>8}  "
+            + ", ".join(
+                f"{name.removeprefix('agentmesh-')} {us:.1f}"
+                for name, us in r["receiver_thread_us"].items()
+                if us >= 0.05
+            )
         )
     return "\n".join(lines)
 

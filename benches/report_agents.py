@@ -93,14 +93,21 @@ def sections(res: dict[str, Any]) -> list[str]:
             "one pair (`benches/many_agents.py`).",
             "",
             "| K pairs | msg/s | receiving process µs/msg | hub µs/msg | sending process µs/msg "
-            "| receiver threads |",
-            "|---|---|---|---|---|---|",
+            "| receiver threads | receiving process by thread, µs/msg |",
+            "|---|---|---|---|---|---|---|",
         ]
         for r in many["rows"]:
             lines.append(
                 f"| {r['k']} | {r['rate']:,.0f} | {r['receiver_us']:.1f} "
                 f"({r['receiver_us_ratio']:.2f}x) | {r['hub_us']:.1f} ({r['hub_us_ratio']:.2f}x) "
-                f"| {r['sender_us']:.1f} ({r['sender_us_ratio']:.2f}x) | {r['receiver_threads']} |"
+                f"| {r['sender_us']:.1f} ({r['sender_us_ratio']:.2f}x) | {r['receiver_threads']} "
+                "| "
+                + ", ".join(
+                    f"{name.removeprefix('agentmesh-')} {us:.1f}"
+                    for name, us in (r.get("receiver_thread_us") or {}).items()
+                    if us >= 0.05
+                )
+                + " |"
             )
         lines.append("")
     return lines
