@@ -198,6 +198,15 @@ def test_type_error_names_the_bad_value():
     assert "Opaque" in message or "obj" in message
 
 
+def test_type_error_names_where_in_the_payload_the_bad_value_sits():
+    _hub, alice, _bob, _got = _pair()
+    bad = {"plan": [1, {'say "hi"': _Opaque()}]}
+    with pytest.raises(TypeError, match=r'^payload\["plan"\]\[1\]\["say \\"hi\\""\] is not JSON'):
+        alice.send_payload("bob", bad)
+    with pytest.raises(TypeError, match=r'^payload\["n"\]\[0\] is not JSON .*NaN'):
+        alice.send_payload("bob", {"n": [float("nan")]})
+
+
 def test_no_hub_configured():
     lonely = Agent("lonely")
     with pytest.raises(RuntimeError, match="No hub configured"):

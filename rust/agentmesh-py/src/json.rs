@@ -20,15 +20,28 @@ use crate::errors::to_py;
 /// Deeper nesting than this is refused (JSON parsers commonly stop at 128 as well).
 const MAX_DEPTH: usize = 128;
 
-fn where_(path: &[String]) -> String {
+/// One step from the payload down to a value: written out only when an error names the value,
+/// so a payload that serialises costs no formatting per key.
+enum Step<'py> {
+    Key(Bound<'py, PyString>),
+    Index(usize),
+}
+
+fn where_(path: &[Step<'_>]) -> String {
     let mut s = String::from("payload");
-    for p in path {
-        s.push_str(p);
+    for step in path {
+        let _ = match step {
+            Step::Key(key) => match key.to_str() {
+                Ok(key) => write!(s, "[{key:?}]"),
+                Err(_) => write!(s, "[?]"),
+            },
+            Step::Index(i) => write!(s, "[{i}]"),
+        };
     }
     s
 }
 
-fn bad_value(obj: &Bound<'_, PyAny>, path: &[String], why: &str) -> PyErr {
+fn bad_value(obj: &Bound<'_, PyAny>, path: &[Step<'_>], why: &str) -> PyErr {
     let type_name = obj
         .get_type()
         .name()
@@ -245,7 +258,7 @@ fn write_str(s: &str, out: &mut Vec<u8>) -> PyResult<()> {
 fn write_dict<'py>(
     dict: &Bound<'py, PyDict>,
     out: &mut Out<'py>,
-    path: &mut Vec<String>,
+    path: &mut Vec<Step<'py>>,
 ) -> PyResult<()> {
     if path.len() >= MAX_DEPTH {
         return Err(PyValueError::new_err(format!(
@@ -261,16 +274,16 @@ fn write_dict<'py>(
         let key = k
             .downcast::<PyString>()
             .map_err(|_| bad_value(&k, path, "dict keys must be str"))?;
-        let key = key.to_str()?;
-        if key == BYTES_REFERENCE_KEY {
+        let key_str = key.to_str()?;
+        if key_str == BYTES_REFERENCE_KEY {
             return Err(PyValueError::new_err(format!(
                 "{} uses the key {BYTES_REFERENCE_KEY:?}, which is reserved for binary values",
                 where_(path)
             )));
         }
-        write_str(key, &mut out.json)?;
+        write_str(key_str, &mut out.json)?;
         out.json.push(b':');
-        path.push(format!("[{key:?}]"));
+        path.push(Step::Key(key.clone()));
         write_value(&v, out, path)?;
         path.pop();
     }
@@ -281,7 +294,7 @@ fn write_dict<'py>(
 fn write_seq<'py>(
     items: impl Iterator<Item = Bound<'py, PyAny>>,
     out: &mut Out<'py>,
-    path: &mut Vec<String>,
+    path: &mut Vec<Step<'py>>,
 ) -> PyResult<()> {
     if path.len() >= MAX_DEPTH {
         return Err(PyValueError::new_err(format!(
@@ -294,7 +307,7 @@ fn write_seq<'py>(
         if i > 0 {
             out.json.push(b',');
         }
-        path.push(format!("[{i}]"));
+        path.push(Step::Index(i));
         write_value(&item, out, path)?;
         path.pop();
     }
@@ -305,7 +318,7 @@ fn write_seq<'py>(
 fn write_value<'py>(
     v: &Bound<'py, PyAny>,
     out: &mut Out<'py>,
-    path: &mut Vec<String>,
+    path: &mut Vec<Step<'py>>,
 ) -> PyResult<()> {
     if let Ok(s) = v.downcast::<PyString>() {
         return write_str_value(s, out);
@@ -316,7 +329,7 @@ fn write_value<'py>(
 fn write_scalar<'py>(
     v: &Bound<'py, PyAny>,
     out: &mut Out<'py>,
-    path: &mut Vec<String>,
+    path: &mut Vec<Step<'py>>,
 ) -> PyResult<()> {
     if v.is_none() {
         out.json.extend_from_slice(b"null");
