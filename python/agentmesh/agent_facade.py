@@ -10,10 +10,10 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .agent import _AgentCore
+    from .agent_core import _AgentCore
     from .hubs import Hub
 
-__all__ = ["_AgentFacade", "_stop_on_sigterm"]
+__all__ = ["_AgentFacade", "_hub_of", "_stop_on_sigterm"]
 
 H = TypeVar("H", bound=Callable[..., Any])
 
@@ -91,3 +91,9 @@ class _AgentFacade:
     def connect_with_bundle(self, bundle: dict[str, Any]) -> str:
         """Set up a session from a bundle handed over out of band; returns its fingerprint."""
         return self._core.connect_with_bundle(bundle)
+
+
+def _hub_of(hub: Any) -> Hub | None:
+    from .hubs import hub_of  # (hubs imports this module)
+
+    return hub_of(hub)

@@ -1,7 +1,7 @@
 """Groups: the agent core's part (membership, sender keys over the pairwise sessions, sealing
 once for every member, opening group messages, persistence of the group state).
 
-A part of the agent core (:class:`agentmesh.agent._AgentCore`), which combines the rooms; its
+A part of the agent core (:class:`agentmesh.agent_core._AgentCore`), which combines the rooms; its
 methods run on the core and share its state. The face users hold is :class:`agentmesh.groups.Group`;
 the cryptography is the Rust core's (``GroupSession``, docs/protocol.md section 8). The group
 rooms: ``agent_group_membership.py`` (administration, control messages),

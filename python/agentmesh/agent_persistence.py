@@ -1,7 +1,7 @@
 """Persistence: the state file (sealed session exports, pins, bundles, delivery positions) and the
 identity file, written in the order that keeps a crash safe.
 
-A part of the agent core (:class:`agentmesh.agent._AgentCore`), which combines the rooms; its
+A part of the agent core (:class:`agentmesh.agent_core._AgentCore`), which combines the rooms; its
 methods run on the core and share its state."""
 
 from __future__ import annotations

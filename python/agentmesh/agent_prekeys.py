@@ -1,7 +1,7 @@
 """The prekey policy: new one-time prekeys (written before they are handed out), signed prekey age
 and rotation.
 
-A part of the agent core (:class:`agentmesh.agent._AgentCore`), which combines the rooms; its
+A part of the agent core (:class:`agentmesh.agent_core._AgentCore`), which combines the rooms; its
 methods run on the core and share its state."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Receiving: unsealing envelopes (alone or in batches, first contact included), bounding sessions
 unknown agents open, reporting rejections.
 
-A part of the agent core (:class:`agentmesh.agent._AgentCore`), which combines the rooms; its
+A part of the agent core (:class:`agentmesh.agent_core._AgentCore`), which combines the rooms; its
 methods run on the core and share its state."""
 
 from __future__ import annotations

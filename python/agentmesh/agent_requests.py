@@ -11,7 +11,7 @@ reply nobody asked for (an answer to a plain message) reaches the handlers like 
 On the network, replies are taken off the receive path before the handlers run, so a handler
 may itself wait for a reply (see :mod:`agentmesh.link_receiver`).
 
-A part of the agent core (:class:`agentmesh.agent._AgentCore`), which combines the rooms; its
+A part of the agent core (:class:`agentmesh.agent_core._AgentCore`), which combines the rooms; its
 methods run on the core and share its state."""
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ a crash-safe order (``keystore_rotation``), the hub re-binds the id on the state
 strength, and the new bundle carries the statements so that peers follow without the
 identity-changed error.
 
-A part of the agent core (:class:`agentmesh.agent._AgentCore`), which combines the rooms; its
+A part of the agent core (:class:`agentmesh.agent_core._AgentCore`), which combines the rooms; its
 methods run on the core and share its state."""
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Sending and first contact: sealing for a peer, setting up sessions from claimed bundles,
 connecting ahead of time.
 
-A part of the agent core (:class:`agentmesh.agent._AgentCore`), which combines the rooms; its
+A part of the agent core (:class:`agentmesh.agent_core._AgentCore`), which combines the rooms; its
 methods run on the core and share its state."""
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 in another. The rooms (``agent_sessions.py``, ``agent_trust.py``, ``agent_receiving.py``,
 ``agent_persistence.py``, ``agent_prekeys.py``, ``agent_requests.py``) derive from these
 declarations, so each room's use of the shared state is type-checked;
-:class:`agentmesh.agent._AgentCore` combines them and owns the state (set in its
+:class:`agentmesh.agent_core._AgentCore` combines them and owns the state (set in its
 ``__init__``)."""
 
 from __future__ import annotations

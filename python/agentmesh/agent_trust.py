@@ -1,7 +1,7 @@
 """Trust on first use: checking bundles against pinned identity keys, re-checking sessions loaded
 from disk, accepting a changed identity.
 
-A part of the agent core (:class:`agentmesh.agent._AgentCore`), which combines the rooms; its
+A part of the agent core (:class:`agentmesh.agent_core._AgentCore`), which combines the rooms; its
 methods run on the core and share its state."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """The asyncio face of an agent: ``await agent.send(...)``, ``async for msg in agent``.
 
-It shares the one implementation (:class:`~agentmesh.agent._AgentCore`) with the sync
+It shares the one implementation (:class:`~agentmesh.agent_core._AgentCore`) with the sync
 :class:`~agentmesh.agent.Agent`; only how handlers and iteration meet the event loop is its own.
 """
 
@@ -13,9 +13,10 @@ import os
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
 
-from .agent import CLOSE_TIMEOUT, H, _AgentCore, _AgentFacade, _hub_of
+from .agent_core import H, _AgentCore
+from .agent_facade import _AgentFacade, _hub_of
 from .agent_requests import DEFAULT_REQUEST_TIMEOUT, check_no_meta
-from .agent_rules import _recheck_clock
+from .agent_rules import CLOSE_TIMEOUT, _recheck_clock
 from .async_delivery import AsyncDelivery, is_async_callable
 from .errors import ReplyTimeoutError
 from .groups import AsyncGroup

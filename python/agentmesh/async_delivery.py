@@ -29,7 +29,7 @@ from .link_receive_pool import waiting
 from .message import Message
 
 if TYPE_CHECKING:
-    from .agent import _AgentCore
+    from .agent_core import _AgentCore
 
 __all__ = ["AsyncDelivery", "is_async_callable"]
 

@@ -14,7 +14,7 @@ from abc import abstractmethod
 from typing import Any
 
 from . import crypto as _crypto
-from .agent import _core_of
+from .agent_core import _core_of
 from .backend import Backend
 from .errors import HubError
 from .hubs import Hub

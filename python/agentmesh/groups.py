@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .agent import _AgentCore
+    from .agent_core import _AgentCore
 
 __all__ = ["AsyncGroup", "Group"]
 

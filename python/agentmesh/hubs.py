@@ -18,7 +18,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from . import crypto as _crypto
-from .agent import _AgentCore, _core_of
+from .agent_core import _AgentCore, _core_of
 from .backend import Backend
 from .errors import HubError, PeerNotFoundError
 from .fanout import GroupUpload

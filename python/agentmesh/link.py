@@ -33,7 +33,7 @@ from typing import Any
 
 from . import crypto as _crypto
 from ._eventloop import new_event_loop
-from .agent import _AgentCore
+from .agent_core import _AgentCore
 from .backend import Backend, NewBackend
 from .errors import FlushTimeoutError, HubError
 from .fanout import GroupUpload

@@ -18,7 +18,7 @@ from .errors import HubError
 from .message import Message
 
 if TYPE_CHECKING:
-    from .agent import _AgentCore
+    from .agent_core import _AgentCore
 
 __all__ = ["RECENT_IDS", "Outcome", "RecentIds", "Retry", "open_deliveries"]
 

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .agent import _AgentCore
+    from .agent_core import _AgentCore
     from .backend import Backend
 
 log = logging.getLogger("agentmesh.link")

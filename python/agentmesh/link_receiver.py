@@ -30,7 +30,7 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from .agent import _AgentCore
+from .agent_core import _AgentCore
 from .agent_receiving import Rejected
 from .backend import Backend, Delivery
 from .errors import HandlersNotRunError

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # pragma: no cover
-    from .agent import _AgentCore
+    from .agent_core import _AgentCore
 
 log = logging.getLogger("agentmesh.link")
 

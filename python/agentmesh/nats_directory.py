@@ -28,8 +28,9 @@ from typing import Any, TypeVar
 from .crypto import verify_bundle
 from .errors import HubError, HubRequestError
 from .hub.registration import older_bundle
-from .hub_protocol import ErrorCode, parse_prekeys
+from .hub_protocol import ErrorCode
 from .nats_layout import NatsLayout
+from .prekey_upload import parse_prekeys
 from .succession import succession_problem
 
 __all__ = ["MAX_PREKEYS", "NatsDirectory"]

@@ -7,7 +7,8 @@ import asyncio
 import pytest
 
 from agentmesh import Agent, LocalHub
-from agentmesh.agent import AsyncAgent, _AgentCore
+from agentmesh.agent import AsyncAgent
+from agentmesh.agent_core import _AgentCore
 from agentmesh.errors import ReplayError
 
 

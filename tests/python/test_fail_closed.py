@@ -17,7 +17,7 @@ from hubutil import HubProcess
 
 import agentmesh.keystore as keystore
 from agentmesh import Agent, LocalHub, NetworkHub, StateWriteError
-from agentmesh.agent import _core_of
+from agentmesh.agent_core import _core_of
 from agentmesh.crypto import CryptoSession, ReplayError
 from agentmesh.testing import HostileHub
 

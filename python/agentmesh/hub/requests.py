@@ -27,8 +27,8 @@ from agentmesh.hub_protocol import (
     Op,
     decode_request,
     encode_response,
-    parse_prekeys,
 )
+from agentmesh.prekey_upload import parse_prekeys
 
 if TYPE_CHECKING:
     from agentmesh.hub.connection import Connection
