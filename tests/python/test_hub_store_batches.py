@@ -12,7 +12,8 @@ import pytest
 from test_hub_store import Recorder, run
 
 from agentmesh.hub_store import HubBackend, SQLiteBackend
-from agentmesh.hub_store_sqlite.writer import RowWriter
+from agentmesh.hub_store_sqlite.schema import SCHEMA
+from agentmesh.hub_store_sqlite.writer import RowWriter, progress_writer
 
 CHUNK = RowWriter.CHUNK
 COUNTS = [1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 5]
@@ -134,3 +135,18 @@ def test_a_bound_sender_learns_its_progress_from_the_upserted_row(tmp_path: Path
         await store.close()
 
     run(go)
+
+
+@pytest.mark.parametrize("version", [(3, 24, 0), (3, 23, 1)])
+def test_progress_rows_are_written_alike_with_and_without_upsert(version: tuple[int, ...]) -> None:
+    """An SQLite older than 3.24 (no upsert) replaces the rows instead: the same rows result."""
+    writer = progress_writer(version)
+    assert ("ON CONFLICT" in writer.one) == (version >= (3, 24, 0))
+    db = sqlite3.connect(":memory:")
+    db.executescript(SCHEMA)
+    first = [(f"s{i}", b"one", i) for i in range(CHUNK + 2)]
+    writer.write(db, first)
+    writer.write(db, [(f"s{i}", b"two", 100 + i) for i in range(3)])
+    rows = {a: (bytes(s), q) for a, s, q in db.execute("SELECT * FROM senders")}
+    assert rows == {f"s{i}": (b"two", 100 + i) if i < 3 else (b"one", i) for i in range(CHUNK + 2)}
+    db.close()

@@ -39,9 +39,9 @@ class RowWriter:
 
     CHUNK = 32
 
-    def __init__(self, head: str, row: str, tail: str = "", joiner: str = ", ") -> None:
+    def __init__(self, head: str, row: str, tail: str = "") -> None:
         self.one = head + row + tail
-        self.many = head + joiner.join([row] * self.CHUNK) + tail
+        self.many = head + ", ".join([row] * self.CHUNK) + tail
 
     def write(self, db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
         chunk = self.CHUNK
@@ -57,13 +57,22 @@ _INSERT = RowWriter(
     "(?, ?, ?, ?, ?)",
 )
 _DELETE = RowWriter("DELETE FROM inbox WHERE seq IN (", "?", ")")
-# (an upsert rewrites the row in place; INSERT OR REPLACE deletes it and inserts it again)
-_PROGRESS = RowWriter(
-    "INSERT INTO senders (agent_id, session, last_seq) VALUES ",
-    "(?, ?, ?)",
-    " ON CONFLICT (agent_id) DO UPDATE SET session = excluded.session, "
-    "last_seq = excluded.last_seq",
-)
+
+
+def progress_writer(sqlite_version: tuple[int, ...]) -> RowWriter:
+    """The senders' progress rows: upserted (rewritten in place) where SQLite can (3.24 and
+    later), else replaced (the old row deleted, the new one inserted)."""
+    head = "INSERT INTO senders (agent_id, session, last_seq) VALUES "
+    if sqlite_version >= (3, 24, 0):
+        tail = (
+            " ON CONFLICT (agent_id) DO UPDATE SET session = excluded.session, "
+            "last_seq = excluded.last_seq"
+        )
+        return RowWriter(head, "(?, ?, ?)", tail)
+    return RowWriter(head.replace("INSERT", "INSERT OR REPLACE", 1), "(?, ?, ?)")
+
+
+_PROGRESS = progress_writer(sqlite3.sqlite_version_info)
 
 
 @dataclass
