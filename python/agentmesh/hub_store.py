@@ -178,6 +178,12 @@ class Inbox(ABC):
         """The recipient acknowledged ``seq``: delete it (or never write it, if its insert has
         not started committing yet)."""
 
+    def ack_many(self, recipient: str, seqs: list[int]) -> None:
+        """:meth:`ack` for each of ``seqs`` (one DELIVERY_ACK frame's worth); a store may do
+        it in one step."""
+        for seq in seqs:
+            self.ack(recipient, seq)
+
     @abstractmethod
     def note_progress(self, agent_id: str, session: bytes, client_seq: int) -> None:
         """Record, with the next commit, the highest client sequence number accepted from this

@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING, Any
 from agentmesh.hub.connection import Connection
 from agentmesh.hub.states import CLOSED, CLOSING
 from agentmesh.hub_channels import by_channel, decode_channel, wrap, wrap_deliver
-from agentmesh.hub_protocol import ErrorCode, FrameType, ProtocolError, encode_error
+from agentmesh.hub_protocol import (
+    ErrorCode,
+    FrameType,
+    ProtocolError,
+    encode_error,
+    encode_send_ack,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -47,6 +53,7 @@ class ChannelTable:
         """A batch of the carrying connection's frames: each channel's frames go to that channel
         in one piece (``by_channel``), as a batch read on its own connection would."""
         carrier = self.carrier
+        open_ = self.open
         try:
             for channel, run in by_channel(frames):
                 if carrier.state >= CLOSING:
@@ -54,7 +61,9 @@ class ChannelTable:
                 if not channel:
                     carrier._process(run)
                     continue
-                chan = self._channel(channel, run[0][0])
+                chan = open_.get(channel)
+                if chan is None:
+                    chan = self._channel(channel, run[0][0])
                 if chan is not None:
                     chan.receive(run)
         except ProtocolError as exc:
@@ -109,10 +118,12 @@ class ChannelConnection(Connection):
         self.carrier = carrier
         self.channel = channel
         super().__init__(carrier.hub)
+        self.sink = carrier
         self.peer = f"{carrier.peer}#{channel}"
         self.addr = carrier.addr
 
-    # The carrying connection's output buffer and write pause are the channel's.
+    # The carrying connection's output buffer and write pause are the channel's (``sink``;
+    # these properties answer for code that asks the channel itself).
     @property  # type: ignore[override]
     def write_paused(self) -> bool:
         return self.carrier.write_paused
@@ -145,7 +156,7 @@ class ChannelConnection(Connection):
         """Frames of this channel, from the carrying connection."""
         if self.state >= CLOSING:
             return
-        if self.blocked or self.backlog or self.write_paused:
+        if self.blocked or self.backlog or self.carrier.write_paused:
             self.backlog.extend(frames)
             return
         self._process(frames)
@@ -167,6 +178,11 @@ class ChannelConnection(Connection):
         if self.state >= CLOSED:
             return
         self.carrier.write(wrap_deliver(self.channel, delivery_id, envelope))
+
+    def write_send_ack(self, client_seq: int) -> None:
+        if self.state >= CLOSED:
+            return
+        self.carrier.write(wrap(self.channel, encode_send_ack(client_seq)))
 
     def flush_out(self) -> None:
         pass  # the carrying connection writes everything in its batch

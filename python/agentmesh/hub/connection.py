@@ -44,6 +44,14 @@ __all__ = ["Connection", "OutputQueue"]  # (OutputQueue: agentmesh.hub.output)
 
 log = logging.getLogger("agentmesh.hub")
 
+# The frame types of every message, as plain ints: looking an enum member up on its class costs
+# about 0.1 µs on Python 3.11, paid per frame.
+_SEND = int(FrameType.SEND)
+_DELIVERY_ACK = int(FrameType.DELIVERY_ACK)
+_SEND_GROUP = int(FrameType.SEND_GROUP)
+_SEND_EXPIRING = int(FrameType.SEND_EXPIRING)
+_CHANNEL = int(FrameType.CHANNEL)
+
 
 class Connection(ConnectionOutput, asyncio.Protocol):
     """One client connection (server side)."""
@@ -73,6 +81,9 @@ class Connection(ConnectionOutput, asyncio.Protocol):
         self.write_paused = False
         self.out_bytes = 0  # in `out`, not yet handed to the transport
         self.high_water = hub.limits.max_lookup_write_buffer
+        #: The connection whose output buffer and write pause this one's are: itself, or for
+        #: a channel the connection carrying it (read directly on the per-frame paths).
+        self.sink: Connection = self
         self.addr = "?"
         self.unauth: str | None = None  # "handshake" or "lookup" while counted as such
         self.intake = SendIntake(self)
@@ -170,27 +181,28 @@ class Connection(ConnectionOutput, asyncio.Protocol):
 
     def _process(self, frames: list[tuple[int, bytes]] | deque[tuple[int, bytes]]) -> None:
         n = len(frames)
+        sink = self.sink
         for i in range(n):
             if self.state >= CLOSING:
                 return
-            if self.write_paused or self.out_bytes >= self.high_water:
+            if sink.write_paused or sink.out_bytes >= sink.high_water:
                 # Answers pile up unread: take no more requests until they drain.
                 self.backlog.extend(itertools.islice(frames, i, n))
                 self.pause("output")
-                if not self.write_paused:
+                if not sink.write_paused:
                     self.loop.call_soon(self._drain_backlog)  # after this batch's flush
                 return
             ftype, body = frames[i]
             try:
-                if ftype == FrameType.SEND:
+                if ftype == _SEND:
                     self.intake.on_send(body)
-                elif ftype == FrameType.DELIVERY_ACK:
+                elif ftype == _DELIVERY_ACK:
                     self.pump.on_acks(body)
-                elif ftype == FrameType.SEND_GROUP:
+                elif ftype == _SEND_GROUP:
                     self.intake.on_send_group(body)
-                elif ftype == FrameType.SEND_EXPIRING:
+                elif ftype == _SEND_EXPIRING:
                     self.intake.on_send_expiring(body)
-                elif ftype == FrameType.CHANNEL and self.channels is not None:
+                elif ftype == _CHANNEL and self.channels is not None:
                     self.channels.on_frame(body)
                 else:
                     coro = self._on_other(ftype, body)

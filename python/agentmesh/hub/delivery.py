@@ -27,7 +27,6 @@ from agentmesh.hub_protocol import (
     decode_send,
     decode_send_expiring,
     decode_send_group,
-    encode_send_ack,
     encode_send_error,
     encode_send_group_error,
     iter_acks,
@@ -80,7 +79,7 @@ class SendIntake:
             if cseq <= self.dedup_floor:
                 # Already committed in an earlier connection of this client session.
                 if not self.uncommitted:
-                    conn.write(encode_send_ack(self.last_seen_seq))
+                    conn.write_send_ack(self.last_seen_seq)
                 return False
             raise ProtocolError(ErrorCode.PROTOCOL, "send sequence numbers must increase")
         self.last_seen_seq = cseq
@@ -238,7 +237,7 @@ class SendIntake:
         if not rows:
             if not self.uncommitted and cseq > self.last_ack_sent:
                 self.last_ack_sent = cseq
-                conn.write(encode_send_ack(cseq))
+                conn.write_send_ack(cseq)
             return
         store.put_many(rows, FanoutToken(self, cseq, size, taken))
         store.note_progress(conn.agent_id, conn.session, cseq)  # type: ignore[arg-type]
@@ -259,7 +258,7 @@ class SendIntake:
         conn.write(encode_send_error(cseq, code, message))
         if not self.uncommitted and cseq > self.last_ack_sent:
             self.last_ack_sent = cseq
-            conn.write(encode_send_ack(cseq))
+            conn.write_send_ack(cseq)
 
 
 def _offer(ast: AgentState, hseq: int, envelope: bytes, early: bool, expires_ms: int = 0) -> None:
@@ -318,18 +317,23 @@ def commit_done(hub: HubCore, tokens: list[Any]) -> None:
         intake.uncommitted.popleft()
         intake.uncommitted_bytes -= size
         touched[intake] = cseq
+    # (once per sender per commit: with hundreds of agents on a connection, each sending a
+    # message or two per commit, this loop runs about as often as the one above)
     max_uncommitted = hub.limits.max_uncommitted_bytes
+    progress = hub.progress
     for intake, cseq in touched.items():
         conn = intake.conn
-        if conn.agent_id is not None:
-            hub.progress[conn.agent_id] = (conn.session, cseq)
+        agent_id = conn.agent_id
+        if agent_id is not None:
+            progress[agent_id] = (conn.session, cseq)
         if conn.state != AGENT:
             continue
-        ack = intake.uncommitted[0] - 1 if intake.uncommitted else intake.last_seen_seq
+        waiting = intake.uncommitted
+        ack = waiting[0] - 1 if waiting else intake.last_seen_seq
         if ack > intake.last_ack_sent:
             intake.last_ack_sent = ack
-            conn.write(encode_send_ack(ack))
-        if intake.uncommitted_bytes <= max_uncommitted:
+            conn.write_send_ack(ack)
+        if conn.paused_by and intake.uncommitted_bytes <= max_uncommitted:
             conn.resume("commit")
     for ast in recipients:
         rc = ast.conn
@@ -368,7 +372,7 @@ class DeliveryPump:
         """A new envelope for this (online, live-mode) recipient."""
         if (
             not self.mem
-            and not self.conn.write_paused
+            and not self.conn.sink.write_paused
             and len(self.inflight) < self.limits.delivery_window
         ):
             self.cursor = hseq
@@ -392,7 +396,8 @@ class DeliveryPump:
         inflight = self.inflight
         mem = self.mem
         conn = self.conn
-        while mem and len(inflight) < window and not conn.write_paused:
+        sink = conn.sink
+        while mem and len(inflight) < window and not sink.write_paused:
             hseq, env, expires_ms = mem.popleft()
             self.cursor = hseq
             if expires_ms and _expired(expires_ms):
@@ -400,7 +405,7 @@ class DeliveryPump:
                 continue
             inflight[hseq] = len(env)
             conn.write_deliver(hseq, env)
-        if self.db_mode and len(inflight) < window and not conn.write_paused:
+        if self.db_mode and len(inflight) < window and not sink.write_paused:
             self.schedule_fetch()
 
     def schedule_fetch(self) -> None:
@@ -477,15 +482,20 @@ class DeliveryPump:
         agent_id = conn.agent_id
         assert ast is not None and agent_id is not None
         inflight = self.inflight
-        store = self.store
-        stats = conn.hub.stats
+        acked: list[int] = []
+        nbytes = 0
         for i in ids:
             size = inflight.pop(i, None)
             if size is None:
                 continue  # unknown or already acknowledged: ignore
-            ast.count -= 1
-            ast.bytes -= size
-            stats.delivered += 1
-            stats.delivered_bytes += size
-            store.ack(agent_id, i)
-        self.refill()
+            acked.append(i)
+            nbytes += size
+        if acked:
+            ast.count -= len(acked)
+            ast.bytes -= nbytes
+            stats = conn.hub.stats
+            stats.delivered += len(acked)
+            stats.delivered_bytes += nbytes
+            self.store.ack_many(agent_id, acked)
+        if self.mem or self.db_mode:
+            self.refill()

@@ -13,7 +13,7 @@ import contextlib
 import logging
 
 from agentmesh.hub.states import CLOSED, CLOSING
-from agentmesh.hub_protocol import encode_deliver, encode_error
+from agentmesh.hub_protocol import encode_deliver, encode_error, encode_send_ack
 
 __all__ = ["ConnectionOutput", "OutputQueue"]
 
@@ -55,6 +55,10 @@ class ConnectionOutput:
     def write_deliver(self, delivery_id: int, envelope: bytes) -> None:
         """A DELIVER frame (a channel writes it wrapped, in one piece)."""
         self.write(encode_deliver(delivery_id, envelope))
+
+    def write_send_ack(self, client_seq: int) -> None:
+        """A SEND_ACK frame (a channel writes it wrapped)."""
+        self.write(encode_send_ack(client_seq))
 
     def write(self, data: bytes) -> None:
         if self.state >= CLOSED:

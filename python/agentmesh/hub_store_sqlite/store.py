@@ -179,6 +179,19 @@ class SQLiteBackend(HubBackend):
         self._writer.deleting.add(seq)
         self._writer.kick()
 
+    def ack_many(self, recipient: str, seqs: list[int]) -> None:
+        w = self._writer
+        inserts = w.pending.inserts
+        deletes = w.pending.deletes
+        deleting = w.deleting
+        before = len(deletes)
+        for seq in seqs:
+            if inserts.pop(seq, None) is None:  # (else never written: see ack)
+                deletes.append(seq)
+                deleting.add(seq)
+        if len(deletes) > before:
+            w.kick()
+
     def note_progress(self, agent_id: str, session: bytes, client_seq: int) -> None:
         self._writer.pending.progress[agent_id] = (session, client_seq)
 
