@@ -46,7 +46,10 @@ class DeliveryStream:
         self._on_batch: OnBatch | None = None
         # what each read brought: (the connection, its deliveries in order)
         self._inbox: deque[tuple[Connection, list[tuple[int, bytes]]]] = deque()
-        self._inbox_event: asyncio.Event | None = None
+        # what the consumer waits on while the inbox is empty (a bare future: a read brings
+        # deliveries for hundreds of clients of a process, and each wakes its own)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._seen_hub = b""
         self._seen_id = 0
         # hub_id -> last delivery id handled before this client existed (restored by the owner)
@@ -58,7 +61,7 @@ class DeliveryStream:
 
     def bind(self) -> None:
         """Called once, from the event loop the client is used from."""
-        self._inbox_event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
 
     def set_handler(self, on_batch: OnBatch, handled: Mapping[bytes, int] | None) -> None:
         """Before registering: where batches go and the positions handled by earlier clients."""
@@ -71,9 +74,11 @@ class DeliveryStream:
 
     def on_deliver(self, conn: Connection, deliveries: list[tuple[int, bytes]]) -> None:
         self._inbox.append((conn, deliveries))
-        ev = self._inbox_event
-        if ev is not None and not ev.is_set():
-            ev.set()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def clamp_positions(self, hub_id: bytes, next_seq: Any) -> None:
         """Every delivery id this store handed out is below its ``next_seq``. A remembered
@@ -99,12 +104,12 @@ class DeliveryStream:
     async def consume(self) -> None:
         """The consumer task: hands over batches for as long as the client is registered."""
         inbox = self._inbox
-        ev = self._inbox_event
-        assert ev is not None
+        loop = self._loop
+        assert loop is not None
         while True:
             if not inbox:
-                ev.clear()
-                await ev.wait()
+                waiter = self._waiter = loop.create_future()
+                await waiter
                 continue
             await self._consume_batch()
 
@@ -115,24 +120,28 @@ class DeliveryStream:
         inbox = self._inbox
         batch: list[tuple[int, bytes]] = []
         acks: list[tuple[Connection, list[int]]] = []  # the batch's ids, by connection
-        hub_id = inbox[0][0].hub_id
+        conn, deliveries = inbox.popleft()
+        hub_id = conn.hub_id
         seen = self._last_handled(hub_id)
-        while inbox and len(batch) < MAX_BATCH and inbox[0][0].hub_id == hub_id:
-            conn, deliveries = inbox.popleft()
+        while True:
             room = MAX_BATCH - len(batch)
             if len(deliveries) > room:  # the rest waits for the next batch, first in line
                 inbox.appendleft((conn, deliveries[room:]))
                 deliveries = deliveries[:room]
             ids: list[int] = []
-            for did, env in deliveries:
+            for delivery in deliveries:
+                did = delivery[0]
                 if did <= seen:
                     self._ack_redelivery(hub_id, conn, did)
                     continue
-                batch.append((did, env))
+                batch.append(delivery)
                 ids.append(did)
                 seen = did
             if ids:
                 acks.append((conn, ids))
+            if not inbox or len(batch) >= MAX_BATCH or inbox[0][0].hub_id != hub_id:
+                break
+            conn, deliveries = inbox.popleft()
         if not batch:
             return
         handler = self._on_batch
@@ -186,7 +195,8 @@ class DeliveryStream:
         self._in_flight.remove(in_flight)
         hub_id, first = in_flight[0], in_flight[1]
         if not durable.cancelled() and durable.exception() is None:
-            _ack_all(acks)
+            for conn, dids in acks:
+                conn.ack_many(dids)  # (a no-op if that connection is gone)
             return
         # Never made durable: no acknowledgement, so the hub delivers them again after a
         # reconnect; the position goes back before them, or that redelivery would be skipped
