@@ -1,8 +1,8 @@
 """What a shared connection (agentmesh.hub_client.channels.Carrier) makes of its reads: the
-deliveries it decodes straight from the bytes read reach each channel in order and whole,
-however the stream is cut into reads and whatever other frames come between them; a malformed
-or oversized frame still closes the connection; acknowledgements leave as the wrapped
-DELIVERY_ACK."""
+deliveries it decodes straight from the bytes read reach each channel in order and whole, and
+its SEND_ACKs as the highest of each read, however the stream is cut into reads and whatever
+other frames come between them; a malformed or oversized frame still closes the connection;
+acknowledgements leave as the wrapped DELIVERY_ACK."""
 
 from __future__ import annotations
 
@@ -118,7 +118,14 @@ def test_deliveries_reach_each_channel_in_order_however_the_reads_are_cut(cuts: 
 
     events, pongs = asyncio.run(go())
     for channel in (1, 2, 3):
-        assert _flatten(events[channel]) == expected[channel]
+        got, want = _flatten(events[channel]), expected[channel]
+        assert [e for e in got if e[0] == "deliver"] == [e for e in want if e[0] == "deliver"]
+        # a read's SEND_ACKs of one channel are handed over as the highest (each covers every
+        # send up to its own), after that read's deliveries
+        acked = [args[0] for kind, args in got if kind == "send_ack"]
+        sent = [args[0] for kind, args in want if kind == "send_ack"]
+        assert set(acked) <= set(sent) and acked == sorted(acked)
+        assert acked[-1:] == sent[-1:]
     answered = [body for ftype, body in FrameDecoder().feed(pongs) if ftype == FrameType.PONG]
     assert answered == [b"p11", b"p34", b"p57"]
 
@@ -181,3 +188,20 @@ def test_a_short_frame_ending_a_read_is_handled_without_waiting_for_the_next() -
         return pongs
 
     assert FrameDecoder().feed(asyncio.run(go())) == [(FrameType.PONG, b"q")]
+
+
+def test_a_reads_send_acks_reach_each_channel_once_as_the_highest() -> None:
+    async def go() -> list[list[Event]]:
+        carrier, events, theirs = await _carrier(2)
+        carrier.data_received(
+            wrap(1, _send_ack(4)) + wrap(2, _send_ack(9)) + wrap(1, _send_ack(6))
+            + wrap(1, _send_ack(5))  # (a hub going back: ignored, as the window would)
+        )
+        carrier.data_received(wrap(2, _send_ack(10)))
+        carrier.close()
+        theirs.close()
+        return events
+
+    events = asyncio.run(go())
+    assert events[1] == [("send_ack", (6,))]
+    assert events[2] == [("send_ack", (9,)), ("send_ack", (10,))]

@@ -41,13 +41,15 @@ __all__ = ["Carrier", "CarrierPool", "ChannelLink", "channel_acks"]
 log = logging.getLogger(__name__)
 
 #: A DELIVER in a CHANNEL frame, up to its envelope: length, CHANNEL, channel number, DELIVER,
-#: delivery id; and the same without the frame's header (a decoded CHANNEL frame's body).
+#: delivery id (a SEND_ACK in one is the same, whole); and the same without the frame's header
+#: (a decoded CHANNEL frame's body).
 _DELIVER_IN_CHANNEL = struct.Struct(">IBIBQ")
 _DELIVER_AT = _DELIVER_IN_CHANNEL.size
 _CHANNEL_DELIVER_BODY = struct.Struct(">IxQ")
 _U32 = struct.Struct(">I")
 _CHANNEL = int(FrameType.CHANNEL)
 _DELIVER = int(FrameType.DELIVER)
+_SEND_ACK = int(FrameType.SEND_ACK)
 _DELIVERY_ACK = int(FrameType.DELIVERY_ACK)
 _CHANNEL_ACK_ONE = struct.Struct(">IBIBQ")
 
@@ -116,12 +118,13 @@ class Carrier(Connection):
             self.close()  # the last agent left: the connection is not kept open for nothing
 
     def data_received(self, data: bytes) -> None:
-        """A receiving process's reads are nearly all deliveries, one to three for each of
-        hundreds of agents: those are decoded here straight from the bytes read (no frame
-        list, each envelope copied once) and each channel's reach its client in one call. From
-        the first frame of another kind on, the read goes the general way (the frame decoder,
-        :meth:`handle_frames`), after what came before it: a channel's frames keep their
-        order."""
+        """A process hosting hundreds of agents reads deliveries (one to three for each
+        agent) and, for its senders, SEND_ACKs: those are decoded here straight from the bytes
+        read (no frame list, each envelope copied once); each channel's deliveries reach its
+        client in one call, and of its SEND_ACKs the highest (each covers every send up to
+        its own). From the first frame of another kind on, the read goes the general way (the
+        frame decoder, :meth:`handle_frames`), after what came before it: a channel's frames
+        keep their order."""
         if self.decoder.buffered:  # the general way holds the start of a frame
             super().data_received(data)
             return
@@ -131,25 +134,31 @@ class Carrier(Connection):
         head = _DELIVER_IN_CHANNEL.unpack_from
         limit = self.decoder.max_frame_size
         runs: dict[int, list[tuple[int, bytes]]] = {}
+        acked: dict[int, int] = {}
         end = len(data)
         at = 0
         while end - at >= _DELIVER_AT:
-            length, ftype, channel, inner, delivery_id = head(data, at)
+            # (a SEND_ACK has the same shape: its sequence number where a delivery has its id)
+            length, ftype, channel, inner, number = head(data, at)
             after = at + 4 + length
-            if ftype != _CHANNEL or inner != _DELIVER or not channel:
-                break
-            if not _DELIVER_AT - 4 < length <= limit or after > end:
+            if ftype != _CHANNEL or not channel or length > limit or after > end:
                 break  # (the decoder names a problem; the end of a frame comes later)
-            run = runs.get(channel)
-            if run is None:
-                run = runs[channel] = []
-            run.append((delivery_id, data[at + _DELIVER_AT : after]))
+            if inner == _DELIVER and length > _DELIVER_AT - 4:
+                run = runs.get(channel)
+                if run is None:
+                    run = runs[channel] = []
+                run.append((number, data[at + _DELIVER_AT : after]))
+            elif inner == _SEND_ACK and length == _DELIVER_AT - 4:
+                if number > acked.get(channel, 0):
+                    acked[channel] = number
+            else:
+                break
             at = after
         if at < end and _incomplete(data, at, limit):
             self._partial, at = data[at:], end  # (its rest comes with the next read)
-        if runs:
+        if runs or acked:
             self.last_rx = self.loop.time()
-            self._hand_over(runs)
+            self._hand_over(runs, acked)
         if at < end:
             super().data_received(data[at:] if at else data)
 
@@ -173,11 +182,11 @@ class Carrier(Connection):
             run.append((delivery_id, body[13:]))
             taken += 1
         if runs:
-            self._hand_over(runs)
+            self._hand_over(runs, {})
         if taken < len(frames):
             self._handle_by_channel(frames[taken:] if taken else frames)
 
-    def _hand_over(self, runs: dict[int, list[tuple[int, bytes]]]) -> None:
+    def _hand_over(self, runs: dict[int, list[tuple[int, bytes]]], acked: dict[int, int]) -> None:
         links = self.links
         for channel, run in runs.items():
             if self.is_closed:
@@ -185,6 +194,12 @@ class Carrier(Connection):
             link = links.get(channel)
             if link is not None:  # (None: closed already; what was in flight is dropped)
                 link.handlers.deliver(link, run)
+        for channel, seq in acked.items():
+            if self.is_closed:
+                return
+            link = links.get(channel)
+            if link is not None:
+                link.handlers.send_ack(seq)
 
     def _handle_by_channel(self, frames: list[tuple[int, bytes]]) -> None:
         try:
