@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from agentmesh.hub_channels import wrap, wrap_deliver
-from agentmesh.hub_client.channels import Carrier, channel_acks
+from agentmesh.hub_client.channels import PARTIAL_KEPT, Carrier, channel_acks
 from agentmesh.hub_client.connection import FrameHandlers
 from agentmesh.hub_protocol import FrameDecoder, FrameType, encode_acks, encode_frame
 
@@ -205,3 +205,26 @@ def test_a_reads_send_acks_reach_each_channel_once_as_the_highest() -> None:
     events = asyncio.run(go())
     assert events[1] == [("send_ack", (6,))]
     assert events[2] == [("send_ack", (9,)), ("send_ack", (10,))]
+
+
+def test_a_large_delivery_read_in_small_pieces_arrives_whole_without_being_kept_in_pieces() -> None:
+    """A delivery far larger than a read arrives whole, and its start waits in the frame
+    decoder's growing buffer, not in pieces the carrier joins at every read (which would copy
+    what came so far each time)."""
+    big = bytes(range(256)) * 4096  # 1 MiB
+    data = wrap_deliver(1, 1, big) + wrap_deliver(1, 2, b"after")
+
+    async def go() -> tuple[list[list[Event]], int]:
+        carrier, events, theirs = await _carrier(1)
+        carrier.decoder.max_frame_size = 2 * len(big)  # (as a WELCOME would set it)
+        kept = 0
+        for at in range(0, len(data), 4096):
+            carrier.data_received(data[at : at + 4096])
+            kept = max(kept, len(carrier._partial))
+        carrier.close()
+        theirs.close()
+        return events, kept
+
+    events, kept = asyncio.run(go())
+    assert _flatten(events[1]) == [("deliver", (1, big)), ("deliver", (2, b"after"))]
+    assert kept <= PARTIAL_KEPT

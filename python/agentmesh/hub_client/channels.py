@@ -40,27 +40,30 @@ __all__ = ["Carrier", "CarrierPool", "ChannelLink", "channel_acks"]
 
 log = logging.getLogger(__name__)
 
-#: A DELIVER in a CHANNEL frame, up to its envelope: length, CHANNEL, channel number, DELIVER,
-#: delivery id (a SEND_ACK in one is the same, whole); and the same without the frame's header
-#: (a decoded CHANNEL frame's body).
-_DELIVER_IN_CHANNEL = struct.Struct(">IBIBQ")
-_DELIVER_AT = _DELIVER_IN_CHANNEL.size
+#: A CHANNEL frame up to the first u64 of the frame it carries: length, CHANNEL, channel number,
+#: inner type, that u64 (a DELIVER's id, its envelope after it; a SEND_ACK's sequence number, the
+#: whole frame); and the same without the frame's header (a decoded CHANNEL frame's body).
+_CHANNEL_U64 = struct.Struct(">IBIBQ")
+_DELIVER_AT = _CHANNEL_U64.size
 _CHANNEL_DELIVER_BODY = struct.Struct(">IxQ")
 _U32 = struct.Struct(">I")
 _CHANNEL = int(FrameType.CHANNEL)
 _DELIVER = int(FrameType.DELIVER)
 _SEND_ACK = int(FrameType.SEND_ACK)
 _DELIVERY_ACK = int(FrameType.DELIVERY_ACK)
-_CHANNEL_ACK_ONE = struct.Struct(">IBIBQ")
+#: The start of a frame up to this size waits for its rest in the carrier itself (a larger one
+#: in the frame decoder's buffer: copying what came so far at every read would grow with the
+#: square of its size).
+PARTIAL_KEPT = 64 * 1024
 
 
-def _incomplete(data: bytes, at: int, limit: int) -> bool:
-    """Whether ``data`` from ``at`` is the start of a frame (within the size limit) and no
-    more."""
+def _small_start(data: bytes, at: int) -> bool:
+    """Whether ``data`` from ``at`` is the start of a frame of at most PARTIAL_KEPT bytes
+    and no more."""
     if len(data) - at < 4:
         return True
     length = _U32.unpack_from(data, at)[0]
-    return 0 < length <= limit and at + 4 + length > len(data)
+    return 0 < length <= PARTIAL_KEPT and at + 4 + length > len(data)
 
 
 def channel_acks(channel: int, delivery_ids: list[int]) -> bytes:
@@ -68,7 +71,7 @@ def channel_acks(channel: int, delivery_ids: list[int]) -> bytes:
     of agents writes one for nearly every message it receives."""
     n = len(delivery_ids)
     if n == 1:
-        return _CHANNEL_ACK_ONE.pack(14, _CHANNEL, channel, _DELIVERY_ACK, delivery_ids[0])
+        return _CHANNEL_U64.pack(14, _CHANNEL, channel, _DELIVERY_ACK, delivery_ids[0])
     return struct.pack(f">IBIB{n}Q", 6 + 8 * n, _CHANNEL, channel, _DELIVERY_ACK, *delivery_ids)
 
 
@@ -101,7 +104,7 @@ class Carrier(Connection):
         self.next_channel = 1
         self.room = 0  # channels the hub lets this connection carry (its READY)
         self.acking: list[ChannelLink] = []  # links with acknowledgements to write
-        self._partial = b""  # the start of a delivery whose rest the next read brings
+        self._partial = b""  # the start of a frame whose rest the next read brings
 
     def full(self) -> bool:
         return len(self.links) >= self.room
@@ -131,7 +134,7 @@ class Carrier(Connection):
         if self._partial:
             data = self._partial + data
             self._partial = b""
-        head = _DELIVER_IN_CHANNEL.unpack_from
+        head = _CHANNEL_U64.unpack_from
         limit = self.decoder.max_frame_size
         runs: dict[int, list[tuple[int, bytes]]] = {}
         acked: dict[int, int] = {}
@@ -154,7 +157,7 @@ class Carrier(Connection):
             else:
                 break
             at = after
-        if at < end and _incomplete(data, at, limit):
+        if at < end and _small_start(data, at):
             self._partial, at = data[at:], end  # (its rest comes with the next read)
         if runs or acked:
             self.last_rx = self.loop.time()
