@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl as _ssl
+import struct
 from typing import Any
 
 from agentmesh.errors import HubError
@@ -31,14 +32,47 @@ from agentmesh.hub_protocol import (
     ErrorCode,
     FrameType,
     ProtocolError,
-    encode_acks,
     encode_error,
     encode_frame,
 )
 
-__all__ = ["Carrier", "CarrierPool", "ChannelLink"]
+__all__ = ["Carrier", "CarrierPool", "ChannelLink", "channel_acks"]
 
 log = logging.getLogger(__name__)
+
+#: A CHANNEL frame up to the first u64 of the frame it carries: length, CHANNEL, channel number,
+#: inner type, that u64 (a DELIVER's id, its envelope after it; a SEND_ACK's sequence number, the
+#: whole frame); and the same without the frame's header (a decoded CHANNEL frame's body).
+_CHANNEL_U64 = struct.Struct(">IBIBQ")
+_DELIVER_AT = _CHANNEL_U64.size
+_CHANNEL_DELIVER_BODY = struct.Struct(">IxQ")
+_U32 = struct.Struct(">I")
+_CHANNEL = int(FrameType.CHANNEL)
+_DELIVER = int(FrameType.DELIVER)
+_SEND_ACK = int(FrameType.SEND_ACK)
+_DELIVERY_ACK = int(FrameType.DELIVERY_ACK)
+#: The start of a frame up to this size waits for its rest in the carrier itself (a larger one
+#: in the frame decoder's buffer: copying what came so far at every read would grow with the
+#: square of its size).
+PARTIAL_KEPT = 64 * 1024
+
+
+def _small_start(data: bytes, at: int) -> bool:
+    """Whether ``data`` from ``at`` is the start of a frame of at most PARTIAL_KEPT bytes
+    and no more."""
+    if len(data) - at < 4:
+        return True
+    length = _U32.unpack_from(data, at)[0]
+    return 0 < length <= PARTIAL_KEPT and at + 4 + length > len(data)
+
+
+def channel_acks(channel: int, delivery_ids: list[int]) -> bytes:
+    """``wrap(channel, encode_acks(delivery_ids))`` in one piece: a process hosting hundreds
+    of agents writes one for nearly every message it receives."""
+    n = len(delivery_ids)
+    if n == 1:
+        return _CHANNEL_U64.pack(14, _CHANNEL, channel, _DELIVERY_ACK, delivery_ids[0])
+    return struct.pack(f">IBIB{n}Q", 6 + 8 * n, _CHANNEL, channel, _DELIVERY_ACK, *delivery_ids)
 
 
 def _nothing(*args: Any) -> None:
@@ -70,6 +104,7 @@ class Carrier(Connection):
         self.next_channel = 1
         self.room = 0  # channels the hub lets this connection carry (its READY)
         self.acking: list[ChannelLink] = []  # links with acknowledgements to write
+        self._partial = b""  # the start of a frame whose rest the next read brings
 
     def full(self) -> bool:
         return len(self.links) >= self.room
@@ -85,8 +120,91 @@ class Carrier(Connection):
         if not self.links:
             self.close()  # the last agent left: the connection is not kept open for nothing
 
+    def data_received(self, data: bytes) -> None:
+        """A process hosting hundreds of agents reads deliveries (one to three for each
+        agent) and, for its senders, SEND_ACKs: those are decoded here straight from the bytes
+        read (no frame list, each envelope copied once); each channel's deliveries reach its
+        client in one call, and of its SEND_ACKs the highest (each covers every send up to
+        its own). From the first frame of another kind on, the read goes the general way (the
+        frame decoder, :meth:`handle_frames`), after what came before it: a channel's frames
+        keep their order."""
+        if self.decoder.buffered:  # the general way holds the start of a frame
+            super().data_received(data)
+            return
+        if self._partial:
+            data = self._partial + data
+            self._partial = b""
+        head = _CHANNEL_U64.unpack_from
+        limit = self.decoder.max_frame_size
+        runs: dict[int, list[tuple[int, bytes]]] = {}
+        acked: dict[int, int] = {}
+        end = len(data)
+        at = 0
+        while end - at >= _DELIVER_AT:
+            # (a SEND_ACK has the same shape: its sequence number where a delivery has its id)
+            length, ftype, channel, inner, number = head(data, at)
+            after = at + 4 + length
+            if ftype != _CHANNEL or not channel or length > limit or after > end:
+                break  # (the decoder names a problem; the end of a frame comes later)
+            if inner == _DELIVER and length > _DELIVER_AT - 4:
+                run = runs.get(channel)
+                if run is None:
+                    run = runs[channel] = []
+                run.append((number, data[at + _DELIVER_AT : after]))
+            elif inner == _SEND_ACK and length == _DELIVER_AT - 4:
+                if number > acked.get(channel, 0):
+                    acked[channel] = number
+            else:
+                break
+            at = after
+        if at < end and _small_start(data, at):
+            self._partial, at = data[at:], end  # (its rest comes with the next read)
+        if runs or acked:
+            self.last_rx = self.loop.time()
+            self._hand_over(runs, acked)
+        if at < end:
+            super().data_received(data[at:] if at else data)
+
     def handle_frames(self, frames: list[tuple[int, bytes]]) -> None:
-        """Each channel's frames of the batch go to its link in one piece (``by_channel``)."""
+        """Each channel's frames of the batch go to its link in one piece: the deliveries at
+        the start of the batch as in :meth:`data_received`, the rest grouped by
+        ``by_channel`` and decoded by each link (after them: a channel's frames keep their
+        order)."""
+        head = _CHANNEL_DELIVER_BODY.unpack_from
+        runs: dict[int, list[tuple[int, bytes]]] = {}
+        taken = 0
+        for ftype, body in frames:
+            if ftype != _CHANNEL or len(body) <= 13 or body[4] != _DELIVER:
+                break
+            channel, delivery_id = head(body)
+            if not channel:
+                break  # (by_channel names the problem)
+            run = runs.get(channel)
+            if run is None:
+                run = runs[channel] = []
+            run.append((delivery_id, body[13:]))
+            taken += 1
+        if runs:
+            self._hand_over(runs, {})
+        if taken < len(frames):
+            self._handle_by_channel(frames[taken:] if taken else frames)
+
+    def _hand_over(self, runs: dict[int, list[tuple[int, bytes]]], acked: dict[int, int]) -> None:
+        links = self.links
+        for channel, run in runs.items():
+            if self.is_closed:
+                return
+            link = links.get(channel)
+            if link is not None:  # (None: closed already; what was in flight is dropped)
+                link.handlers.deliver(link, run)
+        for channel, seq in acked.items():
+            if self.is_closed:
+                return
+            link = links.get(channel)
+            if link is not None:
+                link.handlers.send_ack(seq)
+
+    def _handle_by_channel(self, frames: list[tuple[int, bytes]]) -> None:
         try:
             for channel, run in by_channel(frames):
                 if self.is_closed:
@@ -108,7 +226,7 @@ class Carrier(Connection):
             for link in acking:
                 link.scheduled = False
                 if link.acks and not link.is_closed:
-                    self.out.append(wrap(link.channel, encode_acks(link.acks)))
+                    self.out.append(channel_acks(link.channel, link.acks))
                 link.acks = []
         super().flush()
 

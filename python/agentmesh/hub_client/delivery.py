@@ -27,6 +27,9 @@ log = logging.getLogger(__name__)
 #: Most deliveries handed to ``on_batch`` at once.
 MAX_BATCH = 256
 
+#: A batch's delivery ids that came on one connection (acknowledged on it).
+_Acks = tuple[Connection, list[int]]
+
 
 def _ack_if_durable(conn: Connection, did: int, durable: asyncio.Future[None]) -> None:
     if not durable.cancelled() and durable.exception() is None:
@@ -34,7 +37,7 @@ def _ack_if_durable(conn: Connection, did: int, durable: asyncio.Future[None]) -
     # (else unacknowledged: the hub keeps it, and the position went back before it)
 
 
-def _ack_all(acks: list[tuple[Connection, list[int]]]) -> None:
+def _ack_all(acks: list[_Acks]) -> None:
     for conn, dids in acks:
         conn.ack_many(dids)  # on the connection they came from (a no-op if that one is gone)
 
@@ -46,7 +49,10 @@ class DeliveryStream:
         self._on_batch: OnBatch | None = None
         # what each read brought: (the connection, its deliveries in order)
         self._inbox: deque[tuple[Connection, list[tuple[int, bytes]]]] = deque()
-        self._inbox_event: asyncio.Event | None = None
+        # what the consumer waits on while the inbox is empty (a bare future: a read brings
+        # deliveries for hundreds of clients of a process, and each wakes its own)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._seen_hub = b""
         self._seen_id = 0
         # hub_id -> last delivery id handled before this client existed (restored by the owner)
@@ -58,7 +64,7 @@ class DeliveryStream:
 
     def bind(self) -> None:
         """Called once, from the event loop the client is used from."""
-        self._inbox_event = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
 
     def set_handler(self, on_batch: OnBatch, handled: Mapping[bytes, int] | None) -> None:
         """Before registering: where batches go and the positions handled by earlier clients."""
@@ -71,9 +77,11 @@ class DeliveryStream:
 
     def on_deliver(self, conn: Connection, deliveries: list[tuple[int, bytes]]) -> None:
         self._inbox.append((conn, deliveries))
-        ev = self._inbox_event
-        if ev is not None and not ev.is_set():
-            ev.set()
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
 
     def clamp_positions(self, hub_id: bytes, next_seq: Any) -> None:
         """Every delivery id this store handed out is below its ``next_seq``. A remembered
@@ -97,66 +105,81 @@ class DeliveryStream:
         return self._handled.get(hub_id, 0)
 
     async def consume(self) -> None:
-        """The consumer task: hands over batches for as long as the client is registered."""
+        """The consumer task: hands over batches for as long as the client is registered:
+        up to 256 deliveries of one hub store, less the redeliveries of what was handled
+        already (acknowledged at once, skipped by position); acknowledges each on the
+        connection it came from."""
         inbox = self._inbox
-        ev = self._inbox_event
-        assert ev is not None
+        loop = self._loop
+        assert loop is not None
+        handler = self._on_batch
+        assert handler is not None
         while True:
             if not inbox:
-                ev.clear()
-                await ev.wait()
+                waiter = self._waiter = loop.create_future()
+                await waiter
                 continue
-            await self._consume_batch()
+            hub_id, batch, acks = self._next_batch()
+            if not batch:
+                continue
+            self._delivery_hub_id = hub_id
+            try:
+                durable = await handler(batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # the handler could not make its work durable: no acknowledgement, so the hub
+                # keeps the envelopes and delivers them again (on the next connection)
+                log.error("%d deliveries left unacknowledged: %s", len(batch), exc)
+                continue
+            finally:
+                self._delivery_hub_id = None
+            self._handed_over(hub_id, batch, acks, durable)
 
-    async def _consume_batch(self) -> None:
-        """Hands the next batch to ``on_batch``: up to 256 deliveries of one hub store, less
-        the redeliveries of what was handled already (acknowledged at once, skipped by
-        position); acknowledges each on the connection it came from."""
+    def _next_batch(self) -> tuple[bytes, list[tuple[int, bytes]], list[_Acks]]:
+        """(hub id, the next batch, its ids by connection) from the inbox (not empty); the
+        batch is empty when the inbox held only redeliveries."""
         inbox = self._inbox
         batch: list[tuple[int, bytes]] = []
-        acks: list[tuple[Connection, list[int]]] = []  # the batch's ids, by connection
-        hub_id = inbox[0][0].hub_id
+        acks: list[_Acks] = []
+        conn, deliveries = inbox.popleft()
+        hub_id = conn.hub_id
         seen = self._last_handled(hub_id)
-        while inbox and len(batch) < MAX_BATCH and inbox[0][0].hub_id == hub_id:
-            conn, deliveries = inbox.popleft()
+        while True:
             room = MAX_BATCH - len(batch)
             if len(deliveries) > room:  # the rest waits for the next batch, first in line
                 inbox.appendleft((conn, deliveries[room:]))
                 deliveries = deliveries[:room]
             ids: list[int] = []
-            for did, env in deliveries:
+            for delivery in deliveries:
+                did = delivery[0]
                 if did <= seen:
                     self._ack_redelivery(hub_id, conn, did)
                     continue
-                batch.append((did, env))
+                batch.append(delivery)
                 ids.append(did)
                 seen = did
             if ids:
                 acks.append((conn, ids))
-        if not batch:
-            return
-        handler = self._on_batch
-        assert handler is not None
-        self._delivery_hub_id = hub_id
-        try:
-            durable = await handler(batch)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # the handler could not make its work durable: no acknowledgement, so the hub keeps
-            # the envelopes and delivers them again (on the next connection)
-            log.error("%d deliveries left unacknowledged: %s", len(batch), exc)
-            return
-        finally:
-            self._delivery_hub_id = None
+            if not inbox or len(batch) >= MAX_BATCH or inbox[0][0].hub_id != hub_id:
+                return hub_id, batch, acks
+            conn, deliveries = inbox.popleft()
+
+    def _handed_over(
+        self,
+        hub_id: bytes,
+        batch: list[tuple[int, bytes]],
+        acks: list[_Acks],
+        durable: asyncio.Future[None] | None,
+    ) -> None:
+        """``on_batch`` took ``batch``: acknowledged now, or once ``durable`` completes."""
         self.received += len(batch)
         self._seen_hub = hub_id
         self._seen_id = batch[-1][0]
         if durable is None:
             _ack_all(acks)
         else:
-            first = batch[0][0]
-            in_flight = (hub_id, first, self._seen_id, durable)
+            in_flight = (hub_id, batch[0][0], self._seen_id, durable)
             self._in_flight.append(in_flight)
             durable.add_done_callback(
                 functools.partial(self._ack_when_durable, in_flight, acks)
@@ -180,13 +203,14 @@ class DeliveryStream:
     def _ack_when_durable(
         self,
         in_flight: tuple[bytes, int, int, asyncio.Future[None]],
-        acks: list[tuple[Connection, list[int]]],
+        acks: list[_Acks],
         durable: asyncio.Future[None],
     ) -> None:
         self._in_flight.remove(in_flight)
         hub_id, first = in_flight[0], in_flight[1]
         if not durable.cancelled() and durable.exception() is None:
-            _ack_all(acks)
+            for conn, dids in acks:
+                conn.ack_many(dids)  # (a no-op if that connection is gone)
             return
         # Never made durable: no acknowledgement, so the hub delivers them again after a
         # reconnect; the position goes back before them, or that redelivery would be skipped
