@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 from hubutil import Collector, new_keypair, seal_bytes, session
 
+import agentmesh.hub.expiry
 from agentmesh.hub_client import HubClient
 from agentmesh.hub_protocol import ErrorCode, HubRequestError
 from agentmesh.hub_server import NetworkHubServer
@@ -98,8 +99,11 @@ async def bob_receives(server: NetworkHubServer, n: int) -> list[str]:
     return [p["text"] for p in got.payloads]
 
 
-def test_a_full_inbox_of_expired_envelopes_takes_a_new_send(tmp_path: Path) -> None:
+def test_a_full_inbox_of_expired_envelopes_takes_a_new_send(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Without the purge the new sends are refused INBOX_FULL: the inbox holds only dead mail.
+    monkeypatch.setattr(agentmesh.hub.expiry, "PURGE_ROWS", 2)  # (room takes more than one)
     store = tmp_path / "hub.sqlite3"
     server = start(store, max_queued_per_agent=3, expired_sweep_interval=0)
     try:
@@ -180,7 +184,10 @@ def test_the_purge_survives_a_restart_and_a_restarted_hub_knows_what_may_expire(
         server.stop()
 
 
-def test_the_background_sweep_frees_an_offline_recipients_envelopes(tmp_path: Path) -> None:
+def test_the_background_sweep_frees_an_offline_recipients_envelopes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(agentmesh.hub.expiry, "PURGE_ROWS", 1)  # (one sweep, three purges)
     store = tmp_path / "hub.sqlite3"
     server = start(store, expired_sweep_interval=0.1)
     try:

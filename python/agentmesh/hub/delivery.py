@@ -55,6 +55,9 @@ class SendIntake:
         self.last_seen_seq = 0
         self.last_ack_sent = 0
         self.dedup_floor = 0  # committed in an earlier connection of this client session
+        #: the client seq of a send waiting for a purge (0: none): acknowledgements stop short
+        #: of it until it is stored or refused
+        self.held = 0
 
     def start(self, acked: int) -> None:
         """The connection registered; ``acked`` is what the hub committed of its session."""
@@ -163,7 +166,11 @@ class SendIntake:
         self, cseq: int, recipient: str, envelope: bytes, expires_ms: int, ast: AgentState
     ) -> None:
         size = len(envelope)
-        await self.hub.expiry.make_room(recipient, ast, lambda: self._inbox_full(ast, size))
+        self.held = cseq
+        try:
+            await self.hub.expiry.make_room(recipient, ast, lambda: self._inbox_full(ast, size))
+        finally:
+            self.held = 0
         if self.conn.state != AGENT:
             return  # (never acknowledged: the client sends it again)
         if self._inbox_full(ast, size):
@@ -245,19 +252,26 @@ class SendIntake:
             store_group = functools.partial(
                 self._store_group, cseq, recipients, encoded, data, first, extra
             )
-            return self._group_after_purge(purgeable, store_group)
+            return self._group_after_purge(cseq, purgeable, store_group)
         self._store_group(cseq, recipients, encoded, data, first, extra)
         return None
 
     async def _group_after_purge(
-        self, purgeable: list[tuple[str, AgentState, int]], store_group: Callable[[], None]
+        self,
+        cseq: int,
+        purgeable: list[tuple[str, AgentState, int]],
+        store_group: Callable[[], None],
     ) -> None:
         expiry = self.hub.expiry
         full = self._inbox_full
-        for recipient, ast, _size in purgeable:  # (the purges commit together)
-            expiry.purge(recipient, ast)
-        for recipient, ast, size in purgeable:
-            await expiry.make_room(recipient, ast, functools.partial(full, ast, size))
+        self.held = cseq
+        try:
+            for recipient, ast, _size in purgeable:  # (the purges commit together)
+                expiry.purge(recipient, ast)
+            for recipient, ast, size in purgeable:
+                await expiry.make_room(recipient, ast, functools.partial(full, ast, size))
+        finally:
+            self.held = 0
         if self.conn.state == AGENT:
             store_group()
 
@@ -402,6 +416,8 @@ def commit_done(hub: HubCore, tokens: list[Any]) -> None:
             continue
         waiting = intake.uncommitted
         ack = waiting[0] - 1 if waiting else intake.last_seen_seq
+        if intake.held and ack >= intake.held:
+            ack = intake.held - 1  # (seen, but waiting for a purge: not stored yet)
         if ack > intake.last_ack_sent:
             intake.last_ack_sent = ack
             conn.write_send_ack(ack)
