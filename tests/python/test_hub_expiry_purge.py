@@ -288,3 +288,29 @@ def test_a_group_send_purges_a_members_full_inbox_first(tmp_path: Path) -> None:
         run(go())
     finally:
         server.stop()
+
+
+def test_a_hub_process_sweeps_at_the_interval_its_command_line_sets(tmp_path: Path) -> None:
+    from agentmesh.testing import HubProcess
+
+    store = tmp_path / "hub.sqlite3"
+    extra = ["--expired-sweep-interval", "0.1"]
+    with HubProcess(store, log_level="warning", extra_args=extra).start() as proc:
+
+        async def go() -> None:
+            bob = HubClient("127.0.0.1", proc.port)
+            await bob.register(BOB, Collector())
+            await bob.close()
+            alice = HubClient("127.0.0.1", proc.port)
+            await alice.register(ALICE, Collector())
+            sess = session(ALICE, BOB)
+            for text in ["a", "b"]:
+                alice.send_nowait("bob", seal_bytes(sess, {"text": text}), ms_from_now(0.1))
+            await alice.flush(30)
+            await alice.close()
+            deadline = time.monotonic() + 10
+            while stored(store) and time.monotonic() < deadline:
+                await asyncio.sleep(0.05)
+            assert stored(store) == []
+
+        run(go())

@@ -156,6 +156,7 @@ class SendIntake:
             return None
         if self._inbox_full(ast, len(envelope)):
             if self.hub.expiry.can_help(recipient, ast):
+                self.held = cseq  # (from now: a commit may come before the coroutine runs)
                 return self._accept_after_purge(cseq, recipient, envelope, expires_ms, ast)
             self._reject_full(cseq, recipient, ast)
             return None
@@ -166,7 +167,6 @@ class SendIntake:
         self, cseq: int, recipient: str, envelope: bytes, expires_ms: int, ast: AgentState
     ) -> None:
         size = len(envelope)
-        self.held = cseq
         try:
             await self.hub.expiry.make_room(recipient, ast, lambda: self._inbox_full(ast, size))
         finally:
@@ -252,19 +252,16 @@ class SendIntake:
             store_group = functools.partial(
                 self._store_group, cseq, recipients, encoded, data, first, extra
             )
-            return self._group_after_purge(cseq, purgeable, store_group)
+            self.held = cseq
+            return self._group_after_purge(purgeable, store_group)
         self._store_group(cseq, recipients, encoded, data, first, extra)
         return None
 
     async def _group_after_purge(
-        self,
-        cseq: int,
-        purgeable: list[tuple[str, AgentState, int]],
-        store_group: Callable[[], None],
+        self, purgeable: list[tuple[str, AgentState, int]], store_group: Callable[[], None]
     ) -> None:
         expiry = self.hub.expiry
         full = self._inbox_full
-        self.held = cseq
         try:
             for recipient, ast, _size in purgeable:  # (the purges commit together)
                 expiry.purge(recipient, ast)
