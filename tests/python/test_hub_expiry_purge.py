@@ -314,3 +314,42 @@ def test_a_hub_process_sweeps_at_the_interval_its_command_line_sets(tmp_path: Pa
             assert stored(store) == []
 
         run(go())
+
+
+def test_a_purge_of_envelopes_in_flight_to_an_online_recipient_counts_them_once(
+    tmp_path: Path,
+) -> None:
+    # Bob holds his first deliveries unacknowledged while their expiry passes; a send to his
+    # full inbox purges them, and his late acknowledgements must not count them out again.
+    store = tmp_path / "hub.sqlite3"
+    server = start(store, max_queued_per_agent=2, expired_sweep_interval=0)
+    try:
+
+        async def go() -> None:
+            await register_bob_offline(server)
+            got = Collector(session(BOB, ALICE))
+            release: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+            async def holding(batch: list[tuple[int, bytes]]) -> None:
+                await got(batch)
+                if not release.done():
+                    await release
+
+            bob = HubClient("127.0.0.1", server.port)
+            await bob.register(BOB, holding)
+            assert await alice_sends(server, ["a", "b"], ms_from_now(0.3)) == []
+            await got.wait_for(2)
+            await asyncio.sleep(0.4)
+            assert await alice_sends(server, ["new"]) == []
+            assert expired(server) == 2
+            release.set_result(None)
+            await got.wait_for(3)
+            await asyncio.sleep(0.3)  # (bob's acknowledgements arrive)
+            await bob.close()
+            assert [p["text"] for p in got.payloads] == ["a", "b", "new"]
+            assert queue_of_bob(server) == (0, 0)
+            assert stored(store) == []
+
+        run(go())
+    finally:
+        server.stop()
