@@ -14,7 +14,7 @@ import sys
 import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,9 @@ class StoreState:
     #: recipient -> (queued envelopes, queued bytes)
     queues: dict[str, tuple[int, int]]
     message_count: int
+    #: recipient -> the earliest expiry (ms since the epoch) among its queued envelopes, for
+    #: those with any envelope that carries one
+    expiries: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -204,6 +207,22 @@ class Inbox(ABC):
     @abstractmethod
     def message_count(self) -> int:
         """Envelopes accepted since the store was created (persisted)."""
+
+    def purge_expired(
+        self,
+        recipient: str,
+        now_ms: int,
+        limit: int,
+        done: Callable[[list[tuple[int, int]], int], None],
+    ) -> None:
+        """Delete, with the next commit and after everything submitted before, up to ``limit``
+        envelopes of ``recipient`` whose expiry is set and at or before ``now_ms``. Right after
+        that commit, in the event loop, call ``done(removed, next_expiry)``: ``removed`` the
+        ``(seq, size)`` of the envelopes deleted that no :meth:`ack` had taken before (those the
+        caller has not counted out yet), ``next_expiry`` the earliest expiry still stored for
+        ``recipient`` (0: none). A store that cannot purge says it removed nothing and knows of
+        no expiry."""
+        done([], 0)
 
     async def oldest_enqueued(self, recipients: list[str]) -> dict[str, int]:
         """Per recipient of ``recipients`` with stored envelopes: when (ms since the epoch) the

@@ -165,6 +165,15 @@ def _parser() -> argparse.ArgumentParser:
         help=f"envelopes delivered to an agent and not yet acknowledged, at most "
         f"(default {d.delivery_window:,})",
     )
+    p.add_argument(
+        "--expired-sweep-interval",
+        type=_positive(float, zero=True),
+        default=d.expired_sweep_interval,
+        metavar="SECONDS",
+        help=f"seconds between purges of offline agents' messages whose sender-set expiry has "
+        f"passed; 0: none (a send to a full inbox still purges it) "
+        f"(default {d.expired_sweep_interval:g})",
+    )
     return p
 
 
@@ -224,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
             idle_timeout=args.idle_timeout,
             ping_interval=args.ping_interval,
             delivery_window=args.delivery_window,
+            expired_sweep_interval=args.expired_sweep_interval,
             metrics_port=args.metrics_port,
             metrics_host=args.metrics_host,
         )

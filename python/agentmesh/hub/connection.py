@@ -194,25 +194,29 @@ class Connection(ConnectionOutput, asyncio.Protocol):
                 return
             ftype, body = frames[i]
             try:
+                # (a coroutine: later frames wait for it, e.g. a registration, or a send to a
+                # full inbox that waits for the purge of its expired envelopes)
                 if ftype == _SEND:
-                    self.intake.on_send(body)
+                    coro = self.intake.on_send(body)
                 elif ftype == _DELIVERY_ACK:
                     self.pump.on_acks(body)
+                    continue
                 elif ftype == _SEND_GROUP:
-                    self.intake.on_send_group(body)
+                    coro = self.intake.on_send_group(body)
                 elif ftype == _SEND_EXPIRING:
-                    self.intake.on_send_expiring(body)
+                    coro = self.intake.on_send_expiring(body)
                 elif ftype == _CHANNEL and self.channels is not None:
                     self.channels.on_frame(body)
+                    continue
                 else:
                     coro = self._on_other(ftype, body)
-                    if coro is not None:
-                        self.blocked = True
-                        self.pause("block")
-                        for j in range(i + 1, n):
-                            self.backlog.append(frames[j])
-                        self.loop.create_task(self._run_blocking(coro))
-                        return
+                if coro is not None:
+                    self.blocked = True
+                    self.pause("block")
+                    for j in range(i + 1, n):
+                        self.backlog.append(frames[j])
+                    self.loop.create_task(self._run_blocking(coro))
+                    return
             except ProtocolError as exc:
                 self.fail(exc.code, exc.message)
                 return

@@ -6,7 +6,8 @@ hub-wide collaborators: the :class:`~agentmesh.hub.connection_table.ConnectionTa
 :class:`~agentmesh.hub.output.OutputQueue`, the
 :class:`~agentmesh.hub.registration.Registrar` and the
 :class:`~agentmesh.hub.requests.Directory`. It runs the housekeeping clock and the orderly
-shutdown. Connections (:class:`~agentmesh.hub.connection.Connection`) are made with it.
+shutdown, and the background purge of expired envelopes (:mod:`agentmesh.hub.expiry`).
+Connections (:class:`~agentmesh.hub.connection.Connection`) are made with it.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from agentmesh.hub.connection_table import ConnectionTable
 from agentmesh.hub.delivery import commit_done
+from agentmesh.hub.expiry import ExpiryPurger
 from agentmesh.hub.limits import HubLimits
 from agentmesh.hub.output import OutputQueue
 from agentmesh.hub.registration import Registrar
@@ -55,13 +57,16 @@ class HubStats:
 class AgentState:
     """Per known agent: its queue size and its current delivery connection."""
 
-    __slots__ = ("bytes", "conn", "count", "puts", "uncommitted")
+    __slots__ = ("bytes", "conn", "count", "next_expiry", "puts", "uncommitted")
 
     def __init__(self, count: int = 0, nbytes: int = 0) -> None:
         self.count = count  # queued, unacknowledged envelopes
         self.bytes = nbytes
         self.uncommitted = 0  # accepted, not yet committed
         self.puts = 0  # envelopes ever accepted in this run (change detector)
+        #: at most the earliest expiry (ms since the epoch) among the queued envelopes; 0: none
+        #: carries one (agentmesh.hub.expiry)
+        self.next_expiry = 0
         self.conn: Connection | None = None
 
 
@@ -90,6 +95,9 @@ class HubCore:
         for rcpt, (n, b) in state.queues.items():
             st = self.agents.setdefault(rcpt, AgentState())
             st.count, st.bytes = n, b
+        self.expiry = ExpiryPurger(self)
+        for rcpt, expires_ms in state.expiries.items():
+            self.expiry.note(rcpt, self.agents.setdefault(rcpt, AgentState()), expires_ms)
         #: Per sender id: (client session, last client seq committed) of this run.
         self.progress: dict[str, tuple[bytes, int]] = {}
         self.connections = ConnectionTable(limits)
@@ -100,6 +108,7 @@ class HubCore:
         store.on_commit = functools.partial(commit_done, self)
         store.on_fatal = on_fatal
         self._housekeeper: asyncio.Task[None] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     def add_agent(self, agent_id: str) -> AgentState:
         ast = self.agents.get(agent_id)
@@ -112,6 +121,9 @@ class HubCore:
 
     def start_housekeeping(self) -> None:
         self._housekeeper = self.loop.create_task(self._housekeeping())
+        if self.limits.expired_sweep_interval:
+            sweep = self.expiry.sweep_forever(self.limits.expired_sweep_interval)
+            self._sweeper = self.loop.create_task(sweep)
 
     async def _housekeeping(self) -> None:
         lim = self.limits
@@ -129,10 +141,11 @@ class HubCore:
     async def shutdown(self) -> None:
         table = self.connections
         table.closing = True
-        if self._housekeeper is not None:
-            self._housekeeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._housekeeper
+        for task in (self._housekeeper, self._sweeper):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         for c in list(table.conns):
             c.pause("shutdown")
         # Everything accepted gets committed and acknowledged before the connections close.

@@ -14,9 +14,11 @@ the DELIVERY_ACKs that delete them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from agentmesh.fanout import address
@@ -53,6 +55,9 @@ class SendIntake:
         self.last_seen_seq = 0
         self.last_ack_sent = 0
         self.dedup_floor = 0  # committed in an earlier connection of this client session
+        #: the client seq of a send waiting for a purge (0: none): acknowledgements stop short
+        #: of it until it is stored or refused
+        self.held = 0
 
     def start(self, acked: int) -> None:
         """The connection registered; ``acked`` is what the hub committed of its session."""
@@ -122,34 +127,65 @@ class SendIntake:
             or ast.bytes + size > lim.max_queued_bytes_per_agent
         )
 
-    def on_send(self, body: bytes) -> None:
+    # A send that returns a coroutine holds its connection's later frames until it is done
+    # (Connection._process): per-sender order holds while a full inbox is purged.
+
+    def on_send(self, body: bytes) -> Coroutine[Any, Any, None] | None:
         cseq, recipient, envelope = decode_send(body)
-        self._accept(cseq, recipient, envelope, 0)
+        return self._accept(cseq, recipient, envelope, 0)
 
-    def on_send_expiring(self, body: bytes) -> None:
+    def on_send_expiring(self, body: bytes) -> Coroutine[Any, Any, None] | None:
         cseq, expires_ms, recipient, envelope = decode_send_expiring(body)
-        self._accept(cseq, recipient, envelope, expires_ms)
+        return self._accept(cseq, recipient, envelope, expires_ms)
 
-    def _accept(self, cseq: int, recipient: str, envelope: bytes, expires_ms: int) -> None:
+    def _accept(
+        self, cseq: int, recipient: str, envelope: bytes, expires_ms: int
+    ) -> Coroutine[Any, Any, None] | None:
         """Take one envelope for ``recipient`` (``expires_ms``: never delivered after it,
         ms since the epoch; 0: no expiry). One that has expired already is stored and
-        acknowledged like the others, and dropped when its turn to be delivered comes."""
+        acknowledged like the others, and dropped when its turn to be delivered comes. For a
+        full inbox holding envelopes whose expiry has passed: a coroutine that purges them
+        first (``agentmesh.hub.expiry``)."""
         if not self._admit(cseq):
-            return
+            return None
         ast = self.hub.agents.get(recipient)
         if ast is None:
             self._reject(cseq, ErrorCode.PEER_NOT_FOUND, f"Peer {recipient!r} not found on hub")
-            return
+            return None
         if not self._check_header(cseq, envelope, recipient):
-            return
+            return None
+        if self._inbox_full(ast, len(envelope)):
+            if self.hub.expiry.can_help(recipient, ast):
+                self.held = cseq  # (from now: a commit may come before the coroutine runs)
+                return self._accept_after_purge(cseq, recipient, envelope, expires_ms, ast)
+            self._reject_full(cseq, recipient, ast)
+            return None
+        self._store(cseq, recipient, envelope, expires_ms, ast)
+        return None
+
+    async def _accept_after_purge(
+        self, cseq: int, recipient: str, envelope: bytes, expires_ms: int, ast: AgentState
+    ) -> None:
         size = len(envelope)
+        try:
+            await self.hub.expiry.make_room(recipient, ast, lambda: self._inbox_full(ast, size))
+        finally:
+            self.held = 0
+        if self.conn.state != AGENT:
+            return  # (never acknowledged: the client sends it again)
         if self._inbox_full(ast, size):
-            self._reject(
-                cseq,
-                ErrorCode.INBOX_FULL,
-                f"inbox full: {recipient!r} has {ast.count} envelopes queued",
-            )
-            return
+            self._reject_full(cseq, recipient, ast)
+        else:
+            self._store(cseq, recipient, envelope, expires_ms, ast)
+
+    def _reject_full(self, cseq: int, recipient: str, ast: AgentState) -> None:
+        why = f"inbox full: {recipient!r} has {ast.count} envelopes queued"
+        self._reject(cseq, ErrorCode.INBOX_FULL, why)
+
+    def _store(
+        self, cseq: int, recipient: str, envelope: bytes, expires_ms: int, ast: AgentState
+    ) -> None:
+        size = len(envelope)
         conn = self.conn
         store = self.hub.store
         hseq, early = store.next_seq()
@@ -158,6 +194,8 @@ class SendIntake:
         ast.uncommitted += 1
         ast.puts += 1
         store.put(recipient, hseq, envelope, (self, cseq, size, ast), expires_ms)
+        if expires_ms:
+            self.hub.expiry.note(recipient, ast, expires_ms)
         store.note_progress(conn.agent_id, conn.session, cseq)  # type: ignore[arg-type]
         self._note_uncommitted(cseq, size)
         _offer(ast, hseq, envelope, early, expires_ms)
@@ -168,23 +206,24 @@ class SendIntake:
         if self.uncommitted_bytes > self.limits.max_uncommitted_bytes:
             self.conn.pause("commit")
 
-    def on_send_group(self, body: bytes) -> None:
+    def on_send_group(self, body: bytes) -> Coroutine[Any, Any, None] | None:
         """One group message for many recipients (SEND_GROUP): checked once, a copy
         addressed to each member (``fanout.address``) stored for each in one commit, and
         acknowledged (SEND_ACK) once every copy is durable. A member unknown or with a full
         inbox gets a SEND_GROUP_ERROR naming it; the others' copies are stored all the
-        same."""
+        same. Members' full inboxes holding expired envelopes are purged first (a
+        coroutine, as for a SEND)."""
         cseq, recipients, data = decode_send_group(body)
         if not self._admit(cseq):
-            return
+            return None
         encoded = [r.encode("utf-8") for r in recipients]
         try:
             first = address(data, recipients[0])
         except ValueError as exc:
             self._reject(cseq, ErrorCode.BAD_ENVELOPE, f"malformed group message: {exc}")
-            return
+            return None
         if not self._check_header(cseq, first, recipients[0]):
-            return
+            return None
         extra = len(data) + 1
         total = sum(extra + len(rb) for rb in encoded)
         lim = self.limits
@@ -197,7 +236,51 @@ class SendIntake:
                 f"in all) exceeds the hub's limit of {lim.max_fanout_bytes} bytes per SEND_GROUP"
             )
             self._reject(cseq, ErrorCode.FRAME_TOO_LARGE, why)
-            return
+            return None
+        agents = self.hub.agents
+        expiry = self.hub.expiry
+        purgeable = []
+        for recipient, rb in zip(recipients, encoded, strict=True):
+            ast = agents.get(recipient)
+            if (
+                ast is not None
+                and self._inbox_full(ast, extra + len(rb))
+                and expiry.can_help(recipient, ast)
+            ):
+                purgeable.append((recipient, ast, extra + len(rb)))
+        if purgeable:
+            store_group = functools.partial(
+                self._store_group, cseq, recipients, encoded, data, first, extra
+            )
+            self.held = cseq
+            return self._group_after_purge(purgeable, store_group)
+        self._store_group(cseq, recipients, encoded, data, first, extra)
+        return None
+
+    async def _group_after_purge(
+        self, purgeable: list[tuple[str, AgentState, int]], store_group: Callable[[], None]
+    ) -> None:
+        expiry = self.hub.expiry
+        full = self._inbox_full
+        try:
+            for recipient, ast, _size in purgeable:  # (the purges commit together)
+                expiry.purge(recipient, ast)
+            for recipient, ast, size in purgeable:
+                await expiry.make_room(recipient, ast, functools.partial(full, ast, size))
+        finally:
+            self.held = 0
+        if self.conn.state == AGENT:
+            store_group()
+
+    def _store_group(
+        self,
+        cseq: int,
+        recipients: list[str],
+        encoded: list[bytes],
+        data: bytes,
+        first: bytes,
+        extra: int,
+    ) -> None:
         conn = self.conn
         hub = self.hub
         store = hub.store
@@ -330,6 +413,8 @@ def commit_done(hub: HubCore, tokens: list[Any]) -> None:
             continue
         waiting = intake.uncommitted
         ack = waiting[0] - 1 if waiting else intake.last_seen_seq
+        if intake.held and ack >= intake.held:
+            ack = intake.held - 1  # (seen, but waiting for a purge: not stored yet)
         if ack > intake.last_ack_sent:
             intake.last_ack_sent = ack
             conn.write_send_ack(ack)

@@ -13,7 +13,9 @@ __all__ = ["HubLimits", "MiB"]
 MiB = 1024 * 1024
 
 #: Limits where 0 means "off" rather than nothing allowed.
-_MAY_BE_ZERO = frozenset({"max_fanout_bytes", "max_channels_per_connection"})
+_MAY_BE_ZERO = frozenset(
+    {"max_fanout_bytes", "max_channels_per_connection", "expired_sweep_interval"}
+)
 
 
 @dataclass
@@ -52,6 +54,11 @@ class HubLimits:
     max_queued_per_agent: int = 100_000
     #: Bytes queued for one agent, same treatment.
     max_queued_bytes_per_agent: int = 1024 * MiB
+    #: Seconds between background purges of offline recipients' envelopes whose sender-set
+    #: expiry has passed (one purge of at most 1024 of them in flight at a time, so each commit
+    #: carries at most that many). 0: no background purge (a send to a full inbox still
+    #: purges that inbox first).
+    expired_sweep_interval: float = 60.0
     #: Deliveries in flight (sent, not acknowledged) per recipient connection.
     delivery_window: int = 1024
     #: Envelopes held in memory for an online recipient beyond the window; past it the hub

@@ -27,13 +27,14 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from agentmesh.hub_store import SEQ_BLOCK, BindResult, HubBackend, StoreState
 from agentmesh.hub_store_sqlite.directory import add_prekeys, claim_prekey, rebind_agent
 from agentmesh.hub_store_sqlite.schema import lock_store, unlock_store
-from agentmesh.hub_store_sqlite.writer import StoreWriter
+from agentmesh.hub_store_sqlite.writer import Purge, StoreWriter
 
 __all__ = ["SQLiteBackend"]
 
@@ -191,6 +192,18 @@ class SQLiteBackend(HubBackend):
                 deleting.add(seq)
         if len(deletes) > before:
             w.kick()
+
+    def purge_expired(
+        self,
+        recipient: str,
+        now_ms: int,
+        limit: int,
+        done: Callable[[list[tuple[int, int]], int], None],
+    ) -> None:
+        # (in the group commit, after its inserts and deletes: an insert still waiting for its
+        # commit is never raced, and an envelope acknowledged meanwhile is not counted twice)
+        self._writer.pending.purges.append(Purge(recipient, now_ms, limit, done))
+        self._writer.kick()
 
     def note_progress(self, agent_id: str, session: bytes, client_seq: int) -> None:
         self._writer.pending.progress[agent_id] = (session, client_seq)

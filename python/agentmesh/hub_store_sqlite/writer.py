@@ -25,7 +25,7 @@ from agentmesh.hub_store import BindResult
 from agentmesh.hub_store_sqlite.directory import bind_agent
 from agentmesh.hub_store_sqlite.schema import OpenedStore, open_writer
 
-__all__ = ["Batch", "StoreWriter"]
+__all__ = ["Batch", "Purge", "StoreWriter"]
 
 log = logging.getLogger("agentmesh.hub")
 
@@ -76,6 +76,33 @@ _PROGRESS = progress_writer(sqlite3.sqlite_version_info)
 
 
 @dataclass
+class Purge:
+    """One recipient's expired envelopes to delete in a commit (``Inbox.purge_expired``)."""
+
+    recipient: str
+    now_ms: int
+    limit: int
+    done: Callable[[list[tuple[int, int]], int], None]
+
+
+def purge_expired(db: sqlite3.Connection, purge: Purge) -> tuple[list[tuple[int, int]], int]:
+    """Deletes up to ``purge.limit`` of the recipient's envelopes whose expiry has passed
+    (earliest expiry first); returns their ``(seq, size)`` and the earliest expiry left."""
+    rows = db.execute(
+        "SELECT seq, LENGTH(envelope) FROM inbox WHERE recipient = ? AND expires_at > 0 "
+        "AND expires_at <= ? ORDER BY expires_at LIMIT ?",
+        (purge.recipient, purge.now_ms, purge.limit),
+    ).fetchall()
+    if rows:
+        _DELETE.write(db, [(seq,) for seq, _ in rows])
+    left = db.execute(
+        "SELECT MIN(expires_at) FROM inbox WHERE recipient = ? AND expires_at > 0",
+        (purge.recipient,),
+    ).fetchone()[0]
+    return [(int(seq), int(size)) for seq, size in rows], int(left or 0)
+
+
+@dataclass
 class Batch:
     # seq -> (recipient, envelope, expires ms since the epoch or 0)
     inserts: dict[int, tuple[str, bytes, int]] = field(default_factory=dict)
@@ -84,6 +111,8 @@ class Batch:
     binds: list[tuple[str, str, str, bytes, asyncio.Future[BindResult]]] = field(
         default_factory=list
     )
+    #: run after the inserts and deletes, in the same transaction
+    purges: list[Purge] = field(default_factory=list)
     tokens: list[Any] = field(default_factory=list)
     waiters: list[asyncio.Future[None]] = field(default_factory=list)
     ceiling: int | None = None
@@ -95,6 +124,7 @@ class Batch:
             or self.deletes
             or self.progress
             or self.binds
+            or self.purges
             or self.tokens
             or self.waiters
             or self.ceiling is not None
@@ -251,11 +281,14 @@ class StoreWriter:
     async def _commit(self, batch: Batch) -> None:
         assert self._loop is not None and self._executor is not None
         results: list[BindResult] = []
+        purged: list[tuple[list[tuple[int, int]], int]] = []
         delay = 0.05
         for attempt in range(4):
             try:
                 started = time.perf_counter()
-                results = await self._loop.run_in_executor(self._executor, self._write, batch)
+                results, purged = await self._loop.run_in_executor(
+                    self._executor, self._write, batch
+                )
                 self.commits += 1
                 self.commit_seconds += time.perf_counter() - started
                 break
@@ -278,6 +311,14 @@ class StoreWriter:
         if batch.ceiling is not None:
             self.ceiling = max(self.ceiling, batch.ceiling)
         self.deleting.difference_update(batch.deletes)
+        deleting = self.deleting
+        for purge, (removed, left) in zip(batch.purges, purged, strict=True):
+            # (an envelope acknowledged since is counted out by its acknowledgement)
+            fresh = [row for row in removed if row[0] not in deleting] if deleting else removed
+            try:
+                purge.done(fresh, left)
+            except Exception:  # pragma: no cover - a server bug must not stop the commits
+                log.exception("purge callback failed")
         for (*_, fut), res in zip(batch.binds, results, strict=True):
             if not fut.done():
                 fut.set_result(res)
@@ -295,14 +336,19 @@ class StoreWriter:
         else:
             self._start_commit()
 
-    def _write(self, batch: Batch) -> list[BindResult]:
+    def _write(
+        self, batch: Batch
+    ) -> tuple[list[BindResult], list[tuple[list[tuple[int, int]], int]]]:
         now = int(time.time() * 1000)
         results: list[BindResult] = []
+        purged: list[tuple[list[tuple[int, int]], int]] = []
         with self._transaction() as db:
             if batch.inserts:
                 _INSERT.write(db, [(s, r, e, now, x) for s, (r, e, x) in batch.inserts.items()])
             if batch.deletes:
                 _DELETE.write(db, [(s,) for s in batch.deletes])
+            for purge in batch.purges:
+                purged.append(purge_expired(db, purge))
             if batch.progress:
                 _PROGRESS.write(db, [(a, s, q) for a, (s, q) in batch.progress.items()])
             for agent_id, identity_key, data, session, _fut in batch.binds:
@@ -314,4 +360,4 @@ class StoreWriter:
                 meta.append(("message_count", batch.message_count))
             if meta:
                 db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
-        return results
+        return results, purged
