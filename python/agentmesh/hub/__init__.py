@@ -7,7 +7,8 @@
 - :mod:`~agentmesh.hub.connection_table`: connection caps, timeouts and pings;
 - :mod:`~agentmesh.hub.connection`: one connection's frame state machine and output batching;
 - :mod:`~agentmesh.hub.registration`: proving an identity and becoming its connection;
-- :mod:`~agentmesh.hub.delivery`: accepting sends (quotas, SEND_ACK) and the delivery pump;
+- :mod:`~agentmesh.hub.intake`: accepting sends (quotas, SEND_ACK);
+- :mod:`~agentmesh.hub.delivery`: the delivery pump;
 - :mod:`~agentmesh.hub.requests`: lookups, claims, prekeys, listings, the directory policy;
 - :mod:`~agentmesh.hub.cli`: the ``agentmesh-hub`` command line.
 

@@ -4,7 +4,7 @@ A lookup connection whose READY offered ``channels`` may carry agents as channel
 (:mod:`agentmesh.hub_channels` has the frame). Each channel is a :class:`ChannelConnection`:
 a :class:`~agentmesh.hub.connection.Connection` in everything but its transport, so it walks
 the same handshake (its own HELLO, a fresh challenge, REGISTER with the same proof and id
-binding) and has its own :class:`~agentmesh.hub.delivery.SendIntake`,
+binding) and has its own :class:`~agentmesh.hub.intake.SendIntake`,
 :class:`~agentmesh.hub.delivery.DeliveryPump` and requests: acknowledgements, quotas,
 per-sender order and redelivery stay per agent. What it writes goes out wrapped in CHANNEL
 frames on the carrying connection, joined with every other channel's output into one write.

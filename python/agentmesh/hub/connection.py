@@ -3,7 +3,7 @@
 :class:`Connection` is the ``asyncio.Protocol``. It decodes frames, walks the handshake
 (HELLO -> WELCOME -> REGISTER or LOOKUP -> READY), answers PINGs, and hands everything else to
 its collaborators: the hub's :class:`~agentmesh.hub.registration.Registrar` (HELLO, REGISTER), its
-:class:`~agentmesh.hub.delivery.SendIntake` (SEND), :class:`~agentmesh.hub.delivery.DeliveryPump`
+:class:`~agentmesh.hub.intake.SendIntake` (SEND), :class:`~agentmesh.hub.delivery.DeliveryPump`
 (DELIVER out, DELIVERY_ACK in) and :class:`~agentmesh.hub.requests.RequestHandler` (REQUEST).
 Frames that must wait (a registration in progress, unread output) are held in a backlog, and
 reading pauses while any reason to pause holds.
@@ -23,7 +23,8 @@ from collections import deque
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any, cast
 
-from agentmesh.hub.delivery import DeliveryPump, SendIntake
+from agentmesh.hub.delivery import DeliveryPump
+from agentmesh.hub.intake import SendIntake
 from agentmesh.hub.output import ConnectionOutput, OutputQueue
 from agentmesh.hub.requests import RequestHandler
 from agentmesh.hub.states import AGENT, AWAIT_AUTH, AWAIT_HELLO, CLOSED, CLOSING, LOOKUP

@@ -21,8 +21,8 @@ from types import ModuleType
 from typing import TYPE_CHECKING
 
 from agentmesh.hub.connection_table import ConnectionTable
-from agentmesh.hub.delivery import commit_done
 from agentmesh.hub.expiry import ExpiryPurger
+from agentmesh.hub.intake import commit_done
 from agentmesh.hub.limits import HubLimits
 from agentmesh.hub.output import OutputQueue
 from agentmesh.hub.registration import Registrar
