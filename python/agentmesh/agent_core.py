@@ -31,6 +31,7 @@ from .agent_groups import _Groups
 from .agent_persistence import _Persistence
 from .agent_prekeys import _Prekeys
 from .agent_receiving import _Receiving
+from .agent_recovery import _Recovery
 from .agent_requests import PendingRequests, _Requests
 from .agent_rotation import _Rotation
 from .agent_rules import (
@@ -86,7 +87,15 @@ class ReadyEvent(threading.Event):
 
 
 class _AgentCore(
-    _Groups, _Rotation, _Sessions, _Trust, _Receiving, _Persistence, _Prekeys, _Requests
+    _Groups,
+    _Rotation,
+    _Sessions,
+    _Trust,
+    _Receiving,
+    _Recovery,
+    _Persistence,
+    _Prekeys,
+    _Requests,
 ):
     """Identity, sessions, pins, handlers and counters of one agent. No I/O of its own."""
 

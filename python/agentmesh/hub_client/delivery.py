@@ -209,8 +209,7 @@ class DeliveryStream:
         self._in_flight.remove(in_flight)
         hub_id, first = in_flight[0], in_flight[1]
         if not durable.cancelled() and durable.exception() is None:
-            for conn, dids in acks:
-                conn.ack_many(dids)  # (a no-op if that connection is gone)
+            _ack_all(acks)
             return
         # Never made durable: no acknowledgement, so the hub delivers them again after a
         # reconnect; the position goes back before them, or that redelivery would be skipped
