@@ -168,8 +168,9 @@ class Op(IntEnum):
     # the bundle alone when none is left; null for an unknown id.
     CLAIM_BUNDLE = 4
     # Agent connections only. Argument: JSON list of {"id": u32 > 0, "key": base64 of 32 bytes},
-    # the caller's own one-time prekeys (an empty list just asks; at most MAX_PREKEY_UPLOAD);
-    # response: {"held": how many the hub now holds for the caller, "limit": how many it keeps}.
+    # the caller's own one-time prekeys (an empty list just asks; at most
+    # prekey_upload.MAX_PREKEY_UPLOAD); response: {"held": how many the hub now holds for the
+    # caller, "limit": how many it keeps}.
     ADD_PREKEYS = 5
     # Agent connections only. Argument: the caller's new bundle (JSON; same id and identity
     # key, e.g. a rotated signed prekey); response: true. Later lookups and claims serve it.

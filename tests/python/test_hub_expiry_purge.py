@@ -353,3 +353,52 @@ def test_a_purge_of_envelopes_in_flight_to_an_online_recipient_counts_them_once(
         run(go())
     finally:
         server.stop()
+
+
+def test_a_send_waiting_for_a_purge_is_not_acknowledged_before_it_is_stored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # alice sends "x" to carol (stored at once) and then "y" to bob, whose inbox is full of
+    # expired envelopes: "y" waits for a purge, made slow here. The commit of "x" lands while
+    # "y" waits; its SEND_ACK must cover "x" only (a cumulative SEND_ACK covering "y" would tell
+    # alice that "y" is stored while it is not, and a crash then would lose it).
+    real_purge = agentmesh.hub.expiry.ExpiryPurger.purge
+
+    def slow_purge(self: Any, recipient: str, ast: Any) -> asyncio.Future[None]:
+        fut = self.hub.loop.create_future()
+
+        def later() -> None:
+            inner = real_purge(self, recipient, ast)
+            inner.add_done_callback(lambda _f: fut.done() or fut.set_result(None))
+
+        self.hub.loop.call_later(0.6, later)
+        return fut
+
+    monkeypatch.setattr(agentmesh.hub.expiry.ExpiryPurger, "purge", slow_purge)
+    carol_kp = new_keypair("carol")
+    store = tmp_path / "hub.sqlite3"
+    server = start(store, max_queued_per_agent=1, expired_sweep_interval=0)
+    try:
+
+        async def go() -> None:
+            await register_bob_offline(server)
+            carol = HubClient("127.0.0.1", server.port)
+            await carol.register(carol_kp, Collector())
+            await carol.close()
+            assert await alice_sends(server, ["dead"], ms_from_now(0.1)) == []
+            await asyncio.sleep(0.2)
+            alice = HubClient("127.0.0.1", server.port)
+            await alice.register(ALICE, Collector())
+            alice.send_nowait("carol", seal_bytes(session(ALICE, carol_kp), {"text": "x"}))
+            alice.send_nowait("bob", seal_bytes(session(ALICE, BOB), {"text": "y"}))
+            await asyncio.sleep(0.4)  # "x" committed; "y" still waits for the purge
+            assert [n for n, _ in stored(store)] and expired(server) == 0
+            assert alice.unacked == 1  # "y": not acknowledged while it is not stored
+            await alice.flush(30)
+            assert alice.unacked == 0 and expired(server) == 1
+            await alice.close()
+            assert await bob_receives(server, 1) == ["y"]
+
+        run(go())
+    finally:
+        server.stop()

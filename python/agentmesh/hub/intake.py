@@ -257,8 +257,7 @@ class SendIntake:
         expiry = self.hub.expiry
         full = self._inbox_full
         try:
-            for recipient, ast, _size in purgeable:  # (the purges commit together)
-                expiry.purge(recipient, ast)
+            # (one member after another: a commit carries at most one purge of this send's)
             for recipient, ast, size in purgeable:
                 await expiry.make_room(recipient, ast, functools.partial(full, ast, size))
         finally:

@@ -55,9 +55,8 @@ class HubLimits:
     #: Bytes queued for one agent, same treatment.
     max_queued_bytes_per_agent: int = 1024 * MiB
     #: Seconds between background purges of offline recipients' envelopes whose sender-set
-    #: expiry has passed (one purge of at most 1024 of them in flight at a time, so each commit
-    #: carries at most that many). 0: no background purge (a send to a full inbox still
-    #: purges that inbox first).
+    #: expiry has passed (one purge of at most 1024 of them in flight at a time). 0: no
+    #: background purge (a send to a full inbox still purges that inbox first).
     expired_sweep_interval: float = 60.0
     #: Deliveries in flight (sent, not acknowledged) per recipient connection.
     delivery_window: int = 1024

@@ -191,18 +191,22 @@ class Carrier(Connection):
 
     def _hand_over(self, runs: dict[int, list[tuple[int, bytes]]], acked: dict[int, int]) -> None:
         links = self.links
-        for channel, run in runs.items():
-            if self.is_closed:
-                return
-            link = links.get(channel)
-            if link is not None:  # (None: closed already; what was in flight is dropped)
-                link.handlers.deliver(link, run)
-        for channel, seq in acked.items():
-            if self.is_closed:
-                return
-            link = links.get(channel)
-            if link is not None:
-                link.handlers.send_ack(seq)
+        try:
+            for channel, run in runs.items():
+                if self.is_closed:
+                    return
+                link = links.get(channel)
+                if link is not None:  # (None: closed already; what was in flight is dropped)
+                    link.handlers.deliver(link, run)
+            for channel, seq in acked.items():
+                if self.is_closed:
+                    return
+                link = links.get(channel)
+                if link is not None:
+                    link.handlers.send_ack(seq)
+        except (ProtocolError, ValueError) as exc:  # (as for the frames a decoder hands over)
+            log.error("bad frame from the hub: %s", exc)
+            self.abort()
 
     def _handle_by_channel(self, frames: list[tuple[int, bytes]]) -> None:
         try:
@@ -215,7 +219,7 @@ class Carrier(Connection):
                 link = self.links.get(channel)
                 if link is not None:  # (None: closed already; what was in flight is dropped)
                     link.handle_frames(run)
-        except ProtocolError as exc:
+        except (ProtocolError, ValueError) as exc:
             log.error("bad frame from the hub: %s", exc)
             self.abort()
 

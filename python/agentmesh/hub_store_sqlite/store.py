@@ -173,12 +173,7 @@ class SQLiteBackend(HubBackend):
         self._writer.kick()
 
     def ack(self, recipient: str, seq: int) -> None:
-        b = self._writer.pending
-        if b.inserts.pop(seq, None) is not None:
-            return  # never written: its commit has not started yet
-        b.deletes.append(seq)
-        self._writer.deleting.add(seq)
-        self._writer.kick()
+        self.ack_many(recipient, [seq])
 
     def ack_many(self, recipient: str, seqs: list[int]) -> None:
         w = self._writer
@@ -187,7 +182,8 @@ class SQLiteBackend(HubBackend):
         deleting = w.deleting
         before = len(deletes)
         for seq in seqs:
-            if inserts.pop(seq, None) is None:  # (else never written: see ack)
+            # (an insert whose commit has not started yet is dropped: never written)
+            if inserts.pop(seq, None) is None:
                 deletes.append(seq)
                 deleting.add(seq)
         if len(deletes) > before:
