@@ -63,11 +63,12 @@ def test_one_read_of_300_deliveries_goes_in_batches_of_256_skipping_what_was_han
     assert acks == list(range(1, 304))  # the skipped ones at once, then each batch's
 
 
-def _redelivered_while_in_flight(outcome: str) -> tuple[list[int], list[int], list[list[int]]]:
-    """Deliveries 1 and 2 handed over; before their batch is durable the connection is
-    replaced and the hub delivers both again; then the batch becomes durable, or fails to.
-    (acks on the first connection, acks on the second, batches handed over)"""
-    hub_id = b"h" * 16
+async def _batch_in_flight(
+    hub_id: bytes, read: bytes
+) -> tuple[DeliveryStream, Any, Any, list[asyncio.Future[None]], list[list[int]]]:
+    """A stream whose consumer took the deliveries of ``read`` (on a first connection) as one
+    batch that is not durable yet: (stream, consumer task, that connection, the batches'
+    durability futures, the batches' delivery ids)."""
     batches: list[list[int]] = []
     durable: list[asyncio.Future[None]] = []
 
@@ -76,18 +77,29 @@ def _redelivered_while_in_flight(outcome: str) -> tuple[list[int], list[int], li
         durable.append(asyncio.get_running_loop().create_future())
         return durable[-1]
 
-    async def go() -> tuple[list[int], list[int]]:
-        loop = asyncio.get_running_loop()
-        stream = DeliveryStream()
-        stream.bind()
-        stream.set_handler(on_batch, {})
-        consumer = loop.create_task(stream.consume())
-        first = _connection(stream, hub_id, loop)
-        first.handle_frames(FrameDecoder().feed(encode_deliver(1, b"a") + encode_deliver(2, b"b")))
-        while not durable:
-            await asyncio.sleep(0.01)
-        second = _connection(stream, hub_id, loop)  # a reconnect: the hub delivers both again
-        second.handle_frames(FrameDecoder().feed(encode_deliver(1, b"a") + encode_deliver(2, b"b")))
+    loop = asyncio.get_running_loop()
+    stream = DeliveryStream()
+    stream.bind()
+    stream.set_handler(on_batch, {})
+    consumer = loop.create_task(stream.consume())
+    first = _connection(stream, hub_id, loop)
+    first.handle_frames(FrameDecoder().feed(read))
+    while not durable:
+        await asyncio.sleep(0.01)
+    return stream, consumer, first, durable, batches
+
+
+def _redelivered_while_in_flight(outcome: str) -> tuple[list[int], list[int], list[list[int]]]:
+    """Deliveries 1 and 2 handed over; before their batch is durable the connection is
+    replaced and the hub delivers both again; then the batch becomes durable, or fails to.
+    (acks on the first connection, acks on the second, batches handed over)"""
+    hub_id = b"h" * 16
+    read = encode_deliver(1, b"a") + encode_deliver(2, b"b")
+
+    async def go() -> tuple[list[int], list[int], list[list[int]]]:
+        stream, consumer, first, durable, batches = await _batch_in_flight(hub_id, read)
+        second = _connection(stream, hub_id, asyncio.get_running_loop())
+        second.handle_frames(FrameDecoder().feed(read))  # a reconnect: the hub delivers both again
         await asyncio.sleep(0.1)
         assert list(second.acks) == [], "a redelivery acknowledged before the batch is durable"
         if outcome == "durable":
@@ -96,10 +108,9 @@ def _redelivered_while_in_flight(outcome: str) -> tuple[list[int], list[int], li
             durable[0].set_exception(OSError("No space left on device"))
         await asyncio.sleep(0.05)
         consumer.cancel()
-        return list(first.acks), list(second.acks)
+        return list(first.acks), list(second.acks), batches
 
-    first_acks, second_acks = asyncio.run(go())
-    return first_acks, second_acks, batches
+    return asyncio.run(go())
 
 
 def test_a_redelivery_is_acknowledged_only_once_what_it_repeats_is_durable() -> None:
@@ -119,23 +130,12 @@ def test_a_redelivery_read_before_a_failed_batch_lowered_its_position_is_not_ack
     # the batch's write failed, and the stream looks at a redelivery before the failure's
     # callbacks have run (the position still covers it): it must stay with the hub
     hub_id = b"h" * 16
-    durable: list[asyncio.Future[None]] = []
-
-    async def on_batch(batch: list[tuple[int, bytes]]) -> asyncio.Future[None]:
-        durable.append(asyncio.get_running_loop().create_future())
-        return durable[-1]
 
     async def go() -> list[int]:
-        loop = asyncio.get_running_loop()
-        stream = DeliveryStream()
-        stream.bind()
-        stream.set_handler(on_batch, {})
-        consumer = loop.create_task(stream.consume())
-        first = _connection(stream, hub_id, loop)
-        first.handle_frames(FrameDecoder().feed(encode_deliver(1, b"a")))
-        while not durable:
-            await asyncio.sleep(0.01)
-        second = _connection(stream, hub_id, loop)
+        stream, consumer, first, durable, _batches = await _batch_in_flight(
+            hub_id, encode_deliver(1, b"a")
+        )
+        second = _connection(stream, hub_id, asyncio.get_running_loop())
         durable[0].set_exception(OSError("No space left on device"))
         stream._ack_redelivery(hub_id, second, 1)  # (before the loop runs the callbacks)
         await asyncio.sleep(0.05)

@@ -19,6 +19,15 @@ CHUNK = RowWriter.CHUNK
 COUNTS = [1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK + 5]
 
 
+async def opened_store(path: Path) -> tuple[SQLiteBackend, Recorder]:
+    """A store at ``path`` with a recorder of its commits."""
+    store = SQLiteBackend(path, synchronous="NORMAL")
+    await store.open()
+    rec = Recorder()
+    store.on_commit = rec
+    return store, rec
+
+
 def inbox_seqs(path: Path) -> list[int]:
     db = sqlite3.connect(path)
     try:
@@ -32,10 +41,7 @@ def test_a_commit_of_n_rows_writes_them_all_and_deletes_the_acknowledged(
     tmp_path: Path, n: int
 ) -> None:
     async def go() -> None:
-        store = SQLiteBackend(tmp_path / "hub.db", synchronous="NORMAL")
-        await store.open()
-        rec = Recorder()
-        store.on_commit = rec
+        store, rec = await opened_store(tmp_path / "hub.db")
         seqs = []
         for i in range(n):
             seq, _early = store.next_seq()
@@ -66,10 +72,7 @@ def test_ack_many_deletes_committed_rows_and_never_writes_uncommitted_ones(
     """The SQLite store's own ``ack_many`` and the interface's (``ack`` for each) agree."""
 
     async def go() -> None:
-        store = SQLiteBackend(tmp_path / "hub.db", synchronous="NORMAL")
-        await store.open()
-        rec = Recorder()
-        store.on_commit = rec
+        store, rec = await opened_store(tmp_path / "hub.db")
         committed = []
         for i in range(CHUNK + 3):
             seq, _early = store.next_seq()
