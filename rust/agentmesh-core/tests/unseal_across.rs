@@ -68,7 +68,9 @@ fn world(batches: &[(Mode, Batch)]) -> Vec<(Pair, Vec<Envelope>)> {
 }
 
 /// A result as it can be compared: the payload and whether a set-up was accepted, or the error.
-fn outcome(result: &agentmesh_core::Result<Opened>) -> Result<(Vec<u8>, bool), Error> {
+type Outcome = Result<(Vec<u8>, bool), Error>;
+
+fn outcome(result: &agentmesh_core::Result<Opened>) -> Outcome {
     result
         .as_ref()
         .map(|o| (o.payload().to_vec(), o.accepted_setup().is_some()))
@@ -78,9 +80,7 @@ fn outcome(result: &agentmesh_core::Result<Opened>) -> Result<(Vec<u8>, bool), E
 /// `unseal_across` over one world and `unseal_many` session by session over an identical one
 /// give the same results and leave every session byte-for-byte the same; afterwards each
 /// session still opens a new message and refuses a replay of its batch.
-fn assert_across_matches_many(
-    batches: &[(Mode, Batch)],
-) -> Vec<Vec<Result<(Vec<u8>, bool), Error>>> {
+fn assert_across_matches_many(batches: &[(Mode, Batch)]) -> Vec<Vec<Outcome>> {
     let mut across = world(batches);
     let mut many = world(batches);
     let results = {
