@@ -30,6 +30,7 @@ __all__ = [
     "perform_key_exchange",
     "sign_membership",
     "sign_succession",
+    "unseal_across",
     "verify_bundle",
     "verify_membership",
     "verify_nats_connect",
@@ -163,6 +164,9 @@ class CryptoSession:
 def perform_key_exchange(
     my_keypair: AgentKeyPair, their_bundle: dict[str, Any], deniable: bool = False
 ) -> CryptoSession: ...
+def unseal_across(
+    batches: Iterable[tuple[CryptoSession, Iterable[Envelope | bytes]]],
+) -> list[list[dict[str, Any] | Exception]]: ...
 def verify_bundle(bundle: dict[str, Any]) -> str: ...
 def verify_registration(
     bundle: dict[str, Any],

@@ -33,6 +33,8 @@ from agentmesh._native import (
     perform_key_exchange,
     sign_membership,
     sign_succession,
+    # Internal, so not in __all__: the network receive path unseals many sessions' batches at once.
+    unseal_across,  # noqa: F401
     verify_bundle,
     verify_membership,
     verify_registration,

@@ -38,6 +38,7 @@ mod succession;
 mod wire;
 mod x25519;
 
+pub use batch::{unseal_across, SessionBatch};
 pub use envelope::{
     Envelope, Header, Initiation, MessageType, FLAG_SIGNED, MAGIC, MAX_CIPHERTEXT_LEN, VERSION,
 };

@@ -170,6 +170,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<session::PyCryptoSession>()?;
     m.add_class::<envelope::PyEnvelope>()?;
     m.add_function(wrap_pyfunction!(session::perform_key_exchange, m)?)?;
+    m.add_function(wrap_pyfunction!(session::unseal_across, m)?)?;
     m.add_function(wrap_pyfunction!(verify_bundle, m)?)?;
     m.add_function(wrap_pyfunction!(verify_registration, m)?)?;
     m.add_function(wrap_pyfunction!(verify_nats_connect, m)?)?;

@@ -1,10 +1,11 @@
 //! `CryptoSession`: a core `Session` bound to the local `AgentKeyPair`; payload dicts in,
 //! envelopes out, and back. Large payloads and batches run with the GIL released.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, RwLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use agentmesh_core::{Mode, Session};
+use agentmesh_core::{Mode, Session, SessionBatch};
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList, PyTuple};
 use rand_core::OsRng;
@@ -114,6 +115,164 @@ impl PyCryptoSession {
         .map_err(to_py)?;
         self.opened_to_py(py, opened)
     }
+
+    /// The items of an `unseal_many` result: each slot's payload dict, or the error instance
+    /// that rejected it (its bytes, or the core's result).
+    fn results_to_list<'py>(
+        &self,
+        py: Python<'py>,
+        slots: Vec<PyResult<usize>>,
+        results: Vec<agentmesh_core::Result<agentmesh_core::Opened>>,
+    ) -> PyResult<Bound<'py, PyList>> {
+        let mut results = results.into_iter().map(Some).collect::<Vec<_>>();
+        let list = PyList::empty(py);
+        for slot in slots {
+            let item = match slot {
+                Err(e) => e.into_value(py).into_bound(py).into_any(),
+                Ok(i) => match results.get_mut(i).and_then(Option::take) {
+                    Some(Ok(opened)) => match self.opened_to_py(py, opened) {
+                        Ok(v) => v,
+                        Err(e) => e.into_value(py).into_bound(py).into_any(),
+                    },
+                    Some(Err(e)) => to_py(e).into_value(py).into_bound(py).into_any(),
+                    None => py.None().into_bound(py),
+                },
+            };
+            list.append(item)?;
+        }
+        Ok(list)
+    }
+}
+
+/// The envelopes of an `unseal_many` batch, parsed, and per item either its index among them
+/// or the error its bytes gave.
+fn parse_envelopes(
+    envelopes: &Bound<'_, PyAny>,
+) -> PyResult<(Vec<EnvelopeArg>, Vec<PyResult<usize>>)> {
+    let mut parsed = Vec::new();
+    let mut slots = Vec::new();
+    for item in envelopes.try_iter()? {
+        match envelope_arg(&item?) {
+            Ok(arg) => {
+                slots.push(Ok(parsed.len()));
+                parsed.push(arg);
+            }
+            Err(e) => slots.push(Err(e)),
+        }
+    }
+    Ok((parsed, slots))
+}
+
+/// Whether unsealing these envelopes is worth releasing the GIL for ([`RELEASE_GIL_AT_COUNT`]).
+fn is_large(envelopes: &[&agentmesh_core::Envelope]) -> bool {
+    envelopes.len() >= RELEASE_GIL_AT_COUNT
+        || envelopes.iter().map(|e| e.as_bytes().len()).sum::<usize>() >= RELEASE_GIL_AT
+}
+
+/// The keypair lock of a batch's session.
+fn keypair_of<'a>(b: &'a AcrossBatch<'_>) -> &'a RwLock<agentmesh_core::IdentityKeyPair> {
+    &b.session.get().keypair.get().inner
+}
+
+/// One batch of an `unseal_across` call, parsed.
+struct AcrossBatch<'py> {
+    session: Bound<'py, PyCryptoSession>,
+    parsed: Vec<EnvelopeArg>,
+    slots: Vec<PyResult<usize>>,
+}
+
+/// `unseal_across(batches)`: for each `(session, envelopes)` pair, exactly what
+/// `session.unseal_many(envelopes)` returns, with one Ed25519 batch verification over the
+/// signatures of all the batches (the network receive path gathers many agents' batches of a
+/// few messages each). A session may appear once (ValueError otherwise).
+#[pyfunction]
+pub fn unseal_across<'py>(
+    py: Python<'py>,
+    batches: &Bound<'py, PyAny>,
+) -> PyResult<Bound<'py, PyList>> {
+    let mut parsed = Vec::new();
+    for item in batches.try_iter()? {
+        let (session, envelopes): (Bound<'py, PyCryptoSession>, Bound<'py, PyAny>) =
+            item?.extract()?;
+        let (envs, slots) = parse_envelopes(&envelopes)?;
+        parsed.push(AcrossBatch {
+            session,
+            parsed: envs,
+            slots,
+        });
+    }
+    // Every session's lock is taken in one order (by address), so that two calls never wait
+    // for each other; a session twice would wait for itself (std's Mutex is not reentrant).
+    let address =
+        |b: &AcrossBatch<'_>| std::ptr::from_ref::<PyCryptoSession>(b.session.get()) as usize;
+    let mut lock_order: Vec<usize> = (0..parsed.len()).collect();
+    lock_order.sort_by_key(|&i| parsed.get(i).map(address));
+    for pair in lock_order.windows(2) {
+        if let [a, b] = *pair {
+            if parsed.get(a).map(address) == parsed.get(b).map(address) {
+                let (first, second) = (a.min(b), a.max(b));
+                return Err(PyValueError::new_err(format!(
+                    "unseal_across: batches {first} and {second} are of the same CryptoSession; \
+                     give each session one batch"
+                )));
+            }
+        }
+    }
+    let envs: Vec<Vec<&agentmesh_core::Envelope>> = parsed
+        .iter()
+        .map(|b| b.parsed.iter().map(EnvelopeArg::get).collect())
+        .collect();
+    let all_envs: Vec<&agentmesh_core::Envelope> = envs.iter().flatten().copied().collect();
+    let large = is_large(&all_envs);
+    let results = {
+        let mut guards: Vec<(usize, MutexGuard<'_, Session>)> = Vec::with_capacity(parsed.len());
+        for &i in &lock_order {
+            if let Some(b) = parsed.get(i) {
+                guards.push((i, locks::lock(py, &b.session.get().session)));
+            }
+        }
+        // Each distinct keypair is read-locked once, also in address order: a second read lock
+        // of one RwLock in this thread could wait behind a writer that waits for the first.
+        let mut keypairs: Vec<&RwLock<agentmesh_core::IdentityKeyPair>> =
+            parsed.iter().map(keypair_of).collect();
+        keypairs.sort_by_key(|k| std::ptr::from_ref(*k) as usize);
+        keypairs.dedup_by_key(|k| std::ptr::from_ref(*k) as usize);
+        let readers: Vec<_> = keypairs.iter().map(|k| locks::read(py, k)).collect();
+        let mut sessions: Vec<Option<&mut Session>> = (0..parsed.len()).map(|_| None).collect();
+        for (i, guard) in &mut guards {
+            if let Some(slot) = sessions.get_mut(*i) {
+                *slot = Some(&mut **guard);
+            }
+        }
+        let mut calls = Vec::with_capacity(parsed.len());
+        for ((b, session), envelopes) in parsed.iter().zip(sessions).zip(&envs) {
+            let key = std::ptr::from_ref(keypair_of(b)) as usize;
+            let reader = keypairs
+                .iter()
+                .position(|k| std::ptr::from_ref(*k) as usize == key)
+                .and_then(|at| readers.get(at));
+            let (Some(session), Some(reader)) = (session, reader) else {
+                return Err(PyRuntimeError::new_err(
+                    "unseal_across: internal error (a batch without its locks)",
+                ));
+            };
+            calls.push(SessionBatch {
+                session,
+                ours: reader,
+                envelopes: envelopes.as_slice(),
+            });
+        }
+        if large {
+            py.allow_threads(|| agentmesh_core::unseal_across(&mut calls))
+        } else {
+            agentmesh_core::unseal_across(&mut calls)
+        }
+    };
+    let list = PyList::empty(py);
+    for (b, results) in parsed.into_iter().zip(results) {
+        list.append(b.session.get().results_to_list(py, b.slots, results)?)?;
+    }
+    Ok(list)
 }
 
 /// `perform_key_exchange(my_keypair, their_bundle, deniable=False)`: a session with the bundle's
@@ -286,22 +445,11 @@ impl PyCryptoSession {
         py: Python<'py>,
         envelopes: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyList>> {
-        let mut parsed = Vec::new();
-        let mut slots = Vec::new();
-        for item in envelopes.try_iter()? {
-            match envelope_arg(&item?) {
-                Ok(arg) => {
-                    slots.push(Ok(parsed.len()));
-                    parsed.push(arg);
-                }
-                Err(e) => slots.push(Err(e)),
-            }
-        }
+        let (parsed, slots) = parse_envelopes(envelopes)?;
         let envs: Vec<&agentmesh_core::Envelope> = parsed.iter().map(|a| a.get()).collect();
-        let large = envs.len() >= RELEASE_GIL_AT_COUNT
-            || envs.iter().map(|e| e.as_bytes().len()).sum::<usize>() >= RELEASE_GIL_AT;
+        let large = is_large(&envs);
         let kp_obj = self.keypair.get();
-        let mut results = {
+        let results = {
             let mut session = locks::lock(py, &self.session);
             let kp = locks::read(py, &kp_obj.inner);
             let (s, k): (&mut Session, &agentmesh_core::IdentityKeyPair) = (&mut session, &kp);
@@ -310,26 +458,8 @@ impl PyCryptoSession {
             } else {
                 s.unseal_many(k, envs.as_slice())
             }
-        }
-        .into_iter()
-        .map(Some)
-        .collect::<Vec<_>>();
-        let list = PyList::empty(py);
-        for slot in slots {
-            let item = match slot {
-                Err(e) => e.into_value(py).into_bound(py).into_any(),
-                Ok(i) => match results.get_mut(i).and_then(Option::take) {
-                    Some(Ok(opened)) => match self.opened_to_py(py, opened) {
-                        Ok(v) => v,
-                        Err(e) => e.into_value(py).into_bound(py).into_any(),
-                    },
-                    Some(Err(e)) => to_py(e).into_value(py).into_bound(py).into_any(),
-                    None => py.None().into_bound(py),
-                },
-            };
-            list.append(item)?;
-        }
-        Ok(list)
+        };
+        self.results_to_list(py, slots, results)
     }
 
     /// Replaces the peer bundle kept for the next set-up (a newer signed prekey, a one-time
