@@ -30,6 +30,7 @@ from .message import Message, new_message
 Envelope = _crypto.Envelope
 perform_key_exchange = _crypto.perform_key_exchange
 
+
 class _Holding(threading.local):
     """``on`` while receive_batch(dispatch=False) runs in this thread: what it unseals is held
     (not saved) until ``handled_from`` says its handlers ran. (A class default, so reading it
@@ -50,6 +51,28 @@ class Rejected:
     def __init__(self, error: BaseException, envelope: Any) -> None:
         self.error = error
         self.envelope = envelope
+
+
+def group_by_sender(
+    envelopes: list[Any],
+) -> tuple[list[Any], list[Any], dict[str, list[int]]]:
+    """A batch parsed (``items``), with an error in ``outcomes`` for each envelope that does
+    not parse (None elsewhere), and the indexes of each sender's envelopes, in order."""
+    outcomes: list[Any] = [None] * len(envelopes)  # Message or the exception that rejected it
+    items: list[Any] = list(envelopes)
+    runs: dict[str, list[int]] = {}
+    for index, item in enumerate(items):
+        if type(item) is not Envelope:
+            try:
+                item = items[index] = _crypto.as_envelope(item)
+            except Exception as exc:
+                outcomes[index] = exc
+                continue
+        try:
+            runs.setdefault(item.sender, []).append(index)
+        except TypeError:  # pragma: no cover - the codec guarantees str ids
+            outcomes[index] = FormatError("envelope without a sender id")
+    return items, outcomes, runs
 
 
 class _Receiving(AgentCoreState):
@@ -117,21 +140,8 @@ class _Receiving(AgentCoreState):
             if dispatch:
                 self.hand_over(msg)
             return [msg]
-        outcomes: list[Any] = [None] * n  # Message or the exception that rejected it
-        items: list[Any] = list(envelopes)
-        runs: dict[str, list[int]] = {}
-        for index, item in enumerate(items):
-            if type(item) is not Envelope:
-                try:
-                    item = items[index] = _crypto.as_envelope(item)
-                except Exception as exc:
-                    outcomes[index] = exc
-                    continue
-            try:
-                runs.setdefault(item.sender, []).append(index)
-            except TypeError:  # pragma: no cover - the codec guarantees str ids
-                outcomes[index] = FormatError("envelope without a sender id")
-        if len(runs) == 1 and len(indexes := next(iter(runs.values()))) == n:
+        items, outcomes, runs = group_by_sender(envelopes)
+        if len(runs) == 1 and len(next(iter(runs.values()))) == n:
             # (the usual batch: every envelope from one sender)
             outcomes = self._accept_run(next(iter(runs)), items)
         else:
@@ -139,6 +149,13 @@ class _Receiving(AgentCoreState):
                 results = self._accept_run(sender, [items[i] for i in indexes])
                 for index, result in zip(indexes, results, strict=True):
                     outcomes[index] = result
+        return self.batch_outcomes(items, outcomes, dispatch)
+
+    def batch_outcomes(
+        self, items: list[Any], outcomes: list[Any], dispatch: bool
+    ) -> list[Message | Rejected | None]:
+        """``receive_batch``'s result from each envelope's Message or error (with
+        ``dispatch``, the handlers or error handlers run here)."""
         out: list[Message | Rejected | None] = []
         for item, outcome in zip(items, outcomes, strict=True):
             if type(outcome) is Message:
@@ -154,14 +171,7 @@ class _Receiving(AgentCoreState):
 
     def _accept_run(self, sender: str, envs: list[Any]) -> list[Any]:
         """Unseal one sender's envelopes in order; each result is a Message or an exception."""
-        results: list[Any] = []
-        start = 0
-        # First contact (or a sender whose first envelopes were rejected): one at a time until
-        # a session exists, exactly like receive().
-        while start < len(envs) and self._sessions.get(sender) is None:
-            results.append(self._accept_or_error(envs[start]))
-            start += 1
-        rest = envs[start:] if start else envs
+        results, rest = self.open_first_contact(sender, envs)
         if not rest:
             return results
         session = self._sessions.get(sender)
@@ -175,8 +185,6 @@ class _Receiving(AgentCoreState):
                 except Exception as exc:  # a CryptoError, or a hub lookup failing
                     results.append(exc)
             return results
-        me = self.agent_id
-        dirty = self._dirty
         for chunk_start in range(0, len(rest), UNSEAL_MANY_MAX):
             chunk = rest[chunk_start : chunk_start + UNSEAL_MANY_MAX]
             with self._lock:
@@ -184,31 +192,57 @@ class _Receiving(AgentCoreState):
                 current = self._sessions.get(sender)
                 opened = current.unseal_many(chunk) if current is not None else None
                 if opened is not None:
-                    count = sum(1 for payload in opened if type(payload) is dict)
-                    self.received += count
-                    if _holding.on:
-                        self._unhandled[sender] += count
-                    if dirty is not None:
-                        dirty.add(sender)
-                    if self._inbound_only and sender in self._inbound_only:
-                        self._inbound_only.move_to_end(sender)
-                        self._inbound_last = sender
+                    self.count_opened(sender, opened)
             if opened is None:
                 results.extend(self._accept_or_error(env) for env in chunk)
                 continue
-            for env, payload in zip(chunk, opened, strict=True):
-                if type(payload) is dict:
-                    results.append(new_message(sender, me, payload, env, self))
-                elif isinstance(payload, ReplayError):
-                    results.append(payload)
-                elif isinstance(payload, CryptoError):
-                    results.append(self._recover(env, sender, payload, current))
-                elif isinstance(payload, BaseException):
-                    results.append(payload)
-                else:  # pragma: no cover - the binding returns a dict or an exception
-                    results.append(FormatError(f"unexpected unseal result {type(payload)}"))
-        if dirty is not None and self._autosave:
+            results.extend(self.results_of(sender, chunk, opened, current))
+        if self._dirty is not None and self._autosave:
             self._maybe_autosave()
+        return results
+
+    def open_first_contact(self, sender: str, envs: list[Any]) -> tuple[list[Any], list[Any]]:
+        """First contact (or a sender whose first envelopes were rejected): one at a time
+        until a session exists, exactly like receive(). Returns their results and the rest."""
+        results: list[Any] = []
+        start = 0
+        while start < len(envs) and self._sessions.get(sender) is None:
+            results.append(self._accept_or_error(envs[start]))
+            start += 1
+        return results, (envs[start:] if start else envs)
+
+    def count_opened(self, sender: str, opened: list[Any]) -> None:
+        """The bookkeeping of ``unseal_many`` results from ``sender``'s session (the caller
+        holds ``_lock``, taken before the unseal: a save between the two would store the
+        session's advance without holding back the messages whose handlers have not run)."""
+        count = sum(1 for payload in opened if type(payload) is dict)
+        self.received += count
+        if _holding.on:
+            self._unhandled[sender] += count
+        if self._dirty is not None:
+            self._dirty.add(sender)
+        if self._inbound_only and sender in self._inbound_only:
+            self._inbound_only.move_to_end(sender)
+            self._inbound_last = sender
+
+    def results_of(
+        self, sender: str, envs: list[Any], opened: list[Any], session: Any
+    ) -> list[Any]:
+        """What ``unseal_many`` results come to (``_lock`` released): a Message per opened
+        payload, else the error, or what recovery makes of it (``agent_recovery.py``)."""
+        me = self.agent_id
+        results: list[Any] = []
+        for env, payload in zip(envs, opened, strict=True):
+            if type(payload) is dict:
+                results.append(new_message(sender, me, payload, env, self))
+            elif isinstance(payload, ReplayError):
+                results.append(payload)
+            elif isinstance(payload, CryptoError):
+                results.append(self._recover(env, sender, payload, session))
+            elif isinstance(payload, BaseException):
+                results.append(payload)
+            else:  # pragma: no cover - the binding returns a dict or an exception
+                results.append(FormatError(f"unexpected unseal result {type(payload)}"))
         return results
 
     def _accept_or_error(self, env: Any) -> Any:

@@ -1,4 +1,5 @@
-"""The unseal stage's work on one batch of deliveries: what each envelope comes to.
+"""The unseal stage's work on one agent's batch of deliveries (or on several agents' batches
+at once): what each envelope comes to.
 
 An envelope delivered again (a resend after a hub crash, a redelivery) is recognised by its
 envelope id among those accepted lately and acknowledged silently; the others are unsealed
@@ -14,13 +15,22 @@ from typing import TYPE_CHECKING, Any
 
 from . import crypto as _crypto
 from .agent_receiving import Rejected
+from .agent_receiving_together import receive_batches_together
 from .errors import HubError
 from .message import Message
 
 if TYPE_CHECKING:
     from .agent_core import _AgentCore
 
-__all__ = ["RECENT_IDS", "Outcome", "RecentIds", "Retry", "open_deliveries"]
+__all__ = [
+    "RECENT_IDS",
+    "Opening",
+    "Outcome",
+    "RecentIds",
+    "Retry",
+    "open_deliveries",
+    "open_together",
+]
 
 Envelope = _crypto.Envelope
 log = logging.getLogger("agentmesh.link")
@@ -70,70 +80,109 @@ class Retry:
 Outcome = Message | Rejected | Retry | bool
 
 
+class Opening:
+    """One agent's batch on its way through the unseal stage: parsed, redeliveries set aside,
+    the rest (``todo``) to unseal (made while the agent's ``between_batches`` lock is held)."""
+
+    __slots__ = ("core", "ids", "keys_before", "outcomes", "recent", "setups", "todo", "where")
+
+    def __init__(self, core: _AgentCore, recent: RecentIds, datas: list[bytes]) -> None:
+        self.core = core
+        self.recent = recent
+        todo: list[Any] = []
+        ids: list[str | None] = []
+        where: list[int] = []  # index in datas of each todo item
+        self.outcomes: list[Outcome] = [True] * len(datas)
+        seen: set[str] = set()
+        newer, older = recent.newer, recent.older
+        # a set-up (prekey message) may use one of this agent's one-time prekeys: look only then
+        setups = False
+        for index, data in enumerate(datas):
+            try:
+                env = Envelope.from_bytes(data)
+            except Exception:
+                todo.append(data)  # rejected, in its place, by receive_batch
+                ids.append(None)
+                where.append(index)
+                continue
+            try:
+                envelope_id = env.id
+            except Exception:
+                envelope_id = None
+            if envelope_id is not None:
+                if envelope_id in newer or envelope_id in older or envelope_id in seen:
+                    # delivered again (e.g. a resend after a hub crash): already handled, so
+                    # acknowledge it silently instead of reporting a replay
+                    log.debug(
+                        "agent %r: duplicate delivery of %s ignored", core.agent_id, envelope_id
+                    )
+                    continue
+                seen.add(envelope_id)
+            if env.is_prekey:
+                setups = True
+            todo.append(env)
+            ids.append(envelope_id)
+            where.append(index)
+        self.todo, self.ids, self.where, self.setups = todo, ids, where, setups
+        self.keys_before = len(core.keypair.one_time_prekey_ids()) if setups else 0
+
+    def finish(self, results: list[Any]) -> tuple[list[Outcome], bool]:
+        """The outcomes, from what ``receive_batch(todo, dispatch=False)`` returned, and
+        whether a set-up used one of this agent's one-time prekeys."""
+        core = self.core
+        outcomes = self.outcomes
+        prekeys_used = self.setups and len(core.keypair.one_time_prekey_ids()) != self.keys_before
+        accepted: list[str] = []
+        for envelope_id, msg, index in zip(self.ids, results, self.where, strict=True):
+            if not isinstance(msg, Message):
+                if isinstance(msg, Rejected) and isinstance(msg.error, HubError):
+                    log.warning(
+                        "agent %r: could not look up a new sender now (%s); its envelope stays "
+                        "unacknowledged and comes again",
+                        core.agent_id,
+                        msg.error,
+                    )
+                    outcomes[index] = Retry(msg.error)
+                    continue
+                outcomes[index] = msg if msg is not None else False
+                continue
+            if envelope_id is not None:
+                accepted.append(envelope_id)
+            if msg._meta is not None and core.take_reply(msg):
+                core.handled_from(msg.sender)  # (a reply, or a message of an intercepted kind)
+            else:
+                outcomes[index] = msg
+        self.recent.add_all(accepted)
+        return outcomes, prekeys_used
+
+    def alone(self) -> tuple[list[Outcome], bool]:
+        """The batch unsealed on its own (the agent's ``receive_batch``)."""
+        if not self.todo:
+            return self.outcomes, False
+        return self.finish(self.core.receive_batch(self.todo, dispatch=False))
+
+    def joins(self) -> bool:
+        """Whether the batch may be unsealed together with other agents' batches: envelopes
+        to unseal, all parsed, all from senders with a session (a first contact looks the
+        sender up at the hub, which must not hold up the other agents of a pass)."""
+        sessions = self.core._sessions
+        return bool(self.todo) and all(
+            type(env) is Envelope and env.sender in sessions for env in self.todo
+        )
+
+
 def open_deliveries(
     core: _AgentCore, recent: RecentIds, datas: list[bytes]
 ) -> tuple[list[Outcome], bool]:
     """Unseal delivered envelopes, in order, skipping redeliveries (by envelope id) and
     taking replies (and intercepted kinds) off. Returns an outcome per envelope, and
     whether a set-up used one of this agent's one-time prekeys."""
-    todo: list[Any] = []
-    ids: list[str | None] = []
-    where: list[int] = []  # index in datas of each todo item
-    outcomes: list[Outcome] = [True] * len(datas)
-    seen: set[str] = set()
-    newer, older = recent.newer, recent.older
-    # a set-up (prekey message) may use one of this agent's one-time prekeys: look only then
-    setups = False
-    for index, data in enumerate(datas):
-        try:
-            env = Envelope.from_bytes(data)
-        except Exception:
-            todo.append(data)  # rejected, in its place, by receive_batch
-            ids.append(None)
-            where.append(index)
-            continue
-        try:
-            envelope_id = env.id
-        except Exception:
-            envelope_id = None
-        if envelope_id is not None:
-            if envelope_id in newer or envelope_id in older or envelope_id in seen:
-                # delivered again (e.g. a resend after a hub crash): already handled, so
-                # acknowledge it silently instead of reporting a replay
-                log.debug(
-                    "agent %r: duplicate delivery of %s ignored", core.agent_id, envelope_id
-                )
-                continue
-            seen.add(envelope_id)
-        if env.is_prekey:
-            setups = True
-        todo.append(env)
-        ids.append(envelope_id)
-        where.append(index)
-    if not todo:
-        return outcomes, False
-    keys_before = len(core.keypair.one_time_prekey_ids()) if setups else 0
-    results = core.receive_batch(todo, dispatch=False)
-    prekeys_used = setups and len(core.keypair.one_time_prekey_ids()) != keys_before
-    accepted: list[str] = []
-    for envelope_id, msg, index in zip(ids, results, where, strict=True):
-        if not isinstance(msg, Message):
-            if isinstance(msg, Rejected) and isinstance(msg.error, HubError):
-                log.warning(
-                    "agent %r: could not look up a new sender now (%s); its envelope stays "
-                    "unacknowledged and comes again",
-                    core.agent_id,
-                    msg.error,
-                )
-                outcomes[index] = Retry(msg.error)
-                continue
-            outcomes[index] = msg if msg is not None else False
-            continue
-        if envelope_id is not None:
-            accepted.append(envelope_id)
-        if msg._meta is not None and core.take_reply(msg):
-            core.handled_from(msg.sender)  # (a reply, or a message of an intercepted kind)
-        else:
-            outcomes[index] = msg
-    recent.add_all(accepted)
-    return outcomes, prekeys_used
+    return Opening(core, recent, datas).alone()
+
+
+def open_together(openings: list[Opening]) -> list[tuple[list[Outcome], bool]]:
+    """:meth:`Opening.alone` for several agents' batches that :meth:`~Opening.joins` (each
+    agent at most once), their signed messages unsealed in one native call
+    (:mod:`agentmesh.agent_receiving_together`)."""
+    results = receive_batches_together([(opening.core, opening.todo) for opening in openings])
+    return [o.finish(r) for o, r in zip(openings, results, strict=True)]

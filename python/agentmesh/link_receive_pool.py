@@ -37,6 +37,7 @@ from typing import Protocol
 
 __all__ = [
     "IDLE_EXIT",
+    "MAX_TOGETHER",
     "MAX_WORKERS",
     "STUCK_AFTER",
     "Drainable",
@@ -53,6 +54,9 @@ STUCK_AFTER = 0.1
 IDLE_EXIT = 30.0
 #: Most workers per process (as many handlers as this may block at once before others wait).
 MAX_WORKERS = 1024
+#: Most tasks a worker takes in one go when they can run together (agents' unseal stages:
+#: one native call and one signature verification for all of them).
+MAX_TOGETHER = 64
 
 
 _this_thread = threading.local()
@@ -92,6 +96,10 @@ def while_waiting(hook: Callable[[bool], None]) -> Iterator[None]:
 
 
 class Drainable(Protocol):
+    """A task. One may also have a ``together`` attribute: None, or a function that drains
+    several tasks with the same ``together`` in one go (called with every such task waiting
+    in the queue, up to :data:`MAX_TOGETHER`, instead of their ``drain``)."""
+
     def drain(self) -> None:
         """Handle everything pending; called by one worker at a time."""
 
@@ -135,6 +143,17 @@ class ReceivePool:
                     self._spawn()
                 return
         self.schedule(task)
+
+    def schedule_next_many(self, tasks: collections.abc.Sequence[Drainable]) -> None:
+        """``schedule_next`` for several tasks (they run one after another on this worker
+        unless another is free by then)."""
+        with self._cv:
+            if getattr(_this_thread, "pool", None) is self and not self._ready:
+                self._ready.extend(tasks)
+                if self._workers <= self._waiting:
+                    self._spawn()
+                return
+        self.schedule_many(tasks)
 
     def schedule_many(self, tasks: collections.abc.Iterable[Drainable]) -> None:
         """Queue several tasks with at most one wake-up per idle worker they need."""
@@ -209,11 +228,36 @@ class ReceivePool:
                         self._workers -= 1
                         return
                 task = self._ready.popleft()
+                together = getattr(task, "together", None)
+                tasks = self._take_together(task, together) if together is not None else None
                 self._last_start = self._started[me] = time.monotonic()
             try:
-                task.drain()
+                if tasks is not None and together is not None:
+                    together(tasks)
+                else:
+                    task.drain()
             except Exception:  # a bug in one agent's drain must not take the worker down
                 log.exception("agentmesh: receiving for an agent failed")
+
+    def _take_together(
+        self, first: Drainable, together: Callable[[list[Drainable]], None]
+    ) -> list[Drainable] | None:
+        """``first`` and the queued tasks that run together with it, taken off the queue
+        (``_cv`` held); None when no other waits."""
+        ready = self._ready
+        if not ready:
+            return None
+        tasks = [first]
+        rest: collections.deque[Drainable] = collections.deque()
+        for task in ready:
+            if len(tasks) < MAX_TOGETHER and getattr(task, "together", None) is together:
+                tasks.append(task)
+            else:
+                rest.append(task)
+        if len(tasks) == 1:
+            return None
+        self._ready = rest
+        return tasks
 
     def _watch(self) -> None:
         cv = self._watch_cv

@@ -37,6 +37,7 @@ from .errors import HandlersNotRunError
 from .link_opening import RECENT_IDS, Outcome, RecentIds, Retry, open_deliveries
 from .link_receive_pool import while_waiting
 from .link_state_writer import StateWriter, resolve
+from .link_unseal_together import unseal_together
 from .message import Message
 
 if TYPE_CHECKING:
@@ -55,12 +56,21 @@ _Item = tuple[list[Delivery], "bytes | None", "asyncio.Future[None]", "asyncio.F
 
 
 class _Stage:
-    """One of the receiver's two tasks on the pool."""
+    """One of the receiver's two tasks on the pool. The unseal stages of several agents
+    waiting at once run together (``together``:
+    :func:`agentmesh.link_unseal_together.unseal_together`)."""
 
-    __slots__ = ("drain",)
+    __slots__ = ("drain", "receiver", "together")
 
-    def __init__(self, drain: Callable[[], None]) -> None:
+    def __init__(
+        self,
+        drain: Callable[[], None],
+        receiver: Receiver,
+        together: Callable[[list[_Stage]], None] | None = None,
+    ) -> None:
         self.drain = drain
+        self.receiver = receiver
+        self.together = together
 
 
 class Receiver:
@@ -90,8 +100,8 @@ class Receiver:
         self.between_batches = threading.Lock()
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._unseal = _Stage(self._drain_unseal)
-        self._handle = _Stage(self._drain_handle)
+        self._unseal = _Stage(self._drain_unseal, self, unseal_together)
+        self._handle = _Stage(self._drain_handle, self)
         self._pending: collections.deque[_Item] = collections.deque()
         self._unsealed: collections.deque[tuple[list[_Item], list[Outcome]]] = collections.deque()
         # a stage is scheduled from when it is queued until its drain ends; the drainer is the
@@ -184,73 +194,90 @@ class Receiver:
     # -- stage 1: unseal --------------------------------------------------------------------------
 
     def _drain_unseal(self) -> None:
-        core = self.core
+        items = self._take_unseal()
+        if items is None:
+            return
+        try:
+            datas = [data for batch, _hub, _unsealed, _acked in items for _did, data in batch]
+            with self.between_batches:
+                try:
+                    outcomes, prekeys_used = open_deliveries(self.core, self._recent, datas)
+                except Exception as exc:
+                    # never acknowledged (that would lose it), and the backend not left
+                    # waiting: the batch comes again on the next connection
+                    log.exception("agent %r: receiving a batch failed", self.core.agent_id)
+                    outcomes, prekeys_used = [Retry(exc) for _ in datas], True
+            if self._unsealed_now(items, outcomes, prekeys_used):
+                self.pool.schedule_next(self._handle)  # (this worker takes it next)
+        finally:
+            self._end_unseal()
+
+    def _take_unseal(self) -> list[_Item] | None:
+        """The batches to unseal now, this thread their drainer; None: none now (the stage
+        ends)."""
         with self._lock:
             if self._closing or not self._may_unseal():
                 # closing: dropped, never acknowledged, so the backend delivers them again next
                 # time; handlers running: after them (the handle stage schedules this again)
                 self._scheduled[self._unseal] = False
-                return
+                return None
             items = list(self._pending)
             self._pending.clear()
             self._drainer[self._unseal] = threading.get_ident()
-        try:
-            datas = [data for batch, _hub, _unsealed, _acked in items for _did, data in batch]
-            with self.between_batches:
-                try:
-                    outcomes, prekeys_used = open_deliveries(core, self._recent, datas)
-                except Exception as exc:
-                    # never acknowledged (that would lose it), and the backend not left
-                    # waiting: the batch comes again on the next connection
-                    log.exception("agent %r: receiving a batch failed", core.agent_id)
-                    outcomes, prekeys_used = [Retry(exc) for _ in datas], True
-            if prekeys_used:
-                self._prekeys_used()
-            # A batch with nothing for the handlers (replies, redeliveries) is acknowledged
-            # now: an agent with no handler that only asks questions, or whose handler waits
-            # for a reply, must not leave its replies unacknowledged (redelivered later, they
-            # would be refused as replays). Its position is noted only when nothing before it
-            # waits for the handlers (a restart must not skip those).
-            direct: list[tuple[_Item, int, bool]] = []  # (batch, size, in order)
-            queued: list[_Item] = []
-            queued_outcomes: list[Outcome] = []
-            at = 0
-            with self._lock:
-                in_order = not self._unsealed and self._drainer[self._handle] is None
-                for item in items:
-                    size = len(item[0])
-                    mine = outcomes[at : at + size]
-                    at += size
-                    if all(outcome is True for outcome in mine):
-                        direct.append((item, size, in_order and not queued))
-                    else:
-                        queued.append(item)
-                        queued_outcomes.extend(mine)
-                if queued:
-                    self._unsealed.append((queued, queued_outcomes))
-                schedule = (
-                    bool(queued) and core.consumer_ready.is_set() and self._claim(self._handle)
-                )
-            for item, size, note in direct:
-                self._acknowledge([item], [True] * size, note_positions=note)
-            # The backend hands over the next batch once this one is unsealed: at once when no
-            # handler runs it next; else with the handlers' end (one wake-up of the network
-            # thread per batch, as when the two stages were one), or as soon as a handler
-            # waits for a reply (which may be in that next batch).
-            opened = [item[2] for item in items]
-            with self._lock:
-                later = bool(queued) and schedule and not self._handler_waits
-                if later:
-                    self._opened_waiting.extend(opened)
-            if not later:
-                self._release_opened(opened)
-            if schedule:
-                self.pool.schedule_next(self._handle)  # (this worker takes it next)
-        finally:
-            self._end(
-                self._unseal,
-                more=lambda: bool(self._pending) and not self._closing and self._may_unseal(),
-            )
+        return items
+
+    def _end_unseal(self) -> None:
+        self._end(
+            self._unseal,
+            more=lambda: bool(self._pending) and not self._closing and self._may_unseal(),
+        )
+
+    def _unsealed_now(
+        self, items: list[_Item], outcomes: list[Outcome], prekeys_used: bool
+    ) -> bool:
+        """After the unseal: acknowledge what needs no handler, queue the rest for the
+        handlers, let the backend hand over the next batch. Returns whether the caller must
+        schedule the handle stage."""
+        core = self.core
+        if prekeys_used:
+            self._prekeys_used()
+        # A batch with nothing for the handlers (replies, redeliveries) is acknowledged
+        # now: an agent with no handler that only asks questions, or whose handler waits
+        # for a reply, must not leave its replies unacknowledged (redelivered later, they
+        # would be refused as replays). Its position is noted only when nothing before it
+        # waits for the handlers (a restart must not skip those).
+        direct: list[tuple[_Item, int, bool]] = []  # (batch, size, in order)
+        queued: list[_Item] = []
+        queued_outcomes: list[Outcome] = []
+        at = 0
+        with self._lock:
+            in_order = not self._unsealed and self._drainer[self._handle] is None
+            for item in items:
+                size = len(item[0])
+                mine = outcomes[at : at + size]
+                at += size
+                if all(outcome is True for outcome in mine):
+                    direct.append((item, size, in_order and not queued))
+                else:
+                    queued.append(item)
+                    queued_outcomes.extend(mine)
+            if queued:
+                self._unsealed.append((queued, queued_outcomes))
+            schedule = bool(queued) and core.consumer_ready.is_set() and self._claim(self._handle)
+        for item, size, note in direct:
+            self._acknowledge([item], [True] * size, note_positions=note)
+        # The backend hands over the next batch once this one is unsealed: at once when no
+        # handler runs it next; else with the handlers' end (one wake-up of the network
+        # thread per batch, as when the two stages were one), or as soon as a handler
+        # waits for a reply (which may be in that next batch).
+        opened = [item[2] for item in items]
+        with self._lock:
+            later = bool(queued) and schedule and not self._handler_waits
+            if later:
+                self._opened_waiting.extend(opened)
+        if not later:
+            self._release_opened(opened)
+        return schedule
 
     # -- stage 2: handle --------------------------------------------------------------------------
 
