@@ -36,51 +36,63 @@ Outcomes = list["Message | Rejected | None"]
 class _Run:
     """One sender's envelopes for one agent, going into the shared native call."""
 
-    __slots__ = ("core", "envelopes", "indexes", "outcomes", "sender", "session")
+    __slots__ = ("envelopes", "indexes", "job", "sender", "session")
 
     def __init__(
-        self,
-        core: _Receiving,
-        sender: str,
-        indexes: list[int],
-        envelopes: list[Any],
-        session: Any,
-        outcomes: list[Any],
+        self, job: _Job, sender: str, indexes: list[int], envelopes: list[Any], session: Any
     ) -> None:
-        self.core = core
+        self.job = job
         self.sender = sender
         self.indexes = indexes
         self.envelopes = envelopes
         self.session = session
-        self.outcomes = outcomes  # (the agent's outcome list, filled at ``indexes``)
 
     def fill(self, results: list[Any]) -> None:
-        outcomes = self.outcomes
+        outcomes = self.job.outcomes
         for index, result in zip(self.indexes, results, strict=True):
             outcomes[index] = result
 
 
-def receive_batches_together(jobs: list[tuple[_Receiving, list[Any]]]) -> list[Outcomes]:
+
+def receive_batches_together(
+    jobs: list[tuple[_Receiving, list[Any]]],
+) -> list[Outcomes | BaseException]:
     """``core.receive_batch(envelopes, dispatch=False)`` for every ``(core, envelopes)`` (one
     job per agent, each agent at most once), the signed runs of all of them unsealed in one
-    native call. Returns each job's outcomes, in order."""
+    native call. Returns each job's outcomes, in order, or the exception that failed that
+    job's part (a failure of the native call itself, which changes nothing, is raised)."""
     together = [
         j for j, (_core, envs) in enumerate(jobs) if envs and {*map(type, envs)} == _PAIRWISE_ONLY
     ]
     if len(together) < 2:
         together = []
-    results: list[Outcomes | None] = [None] * len(jobs)
+    results: list[Outcomes | BaseException | None] = [None] * len(jobs)
     if together:
         opened = _receive_together([jobs[j] for j in together])
         for j, outcomes in zip(together, opened, strict=True):
             results[j] = outcomes
     for j, (core, envs) in enumerate(jobs):
         if results[j] is None:
-            results[j] = core.receive_batch(envs, dispatch=False) if envs else []
-    return [outcomes if outcomes is not None else [] for outcomes in results]
+            try:
+                results[j] = core.receive_batch(envs, dispatch=False) if envs else []
+            except Exception as exc:
+                results[j] = exc
+    return [r if r is not None else [] for r in results]
 
 
-def _receive_together(jobs: list[tuple[_Receiving, list[Any]]]) -> list[Outcomes]:
+class _Job:
+    """One agent's batch in the pass: parsed, its outcomes filled in run by run, or the
+    exception that failed its part."""
+
+    __slots__ = ("by_sender", "core", "failed", "items", "outcomes")
+
+    def __init__(self, core: _Receiving, envelopes: list[Any]) -> None:
+        self.core = core
+        self.failed: BaseException | None = None
+        self.items, self.outcomes, self.by_sender = group_by_sender(envelopes)
+
+
+def _receive_together(jobs: list[tuple[_Receiving, list[Any]]]) -> list[Outcomes | BaseException]:
     """The pass itself, holding what it unseals (``receive_batch(dispatch=False)``'s rule:
     nothing it opens is saved before its handlers ran)."""
     cores = [core for core, _envs in jobs]
@@ -88,29 +100,36 @@ def _receive_together(jobs: list[tuple[_Receiving, list[Any]]]) -> list[Outcomes
         core._holders.append(None)
     _holding.on = True
     try:
-        parsed: list[tuple[list[Any], list[Any]]] = []
+        parsed = [_Job(core, envs) for core, envs in jobs]
         runs: list[_Run] = []
-        for core, envs in jobs:
-            items, outcomes, by_sender = group_by_sender(envs)
-            parsed.append((items, outcomes))
-            for sender, indexes in by_sender.items():
-                runs.extend(_plan(core, sender, indexes, items, outcomes))
-        _unseal(runs)
-        return [
-            core.batch_outcomes(items, outcomes, False)
-            for core, (items, outcomes) in zip(cores, parsed, strict=True)
-        ]
+        for job in parsed:
+            try:
+                for sender, indexes in job.by_sender.items():
+                    runs.extend(_plan(job, sender, indexes))
+            except Exception as exc:
+                job.failed = exc
+        _unseal([run for run in runs if run.job.failed is None])
+        out: list[Outcomes | BaseException] = []
+        for job in parsed:
+            if job.failed is None:
+                try:
+                    out.append(job.core.batch_outcomes(job.items, job.outcomes, False))
+                    continue
+                except Exception as exc:
+                    job.failed = exc
+            out.append(job.failed)
+        return out
     finally:
         _holding.on = False
         for core in cores:
             core._holders.pop()
 
 
-def _plan(
-    core: _Receiving, sender: str, indexes: list[int], items: list[Any], outcomes: list[Any]
-) -> list[_Run]:
-    """First contact is opened here, one envelope at a time; a run that cannot go into the
-    shared call takes the agent's own path at once; the rest is returned."""
+def _plan(job: _Job, sender: str, indexes: list[int]) -> list[_Run]:
+    """First contact is opened here, one envelope at a time (only when a session went away
+    since the pass checked: ``Opening.joins``); a run that cannot go into the shared call
+    takes the agent's own path at once; the rest is returned."""
+    core, items, outcomes = job.core, job.items, job.outcomes
     envs = [items[i] for i in indexes]
     first, rest = core.open_first_contact(sender, envs)
     for index, result in zip(indexes, first, strict=False):
@@ -121,26 +140,27 @@ def _plan(
     session = core._sessions.get(sender)
     if session is None or session.deniable or len(rest) > UNSEAL_MANY_MAX:
         # (nothing to verify; or a run large enough to batch well on its own)
-        _Run(core, sender, indexes, rest, session, outcomes).fill(core._accept_run(sender, rest))
+        _Run(job, sender, indexes, rest, session).fill(core._accept_run(sender, rest))
         return []
-    return [_Run(core, sender, indexes, rest, session, outcomes)]
+    return [_Run(job, sender, indexes, rest, session)]
 
 
 def _unseal(runs: list[_Run]) -> None:
     """One native call for the runs whose agents' locks are free now and whose sessions are
-    still current; the agent's own path for the others."""
+    still current; the agent's own path for the others. A failure after the native call
+    fails only its agent's job."""
     if not runs:
         return
     by_core: dict[int, list[_Run]] = {}
     for run in runs:
-        by_core.setdefault(id(run.core), []).append(run)
+        by_core.setdefault(id(run.job.core), []).append(run)
     shared: list[_Run] = []
     alone: list[_Run] = []
     locked: list[_Receiving] = []
     opened: list[list[Any]] = []
     try:
         for core_runs in by_core.values():
-            core = core_runs[0].core
+            core = core_runs[0].job.core
             # (never wait for one agent's lock with others held: try, else its own path)
             if not core._lock.acquire(blocking=False):
                 alone.extend(core_runs)
@@ -156,14 +176,24 @@ def _unseal(runs: list[_Run]) -> None:
         elif shared:
             opened = _crypto.unseal_across([(run.session, run.envelopes) for run in shared])
         for run, payloads in zip(shared, opened, strict=True):
-            run.core.count_opened(run.sender, payloads)
+            # (its lock held since before the unseal: see ``count_opened``)
+            run.job.core.count_opened(run.sender, payloads)
     finally:
         for core in locked:
             core._lock.release()
     for run, payloads in zip(shared, opened, strict=True):
-        run.fill(run.core.results_of(run.sender, run.envelopes, payloads, run.session))
+        if run.job.failed is None:
+            try:
+                core = run.job.core
+                run.fill(core.results_of(run.sender, run.envelopes, payloads, run.session))
+            except Exception as exc:
+                run.job.failed = exc
     for run in alone:
-        run.fill(run.core._accept_run(run.sender, run.envelopes))
-    for core in {id(run.core): run.core for run in shared}.values():
+        if run.job.failed is None:
+            try:
+                run.fill(run.job.core._accept_run(run.sender, run.envelopes))
+            except Exception as exc:
+                run.job.failed = exc
+    for core in {id(run.job.core): run.job.core for run in shared}.values():
         if core._dirty is not None and core._autosave:
             core._maybe_autosave()

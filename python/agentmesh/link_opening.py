@@ -126,12 +126,18 @@ class Opening:
         self.todo, self.ids, self.where, self.setups = todo, ids, where, setups
         self.keys_before = len(core.keypair.one_time_prekey_ids()) if setups else 0
 
-    def finish(self, results: list[Any]) -> tuple[list[Outcome], bool]:
-        """The outcomes, from what ``receive_batch(todo, dispatch=False)`` returned, and
-        whether a set-up used one of this agent's one-time prekeys."""
+    def prekeys_used(self) -> bool:
+        """Whether a set-up of the batch used one of this agent's one-time prekeys (asked
+        while ``between_batches`` is held: new prekeys are made only between batches)."""
+        if not self.setups:
+            return False
+        return len(self.core.keypair.one_time_prekey_ids()) != self.keys_before
+
+    def finish(self, results: list[Any]) -> list[Outcome]:
+        """The outcomes, from what ``receive_batch(todo, dispatch=False)`` returned (taking
+        replies off may run error handlers and interceptors)."""
         core = self.core
         outcomes = self.outcomes
-        prekeys_used = self.setups and len(core.keypair.one_time_prekey_ids()) != self.keys_before
         accepted: list[str] = []
         for envelope_id, msg, index in zip(self.ids, results, self.where, strict=True):
             if not isinstance(msg, Message):
@@ -153,17 +159,19 @@ class Opening:
             else:
                 outcomes[index] = msg
         self.recent.add_all(accepted)
-        return outcomes, prekeys_used
+        return outcomes
 
     def alone(self) -> tuple[list[Outcome], bool]:
-        """The batch unsealed on its own (the agent's ``receive_batch``)."""
+        """The batch unsealed on its own (the agent's ``receive_batch``): the outcomes, and
+        whether a set-up used one of this agent's one-time prekeys."""
         if not self.todo:
             return self.outcomes, False
-        return self.finish(self.core.receive_batch(self.todo, dispatch=False))
+        results = self.core.receive_batch(self.todo, dispatch=False)
+        return self.finish(results), self.prekeys_used()
 
     def joins(self) -> bool:
         """Whether the batch may be unsealed together with other agents' batches: envelopes
-        to unseal, all parsed, all from senders with a session (a first contact looks the
+        to unseal, all parsed, all from senders with a session (a first contact looks its
         sender up at the hub, which must not hold up the other agents of a pass)."""
         sessions = self.core._sessions
         return bool(self.todo) and all(
@@ -180,9 +188,10 @@ def open_deliveries(
     return Opening(core, recent, datas).alone()
 
 
-def open_together(openings: list[Opening]) -> list[tuple[list[Outcome], bool]]:
-    """:meth:`Opening.alone` for several agents' batches that :meth:`~Opening.joins` (each
-    agent at most once), their signed messages unsealed in one native call
-    (:mod:`agentmesh.agent_receiving_together`)."""
-    results = receive_batches_together([(opening.core, opening.todo) for opening in openings])
-    return [o.finish(r) for o, r in zip(openings, results, strict=True)]
+def open_together(openings: list[Opening]) -> list[list[Any] | BaseException]:
+    """The unseal of several agents' batches that :meth:`~Opening.joins` (each agent at most
+    once), their signed messages in one native call
+    (:mod:`agentmesh.agent_receiving_together`). Returns, per batch, what
+    :meth:`Opening.finish` makes outcomes of, or the exception that failed that agent's part
+    (its batch must come again)."""
+    return receive_batches_together([(opening.core, opening.todo) for opening in openings])

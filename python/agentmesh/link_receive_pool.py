@@ -145,13 +145,16 @@ class ReceivePool:
         self.schedule(task)
 
     def schedule_next_many(self, tasks: collections.abc.Sequence[Drainable]) -> None:
-        """``schedule_next`` for several tasks (they run one after another on this worker
-        unless another is free by then)."""
+        """``schedule_next`` for several tasks: they run one after another on this worker,
+        and if one of them blocks, the watcher has the others taken by another worker after
+        :data:`STUCK_AFTER` (an idle one, else a new one)."""
         with self._cv:
             if getattr(_this_thread, "pool", None) is self and not self._ready:
                 self._ready.extend(tasks)
                 if self._workers <= self._waiting:
                     self._spawn()
+                elif len(tasks) > 1:
+                    self._wake_watcher()
                 return
         self.schedule_many(tasks)
 
@@ -168,15 +171,19 @@ class ReceivePool:
             elif self._workers <= self._waiting:
                 self._spawn()
             else:
-                if self._watcher is None:
-                    self._watcher = threading.Thread(
-                        target=self._watch, name=f"{self._name}-watch", daemon=True
-                    )
-                    self._watcher.start()
-                # (waking it for every agent queued behind a busy worker cost a thread switch per
-                # agent: a process hosting hundreds paid that on nearly every message)
-                if not self._watch_timed:
-                    self._watch_cv.notify()
+                self._wake_watcher()
+
+    def _wake_watcher(self) -> None:
+        """(``_cv`` held) The watcher looks at the queue (started on first use)."""
+        if self._watcher is None:
+            self._watcher = threading.Thread(
+                target=self._watch, name=f"{self._name}-watch", daemon=True
+            )
+            self._watcher.start()
+        # (waking it for every agent queued behind a busy worker cost a thread switch per
+        # agent: a process hosting hundreds paid that on nearly every message)
+        if not self._watch_timed:
+            self._watch_cv.notify()
 
     def _spawn(self) -> None:
         self._workers += 1
@@ -263,11 +270,14 @@ class ReceivePool:
         cv = self._watch_cv
         with cv:
             while True:
-                if self._ready and not self._idle:
+                if self._ready:
                     waited = time.monotonic() - self._last_start
-                    if waited >= STUCK_AFTER and self._workers < MAX_WORKERS:
-                        log.debug("agentmesh: every receive worker is busy; starting another")
-                        self._spawn()
+                    if waited >= STUCK_AFTER and (self._idle or self._workers < MAX_WORKERS):
+                        if self._idle:  # (tasks queued for a worker that is stuck in one)
+                            self._cv.notify()
+                        else:
+                            log.debug("agentmesh: every receive worker is busy; starting another")
+                            self._spawn()
                         self._last_start = time.monotonic()
                         continue
                     self._watch_timed = True

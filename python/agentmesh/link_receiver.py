@@ -101,6 +101,8 @@ class Receiver:
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._unseal = _Stage(self._drain_unseal, self, unseal_together)
+        # the same stage, scheduled to run alone (what a pass gave back: link_unseal_together)
+        self._unseal_alone = _Stage(self._drain_unseal, self)
         self._handle = _Stage(self._drain_handle, self)
         self._pending: collections.deque[_Item] = collections.deque()
         self._unsealed: collections.deque[tuple[list[_Item], list[Outcome]]] = collections.deque()
@@ -225,6 +227,15 @@ class Receiver:
             self._pending.clear()
             self._drainer[self._unseal] = threading.get_ident()
         return items
+
+    def _give_back_unseal(self, items: list[_Item]) -> None:
+        """``items`` (taken by ``_take_unseal``) go back in front of what came since, and the
+        unseal stage, still scheduled, runs again alone as a task of its own."""
+        with self._lock:
+            self._pending.extendleft(reversed(items))
+            self._drainer[self._unseal] = None
+            self._idle.notify_all()
+        self.pool.schedule(self._unseal_alone)
 
     def _end_unseal(self) -> None:
         self._end(

@@ -189,6 +189,42 @@ def test_the_pool_runs_waiting_tasks_together_up_to_the_bound_and_every_task_onc
     ]  # the others keep their order
 
 
+def test_tasks_queued_behind_a_blocking_one_go_to_an_idle_worker():
+    """``schedule_next_many`` queues a pass's handle stages on its own worker; if the first
+    blocks (a handler waiting), the watcher hands the others to an idle worker."""
+    pool = ReceivePool("test-behind")
+    slow_done = threading.Event()
+
+    class Run:
+        together = None
+
+        def __init__(self, fn) -> None:
+            self.fn = fn
+
+        def drain(self) -> None:
+            self.fn()
+
+    pool.schedule(Run(lambda: time.sleep(0.4)))  # two workers: one blocks, another starts
+    time.sleep(0.02)
+    pool.schedule(Run(lambda: None))
+    deadline = time.monotonic() + 10
+    while pool.workers < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)  # (both idle now)
+    ran: list[bool] = []
+
+    def slow() -> None:
+        time.sleep(3.0)
+        slow_done.set()
+
+    def quick() -> None:
+        ran.append(slow_done.is_set())
+
+    pool.schedule(Run(lambda: pool.schedule_next_many([Run(slow), Run(quick)])))
+    assert slow_done.wait(10)
+    assert ran == [False]  # the quick task did not wait for the blocking one
+
+
 # -- end to end, over a network hub -------------------------------------------------------------
 
 
@@ -261,6 +297,75 @@ def test_network_agents_of_one_process_receive_in_passes_in_order_exactly_once(
     assert [len(e) for e in errors] == [0, 0, 0, 1] + [0] * (n - 4)
     assert max(passes) > 1  # agents were opened together
     for agent in receivers + senders:
+        agent.close()
+    net_r.close()
+    net_s.close()
+
+
+def _receiver_of(agent: Agent):
+    return agent._core._transport.receiver
+
+
+def test_network_a_pass_gives_back_a_first_contact_and_a_busy_agent_and_goes_on(server):
+    """A batch whose sender must be looked up at the hub (slowly, here) and an agent whose
+    prekey maintenance holds its lock are given back to run alone: the other agents' messages
+    reach their handlers meanwhile, and nothing is lost."""
+    n = 8
+    net_r, net_s = NetworkHub("127.0.0.1", server.port), NetworkHub("127.0.0.1", server.port)
+    receivers = [Agent(f"r{i}", hub=net_r) for i in range(n)]
+    senders = [Agent(f"s{i}", hub=net_s) for i in range(n)]
+    newcomer = Agent("newcomer", hub=net_s)
+    got: list[list[tuple[str, float]]] = [[] for _ in range(n)]
+    hold = threading.Event()
+
+    def handler_for(i: int):
+        def handle(msg) -> None:
+            if i == 0 and msg.text == "block":
+                hold.wait(0.5)  # (its worker busy: the others' batches queue up for a pass)
+            got[i].append((msg.text, time.monotonic()))
+
+        return handle
+
+    for i, r in enumerate(receivers):
+        r.on_message(handler_for(i))
+    for i, s in enumerate(senders):
+        s.send(f"r{i}", text="hello")
+        s.flush(30)
+    assert _wait(lambda: all(len(g) == 1 for g in got))
+    looked_up: list[float] = []
+    slow_core = receivers[1]._core
+    real_lookup = slow_core._lookup_bundle
+
+    def slow_lookup(agent_id):
+        time.sleep(2.0)
+        looked_up.append(time.monotonic())
+        return real_lookup(agent_id)
+
+    slow_core._lookup_bundle = slow_lookup
+    busy = _receiver_of(receivers[2]).between_batches
+    senders[0].send("r0", text="block")
+    senders[0].flush(30)
+    time.sleep(0.05)
+    busy.acquire()
+    try:
+        newcomer.send("r1", text="first contact")
+        for i, s in enumerate(senders):
+            s.send(f"r{i}", text="m")
+        newcomer.flush(30)
+        for s in senders:
+            s.flush(30)
+        hold.set()
+        others = [g for i, g in enumerate(got) if i not in (1, 2)]
+        assert _wait(lambda: all(len(g) >= 2 for g in others) and len(got[1]) >= 2)
+        assert len(got[2]) == 1  # (its lock is held: given back, waiting)
+    finally:
+        busy.release()
+    assert _wait(lambda: len(got[2]) == 2 and len(got[1]) == 3)
+    assert [t for t, _ in got[1]] == ["hello", "first contact", "m"]
+    assert [t for t, _ in got[2]] == ["hello", "m"]
+    # the agents after the slow lookup did not wait for it
+    assert looked_up and all(g[-1][1] < looked_up[0] for g in others)
+    for agent in [*receivers, *senders, newcomer]:
         agent.close()
     net_r.close()
     net_s.close()
