@@ -83,16 +83,23 @@ def waiting() -> Iterator[None]:
             hook(False)
 
 
-@contextlib.contextmanager
-def while_waiting(hook: Callable[[bool], None]) -> Iterator[None]:
+class while_waiting:
     """Within this block on a worker, ``waiting()`` calls ``hook(True)`` on entering and
-    ``hook(False)`` on leaving (how a receiver learns that its handler waits)."""
-    previous = getattr(_this_thread, "on_wait", None)
-    _this_thread.on_wait = hook
-    try:
-        yield
-    finally:
-        _this_thread.on_wait = previous
+    ``hook(False)`` on leaving (how a receiver learns that its handler waits). (A class, not
+    a generator: it wraps every handle stage of every agent.)"""
+
+    __slots__ = ("hook", "previous")
+
+    def __init__(self, hook: Callable[[bool], None]) -> None:
+        self.hook = hook
+        self.previous: Callable[[bool], None] | None = None
+
+    def __enter__(self) -> None:
+        self.previous = getattr(_this_thread, "on_wait", None)
+        _this_thread.on_wait = self.hook
+
+    def __exit__(self, *exc: object) -> None:
+        _this_thread.on_wait = self.previous
 
 
 class Drainable(Protocol):

@@ -234,14 +234,12 @@ class Receiver:
         with self._lock:
             self._pending.extendleft(reversed(items))
             self._drainer[self._unseal] = None
-            self._idle.notify_all()
+            if self._closing:
+                self._idle.notify_all()
         self.pool.schedule(self._unseal_alone)
 
     def _end_unseal(self) -> None:
-        self._end(
-            self._unseal,
-            more=lambda: bool(self._pending) and not self._closing and self._may_unseal(),
-        )
+        self._end(self._unseal)
 
     def _unsealed_now(
         self, items: list[_Item], outcomes: list[Outcome], prekeys_used: bool
@@ -275,17 +273,16 @@ class Receiver:
             if queued:
                 self._unsealed.append((queued, queued_outcomes))
             schedule = bool(queued) and core.consumer_ready.is_set() and self._claim(self._handle)
-        for item, size, note in direct:
-            self._acknowledge([item], [True] * size, note_positions=note)
-        # The backend hands over the next batch once this one is unsealed: at once when no
-        # handler runs it next; else with the handlers' end (one wake-up of the network
-        # thread per batch, as when the two stages were one), or as soon as a handler
-        # waits for a reply (which may be in that next batch).
-        opened = [item[2] for item in items]
-        with self._lock:
-            later = bool(queued) and schedule and not self._handler_waits
+            # The backend hands over the next batch once this one is unsealed: at once when
+            # no handler runs it next; else with the handlers' end (one wake-up of the network
+            # thread per batch, as when the two stages were one), or as soon as a handler
+            # waits for a reply (which may be in that next batch).
+            opened = [item[2] for item in items]
+            later = schedule and not self._handler_waits
             if later:
                 self._opened_waiting.extend(opened)
+        for item, size, note in direct:
+            self._acknowledge([item], [True] * size, note_positions=note)
         if not later:
             self._release_opened(opened)
         return schedule
@@ -333,12 +330,16 @@ class Receiver:
         finally:
             with self._lock:
                 opened, self._opened_waiting = self._opened_waiting, []
+                again, close_now = self._ended(self._handle)
+                # (unsealing waited for the handlers)
+                unseal = bool(self._pending) and self._claim(self._unseal)
             if opened:
                 self._release_opened(opened)
-            self._end(self._handle, more=lambda: bool(self._unsealed))
-            with self._lock:  # unsealing waited for the handlers
-                schedule = bool(self._pending) and self._claim(self._unseal)
-            if schedule:
+            if again:
+                self.pool.schedule_next(self._handle)
+            if close_now:
+                self._on_closed()
+            if unseal:
                 self.pool.schedule_next(self._unseal)
 
     def _give_back(
@@ -408,21 +409,31 @@ class Receiver:
 
     # -- both stages ----------------------------------------------------------------------------
 
-    def _end(self, stage: _Stage, more: Callable[[], bool]) -> None:
+    def _end(self, stage: _Stage) -> None:
         """After a drain: schedule the stage again if work came meanwhile; close if asked."""
         with self._lock:
-            self._drainer[stage] = None
-            again = more()
-            if not again:
-                self._scheduled[stage] = False
-            close_now = self._close_after_drain and self._quiet()
-            if close_now:
-                self._close_after_drain = False
-            self._idle.notify_all()
+            again, close_now = self._ended(stage)
         if again:
             self.pool.schedule_next(stage)
         if close_now:
             self._on_closed()
+
+    def _ended(self, stage: _Stage) -> tuple[bool, bool]:
+        """(``_lock`` held) The drain of ``stage`` ends: whether it must run again (work came
+        meanwhile) and whether the agent closes now (``close`` from its own handler)."""
+        self._drainer[stage] = None
+        if stage is self._unseal:
+            again = bool(self._pending) and not self._closing and self._may_unseal()
+        else:
+            again = bool(self._unsealed)
+        if not again:
+            self._scheduled[stage] = False
+        close_now = self._close_after_drain and self._quiet()
+        if close_now:
+            self._close_after_drain = False
+        if self._closing:  # (only ``close`` waits on it, once it has set ``_closing``)
+            self._idle.notify_all()
+        return again, close_now
 
     def draining_here(self) -> bool:
         """Whether this thread runs one of this agent's stages now (a handler of its own)."""
