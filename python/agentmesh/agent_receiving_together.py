@@ -53,7 +53,6 @@ class _Run:
             outcomes[index] = result
 
 
-
 def receive_batches_together(
     jobs: list[tuple[_Receiving, list[Any]]],
 ) -> list[Outcomes | BaseException]:

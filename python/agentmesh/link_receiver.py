@@ -34,9 +34,10 @@ from .agent_core import _AgentCore
 from .agent_receiving import Rejected
 from .backend import Backend, Delivery
 from .errors import HandlersNotRunError
+from .link_acknowledgements import Acknowledgements, resolve_all
 from .link_opening import RECENT_IDS, Outcome, RecentIds, Retry, open_deliveries
 from .link_receive_pool import while_waiting
-from .link_state_writer import StateWriter, resolve
+from .link_state_writer import StateWriter
 from .link_unseal_together import unseal_together
 from .message import Message
 
@@ -92,6 +93,7 @@ class Receiver:
         self.pool = net.receive_pool
         self.backend = backend
         self.state_writer = state_writer
+        self._acks = Acknowledgements(core, net, state_writer)
         self._prekeys_used = prekeys_used
         self._on_closed = on_closed
         # held while a batch is unsealed: new prekeys are made and written only between
@@ -191,7 +193,7 @@ class Receiver:
 
     def _release_opened(self, futures: list[asyncio.Future[None]]) -> None:
         with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
-            self.net.call_soon_batched(_resolve_all, futures)
+            self.net.call_soon_batched(resolve_all, futures)
 
     # -- stage 1: unseal --------------------------------------------------------------------------
 
@@ -282,7 +284,7 @@ class Receiver:
             if later:
                 self._opened_waiting.extend(opened)
         for item, size, note in direct:
-            self._acknowledge([item], [True] * size, note_positions=note)
+            self._acks.handled([item], [True] * size, note_positions=note)
         if not later:
             self._release_opened(opened)
         return schedule
@@ -326,7 +328,7 @@ class Receiver:
                     finally:
                         for sender, count in handled.items():
                             core.handled_from(sender, count)
-                    self._acknowledge(items, outcomes)
+                    self._acks.handled(items, outcomes)
         finally:
             with self._lock:
                 opened, self._opened_waiting = self._opened_waiting, []
@@ -359,53 +361,8 @@ class Receiver:
         if self.state_writer is not None:
             # what ran before it is skipped by position when the batch comes again
             done = [o is True or type(o) is Message for o in outcomes[:index]]
-            self._note_delivered(items, done + [False] * (len(outcomes) - index))
-        failed = [(item[3], error) for group, _outcomes in rest for item in group]
-        with contextlib.suppress(RuntimeError):
-            self.net.call_soon_batched(_fail_all, failed)
-
-    def _acknowledge(
-        self, items: list[_Item], outcomes: list[Outcome], note_positions: bool = True
-    ) -> None:
-        handled = [o is True or type(o) is Message for o in outcomes]
-        retry: dict[int, BaseException] = {}  # item index -> why it must come again
-        at = 0
-        for index, (batch, _hub, _unsealed, _acked) in enumerate(items):
-            for outcome in outcomes[at : at + len(batch)]:
-                if type(outcome) is Retry:
-                    retry.setdefault(index, outcome.error)
-            at += len(batch)
-        if retry:
-            note_positions = False  # (a restart must not skip what comes again)
-            failed = [(items[i][3], error) for i, error in retry.items()]
-            with contextlib.suppress(RuntimeError):
-                self.net.call_soon_batched(_fail_all, failed)
-        acked = [item[3] for index, item in enumerate(items) if index not in retry]
-        if self.state_writer is not None:
-            # persisted after the handlers and before the ack, by the state writer (one
-            # write for every batch handled meanwhile): after a crash the backend
-            # redelivers instead of the agent holding acked messages whose session
-            # advance was lost. The positions go with it, so that a restarted agent skips
-            # what a crashed hub redelivers instead of reporting replays.
-            if note_positions:
-                self._note_delivered(items, handled)
-            self.state_writer.after_batch(acked)
-            return
-        with contextlib.suppress(RuntimeError):  # the loop is gone (interpreter exit)
-            self.net.call_soon_batched(_resolve_all, acked)
-
-    def _note_delivered(self, items: list[_Item], handled: list[bool]) -> None:
-        """Per store, the highest position that was handled (or skipped as a duplicate of a
-        handled one): never one that was rejected, so a forged delivery cannot push the saved
-        position past real ones."""
-        flags = iter(handled)
-        for batch, hub_id, _unsealed, _acked in items:
-            top = 0
-            for did, _data in batch:
-                if next(flags, False):
-                    top = did
-            if hub_id is not None and top:
-                self.core.note_delivered(hub_id, top)
+            self._acks.note_delivered(items, done + [False] * (len(outcomes) - index))
+        self._acks.fail([(item[3], error) for group, _outcomes in rest for item in group])
 
     # -- both stages ----------------------------------------------------------------------------
 
@@ -484,13 +441,3 @@ class Receiver:
                     waited,
                 )
         return False
-
-
-def _fail_all(failed: list[tuple[asyncio.Future[None], BaseException]]) -> None:
-    for fut, error in failed:
-        resolve(fut, error)
-
-
-def _resolve_all(futures: list[asyncio.Future[None]]) -> None:
-    for fut in futures:
-        resolve(fut)

@@ -74,9 +74,7 @@ class _Taken:
     def retry(self, error: BaseException) -> tuple[list[Outcome], bool]:
         """Never acknowledged (that would lose it), and the backend not left waiting: the
         batch comes again on the next connection."""
-        log.error(
-            "agent %r: receiving a batch failed", self.receiver.core.agent_id, exc_info=error
-        )
+        log.error("agent %r: receiving a batch failed", self.receiver.core.agent_id, exc_info=error)
         return [Retry(error) for _ in _datas(self.items)], True  # (the prekeys: look anyway)
 
 
