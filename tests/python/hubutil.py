@@ -38,6 +38,16 @@ from agentmesh.testing import HubProcess, subprocess_env  # noqa: F401
 HOST = "127.0.0.1"
 
 
+def eventually(predicate: Any, timeout: float = 30.0) -> bool:
+    """Whether ``predicate()`` comes true within ``timeout`` seconds (polled)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # Keys and envelopes through the real crypto API
 

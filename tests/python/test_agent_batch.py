@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from hubutil import eventually
 
 from agentmesh import Agent, LocalHub
 from agentmesh.agent import UNSEAL_MANY_MAX
@@ -256,15 +257,6 @@ def server():
     srv.stop()
 
 
-def _wait(cond, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
-
-
 def test_network_bursts_arrive_once_in_order_per_sender_in_batches(server, monkeypatch):
     net = NetworkHub("127.0.0.1", server.port)
     bob = Agent("bob", hub=net)
@@ -293,7 +285,7 @@ def test_network_bursts_arrive_once_in_order_per_sender_in_batches(server, monke
     carol.flush(30)
     time.sleep(0.2)
     gate.set()
-    assert _wait(lambda: len(got) >= 2 * n), f"got {len(got)} of {2 * n}"
+    assert eventually(lambda: len(got) >= 2 * n), f"got {len(got)} of {2 * n}"
     time.sleep(0.1)
     assert len(got) == 2 * n  # exactly once
     assert [k for s, k in got if s == "alice"] == list(range(n))
@@ -317,7 +309,7 @@ def test_network_tampered_envelope_in_a_burst_is_rejected_in_place(server):
     for i in range(20, 40):
         alice.send("bob", text=f"m{i}")
     alice.flush(30)
-    assert _wait(lambda: len(rec.messages) >= 40 and rec.errors)
+    assert eventually(lambda: len(rec.messages) >= 40 and rec.errors)
     assert [m.text for m in rec.messages] == [f"m{i}" for i in range(40)]
     assert len(rec.errors) == 1 and isinstance(rec.errors[0], CryptoError)
     assert rec.order.index(("err", "alice", type(rec.errors[0]).__name__)) == 20
@@ -361,8 +353,8 @@ def test_network_persistent_receiver_saves_once_per_batch_before_the_ack(
     alice.flush(30)
     time.sleep(0.2)
     gate.set()
-    assert _wait(lambda: len(got) >= n)
-    assert _wait(lambda: events.count("ack") >= 1 and events[-1] == "ack")
+    assert eventually(lambda: len(got) >= n)
+    assert eventually(lambda: events.count("ack") >= 1 and events[-1] == "ack")
     assert got == list(range(n))
     saves = events.count("save")
     assert 1 <= saves < n / 4  # group commit: far fewer writes than messages
@@ -376,7 +368,7 @@ def test_network_persistent_receiver_saves_once_per_batch_before_the_ack(
     again: list = []
     bob.on_message(again.append)
     alice.send("bob", text="after restart")
-    assert _wait(lambda: again)
+    assert eventually(lambda: again)
     assert [m.text for m in again] == ["after restart"]
     assert bob.status()["rejected"] == 0
     alice.close()
@@ -419,7 +411,7 @@ def test_network_deniable_agents(server):
     for i in range(50):
         alice.send("bob", text=f"d{i}")
     alice.flush(30)
-    assert _wait(lambda: len(got) >= 50)
+    assert eventually(lambda: len(got) >= 50)
     assert [m.text for m in got] == [f"d{i}" for i in range(50)]
     assert bob._core._sessions["alice"].deniable
     alice.close()
@@ -452,14 +444,14 @@ def test_network_handler_closing_its_agent_mid_batch_loses_and_repeats_nothing(s
     alice.flush(30)
     time.sleep(0.2)
     gate.set()
-    assert _wait(lambda: bob.closed and len(seen) >= 5)
+    assert eventually(lambda: bob.closed and len(seen) >= 5)
     time.sleep(0.3)
     first = list(seen)
     assert first == list(range(len(first))) and 5 <= len(first) < n
     bob2 = Agent("bob", hub=net, keypair_path=key)
     bob2.on_error(errors.append)
     bob2.on_message(lambda msg: seen.append(msg.payload["n"]))
-    assert _wait(lambda: len(seen) >= n), (len(first), len(seen))
+    assert eventually(lambda: len(seen) >= n), (len(first), len(seen))
     time.sleep(0.2)
     assert seen == list(range(n)) and not errors, (len(first), errors[:3])
     alice.close()

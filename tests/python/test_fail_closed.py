@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hubutil import HubProcess
+from hubutil import HubProcess, eventually
 
 import agentmesh.keystore as keystore
 from agentmesh import Agent, LocalHub, NetworkHub, StateWriteError
@@ -45,15 +45,6 @@ def _queued_for(store: Path, recipient: str) -> int:
         return int(row.fetchone()[0])
 
 
-def _wait(predicate, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
-
-
 # -- 1. the state write fails closed -------------------------------------------------------------
 
 
@@ -78,11 +69,11 @@ def test_nothing_is_acknowledged_before_its_state_write_succeeded(tmp_path, disk
         with Agent("alice", hub=net) as alice:
             alice.send("bob", text="before")
             alice.flush(30)
-            assert _wait(lambda: _queued_for(store, "bob") == 0)
+            assert eventually(lambda: _queued_for(store, "bob") == 0)
             disk_full.set()
             alice.send("bob", text="while the disk is full")
             alice.flush(30)
-            assert _wait(lambda: len(got) == 2)
+            assert eventually(lambda: len(got) == 2)
             # handled, but its state is not on disk: the hub must keep it
             time.sleep(0.5)
             assert _queued_for(store, "bob") == 1
@@ -92,7 +83,7 @@ def test_nothing_is_acknowledged_before_its_state_write_succeeded(tmp_path, disk
             assert "No space left on device" in str(info.value)
             assert _queued_for(store, "bob") == 1
             disk_full.clear()  # space again: the retried write goes through, then the ack
-            assert _wait(lambda: _queued_for(store, "bob") == 0)
+            assert eventually(lambda: _queued_for(store, "bob") == 0)
         bob.flush(10)
         bob.close()
         assert [m.text for m in got] == ["before", "while the disk is full"]
@@ -104,7 +95,7 @@ def test_an_agent_closed_on_a_full_disk_leaves_its_batch_at_the_hub(tmp_path, di
             disk_full.set()
             alice.send("bob", text="one")
             alice.flush(30)
-            assert _wait(lambda: len(got) == 1)
+            assert eventually(lambda: len(got) == 1)
             with pytest.raises(StateWriteError):
                 bob.close()
         assert _queued_for(store, "bob") == 1
@@ -113,7 +104,7 @@ def test_an_agent_closed_on_a_full_disk_leaves_its_batch_at_the_hub(tmp_path, di
         again: list = []
         with Agent("bob", hub=net, keypair_path=tmp_path / "bob.key") as bob2:
             bob2.on_message(again.append)
-            assert _wait(lambda: len(again) == 1)
+            assert eventually(lambda: len(again) == 1)
         assert [m.text for m in again] == ["one"]
 
 

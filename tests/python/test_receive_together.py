@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from hubutil import eventually
 
 import agentmesh.crypto as crypto_module
 from agentmesh import Agent, LocalHub
@@ -115,9 +116,7 @@ def test_an_agent_whose_lock_is_busy_goes_alone_after_the_others(native_calls):
         )
     finally:
         released.join()
-    assert [_texts(out) for out in results] == [
-        [f"{i}-{j}" for j in range(2)] for i in range(3)
-    ]
+    assert [_texts(out) for out in results] == [[f"{i}-{j}" for j in range(2)] for i in range(3)]
     assert native_calls == [[2, 2]]  # the busy agent's run was not in the shared call
 
 
@@ -228,18 +227,8 @@ def test_tasks_queued_behind_a_blocking_one_go_to_an_idle_worker():
 # -- end to end, over a network hub -------------------------------------------------------------
 
 
-@pytest.fixture
-def server():
-    from agentmesh.hub_server import NetworkHubServer
-
-    srv = NetworkHubServer("127.0.0.1", 0)
-    srv.start(block=False)
-    yield srv
-    srv.stop()
-
-
 def test_network_agents_of_one_process_receive_in_passes_in_order_exactly_once(
-    server, monkeypatch
+    make_server, monkeypatch
 ):
     """While one agent's handler holds its worker, the others' batches wait on the pool and
     the next worker opens them in one pass; every message arrives once, in order, and one
@@ -254,6 +243,7 @@ def test_network_agents_of_one_process_receive_in_passes_in_order_exactly_once(
         return real(openings)
 
     monkeypatch.setattr(link_unseal_together, "open_together", counting)
+    server = make_server()
     n, per = 12, 30
     net_r, net_s = NetworkHub("127.0.0.1", server.port), NetworkHub("127.0.0.1", server.port)
     receivers = [Agent(f"r{i}", hub=net_r) for i in range(n)]
@@ -276,7 +266,7 @@ def test_network_agents_of_one_process_receive_in_passes_in_order_exactly_once(
     for i, s in enumerate(senders):
         s.send(f"r{i}", text="hello")
         s.flush(30)
-    assert _wait(lambda: all(len(g) == 1 for g in got))
+    assert eventually(lambda: all(len(g) == 1 for g in got))
     senders[0].send("r0", text="block")
     senders[0].flush(30)
     time.sleep(0.05)
@@ -291,7 +281,7 @@ def test_network_agents_of_one_process_receive_in_passes_in_order_exactly_once(
         s.flush(30)
     hold.set()
     expected = [f"m{j}" for j in range(per)]
-    assert _wait(lambda: all(len(g) >= per + 1 for g in got) and errors[3])
+    assert eventually(lambda: all(len(g) >= per + 1 for g in got) and errors[3])
     assert got[0] == ["hello", "block", *expected]
     assert all(g == ["hello", *expected] for g in got[1:])
     assert [len(e) for e in errors] == [0, 0, 0, 1] + [0] * (n - 4)
@@ -306,10 +296,11 @@ def _receiver_of(agent: Agent):
     return agent._core._transport.receiver
 
 
-def test_network_a_pass_gives_back_a_first_contact_and_a_busy_agent_and_goes_on(server):
+def test_network_a_pass_gives_back_a_first_contact_and_a_busy_agent_and_goes_on(make_server):
     """A batch whose sender must be looked up at the hub (slowly, here) and an agent whose
     prekey maintenance holds its lock are given back to run alone: the other agents' messages
     reach their handlers meanwhile, and nothing is lost."""
+    server = make_server()
     n = 8
     net_r, net_s = NetworkHub("127.0.0.1", server.port), NetworkHub("127.0.0.1", server.port)
     receivers = [Agent(f"r{i}", hub=net_r) for i in range(n)]
@@ -331,7 +322,7 @@ def test_network_a_pass_gives_back_a_first_contact_and_a_busy_agent_and_goes_on(
     for i, s in enumerate(senders):
         s.send(f"r{i}", text="hello")
         s.flush(30)
-    assert _wait(lambda: all(len(g) == 1 for g in got))
+    assert eventually(lambda: all(len(g) == 1 for g in got))
     looked_up: list[float] = []
     slow_core = receivers[1]._core
     real_lookup = slow_core._lookup_bundle
@@ -356,11 +347,11 @@ def test_network_a_pass_gives_back_a_first_contact_and_a_busy_agent_and_goes_on(
             s.flush(30)
         hold.set()
         others = [g for i, g in enumerate(got) if i not in (1, 2)]
-        assert _wait(lambda: all(len(g) >= 2 for g in others) and len(got[1]) >= 2)
+        assert eventually(lambda: all(len(g) >= 2 for g in others) and len(got[1]) >= 2)
         assert len(got[2]) == 1  # (its lock is held: given back, waiting)
     finally:
         busy.release()
-    assert _wait(lambda: len(got[2]) == 2 and len(got[1]) == 3)
+    assert eventually(lambda: len(got[2]) == 2 and len(got[1]) == 3)
     assert [t for t, _ in got[1]] == ["hello", "first contact", "m"]
     assert [t for t, _ in got[2]] == ["hello", "m"]
     # the agents after the slow lookup did not wait for it
@@ -369,12 +360,3 @@ def test_network_a_pass_gives_back_a_first_contact_and_a_busy_agent_and_goes_on(
         agent.close()
     net_r.close()
     net_s.close()
-
-
-def _wait(cond, timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True

@@ -77,23 +77,26 @@ fn outcome(result: &agentmesh_core::Result<Opened>) -> Outcome {
         .map_err(Clone::clone)
 }
 
+/// One `unseal_across` call over every session of a world, each with its batch.
+fn unseal_world(world: &mut [(Pair, Vec<Envelope>)]) -> Vec<Vec<agentmesh_core::Result<Opened>>> {
+    let mut calls: Vec<SessionBatch<'_, Envelope>> = world
+        .iter_mut()
+        .map(|(p, envs)| SessionBatch {
+            session: &mut p.b,
+            ours: &p.bob,
+            envelopes: envs.as_slice(),
+        })
+        .collect();
+    unseal_across(&mut calls)
+}
+
 /// `unseal_across` over one world and `unseal_many` session by session over an identical one
 /// give the same results and leave every session byte-for-byte the same; afterwards each
 /// session still opens a new message and refuses a replay of its batch.
 fn assert_across_matches_many(batches: &[(Mode, Batch)]) -> Vec<Vec<Outcome>> {
     let mut across = world(batches);
     let mut many = world(batches);
-    let results = {
-        let mut calls: Vec<SessionBatch<'_, Envelope>> = across
-            .iter_mut()
-            .map(|(p, envs)| SessionBatch {
-                session: &mut p.b,
-                ours: &p.bob,
-                envelopes: envs.as_slice(),
-            })
-            .collect();
-        unseal_across(&mut calls)
-    };
+    let results = unseal_world(&mut across);
     assert_eq!(results.len(), batches.len());
     let mut outcomes = Vec::new();
     for (n, ((a, envs), (m, envs_many))) in across.iter_mut().zip(many.iter_mut()).enumerate() {
@@ -191,20 +194,12 @@ fn a_replayed_batch_is_refused_message_by_message_and_changes_nothing() {
         (Mode::Signed, Batch::Fresh(4)),
         (Mode::Deniable, Batch::Fresh(3)),
     ]);
-    let unseal_all = |worlds: &mut Vec<(Pair, Vec<Envelope>)>| {
-        let mut calls: Vec<SessionBatch<'_, Envelope>> = worlds
-            .iter_mut()
-            .map(|(p, envs)| SessionBatch {
-                session: &mut p.b,
-                ours: &p.bob,
-                envelopes: envs.as_slice(),
-            })
-            .collect();
-        unseal_across(&mut calls)
-    };
-    assert!(unseal_all(&mut worlds).iter().flatten().all(Result::is_ok));
+    assert!(unseal_world(&mut worlds)
+        .iter()
+        .flatten()
+        .all(Result::is_ok));
     let before: Vec<_> = worlds.iter().map(|(p, _)| p.b.export_state()).collect();
-    let again = unseal_all(&mut worlds);
+    let again = unseal_world(&mut worlds);
     assert!(again
         .iter()
         .flatten()
