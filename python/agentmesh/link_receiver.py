@@ -5,9 +5,12 @@ receive workers (:mod:`agentmesh.link_receive_pool`), in two stages.
    skips redeliveries (by position at the backend, by envelope id here), unseals them with
    ``_AgentCore.receive_batch`` (grouped by sender, batch signature verification; rejections
    reported) and takes the replies a ``request()`` waits for off the path. Then the backend may
-   hand over the next batch.
+   hand over the next batch. When several agents' unseal stages wait on the pool, a worker
+   drains them in one pass (:mod:`agentmesh.link_unseal_together`), each agent's result the
+   same.
 2. **Handle**: the handlers run for the other messages, in arrival order; then the batch is
-   acknowledged, for a persistent agent once the state writer has written the state.
+   acknowledged (:mod:`agentmesh.link_acknowledgements`), for a persistent agent once the state
+   writer has written the state.
 
 Unsealing waits while the handlers run, and until the agent has a consumer (a handler or an
 iterator) unless it waits for replies, so in the normal flow nothing is unsealed ahead of its
