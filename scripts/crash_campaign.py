@@ -35,6 +35,11 @@ the campaign reports:
   (``ReplayError`` to ``on_error``). Any other rejection, or a replay of a message no handler
   got, is reported.
 
+With ``--agents-per-receiver N`` each receiver process hosts N agents (ids ``receiverI-aJ``,
+one identity file each), which share its receive workers and its hub connection, and the
+senders send round robin over all of them: under load their batches are unsealed in joint
+passes, so the campaign checks those passes' persistence rules too.
+
 By default each receiver also goes offline now and then (``--receiver-cycle``: a clean
 ``close()`` and a new ``Agent`` on the same ``keypair_path``), so that part of the traffic is
 queued in the hub's store rather than delivered live.
@@ -220,6 +225,12 @@ def run_sender(ns: argparse.Namespace) -> int:
     return 0
 
 
+def receiver_agent_ids(process: str, agents: int) -> list[str]:
+    """The ids of a receiver process's agents (``--agents``: several share its process, its
+    receive workers and its hub connection)."""
+    return [process] if agents <= 1 else [f"{process}-a{j}" for j in range(agents)]
+
+
 def run_receiver(ns: argparse.Namespace) -> int:
     from agentmesh import Agent, NetworkHub
 
@@ -234,11 +245,15 @@ def run_receiver(ns: argparse.Namespace) -> int:
     restarts = 0
     close_errors: list[str] = []
 
-    def handle(msg: Any) -> None:  # runs in the agent's worker thread, one message at a time
+    written = threading.Lock()  # (with --agents > 1, handlers of several agents run at once)
+
+    def handle(msg: Any) -> None:  # runs on a receive worker, one message of an agent at a time
         nonlocal handled
-        out.write(f"{msg.sender} {msg.payload.get('n')} {msg.id} {time.time():.6f} {restarts}\n")
-        out.flush()
-        handled += 1
+        line = f"{msg.sender} {msg.payload.get('n')} {msg.id} {time.time():.6f} {restarts}\n"
+        with written:
+            out.write(line)
+            out.flush()
+            handled += 1
 
     def on_error(exc: BaseException) -> None:
         name = type(exc).__name__
@@ -250,34 +265,44 @@ def run_receiver(ns: argparse.Namespace) -> int:
         )
         err.flush()
 
-    def open_agent() -> Any:
-        def make() -> Any:
-            agent = Agent(ns.id, hub=hub, keypair_path=ns.key)
+    ids = receiver_agent_ids(ns.id, ns.agents)
+
+    def open_agents() -> list[Any]:
+        def make(agent_id: str, key: str) -> Any:
+            agent = Agent(agent_id, hub=hub, keypair_path=key)
             agent.on_error(on_error)
             agent.on_message(handle)  # deliveries start with the first handler
             return agent
 
-        return _retry("register", make, time.monotonic() + 60)
+        return [
+            _retry(
+                "register",
+                lambda i=i: make(i, ns.key if len(ids) == 1 else f"{ns.key}.{i}"),
+                time.monotonic() + 60,
+            )
+            for i in ids
+        ]
 
-    def close_agent(agent: Any) -> None:
-        try:
-            agent.close(timeout=10.0)
-        except Exception as exc:
-            close_errors.append(f"{type(exc).__name__}: {exc}")
+    def close_agents(agents: list[Any]) -> None:
+        for agent in agents:
+            try:
+                agent.close(timeout=10.0)
+            except Exception as exc:
+                close_errors.append(f"{type(exc).__name__}: {exc}")
 
-    agent = open_agent()
+    agents = open_agents()
     print("READY", flush=True)
     # With --cycle-max > 0 the receiver goes offline now and then (a clean close, then a new
     # Agent on the same keypair_path): meanwhile its messages wait in the hub's store.
     while ns.cycle_max > 0 and not stop.wait(rng.uniform(ns.cycle_min, ns.cycle_max)):
-        close_agent(agent)
+        close_agents(agents)
         print(f"{time.time():.6f} closed (incarnation {restarts})", file=sys.stderr, flush=True)
         stop.wait(rng.uniform(0.0, ns.down_max))
         restarts += 1
-        agent = open_agent()
+        agents = open_agents()
         print(f"{time.time():.6f} open (incarnation {restarts})", file=sys.stderr, flush=True)
     stop.wait()
-    close_agent(agent)
+    close_agents(agents)
     out.close()
     err.close()
     print(
@@ -508,12 +533,16 @@ class Campaign:
                 "--out", str(self.out_path(r)), "--errors", str(self.dir / f"{r}.errors"),
                 "--cycle-min", str(ns.receiver_cycle[0]), "--cycle-max", str(ns.receiver_cycle[1]),
                 "--down-max", str(ns.receiver_down), "--seed", str(self.seed * 1000 + 500 + i),
+                "--agents", str(ns.agents_per_receiver),
             ])  # fmt: skip
         self.wait_ready(self.receivers)
         for i, s in enumerate(self.senders):
             self.start_peer(s, [
                 "_sender", "--port", port, "--id", s, "--key", str(self.dir / f"{s}.key"),
-                "--acks", str(self.acks_path(s)), "--receivers", ",".join(self.receivers),
+                "--acks", str(self.acks_path(s)),
+                "--receivers", ",".join(
+                    a for r in self.receivers for a in receiver_agent_ids(r, ns.agents_per_receiver)
+                ),
                 "--rate", str(ns.rate), "--batch", str(ns.batch),
                 "--flush-timeout", str(ns.flush_timeout), "--final-timeout", str(ns.drain_timeout),
                 "--seed", str(self.seed * 1000 + i),
@@ -639,6 +668,7 @@ class Campaign:
             "kills": len(self.kills),
             "senders": len(self.senders),
             "receivers": len(self.receivers),
+            "agents_per_receiver": self.ns.agents_per_receiver,
             "synchronous": self.ns.synchronous,
             "rate_per_sender": self.ns.rate,
             "duration_s": round(time.monotonic() - self.t0, 1),
@@ -682,7 +712,8 @@ def print_summary(res: dict[str, Any]) -> None:
         ("kills (SIGKILL + restart)", res["kills"]),
         ("duration", f"{res['duration_s']} s (traffic {res['traffic_s']} s, "
                      f"drain {res['drain_s']} s)"),
-        ("senders -> receivers", f"{res['senders']} -> {res['receivers']}"),
+        ("senders -> receivers", f"{res['senders']} -> {res['receivers']}"
+                                 f" (x{res['agents_per_receiver']} agents each)"),
         ("sent", res["sent"]),
         ("acknowledged (flush returned)", res["acknowledged"]),
         ("delivered to a handler", res["delivered"]),
@@ -736,6 +767,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--errors", required=True)
         p.add_argument("--cycle-min", type=float, default=0.0)
         p.add_argument("--cycle-max", type=float, default=0.0)
+        p.add_argument("--agents", type=int, default=1)
         p.add_argument("--down-max", type=float, default=0.0)
         p.add_argument("--seed", type=int, default=0)
         return run_receiver(p.parse_args(argv))
@@ -747,6 +779,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=None, help="RNG seed (default: random, printed)")
     p.add_argument("--senders", type=int, default=3)
     p.add_argument("--receivers", type=int, default=2)
+    p.add_argument(
+        "--agents-per-receiver",
+        type=int,
+        default=1,
+        help="agents in each receiver process (default 1; more share its receive workers)",
+    )
     p.add_argument("--rate", type=float, default=50.0, help="messages/s per sender (about)")
     p.add_argument("--batch", type=int, default=20, help="largest batch between two flushes")
     p.add_argument("--min-interval", type=float, default=0.2, help="least hub uptime, s")
