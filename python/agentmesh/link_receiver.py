@@ -137,7 +137,7 @@ class Receiver:
         acked = self.loop.create_future()
         with self._lock:
             self._pending.append((batch, self.backend.delivery_hub_id, unsealed, acked))
-            schedule = self._claim(self._unseal)
+            schedule = self._may_unseal() and self._claim(self._unseal)
         if schedule:
             self.pool.schedule(self._unseal)
         await unsealed
@@ -154,13 +154,14 @@ class Receiver:
         """Unsealing waits until the agent is attached to its hub (a first contact looks the
         sender up there), until it has a consumer or waits for replies (a send-only agent
         leaves its backlog at the hub for the listener of its identity; an interceptor counts as a
-        consumer of its kind), and while the
-        handlers run, unless a handler waits for a reply (``_lock`` held)."""
+        consumer of its kind), and while the handlers are due (their stage scheduled or
+        running: what arrives meanwhile is unsealed after them, in one batch), unless a handler
+        waits for a reply (``_lock`` held). Every change that lets it go on schedules it."""
         core = self.core
         return (
             core.attached.is_set()
             and (core.consumer_ready.is_set() or core.reads_without_consumer)
-            and (self._drainer[self._handle] is None or self._handler_waits)
+            and (not self._scheduled[self._handle] or self._handler_waits)
         )
 
     def _consumer_ready(self) -> None:
