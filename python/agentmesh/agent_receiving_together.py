@@ -176,7 +176,10 @@ def _unseal(runs: list[_Run]) -> None:
             opened = _crypto.unseal_across([(run.session, run.envelopes) for run in shared])
         for run, payloads in zip(shared, opened, strict=True):
             # (its lock held since before the unseal: see ``count_opened``)
-            run.job.core.count_opened(run.sender, payloads)
+            try:
+                run.job.core.count_opened(run.sender, payloads)
+            except Exception as exc:  # (past the native call: this job fails, not the pass)
+                run.job.failed = exc
     finally:
         for core in locked:
             core._lock.release()

@@ -21,6 +21,7 @@ from .message import Message
 
 if TYPE_CHECKING:
     from .agent_core import _AgentCore
+    from .link_receiver import _Item
 
 __all__ = [
     "RECENT_IDS",
@@ -28,6 +29,7 @@ __all__ = [
     "Outcome",
     "RecentIds",
     "Retry",
+    "datas_of",
     "open_deliveries",
     "open_together",
 ]
@@ -177,6 +179,11 @@ class Opening:
         return bool(self.todo) and all(
             type(env) is Envelope and env.sender in sessions for env in self.todo
         )
+
+
+def datas_of(items: list[_Item]) -> list[bytes]:
+    """The envelopes of an unseal stage's batches (``Receiver``'s items), in order."""
+    return [data for batch, _hub, _unsealed, _acked in items for _did, data in batch]
 
 
 def open_deliveries(

@@ -38,7 +38,7 @@ from .agent_receiving import Rejected
 from .backend import Backend, Delivery
 from .errors import HandlersNotRunError
 from .link_acknowledgements import Acknowledgements, resolve_all
-from .link_opening import RECENT_IDS, Outcome, RecentIds, Retry, open_deliveries
+from .link_opening import RECENT_IDS, Outcome, RecentIds, Retry, datas_of, open_deliveries
 from .link_receive_pool import while_waiting
 from .link_state_writer import StateWriter
 from .link_unseal_together import unseal_together
@@ -206,7 +206,7 @@ class Receiver:
         if items is None:
             return
         try:
-            datas = [data for batch, _hub, _unsealed, _acked in items for _did, data in batch]
+            datas = datas_of(items)
             with self.between_batches:
                 try:
                     outcomes, prekeys_used = open_deliveries(self.core, self._recent, datas)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from .link_opening import Opening, Outcome, Retry, open_together
+from .link_opening import Opening, Outcome, Retry, datas_of, open_together
 
 if TYPE_CHECKING:
     from .link_receiver import Receiver, _Item, _Stage
@@ -75,7 +75,7 @@ class _Taken:
         """Never acknowledged (that would lose it), and the backend not left waiting: the
         batch comes again on the next connection."""
         log.error("agent %r: receiving a batch failed", self.receiver.core.agent_id, exc_info=error)
-        return [Retry(error) for _ in _datas(self.items)], True  # (the prekeys: look anyway)
+        return [Retry(error) for _ in datas_of(self.items)], True  # (the prekeys: look anyway)
 
 
 def unseal_together(stages: list[_Stage]) -> None:
@@ -100,7 +100,7 @@ def unseal_together(stages: list[_Stage]) -> None:
                 continue
             one.locked = True
             try:
-                one.opening = Opening(one.receiver.core, one.receiver._recent, _datas(one.items))
+                one.opening = Opening(one.receiver.core, one.receiver._recent, datas_of(one.items))
                 joins = one.opening.joins()
             except Exception:
                 log.exception("agent %r: reading a batch failed", one.receiver.core.agent_id)
@@ -151,7 +151,3 @@ def _prekeys_used(one: _Taken) -> bool:
         return one.opening is not None and one.opening.prekeys_used()
     except Exception:  # (then the prekey maintenance looks anyway)
         return True
-
-
-def _datas(items: list[_Item]) -> list[bytes]:
-    return [data for batch, _hub, _unsealed, _acked in items for _did, data in batch]

@@ -103,6 +103,24 @@ def test_a_bad_envelope_of_one_agent_is_rejected_in_place_and_the_others_open(na
         assert r._core.receive_batch([_seal(senders[i], f"r{i}", "after")])[0].text == "after"
 
 
+@pytest.mark.parametrize("step", ["count_opened", "results_of"])
+def test_a_failure_in_one_agents_part_fails_only_that_agents_batch(native_calls, step):
+    _hub, receivers, senders = _pairs(3)
+    batches = [[_seal(s, f"r{i}", f"{i}-{j}") for j in range(2)] for i, s in enumerate(senders)]
+    broken = receivers[1]._core
+
+    def fail(*args, **kwargs):
+        raise RuntimeError(f"{step} broke")
+
+    setattr(broken, step, fail)
+    results = receive_batches_together(
+        [(r._core, envs) for r, envs in zip(receivers, batches, strict=True)]
+    )
+    assert isinstance(results[1], RuntimeError)  # (its batch comes again: Retry upstream)
+    assert [_texts(results[0]), _texts(results[2])] == [["0-0", "0-1"], ["2-0", "2-1"]]
+    assert native_calls == [[2, 2, 2]]
+
+
 def test_an_agent_whose_lock_is_busy_goes_alone_after_the_others(native_calls):
     _hub, receivers, senders = _pairs(3)
     batches = [[_seal(s, f"r{i}", f"{i}-{j}") for j in range(2)] for i, s in enumerate(senders)]
