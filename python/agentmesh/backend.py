@@ -35,7 +35,12 @@ conformance suite (``tests/python/test_backend_contract.py``) checks for every b
   each sender sent them, positions increasing per ``delivery_hub_id`` (the store they count
   in); at least once: until a batch is acknowledged, it comes again after a reconnect;
 * **acknowledgement**: when ``on_batch`` returns ``None`` the batch is acknowledged at once;
-  when it returns a future, once that future completes (never if it fails).
+  when it returns a future, once that future completes (never if it fails);
+* **pacing**: given ``pace`` at registration, a backend calls ``pace(len(batch))`` after each
+  batch is handed over and its acknowledgement arranged, and hands over nothing newer until
+  what it returns (``None``: go on now, or an awaitable) is done; what arrives meanwhile comes
+  in the next batch (:mod:`agentmesh.link_pacing`: under load, an agent takes its batches a
+  little later so that more is in each).
 """
 
 from __future__ import annotations
@@ -44,13 +49,24 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol
 
-__all__ = ["Backend", "Delivery", "NewBackend", "OnBatch"]
+__all__ = ["Backend", "Delivery", "NewBackend", "OnBatch", "Pace", "paced"]
 
 #: (position, envelope bytes): the position counts per delivery store (``delivery_hub_id``).
 Delivery = tuple[int, bytes]
 #: Handles a batch of deliveries; returns ``None`` (acknowledge now) or a future that completes
 #: once the batch's effects are durable (acknowledge then).
 OnBatch = Callable[[list[Delivery]], Awaitable["asyncio.Future[None] | None"]]
+#: Called with a batch's size once it is handed over; the backend hands over nothing newer
+#: until what it returns is done (None: at once).
+Pace = Callable[[int], "Awaitable[None] | None"]
+
+
+async def paced(pace: Pace | None, size: int) -> None:
+    """A backend's wait between batches (``pace`` as given at registration, or None)."""
+    if pace is not None:
+        waiting = pace(size)
+        if waiting is not None:
+            await waiting
 
 
 class Backend(Protocol):
@@ -76,9 +92,11 @@ class Backend(Protocol):
         *,
         on_batch: OnBatch,
         handled: dict[bytes, int] | None = None,
+        pace: Pace | None = None,
     ) -> None:
         """Prove possession of ``keypair``'s identity, bind its id, publish its bundle, start
-        delivering. ``handled``: per store, the last position already handled (skipped)."""
+        delivering. ``handled``: per store, the last position already handled (skipped).
+        ``pace``: awaited between batches (see the module docstring)."""
 
     async def update_bundle(self, bundle: dict[str, Any]) -> None:
         """Publish a newer bundle (a rotated signed prekey); an older one is refused."""

@@ -37,6 +37,7 @@ from .agent_core import _AgentCore
 from .backend import Backend, NewBackend
 from .errors import FlushTimeoutError, HubError
 from .fanout import GroupUpload
+from .link_pacing import PaceClock
 from .link_prekeys import (  # noqa: F401 (the policy's bounds keep their old import path)
     PREKEY_CHECK_INTERVAL,
     PREKEY_LOW,
@@ -78,6 +79,7 @@ class NetLoop:
         # links closing whose connection is not shut down yet (see AgentLink.shut_down)
         self.shutting_down: set[AgentLink] = set()
         self.receive_pool = ReceivePool()
+        self.pace_clock = PaceClock(self.loop)
         self._batched_lock = threading.Lock()
         self._batched: list[tuple[Callable[..., Any], tuple[Any, ...]]] = []
 
@@ -247,6 +249,7 @@ class AgentLink:
             await self.backend.register(
                 self.core.keypair,
                 on_batch=self.receiver.on_batch,
+                pace=self.receiver.pacing.pace,
                 handled=self.core.delivered_positions(),
             )
         except BaseException:

@@ -134,6 +134,10 @@ class ReceivePool:
         with self._cv:
             return self._workers
 
+    def queued(self) -> int:
+        """How many tasks wait for a worker now (read without the lock: a hint)."""
+        return len(self._ready)
+
     def schedule(self, task: Drainable) -> None:
         """Queue ``task`` (from any thread); the caller makes sure it is queued once."""
         self.schedule_many((task,))

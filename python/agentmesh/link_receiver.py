@@ -39,6 +39,7 @@ from .backend import Backend, Delivery
 from .errors import HandlersNotRunError
 from .link_acknowledgements import Acknowledgements, resolve_all
 from .link_opening import RECENT_IDS, Outcome, RecentIds, Retry, datas_of, open_deliveries
+from .link_pacing import Pacing
 from .link_receive_pool import while_waiting
 from .link_state_writer import StateWriter
 from .link_unseal_together import unseal_together
@@ -122,6 +123,8 @@ class Receiver:
         self._opened_waiting: list[asyncio.Future[None]] = []
         # ids of envelopes accepted lately, to ignore a redelivery silently
         self._recent = RecentIds()
+        #: what the backend awaits between batches (:mod:`agentmesh.link_pacing`)
+        self.pacing = Pacing(net, self.pool, self._never_paced)
         core.consumer_ready.when_set(self._consumer_ready)
         core.attached.when_set(self._attached)
         core.on_reads_needed(self._replies_awaited)
@@ -173,7 +176,11 @@ class Receiver:
         if unseal:
             self.pool.schedule(self._unseal)
 
+    def _never_paced(self) -> bool:
+        return self._closing or self._handler_waits or self.core.reads_without_consumer
+
     def _replies_awaited(self) -> None:
+        self.pacing.cut()
         with self._lock:
             schedule = bool(self._pending) and self._claim(self._unseal)
         if schedule:
@@ -186,6 +193,8 @@ class Receiver:
             self.pool.schedule(self._unseal)
 
     def _on_handler_wait(self, waits: bool) -> None:
+        if waits:
+            self.pacing.cut()
         with self._lock:
             self._handler_waits = waits
             schedule = waits and bool(self._pending) and self._claim(self._unseal)
@@ -426,6 +435,7 @@ class Receiver:
             self._pending.clear()
             self._unsealed.clear()  # (held: see _drain_handle)
             opened, self._opened_waiting = self._opened_waiting, []
+        self.pacing.cut()
         if opened:
             self._release_opened(opened)
         with self._lock:

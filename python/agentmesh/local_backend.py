@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import crypto as _crypto
-from .backend import Delivery, OnBatch
+from .backend import Delivery, OnBatch, Pace, paced
 from .errors import HubError, HubRequestError
 from .fanout import address, address_all, check_recipients
 from .hub.limits import HubLimits
@@ -337,6 +337,7 @@ class LocalBackend:
         self._agent_id: str | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._on_batch: OnBatch | None = None
+        self._pace: Pace | None = None
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
         self._error: HubError | None = None
@@ -352,7 +353,12 @@ class LocalBackend:
         return self.directory.store_id if self._in_batch else None
 
     async def register(
-        self, keypair: Any, *, on_batch: OnBatch, handled: dict[bytes, int] | None = None
+        self,
+        keypair: Any,
+        *,
+        on_batch: OnBatch,
+        handled: dict[bytes, int] | None = None,
+        pace: Pace | None = None,
     ) -> None:
         # the same proof of possession as the network hub's, over a challenge of this process
         bundle = keypair.public_bundle()
@@ -365,6 +371,7 @@ class LocalBackend:
         self._agent_id = str(bundle["agent_id"])
         self._loop = asyncio.get_running_loop()
         self._on_batch = on_batch
+        self._pace = pace
         self._wake = asyncio.Event()
         self._wake.set()
         after = (handled or {}).get(store, 0)
@@ -403,6 +410,7 @@ class LocalBackend:
                     return
             directory.acknowledge(agent_id, [p for p, _ in batch])
             position = batch[-1][0]
+            await paced(self._pace, len(batch))
 
     async def update_bundle(self, bundle: dict[str, Any]) -> None:
         self.directory.update_bundle(self._registered(), bundle)

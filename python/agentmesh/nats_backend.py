@@ -21,7 +21,7 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from .backend import OnBatch
+from .backend import OnBatch, Pace
 from .crypto import Envelope, as_envelope, check_agent_id
 from .errors import HubError, HubRequestError, PeerNotFoundError
 from .fanout import address, check_recipients
@@ -114,6 +114,7 @@ class NatsBackend(_NatsDirectoryCalls):
         *,
         on_batch: OnBatch,
         handled: Mapping[bytes, int] | None = None,
+        pace: Pace | None = None,
     ) -> None:
         if self._agent_id is not None:
             raise HubError(f"this backend is already registered as {self._agent_id!r}")
@@ -179,6 +180,7 @@ class NatsBackend(_NatsDirectoryCalls):
             seen=min(int((handled or {}).get(self._hub_id, 0)), last),
             pending=self._pending_deliveries,
             resubscribe=self._resubscribe,
+            pace=pace,
         )
         self._tasks.append(asyncio.get_running_loop().create_task(self._receiver.run()))
         self._notify_registered()

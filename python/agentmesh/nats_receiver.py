@@ -30,7 +30,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from .backend import OnBatch
+from .backend import OnBatch, Pace, paced
 from .nats_layout import ACK_WAIT, FETCH_BATCH
 from .nats_pull import InboxPuller, positions
 
@@ -61,6 +61,7 @@ class InboxReceiver:
         seen: int,
         pending: Callable[[], Any],
         resubscribe: Callable[[], Any],
+        pace: Pace | None = None,
     ) -> None:
         self.agent_id = agent_id
         self.puller = puller
@@ -69,6 +70,7 @@ class InboxReceiver:
         self.seen = seen  # the last position handled
         self.pending = pending
         self.resubscribe = resubscribe
+        self.pace = pace
         #: While ``on_batch`` runs: the store its positions count in.
         self.delivery_hub_id: bytes | None = None
         self.held: dict[int, Any] = {}  # position -> message, fetched and not acknowledged
@@ -171,6 +173,7 @@ class InboxReceiver:
                 self.delivery_hub_id = None
             self.seen = chunk[-1]
             await self.puller.acknowledge([self.held.pop(position) for position in chunk])
+            await paced(self.pace, len(chunk))
         return True
 
     async def _keep_alive(self) -> None:

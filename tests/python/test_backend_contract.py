@@ -376,6 +376,44 @@ def test_deliveries_keep_each_senders_order_with_rising_positions(deploy):
     run(main())
 
 
+def test_pace_is_awaited_between_batches_and_what_came_meanwhile_follows_in_one(deploy):
+    """``pace(size)`` is called once a batch is handed over; until what it returns is done,
+    nothing newer is handed over; then what arrived meanwhile comes in one batch."""
+    deployment = deploy()
+    alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")
+
+    async def main() -> None:
+        got = Receiver()
+        batches: list[int] = []
+        sizes: list[int] = []
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+        async def on_batch(batch: list[Delivery]) -> Any:
+            batches.append(len(batch))
+            return await got(batch)
+
+        def pace(size: int) -> Any:
+            sizes.append(size)
+            return gate if len(sizes) == 1 else None
+
+        envelopes = sealed(alice, bob, 11)
+        async with (
+            registered(deployment, bob, on_batch, pace=pace),
+            registered(deployment, alice) as a,
+        ):
+            await send_all(a, "bob", envelopes[:1])
+            await got.wait_for(1)
+            await send_all(a, "bob", envelopes[1:])
+            await asyncio.sleep(0.5)
+            assert batches == [1] and sizes == [1]  # (held back while the pace runs)
+            gate.set_result(None)
+            await got.wait_for(11)
+        assert batches == [1, 10] and sizes[:2] == [1, 10]
+        assert [e for _, e in got.deliveries] == envelopes
+
+    run(main())
+
+
 def test_an_unacknowledged_batch_comes_again_and_an_acknowledged_one_does_not(deploy):
     deployment = deploy()
     alice, bob = AgentKeyPair.generate("alice"), AgentKeyPair.generate("bob")

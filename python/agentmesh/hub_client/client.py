@@ -15,7 +15,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from agentmesh.backend import OnBatch
+from agentmesh.backend import OnBatch, Pace
 from agentmesh.errors import HubError
 from agentmesh.hub_client.lifecycle import ClientLifecycle
 from agentmesh.hub_protocol import DEFAULT_MAX_FRAME_SIZE, Op
@@ -106,6 +106,7 @@ class HubClient(ClientLifecycle):
         on_batch: OnBatch,
         *,
         handled: Mapping[bytes, int] | None = None,
+        pace: Pace | None = None,
     ) -> None:
         """Register as ``keypair.agent_id``, proving possession of its identity key.
 
@@ -114,7 +115,8 @@ class HubClient(ClientLifecycle):
         one batch at a time. They are acknowledged to the hub (and deleted there) after it
         returns; if it returns an ``asyncio.Future``, once that completes (not at all if it
         fails), and the next batch is handed over meanwhile. If it raises, the batch is not
-        acknowledged: the hub delivers it again on the next connection.
+        acknowledged: the hub delivers it again on the next connection. ``pace(size)``, if
+        given, is awaited after each batch is handed over (see :mod:`agentmesh.backend`).
         ``handled`` maps a hub store's ``hub_id`` to the last delivery id an earlier client of
         this agent handled from it (a persistent owner saves :attr:`delivery_hub_id` and the
         delivery ids it handled): redeliveries at or below it, which a hub that crashed before
@@ -131,7 +133,7 @@ class HubClient(ClientLifecycle):
         if self._mode == "lookup":
             await self._drop_connection()
         self._keypair = keypair
-        self._deliveries.set_handler(on_batch, handled)
+        self._deliveries.set_handler(on_batch, handled, pace)
         self._agent_id = str(keypair.agent_id)
         self._mode = "agent"
         try:

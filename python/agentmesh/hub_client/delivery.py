@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from agentmesh.backend import OnBatch
+from agentmesh.backend import OnBatch, Pace, paced
 from agentmesh.hub_client.connection import Connection
 
 __all__ = ["DeliveryStream"]
@@ -47,6 +47,7 @@ class DeliveryStream:
 
     def __init__(self) -> None:
         self._on_batch: OnBatch | None = None
+        self._pace: Pace | None = None
         # what each read brought: (the connection, its deliveries in order)
         self._inbox: deque[tuple[Connection, list[tuple[int, bytes]]]] = deque()
         # what the consumer waits on while the inbox is empty (a bare future: a read brings
@@ -66,9 +67,13 @@ class DeliveryStream:
         """Called once, from the event loop the client is used from."""
         self._loop = asyncio.get_running_loop()
 
-    def set_handler(self, on_batch: OnBatch, handled: Mapping[bytes, int] | None) -> None:
-        """Before registering: where batches go and the positions handled by earlier clients."""
+    def set_handler(
+        self, on_batch: OnBatch, handled: Mapping[bytes, int] | None, pace: Pace | None = None
+    ) -> None:
+        """Before registering: where batches go, the positions handled by earlier clients,
+        and what to await between batches."""
         self._on_batch = on_batch
+        self._pace = pace
         self._handled = {bytes(h): int(d) for h, d in (handled or {}).items()}
 
     @property
@@ -135,6 +140,8 @@ class DeliveryStream:
             finally:
                 self._delivery_hub_id = None
             self._handed_over(hub_id, batch, acks, durable)
+            if self._pace is not None:
+                await paced(self._pace, len(batch))
 
     def _next_batch(self) -> tuple[bytes, list[tuple[int, bytes]], list[_Acks]]:
         """(hub id, the next batch, its ids by connection) from the inbox (not empty); the
