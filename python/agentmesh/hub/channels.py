@@ -19,10 +19,11 @@ limit, unread output), reading the connection pauses.
 from __future__ import annotations
 
 import logging
+import struct
 from typing import TYPE_CHECKING, Any
 
 from agentmesh.hub.connection import Connection
-from agentmesh.hub.states import CLOSED, CLOSING
+from agentmesh.hub.states import AGENT, CLOSED, CLOSING
 from agentmesh.hub_channels import by_channel, decode_channel, wrap, wrap_deliver
 from agentmesh.hub_protocol import (
     ErrorCode,
@@ -38,6 +39,12 @@ if TYPE_CHECKING:
 __all__ = ["ChannelConnection", "ChannelTable"]
 
 log = logging.getLogger("agentmesh.hub")
+
+_CHANNEL_NO = struct.Struct(">I")
+# (plain ints: comparing with an enum member costs ten times more, per frame)
+_CHANNEL = int(FrameType.CHANNEL)
+_SEND = int(FrameType.SEND)
+_DELIVERY_ACK = int(FrameType.DELIVERY_ACK)
 
 
 class ChannelTable:
@@ -55,7 +62,10 @@ class ChannelTable:
         carrier = self.carrier
         open_ = self.open
         try:
-            for channel, run in by_channel(frames):
+            taken = self._as_they_come(frames)
+            if taken == len(frames):
+                return
+            for channel, run in by_channel(frames[taken:] if taken else frames):
                 if carrier.state >= CLOSING:
                     return
                 if not channel:
@@ -68,6 +78,47 @@ class ChannelTable:
                     chan.receive(run)
         except ProtocolError as exc:
             carrier.fail(exc.code, exc.message)
+
+    def _as_they_come(self, frames: list[tuple[int, bytes]]) -> int:
+        """The SENDs and DELIVERY_ACKs at the start of ``frames``, each handed to its channel as
+        it comes; returns how many were taken. A process hosting many agents sends for each in
+        turn, so nearly every channel's run in a read is one frame long, and grouping the read
+        by channel (``by_channel``) cost more than it saved. The rest, from the first frame of
+        another kind or of a channel that must not take frames now (registering, blocked,
+        holding a backlog, output unread), goes the general way, behind what was taken: a
+        channel's frames keep their order."""
+        carrier = self.carrier
+        open_ = self.open
+        number = _CHANNEL_NO.unpack_from
+        for at, (ftype, body) in enumerate(frames):
+            if ftype != _CHANNEL or len(body) < 6 or carrier.state >= CLOSING:
+                return at
+            inner = body[4]
+            if inner != _SEND and inner != _DELIVERY_ACK:
+                return at
+            chan = open_.get(number(body)[0])
+            if (
+                chan is None
+                or chan.state != AGENT
+                or chan.blocked
+                or chan.backlog
+                or carrier.write_paused
+                or carrier.out_bytes >= carrier.high_water
+            ):
+                return at
+            try:
+                if inner == _SEND:
+                    coro = chan.intake.on_send(body[5:])
+                    if coro is not None:
+                        chan.hold_for(coro)  # (its later frames wait: the general way)
+                else:
+                    chan.pump.on_acks(body[5:])
+            except ProtocolError as exc:  # (this channel's error closes this channel alone)
+                chan.fail(exc.code, exc.message)
+            except Exception as exc:  # a bug must not take the hub down
+                log.exception("internal error on %r", chan)
+                chan.fail(ErrorCode.INTERNAL, f"internal hub error: {type(exc).__name__}")
+        return len(frames)
 
     def on_frame(self, body: bytes) -> None:
         """One CHANNEL frame taken from the carrying connection's backlog."""

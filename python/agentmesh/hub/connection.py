@@ -212,11 +212,9 @@ class Connection(ConnectionOutput, asyncio.Protocol):
                 else:
                     coro = self._on_other(ftype, body)
                 if coro is not None:
-                    self.blocked = True
-                    self.pause("block")
+                    self.hold_for(coro)
                     for j in range(i + 1, n):
                         self.backlog.append(frames[j])
-                    self.loop.create_task(self._run_blocking(coro))
                     return
             except ProtocolError as exc:
                 self.fail(exc.code, exc.message)
@@ -225,6 +223,13 @@ class Connection(ConnectionOutput, asyncio.Protocol):
                 log.exception("internal error on %r", self)
                 self.fail(ErrorCode.INTERNAL, f"internal hub error: {type(exc).__name__}")
                 return
+
+    def hold_for(self, coro: Coroutine[Any, Any, None]) -> None:
+        """The frame just taken returned ``coro``: later frames wait in the backlog until it
+        is done."""
+        self.blocked = True
+        self.pause("block")
+        self.loop.create_task(self._run_blocking(coro))
 
     async def _run_blocking(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
