@@ -5,13 +5,16 @@ count's remainder by the chunk size, and progress rows are updated in place."""
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 from pathlib import Path
+from typing import Any
 
 import pytest
 from test_hub_store import Recorder, run
 
 from agentmesh.hub_store import HubBackend, SQLiteBackend
+from agentmesh.hub_store_sqlite import writer
 from agentmesh.hub_store_sqlite.schema import SCHEMA
 from agentmesh.hub_store_sqlite.writer import RowWriter, progress_writer
 
@@ -153,3 +156,52 @@ def test_progress_rows_are_written_alike_with_and_without_upsert(version: tuple[
     rows = {a: (bytes(s), q) for a, s, q in db.execute("SELECT * FROM senders")}
     assert rows == {f"s{i}": (b"two", 100 + i) if i < 3 else (b"one", i) for i in range(CHUNK + 2)}
     db.close()
+
+
+def _gathered_commit(tmp_path: Path, senders: int, close_early: bool = False) -> tuple[float, int]:
+    """One sender's put starts a commit; while it runs, ``senders`` others put one each.
+    Returns the seconds from before the first put until the second commit was durable (or the
+    store closed), and how many puts were durable after reopening."""
+    tmp_path.mkdir()
+    result: dict[str, Any] = {}
+
+    async def go() -> None:
+        store, rec = await opened_store(tmp_path / "hub.db")
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        seq, _early = store.next_seq()
+        store.put("r", seq, b"first", 0)
+        store.note_progress("s-first", b"s", 1)
+        for _ in range(3):  # (the first commit starts: two hops, then the task)
+            await asyncio.sleep(0)
+        for i in range(senders):
+            seq, _early = store.next_seq()
+            store.put("r", seq, b"env%d" % i, i + 1)
+            store.note_progress(f"s{i}", b"s", 1)
+        if close_early:
+            await rec.wait(1)
+            await asyncio.sleep(0.01)  # (the first commit ended: the second one gathers)
+            await store.close()
+        else:
+            await rec.wait(senders + 1)
+            await store.close()
+        result["took"] = loop.time() - start
+
+    run(go)
+    return result["took"], len(inbox_seqs(tmp_path / "hub.db"))
+
+
+def test_a_commit_carrying_many_senders_waits_to_gather_and_closing_commits_it_at_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next commit starts GATHER_SECONDS after the previous one started when it carries
+    GATHER_SENDERS senders or more (one progress row and one SEND_ACK per sender per commit);
+    with fewer, at once; and closing the store commits a gathering batch without waiting."""
+    gather = 0.5
+    monkeypatch.setattr(writer, "GATHER_SECONDS", gather)
+    took, durable = _gathered_commit(tmp_path / "few", writer.GATHER_SENDERS - 1)
+    assert took < gather and durable == writer.GATHER_SENDERS
+    took, durable = _gathered_commit(tmp_path / "many", writer.GATHER_SENDERS)
+    assert took >= gather and durable == writer.GATHER_SENDERS + 1
+    took, durable = _gathered_commit(tmp_path / "closing", writer.GATHER_SENDERS, True)
+    assert took < gather and durable == writer.GATHER_SENDERS + 1

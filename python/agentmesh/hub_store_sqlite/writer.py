@@ -25,11 +25,20 @@ from agentmesh.hub_store import BindResult
 from agentmesh.hub_store_sqlite.directory import bind_agent
 from agentmesh.hub_store_sqlite.schema import OpenedStore, open_writer
 
-__all__ = ["Batch", "Purge", "StoreWriter"]
+__all__ = ["GATHER_SECONDS", "GATHER_SENDERS", "Batch", "Purge", "StoreWriter"]
 
 log = logging.getLogger("agentmesh.hub")
 
 T = TypeVar("T")
+
+#: A commit writes a progress row for every sender it carries and is answered by a SEND_ACK
+#: to each: with hundreds of agents sending, each sends a message or two per commit, and those
+#: rows and acknowledgements cost about as much as the messages. So when a commit ends with
+#: this many senders gathered for the next one ...
+GATHER_SENDERS = 16
+#: ... the next starts this long after the previous one started (not at once): a sender's
+#: acceptance waits up to this much longer, only then; deliveries do not wait for commits.
+GATHER_SECONDS = 0.03
 
 
 class RowWriter:
@@ -153,6 +162,7 @@ class StoreWriter:
         self.commit_seconds = 0.0
         self._scheduled = False
         self._commit_task: asyncio.Task[None] | None = None
+        self._gathering: asyncio.TimerHandle | None = None  # the next commit's delayed start
         #: sequence numbers whose delete is not committed yet (reads skip them)
         self.deleting: set[int] = set()
         self.ceiling = 1  # durable reservation: every seq < ceiling is reserved on disk
@@ -191,6 +201,9 @@ class StoreWriter:
             if task is not None and not task.done():
                 await asyncio.shield(task)
             elif not self.pending.empty():
+                if self._gathering is not None:  # (closing: commit now)
+                    self._gathering.cancel()
+                    self._gathering = None
                 self._start_commit()
             else:
                 return
@@ -283,6 +296,7 @@ class StoreWriter:
         results: list[BindResult] = []
         purged: list[tuple[list[tuple[int, int]], int]] = []
         delay = 0.05
+        began = self._loop.time()
         for attempt in range(4):
             try:
                 started = time.perf_counter()
@@ -330,11 +344,22 @@ class StoreWriter:
         for w in batch.waiters:
             if not w.done():
                 w.set_result(None)
-        # The next batch (everything that arrived during this commit) starts right away.
+        # The next batch (everything that arrived during this commit) starts right away,
+        # unless many senders are in it (GATHER_SENDERS).
         if self.pending.empty():
             self._committing = False
+        elif len(self.pending.progress) >= GATHER_SENDERS:
+            wait = began + GATHER_SECONDS - self._loop.time()
+            if wait > 0:
+                self._gathering = self._loop.call_later(wait, self._gathered)
+            else:
+                self._start_commit()
         else:
             self._start_commit()
+
+    def _gathered(self) -> None:
+        self._gathering = None
+        self._start_commit()
 
     def _write(
         self, batch: Batch
