@@ -143,3 +143,45 @@ def test_a_redelivery_read_before_a_failed_batch_lowered_its_position_is_not_ack
         return list(first.acks) + list(second.acks)
 
     assert asyncio.run(go()) == []
+
+
+def test_reads_waiting_for_the_next_batch_are_kept_as_one_entry_and_come_in_order() -> None:
+    """Reads that arrive while a batch is being handled (one or two deliveries each, as in a
+    process hosting many agents) wait as one inbox entry per connection, not one per read, and
+    come in the next batch in order, each acknowledged once; a read of another connection
+    starts an entry of its own."""
+    hub_id = b"h" * 16
+    batches: list[list[int]] = []
+    gate: dict[str, Any] = {}
+
+    async def on_batch(batch: list[tuple[int, bytes]]) -> None:
+        batches.append([did for did, _env in batch])
+        if len(batches) == 1:
+            await gate["open"]
+
+    async def go() -> tuple[list[int], list[int], int]:
+        loop = asyncio.get_running_loop()
+        gate["open"] = loop.create_future()
+        stream = DeliveryStream()
+        stream.bind()
+        stream.set_handler(on_batch, {})
+        conn, other = _connection(stream, hub_id, loop), _connection(stream, hub_id, loop)
+        consumer = loop.create_task(stream.consume())
+        conn.handle_frames(FrameDecoder().feed(encode_deliver(1, b"e1")))
+        while not batches:
+            await asyncio.sleep(0.001)
+        for did in range(2, 12):  # ten reads while the first batch is handled
+            conn.handle_frames(FrameDecoder().feed(encode_deliver(did, b"e%d" % did)))
+        entries = len(stream._inbox)
+        other.handle_frames(FrameDecoder().feed(encode_deliver(12, b"e12")))
+        gate["open"].set_result(None)
+        deadline = time.monotonic() + 10
+        while sum(len(b) for b in batches) < 12 and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
+        consumer.cancel()
+        return list(conn.acks), list(other.acks), entries
+
+    acks, other_acks, entries = asyncio.run(go())
+    assert entries == 1
+    assert batches == [[1], list(range(2, 13))]
+    assert acks == list(range(1, 12)) and other_acks == [12]

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from agentmesh.backend import OnBatch, Pace, paced
+from agentmesh.backend import OnBatch, Pace
 from agentmesh.hub_client.connection import Connection
 
 __all__ = ["DeliveryStream"]
@@ -81,7 +81,18 @@ class DeliveryStream:
         return self._delivery_hub_id
 
     def on_deliver(self, conn: Connection, deliveries: list[tuple[int, bytes]]) -> None:
-        self._inbox.append((conn, deliveries))
+        inbox = self._inbox
+        if inbox:
+            last_conn, last = inbox[-1]
+            if last_conn is conn and len(last) < MAX_BATCH:
+                # A process hosting many agents reads one or two deliveries for each at a
+                # time, and an agent's next batch gathers many reads (its handlers run, or it
+                # is paced): one entry for them all, not an entry (a tuple and a list) per
+                # read, which lived long enough to be promoted into the oldest garbage
+                # collector generation and made its full collections come more often.
+                last.extend(deliveries)
+                return
+        inbox.append((conn, deliveries))
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -141,7 +152,9 @@ class DeliveryStream:
                 self._delivery_hub_id = None
             self._handed_over(hub_id, batch, acks, durable)
             if self._pace is not None:
-                await paced(self._pace, len(batch))
+                waiting = self._pace(len(batch))  # (backend.paced, inline: no coroutine)
+                if waiting is not None:
+                    await waiting
 
     def _next_batch(self) -> tuple[bytes, list[tuple[int, bytes]], list[_Acks]]:
         """(hub id, the next batch, its ids by connection) from the inbox (not empty); the
