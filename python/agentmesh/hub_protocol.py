@@ -383,19 +383,21 @@ def encode_send(client_seq: int, recipient: bytes, envelope: bytes) -> bytes:
     )
 
 
-def decode_send(body: bytes) -> tuple[int, str, bytes]:
-    """Return (client seq, recipient, envelope)."""
-    if len(body) < 10:
+def decode_send(body: bytes, at: int = 0) -> tuple[int, str, bytes]:
+    """Return (client seq, recipient, envelope) of the SEND body starting at ``at`` (a
+    channel's frame is read where it lies in the CHANNEL frame, without a copy)."""
+    if len(body) < at + 10:
         raise ProtocolError(ErrorCode.PROTOCOL, "short SEND frame")
-    seq = _U64.unpack_from(body)[0]
-    rlen = body[8]
-    if rlen == 0 or len(body) < 9 + rlen:
+    seq = _U64.unpack_from(body, at)[0]
+    rlen = body[at + 8]
+    start = at + 9
+    if rlen == 0 or len(body) < start + rlen:
         raise ProtocolError(ErrorCode.PROTOCOL, "bad recipient in SEND frame")
     try:
-        recipient = body[9 : 9 + rlen].decode("utf-8")
+        recipient = body[start : start + rlen].decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError(ErrorCode.PROTOCOL, "recipient is not UTF-8") from None
-    return seq, recipient, body[9 + rlen :]
+    return seq, recipient, body[start + rlen :]
 
 
 def encode_send_expiring(

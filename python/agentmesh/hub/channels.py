@@ -108,7 +108,7 @@ class ChannelTable:
                 return at
             try:
                 if inner == _SEND:
-                    coro = chan.intake.on_send(body[5:])
+                    coro = chan.intake.on_send(body, 5)
                     if coro is not None:
                         chan.hold_for(coro)  # (its later frames wait: the general way)
                 else:

@@ -124,8 +124,9 @@ class SendIntake:
     # A send that returns a coroutine holds its connection's later frames until it is done
     # (Connection._process): per-sender order holds while a full inbox is purged.
 
-    def on_send(self, body: bytes) -> Coroutine[Any, Any, None] | None:
-        cseq, recipient, envelope = decode_send(body)
+    def on_send(self, body: bytes, at: int = 0) -> Coroutine[Any, Any, None] | None:
+        """The SEND whose body starts at ``at`` in ``body``."""
+        cseq, recipient, envelope = decode_send(body, at)
         return self._accept(cseq, recipient, envelope, 0)
 
     def on_send_expiring(self, body: bytes) -> Coroutine[Any, Any, None] | None:
