@@ -40,6 +40,8 @@ KS = (1, 50, 200)
 WARMUP_PER_PAIR = 2
 #: K agents per process may cost at most this multiple of one pair's CPU per message.
 TARGET_CPU_RATIO = 1.5
+#: Runs per K in ``python -m benches`` (interleaved; the report shows their medians).
+REPORT_REPEAT = 5
 
 
 def payload(i: int) -> dict[str, Any]:

@@ -90,7 +90,13 @@ def sections(res: dict[str, Any]) -> list[str]:
             "",
             f"K sender agents in one process, K receivers in another, one hub; "
             f"{many['total']:,} signed 64 B messages in all; CPU per message, and its ratio to "
-            "one pair (`benches/many_agents.py`).",
+            "one pair"
+            + (
+                f" (medians of {many['repeat']} runs per K, the Ks interleaved)"
+                if many.get("repeat", 1) > 1
+                else ""
+            )
+            + " (`benches/many_agents.py`).",
             "",
             "| K pairs | msg/s | receiving process µs/msg | hub µs/msg | sending process µs/msg "
             "| receiver threads | receiving process by thread, µs/msg |",
