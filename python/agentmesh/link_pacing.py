@@ -5,8 +5,8 @@ receive pool for each of its two stages, locks, a hand-over from the network thr
 an acknowledgement. One agent receiving a stream gets its messages hundreds at a time, and that
 cost vanishes. A process hosting hundreds of agents gets each agent's messages a few at a
 time, and as soon as an agent has handled its batch, the backend hands it the next one, however
-small: measured with 200 agents, a batch held about five messages, and the per-batch cost was a
-third of the process's CPU per message.
+small: measured with 200 agents, a batch held about five messages, and the per-batch cost was
+about a quarter of the process's CPU per message.
 
 So once an agent has been handed a batch of fewer than :data:`PACE_BELOW` deliveries while the
 receive pool is busy (:data:`BUSY_QUEUE` agents' stages or more wait for its workers), its
@@ -14,9 +14,9 @@ backend waits :data:`PACE_SECONDS` before handing over the next (the seam's ``pa
 :mod:`agentmesh.backend`). What arrives meanwhile waits in the backend and comes in one batch.
 The trade is a bounded one, and only under load:
 
-* a message waits at most :data:`PACE_SECONDS` longer, only while the pool is busy with other
-  agents (when it is, messages already wait their turn for a worker); an agent alone in its
-  process, or in a quiet one, is never paced;
+* a message waits at most :data:`PACE_SECONDS` (and a tick) longer, only while the pool is
+  busy with other agents (when it is, messages already wait their turn for a worker); an agent
+  alone in its process, or in a quiet one, is never paced;
 * an agent waiting for a reply (a ``request()``, a handler inside ``waiting()``) or taking a
   kind of message off the path (an interceptor: MCP) is never paced, and one that starts waiting
   for a reply ends its pace at once; so does ``close``;
