@@ -18,6 +18,11 @@ log = logging.getLogger("agentmesh.nats")
 #: Refusals by the servers (on different attempts) after which a first connection gives up:
 #: one more than one, so that a service answering late once does not fail an agent's start.
 _REFUSALS = 2
+#: Connections dropped without a reason (a server whose callout went unanswered) after which a
+#: first connection gives up, counted apart from refusals: a cluster keeps sending callouts to
+#: an authorization service that just died until it notices (a moment, longer on a loaded
+#: machine), while another service would answer the next attempt.
+_DROPS = 4
 
 
 async def connect(
@@ -41,7 +46,8 @@ async def connect(
     except ImportError as exc:
         raise HubError("NatsHub needs nats-py: pip install 'agentmesh[nats]'") from exc
 
-    refusals: list[BaseException] = []
+    refusals: list[BaseException] = []  # refused or dropped, in order
+    counted = {"refused": 0, "dropped": 0}
     refused = asyncio.Event()
 
     async def disconnected() -> None:
@@ -58,7 +64,8 @@ async def connect(
         dropped = guarded and isinstance(exc, (ConnectionResetError, BrokenPipeError))
         if _refused(exc) or dropped:
             refusals.append(exc)
-            if len(refusals) >= _REFUSALS:
+            counted["refused" if _refused(exc) else "dropped"] += 1
+            if counted["refused"] >= _REFUSALS or counted["dropped"] >= _DROPS:
                 refused.set()
 
     nc: Any = _guarded_client()() if guarded else nats.NATS()
