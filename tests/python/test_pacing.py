@@ -95,8 +95,8 @@ def test_network_agents_paced_under_load_get_every_message_once_in_order_and_rep
     make_server, monkeypatch
 ):
     """Agents of one process, their pool held busy: batches are paced, and still every message
-    reaches its handler once, in order; a request made meanwhile is never paced (its reply
-    comes within a fraction of what pacing every batch would have cost)."""
+    reaches its handler once, in order, and a request made meanwhile gets its reply (that an
+    agent waiting for a reply is never paced is the test above)."""
     paced: list[int] = []
     real = Pacing.pace
 

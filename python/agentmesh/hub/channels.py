@@ -113,11 +113,8 @@ class ChannelTable:
                         chan.hold_for(coro)  # (its later frames wait: the general way)
                 else:
                     chan.pump.on_acks(body[5:])
-            except ProtocolError as exc:  # (this channel's error closes this channel alone)
-                chan.fail(exc.code, exc.message)
-            except Exception as exc:  # a bug must not take the hub down
-                log.exception("internal error on %r", chan)
-                chan.fail(ErrorCode.INTERNAL, f"internal hub error: {type(exc).__name__}")
+            except Exception as exc:  # (this channel's error closes this channel alone)
+                chan.frame_failed(exc)
         return len(frames)
 
     def on_frame(self, body: bytes) -> None:

@@ -216,13 +216,19 @@ class Connection(ConnectionOutput, asyncio.Protocol):
                     for j in range(i + 1, n):
                         self.backlog.append(frames[j])
                     return
-            except ProtocolError as exc:
-                self.fail(exc.code, exc.message)
+            except Exception as exc:
+                self.frame_failed(exc)
                 return
-            except Exception as exc:  # a bug must not take the hub down
-                log.exception("internal error on %r", self)
-                self.fail(ErrorCode.INTERNAL, f"internal hub error: {type(exc).__name__}")
-                return
+
+    def frame_failed(self, exc: Exception) -> None:
+        """Taking a frame raised ``exc``: a ProtocolError closes this connection (a channel:
+        this channel alone) with its code; anything else is a bug, logged, which must not take
+        the hub down."""
+        if isinstance(exc, ProtocolError):
+            self.fail(exc.code, exc.message)
+            return
+        log.exception("internal error on %r", self, exc_info=exc)
+        self.fail(ErrorCode.INTERNAL, f"internal hub error: {type(exc).__name__}")
 
     def hold_for(self, coro: Coroutine[Any, Any, None]) -> None:
         """The frame just taken returned ``coro``: later frames wait in the backlog until it
@@ -234,11 +240,8 @@ class Connection(ConnectionOutput, asyncio.Protocol):
     async def _run_blocking(self, coro: Coroutine[Any, Any, None]) -> None:
         try:
             await coro
-        except ProtocolError as exc:
-            self.fail(exc.code, exc.message)
         except Exception as exc:
-            log.exception("internal error on %r", self)
-            self.fail(ErrorCode.INTERNAL, f"internal hub error: {type(exc).__name__}")
+            self.frame_failed(exc)
         self.blocked = False
         if self.state >= CLOSING:
             return
