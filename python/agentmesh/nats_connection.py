@@ -18,11 +18,16 @@ log = logging.getLogger("agentmesh.nats")
 #: Refusals by the servers (on different attempts) after which a first connection gives up:
 #: one more than one, so that a service answering late once does not fail an agent's start.
 _REFUSALS = 2
-#: Connections dropped without a reason (a server whose callout went unanswered) after which a
-#: first connection gives up, counted apart from refusals: a cluster keeps sending callouts to
-#: an authorization service that just died until it notices (a moment, longer on a loaded
-#: machine), while another service would answer the next attempt.
-_DROPS = 4
+#: Connections dropped without a reason (a server whose callout went unanswered within its
+#: timeout) after which a first connection gives up, counted apart from refusals. Each costs
+#: the servers' authorization timeout (5 s), so a service that is down is reported in about
+#: 10 s, inside an agent's registration time (``connect_timeout`` + 5 s). One drop alone is
+#: no verdict: a service that just died still gets callouts until the cluster notices, and a
+#: service deciding many first connections at once on a loaded machine may answer one too late
+#: (one of forty agents connecting at once on a busy two-core machine was dropped once).
+_DROPS = 2
+#: Seconds between a dropped attempt and the next one (nats-py's own reconnect wait).
+_RETRY_WAIT = 0.25
 
 
 async def connect(
@@ -38,101 +43,184 @@ async def connect(
 ) -> Any:
     """A nats-py connection that reconnects forever. ``options``: more of nats-py's
     (credentials). ``guarded``: the cluster runs the authorization service. A first connection
-    the servers keep refusing (``Authorization Violation``)
-    is a :class:`NatsAuthError` (nats-py alone would keep trying); ``give_up_after``: seconds
-    after which a first connection that found no server is a :class:`HubError`."""
+    the servers keep refusing (``Authorization Violation``) or dropping is a
+    :class:`NatsAuthError` (nats-py alone would keep trying, or give up at the first drop);
+    ``give_up_after``: seconds after which a first connection that found no server is a
+    :class:`HubError`."""
     try:
-        import nats
+        import nats  # noqa: F401  (checked here, used by each attempt)
     except ImportError as exc:
         raise HubError("NatsHub needs nats-py: pip install 'agentmesh[nats]'") from exc
 
-    refusals: list[BaseException] = []  # refused or dropped, in order
-    counted = {"refused": 0, "dropped": 0}
-    refused = asyncio.Event()
-
-    async def disconnected() -> None:
-        if on_disconnect is not None:
-            on_disconnect()
-
-    async def reconnected() -> None:
-        if on_reconnect is not None:
-            on_reconnect()
-
-    async def error(exc: Exception) -> None:
-        log.debug("NATS connection %s: %s", name, exc)
-        # (a server whose callout got no answer in time drops the connection, no reason given)
-        dropped = guarded and isinstance(exc, (ConnectionResetError, BrokenPipeError))
-        if _refused(exc) or dropped:
-            refusals.append(exc)
-            counted["refused" if _refused(exc) else "dropped"] += 1
-            if counted["refused"] >= _REFUSALS or counted["dropped"] >= _DROPS:
-                refused.set()
-
-    nc: Any = _guarded_client()() if guarded else nats.NATS()
-    connecting = asyncio.ensure_future(
-        nc.connect(
-            servers=servers,
+    loop = asyncio.get_running_loop()
+    give_up_at = None if give_up_after is None else loop.time() + give_up_after
+    verdicts = _Verdicts(guarded)
+    while True:
+        attempt = _Attempt(
+            servers,
             name=name,
             connect_timeout=connect_timeout,
-            allow_reconnect=True,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            ping_interval=5,
-            max_outstanding_pings=3,
-            disconnected_cb=disconnected,
-            reconnected_cb=reconnected,
-            error_cb=error,
-            **dict(options or {}),
+            on_disconnect=on_disconnect,
+            on_reconnect=on_reconnect,
+            options=options,
+            verdicts=verdicts,
         )
-    )
-    giving_up = asyncio.ensure_future(refused.wait())
-    try:
-        await asyncio.wait(
-            {connecting, giving_up}, timeout=give_up_after, return_when=asyncio.FIRST_COMPLETED
+        left = None if give_up_at is None else max(0.0, give_up_at - loop.time())
+        nc = await attempt.run(left)
+        if nc is not None:
+            return nc
+        dropped = attempt.dropped_early or verdicts.is_drop(attempt.failure)
+        if dropped and attempt.dropped_early:
+            verdicts.dropped_once_at_least(attempt.drops_before)
+        out_of_time = give_up_at is not None and loop.time() + _RETRY_WAIT >= give_up_at
+        if not (guarded and dropped) or verdicts.enough.is_set() or out_of_time:
+            break
+        log.info(
+            "NATS connection %s: the servers dropped it (%d of %d): trying again",
+            name,
+            verdicts.counted["dropped"],
+            _DROPS,
         )
-        # (nats-py returns from connect() still connecting when the server closed the
-        # connection instead of answering its PING: wait until it is one or the other)
-        settle_by = asyncio.get_running_loop().time() + connect_timeout
-        while connecting.done() and not connecting.exception() and not nc.is_connected:
-            if nc.is_closed or refused.is_set() or asyncio.get_running_loop().time() > settle_by:
-                break
-            await asyncio.sleep(0.02)
-    except BaseException:  # cancelled from outside: nothing keeps trying behind the caller
-        connecting.cancel()
-        with contextlib.suppress(BaseException):
-            await nc.close()
-        raise
-    finally:
-        giving_up.cancel()
-    if connecting.done() and connecting.exception() is None and nc.is_connected:
-        return nc
-    failure: BaseException | None = None
-    # (a server drops a connection whose callout went unanswered: nats-py may not report it)
-    dropped_early = connecting.done() and not connecting.exception() and not nc.is_connected
-    if connecting.done():
-        failure = connecting.exception()
-    else:
-        connecting.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await connecting
-    with contextlib.suppress(Exception):
-        await nc.close()
-    if failure is None and refusals:
-        failure = refusals[-1]
+        await asyncio.sleep(_RETRY_WAIT)
+    failure = attempt.failure
+    if failure is None and verdicts.seen:
+        failure = verdicts.seen[-1]
     elif failure is None:
         failure = ConnectionError(
             "the server closed the connection"
-            if dropped_early
+            if attempt.dropped_early
             else f"no server answered in {give_up_after}s"
         )
-    cause = failure
-    if _refused(cause) or refusals or (guarded and dropped_early):
+    if _refused(failure) or verdicts.seen or (guarded and attempt.dropped_early):
         raise NatsAuthError(
             f"the NATS servers {', '.join(servers)} refused the connection of {name} "
-            f"({cause or type(cause).__name__}): the agentmesh authorization service (agentmesh "
-            "nats-auth) is down or unreachable, or refused the proof (its log says which)"
-        ) from cause
-    raise HubError(f"cannot connect to the NATS servers {', '.join(servers)}: {cause}") from cause
+            f"({failure or type(failure).__name__}): the agentmesh authorization service "
+            "(agentmesh nats-auth) is down or unreachable, or refused the proof (its log says "
+            "which)"
+        ) from failure
+    raise HubError(
+        f"cannot connect to the NATS servers {', '.join(servers)}: {failure}"
+    ) from failure
+
+
+class _Verdicts:
+    """The refusals and drops a first connection met, over all its attempts."""
+
+    def __init__(self, guarded: bool) -> None:
+        self.guarded = guarded
+        self.seen: list[BaseException] = []  # refused or dropped, in order
+        self.counted = {"refused": 0, "dropped": 0}
+        self.enough = asyncio.Event()  # set: give up
+
+    def is_drop(self, exc: BaseException | None) -> bool:
+        # (a server whose callout got no answer in time drops the connection, no reason given)
+        return self.guarded and isinstance(exc, (ConnectionResetError, BrokenPipeError))
+
+    def note(self, exc: BaseException) -> None:
+        if _refused(exc) or self.is_drop(exc):
+            self.seen.append(exc)
+            self.count("refused" if _refused(exc) else "dropped")
+
+    def dropped_once_at_least(self, drops_before: int) -> None:
+        """An attempt that ended dropped counts as a drop even when nats-py reported none."""
+        if self.counted["dropped"] == drops_before:
+            self.count("dropped")
+
+    def count(self, kind: str) -> None:
+        self.counted[kind] += 1
+        if self.counted["refused"] >= _REFUSALS or self.counted["dropped"] >= _DROPS:
+            self.enough.set()
+
+
+class _Attempt:
+    """One nats-py client trying to connect: it ends connected, given up (refused often enough,
+    out of time), or dropped by the server before it was in (nats-py then closes the client
+    for good, so the next attempt needs another)."""
+
+    def __init__(
+        self,
+        servers: list[str],
+        *,
+        name: str,
+        connect_timeout: float,
+        on_disconnect: Callable[[], None] | None,
+        on_reconnect: Callable[[], None] | None,
+        options: Mapping[str, Any] | None,
+        verdicts: _Verdicts,
+    ) -> None:
+        self.servers, self.name, self.connect_timeout = servers, name, connect_timeout
+        self.on_disconnect, self.on_reconnect = on_disconnect, on_reconnect
+        self.options, self.verdicts = options, verdicts
+        self.failure: BaseException | None = None
+        self.dropped_early = False
+        self.drops_before = verdicts.counted["dropped"]
+
+    async def run(self, timeout: float | None) -> Any:
+        """The connected client, or None (``failure`` and ``dropped_early`` say why)."""
+        import nats
+
+        nc: Any = _guarded_client()() if self.verdicts.guarded else nats.NATS()
+        connecting = asyncio.ensure_future(
+            nc.connect(
+                servers=self.servers,
+                name=self.name,
+                connect_timeout=self.connect_timeout,
+                allow_reconnect=True,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=_RETRY_WAIT,
+                ping_interval=5,
+                max_outstanding_pings=3,
+                disconnected_cb=self._disconnected,
+                reconnected_cb=self._reconnected,
+                error_cb=self._error,
+                **dict(self.options or {}),
+            )
+        )
+        giving_up = asyncio.ensure_future(self.verdicts.enough.wait())
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait(
+                {connecting, giving_up}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+            )
+            # (nats-py returns from connect() still connecting when the server closed the
+            # connection instead of answering its PING: wait until it is one or the other)
+            settle_by = loop.time() + self.connect_timeout
+            while connecting.done() and not connecting.exception() and not nc.is_connected:
+                if nc.is_closed or self.verdicts.enough.is_set() or loop.time() > settle_by:
+                    break
+                await asyncio.sleep(0.02)
+        except BaseException:  # cancelled from outside: nothing keeps trying behind the caller
+            connecting.cancel()
+            with contextlib.suppress(BaseException):
+                await nc.close()
+            raise
+        finally:
+            giving_up.cancel()
+        if connecting.done() and connecting.exception() is None and nc.is_connected:
+            return nc
+        # (a server drops a connection whose callout went unanswered: nats-py may not report it)
+        self.dropped_early = connecting.done() and not connecting.exception()
+        if connecting.done():
+            self.failure = connecting.exception()
+        else:
+            connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await connecting
+        with contextlib.suppress(Exception):
+            await nc.close()
+        return None
+
+    async def _disconnected(self) -> None:
+        if self.on_disconnect is not None:
+            self.on_disconnect()
+
+    async def _reconnected(self) -> None:
+        if self.on_reconnect is not None:
+            self.on_reconnect()
+
+    async def _error(self, exc: Exception) -> None:
+        log.debug("NATS connection %s: %s", self.name, exc)
+        self.verdicts.note(exc)
 
 
 #: What nats-server says when it drops a connection's user: refused on a re-authentication, or

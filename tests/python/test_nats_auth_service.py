@@ -228,16 +228,20 @@ def test_static_users_the_alternative_for_small_setups(tmp_path):
         wait_until(lambda: got == ["static"], 30, "the message")
 
         async def steal() -> bytes:
-            nc = await nats.connect(f"nats://alice:pw-alice@127.0.0.1:{port}",
-                                    inbox_prefix=layout.reply_prefix("alice"))
+            nc = await nats.connect(
+                f"nats://alice:pw-alice@127.0.0.1:{port}", inbox_prefix=layout.reply_prefix("alice")
+            )
             try:
                 consumer = layout.consumer("alice")
                 subject = (
                     f"$JS.API.CONSUMER.CREATE.{layout.stream}.{consumer}."
                     f"{layout.inbox_filter('alice')}"
                 )
-                config = {"name": consumer, "durable_name": consumer,
-                          "filter_subject": layout.inbox_filter("bob")}
+                config = {
+                    "name": consumer,
+                    "durable_name": consumer,
+                    "filter_subject": layout.inbox_filter("bob"),
+                }
                 body = jsonlib.dumps({"stream_name": layout.stream, "config": config})
                 return bytes((await nc.request(subject, body.encode(), timeout=5)).data)
             finally:
@@ -281,6 +285,42 @@ def test_many_agents_connecting_at_once_all_get_in(tmp_path):
             hub = NatsHub(cluster.urls, auth=True)
             assert len(hub.list_agents()) == 40
             hub.close()
+        finally:
+            service.stop()
+
+
+def test_a_first_connection_dropped_once_tries_again_and_gets_in(tmp_path):
+    """A callout the servers got no answer to drops the connection without a reason: one such
+    drop is no verdict (the service may be starting, or busy), so the agent tries again and gets
+    in once the service answers."""
+    import asyncio
+
+    from agentmesh.crypto import AgentKeyPair
+    from agentmesh.nats_auth_client import agent_options
+    from agentmesh.nats_connection import connect
+    from agentmesh.nats_layout import NatsLayout
+
+    with guarded_cluster(tmp_path) as cluster:
+        (service,) = auth_services(cluster, tmp_path, 1)
+        try:
+            options = agent_options(NatsLayout(), AgentKeyPair.generate("early"))
+
+            async def agent_before_its_service() -> None:
+                connecting = asyncio.ensure_future(
+                    connect(
+                        cluster.urls,
+                        connect_timeout=10,
+                        name="early",
+                        options=options,
+                        guarded=True,
+                    )
+                )
+                await asyncio.sleep(0.5)  # its first callout is out, and nobody answers it
+                await asyncio.to_thread(service.start)
+                nc = await connecting
+                await nc.close()
+
+            asyncio.run(agent_before_its_service())
         finally:
             service.stop()
 
