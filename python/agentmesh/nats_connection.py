@@ -70,7 +70,7 @@ async def connect(
         if nc is not None:
             return nc
         dropped = attempt.dropped_early or verdicts.is_drop(attempt.failure)
-        if dropped and attempt.dropped_early:
+        if dropped:
             verdicts.dropped_once_at_least(attempt.drops_before)
         out_of_time = give_up_at is not None and loop.time() + _RETRY_WAIT >= give_up_at
         if not (guarded and dropped) or verdicts.enough.is_set() or out_of_time:
@@ -122,7 +122,7 @@ class _Verdicts:
             self.count("refused" if _refused(exc) else "dropped")
 
     def dropped_once_at_least(self, drops_before: int) -> None:
-        """An attempt that ended dropped counts as a drop even when nats-py reported none."""
+        """An attempt that ended dropped counts as one drop even when nats-py reported none."""
         if self.counted["dropped"] == drops_before:
             self.count("dropped")
 
@@ -154,6 +154,7 @@ class _Attempt:
         self.failure: BaseException | None = None
         self.dropped_early = False
         self.drops_before = verdicts.counted["dropped"]
+        self.connected = False
 
     async def run(self, timeout: float | None) -> Any:
         """The connected client, or None (``failure`` and ``dropped_early`` say why)."""
@@ -197,6 +198,7 @@ class _Attempt:
         finally:
             giving_up.cancel()
         if connecting.done() and connecting.exception() is None and nc.is_connected:
+            self.connected = True  # (its later errors are no verdict on a first connection)
             return nc
         # (a server drops a connection whose callout went unanswered: nats-py may not report it)
         self.dropped_early = connecting.done() and not connecting.exception()
@@ -220,7 +222,8 @@ class _Attempt:
 
     async def _error(self, exc: Exception) -> None:
         log.debug("NATS connection %s: %s", self.name, exc)
-        self.verdicts.note(exc)
+        if not self.connected:
+            self.verdicts.note(exc)
 
 
 #: What nats-server says when it drops a connection's user: refused on a re-authentication, or
