@@ -68,12 +68,12 @@ async def connect(
         left = None if give_up_at is None else max(0.0, give_up_at - loop.time())
         nc = await attempt.run(left)
         if nc is not None:
+            verdicts.seen.clear()  # (their tracebacks would live as long as the connection)
             return nc
-        dropped = attempt.dropped_early or verdicts.is_drop(attempt.failure)
-        if dropped:
-            verdicts.dropped_once_at_least(attempt.drops_before)
+        if attempt.dropped:
+            verdicts.attempt_dropped(attempt.seen_before)
         out_of_time = give_up_at is not None and loop.time() + _RETRY_WAIT >= give_up_at
-        if not (guarded and dropped) or verdicts.enough.is_set() or out_of_time:
+        if not (guarded and attempt.dropped) or verdicts.enough.is_set() or out_of_time:
             break
         log.info(
             "NATS connection %s: the servers dropped it (%d of %d): trying again",
@@ -88,10 +88,10 @@ async def connect(
     elif failure is None:
         failure = ConnectionError(
             "the server closed the connection"
-            if attempt.dropped_early
+            if attempt.dropped
             else f"no server answered in {give_up_after}s"
         )
-    if _refused(failure) or verdicts.seen or (guarded and attempt.dropped_early):
+    if _refused(failure) or verdicts.seen or (guarded and attempt.dropped):
         raise NatsAuthError(
             f"the NATS servers {', '.join(servers)} refused the connection of {name} "
             f"({failure or type(failure).__name__}): the agentmesh authorization service "
@@ -112,18 +112,21 @@ class _Verdicts:
         self.counted = {"refused": 0, "dropped": 0}
         self.enough = asyncio.Event()  # set: give up
 
-    def is_drop(self, exc: BaseException | None) -> bool:
-        # (a server whose callout got no answer in time drops the connection, no reason given)
-        return self.guarded and isinstance(exc, (ConnectionResetError, BrokenPipeError))
-
     def note(self, exc: BaseException) -> None:
-        if _refused(exc) or self.is_drop(exc):
+        """An error nats-py reported while the connection was not yet in. nats-py reports one
+        reset twice (when it happens, and again when it closes the transport): it counts once."""
+        if any(exc is earlier for earlier in self.seen):
+            return
+        if _refused(exc):
             self.seen.append(exc)
-            self.count("refused" if _refused(exc) else "dropped")
+            self.count("refused")
+        elif self.guarded and _dropped(exc):
+            self.seen.append(exc)
+            self.count("dropped")
 
-    def dropped_once_at_least(self, drops_before: int) -> None:
-        """An attempt that ended dropped counts as one drop even when nats-py reported none."""
-        if self.counted["dropped"] == drops_before:
+    def attempt_dropped(self, seen_before: int) -> None:
+        """An attempt that ended dropped counts as one drop when nats-py reported none."""
+        if len(self.seen) == seen_before:
             self.count("dropped")
 
     def count(self, kind: str) -> None:
@@ -135,7 +138,7 @@ class _Verdicts:
 class _Attempt:
     """One nats-py client trying to connect: it ends connected, given up (refused often enough,
     out of time), or dropped by the server before it was in (nats-py then closes the client
-    for good, so the next attempt needs another)."""
+    for good, or starts reconnecting it; the next attempt takes a new one)."""
 
     def __init__(
         self,
@@ -151,16 +154,17 @@ class _Attempt:
         self.servers, self.name, self.connect_timeout = servers, name, connect_timeout
         self.on_disconnect, self.on_reconnect = on_disconnect, on_reconnect
         self.options, self.verdicts = options, verdicts
-        self.failure: BaseException | None = None
-        self.dropped_early = False
-        self.drops_before = verdicts.counted["dropped"]
+        self.failure: BaseException | None = None  # what nats-py's connect() raised
+        self.dropped = False
+        self.seen_before = len(verdicts.seen)
         self.connected = False
 
     async def run(self, timeout: float | None) -> Any:
-        """The connected client, or None (``failure`` and ``dropped_early`` say why)."""
+        """The connected client, or None (``failure`` and ``dropped`` say why)."""
         import nats
 
-        nc: Any = _guarded_client()() if self.verdicts.guarded else nats.NATS()
+        guarded = self.verdicts.guarded
+        nc: Any = _guarded_client()() if guarded else nats.NATS()
         connecting = asyncio.ensure_future(
             nc.connect(
                 servers=self.servers,
@@ -183,13 +187,23 @@ class _Attempt:
             await asyncio.wait(
                 {connecting, giving_up}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
-            # (nats-py returns from connect() still connecting when the server closed the
-            # connection instead of answering its PING: wait until it is one or the other)
+            # (nats-py returns from connect() still connecting when the server sent its own
+            # PING before answering ours, as it does while a callout is pending: wait until it
+            # is one or the other; a client that starts reconnecting was dropped)
             settle_by = loop.time() + self.connect_timeout
+            settled_late = False
             while connecting.done() and not connecting.exception() and not nc.is_connected:
-                if nc.is_closed or self.verdicts.enough.is_set() or loop.time() > settle_by:
+                settled_late = True
+                if (
+                    nc.is_closed
+                    or (guarded and nc.is_reconnecting)
+                    or self.verdicts.enough.is_set()
+                    or loop.time() > settle_by
+                ):
                     break
                 await asyncio.sleep(0.02)
+            # (nats-py marks a reconnected client connected before the server answered it)
+            confirmed = nc.is_connected and (not settled_late or await self._answers(nc))
         except BaseException:  # cancelled from outside: nothing keeps trying behind the caller
             connecting.cancel()
             with contextlib.suppress(BaseException):
@@ -197,20 +211,27 @@ class _Attempt:
             raise
         finally:
             giving_up.cancel()
-        if connecting.done() and connecting.exception() is None and nc.is_connected:
+        if confirmed and connecting.done() and connecting.exception() is None:
             self.connected = True  # (its later errors are no verdict on a first connection)
             return nc
-        # (a server drops a connection whose callout went unanswered: nats-py may not report it)
-        self.dropped_early = connecting.done() and not connecting.exception()
-        if connecting.done():
-            self.failure = connecting.exception()
-        else:
-            connecting.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await connecting
-        with contextlib.suppress(Exception):
-            await nc.close()
+        self.dropped = connecting.done() and not connecting.exception()
+        try:
+            if connecting.done():
+                self.failure = connecting.exception()
+            else:
+                connecting.cancel()
+                await asyncio.wait({connecting})  # (an outside cancel still reaches the caller)
+        finally:
+            with contextlib.suppress(Exception):
+                await nc.close()
         return None
+
+    async def _answers(self, nc: Any) -> bool:
+        try:
+            await nc.flush(self.connect_timeout)
+        except Exception:  # (nats-py's timeout, or the connection gone)
+            return False
+        return True
 
     async def _disconnected(self) -> None:
         if self.on_disconnect is not None:
@@ -247,6 +268,14 @@ def _guarded_client() -> type:
             await super()._process_err(err_msg)
 
     return GuardedClient
+
+
+def _dropped(exc: BaseException) -> bool:
+    """Whether ``exc`` is a server closing a connection without a reason (on a guarded cluster:
+    its callout went unanswered in time)."""
+    from nats.errors import UnexpectedEOF
+
+    return isinstance(exc, (ConnectionResetError, BrokenPipeError, UnexpectedEOF))
 
 
 def _refused(exc: BaseException) -> bool:

@@ -4,6 +4,7 @@ is enough; users expire and connected agents renew theirs without losing a messa
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
 
@@ -289,7 +290,7 @@ def test_many_agents_connecting_at_once_all_get_in(tmp_path):
             service.stop()
 
 
-def test_a_first_connection_dropped_once_tries_again_and_gets_in(tmp_path):
+def test_a_first_connection_dropped_once_tries_again_and_gets_in(tmp_path, caplog):
     """A callout the servers got no answer to drops the connection without a reason: one such
     drop is no verdict (the service may be starting, or busy), so the agent tries again and gets
     in once the service answers."""
@@ -320,7 +321,9 @@ def test_a_first_connection_dropped_once_tries_again_and_gets_in(tmp_path):
                 nc = await connecting
                 await nc.close()
 
+            caplog.set_level(logging.INFO, logger="agentmesh.nats")
             asyncio.run(agent_before_its_service())
+            assert "dropped it (1 of 2): trying again" in caplog.text
         finally:
             service.stop()
 
