@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -15,18 +16,17 @@ __all__ = ["connect"]
 
 log = logging.getLogger("agentmesh.nats")
 
-#: Refusals by the servers (on different attempts) after which a first connection gives up:
-#: one more than one, so that a service answering late once does not fail an agent's start.
-_REFUSALS = 2
-#: Connections dropped without a reason (a server whose callout went unanswered within its
-#: timeout) after which a first connection gives up, counted apart from refusals. Each costs
-#: the servers' authorization timeout (5 s), so a service that is down is reported in about
-#: 10 s, inside an agent's registration time (``connect_timeout`` + 5 s). One drop alone is
-#: no verdict: a service that just died still gets callouts until the cluster notices, and a
-#: service deciding many first connections at once on a loaded machine may answer one too late
-#: (one of forty agents connecting at once on a busy two-core machine was dropped once).
-_DROPS = 2
-#: Seconds between a dropped attempt and the next one (nats-py's own reconnect wait).
+#: Attempts the servers turned away (refused: ``Authorization Violation``, which is also what a
+#: server says when its callout got no answer within the authorization timeout; or, on a
+#: cluster guarded by the authorization service, dropped without a reason or left unanswered)
+#: after which a first connection gives up. One is no verdict: a service that just died still
+#: gets callouts until the cluster notices, and a service deciding many first connections at
+#: once on a loaded machine may answer one too late (one of forty agents connecting at once on
+#: a busy two-core machine was). With no service running each costs the servers' authorization
+#: timeout (5 s), so the error comes in about 10 s, inside an agent's registration time
+#: (``connect_timeout`` + 5 s).
+_TURNED_AWAY = 2
+#: Seconds between attempts (nats-py's own reconnect wait).
 _RETRY_WAIT = 0.25
 
 
@@ -43,8 +43,7 @@ async def connect(
 ) -> Any:
     """A nats-py connection that reconnects forever. ``options``: more of nats-py's
     (credentials). ``guarded``: the cluster runs the authorization service. A first connection
-    the servers keep refusing (``Authorization Violation``) or dropping is a
-    :class:`NatsAuthError` (nats-py alone would keep trying, or give up at the first drop);
+    the servers keep turning away is a :class:`NatsAuthError` (nats-py alone would keep trying);
     ``give_up_after``: seconds after which a first connection that found no server is a
     :class:`HubError`."""
     try:
@@ -54,7 +53,7 @@ async def connect(
 
     loop = asyncio.get_running_loop()
     give_up_at = None if give_up_after is None else loop.time() + give_up_after
-    verdicts = _Verdicts(guarded)
+    turned_away = _TurnedAway(name, guarded)
     while True:
         attempt = _Attempt(
             servers,
@@ -63,35 +62,23 @@ async def connect(
             on_disconnect=on_disconnect,
             on_reconnect=on_reconnect,
             options=options,
-            verdicts=verdicts,
+            turned_away=turned_away,
         )
         left = None if give_up_at is None else max(0.0, give_up_at - loop.time())
         nc = await attempt.run(left)
         if nc is not None:
-            verdicts.seen.clear()  # (their tracebacks would live as long as the connection)
+            turned_away.seen.clear()  # (their tracebacks would live as long as the connection)
             return nc
-        if attempt.dropped:
-            verdicts.attempt_dropped(attempt.seen_before)
         out_of_time = give_up_at is not None and loop.time() + _RETRY_WAIT >= give_up_at
-        if not (guarded and attempt.dropped) or verdicts.enough.is_set() or out_of_time:
+        if not attempt.unconnected or turned_away.enough.is_set() or out_of_time:
             break
-        log.info(
-            "NATS connection %s: the servers dropped it (%d of %d): trying again",
-            name,
-            verdicts.counted["dropped"],
-            _DROPS,
-        )
         await asyncio.sleep(_RETRY_WAIT)
     failure = attempt.failure
-    if failure is None and verdicts.seen:
-        failure = verdicts.seen[-1]
+    if failure is None and turned_away.seen:
+        failure = turned_away.seen[-1]
     elif failure is None:
-        failure = ConnectionError(
-            "the server closed the connection"
-            if attempt.dropped
-            else f"no server answered in {give_up_after}s"
-        )
-    if _refused(failure) or verdicts.seen or (guarded and attempt.dropped):
+        failure = ConnectionError(f"no server answered in {give_up_after}s")
+    if turned_away.seen:
         raise NatsAuthError(
             f"the NATS servers {', '.join(servers)} refused the connection of {name} "
             f"({failure or type(failure).__name__}): the agentmesh authorization service "
@@ -103,42 +90,39 @@ async def connect(
     ) from failure
 
 
-class _Verdicts:
-    """The refusals and drops a first connection met, over all its attempts."""
+class _TurnedAway:
+    """The attempts the servers turned away, over all of a first connection's attempts."""
 
-    def __init__(self, guarded: bool) -> None:
+    def __init__(self, name: str, guarded: bool) -> None:
+        self.name = name
         self.guarded = guarded
-        self.seen: list[BaseException] = []  # refused or dropped, in order
-        self.counted = {"refused": 0, "dropped": 0}
+        self.seen: list[BaseException] = []  # why, in order
         self.enough = asyncio.Event()  # set: give up
 
     def note(self, exc: BaseException) -> None:
-        """An error nats-py reported while the connection was not yet in. nats-py reports one
-        reset twice (when it happens, and again when it closes the transport): it counts once."""
-        if any(exc is earlier for earlier in self.seen):
-            return
-        if _refused(exc):
-            self.seen.append(exc)
-            self.count("refused")
-        elif self.guarded and _dropped(exc):
-            self.seen.append(exc)
-            self.count("dropped")
+        """An attempt of nats-py's that failed before the connection was in (its handshake)."""
+        if _refused(exc) or (self.guarded and _unanswered(exc)):
+            self.count(exc)
+        # (else a network fault: nats-py tries again, within the caller's time)
 
-    def attempt_dropped(self, seen_before: int) -> None:
-        """An attempt that ended dropped counts as one drop when nats-py reported none."""
-        if len(self.seen) == seen_before:
-            self.count("dropped")
-
-    def count(self, kind: str) -> None:
-        self.counted[kind] += 1
-        if self.counted["refused"] >= _REFUSALS or self.counted["dropped"] >= _DROPS:
+    def count(self, exc: BaseException) -> None:
+        self.seen.append(exc)
+        log.info(
+            "NATS connection %s: turned away (%d of %d): %s",
+            self.name,
+            len(self.seen),
+            _TURNED_AWAY,
+            exc or type(exc).__name__,
+        )
+        if len(self.seen) >= _TURNED_AWAY:
             self.enough.set()
 
 
 class _Attempt:
-    """One nats-py client trying to connect: it ends connected, given up (refused often enough,
-    out of time), or dropped by the server before it was in (nats-py then closes the client
-    for good, or starts reconnecting it; the next attempt takes a new one)."""
+    """One nats-py client trying to connect (nats-py may make several handshakes): it ends
+    connected, given up (turned away often enough, out of time), or with a client that
+    connect() returned unconnected, which does not work (nats-py stopped its flusher): the
+    next attempt takes a new one."""
 
     def __init__(
         self,
@@ -149,22 +133,19 @@ class _Attempt:
         on_disconnect: Callable[[], None] | None,
         on_reconnect: Callable[[], None] | None,
         options: Mapping[str, Any] | None,
-        verdicts: _Verdicts,
+        turned_away: _TurnedAway,
     ) -> None:
         self.servers, self.name, self.connect_timeout = servers, name, connect_timeout
         self.on_disconnect, self.on_reconnect = on_disconnect, on_reconnect
-        self.options, self.verdicts = options, verdicts
+        self.options, self.turned_away = options, turned_away
         self.failure: BaseException | None = None  # what nats-py's connect() raised
-        self.dropped = False
-        self.seen_before = len(verdicts.seen)
+        self.unconnected = False
         self.connected = False
 
     async def run(self, timeout: float | None) -> Any:
-        """The connected client, or None (``failure`` and ``dropped`` say why)."""
-        import nats
-
-        guarded = self.verdicts.guarded
-        nc: Any = _guarded_client()() if guarded else nats.NATS()
+        """The connected client, or None (``failure`` and ``unconnected`` say why)."""
+        nc: Any = _client_class(self.turned_away.guarded)()
+        nc.handshake_failed = self._handshake_failed
         connecting = asyncio.ensure_future(
             nc.connect(
                 servers=self.servers,
@@ -181,29 +162,11 @@ class _Attempt:
                 **dict(self.options or {}),
             )
         )
-        giving_up = asyncio.ensure_future(self.verdicts.enough.wait())
-        loop = asyncio.get_running_loop()
+        giving_up = asyncio.ensure_future(self.turned_away.enough.wait())
         try:
             await asyncio.wait(
                 {connecting, giving_up}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
             )
-            # (nats-py returns from connect() still connecting when the server sent its own
-            # PING before answering ours, as it does while a callout is pending: wait until it
-            # is one or the other; a client that starts reconnecting was dropped)
-            settle_by = loop.time() + self.connect_timeout
-            settled_late = False
-            while connecting.done() and not connecting.exception() and not nc.is_connected:
-                settled_late = True
-                if (
-                    nc.is_closed
-                    or (guarded and nc.is_reconnecting)
-                    or self.verdicts.enough.is_set()
-                    or loop.time() > settle_by
-                ):
-                    break
-                await asyncio.sleep(0.02)
-            # (nats-py marks a reconnected client connected before the server answered it)
-            confirmed = nc.is_connected and (not settled_late or await self._answers(nc))
         except BaseException:  # cancelled from outside: nothing keeps trying behind the caller
             connecting.cancel()
             with contextlib.suppress(BaseException):
@@ -211,14 +174,16 @@ class _Attempt:
             raise
         finally:
             giving_up.cancel()
-        if confirmed and connecting.done() and connecting.exception() is None:
-            self.connected = True  # (its later errors are no verdict on a first connection)
+        if connecting.done() and connecting.exception() is None and nc.is_connected:
+            self.connected = True  # (its later handshakes are no verdict on a first connection)
             return nc
-        self.dropped = connecting.done() and not connecting.exception()
+        if connecting.done():
+            self.failure = connecting.exception()
+            if self.failure is None:
+                self.unconnected = True
+                self.turned_away.count(ConnectionError("the server left it unconnected"))
         try:
-            if connecting.done():
-                self.failure = connecting.exception()
-            else:
+            if not connecting.done():
                 connecting.cancel()
                 await asyncio.wait({connecting})  # (an outside cancel still reaches the caller)
         finally:
@@ -226,12 +191,9 @@ class _Attempt:
                 await nc.close()
         return None
 
-    async def _answers(self, nc: Any) -> bool:
-        try:
-            await nc.flush(self.connect_timeout)
-        except Exception:  # (nats-py's timeout, or the connection gone)
-            return False
-        return True
+    def _handshake_failed(self, exc: BaseException) -> None:
+        if not self.connected:
+            self.turned_away.note(exc)
 
     async def _disconnected(self) -> None:
         if self.on_disconnect is not None:
@@ -243,8 +205,6 @@ class _Attempt:
 
     async def _error(self, exc: Exception) -> None:
         log.debug("NATS connection %s: %s", self.name, exc)
-        if not self.connected:
-            self.verdicts.note(exc)
 
 
 #: What nats-server says when it drops a connection's user: refused on a re-authentication, or
@@ -252,14 +212,40 @@ class _Attempt:
 _USER_DROPPED = ("authorization violation", "user authentication expired", "authentication timeout")
 
 
-def _guarded_client() -> type:
-    """nats-py's client, but one that reconnects (with a new proof) when the server drops its
-    user: nats-py closes a connection for good on those errors, which would end an agent whose
-    user expired while no authorization service could renew it."""
+@functools.cache
+def _client_class(guarded: bool) -> type:
+    """nats-py's client, with two mends. Its handshake answers the server's PINGs and reports
+    how it failed. Guarded, it reconnects (with a new proof) when the server drops its user:
+    nats-py closes a connection for good on those errors, which would end an agent whose user
+    expired while no authorization service could renew it."""
     from nats.aio.client import Client
     from nats.errors import AuthorizationError
 
-    class GuardedClient(Client):  # type: ignore[misc]
+    class AgentMeshClient(Client):  # type: ignore[misc]
+        handshake_failed: Callable[[BaseException], None] | None = None
+
+        async def _process_connect_init(self) -> None:
+            # nats-py takes the first line after its CONNECT and PING for the answer. A server
+            # whose callout takes over 2 s sends its own PING first, and nats-py then returns
+            # from connect() neither connected nor working (its flusher stopped), a known gap
+            # of nats-py ("Handle PING/PONG arriving first"). Answer such PINGs and read on.
+            transport: Any = self._transport
+            if transport is not None:
+                transport.readline = _answering_pings(transport, transport.readline)
+            try:
+                await super()._process_connect_init()
+            except Exception as exc:
+                if self.handshake_failed is not None:
+                    self.handshake_failed(exc)
+                raise
+            finally:
+                if transport is not None:
+                    del transport.readline
+
+    if not guarded:
+        return AgentMeshClient
+
+    class GuardedClient(AgentMeshClient):
         async def _process_err(self, err_msg: str) -> None:
             if self.is_connected and any(m in err_msg.lower() for m in _USER_DROPPED):
                 log.info("NATS dropped the connection's user (%s): reconnecting", err_msg.strip())
@@ -270,12 +256,25 @@ def _guarded_client() -> type:
     return GuardedClient
 
 
-def _dropped(exc: BaseException) -> bool:
-    """Whether ``exc`` is a server closing a connection without a reason (on a guarded cluster:
-    its callout went unanswered in time)."""
+def _answering_pings(transport: Any, read_line: Callable[[], Any]) -> Callable[[], Any]:
+    async def answering_pings() -> bytes:
+        while True:
+            line = await read_line()
+            if line.rstrip(b"\r\n") != b"PING":
+                return bytes(line)
+            transport.write(b"PONG\r\n")
+
+    return answering_pings
+
+
+def _unanswered(exc: BaseException) -> bool:
+    """Whether ``exc`` is a handshake the server dropped without a reason or left unanswered
+    (on a guarded cluster: a callout unanswered in time)."""
     from nats.errors import UnexpectedEOF
 
-    return isinstance(exc, (ConnectionResetError, BrokenPipeError, UnexpectedEOF))
+    return isinstance(
+        exc, (ConnectionResetError, BrokenPipeError, UnexpectedEOF, asyncio.TimeoutError)
+    )
 
 
 def _refused(exc: BaseException) -> bool:

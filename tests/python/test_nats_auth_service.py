@@ -290,10 +290,10 @@ def test_many_agents_connecting_at_once_all_get_in(tmp_path):
             service.stop()
 
 
-def test_a_first_connection_dropped_once_tries_again_and_gets_in(tmp_path, caplog):
-    """A callout the servers got no answer to drops the connection without a reason: one such
-    drop is no verdict (the service may be starting, or busy), so the agent tries again and gets
-    in once the service answers."""
+def test_a_first_connection_turned_away_once_tries_again_and_gets_in(tmp_path, caplog):
+    """A server whose callout got no answer in time turns the connection away: once is no
+    verdict (the service may be starting, or busy), so the agent tries again and gets in once
+    the service answers."""
     import asyncio
 
     from agentmesh.crypto import AgentKeyPair
@@ -323,8 +323,56 @@ def test_a_first_connection_dropped_once_tries_again_and_gets_in(tmp_path, caplo
 
             caplog.set_level(logging.INFO, logger="agentmesh.nats")
             asyncio.run(agent_before_its_service())
-            assert "dropped it (1 of 2): trying again" in caplog.text
+            assert "turned away (1 of 2)" in caplog.text
         finally:
+            service.stop()
+
+
+def test_a_first_connection_whose_service_answers_after_three_seconds_gets_in(tmp_path):
+    """A server whose callout is pending sends its own PING after 2 s, before answering the
+    client's; nats-py took that for the end of its handshake and returned a client that was
+    neither connected nor working. The handshake answers it and waits for the verdict: the
+    agent is in as soon as its slow service answers, and its connection works."""
+    import asyncio
+    import os
+    import signal
+    import threading
+
+    from agentmesh.crypto import AgentKeyPair
+    from agentmesh.nats_auth_client import agent_options
+    from agentmesh.nats_auth_queries import is_online
+    from agentmesh.nats_connection import connect
+    from agentmesh.nats_layout import NatsLayout
+
+    with guarded_cluster(tmp_path) as cluster:
+        (service,) = auth_services(cluster, tmp_path, 1)
+        resume = threading.Timer(3.0, lambda: os.kill(service.pid, signal.SIGCONT))
+        try:
+            service.start()
+            options = agent_options(NatsLayout(), AgentKeyPair.generate("patient"))
+
+            async def behind_a_slow_service() -> float:
+                started = time.monotonic()
+                nc = await connect(
+                    cluster.urls, connect_timeout=10, name="patient", options=options,
+                    guarded=True,
+                )  # fmt: skip
+                took = time.monotonic() - started
+                assert nc.is_connected
+                # (a client left half-connected never sends: nats-py stopped its flusher)
+                assert isinstance(await is_online(nc, NatsLayout(), "patient", 5.0), bool)
+                await nc.close()
+                return took
+
+            os.kill(service.pid, signal.SIGSTOP)  # it answers once it runs again, in 3 s
+            resume.start()
+            took = asyncio.run(behind_a_slow_service())
+            # (in at the answer; not after a second handshake, nor turned away)
+            assert 2.5 < took < 8.0, took
+        finally:
+            resume.cancel()
+            if service.alive():
+                os.kill(service.pid, signal.SIGCONT)
             service.stop()
 
 
