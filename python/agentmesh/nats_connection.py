@@ -99,9 +99,10 @@ class _TurnedAway:
         self.seen: list[BaseException] = []  # why, in order
         self.enough = asyncio.Event()  # set: give up
 
-    def note(self, exc: BaseException) -> None:
-        """An attempt of nats-py's that failed before the connection was in (its handshake)."""
-        if _refused(exc) or (self.guarded and _unanswered(exc)):
+    def note(self, exc: BaseException, after_connect: bool) -> None:
+        """A handshake of nats-py's that failed before the connection was in; ``after_connect``:
+        its CONNECT had gone out (what failed before is the network's, or a server's)."""
+        if _refused(exc) or (self.guarded and after_connect and _unanswered(exc)):
             self.count(exc)
         # (else a network fault: nats-py tries again, within the caller's time)
 
@@ -170,6 +171,7 @@ class _Attempt:
         except BaseException:  # cancelled from outside: nothing keeps trying behind the caller
             connecting.cancel()
             with contextlib.suppress(BaseException):
+                await asyncio.wait({connecting})
                 await nc.close()
             raise
         finally:
@@ -179,9 +181,11 @@ class _Attempt:
             return nc
         if connecting.done():
             self.failure = connecting.exception()
-            if self.failure is None:
+            if self.failure is None and self.turned_away.guarded:
                 self.unconnected = True
                 self.turned_away.count(ConnectionError("the server left it unconnected"))
+            elif self.failure is None:  # (no callout to blame: nats-py would never recover it)
+                self.failure = ConnectionError("the server left the connection unconnected")
         try:
             if not connecting.done():
                 connecting.cancel()
@@ -191,9 +195,9 @@ class _Attempt:
                 await nc.close()
         return None
 
-    def _handshake_failed(self, exc: BaseException) -> None:
+    def _handshake_failed(self, exc: BaseException, after_connect: bool) -> None:
         if not self.connected:
-            self.turned_away.note(exc)
+            self.turned_away.note(exc, after_connect)
 
     async def _disconnected(self) -> None:
         if self.on_disconnect is not None:
@@ -222,13 +226,19 @@ def _client_class(guarded: bool) -> type:
     from nats.errors import AuthorizationError
 
     class AgentMeshClient(Client):  # type: ignore[misc]
-        handshake_failed: Callable[[BaseException], None] | None = None
+        handshake_failed: Callable[[BaseException, bool], None] | None = None
+        connect_sent = False
+
+        def _connect_command(self) -> bytes:
+            self.connect_sent = True
+            return bytes(super()._connect_command())
 
         async def _process_connect_init(self) -> None:
             # nats-py takes the first line after its CONNECT and PING for the answer. A server
             # whose callout takes over 2 s sends its own PING first, and nats-py then returns
             # from connect() neither connected nor working (its flusher stopped), a known gap
             # of nats-py ("Handle PING/PONG arriving first"). Answer such PINGs and read on.
+            self.connect_sent = False
             transport: Any = self._transport
             if transport is not None:
                 transport.readline = _answering_pings(transport, transport.readline)
@@ -236,7 +246,7 @@ def _client_class(guarded: bool) -> type:
                 await super()._process_connect_init()
             except Exception as exc:
                 if self.handshake_failed is not None:
-                    self.handshake_failed(exc)
+                    self.handshake_failed(exc, self.connect_sent)
                 raise
             finally:
                 if transport is not None:
@@ -263,18 +273,15 @@ def _answering_pings(transport: Any, read_line: Callable[[], Any]) -> Callable[[
             if line.rstrip(b"\r\n") != b"PING":
                 return bytes(line)
             transport.write(b"PONG\r\n")
+            await transport.drain()  # (a WebSocket transport sends only on drain)
 
     return answering_pings
 
 
 def _unanswered(exc: BaseException) -> bool:
     """Whether ``exc`` is a handshake the server dropped without a reason or left unanswered
-    (on a guarded cluster: a callout unanswered in time)."""
-    from nats.errors import UnexpectedEOF
-
-    return isinstance(
-        exc, (ConnectionResetError, BrokenPipeError, UnexpectedEOF, asyncio.TimeoutError)
-    )
+    (on a guarded cluster, after the CONNECT: a callout unanswered in time)."""
+    return isinstance(exc, (ConnectionResetError, BrokenPipeError, asyncio.TimeoutError))
 
 
 def _refused(exc: BaseException) -> bool:
