@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Mapping
 from typing import Any
 
-from agentmesh.backend import OnBatch, Pace
+from agentmesh.backend import OnBatch, Pace, paced
 from agentmesh.hub_client.connection import Connection
 
 __all__ = ["DeliveryStream"]
@@ -151,10 +151,7 @@ class DeliveryStream:
             finally:
                 self._delivery_hub_id = None
             self._handed_over(hub_id, batch, acks, durable)
-            if self._pace is not None:
-                waiting = self._pace(len(batch))  # (backend.paced, inline: no coroutine)
-                if waiting is not None:
-                    await waiting
+            await paced(self._pace, len(batch))
 
     def _next_batch(self) -> tuple[bytes, list[tuple[int, bytes]], list[_Acks]]:
         """(hub id, the next batch, its ids by connection) from the inbox (not empty); the
